@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests that need ``../shared`` (real clips, goldens) skip with a reason when it
+is absent, so the suite still runs for users outside the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    env = os.environ.get("TREK_TRACK_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The project's shared folder (real data and goldens); skips when it is not beside the repo."""
+    root = _shared_root()
+    if not (root / "data").is_dir():
+        pytest.skip(f"shared test data not found at {root} (set TREK_TRACK_SHARED to its path)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def davis(shared: Path) -> Path:
+    return shared / "data" / "davis"
+
+
+@pytest.fixture(scope="session")
+def golden(shared: Path) -> Path:
+    path = shared / "golden"
+    if not path.is_dir():
+        pytest.skip(f"goldens not found at {path}")
+    return path

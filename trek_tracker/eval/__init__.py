@@ -1,0 +1,1 @@
+"""TREK-150 evaluation: dataset, protocols, runner, metrics, reports, submission."""

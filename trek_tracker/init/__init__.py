@@ -1,0 +1,1 @@
+"""Box to mask: SAM, Alpha-Refine, their fusion, and weight-free fallbacks."""

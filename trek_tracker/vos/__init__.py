@@ -1,0 +1,1 @@
+"""Mask propagation: DeAOT-family models and the per-video engine."""
