@@ -1,0 +1,115 @@
+"""Frame and label preprocessing for the DeAOT models, reproducing the official test pipeline exactly.
+
+Exactness matters: the network input size decides the token grid and the ID-bank sampling, so a size that is
+off by one pixel changes every output. The arithmetic below therefore copies the official order of float64
+operations, ``int`` truncation and NumPy's half-to-even rounding, and the resize/normalisation keep the
+official float32/float64 steps (README §3 of the DeAOT goldens).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trek_tracker.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIDE = 16
+
+
+def _check_size(h: object, w: object, what: str) -> tuple[int, int]:
+    for v in (h, w):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise InputError(f"{what} must be two positive integers (height, width), got ({h!r}, {w!r})")
+    return int(h), int(w)  # type: ignore[arg-type]
+
+
+def _align(n: int, align_corners: bool) -> int:
+    if align_corners:  # sizes 16k + 1, so corner pixels of every stride line up
+        return n if (n - 1) % STRIDE == 0 else int(np.around((n - 1) / STRIDE) * STRIDE + 1)
+    return n if n % STRIDE == 0 else int(np.around(n / STRIDE) * STRIDE)
+
+
+def input_size(
+    h: int,
+    w: int,
+    *,
+    max_long_edge: float | None = 1040,
+    max_short_edge: float | None = None,
+    scale: float = 1.0,
+    align_corners: bool = True,
+) -> tuple[int, int]:
+    """Network input size ``(h, w)`` for a frame of ``h`` x ``w`` pixels (official ``MultiRestrictSize``).
+
+    Caps the short edge, then the long edge (never upscaling), multiplies by the TTA ``scale`` and truncates,
+    then aligns to stride 16: ``16k + 1`` for ``align_corners`` models (MobileNetV2, ResNet-50), ``16k`` for
+    Swin. A size that is already aligned is kept.
+    """
+    h, w = _check_size(h, w, "frame size")
+    for name, cap in (("max_long_edge", max_long_edge), ("max_short_edge", max_short_edge)):
+        if cap is not None and not cap > 0:
+            raise InputError(f"{name} must be positive or None, got {cap!r}")
+    if not (isinstance(scale, (int, float)) and scale > 0 and np.isfinite(scale)):
+        raise InputError(f"scale must be a positive number, got {scale!r}")
+
+    sc = 1.0
+    if max_short_edge is not None and min(h, w) > max_short_edge:
+        sc *= float(max_short_edge) / min(h, w)
+    new_h, new_w = sc * h, sc * w
+    sc = 1.0
+    long_edge = new_h if new_h > new_w else new_w
+    if max_long_edge is not None and long_edge > max_long_edge:
+        sc *= float(max_long_edge) / long_edge
+    new_h, new_w = sc * new_h, sc * new_w
+    new_h, new_w = int(new_h * scale), int(new_w * scale)
+    out = _align(new_h, align_corners), _align(new_w, align_corners)
+    if min(out) <= 0:
+        raise InputError(f"frame of {h}x{w} is too small for the network at scale {scale}")
+    return out
+
+
+def to_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """(1, 3, h, w) float32 network input from an (H, W, 3) uint8 RGB frame.
+
+    Cubic resize of the float32 frame (no clipping: the official pipeline keeps the overshoot), optional
+    horizontal flip, then ``/255``, ``- mean``, ``/ std``; each of the last two steps evaluated in float64 and
+    stored in float32, as NumPy does for the official in-place tuple operations.
+    """
+    if not isinstance(rgb_uint8, np.ndarray) or rgb_uint8.dtype != np.uint8:
+        got = rgb_uint8.dtype if isinstance(rgb_uint8, np.ndarray) else type(rgb_uint8).__name__
+        raise InputError(f"frame must be a uint8 numpy array, got {got}")
+    if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3 or min(rgb_uint8.shape[:2]) == 0:
+        raise InputError(f"frame must have shape (H, W, 3) in RGB order, got {rgb_uint8.shape}")
+    h, w = _check_size(*tuple(size), what="network input size")
+    img = rgb_uint8.astype(np.float32)
+    if (h, w) != img.shape[:2]:
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+    if flip:
+        img = img[:, ::-1]
+    img = img / np.float32(255.0)
+    img -= np.asarray(IMAGENET_MEAN)  # float64 operand, result cast back to float32 in place
+    img /= np.asarray(IMAGENET_STD)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+
+
+def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-resize a label map with PyTorch's legacy ``nearest`` (source index ``floor(i * in / out)``).
+
+    Accepts (H, W), (N, H, W) or (N, C, H, W); returns a tensor of the same rank and dtype (NumPy input
+    becomes a tensor). Values pass through float32, so they must be integers below 2**24, as object ids are.
+    """
+    h, w = _check_size(*tuple(size), what="label size")
+    t = torch.from_numpy(np.ascontiguousarray(label)) if isinstance(label, np.ndarray) else label
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"label must be a torch tensor or numpy array, got {type(label).__name__}")
+    if t.ndim not in (2, 3, 4) or min(t.shape[-2:]) == 0:
+        raise InputError(f"label must have shape (H, W), (N, H, W) or (N, C, H, W), got {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise InputError(f"label must hold integer or float ids, got {t.dtype}")
+    x = t.reshape((1,) * (4 - t.ndim) + tuple(t.shape)).to(torch.float32)
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="nearest")
+    return x.reshape(tuple(t.shape[:-2]) + (h, w)).to(t.dtype)
