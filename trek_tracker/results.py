@@ -1,0 +1,407 @@
+"""Result files: boxes, times, JSON, label PNGs, and a crash-safe per-frame writer.
+
+Every whole-file write is atomic (a hidden temporary file in the same folder, then ``os.replace``), so a
+result file is either absent or complete: the evaluation runner can treat an existing file as a finished
+run (``trek150.md`` §6, R2). Box and time files are byte-identical to what the TREK-150 toolkit writes
+(``np.savetxt(fmt='%.3f' / '%.8f', delimiter=',')``, R1) and are read back by both this module and the
+toolkit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from trek_tracker.errors import InputError
+
+__all__ = [
+    "atomic_write",
+    "format_box",
+    "write_boxes",
+    "read_boxes",
+    "write_times",
+    "read_times",
+    "write_json",
+    "read_json",
+    "read_label_png",
+    "write_label_png",
+    "ObjectIds",
+    "StreamingTextWriter",
+]
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterable[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    Parent folders are created. The file gets the usual permissions (0666 minus umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+# ----------------------------------------------------------------------------------------------- boxes
+
+
+def format_box(box: Iterable[float]) -> str:
+    """One result line without the newline: ``%.3f,%.3f,%.3f,%.3f`` as ``np.savetxt`` formats it."""
+    values = [float(v) for v in box]
+    if len(values) != 4:
+        raise ValueError(f"a box has 4 values x,y,w,h, got {len(values)}")
+    x, y, w, h = values
+    return f"{x:.3f},{y:.3f},{w:.3f},{h:.3f}"
+
+
+def write_boxes(path: str | os.PathLike, boxes: np.ndarray | Iterable[Iterable[float]]) -> None:
+    """Write an (N, 4) ``x,y,w,h`` array as the TREK-150 toolkit does, atomically.
+
+    Each line is ``%.3f,%.3f,%.3f,%.3f\\n`` (trailing newline on the last line too); values are written
+    as given (the lost-target policy is what keeps NaN out).
+    """
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        arr = arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {arr.shape}")
+    _write_text(path, "".join(format_box(row) + "\n" for row in arr))
+
+
+_SPLIT = re.compile(r"[\s,;]+")
+
+
+def _read_rows(path: str | os.PathLike, width: int, what: str) -> np.ndarray:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read {what} file {path}: {err}") from None
+    rows: list[list[float]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        parts = [p for p in _SPLIT.split(content) if p]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != width:
+            expected = f"{width} numbers" if width > 1 else "1 number"
+            raise InputError(f"{path}, line {lineno}: expected {expected}, got {line.strip()!r}")
+        rows.append(values)
+    return np.array(rows, dtype=np.float64).reshape(-1, width)
+
+
+def read_boxes(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
+    """Read an ``x,y,w,h`` file (ours, the toolkit's, or ground truth) as float64 (N, 4), even for N = 0 or 1.
+
+    Values may be separated by commas and/or whitespace; blank lines and ``#`` comments are skipped; ``nan``
+    is read as NaN. A malformed row raises :class:`InputError` naming the file and line. With ``rows``, a
+    different row count is an :class:`InputError` too (a run is only done when its file is complete, R2).
+    """
+    boxes = _read_rows(path, 4, "box")
+    if rows is not None and len(boxes) != rows:
+        raise InputError(f"{path} has {len(boxes)} boxes, expected {rows}")
+    return boxes
+
+
+def write_times(path: str | os.PathLike, seconds: Iterable[float]) -> None:
+    """Write per-frame times in seconds, one ``%.8f`` per line (the toolkit's ``times/<seq>_time.txt``)."""
+    arr = np.asarray(list(seconds) if not isinstance(seconds, np.ndarray) else seconds, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"times must be one-dimensional, got shape {arr.shape}")
+    _write_text(path, "".join(f"{v:.8f}\n" for v in arr.tolist()))
+
+
+def read_times(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
+    """Read a times file as float64 (N,); malformed lines raise :class:`InputError` naming file and line."""
+    times = _read_rows(path, 1, "times").reshape(-1)
+    if rows is not None and len(times) != rows:
+        raise InputError(f"{path} has {len(times)} times, expected {rows}")
+    return times
+
+
+# ------------------------------------------------------------------------------------------------ json
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """Write ``obj`` as JSON atomically; numpy scalars/arrays, paths, dataclasses and sets are converted.
+
+    NaN is written as ``NaN`` like ``json.dump`` does (the official report does the same).
+    """
+    _write_text(path, json.dumps(obj, indent=indent, default=_to_json) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing or malformed file raises :class:`InputError`."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"JSON file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read JSON file {path}: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------ label PNGs
+
+
+def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a label mask PNG as ``(labels uint8 (H, W), palette uint8 (256, 3) or None)``.
+
+    Palette PNGs give their indices and palette; grayscale PNGs give their values and None (e.g. DAVIS-2016
+    0/255 masks); 1-bit PNGs give 0/255. RGB masks (no palette) are turned into a palette image: black is 0,
+    the other colours get 1, 2, ... in order of first appearance, and the returned palette maps them back.
+    """
+    path = Path(path)
+    try:
+        im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise InputError(f"mask file not found: {path}") from None
+    except OSError as err:
+        raise InputError(f"cannot read mask {path}: {err}") from None
+    if im.mode == "P":
+        pal = np.zeros(768, dtype=np.uint8)
+        raw = np.asarray(im.getpalette() or [], dtype=np.uint8)[:768]
+        pal[: raw.size] = raw
+        return np.asarray(im, dtype=np.uint8), pal.reshape(256, 3)
+    if im.mode in ("L", "LA"):
+        return np.asarray(im.getchannel(0), dtype=np.uint8), None
+    if im.mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.uint8), None
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(im)
+        if arr.min() < 0 or arr.max() > 255 or not np.all(arr == np.round(arr)):
+            raise InputError(f"mask {path} has values outside 0..255; object ids must fit in 8 bits")
+        return arr.astype(np.uint8), None
+    if im.mode in ("RGB", "RGBA"):
+        return _rgb_to_labels(np.asarray(im.convert("RGB")), path)
+    raise InputError(f"mask {path} has PNG mode {im.mode}; use a palette or grayscale PNG")
+
+
+def _rgb_to_labels(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    flat = rgb.reshape(-1, 3).astype(np.int64)
+    codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    order = [int(i) for i in np.argsort(first, kind="stable") if uniq[i] != 0]
+    if len(order) > 255:
+        raise InputError(f"mask {path} has {len(order)} colours; at most 255 objects fit in a label mask")
+    lut = np.zeros(len(uniq), dtype=np.uint8)
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for new, i in enumerate(order, start=1):
+        lut[i] = new
+        palette[new] = [(uniq[i] >> 16) & 255, (uniq[i] >> 8) & 255, uniq[i] & 255]
+    return lut[inverse.reshape(-1)].reshape(rgb.shape[:2]), palette
+
+
+def write_label_png(
+    path: str | os.PathLike, labels: np.ndarray, palette: np.ndarray | Iterable[int] | None = None
+) -> None:
+    """Write a label map (values 0..255, kept exactly): a palette PNG, or grayscale when ``palette`` is None.
+
+    ``palette`` is what :func:`read_label_png` returned for the init mask ((K, 3) or a flat list), so
+    output masks look like the input. Written atomically.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ValueError(f"labels must be 2-D (H, W), got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"label values must be in 0..255, got {arr.min()}..{arr.max()}")
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    size = (arr.shape[1], arr.shape[0])
+    if palette is None:
+        im = Image.frombytes("L", size, arr.tobytes())
+    else:
+        im = Image.frombytes("P", size, arr.tobytes())
+        im.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1)[:768].tolist())
+    with atomic_write(path, "wb") as f:
+        im.save(f, format="PNG")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectIds:
+    """Mapping between a mask's own object values and the engine's ids ``1..N``.
+
+    ``values[k]`` is the original value of engine id ``k + 1``; 0 is background on both sides. Built from
+    the init mask with the distinct non-zero values in increasing order, e.g. a 0/255 mask is engine
+    object 1 and is written back as 255. Later masks that add objects (sparse multi-object annotation)
+    extend the mapping without renumbering existing objects.
+    """
+
+    values: tuple[int, ...]
+
+    @classmethod
+    def from_labels(cls, labels: np.ndarray) -> ObjectIds:
+        vals = np.unique(np.asarray(labels))
+        return cls(tuple(int(v) for v in vals if v != 0))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def extend(self, labels: np.ndarray) -> ObjectIds:
+        """The mapping plus the values of ``labels`` not seen yet (appended in increasing order)."""
+        known = set(self.values)
+        new = [int(v) for v in np.unique(np.asarray(labels)) if v != 0 and int(v) not in known]
+        return ObjectIds(self.values + tuple(new))
+
+    def to_engine(self, labels: np.ndarray) -> np.ndarray:
+        """Original values → engine ids (uint8); a value not in the mapping is an :class:`InputError`."""
+        arr = np.asarray(labels)
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[list(self.values)] = np.arange(1, len(self.values) + 1, dtype=np.uint8)
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise InputError(f"mask values must be in 0..255, got {arr.min()}..{arr.max()}")
+        out = lut[arr.astype(np.intp)]
+        unknown = np.unique(arr[(out == 0) & (arr != 0)])
+        if unknown.size:
+            raise InputError(
+                f"mask has object values {unknown.tolist()} that the first mask did not have "
+                f"(known: {list(self.values)}); add new objects with ObjectIds.extend"
+            )
+        return out
+
+    def to_original(self, labels: np.ndarray) -> np.ndarray:
+        """Engine ids → original values (uint8); an id above N is a ``ValueError`` (an engine bug)."""
+        arr = np.asarray(labels)
+        if arr.size and (arr.min() < 0 or arr.max() > len(self.values)):
+            raise ValueError(f"engine ids must be in 0..{len(self.values)}, got {arr.min()}..{arr.max()}")
+        lut = np.array((0, *self.values), dtype=np.uint8)
+        return lut[arr.astype(np.intp)]
+
+
+# ----------------------------------------------------------------------------------- streaming writer
+
+
+class StreamingTextWriter:
+    """Line-per-frame text output for long runs that survives a crash of the process.
+
+    Lines go to ``<path>.part``, flushed after every line, so a killed run keeps every finished frame.
+    :meth:`commit` moves the file to ``path``; until then only the ``.part`` file exists, which the toolkit
+    and our runner never take for a result. As a context manager it commits on success and leaves the
+    ``.part`` file on error. ``resume=True`` keeps the complete lines of an existing ``.part`` file (a torn
+    last line is dropped) and appends after them; :attr:`lines` counts all lines, old ones included.
+
+    >>> with StreamingTextWriter("out/boxes.txt") as w:
+    ...     for box in boxes:
+    ...         w.write_box(box)
+    """
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.part_path = self.path.with_name(self.path.name + ".part")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines = 0
+        if resume and self.part_path.exists():
+            data = self.part_path.read_bytes()
+            keep = data[: data.rfind(b"\n") + 1]
+            self.lines = keep.count(b"\n")
+            self._file: IO[str] | None = open(self.part_path, "r+", encoding="utf-8", newline="\n")
+            self._file.truncate(len(keep))
+            self._file.seek(len(keep))
+        else:
+            self._file = open(self.part_path, "w", encoding="utf-8", newline="\n")
+        self.committed = False
+
+    def write_line(self, text: str) -> None:
+        """Append one line (without its newline) and flush it to the operating system."""
+        if self._file is None:
+            raise RuntimeError(f"{self.part_path} is closed")
+        if "\n" in text or "\r" in text:
+            raise ValueError("a line must not contain a newline")
+        self._file.write(text + "\n")
+        self._file.flush()
+        self.lines += 1
+
+    def write_box(self, box: Iterable[float]) -> None:
+        """Append one ``x,y,w,h`` row in the exact :func:`write_boxes` format."""
+        self.write_line(format_box(box))
+
+    def write_time(self, seconds: float) -> None:
+        """Append one time in the exact :func:`write_times` format."""
+        self.write_line(f"{float(seconds):.8f}")
+
+    def close(self) -> None:
+        """Close without committing: the ``.part`` file stays as an unfinished result."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def commit(self) -> Path:
+        """Sync, close and rename ``<path>.part`` to ``path``; returns ``path``."""
+        if self.committed:
+            return self.path
+        if self._file is None:
+            raise RuntimeError(f"{self.part_path} was closed without commit")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.close()
+        os.replace(self.part_path, self.path)
+        self.committed = True
+        return self.path
+
+    def __enter__(self) -> StreamingTextWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.close()
