@@ -17,6 +17,7 @@ from trek_tracker.errors import UserError
 # name -> "module:attribute" of a click command or group.
 _COMMANDS: dict[str, str] = {
     "run": "trek_tracker.cli.run:run",
+    "weights": "trek_tracker.cli.weights:weights",
 }
 
 
