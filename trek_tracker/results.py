@@ -210,8 +210,8 @@ def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     """
     path = Path(path)
     try:
-        im = Image.open(path)
-        im.load()
+        with Image.open(path) as im:
+            im.load()
     except FileNotFoundError:
         raise InputError(f"mask file not found: {path}") from None
     except OSError as err:

@@ -1,0 +1,273 @@
+"""Boxes, IoU, mask → box and the lost-target policy (trek_tracker.geometry)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from trek_tracker.errors import InputError
+from trek_tracker.geometry import (
+    BoxFromMask,
+    BoxFromMaskConfig,
+    box_to_mask,
+    check_box_in_frame,
+    iou,
+    mask_to_box,
+    mask_to_rotated_box,
+    parse_box,
+    polygon_to_box,
+    remove_small_components,
+    xywh_to_xyxy,
+    xyxy_to_xywh,
+)
+
+# ------------------------------------------------------------------------------------------ conversions
+
+
+def test_xywh_xyxy_conventions() -> None:
+    box = np.array([10.0, 20.0, 5.0, 3.0])
+    np.testing.assert_array_equal(xywh_to_xyxy(box), [10, 20, 15, 23])
+    np.testing.assert_array_equal(xywh_to_xyxy(box, inclusive=True), [10, 20, 14, 22])
+    np.testing.assert_array_equal(xyxy_to_xywh([10, 20, 14, 22], inclusive=True), box)
+    np.testing.assert_array_equal(xyxy_to_xywh([10, 20, 15, 23]), box)
+
+
+def test_conversions_round_trip_batched() -> None:
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([rng.uniform(0, 100, (7, 2)), rng.uniform(1, 50, (7, 2))], axis=1)
+    for inclusive in (False, True):
+        back = xyxy_to_xywh(xywh_to_xyxy(boxes, inclusive=inclusive), inclusive=inclusive)
+        np.testing.assert_allclose(back, boxes, rtol=0, atol=1e-12)
+    assert xywh_to_xyxy(boxes).shape == (7, 4)
+
+
+def test_inclusive_xyxy_matches_mask_pixel_indices() -> None:
+    mask = np.zeros((30, 40), bool)
+    mask[5:12, 7:20] = True  # rows 5..11, cols 7..19
+    np.testing.assert_array_equal(xywh_to_xyxy(mask_to_box(mask), inclusive=True), [7, 5, 19, 11])
+
+
+# ------------------------------------------------------------------------------------------------- IoU
+
+
+def test_iou_hand_computed() -> None:
+    # overlap 5x5 = 25, union 100 + 100 - 25 = 175
+    assert iou([0, 0, 10, 10], [5, 5, 10, 10]) == pytest.approx(25 / 175)
+    # contained: 4x4 inside 8x8
+    assert iou([0, 0, 8, 8], [2, 2, 4, 4]) == pytest.approx(16 / 64)
+    # touching edges: continuous pixels, no +1, so no overlap
+    assert iou([0, 0, 10, 10], [10, 0, 10, 10]) == 0.0
+    assert iou([3, 4, 5, 6], [3, 4, 5, 6]) == pytest.approx(1.0)
+
+
+def test_iou_degenerate_and_nan() -> None:
+    assert iou([0, 0, 0, 0], [0, 0, 10, 10]) == 0.0
+    assert iou([0, 0, -5, 10], [0, 0, 10, 10]) == 0.0
+    assert np.isnan(iou([np.nan] * 4, [0, 0, 10, 10]))
+
+
+def test_iou_vectorised_matches_scalar() -> None:
+    rng = np.random.default_rng(1)
+    a = np.concatenate([rng.uniform(0, 50, (20, 2)), rng.uniform(1, 40, (20, 2))], axis=1)
+    b = np.concatenate([rng.uniform(0, 50, (20, 2)), rng.uniform(1, 40, (20, 2))], axis=1)
+    vec = iou(a, b)
+    assert vec.shape == (20,)
+    np.testing.assert_allclose(vec, [iou(x, y) for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(iou(a, a[3]), [iou(x, a[3]) for x in a])
+    assert np.all((vec >= 0) & (vec <= 1))
+
+
+# ----------------------------------------------------------------------------------- parsing, checking
+
+
+@pytest.mark.parametrize(
+    "text", ["313,88,342,194", "313 88 342 194", " 313, 88,342 ,194 ", "313.0,88,342,194"]
+)
+def test_parse_box_accepts(text: str) -> None:
+    np.testing.assert_array_equal(parse_box(text), [313, 88, 342, 194])
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("1,2,3", "four numbers"),
+        ("1,2,3,4,5", "four numbers"),
+        ("a,b,c,d", "not four numbers"),
+        ("", "four numbers"),
+        ("1,2,nan,4", "NaN or infinite"),
+        ("1,2,inf,4", "NaN or infinite"),
+        ("1,2,0,4", "zero or negative"),
+        ("1,2,3,-4", "zero or negative"),
+    ],
+)
+def test_parse_box_rejects_with_one_line(text: str, reason: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_box(text)
+    message = str(info.value)
+    assert reason in message and "\n" not in message and "x,y,w,h" in message
+
+
+def test_check_box_in_frame() -> None:
+    inside = check_box_in_frame([10, 10, 20, 20], (100, 200))
+    assert not inside.clipped
+    np.testing.assert_array_equal(inside.box, [10, 10, 20, 20])
+    box, clipped = check_box_in_frame([-5, 90, 20, 20], (100, 200))
+    assert clipped
+    np.testing.assert_array_equal(box, [0, 90, 15, 10])
+    for outside in ([200, 10, 5, 5], [10, 100, 5, 5], [-5, 10, 5, 5], [10, -30, 5, 29.5]):
+        with pytest.raises(InputError, match="outside"):
+            check_box_in_frame(outside, (100, 200))
+
+
+# ----------------------------------------------------------------------------------------- mask → box
+
+
+def test_mask_to_box_known_masks() -> None:
+    mask = np.zeros((40, 50), np.uint8)
+    mask[7, 9] = 1  # one pixel
+    np.testing.assert_array_equal(mask_to_box(mask), [9, 7, 1, 1])
+    mask[0, 0] = 255  # two far-apart pixels
+    np.testing.assert_array_equal(mask_to_box(mask), [0, 0, 10, 8])
+    full = np.ones((40, 50), bool)
+    np.testing.assert_array_equal(mask_to_box(full), [0, 0, 50, 40])
+    corner = np.zeros((40, 50), bool)
+    corner[-1, -1] = True
+    np.testing.assert_array_equal(mask_to_box(corner), [49, 39, 1, 1])
+    assert mask_to_box(np.zeros((40, 50), bool)) is None
+
+
+def test_mask_to_box_car_shadow(davis) -> None:
+    from PIL import Image
+
+    mask = np.asarray(Image.open(davis / "Annotations/480p/car-shadow/00000.png"))
+    np.testing.assert_array_equal(mask_to_box(mask > 0), [313, 88, 342, 194])
+
+
+def test_mask_to_box_rejects_non_2d() -> None:
+    with pytest.raises(InputError, match="2-D"):
+        mask_to_box(np.zeros((4, 4, 3)))
+
+
+def test_box_to_mask_round_trip_and_clip() -> None:
+    for box in ([3, 4, 10, 6], [0, 0, 1, 1], [49, 29, 1, 1]):
+        mask = box_to_mask(box, (30, 50))
+        assert mask.dtype == bool and mask.sum() == box[2] * box[3]
+        np.testing.assert_array_equal(mask_to_box(mask), box)
+    clipped = box_to_mask([40, 25, 20, 20], (30, 50))
+    np.testing.assert_array_equal(mask_to_box(clipped), [40, 25, 10, 5])
+    thin = box_to_mask([10.6, 5.6, 0.3, 0.3], (30, 50))  # holds no pixel centre
+    np.testing.assert_array_equal(mask_to_box(thin), [10, 5, 1, 1])
+    assert not box_to_mask([60, 0, 5, 5], (30, 50)).any()
+
+
+def test_rotated_box_of_upright_rectangle_is_the_tight_box() -> None:
+    mask = np.zeros((60, 80), bool)
+    mask[10:25, 5:50] = True
+    rot = mask_to_rotated_box(mask)
+    np.testing.assert_allclose(rot.box, mask_to_box(mask), atol=1e-4)
+    assert sorted(rot.size) == pytest.approx([15, 45], abs=1e-4)
+    assert rot.polygon.shape == (8,)
+
+
+def test_rotated_box_of_rotated_rectangle() -> None:
+    mask = np.zeros((200, 200), np.uint8)
+    corners = cv2.boxPoints(((100.0, 90.0), (80.0, 30.0), 30.0))
+    cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 1)
+    rot = mask_to_rotated_box(mask)
+    # rasterisation adds about a pixel on each side
+    assert sorted(rot.size) == pytest.approx([31, 81], abs=2.5)
+    assert rot.center == pytest.approx((100.5, 90.5), abs=1.0)
+    long_side = np.diff(rot.polygon.reshape(4, 2)[[0, 1, 2]], axis=0)
+    angles = np.degrees(np.arctan2(long_side[:, 1], long_side[:, 0])) % 180
+    assert min(abs(a - 30) for a in angles) < 2.0
+    # much tighter than the upright box of the same mask
+    assert rot.size[0] * rot.size[1] < 0.6 * np.prod(mask_to_box(mask)[2:])
+    np.testing.assert_allclose(rot.box, polygon_to_box(rot.polygon))
+    assert mask_to_rotated_box(np.zeros((5, 5), bool)) is None
+
+
+def test_rotated_box_single_pixel() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[3, 4] = True
+    np.testing.assert_allclose(mask_to_rotated_box(mask).box, [4, 3, 1, 1], atol=1e-5)
+
+
+def test_remove_small_components() -> None:
+    mask = np.zeros((50, 50), bool)
+    mask[10:30, 10:30] = True  # 400 px
+    mask[45, 45] = True  # speckle
+    mask[0:5, 40:50] = True  # 50 px
+    kept = remove_small_components(mask, 100)
+    np.testing.assert_array_equal(kept, mask & (np.arange(50)[:, None] < 40) & (np.arange(50)[:, None] >= 10))
+    np.testing.assert_array_equal(mask_to_box(remove_small_components(mask, 40)), [10, 0, 40, 30])
+    tiny = np.zeros((50, 50), bool)
+    tiny[3:5, 3:5] = True
+    np.testing.assert_array_equal(remove_small_components(tiny, 100), tiny)  # never removes everything
+    np.testing.assert_array_equal(mask_to_box(remove_small_components(mask, 0, "largest")), [10, 10, 20, 20])
+
+
+# ---------------------------------------------------------------------------------- lost-target policy
+
+
+def test_box_from_mask_holds_last_box_when_empty() -> None:
+    policy = BoxFromMask([1, 2, 3, 4], BoxFromMaskConfig(min_component_px=0))
+    empty = np.zeros((40, 40), bool)
+    box, lost = policy.update(empty)  # lost before any mask: the init box is held
+    assert lost
+    np.testing.assert_array_equal(box, [1, 2, 3, 4])
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 5:8] = True
+    box, lost = policy.update(mask)
+    assert not lost
+    np.testing.assert_array_equal(box, [5, 10, 3, 10])
+    for _ in range(3):
+        box, lost = policy.update(empty)
+        assert lost
+        np.testing.assert_array_equal(box, [5, 10, 3, 10])
+    box[:] = -1  # the caller owns the returned array
+    np.testing.assert_array_equal(policy.last_box, [5, 10, 3, 10])
+
+
+def test_box_from_mask_ignores_speckles_by_default() -> None:
+    policy = BoxFromMask([0, 0, 10, 10])
+    mask = np.zeros((100, 100), bool)
+    mask[20:40, 20:40] = True
+    mask[90, 90] = True
+    box, lost = policy.update(mask)
+    np.testing.assert_array_equal(box, [20, 20, 20, 20])
+    assert not lost
+
+
+def test_box_from_mask_extrapolates_for_a_few_frames() -> None:
+    policy = BoxFromMask([0, 0, 4, 4], BoxFromMaskConfig(min_component_px=0, extrapolate_frames=2))
+    frames = []
+    for x in (0, 3):  # moves 3 px right per frame
+        m = np.zeros((20, 40), bool)
+        m[5:9, x : x + 4] = True
+        frames.append(m)
+    policy.update(frames[0])
+    policy.update(frames[1])
+    empty = np.zeros((20, 40), bool)
+    xs = [policy.update(empty)[0][0] for _ in range(4)]
+    assert xs == [6, 9, 9, 9]
+
+
+def test_box_from_mask_rotated_output() -> None:
+    policy = BoxFromMask([0, 0, 4, 4], BoxFromMaskConfig(output="rotated", min_component_px=0))
+    np.testing.assert_array_equal(policy.last_box, [0, 0, 4, 0, 4, 4, 0, 4])
+    mask = np.zeros((30, 30), bool)
+    mask[5:10, 2:22] = True
+    poly, lost = policy.update(mask)
+    assert poly.shape == (8,) and not lost
+    np.testing.assert_allclose(polygon_to_box(poly), [2, 5, 20, 5], atol=1e-4)
+    held, lost = policy.update(np.zeros((30, 30), bool))
+    assert lost
+    np.testing.assert_array_equal(held, poly)
+
+
+def test_box_from_mask_config_validation() -> None:
+    with pytest.raises(InputError):
+        BoxFromMaskConfig(output="square")
+    with pytest.raises(InputError):
+        BoxFromMask([0, 0, np.nan, 1])

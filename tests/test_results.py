@@ -1,0 +1,268 @@
+"""Result files (trek_tracker.results): formats, round trips, atomicity, label PNGs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trek_tracker.errors import InputError
+from trek_tracker.geometry import mask_to_box
+from trek_tracker.results import (
+    ObjectIds,
+    StreamingTextWriter,
+    atomic_write,
+    format_box,
+    read_boxes,
+    read_json,
+    read_label_png,
+    read_times,
+    write_boxes,
+    write_json,
+    write_label_png,
+    write_times,
+)
+
+# --------------------------------------------------------------------------------------------- boxes
+
+
+def _png(path: Path) -> tuple[str, list[int] | None]:
+    with Image.open(path) as im:
+        return im.mode, im.getpalette()
+
+
+def _savetxt(arr: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    np.savetxt(buf, arr, fmt=fmt, delimiter=",")
+    return buf.getvalue()
+
+
+def test_write_boxes_is_byte_identical_to_the_toolkit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([rng.uniform(-10, 1900, (30, 2)), rng.uniform(0.5, 500, (30, 2))], axis=1)
+    boxes[3] = [2.0005, -0.0001, 1e-9, 123456.78949]
+    path = tmp_path / "ope" / "P01-P01_01-0.txt"
+    write_boxes(path, boxes)
+    data = path.read_bytes()
+    assert data == _savetxt(boxes, "%.3f")
+    assert data.splitlines()[3] == b"2.001,-0.000,0.000,123456.789"  # trek150.md section 6 examples
+    assert data.endswith(b"\n") and not data.endswith(b"\n\n")
+    back = read_boxes(path)
+    np.testing.assert_allclose(back, boxes, atol=5e-4 + 1e-9)
+    np.testing.assert_array_equal(back, np.loadtxt(path, delimiter=","))
+
+
+def test_read_boxes_one_and_zero_rows_keep_two_dims(tmp_path: Path) -> None:
+    write_boxes(tmp_path / "one.txt", [[1, 2, 3, 4]])
+    assert read_boxes(tmp_path / "one.txt").shape == (1, 4)
+    write_boxes(tmp_path / "none.txt", np.zeros((0, 4)))
+    assert (tmp_path / "none.txt").read_bytes() == b""
+    assert read_boxes(tmp_path / "none.txt").shape == (0, 4)
+
+
+def test_read_boxes_toolkit_and_ground_truth_styles(tmp_path: Path) -> None:
+    path = tmp_path / "gt.txt"
+    path.write_text("# comment\n1,2,3,4\n5 6 7 8\n9\t10\t11\t12\n-1,-1,-1,-1\n\nnan,nan,nan,nan\n")
+    boxes = read_boxes(path)
+    assert boxes.shape == (5, 4)
+    np.testing.assert_array_equal(boxes[:4], [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [-1, -1, -1, -1]])
+    assert np.isnan(boxes[4]).all()
+
+
+@pytest.mark.parametrize(("row", "line"), [("1,2,3", 2), ("1,2,x,4", 2), ("1,2,3,4,5", 2)])
+def test_read_boxes_malformed_row_names_file_and_line(tmp_path: Path, row: str, line: int) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text(f"1,2,3,4\n{row}\n5,6,7,8\n")
+    with pytest.raises(InputError, match=rf"bad\.txt, line {line}: expected 4 numbers"):
+        read_boxes(path)
+
+
+def test_read_boxes_row_count_and_missing(tmp_path: Path) -> None:
+    write_boxes(tmp_path / "b.txt", np.ones((3, 4)))
+    assert read_boxes(tmp_path / "b.txt", rows=3).shape == (3, 4)
+    with pytest.raises(InputError, match="has 3 boxes, expected 4"):
+        read_boxes(tmp_path / "b.txt", rows=4)
+    with pytest.raises(InputError, match="not found"):
+        read_boxes(tmp_path / "missing.txt")
+
+
+def test_times_round_trip_and_format(tmp_path: Path) -> None:
+    times = np.array([0.123456789, 1.5, 1e-9, 12.0])
+    path = tmp_path / "times" / "seq_time.txt"
+    write_times(path, times)
+    assert path.read_bytes() == _savetxt(times, "%.8f")
+    np.testing.assert_allclose(read_times(path), times, atol=5e-9)
+    write_times(tmp_path / "list.txt", [0.5, 0.25])
+    np.testing.assert_array_equal(read_times(tmp_path / "list.txt", rows=2), [0.5, 0.25])
+    (tmp_path / "bad.txt").write_text("0.1\n0.2 0.3\n")
+    with pytest.raises(InputError, match=r"bad\.txt, line 2: expected 1 number"):
+        read_times(tmp_path / "bad.txt")
+
+
+# ----------------------------------------------------------------------------------------- atomicity
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "boxes.txt"
+    with pytest.raises(ValueError):
+        write_boxes(path, np.ones((3, 5)))
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_write(path) as f:
+            f.write("1,2,3,4\n")
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_crash_midway_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    import trek_tracker.results as results
+
+    path = tmp_path / "boxes.txt"
+    write_boxes(path, [[1, 2, 3, 4]])
+    before = path.read_bytes()
+    calls = []
+
+    def failing(box):
+        calls.append(box)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return format_box(box)
+
+    monkeypatch.setattr(results, "format_box", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_boxes(path, np.ones((5, 4)))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["boxes.txt"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    write_json(path, {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"bad": object()})
+    assert read_json(path) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_write_json_converts_numpy(tmp_path: Path) -> None:
+    obj = {"a": np.float32(0.5), "b": np.arange(3), "c": np.int64(7), "d": [np.bool_(True)], "p": tmp_path}
+    write_json(tmp_path / "x.json", obj)
+    text = (tmp_path / "x.json").read_text()
+    assert text.startswith('{\n  "a": 0.5') and text.endswith("}\n")
+    assert json.loads(text) == {"a": 0.5, "b": [0, 1, 2], "c": 7, "d": [True], "p": str(tmp_path)}
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="bad.json"):
+        read_json(tmp_path / "bad.json")
+
+
+# ---------------------------------------------------------------------------------------- label PNGs
+
+
+def test_palette_mask_round_trip(shared: Path, tmp_path: Path) -> None:
+    src = sorted((shared / "data/aot_demo/masks").glob("*.png"))[0]
+    labels, palette = read_label_png(src)
+    assert palette is not None and palette.shape == (256, 3)
+    ids = ObjectIds.from_labels(labels)
+    assert len(ids) == len(np.unique(labels)) - 1 > 10
+    engine = ids.to_engine(labels)
+    assert engine.max() == len(ids)
+    out = tmp_path / "masks" / src.name
+    write_label_png(out, ids.to_original(engine), palette)
+    back, back_palette = read_label_png(out)
+    np.testing.assert_array_equal(back, labels)
+    np.testing.assert_array_equal(back_palette, palette)
+    mode, pal = _png(out)
+    assert mode == "P" and pal[: 3 * 64] == _png(src)[1][: 3 * 64]
+
+
+def test_grayscale_0_255_mask_round_trip(davis: Path, tmp_path: Path) -> None:
+    src = davis / "Annotations/480p/car-shadow/00000.png"
+    labels, palette = read_label_png(src)
+    assert palette is None and set(np.unique(labels)) == {0, 255}
+    np.testing.assert_array_equal(mask_to_box(labels), [313, 88, 342, 194])
+    ids = ObjectIds.from_labels(labels)
+    assert ids.values == (255,)
+    engine = ids.to_engine(labels)
+    assert set(np.unique(engine)) == {0, 1}
+    write_label_png(tmp_path / "m.png", ids.to_original(engine))
+    back, back_palette = read_label_png(tmp_path / "m.png")
+    assert back_palette is None and _png(tmp_path / "m.png")[0] == "L"
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_rgb_mask_becomes_labels_and_palette(tmp_path: Path) -> None:
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[1, 1] = (0, 128, 0)  # first non-black colour met in raster order -> 1
+    rgb[3:5, 2:4] = (128, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    labels, palette = read_label_png(tmp_path / "rgb.png")
+    assert labels[1, 1] == 1 and labels[3, 2] == 2 and labels[0, 0] == 0
+    np.testing.assert_array_equal(palette[labels], rgb)
+
+
+def test_object_ids_sparse_values_and_extension() -> None:
+    labels = np.array([[0, 7, 7], [3, 0, 200]], np.uint8)
+    ids = ObjectIds.from_labels(labels)
+    assert ids.values == (3, 7, 200)
+    engine = ids.to_engine(labels)
+    np.testing.assert_array_equal(engine, [[0, 2, 2], [1, 0, 3]])
+    np.testing.assert_array_equal(ids.to_original(engine), labels)
+    later = np.array([[5, 7, 0]], np.uint8)
+    with pytest.raises(InputError, match=r"\[5\]"):
+        ids.to_engine(later)
+    more = ids.extend(later)
+    assert more.values == (3, 7, 200, 5)  # existing objects keep their ids
+    np.testing.assert_array_equal(more.to_engine(later), [[4, 2, 0]])
+    with pytest.raises(ValueError):
+        ids.to_original(np.array([[4]]))
+
+
+def test_read_label_png_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        read_label_png(tmp_path / "none.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="junk.png"):
+        read_label_png(tmp_path / "junk.png")
+
+
+# ---------------------------------------------------------------------------------- streaming writer
+
+
+def test_streaming_writer_commits_identical_file(tmp_path: Path) -> None:
+    boxes = np.array([[1.23456, 2, 3, 4], [5, 6, 7.0005, 8]])
+    final = tmp_path / "seq.txt"
+    writer = StreamingTextWriter(final)
+    writer.write_box(boxes[0])
+    part = tmp_path / "seq.txt.part"
+    assert part.read_text() == format_box(boxes[0]) + "\n"  # flushed line by line
+    assert not final.exists()
+    writer.write_box(boxes[1])
+    assert writer.commit() == final
+    assert not part.exists()
+    write_boxes(tmp_path / "whole.txt", boxes)
+    assert final.read_bytes() == (tmp_path / "whole.txt").read_bytes()
+
+
+def test_streaming_writer_leaves_part_on_error_and_resumes(tmp_path: Path) -> None:
+    final = tmp_path / "t.txt"
+    with pytest.raises(RuntimeError):
+        with StreamingTextWriter(final) as w:
+            w.write_time(0.5)
+            w.write_time(0.25)
+            raise RuntimeError("killed")
+    assert not final.exists()
+    part = tmp_path / "t.txt.part"
+    part.write_bytes(part.read_bytes() + b"0.12")  # torn last line of a killed process
+    with StreamingTextWriter(final, resume=True) as w:
+        assert w.lines == 2
+        w.write_time(0.125)
+    np.testing.assert_array_equal(read_times(final), [0.5, 0.25, 0.125])
+    assert not part.exists()
+    w = StreamingTextWriter(tmp_path / "x.txt")
+    with pytest.raises(ValueError):
+        w.write_line("a\nb")
+    w.close()
+    assert not (tmp_path / "x.txt").exists() and (tmp_path / "x.txt.part").exists()

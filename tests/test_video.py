@@ -1,0 +1,229 @@
+"""Frame sources and the overlay writer (trek_tracker.video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from trek_tracker.errors import InputError
+from trek_tracker.video import (
+    ImageFolderSource,
+    OverlayWriter,
+    VideoFileSource,
+    draw_overlay,
+    id_color,
+    natural_key,
+    open_frames,
+)
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> None:
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _frame(value: int, size: tuple[int, int] = (12, 16)) -> np.ndarray:
+    """A frame whose red channel is ``value`` and blue channel is 0 (so a channel swap is visible)."""
+    img = np.zeros((*size, 3), np.uint8)
+    img[..., 0] = value
+    img[..., 1] = 100
+    return img
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+# ------------------------------------------------------------------------------------------- folders
+
+
+def test_natural_sort() -> None:
+    names = ["10.jpg", "2.jpg", "1.jpg", "frame_10.png", "frame_9.png", "a.png"]
+    assert sorted(names, key=natural_key) == [
+        "1.jpg",
+        "2.jpg",
+        "10.jpg",
+        "a.png",
+        "frame_9.png",
+        "frame_10.png",
+    ]
+
+
+def test_folder_natural_order_extensions_and_values(tmp_path: Path) -> None:
+    # PNG is lossless, so the values identify the frames; mixed-case extensions and a non-image are present.
+    for i, name in enumerate(["1.png", "2.PNG", "10.png"]):
+        _write_rgb(tmp_path / name, _frame(10 * (i + 1)))
+    (tmp_path / "notes.txt").write_text("not a frame")
+    (tmp_path / ".hidden.png").write_bytes(b"junk")
+    src = open_frames(tmp_path)
+    assert isinstance(src, ImageFolderSource)
+    assert len(src) == 3 and src.size == (12, 16) and src.fps is None and src.name == tmp_path.name
+    assert [f.name for f in src.files] == ["1.png", "2.PNG", "10.png"]
+    frames = list(src)
+    assert [int(f[0, 0, 0]) for f in frames] == [10, 20, 30]
+    assert all(f.dtype == np.uint8 and f.shape == (12, 16, 3) for f in frames)
+    assert frames[0][0, 0, 2] == 0  # RGB, not BGR
+    np.testing.assert_array_equal(src[-1], frames[2])
+    np.testing.assert_array_equal(src[1], frames[1])
+    with pytest.raises(IndexError):
+        src[3]
+
+
+def test_folder_jpeg_count_and_random_access(davis: Path) -> None:
+    src = open_frames(davis / "JPEGImages/480p/car-shadow")
+    assert len(src) == 40 and src.size == (480, 854)
+    assert src.files[0].name == "00000.jpg" and src.files[-1].name == "00039.jpg"
+    direct = cv2.cvtColor(cv2.imread(str(src.files[7])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(src[7], direct)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such"):
+        open_frames(tmp_path / "nope.mp4")
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="empty"):
+        open_frames(tmp_path)
+
+
+def test_folder_without_images(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "b.csv").write_text("x")
+    with pytest.raises(InputError, match="no .jpg/.jpeg/.png images.*a.txt"):
+        open_frames(tmp_path)
+
+
+def test_mixed_sizes_named_when_met(tmp_path: Path) -> None:
+    _write_rgb(tmp_path / "0.png", _frame(1))
+    _write_rgb(tmp_path / "1.png", _frame(2))
+    _write_rgb(tmp_path / "2.png", _frame(3, size=(12, 15)))
+    src = open_frames(tmp_path)  # opening reads only the first frame
+    it = iter(src)
+    next(it), next(it)
+    with pytest.raises(InputError, match=r"2\.png is 15x12.*16x12"):
+        next(it)
+
+
+def test_corrupt_image_in_folder(tmp_path: Path) -> None:
+    _write_rgb(tmp_path / "0.png", _frame(1))
+    (tmp_path / "1.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    src = open_frames(tmp_path)
+    with pytest.raises(InputError, match="cannot decode image .*1.jpg"):
+        src[1]
+
+
+def test_single_image_is_refused(tmp_path: Path) -> None:
+    _write_rgb(tmp_path / "0.png", _frame(1))
+    with pytest.raises(InputError, match="single image"):
+        open_frames(tmp_path / "0.png")
+
+
+# ----------------------------------------------------------------------------------------- video files
+
+
+def test_corrupt_video(tmp_path: Path) -> None:
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    with pytest.raises(InputError, match="broken.mp4"):
+        open_frames(path)
+
+
+def test_video_file_source(tmp_path: Path) -> None:
+    frames = [_frame(v, size=(32, 48)) for v in (0, 60, 120, 180, 240)]
+    path = tmp_path / "clip.mp4"
+    _write_video(path, frames, fps=12.0)
+    src = open_frames(path)
+    assert isinstance(src, VideoFileSource)
+    assert src.size == (32, 48) and src.fps == pytest.approx(12.0) and src.name == "clip"
+    assert len(src) == 5
+    decoded = list(src)
+    assert len(decoded) == 5 and src.len_is_exact and len(src) == 5
+    reds = [float(f[..., 0].mean()) for f in decoded]
+    np.testing.assert_allclose(reds, [0, 60, 120, 180, 240], atol=8)  # RGB order, lossy codec
+    assert all(float(f[..., 2].mean()) < 8 for f in decoded)
+    # random access: forward, backward (reopens), same frame twice
+    for i in (3, 1, 1, 4, 0):
+        np.testing.assert_array_equal(src[i], decoded[i])
+    np.testing.assert_array_equal(src[-1], decoded[-1])
+    with pytest.raises(IndexError):
+        src[5]
+    src.close()
+
+
+def test_mp4_and_jpeg_folder_agree(shared: Path) -> None:
+    video = open_frames(shared / "data/videos/blackswan.mp4")
+    folder = open_frames(shared / "data/davis/JPEGImages/480p/blackswan")
+    assert len(video) == len(folder) == 50
+    assert video.size == folder.size == (480, 854)
+    assert video.fps == pytest.approx(30.0)
+    n = 0
+    for i, (a, b) in enumerate(zip(video, folder, strict=True)):
+        if i % 10 == 0:  # a few frames suffice to catch a colour-order bug
+            a16, b16 = a.astype(np.int16), b.astype(np.int16)
+            same = np.abs(a16 - b16).mean()
+            swapped = np.abs(a16[..., ::-1] - b16).mean()
+            assert same < 8.0, f"frame {i}: mean |diff| {same:.2f}"  # measured 4.5 on average
+            assert swapped > 2 * same, f"frame {i}: RGB vs BGR {swapped:.2f} is not far from {same:.2f}"
+        n += 1
+    assert n == 50 and video.len_is_exact and len(video) == 50
+
+
+# -------------------------------------------------------------------------------------------- overlay
+
+
+def test_id_colors_distinct() -> None:
+    assert id_color(1) == (128, 0, 0) and id_color(2) == (0, 128, 0)
+    assert len({id_color(i) for i in range(1, 60)}) == 59
+
+
+def test_draw_overlay_tints_per_object() -> None:
+    frame = np.full((20, 30, 3), 100, np.uint8)
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:6, 2:6] = 1
+    labels[10:15, 20:25] = 2
+    out = draw_overlay(frame, labels)
+    np.testing.assert_array_equal(out[3, 3], [114, 50, 50])  # halfway to (128, 0, 0)
+    np.testing.assert_array_equal(out[12, 22], [50, 114, 50])
+    np.testing.assert_array_equal(out[18, 2], [100, 100, 100])
+    np.testing.assert_array_equal(frame[3, 3], [100, 100, 100])  # input untouched
+    boxed = draw_overlay(frame, None, {2: [5, 5, 10, 8]}, thickness=1)
+    assert tuple(boxed[5, 10]) != (100, 100, 100) and tuple(boxed[9, 10]) == (100, 100, 100)
+
+
+def test_overlay_writer_writes_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "overlay.mp4"
+    frame = _frame(50, size=(32, 48))
+    mask = np.zeros((32, 48), bool)
+    mask[8:24, 8:24] = True
+    with OverlayWriter(path, 10, (32, 48)) as writer:
+        for _ in range(3):
+            writer.write(frame, mask, np.array([8, 8, 16, 16]))
+        assert not path.exists()
+    assert path.exists()
+    back = list(open_frames(path))
+    assert len(back) == 3
+    assert abs(float(back[0][16, 16, 0]) - (0.5 * 50 + 0.5 * 128)) < 12  # tinted red inside the mask
+    assert list(tmp_path.glob("out/.*")) == []
+
+
+def test_overlay_writer_removes_temp_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "overlay.mp4"
+    with pytest.raises(RuntimeError, match="boom"):
+        with OverlayWriter(path, 10, (32, 48)) as writer:
+            writer.write(_frame(1, size=(32, 48)))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overlay_writer_rejects_wrong_size(tmp_path: Path) -> None:
+    with OverlayWriter(tmp_path / "o.mp4", 10, (32, 48)) as writer:
+        with pytest.raises(InputError, match="size"):
+            writer.write(_frame(1, size=(30, 48)))
