@@ -1,0 +1,96 @@
+"""Importing hand-copied files, verification and cache status."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.weights.server import sha, write_registry
+from trek_tracker.errors import CheckpointError
+from trek_tracker.weights import import_file, registry_entry, status, verify
+
+
+@pytest.fixture
+def reg(registry_file, payload):
+    write_registry(registry_file, {
+        "known": {"file_name": "Known.pth", "size": len(payload), "sha256": sha(payload),
+                  "urls": ["http://127.0.0.1:9/k"]},
+        "unhashed": {"file_name": "Unhashed.pth.tar", "urls": ["http://127.0.0.1:9/u"]},
+    })
+    return registry_file
+
+
+def _leftovers(home):
+    return sorted(p.name for p in (home / "weights").iterdir()) if (home / "weights").exists() else []
+
+
+def test_import_by_file_name(home, reg, payload, tmp_path):
+    src = tmp_path / "Known.pth"
+    src.write_bytes(payload)
+    path = import_file(src)
+    assert path == home / "weights" / "Known.pth" and path.read_bytes() == payload
+    assert src.exists()  # copied, not moved
+    assert status(registry_entry("known")).state == "present"
+
+
+def test_import_recognises_a_renamed_file_by_hash(home, reg, payload, tmp_path):
+    src = tmp_path / "download (1).bin"
+    src.write_bytes(payload)
+    assert import_file(src).name == "Known.pth"
+
+
+def test_import_rejects_wrong_content_and_leaves_nothing(home, reg, payload, tmp_path):
+    src = tmp_path / "Known.pth"
+    src.write_bytes(payload[:-1] + b"\0")
+    with pytest.raises(CheckpointError, match="bytes but known has|sha256"):
+        import_file(src)
+    assert _leftovers(home) == []
+
+
+def test_import_needs_a_name_for_an_unknown_file(home, reg, tmp_path):
+    src = tmp_path / "mystery.pth"
+    src.write_bytes(b"PK\x03\x04data")
+    with pytest.raises(CheckpointError, match="--name NAME"):
+        import_file(src)
+    path = import_file(src, "unhashed")
+    assert path.name == "Unhashed.pth.tar"
+    with pytest.raises(CheckpointError, match="already in the cache.*--force"):
+        import_file(src, "unhashed")
+    src.write_bytes(b"\x80\x02other")
+    assert import_file(src, "unhashed", force=True).read_bytes() == b"\x80\x02other"
+
+
+def test_verify_detects_corruption(home, reg, payload, tmp_path):
+    src = tmp_path / "Known.pth"
+    src.write_bytes(payload)
+    path = import_file(src)
+    good = verify(registry_entry("known"))
+    assert good.ok and good.against == "registry"
+    data = bytearray(payload)
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    bad = verify(registry_entry("known"))
+    assert not bad.ok and bad.sha256 == sha(bytes(data))
+
+
+def test_verify_uses_the_hash_recorded_on_import_when_the_registry_has_none(home, reg, tmp_path):
+    src = tmp_path / "x.pth.tar"
+    src.write_bytes(b"\x80\x02" + b"a" * 100)
+    path = import_file(src, "unhashed")
+    assert verify(registry_entry("unhashed")).against == "recorded"
+    assert verify(registry_entry("unhashed")).ok
+    path.write_bytes(b"\x80\x02" + b"b" * 100)
+    assert not verify(registry_entry("unhashed")).ok
+
+
+def test_verify_of_a_missing_file_names_the_download(home, reg):
+    with pytest.raises(CheckpointError, match="trek-track weights download known"):
+        verify(registry_entry("known"))
+
+
+def test_status_reports_partial_downloads(home, reg):
+    entry = registry_entry("known")
+    assert status(entry).state == "missing"
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "Known.pth.part").write_bytes(b"12345")
+    st = status(entry)
+    assert (st.state, st.size) == ("partial", 5)

@@ -1,0 +1,176 @@
+"""Downloads against a local server: success, checksum rejection, resume, Drive confirmation pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.weights.server import DRIVE_TOKEN, DRIVE_UUID, sha, write_registry
+from trek_tracker.errors import CheckpointError
+from trek_tracker.weights import default_registry, download, registry_entry
+from trek_tracker.weights.cache import recorded_sha256
+from trek_tracker.weights.download import confirmation_url
+
+
+def _cache_files(home: Path) -> list[str]:
+    folder = home / "weights"
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
+
+
+def test_download_success_then_cached(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "size": len(payload),
+                                            "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False)
+    assert result.downloaded and result.resumed_from == 0
+    assert result.path == home / "weights" / "ckpt.pth"
+    assert result.path.read_bytes() == payload
+    assert recorded_sha256(result.path) == sha(payload)
+    assert _cache_files(home) == ["ckpt.pth", "ckpt.pth.sha256"]
+    requests = len(server.state.log)
+    again = download(registry_entry("ckpt"), progress=False)
+    assert not again.downloaded and again.path == result.path
+    assert len(server.state.log) == requests  # nothing fetched the second time
+
+
+def test_checksum_mismatch_leaves_nothing(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    wrong = sha(payload + b"x")
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": wrong}})
+    with pytest.raises(CheckpointError, match="sha256") as info:
+        download(registry_entry("ckpt"), progress=False)
+    assert sha(payload) in str(info.value) and "\n" not in str(info.value)
+    assert _cache_files(home) == []
+
+
+def test_size_mismatch_leaves_nothing(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "size": len(payload) + 1}})
+    with pytest.raises(CheckpointError, match=f"{len(payload):,} bytes"):
+        download(registry_entry("ckpt"), progress=False)
+    assert _cache_files(home) == []
+
+
+def test_interrupted_download_resumes_on_next_call(home, registry_file, server, payload):
+    cut = 1_500_000
+    server.state.files["a.pth"] = payload
+    server.state.cut_after["a.pth"] = cut
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    with pytest.raises(CheckpointError, match="trek-track weights download ckpt` again to resume"):
+        download(registry_entry("ckpt"), progress=False, retries=0)
+    part = home / "weights" / "ckpt.pth.part"
+    assert part.stat().st_size == cut and part.read_bytes() == payload[:cut]
+    assert not (home / "weights" / "ckpt.pth").exists()
+
+    result = download(registry_entry("ckpt"), progress=False)
+    assert result.resumed_from == cut
+    assert server.state.log[-1].range == f"bytes={cut}-"
+    assert result.path.read_bytes() == payload
+    assert not part.exists()
+
+
+def test_interruption_is_resumed_within_one_call(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    server.state.cut_after["a.pth"] = 777_777
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False, retries=2)
+    assert [r.range for r in server.state.log] == [None, "bytes=777777-"]
+    assert result.path.read_bytes() == payload
+
+
+def test_server_ignoring_range_restarts_cleanly(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    server.state.ignore_range = True
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "ckpt.pth.part").write_bytes(b"stale bytes from another file")
+    result = download(registry_entry("ckpt"), progress=False)
+    assert server.state.log[0].range == "bytes=29-"
+    assert result.resumed_from == 0 and result.path.read_bytes() == payload
+
+
+def test_complete_part_file_is_installed_after_416(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "ckpt.pth.part").write_bytes(payload)
+    result = download(registry_entry("ckpt"), progress=False)
+    assert result.path.read_bytes() == payload and result.resumed_from == len(payload)
+
+
+@pytest.mark.parametrize("first", ["/drive/form?id=a.pth", "/drive/uc?export=download&id=a.pth",
+                                   "/drive/uc?export=download&id=cookie_a.pth"])
+def test_drive_confirmation_pages(home, registry_file, server, payload, first):
+    name = "cookie_a.pth" if "cookie" in first else "a.pth"
+    server.state.files[name] = payload
+    write_registry(registry_file, {"ckpt": {"urls": [server.url(first)], "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False)
+    assert result.path.read_bytes() == payload
+    final = server.state.log[-1]
+    if "form" in first:
+        assert final.path == "/usercontent/download"
+        assert final.query == {"id": "a.pth", "export": "download", "confirm": "t", "uuid": DRIVE_UUID}
+    else:
+        assert final.path == "/drive/uc" and final.query["confirm"] == DRIVE_TOKEN
+    if "cookie" in first:
+        assert DRIVE_TOKEN in (final.cookie or "")
+
+
+def test_drive_quota_page_gives_manual_route(home, registry_file, server):
+    manual = "https://drive.google.com/file/d/XYZ/view"
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/drive/quota")], "manual_url": manual}})
+    with pytest.raises(CheckpointError) as info:
+        download(registry_entry("ckpt"), progress=False)
+    message = str(info.value)
+    assert "quota" in message and manual in message
+    assert "trek-track weights import FILE --name ckpt" in message
+    assert _cache_files(home) == []
+
+
+def test_html_instead_of_file_is_rejected_without_known_hash(home, registry_file, server):
+    server.state.files["page.pth"] = b"<html><body>Sign in</body></html>"  # served as octet-stream
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/page.pth")]}})
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+        download(registry_entry("ckpt"), progress=False)
+    assert _cache_files(home) == []
+
+
+def test_falls_back_to_the_next_url(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    urls = [server.url("/files/missing.pth"), server.url("/files/a.pth")]
+    write_registry(registry_file, {"ckpt": {"urls": urls, "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False)
+    assert [r.path for r in server.state.log] == ["/files/missing.pth", "/files/a.pth"]
+    assert result.path.read_bytes() == payload
+
+
+def test_unreachable_source_names_the_manual_link(home, registry_file, server):
+    dead = server.url("/files/x")
+    server.stop()  # nothing listens on that port any more
+    write_registry(registry_file, {"ckpt": {"urls": [dead], "manual_url": "https://example.org/manual"}})
+    with pytest.raises(CheckpointError, match="cannot connect.*https://example.org/manual"):
+        download(registry_entry("ckpt"), progress=False, timeout=5)
+
+
+def test_confirmation_url_resolves_relative_form_and_escaped_link():
+    form = (
+        '<form id="download-form" action="download" method="get"><input type="hidden" name="id" value="F">'
+        '<input type="hidden" name="confirm" value="t"><input type="submit" name="go" value="x"></form>'
+    )
+    assert confirmation_url(form, "https://h.example/a/page") == "https://h.example/a/download?id=F&confirm=t"
+    link = '<a href="/uc?export=download&amp;confirm=AbC_1&amp;id=F">go</a>'
+    expected = "https://h.example/uc?export=download&confirm=AbC_1&id=F"
+    assert confirmation_url(link, "https://h.example/uc?id=F") == expected
+    assert confirmation_url("<html>nothing here</html>", "https://h.example/uc?id=F") is None
+    jar = {"download_warning_1": "NEW"}
+    cookie = confirmation_url("<html></html>", "https://h.example/uc?id=F&confirm=old", jar)
+    assert cookie == "https://h.example/uc?id=F&confirm=NEW"
+
+
+def test_official_registry_drive_entries_link_to_drive():
+    # The official Drive entries go through the same confirmation logic; check their links are well formed.
+    for entry in default_registry():
+        if "drive.google.com" in entry.urls[0]:
+            file_id = entry.urls[0].rsplit("id=", 1)[1]
+            assert entry.manual_url == f"https://drive.google.com/file/d/{file_id}/view"

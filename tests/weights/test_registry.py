@@ -1,0 +1,84 @@
+"""The official registry's content and the lookup rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.weights.server import write_registry
+from trek_tracker.errors import CheckpointError
+from trek_tracker.weights import Registry, default_registry, registry_entry, registry_path
+
+DEAOT = ["deaott", "deaots", "deaotb", "deaotl", "r50_deaotl", "swinb_deaotl"]
+
+
+@pytest.fixture
+def official(monkeypatch: pytest.MonkeyPatch) -> Registry:
+    monkeypatch.delenv("TREK_TRACK_REGISTRY", raising=False)
+    return default_registry()
+
+
+def test_official_registry_has_every_published_checkpoint(official):
+    expected = {"sam_vit_b", "sam_vit_l", "sam_vit_h", "ar_seg384", "ar_secm"}
+    expected |= set(DEAOT) | {f"{n}_pre" for n in DEAOT}
+    assert set(official.names()) == expected
+    assert registry_path().name == "registry.toml" and registry_path().parent.name == "weights"
+
+
+def test_deaot_names_follow_the_stage_convention(official):
+    for variant in DEAOT:
+        main, pre = official.get(variant), official.get(f"{variant}_pre")
+        assert (main.variant, main.stage, pre.variant, pre.stage) == (variant, "PRE_YTB_DAV", variant, "PRE")
+        assert main.file_name.endswith("_PRE_YTB_DAV.pth") and pre.file_name.endswith("_PRE.pth")
+        assert main.file_name.removesuffix("_PRE_YTB_DAV.pth") == pre.file_name.removesuffix("_PRE.pth")
+        assert main.urls != pre.urls
+
+
+def test_pinned_sizes_and_hashes_from_the_specs(official):
+    r50 = official.get("r50_deaotl")
+    assert (r50.file_name, r50.size) == ("R50_DeAOTL_PRE_YTB_DAV.pth", 236_513_959)
+    assert r50.sha256 == "7e8a8d83310739bac02817f6bf48b6bbe2bbd7d5325722f1084088eb3aee1e06"
+    assert official.get("sam_vit_b").size == 375_042_383
+    for name in ("sam_vit_b", "sam_vit_l", "sam_vit_h"):
+        entry = official.get(name)
+        assert entry.size and entry.sha256 and entry.licence == "Apache-2.0"
+        assert entry.urls[0] == f"https://dl.fbaipublicfiles.com/segment_anything/{entry.file_name}"
+    assert {official.get(n).licence for n in ("ar_seg384", "ar_secm")} == {"GPL-3.0"}
+
+
+def test_every_entry_is_complete(official):
+    for entry in official:
+        assert entry.urls and entry.licence and entry.manual_link.startswith("https://")
+        assert entry.size is not None or entry.approx_size is not None or entry.kind == "alpha_refine"
+
+
+def test_lookup_by_file_name_and_case(official):
+    assert registry_entry("R50_DeAOTL_PRE_YTB_DAV.pth").name == "r50_deaotl"
+    assert registry_entry("SAM_VIT_H").name == "sam_vit_h"
+
+
+def test_unknown_name_lists_close_names(official):
+    with pytest.raises(CheckpointError, match="did you mean .*r50_deaotl"):
+        registry_entry("r50-deaotl")
+
+
+def test_kind_filter(official):
+    assert registry_entry("deaotl", kind="deaot").variant == "deaotl"
+    assert registry_entry("r50_deaotl_pre", kind="r50_deaotl").stage == "PRE"
+    with pytest.raises(CheckpointError, match="is a sam checkpoint .* not deaot; choose one of: deaott"):
+        registry_entry("sam_vit_b", kind="deaot")
+
+
+def test_malformed_registries_are_reported(tmp_path, registry_file):
+    write_registry(registry_file, {"x": {"sha256": "abc", "urls": ["http://a"]}})
+    with pytest.raises(CheckpointError, match="malformed sha256"):
+        default_registry()
+    write_registry(registry_file, {"x": {"kind": "yolo", "urls": ["http://a"]}})
+    with pytest.raises(CheckpointError, match="kind 'yolo'"):
+        default_registry()
+    write_registry(registry_file, {"x": {"urls": ["http://a"], "file_name": "s.pth"},
+                                   "y": {"urls": ["http://b"], "file_name": "S.pth"}})
+    with pytest.raises(CheckpointError, match="used by two entries"):
+        default_registry()
+    registry_file.write_text("[checkpoints.x\n")
+    with pytest.raises(CheckpointError, match="not valid TOML"):
+        default_registry()
