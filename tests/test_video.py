@@ -10,6 +10,7 @@ import pytest
 
 from trek_tracker.errors import InputError
 from trek_tracker.video import (
+    ArraySource,
     ImageFolderSource,
     OverlayWriter,
     VideoFileSource,
@@ -17,6 +18,7 @@ from trek_tracker.video import (
     id_color,
     natural_key,
     open_frames,
+    prefetch,
 )
 
 
@@ -174,6 +176,53 @@ def test_mp4_and_jpeg_folder_agree(shared: Path) -> None:
             assert swapped > 2 * same, f"frame {i}: RGB vs BGR {swapped:.2f} is not far from {same:.2f}"
         n += 1
     assert n == 50 and video.len_is_exact and len(video) == 50
+
+
+# ------------------------------------------------------------------------------ arrays and prefetching
+
+
+def test_array_source() -> None:
+    frames = np.stack([_frame(v) for v in (5, 6, 7)])
+    src = open_frames(frames)
+    assert isinstance(src, ArraySource) and len(src) == 3 and src.size == (12, 16)
+    assert [int(f[0, 0, 0]) for f in src] == [5, 6, 7]
+    assert int(src[-1][0, 0, 0]) == 7
+    with pytest.raises(InputError, match="frame 1 is 15x12"):
+        list(open_frames([_frame(1), _frame(2, size=(12, 15))]))
+    with pytest.raises(InputError, match="RGB uint8"):
+        ArraySource([np.zeros((4, 4), np.uint8)])
+    with pytest.raises(InputError, match="no frames"):
+        ArraySource([])
+
+
+def test_prefetch_keeps_order_and_raises_where_the_source_fails(tmp_path: Path) -> None:
+    for i in range(6):
+        _write_rgb(tmp_path / f"{i}.png", _frame(i))
+    src = open_frames(tmp_path)
+    assert [int(f[0, 0, 0]) for f in prefetch(src, depth=2)] == list(range(6))
+    _write_rgb(tmp_path / "6.png", _frame(6, size=(10, 16)))
+    got = []
+    with pytest.raises(InputError, match="6.png"):
+        for f in prefetch(open_frames(tmp_path)):
+            got.append(int(f[0, 0, 0]))
+    assert got == list(range(6))
+
+
+def test_prefetch_stops_its_thread_on_break() -> None:
+    import threading
+
+    def endless():
+        i = 0
+        while True:
+            yield np.full((2, 2, 3), i % 256, np.uint8)
+            i += 1
+
+    gen = prefetch(endless(), depth=3)
+    for k, _ in enumerate(gen):
+        if k == 4:
+            break
+    gen.close()
+    assert not any(t.name == "frame-prefetch" and t.is_alive() for t in threading.enumerate())
 
 
 # -------------------------------------------------------------------------------------------- overlay
