@@ -1,0 +1,305 @@
+"""Per-video inference state for DeAOT-family models: memories, object groups, resizing.
+
+The official evaluator's procedure (spec deaot.md §2, goldens README §4), made explicit:
+
+* the first frame's mask becomes the reference: every layer attends to the frame itself and the frame
+  enters both memories;
+* each later frame is encoded once, propagated against the memory of each group of at most 10 objects,
+  decoded to 4x logits, upsampled to the original resolution, merged over groups, and its arg-max label is
+  fed back: nearest-resized to the network input, embedded, and fused into this frame's memory entries
+  (no second network pass);
+* the short-term memory is the frame ``skip`` steps back; a frame enters the long-term memory every ``gap``
+  frames, newest first.
+
+Unlike the official engine the long-term memory can be capped (``MemoryConfig.max_long_term``): reference
+frames are never evicted and among the others the oldest goes first, so a video of any length runs in
+bounded memory. ``None`` keeps the official unbounded behaviour (used by the parity tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trek_tracker.errors import InputError
+from trek_tracker.vos.gpm import FrameEntry, LayerMemory
+from trek_tracker.vos.models import DeAOT
+from trek_tracker.vos.preprocess import input_size, resize_labels, to_network_input
+
+
+@dataclass
+class MemoryConfig:
+    """Memory schedule. ``long_term_gap=None`` takes the model's official test gap."""
+
+    long_term_gap: int | None = None
+    short_term_skip: int = 1
+    max_long_term: int | None = None  # frames kept in long-term memory; None = unbounded (official)
+
+    def __post_init__(self) -> None:
+        if self.long_term_gap is not None and self.long_term_gap < 1:
+            raise InputError(f"long-term memory gap must be at least 1, got {self.long_term_gap}")
+        if self.short_term_skip < 1:
+            raise InputError(f"short-term memory skip must be at least 1, got {self.short_term_skip}")
+        if self.max_long_term is not None and self.max_long_term < 1:
+            raise InputError(f"long-term memory cap must be at least 1 frame, got {self.max_long_term}")
+
+
+@dataclass
+class EngineConfig:
+    """How frames are fed to the network: resolution caps, TTA scale and flip, memory schedule."""
+
+    max_long_edge: float | None = 1040
+    max_short_edge: float | None = None
+    scale: float = 1.0
+    flip: bool = False
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+
+@dataclass
+class _MemoryFrame:
+    """One frame in a group's long-term memory: per layer (key, value) tokens."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    reference: bool
+
+
+@dataclass
+class _GroupState:
+    """Memories of one group of at most ``max_objects`` objects."""
+
+    num_objects: int
+    long_term: list[_MemoryFrame] = field(default_factory=list)  # newest first
+    short_term: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)  # oldest first
+    _cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def long_term_tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._cache is None:
+            layers = len(self.long_term[0].keys)
+            self._cache = [
+                (torch.cat([f.keys[i] for f in self.long_term]), torch.cat([f.values[i] for f in self.long_term]))
+                for i in range(layers)
+            ]
+        return self._cache
+
+    def memories(self) -> list[LayerMemory]:
+        short = self.short_term[0]  # the frame `skip` steps back
+        return [
+            LayerMemory(lk, lv, sk, sv)
+            for (lk, lv), (sk, sv) in zip(self.long_term_tokens(), short, strict=True)
+        ]
+
+
+@dataclass
+class FrameOutput:
+    """What the engine predicts for one frame, at the frame's original resolution."""
+
+    labels: torch.Tensor  # (H, W) int64 engine ids 0..N
+    probs: torch.Tensor  # (1 + N, H, W) float32: background, then objects 1..N
+    logits4x: list[torch.Tensor]  # raw 4x logits per group (1, 1 + max_objects, h4, w4), before masking
+
+
+class VOSEngine:
+    """Tracks the objects of one video. Create one per video (and per TTA view).
+
+    ``add_reference(frame, labels)`` starts the video from a label map with ids ``0..N`` (0 = background);
+    ``step(frame)`` predicts the next frame and updates the memories with its own prediction.
+    """
+
+    def __init__(self, model: DeAOT, config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.config = config or EngineConfig()
+        mem = self.config.memory
+        self.gap = mem.long_term_gap if mem.long_term_gap is not None else model.config.long_term_gap
+        self.max_objects = model.config.max_objects
+        self.groups: list[_GroupState] = []
+        self.num_objects = 0
+        self.frame_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.token_grid: tuple[int, int] | None = None
+        self.frame_step = 0
+        self.last_memory_step = 0
+        self._pending: list[list[FrameEntry]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ inputs
+    def _network_input(self, frame: np.ndarray) -> torch.Tensor:
+        if self.frame_size is None:
+            raise RuntimeError("add_reference() must be called before step()")
+        if tuple(frame.shape[:2]) != self.frame_size:
+            raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
+                             f"{self.frame_size[1]}x{self.frame_size[0]}")
+        x = to_network_input(frame, self.input_size, flip=self.config.flip)
+        return x.to(self.device, non_blocking=True)
+
+    def _labels_to_input(self, labels: torch.Tensor) -> torch.Tensor:
+        """Original-resolution labels -> (1, 1, h, w) at network input size (flipped like the image)."""
+        if self.config.flip:
+            labels = torch.flip(labels, dims=[-1])
+        return resize_labels(labels.float()[None, None], self.input_size)
+
+    def _group_one_hot(self, labels_in: torch.Tensor, group: int) -> torch.Tensor:
+        """One-hot (1, 1 + max_objects, h, w) of the group's objects renumbered 1..10."""
+        start = group * self.max_objects
+        ids = labels_in - start
+        ids = torch.where((ids >= 1) & (ids <= self.max_objects), ids, torch.zeros_like(ids))
+        classes = torch.arange(self.max_objects + 1, device=ids.device, dtype=ids.dtype).view(1, -1, 1, 1)
+        return (ids == classes).float()
+
+    # ------------------------------------------------------------------ reference
+    @torch.inference_mode()
+    def add_reference(self, frame: np.ndarray, labels: np.ndarray | torch.Tensor) -> None:
+        """Start (or re-anchor) tracking from ``labels`` (H, W) with ids 0..N on ``frame`` (H, W, 3 RGB)."""
+        labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        if labels_t.ndim != 2 or tuple(labels_t.shape) != tuple(frame.shape[:2]):
+            raise InputError(f"mask size {tuple(labels_t.shape[::-1])} differs from the frame size "
+                             f"{tuple(frame.shape[1::-1])}")
+        num_objects = int(labels_t.max())
+        if num_objects < 1:
+            raise InputError("the initial mask is empty: it must mark at least one object")
+        if self.frame_size is None:
+            self.frame_size = tuple(frame.shape[:2])
+            h, w = self.frame_size
+            self.input_size = input_size(h, w, max_long_edge=self.config.max_long_edge,
+                                         max_short_edge=self.config.max_short_edge, scale=self.config.scale,
+                                         align_corners=self.model.align_corners)
+        elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.groups):
+            raise InputError("a later reference frame may not add object groups (at most "
+                             f"{len(self.groups) * self.max_objects} objects in this video)")
+        self.num_objects = max(self.num_objects, num_objects)
+        n_groups = math.ceil(self.num_objects / self.max_objects)
+        while len(self.groups) < n_groups:
+            self.groups.append(_GroupState(num_objects=0))
+        for g, group in enumerate(self.groups):
+            group.num_objects = min(self.max_objects, self.num_objects - g * self.max_objects)
+
+        feats = self.model.encode(self._network_input(frame))
+        self.token_grid = tuple(feats[-1].shape[-2:])
+        labels_in = self._labels_to_input(labels_t.to(self.device))
+        for g, group in enumerate(self.groups):
+            id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
+            _, entries = self.model.propagate(feats, None, id_emb)
+            self._remember(group, entries, [e.id_value for e in entries], long_term=True, reference=True)
+        self.last_memory_step = self.frame_step
+
+    # ------------------------------------------------------------------ propagation
+    @torch.inference_mode()
+    def step(self, frame: np.ndarray) -> FrameOutput:
+        """Predict ``frame`` and update the memories with the prediction."""
+        out = self.predict(frame)
+        self.commit(out.labels)
+        return out
+
+    @torch.inference_mode()
+    def predict(self, frame: np.ndarray) -> FrameOutput:
+        """Predict ``frame`` without touching the memories (call :meth:`commit` with the final labels).
+
+        Split from :meth:`step` so that test-time augmentation and ensembles can decide the labels each
+        engine remembers.
+        """
+        self.frame_step += 1
+        feats = self.model.encode(self._network_input(frame))
+        self._pending = []
+        logits4x, upsampled = [], []
+        for group in self.groups:
+            tokens, entries = self.model.propagate(feats, group.memories())
+            self._pending.append(entries)
+            raw = self.model.decode(tokens, feats)
+            logits4x.append(raw)
+            upsampled.append(self._upsample(raw, group.num_objects))
+        probs = self.merge_groups(upsampled)
+        labels = probs.argmax(dim=0)
+        return FrameOutput(labels=labels, probs=probs[: self.num_objects + 1], logits4x=logits4x)
+
+    def _upsample(self, raw: torch.Tensor, num_objects: int) -> torch.Tensor:
+        """Mask unused ids, resize the 4x logits to the original frame, undo the flip: (1, 11, H, W)."""
+        logits = raw.clone()
+        logits[:, num_objects + 1:] = -1e10 if logits.dtype == torch.float32 else -1e4
+        logits = F.interpolate(logits, size=self.frame_size, mode="bilinear",
+                               align_corners=self.model.align_corners)
+        if self.config.flip:
+            logits = torch.flip(logits, dims=[-1])
+        return logits
+
+    def merge_groups(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Per-group logits -> probabilities (1 + 10·G, H, W); one group is a plain softmax.
+
+        Several groups are merged as the official ``soft_logit_aggregation``: background = product of the
+        groups' background probabilities, objects = each group's own, clamped to [1e-5, 1-1e-5], back to
+        logits, softmax.
+        """
+        if len(logits) == 1:
+            return torch.softmax(logits[0], dim=1)[0]
+        return torch.softmax(merged_group_logits(logits, self.max_objects), dim=1)[0]
+
+    @torch.inference_mode()
+    def commit(self, labels: torch.Tensor) -> None:
+        """Fuse the final ``labels`` (H, W) of the last predicted frame into its memory entries."""
+        if not self._pending:
+            raise RuntimeError("commit() must follow predict()")
+        labels_in = self._labels_to_input(labels.to(self.device))
+        long_term = self.frame_step - self.last_memory_step >= self.gap
+        for g, (group, entries) in enumerate(zip(self.groups, self._pending, strict=True)):
+            id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
+            id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(entries)]
+            self._remember(group, entries, id_values, long_term=long_term, reference=False)
+        if long_term:
+            self.last_memory_step = self.frame_step
+        self._pending = []
+
+    # ------------------------------------------------------------------ memory
+    def _remember(self, group: _GroupState, entries: list[FrameEntry], id_values: list[torch.Tensor],
+                  *, long_term: bool, reference: bool) -> None:
+        h16, w16 = self.token_grid
+        keys = [e.key for e in entries]
+        values = [torch.cat([e.value, idv], dim=-1) for e, idv in zip(entries, id_values, strict=True)]
+        short = [(_to_map(k, h16, w16), _to_map(v, h16, w16)) for k, v in zip(keys, values, strict=True)]
+        if reference:  # a reference restarts the short-term memory (official add_reference_frame)
+            group.short_term = [short]
+        else:
+            group.short_term.append(short)
+            group.short_term = group.short_term[-self.config.memory.short_term_skip:]
+        if long_term:
+            group.long_term.insert(0, _MemoryFrame(keys, values, reference=reference))
+            self._evict(group)
+            group._cache = None
+
+    def _evict(self, group: _GroupState) -> None:
+        cap = self.config.memory.max_long_term
+        if cap is None:
+            return
+        while len(group.long_term) > cap:
+            # Oldest non-reference frame (the list is newest first).
+            for i in range(len(group.long_term) - 1, -1, -1):
+                if not group.long_term[i].reference:
+                    del group.long_term[i]
+                    break
+            else:
+                return  # only references left: they are never evicted
+
+    def long_term_tokens(self) -> int:
+        """Tokens in the (first group's) long-term memory."""
+        return sum(f.keys[0].shape[0] for f in self.groups[0].long_term)
+
+
+def merged_group_logits(logits: list[torch.Tensor], max_objects: int) -> torch.Tensor:
+    """The official soft aggregation of several groups' logits, returned as logits (1, 1 + 10·G, H, W)."""
+    bg, fg = [], []
+    for lg in logits:
+        p = torch.softmax(lg, dim=1)
+        bg.append(p[:, :1])
+        fg.append(p[:, 1:1 + max_objects])
+    bg_prob = torch.prod(torch.cat(bg, dim=1), dim=1, keepdim=True)
+    return torch.logit(torch.cat([bg_prob] + fg, dim=1).clamp(1e-5, 1 - 1e-5))
+
+
+def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    _, b, c = tokens.shape
+    return tokens.view(h, w, b, c).permute(2, 3, 0, 1).contiguous()
