@@ -78,8 +78,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint",
-                             model_name: str | None = None) -> None:
+def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
+                             source: str = "checkpoint", model_name: str | None = None) -> None:
     """Load an official-keyed state dict into ``model`` strictly.
 
     A missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming the first ones.

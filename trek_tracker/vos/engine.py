@@ -79,10 +79,10 @@ class _GroupState:
 
     def long_term_tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._cache is None:
-            layers = len(self.long_term[0].keys)
+            frames = self.long_term
             self._cache = [
-                (torch.cat([f.keys[i] for f in self.long_term]), torch.cat([f.values[i] for f in self.long_term]))
-                for i in range(layers)
+                (torch.cat([f.keys[i] for f in frames]), torch.cat([f.values[i] for f in frames]))
+                for i in range(len(frames[0].keys))
             ]
         return self._cache
 
