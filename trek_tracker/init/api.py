@@ -1,0 +1,240 @@
+"""Box -> first-frame mask: the one entry point the CLI and the pipeline call.
+
+``make_initial_mask(image, box, InitConfig(...))`` returns the chosen mask, the init actually used, a
+message for the user when a checkpoint was missing or a fallback fired, and JSON-ready details (winner,
+every candidate's scores, parameters) for ``run.json``. :class:`BoxToMask` keeps the loaded networks
+for repeated calls (benchmarks, evaluation runs).
+
+Methods: ``fused`` (SAM + Alpha-Refine, spec §9.2), ``sam``, ``ar``, ``grabcut`` (no weights), ``box``
+(the filled box), and ``auto``: fused when both checkpoints are given, else whichever one is given,
+else grabcut, always with a message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.geometry import box_to_mask
+from trek_tracker.init.fusion import Candidate, FusionConfig, FusionResult, combined_candidates, fuse
+
+METHODS = ("auto", "fused", "sam", "ar", "grabcut", "box")
+_NEEDS = {"fused": ("sam", "ar"), "sam": ("sam",), "ar": ("ar",), "grabcut": (), "box": ()}
+_OPTION = {"sam": "--sam-checkpoint", "ar": "--ar-checkpoint"}
+
+
+@dataclass
+class InitConfig:
+    """How to turn the first box into a mask."""
+
+    method: str = "auto"  # auto | fused | sam | ar | grabcut | box
+    sam_checkpoint: str | None = None  # path (or registry name once trek_tracker.weights exists)
+    sam_model: str | None = None  # vit_b | vit_l | vit_h; inferred from the checkpoint when None
+    ar_checkpoint: str | None = None
+    ar_model: str | None = None  # seg384 | secm; inferred from the checkpoint when None
+    device: str = "cpu"
+    sam_second_pass: bool = False  # re-decode with the best multimask candidate's low-res logits
+    ar_threshold: float = 0.5
+    grabcut_iterations: int = 5
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+
+@dataclass
+class InitResult:
+    mask: np.ndarray  # bool (H, W), the chosen first-frame mask
+    method: str  # the init actually used (after fallbacks): fused | sam | ar | grabcut | box
+    message: str | None  # for the user, e.g. "SAM checkpoint missing (--sam-checkpoint): used grabcut"
+    details: dict[str, Any]  # JSON-serialisable: requested/used method, winner, candidate scores, parameters
+
+
+def resolve_checkpoint(value: str | None) -> Path | None:
+    """A path, or a registry name resolved by ``trek_tracker.weights.resolve_checkpoint`` if it exists."""
+    if value is None:
+        return None
+    if importlib.util.find_spec("trek_tracker.weights") is not None:
+        from trek_tracker import weights
+
+        resolver = getattr(weights, "resolve_checkpoint", None)
+        if resolver is not None:
+            return Path(resolver(value))
+    return Path(value)
+
+
+def choose_method(config: InitConfig) -> tuple[str, str | None]:
+    """The method to run and, for ``auto``, a message naming any missing checkpoint."""
+    if config.method not in METHODS:
+        raise InputError(f"unknown init method {config.method!r}; choose one of {', '.join(METHODS)}")
+    have = {"sam": config.sam_checkpoint is not None, "ar": config.ar_checkpoint is not None}
+    if config.method != "auto":
+        missing = [k for k in _NEEDS[config.method] if not have[k]]
+        if missing:
+            opts = " and ".join(_OPTION[k] for k in missing)
+            raise CheckpointError(
+                f"--init {config.method} needs {opts}; give it, or use --init grabcut (needs no weights)"
+            )
+        return config.method, None
+    if have["sam"] and have["ar"]:
+        return "fused", None
+    if have["sam"]:
+        return "sam", "Alpha-Refine checkpoint missing (--ar-checkpoint): used sam instead of fused"
+    if have["ar"]:
+        return "ar", "SAM checkpoint missing (--sam-checkpoint): used ar instead of fused"
+    return (
+        "grabcut",
+        "SAM and Alpha-Refine checkpoints missing (--sam-checkpoint, --ar-checkpoint): used grabcut",
+    )
+
+
+def _check_inputs(image: np.ndarray, box) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"the first frame must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.size != 4 or not np.all(np.isfinite(b)) or b[2] <= 0 or b[3] <= 0:
+        raise InputError(f"the first box must be x,y,w,h with w, h > 0, got {np.asarray(box).tolist()}")
+    h, w = image.shape[:2]
+    if b[0] >= w or b[1] >= h or b[0] + b[2] <= 0 or b[1] + b[3] <= 0:
+        raise InputError(f"the first box {b.tolist()} lies outside the {w}x{h} frame")
+    return b
+
+
+class BoxToMask:
+    """Loads the networks a method needs once; call it with ``(image, box)`` for an :class:`InitResult`."""
+
+    def __init__(self, config: InitConfig | None = None) -> None:
+        self.config = config or InitConfig()
+        self.method, self.message = choose_method(self.config)
+        self._sam = None
+        self._ar_net = None
+
+    # -- model loading (lazy) -------------------------------------------------------------------------------
+    def sam_predictor(self):
+        if self._sam is None:
+            from trek_tracker.init.sam import SamBoxPredictor, load_sam
+
+            path = resolve_checkpoint(self.config.sam_checkpoint)
+            self._sam = SamBoxPredictor(load_sam(path, self.config.sam_model, self.config.device))
+        return self._sam
+
+    def ar_network(self):
+        if self._ar_net is None:
+            from trek_tracker.init.alpha_refine.checkpoint import load_alpha_refine
+
+            path = resolve_checkpoint(self.config.ar_checkpoint)
+            self._ar_net = load_alpha_refine(path, self.config.ar_model)
+        return self._ar_net
+
+    # -- candidates -----------------------------------------------------------------------------------------
+    def _sam_candidates(self, image: np.ndarray, box: np.ndarray) -> tuple[list[Candidate], dict]:
+        predictor = self.sam_predictor()
+        predictor.set_image(image)
+        xyxy = [box[0], box[1], box[0] + box[2], box[1] + box[3]]
+        out = predictor.predict_box(xyxy)
+        cands = [
+            Candidate(f"sam_{k}", out.logits[k] > 0, float(np.clip(out.iou_predictions[k], 0, 1)), "sam")
+            for k in range(out.logits.shape[0])
+        ]
+        best = out.best_multimask()
+        info = {
+            "sam_iou_predictions": [round(float(v), 6) for v in out.iou_predictions],
+            "sam_stability": [round(float(v), 6) for v in out.stability],
+            "sam_best_multimask": best,
+        }
+        best_logits, best_conf = out.logits[best], float(np.clip(out.iou_predictions[best], 0, 1))
+        if self.config.sam_second_pass:
+            second = predictor.predict_box(xyxy, mask_input=out.low_res_logits[best][None])
+            k = second.best_multimask()
+            conf = float(np.clip(second.iou_predictions[k], 0, 1))
+            cands.append(Candidate("sam_refined", second.logits[k] > 0, conf, "sam"))
+            info["sam_second_pass_iou"] = round(float(second.iou_predictions[k]), 6)
+        return cands, {"best_logits": best_logits, "best_conf": best_conf, **info}
+
+    def _ar_candidate(self, image: np.ndarray, box: np.ndarray) -> tuple[Candidate, np.ndarray]:
+        from trek_tracker.init.alpha_refine.refiner import AlphaRefine
+
+        ar = AlphaRefine(self.ar_network(), self.config.device)
+        ar.initialize(image, box)
+        prob = ar.get_mask(image, box)
+        mask = prob > self.config.ar_threshold
+        conf = float(prob[mask].mean()) if mask.any() else 0.0
+        return Candidate(f"ar_{ar.model_name}", mask, conf, "ar"), prob
+
+    # -- the call -------------------------------------------------------------------------------------------
+    def __call__(self, image: np.ndarray, box) -> InitResult:
+        box = _check_inputs(image, box)
+        shape = image.shape[:2]
+        method, message = self.method, self.message
+        details: dict[str, Any] = {
+            "requested": self.config.method,
+            "box": [float(v) for v in box],
+            "params": {
+                "ar_threshold": self.config.ar_threshold,
+                "sam_second_pass": self.config.sam_second_pass,
+                **asdict(self.config.fusion),
+            },
+        }
+        if method == "box":
+            return self._result(box_to_mask(box, shape), "box", message, details, winner="box")
+        candidates: list[Candidate] = []
+        if method in ("sam", "fused"):
+            sam_cands, sam_info = self._sam_candidates(image, box)
+            candidates += sam_cands
+            details["sam"] = {k: v for k, v in sam_info.items() if k not in ("best_logits", "best_conf")}
+            details["sam"]["model"] = self.config.sam_model or _sam_name(self._sam)
+        if method in ("ar", "fused"):
+            ar_cand, ar_prob = self._ar_candidate(image, box)
+            candidates.append(ar_cand)
+            details["ar"] = {"model": ar_cand.name[3:], "confidence": round(ar_cand.confidence, 6)}
+        if method == "fused":
+            candidates += combined_candidates(
+                sam_info["best_logits"],
+                sam_info["best_conf"],
+                ar_prob,
+                ar_cand.confidence,
+                self.config.ar_threshold,
+            )
+        if method == "grabcut":
+            from trek_tracker.init.grabcut import grabcut_mask
+
+            gc = grabcut_mask(image, box, self.config.grabcut_iterations)
+            candidates.append(Candidate("grabcut", gc, 1.0, "grabcut"))
+        fused = fuse(candidates, box, shape, self.config.fusion)
+        used = _used_method(method, fused)
+        if fused.fallback is not None:
+            note = f"{method} init: {fused.fallback}"
+            message = f"{message}; {note}" if message else note
+        details.update(fused.to_dict())
+        return self._result(fused.mask, used, message, details, winner=fused.winner)
+
+    @staticmethod
+    def _result(mask: np.ndarray, used: str, message: str | None, details: dict, winner: str) -> InitResult:
+        details["method"] = used
+        details.setdefault("winner", winner)
+        details["message"] = message
+        details["mask_area"] = int(mask.sum())
+        return InitResult(mask=mask.astype(bool), method=used, message=message, details=details)
+
+
+def _sam_name(predictor) -> str | None:
+    if predictor is None:
+        return None
+    from trek_tracker.init.sam import _EMBED_DIM_TO_MODEL
+
+    return _EMBED_DIM_TO_MODEL.get(int(predictor.model.image_encoder.pos_embed.shape[-1]), "custom")
+
+
+def _used_method(method: str, fused: FusionResult) -> str:
+    """The init actually used: the requested one, or the fallback's source when a fallback fired."""
+    if fused.fallback is None:
+        return method
+    return fused.source if fused.source in ("ar", "box") else method
+
+
+def make_initial_mask(image: np.ndarray, box, config: InitConfig | None = None) -> InitResult:
+    """Turn the first frame's box ``[x, y, w, h]`` into a bool mask (see :class:`BoxToMask`)."""
+    return BoxToMask(config)(image, box)
