@@ -220,6 +220,23 @@ def test_object_ids_sparse_values_and_extension() -> None:
         ids.to_original(np.array([[4]]))
 
 
+def test_one_bit_and_16_bit_masks(tmp_path: Path) -> None:
+    bits = np.zeros((5, 7), bool)
+    bits[1:3, 2:5] = True
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    labels, palette = read_label_png(tmp_path / "bits.png")
+    assert palette is None
+    np.testing.assert_array_equal(labels, bits.astype(np.uint8) * 255)
+    wide = np.zeros((5, 7), np.uint16)
+    wide[0, 0] = 3
+    Image.fromarray(wide).save(tmp_path / "i16.png")
+    np.testing.assert_array_equal(read_label_png(tmp_path / "i16.png")[0], wide)
+    wide[0, 1] = 300
+    Image.fromarray(wide).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match="outside 0..255"):
+        read_label_png(tmp_path / "big.png")
+
+
 def test_read_label_png_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         read_label_png(tmp_path / "none.png")

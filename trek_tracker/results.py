@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,7 +51,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterable[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed.
 
     Parent folders are created. The file gets the usual permissions (0666 minus umask), not mkstemp's 0600.
@@ -216,11 +216,11 @@ def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
         raise InputError(f"mask file not found: {path}") from None
     except OSError as err:
         raise InputError(f"cannot read mask {path}: {err}") from None
-    if im.mode == "P":
+    if im.mode in ("P", "PA"):
         pal = np.zeros(768, dtype=np.uint8)
         raw = np.asarray(im.getpalette() or [], dtype=np.uint8)[:768]
         pal[: raw.size] = raw
-        return np.asarray(im, dtype=np.uint8), pal.reshape(256, 3)
+        return np.asarray(im.getchannel(0), dtype=np.uint8), pal.reshape(256, 3)
     if im.mode in ("L", "LA"):
         return np.asarray(im.getchannel(0), dtype=np.uint8), None
     if im.mode == "1":
