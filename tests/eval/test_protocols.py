@@ -1,0 +1,61 @@
+"""Run plans: order, frames in tracking order, file names, shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.eval.helpers import build_synthetic
+from trek_tracker.errors import InputError
+from trek_tracker.eval.dataset import Trek150
+from trek_tracker.eval.protocols import expand_protocols, plan, shard
+
+
+@pytest.fixture()
+def ds(tmp_path: Path) -> Trek150:
+    return Trek150(build_synthetic(tmp_path / "trek"))
+
+
+def test_ope_plan(ds: Trek150) -> None:
+    runs = plan(ds, "ope")
+    assert [r.relpath for r in runs] == ["ope/P01-P01_01-10.txt", "ope/P01-P01_01-2.txt"]
+    assert list(runs[1].frames) == list(range(8))
+    assert runs[1].times_relpath == "ope/times/P01-P01_01-2_time.txt"
+
+
+def test_mse_plan_forward_and_backward(ds: Trek150) -> None:
+    runs = plan(ds, "mse")
+    assert [(r.sequence, r.key) for r in runs] == [
+        ("P01-P01_01-10", "anchor-2"), ("P01-P01_01-2", "anchor-0"), ("P01-P01_01-2", "anchor-7"),
+        ("P01-P01_01-2", "anchor-3")]
+    assert list(runs[0].frames) == [2, 1, 0]  # backward, tracking order
+    assert list(runs[2].frames) == [7, 6, 5, 4, 3, 2, 1, 0]
+    assert list(runs[3].frames) == [3, 4, 5, 6, 7]
+    assert runs[3].relpath == "mse/P01-P01_01-2-anchor-3.txt" and runs[3].times_relpath is None
+    gt = runs[0].ground_truth(ds["P01-P01_01-10"])
+    assert gt[0].tolist() == [40, 21, 16, 8] and gt[-1].tolist() == [40, 20, 16, 8]
+
+
+def test_hoi_plan_skips_sequences_without_intervals(ds: Trek150) -> None:
+    runs = plan(ds, "hoi")
+    assert [r.relpath for r in runs] == ["hoi/P01-P01_01-2-hoi-1-4-0.txt", "hoi/P01-P01_01-2-hoi-5-7-2.txt"]
+    assert list(runs[0].frames) == [1, 2, 3, 4]
+
+
+def test_mse_needs_anchors(ds: Trek150) -> None:
+    (ds.root / "P01-P01_01-10" / "anchors.txt").unlink()
+    with pytest.raises(InputError, match="P01-P01_01-10 has no anchors.txt"):
+        plan(Trek150(ds.root), "mse")
+
+
+def test_all_and_shards(ds: Trek150) -> None:
+    assert expand_protocols("all") == ["ope", "mse", "hoi"]
+    assert expand_protocols(["hoi", "ope"]) == ["ope", "hoi"]
+    runs = plan(ds, "all")
+    assert len(runs) == 2 + 4 + 2
+    parts = [shard(runs, i, 3) for i in range(3)]
+    assert sorted((r.relpath for p in parts for r in p)) == sorted(r.relpath for r in runs)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    with pytest.raises(InputError):
+        shard(runs, 3, 3)

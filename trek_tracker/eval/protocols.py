@@ -1,0 +1,113 @@
+"""TREK-150 protocols as run plans: which frames each run tracks, and where its result goes.
+
+The plan is derived from the annotation files in the toolkit's order (sequences in §1.3 order, anchors
+and intervals in file order), so resumed runs, file names and submission keys match the official ones.
+
+- OPE: one run per sequence over all frames.
+- MSE: one run per anchor ``(a, d)``: forward ``a..N-1`` when ``d < 1``, else backward ``a..0``;
+  results are stored in tracking order.
+- HOI: one run per interval ``(s, e, type)`` of sequences with ``anchors_hoi.txt``: forward ``s..e``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from trek_tracker.errors import InputError
+from trek_tracker.eval.dataset import Sequence, Trek150
+
+PROTOCOLS = ("ope", "mse", "hoi")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One tracking run: start at ``frames[0]`` with its ground-truth box, then update on the rest."""
+
+    protocol: str
+    sequence: str
+    #: Key inside the sequence: ``""`` for OPE, ``anchor-<a>`` for MSE, ``hoi-<s>-<e>-<type>`` for HOI
+    #: (the submission JSON keys).
+    key: str
+    #: Row indices of the sequence in tracking order.
+    frames: range
+    #: Result file relative to ``<results>/<tracker>/``.
+    relpath: str
+
+    @property
+    def length(self) -> int:
+        return len(self.frames)
+
+    @property
+    def records_times(self) -> bool:
+        """Only OPE writes per-frame times in the official layout."""
+        return self.protocol == "ope"
+
+    @property
+    def times_relpath(self) -> str | None:
+        if not self.records_times:
+            return None
+        return f"ope/times/{self.sequence}_time.txt"
+
+    @property
+    def label(self) -> str:
+        return f"{self.protocol} {self.sequence}" + (f" {self.key}" if self.key else "")
+
+    def ground_truth(self, seq: Sequence) -> np.ndarray:
+        """The run's ground truth in tracking order."""
+        return seq.gt[np.asarray(self.frames, dtype=np.int64)]
+
+
+def ope_runs(seq: Sequence) -> list[Run]:
+    return [Run("ope", seq.name, "", range(len(seq)), f"ope/{seq.name}.txt")]
+
+
+def mse_runs(seq: Sequence) -> list[Run]:
+    if seq.anchors is None:
+        raise InputError(f"sequence {seq.name} has no anchors.txt, which MSE needs; re-extract its "
+                         "annotations (trek-track dataset prepare)")
+    runs = []
+    for a, d in seq.anchors:
+        frames = range(a, len(seq)) if d < 1 else range(a, -1, -1)
+        runs.append(Run("mse", seq.name, f"anchor-{a}", frames, f"mse/{seq.name}-anchor-{a}.txt"))
+    return runs
+
+
+def hoi_runs(seq: Sequence) -> list[Run]:
+    if seq.hoi is None:
+        return []  # as the toolkit's runner and exporter do: HOI covers only sequences with intervals
+    return [Run("hoi", seq.name, f"hoi-{s}-{e}-{t}", range(s, e + 1), f"hoi/{seq.name}-hoi-{s}-{e}-{t}.txt")
+            for s, e, t in seq.hoi]
+
+
+_BUILDERS = {"ope": ope_runs, "mse": mse_runs, "hoi": hoi_runs}
+
+
+def expand_protocols(protocol: str | Iterable[str]) -> list[str]:
+    """``"all"`` or one name or several names -> list of protocol names in canonical order."""
+    names = [protocol] if isinstance(protocol, str) else list(protocol)
+    if "all" in names:
+        return list(PROTOCOLS)
+    bad = [p for p in names if p not in PROTOCOLS]
+    if bad:
+        raise InputError(f"unknown protocol {', '.join(bad)}; choose from {', '.join(PROTOCOLS)} or all")
+    return [p for p in PROTOCOLS if p in names]
+
+
+def plan(dataset: Trek150, protocol: str | Iterable[str]) -> list[Run]:
+    """All runs of the given protocol(s), protocol by protocol, in the toolkit's order."""
+    runs: list[Run] = []
+    for p in expand_protocols(protocol):
+        for seq in dataset:
+            runs.extend(_BUILDERS[p](seq))
+    return runs
+
+
+def shard(runs: list[Run], index: int, count: int) -> list[Run]:
+    """Runs of shard ``index`` (0-based) of ``count``: every ``count``-th run of the plan, so that shards
+    are balanced and disjoint and the same on every machine."""
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"bad shard {index}/{count}: use i/n with 0 <= i < n")
+    return runs[index::count]

@@ -1,0 +1,233 @@
+"""Run a tracker over a protocol plan and write the official results layout.
+
+``<results>/<tracker>/{ope,mse,hoi}/...`` (``<results>`` is usually ``./results/TREK-150``). The runner
+
+- accepts any object with ``init(image, box)`` / ``update(image) -> [x, y, w, h]`` (our
+  :class:`trek_tracker.pipeline.Tracker`, or a toolkit-style tracker), given as a factory so that each
+  worker process builds its own;
+- hands frames over as RGB ``PIL.Image`` (as the toolkit does), decoded ahead in a background thread;
+  times only the ``init``/``update`` call (the toolkit's definition of speed);
+- resumes: a run whose result file parses with the right row count is skipped (the toolkit only checks
+  that the file exists), every file is written atomically;
+- runs in parallel (``workers`` processes) and can be split across machines (see
+  :func:`trek_tracker.eval.protocols.shard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from trek_tracker.errors import InputError
+from trek_tracker.eval.dataset import Sequence, Trek150
+from trek_tracker.eval.files import atomic_write_text, format_boxes, format_times, is_complete, read_times
+from trek_tracker.eval.protocols import Run
+
+log = logging.getLogger(__name__)
+
+
+class TrackerLike(Protocol):
+    def init(self, image: Any, box: np.ndarray) -> Any: ...
+
+    def update(self, image: Any) -> Any: ...
+
+
+TrackerFactory = Callable[[], TrackerLike]
+
+
+def _frames(seq: Sequence, indices: range, prefetch: int) -> Iterator[Any]:
+    """Yield the RGB frames of ``indices``, decoding up to ``prefetch`` frames ahead in a thread."""
+    if prefetch <= 0:
+        for i in indices:
+            yield seq.load_frame(i)
+        return
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for i in indices:
+                if stop.is_set():
+                    return
+                q.put(seq.load_frame(i))
+            q.put(done)
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+def _as_box(out: Any, run: Run, frame: int) -> np.ndarray:
+    box = np.asarray(out, dtype=np.float64).reshape(-1)
+    if box.shape != (4,):
+        raise InputError(f"the tracker returned {out!r} on {run.label} frame {frame}; update() must return "
+                         "four numbers [x, y, w, h]")
+    return box
+
+
+def track_run(tracker: TrackerLike, seq: Sequence, run: Run, prefetch: int = 4,
+              on_frame: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Track one run; return boxes (L x 4, row 0 = the ground-truth init box) and per-call seconds."""
+    gt = run.ground_truth(seq)
+    boxes = np.zeros((run.length, 4))
+    boxes[0] = gt[0]
+    times = np.zeros(run.length)
+    warned = False
+    for k, image in enumerate(_frames(seq, run.frames, prefetch)):
+        start = time.perf_counter()
+        if k == 0:
+            tracker.init(image, gt[0].copy())
+        else:
+            out = tracker.update(image)
+        times[k] = time.perf_counter() - start
+        if k > 0:
+            boxes[k] = _as_box(out, run, run.frames[k])
+            if not warned and not np.all(np.isfinite(boxes[k])):
+                log.warning("%s: the tracker returned a non-finite box on frame %d", run.label, run.frames[k])
+                warned = True
+        if on_frame is not None:
+            on_frame()
+    return boxes, times
+
+
+def write_run(tracker_dir: Path, run: Run, boxes: np.ndarray, times: np.ndarray | None) -> None:
+    """Write a run's files; times first, so that a result file implies its times file."""
+    if run.records_times and times is not None:
+        atomic_write_text(tracker_dir / run.times_relpath, format_times(times))
+    atomic_write_text(tracker_dir / run.relpath, format_boxes(boxes))
+
+
+def run_done(tracker_dir: Path, run: Run) -> bool:
+    """A run is done when its result file parses with the right number of rows (and, for OPE, the
+    times file exists)."""
+    if not is_complete(tracker_dir / run.relpath, run.length):
+        return False
+    if run.records_times:
+        times = read_times(tracker_dir / run.times_relpath)
+        return times is not None and times.shape[0] == run.length
+    return True
+
+
+@dataclass
+class RunSummary:
+    """What :func:`execute` did."""
+
+    done: list[Run] = field(default_factory=list)
+    skipped: list[Run] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return sum(r.length for r in self.done)
+
+
+# Per-process state of worker processes.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(factory: TrackerFactory, root: str, names: list[str], prefetch: int) -> None:
+    _WORKER["tracker"] = factory()
+    _WORKER["dataset"] = Trek150(root, names=names)
+    _WORKER["prefetch"] = prefetch
+
+
+def _worker_run(run: Run, tracker_dir: str) -> Run:
+    seq = _WORKER["dataset"][run.sequence]
+    boxes, times = track_run(_WORKER["tracker"], seq, run, _WORKER["prefetch"])
+    write_run(Path(tracker_dir), run, boxes, times)
+    return run
+
+
+def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory: TrackerFactory,
+            workers: int = 1, progress: bool = True, overwrite: bool = False,
+            prefetch: int = 4) -> RunSummary:
+    """Execute ``runs`` (skipping finished ones unless ``overwrite``) and write their results under
+    ``tracker_dir`` (``<results>/<tracker name>``).
+
+    With ``workers > 1`` runs are spread over that many processes, each building one tracker with
+    ``factory`` (which must then be picklable: a module-level function or class, or a ``functools.partial``
+    of one).
+    """
+    from tqdm import tqdm
+
+    tracker_dir = Path(tracker_dir)
+    summary = RunSummary()
+    todo = []
+    for run in runs:
+        if not overwrite and run_done(tracker_dir, run):
+            summary.skipped.append(run)
+        else:
+            todo.append(run)
+    if summary.skipped:
+        log.info("%d of %d runs already finished, skipped", len(summary.skipped), len(runs))
+    if not todo:
+        return summary
+    for run in todo:  # check the images of every sequence before spending time tracking
+        dataset[run.sequence].img_files  # noqa: B018
+    start = time.perf_counter()
+    bar = tqdm(total=sum(r.length for r in todo), unit="frame", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            tracker = factory()
+            for run in todo:
+                bar.set_description(run.label)
+                boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch,
+                                         on_frame=lambda: bar.update(1))
+                write_run(tracker_dir, run, boxes, times)
+                summary.done.append(run)
+        else:
+            ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
+            names = sorted({r.sequence for r in todo})
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                       initializer=_worker_init,
+                                       initargs=(factory, str(dataset.root), names, prefetch))
+            try:
+                pending = {pool.submit(_worker_run, run, str(tracker_dir)) for run in todo}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for fut in finished:
+                        run = fut.result()  # re-raises a worker's error
+                        summary.done.append(run)
+                        bar.set_description(run.label)
+                        bar.update(run.length)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # finished runs are already on disk
+                raise
+            pool.shutdown()
+    except BaseException:
+        bar.close()
+        raise
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    if summary.done and summary.seconds > 0:
+        log.info("tracked %d frames in %.1f s (%.1f fps wall clock)", summary.frames, summary.seconds,
+                 summary.frames / summary.seconds if not math.isclose(summary.seconds, 0) else 0.0)
+    return summary
