@@ -124,6 +124,11 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
                     self._send_file(query.get("id", ""))
                 else:
                     self._send_page(_form_page(query.get("id", "")))
+            elif parts.path.startswith("/redirect/"):  # as drive.google.com/uc -> drive.usercontent...
+                self.send_response(303)
+                self.send_header("Location", "/files/" + parts.path.removeprefix("/redirect/"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif parts.path == "/drive/quota":
                 self._send_page(_QUOTA_PAGE)
             else:

@@ -15,7 +15,7 @@ from trek_tracker.weights.download import confirmation_url
 
 def _cache_files(home: Path) -> list[str]:
     folder = home / "weights"
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def test_download_success_then_cached(home, registry_file, server, payload):
@@ -68,6 +68,18 @@ def test_interrupted_download_resumes_on_next_call(home, registry_file, server, 
     assert server.state.log[-1].range == f"bytes={cut}-"
     assert result.path.read_bytes() == payload
     assert not part.exists()
+
+
+def test_resume_survives_a_redirect(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    server.state.cut_after["a.pth"] = 123_456
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/redirect/a.pth")], "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False, retries=1)
+    assert [(r.path, r.range) for r in server.state.log] == [
+        ("/redirect/a.pth", None), ("/files/a.pth", None),
+        ("/redirect/a.pth", "bytes=123456-"), ("/files/a.pth", "bytes=123456-"),
+    ]
+    assert result.path.read_bytes() == payload
 
 
 def test_interruption_is_resumed_within_one_call(home, registry_file, server, payload):
@@ -174,3 +186,15 @@ def test_official_registry_drive_entries_link_to_drive():
         if "drive.google.com" in entry.urls[0]:
             file_id = entry.urls[0].rsplit("id=", 1)[1]
             assert entry.manual_url == f"https://drive.google.com/file/d/{file_id}/view"
+
+
+def test_a_second_concurrent_download_is_refused(home, registry_file, server, payload):
+    from trek_tracker.weights.cache import download_lock
+
+    server.state.files["a.pth"] = payload
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    with download_lock(registry_entry("ckpt")):
+        with pytest.raises(CheckpointError, match="another process is already downloading ckpt"):
+            download(registry_entry("ckpt"), progress=False)
+    assert server.state.log == []
+    assert download(registry_entry("ckpt"), progress=False).path.read_bytes() == payload

@@ -103,7 +103,11 @@ def check_file(entry: CheckpointEntry, path: Path, sha256: str, what: str) -> No
 
 @contextlib.contextmanager
 def download_lock(entry: CheckpointEntry) -> Iterator[None]:
-    """Keep two processes from appending to the same ``.part`` file (POSIX only; a no-op elsewhere)."""
+    """Keep two processes from appending to the same ``.part`` file (POSIX only; a no-op elsewhere).
+
+    The lock file is removed afterwards so the cache holds only checkpoints; the small race this opens
+    (a third process locking a fresh file) can at worst corrupt a ``.part``, which the hash check rejects.
+    """
     weights_dir().mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -119,6 +123,7 @@ def download_lock(entry: CheckpointEntry) -> Iterator[None]:
         try:
             yield
         finally:
+            lock.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

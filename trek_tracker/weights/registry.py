@@ -175,7 +175,7 @@ def registry_path() -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, mtime_ns: int) -> Registry:
+def _load_cached(path: str, mtime_ns: int, size: int) -> Registry:
     return Registry.from_file(Path(path))
 
 
@@ -183,10 +183,10 @@ def default_registry() -> Registry:
     """The registry in use (re-read when its file changes, so tests and users can edit it live)."""
     path = registry_path()
     try:
-        mtime = path.stat().st_mtime_ns
+        stat = path.stat()
     except OSError as err:
         raise CheckpointError(f"cannot read the weights registry {path}: {err.strerror}") from err
-    return _load_cached(str(path), mtime)
+    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def registry_entry(name: str, *, kind: str | None = None) -> CheckpointEntry:
