@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +38,7 @@ _USER_AGENT = f"trek-track/{__version__} (+python-urllib)"
 _CHUNK = 1 << 20
 _MAX_PAGE = 2 << 20  # read at most this much of an HTML page
 _MAX_HOPS = 3  # confirmation pages followed before giving up
+_RETRY_PAUSE = 0.5  # seconds, times the number of fruitless attempts in a row
 
 
 class _SourceError(Exception):
@@ -220,8 +222,8 @@ def download(
 ) -> DownloadResult:
     """Fetch ``entry`` into the cache (resuming a ``.part`` file), verify it, and move it into place.
 
-    ``retries`` is how many times an interrupted transfer is resumed within this call; an interruption
-    beyond that keeps the ``.part`` file so that running the command again resumes it.
+    ``retries`` is how many interruptions in a row without new bytes are resumed within this call (with a
+    short pause); beyond that the ``.part`` file stays so that running the command again resumes it.
     """
     final = cached_path(entry)
     if final.is_file() and not force and (entry.size is None or final.stat().st_size == entry.size):
@@ -238,17 +240,19 @@ def download(
         failures: list[str] = []
         for url in entry.urls:
             client = _Client(timeout)
-            attempt = 0
+            attempt, best = 0, -1
             while True:
                 try:
                     resumed = _transfer(client, url, part, entry, progress)
                 except _Interrupted as err:
-                    attempt += 1
+                    have = part.stat().st_size if part.exists() else 0
+                    attempt, best = (1, have) if have > best else (attempt + 1, best)
                     if attempt > retries:
                         raise CheckpointError(
                             f"the download of {entry.name} was interrupted {err}; run "
                             f"`{entry.download_command}` again to resume, or {manual}"
                         ) from err
+                    time.sleep(_RETRY_PAUSE * attempt)
                     continue
                 except _SourceError as err:
                     failures.append(f"{_short(url)}: {err}")
