@@ -64,7 +64,7 @@ def list_cmd(kind: str | None) -> None:
 @click.option("--force", is_flag=True, help="Download again even if the file is already in the cache.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--retries", type=click.IntRange(0, 100), default=3, show_default=True,
-              help="Times an interrupted transfer is resumed before giving up.")
+              help="Interruptions in a row without new bytes that are resumed before giving up.")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
               help="Network timeout in seconds.")
 def download_cmd(
