@@ -1,0 +1,230 @@
+"""Input pipeline of the DeAOT models: sizes, resize/normalisation and label resizing, against the spec's
+worked examples and the official goldens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trek_tracker.errors import InputError
+from trek_tracker.vos.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    input_size,
+    resize_labels,
+    to_network_input,
+)
+
+# --- input_size -----------------------------------------------------------------------------------
+
+# Spec §2.3: EK-55 1080x1920 frames, long edge capped at 1040; TTA scales run with the short-edge cap 624.
+EK_SIZES = [
+    (1.0, None, (577, 1041), (592, 1040)),
+    (1.2, 624, (705, 1249), (704, 1248)),
+    (1.3, 624, (753, 1345), (768, 1344)),
+    (1.4, 624, (817, 1457), (816, 1456)),
+]
+
+
+@pytest.mark.parametrize(("scale", "short_cap", "r50", "swin"), EK_SIZES)
+def test_input_size_ek55_worked_examples(scale, short_cap, r50, swin) -> None:
+    kw = dict(max_long_edge=1040, max_short_edge=short_cap, scale=scale)
+    assert input_size(1080, 1920, **kw, align_corners=True) == r50
+    assert input_size(1080, 1920, **kw, align_corners=False) == swin
+
+
+@pytest.mark.parametrize("scale", [1.2, 1.3, 1.4])
+def test_short_edge_cap_624_is_inactive_for_1080p(scale) -> None:
+    # 624 / 1080 then 1040 / 1109.3 lands on the same 585 x 1040 as the long-edge cap alone.
+    for ac in (True, False):
+        assert input_size(1080, 1920, max_short_edge=624, scale=scale, align_corners=ac) == input_size(
+            1080, 1920, scale=scale, align_corners=ac
+        )
+
+
+def test_input_size_davis() -> None:
+    assert input_size(480, 854) == (481, 849)
+    assert input_size(480, 854, align_corners=False) == (480, 848)
+    # The goldens' long edge 480: 854 * (480 / 854) is 479.99999999999994 in float64, so w truncates to 479.
+    assert input_size(480, 854, max_long_edge=480) == (273, 481)
+    assert input_size(480, 854, max_long_edge=480, align_corners=False) == (272, 480)
+    assert input_size(1080, 1920, max_long_edge=480) == (273, 481)
+
+
+def test_input_size_rounds_half_to_even_and_keeps_aligned_sizes() -> None:
+    # (601 - 1) / 16 = 37.5 -> 38 (even); (585 - 1) / 16 = 36.5 -> 36 (even). Python's round-half-up differs.
+    assert input_size(601, 585, max_long_edge=None) == (609, 577)
+    # n / 16 = 36.5 -> 36, 37.5 -> 38 for the Swin alignment.
+    assert input_size(584, 600, max_long_edge=None, align_corners=False) == (576, 608)
+    assert input_size(465, 465) == (465, 465)  # already 16k + 1: kept
+    assert input_size(464, 464, align_corners=False) == (464, 464)
+    assert input_size(464, 464) == (465, 465)
+    # Never upscaled by the caps; the TTA scale does upscale.
+    assert input_size(97, 161, max_long_edge=1040) == (97, 161)
+    assert input_size(97, 161, scale=2.0) == (193, 321)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(h=0, w=10),
+        dict(h=-5, w=10),
+        dict(h=10.5, w=10),
+        dict(h=10, w=10, scale=0),
+        dict(h=10, w=10, scale=float("nan")),
+        dict(h=10, w=10, max_long_edge=0),
+        dict(h=10, w=10, max_short_edge=-1),
+        dict(h=2, w=2, max_long_edge=None),  # aligns to 0 rows for Swin below
+    ],
+)
+def test_input_size_rejects_nonsense(kwargs) -> None:
+    h, w = kwargs.pop("h"), kwargs.pop("w")
+    with pytest.raises(InputError):
+        input_size(h, w, **kwargs, align_corners=False)
+
+
+# --- to_network_input -----------------------------------------------------------------------------
+
+
+def test_normalisation_is_float32_imagenet() -> None:
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 0, 128, 255
+    x = to_network_input(rgb, (4, 5))
+    assert x.dtype == torch.float32 and x.shape == (1, 3, 4, 5)
+    for c, v in enumerate((0, 128, 255)):
+        want = (np.float32(v) / np.float32(255) - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        assert torch.allclose(x[0, c], torch.full((4, 5), want, dtype=torch.float32), rtol=0, atol=1e-6)
+
+
+def test_cubic_resize_keeps_overshoot_and_flip_mirrors() -> None:
+    rng = np.random.default_rng(0)
+    rgb = np.where(np.arange(40)[None, :, None] < 20, 0, 255).astype(np.uint8).repeat(30, 0).repeat(3, 2)
+    x = to_network_input(rgb, (61, 81))
+    lo = (0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    hi = (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    assert x[0, 0].min() < lo - 1e-3 and x[0, 0].max() > hi + 1e-3  # no clipping of cubic ringing
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    a = to_network_input(rgb, (49, 65))
+    b = to_network_input(rgb, (49, 65), flip=True)
+    assert torch.equal(b, a.flip(-1))
+    ref = cv2.resize(rgb.astype(np.float32), (65, 49), interpolation=cv2.INTER_CUBIC) / 255.0
+    ref = (ref - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    assert np.abs(a[0].numpy().transpose(1, 2, 0) - ref).max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((4, 4), np.uint8),
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+        [[0, 0, 0]],
+    ],
+)
+def test_to_network_input_rejects_bad_frames(frame) -> None:
+    with pytest.raises(InputError):
+        to_network_input(frame, (4, 4))
+
+
+def test_to_network_input_rejects_bad_size() -> None:
+    with pytest.raises(InputError):
+        to_network_input(np.zeros((4, 4, 3), np.uint8), (0, 4))
+
+
+# --- resize_labels --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((480, 854), (273, 481)), ((1080, 1920), (273, 481)), ((7, 9), (20, 3))]
+)
+def test_resize_labels_is_legacy_nearest(src, dst) -> None:
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 45, src, dtype=np.uint8)
+    out = resize_labels(label, dst)
+    rows = np.floor(np.arange(dst[0]) * src[0] / dst[0]).astype(int)
+    cols = np.floor(np.arange(dst[1]) * src[1] / dst[1]).astype(int)
+    assert out.dtype == torch.uint8 and tuple(out.shape) == dst
+    assert np.array_equal(out.numpy(), label[rows][:, cols])
+
+
+def test_resize_labels_differs_from_nearest_exact() -> None:
+    label = torch.arange(480 * 854, dtype=torch.float32).view(1, 1, 480, 854)
+    ours = resize_labels(label, (273, 481))
+    exact = F.interpolate(label, size=(273, 481), mode="nearest-exact")
+    assert ours.shape == (1, 1, 273, 481) and ours.dtype == torch.float32
+    assert not torch.equal(ours, exact)
+
+
+def test_resize_labels_keeps_rank_and_dtype() -> None:
+    label = torch.randint(0, 11, (2, 13, 17), dtype=torch.int64)
+    out = resize_labels(label, (5, 7))
+    assert out.shape == (2, 5, 7) and out.dtype == torch.int64
+    assert torch.equal(resize_labels(label, (13, 17)), label)
+
+
+@pytest.mark.parametrize(
+    ("label", "size"),
+    [
+        (np.zeros((3, 3), np.uint8), (0, 3)),
+        (np.zeros(3, np.uint8), (3, 3)),
+        (np.zeros((1, 1, 1, 3, 3), np.uint8), (3, 3)),
+        (torch.zeros(3, 3, dtype=torch.bool), (3, 3)),
+        ([[0]], (3, 3)),
+    ],
+)
+def test_resize_labels_rejects_nonsense(label, size) -> None:
+    with pytest.raises(InputError):
+        resize_labels(label, size)
+
+
+# --- goldens --------------------------------------------------------------------------------------
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path))
+    assert bgr is not None, path
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _channel_stats(x: torch.Tensor) -> np.ndarray:
+    d = x.double()
+    return np.array([d.sum().item(), d.mean().item(), d.abs().mean().item(), d.std().item()])
+
+
+GOLDEN_CASES = [
+    ("deaott", "car-shadow", True),
+    ("swinb_deaotl", "car-shadow", False),
+    ("r50_deaotl", "aot_demo", True),
+]
+
+
+@pytest.mark.parametrize(("model", "case", "align_corners"), GOLDEN_CASES)
+def test_network_input_matches_golden(shared, golden, model, case, align_corners) -> None:
+    g = np.load(golden / "deaot" / model / f"{case}.npz")
+    if case == "car-shadow":
+        frames = [shared / "data/davis/JPEGImages/480p/car-shadow" / f"{i:05d}.jpg" for i in range(8)]
+    else:
+        frames = [shared / "data/aot_demo/images" / f"{i:08d}.jpg" for i in range(2058, 2062)]
+    for t, path in enumerate(frames):
+        rgb = _read_rgb(path)
+        assert rgb.shape[:2] == tuple(g["orig_size"])
+        long_edge = float(g["max_long_edge"])
+        size = input_size(*rgb.shape[:2], max_long_edge=long_edge, align_corners=align_corners)
+        assert size == tuple(int(v) for v in g["input_size"])
+        x = to_network_input(rgb, size, flip=bool(g["flip"]))
+        h, w = size
+        crop = x[0, :, h // 2 - 8 : h // 2 + 8, w // 2 - 8 : w // 2 + 8].numpy()
+        assert np.abs(crop - g["input_crop"][t]).max() <= 1e-5
+        for c in range(3):
+            ours, ref = _channel_stats(x[0, c]), g["input_stats"][t, c]
+            n = h * w
+            assert abs(ours[0] - ref[0]) <= 1e-5 * n * ref[2]
+            assert abs(ours[1] - ref[1]) <= 1e-5 * ref[2]
+            assert abs(ours[2] - ref[2]) <= 1e-4 * ref[2]
+            assert abs(ours[3] - ref[3]) <= 1e-4 * ref[3]
