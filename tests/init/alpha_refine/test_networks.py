@@ -1,0 +1,129 @@
+"""Alpha-Refine networks: output shapes, key maps, and parity with the official code (goldens)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trek_tracker.errors import CheckpointError
+from trek_tracker.init.alpha_refine.checkpoint import KEY_MAPS, build_model, map_state_dict, pool_size_of
+from trek_tracker.init.alpha_refine.refiner import AlphaRefine
+from trek_tracker.init.alpha_refine.secm import SEcm
+from trek_tracker.init.alpha_refine.seg384 import ARSegMask, BicubicUp2x
+
+
+def _official_like_state(
+    model: torch.nn.Module, unused: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+    state.update({k: torch.zeros(s) for k, s in unused.items()})
+    return state
+
+
+def test_secm_shapes_and_key_map() -> None:
+    torch.manual_seed(0)
+    model = SEcm().eval()
+    unused = {
+        "feature_extractor.fc.weight": (1000, 512),
+        "feature_extractor.layer4.0.conv1.weight": (512, 256, 3, 3),
+    }
+    state = _official_like_state(model, unused)
+    mapped = map_state_dict(state, KEY_MAPS["secm"], model)
+    assert set(mapped) == set(model.state_dict()) and pool_size_of(state) == 8
+    crop = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        kernel = model.reference_kernel(crop)
+        out = model(crop, kernel, branches=("corner", "mask"))
+    assert kernel.shape == (1, 256, 8, 8)
+    assert (
+        out["corner"].shape == (1, 4)
+        and out["mask"].shape == (1, 1, 256, 256)
+        and out["feat"].shape == (1, 64, 16, 16)
+    )
+    assert 0 <= float(out["corner"].min()) and float(out["corner"].max()) <= 240  # grid of cell corners
+    assert "mask" not in model(crop, kernel, branches=("corner",))
+
+
+def test_seg_mask_shapes_follow_the_pool_size() -> None:
+    torch.manual_seed(0)
+    model = ARSegMask(pool_size=4).eval()  # small pool: 128 input -> 8x8 layer4 -> 128 mask
+    crop = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        kernel = model.reference_kernel(crop, torch.tensor([32.0, 32.0, 64.0, 64.0]))
+        out = model(crop, kernel)
+    assert kernel.shape == (1, 1024, 4, 4)
+    assert out["mask"].shape == (1, 1, 128, 128) and out["feat"].shape == (1, 16, 8, 8)
+    assert float(out["mask"].min()) >= 0 and float(out["mask"].max()) <= 1
+
+
+def test_key_map_is_strict() -> None:
+    model = SEcm()
+    state = _official_like_state(model, {})
+    broken = dict(state)
+    del broken["mask_head.post2.bias"]
+    with pytest.raises(CheckpointError, match="mask_head.post2.bias"):
+        map_state_dict(broken, KEY_MAPS["secm"], model)
+    extra = dict(state, **{"neck.surprise.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="neck.surprise.weight"):
+        map_state_dict(extra, KEY_MAPS["secm"], model)
+    wrong = dict(state, **{"mask_head.post2.bias": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match="shape"):
+        map_state_dict(wrong, KEY_MAPS["secm"], model)
+
+
+def test_bicubic_pyramid_equals_torch_bicubic_2x() -> None:
+    x = torch.randn(1, 3, 7, 9, dtype=torch.float64)
+    ours = BicubicUp2x(3).double()(x)
+    ref = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(ours, ref, atol=1e-10, rtol=0)
+
+
+# -- parity with the official code (seeded weights; ../shared/golden/alpha_refine) --
+
+
+def _seeded(golden: Path, name: str) -> dict[str, torch.Tensor]:
+    spec_path = golden / "alpha_refine" / name / "keys.json"
+    if not spec_path.is_file():
+        pytest.skip(f"no Alpha-Refine goldens at {spec_path.parent}")
+    spec = importlib.util.spec_from_file_location("seeded_weights", golden / "seeded_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.seeded_state_dict(json.loads(spec_path.read_text()))
+
+
+@pytest.mark.parametrize("name", ["secm", "seg384"])
+def test_parity_with_official_outputs(golden: Path, davis: Path, name: str) -> None:
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    ref = np.load(golden / "alpha_refine" / name / "car-shadow.npz")
+    ar = AlphaRefine(build_model(_seeded(golden, name), name))
+    frame = cv2.imread(str(davis / "JPEGImages" / "480p" / "car-shadow" / "00000.jpg"))[..., ::-1].copy()
+    box = ref["frame0_box"]
+    ar.initialize(frame, box)
+    assert np.array_equal(ar.template_crop, ref["template_crop_uint8"])
+    np.testing.assert_allclose(ar.kernel.numpy(), ref["ref_kernel"], rtol=1e-4, atol=1e-4)
+    out = ar.run(frame, box, branches=("corner", "mask") if name == "secm" else ("mask",))
+    assert np.array_equal(out.crop_uint8, ref["f0_crop_uint8"])
+    np.testing.assert_allclose(out.mask_crop, ref["f0_mask_crop"], atol=1e-3)
+    assert ((out.mask_crop > 0.5) != ref["f0_mask_crop_bin"]).mean() <= 5e-4
+    full16 = out.mask_full.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(full16, ref["f0_mask_full_f16"].astype(np.float32), atol=2e-3)
+    assert ((out.mask_full > 0.5) != ref["f0_mask_full_bin"]).mean() <= 5e-4
+    if name == "secm":
+        np.testing.assert_allclose(out.corner_crop_xyxy, ref["f0_corner_crop_xyxy"], atol=1e-2)
+        np.testing.assert_allclose(out.corner_frame_xywh, ref["f0_corner_frame_xywh"], atol=5e-2)
+        # Frame 5 with the enlarged box (a tracker-like box): a different crop through the same template.
+        f5 = cv2.imread(str(davis / "JPEGImages" / "480p" / "car-shadow" / "00005.jpg"))[..., ::-1].copy()
+        out5 = ar.run(f5, ref["frame5_box"], branches=("corner", "mask"))
+        np.testing.assert_allclose(out5.mask_crop, ref["f5_mask_crop"], atol=1e-3)
+        np.testing.assert_allclose(out5.corner_frame_xywh, ref["f5_corner_frame_xywh"], atol=5e-2)
