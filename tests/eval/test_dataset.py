@@ -39,7 +39,8 @@ def test_order_rule_matches_path_sort() -> None:
     names = ["a", "a-b", "a0"]
     # the toolkit sorts "<name>/groundtruth_rect.txt": "a-b/" < "a/" < "a0/"
     assert sorted(names, key=sequence_order_key) == ["a-b", "a", "a0"]
-    assert sorted(names, key=sequence_order_key) == [p.split("/")[0] for p in sorted(n + "/gt" for n in names)]
+    by_path = [p.split("/")[0] for p in sorted(n + "/gt" for n in names)]
+    assert sorted(names, key=sequence_order_key) == by_path
 
 
 def test_unlisted_folders_are_ignored(root: Path) -> None:
@@ -57,14 +58,14 @@ def test_image_count_mismatch(root: Path) -> None:
     seq = root / "P01-P01_01-2"
     next(iter(sorted((seq / "img").iterdir()))).unlink()
     with pytest.raises(InputError, match="7 images .* but 8 rows"):
-        Trek150(root)["P01-P01_01-2"].img_files
+        _ = Trek150(root)["P01-P01_01-2"].img_files
 
 
 def test_image_names_must_match_frames_txt(root: Path) -> None:
     seq = root / "P01-P01_01-2"
     (seq / "frames.txt").write_text("".join(f"{i}\n" for i in range(8)))
     with pytest.raises(InputError, match="frames.txt row 1 says frame_0000000000.jpg"):
-        Trek150(root)["P01-P01_01-2"].img_files
+        _ = Trek150(root)["P01-P01_01-2"].img_files
 
 
 def test_malformed_ground_truth_row(root: Path) -> None:
@@ -80,13 +81,13 @@ def test_bad_and_duplicate_anchors(root: Path) -> None:
     anchors = root / "P01-P01_01-2" / "anchors.txt"
     anchors.write_text("3,0\n3,1\n")
     with pytest.raises(InputError, match="anchor 3 appears twice"):
-        Trek150(root)["P01-P01_01-2"].anchors
+        _ = Trek150(root)["P01-P01_01-2"].anchors
     anchors.write_text("8,0\n")
     with pytest.raises(InputError, match="outside the sequence"):
-        Trek150(root)["P01-P01_01-2"].anchors
+        _ = Trek150(root)["P01-P01_01-2"].anchors
     anchors.write_text("5,x\n")
     with pytest.raises(InputError, match="anchors.txt:1: malformed"):
-        Trek150(root)["P01-P01_01-2"].anchors
+        _ = Trek150(root)["P01-P01_01-2"].anchors
 
 
 def test_missing_root_and_empty_root(tmp_path: Path) -> None:

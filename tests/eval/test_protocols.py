@@ -55,7 +55,7 @@ def test_all_and_shards(ds: Trek150) -> None:
     runs = plan(ds, "all")
     assert len(runs) == 2 + 4 + 2
     parts = [shard(runs, i, 3) for i in range(3)]
-    assert sorted((r.relpath for p in parts for r in p)) == sorted(r.relpath for r in runs)
+    assert sorted(r.relpath for p in parts for r in p) == sorted(r.relpath for r in runs)
     assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
     with pytest.raises(InputError):
         shard(runs, 3, 3)

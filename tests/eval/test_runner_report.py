@@ -1,0 +1,173 @@
+"""Runner and report on a synthetic dataset: oracle and constant trackers, checked by hand, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.eval.helpers import (
+    SYN_A,
+    SYN_B,
+    ConstantTracker,
+    FailingTracker,
+    OracleTracker,
+    build_synthetic,
+    hand_scores,
+)
+from trek_tracker.errors import InputError
+from trek_tracker.eval import report as R
+from trek_tracker.eval.dataset import Trek150
+from trek_tracker.eval.protocols import plan
+from trek_tracker.eval.runner import execute, run_done
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory) -> tuple[Trek150, Path]:
+    """Oracle and constant results for all protocols on the synthetic dataset."""
+    base = tmp_path_factory.mktemp("syn")
+    ds = Trek150(build_synthetic(base / "trek"))
+    results = base / "results" / "TREK-150"
+    runs = plan(ds, "all")
+    execute(ds, runs, results / "oracle", OracleTracker, progress=False)
+    execute(ds, runs, results / "constant", ConstantTracker, progress=False)
+    return ds, results
+
+
+def test_result_files_layout_and_format(tracked) -> None:
+    ds, results = tracked
+    ope = (results / "oracle" / "ope" / "P01-P01_01-2.txt").read_text().splitlines()
+    assert len(ope) == 8 and ope[0] == "10.000,10.000,16.000,8.000"
+    assert ope[1] == "13.000,10.000,16.000,8.000"
+    assert ope[2] == ope[1]  # absent frame: the oracle holds its last box
+    times = (results / "oracle" / "ope" / "times" / "P01-P01_01-2_time.txt").read_text().splitlines()
+    assert len(times) == 8 and all(len(t.split(".")[1]) == 8 for t in times)
+    back = (results / "constant" / "mse" / "P01-P01_01-2-anchor-7.txt").read_text().splitlines()
+    assert len(back) == 8 and set(back) == {"10.000,10.000,16.000,8.000"}  # frame 7's box, 8 rows
+    assert sorted(p.name for p in (results / "oracle" / "hoi").iterdir()) == [
+        "P01-P01_01-2-hoi-1-4-0.txt", "P01-P01_01-2-hoi-5-7-2.txt"]
+    assert not list(results.rglob("*.tmp")) and not list(results.rglob(".*"))
+
+
+def test_oracle_scores_are_the_maximum(tracked) -> None:
+    ds, results = tracked
+    for protocol in ("ope", "mse", "hoi"):
+        o = R.evaluate(ds, results, ["oracle"], protocol)["oracle"]["overall"]
+        assert o["success_score"] == pytest.approx(20 / 21, abs=1e-12), protocol
+        assert o["normalized_precision_score"] == pytest.approx(1.0, abs=1e-12)
+        assert o["generalized_success_robustness_score"] == pytest.approx(1.0, abs=1e-12)
+    hoi = R.evaluate(ds, results, ["oracle"], "hoi")["oracle"]
+    assert hoi["overall"]["recall_score"] == pytest.approx(1.0) and hoi["seq_wise"] == {}
+
+
+def _gt_run(gt, frames):
+    return [gt[i] for i in frames]
+
+
+def _const(gt, frames):
+    return [gt[frames[0]]] * len(frames)
+
+
+def test_constant_tracker_ope_by_hand(tracked) -> None:
+    ds, results = tracked
+    perf = R.evaluate(ds, results, ["constant"], "ope")["constant"]
+    a = hand_scores(_const(SYN_A, range(8)), SYN_A)
+    b = hand_scores(_const(SYN_B, range(5)), SYN_B)
+    sw = perf["seq_wise"]
+    for (name, h) in (("P01-P01_01-2", a), ("P01-P01_01-10", b)):
+        assert sw[name]["success_score"] == pytest.approx(float(h[0]), abs=1e-12)
+        assert sw[name]["normalized_precision_score"] == pytest.approx(float(h[1]), abs=1e-12)
+        assert sw[name]["generalized_success_robustness_score"] == pytest.approx(float(h[2]), abs=1e-12)
+    # OPE weighs sequences equally
+    assert perf["overall"]["success_score"] == pytest.approx(float((a[0] + b[0]) / 2), abs=1e-12)
+    assert perf["overall"]["generalized_success_robustness_score"] == pytest.approx(float((a[2] + b[2]) / 2))
+    assert len(perf["overall"]["success_curve"]) == 21
+    assert len(perf["overall"]["normalized_precision_curve"]) == 51
+    assert perf["overall"]["speed_fps"] > 0 and sw["P01-P01_01-2"]["speed_fps"] > 0
+
+
+def test_constant_tracker_mse_and_hoi_by_hand(tracked) -> None:
+    ds, results = tracked
+    # MSE: runs weighted by run length within a sequence, sequences by their length
+    runs_a = [range(0, 8), range(7, -1, -1), range(3, 8)]
+    ha = [hand_scores(_const(SYN_A, r), _gt_run(SYN_A, r)) for r in runs_a]
+    ma = [sum(h[k] * len(r) for h, r in zip(ha, runs_a, strict=True)) / 21 for k in range(3)]
+    mb = hand_scores(_const(SYN_B, range(2, -1, -1)), _gt_run(SYN_B, range(2, -1, -1)))
+    perf = R.evaluate(ds, results, ["constant"], "mse")["constant"]
+    assert perf["seq_wise"]["P01-P01_01-2"]["success_score"] == pytest.approx(float(ma[0]), abs=1e-12)
+    for k, key in enumerate(R.SCORE_KEYS):
+        assert perf["overall"][key] == pytest.approx(float((ma[k] * 8 + mb[k] * 5) / 13), abs=1e-12), key
+    assert set(perf["overall"]) == set(R.SCORE_KEYS)
+    # HOI: intervals pooled by length (4 and 3 frames)
+    h1 = hand_scores(_const(SYN_A, range(1, 5)), _gt_run(SYN_A, range(1, 5)))
+    h2 = hand_scores(_const(SYN_A, range(5, 8)), _gt_run(SYN_A, range(5, 8)))
+    hoi = R.evaluate(ds, results, ["constant"], "hoi")["constant"]["overall"]
+    for k, key in enumerate((*R.SCORE_KEYS, "recall_score")):
+        assert hoi[key] == pytest.approx(float((h1[k] * 4 + h2[k] * 3) / 7), abs=1e-7 if k == 3 else 1e-12)
+
+
+def test_report_json_table_and_plots(tracked, tmp_path: Path) -> None:
+    ds, results = tracked
+    perf = R.evaluate(ds, results, ["oracle", "constant"], "ope")
+    R.write_json(perf, tmp_path / "performance-ope.json")
+    back = json.loads((tmp_path / "performance-ope.json").read_text())
+    assert list(back) == ["oracle", "constant"]
+    assert list(back["oracle"]["seq_wise"]) == ["P01-P01_01-10", "P01-P01_01-2"]
+    assert list(back["oracle"]["overall"]) == [
+        "success_curve", "normalized_precision_curve", "generalized_success_robustness_curve",
+        "success_score", "normalized_precision_score", "generalized_success_robustness_score", "speed_fps"]
+    table = R.format_table(perf, "ope")
+    assert f"{20 / 21:.10f}" in table and "P01-P01_01-10" in table
+    files = R.plot_ope(perf, tmp_path / "plots", dpi=60)
+    assert [f.name for f in files] == ["success_plots.png", "normalized_precision_plots.png",
+                                       "generalized_success_robustness_plots.png"]
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files)
+
+
+def test_missing_results_are_listed(tracked, tmp_path: Path) -> None:
+    ds, results = tracked
+    with pytest.raises(InputError, match=r"2 OPE result file\(s\) of nobody are missing"):
+        R.evaluate(ds, tmp_path, ["nobody"], "ope")
+
+
+def test_resume_after_interruption(tmp_path: Path) -> None:
+    ds = Trek150(build_synthetic(tmp_path / "trek"))
+    runs = plan(ds, "mse")  # run lengths 3, 8, 8, 5
+    out = tmp_path / "res" / "t"
+    failing = FailingTracker(fail_at=2 + 7 + 3)  # dies on the 3rd update of the third run
+    with pytest.raises(KeyboardInterrupt):
+        execute(ds, runs, out, lambda: failing, progress=False)
+    assert [run_done(out, r) for r in runs] == [True, True, False, False]
+    assert not (out / runs[2].relpath).exists()
+    assert not [p for p in (out / "mse").iterdir() if p.name.startswith(".")]  # no temp file left
+    # a truncated file (e.g. copied from an interrupted official run) is not accepted as done
+    truncated = (out / runs[1].relpath)
+    truncated.write_text("".join(truncated.read_text().splitlines(keepends=True)[:4]))
+    assert not run_done(out, runs[1])
+    second = FailingTracker(fail_at=-1)
+    summary = execute(ds, runs, out, lambda: second, progress=False)
+    assert second.inits == 3 and [r.key for r in summary.skipped] == ["anchor-2"]
+    assert all(run_done(out, r) for r in runs)
+    assert np.loadtxt(truncated, delimiter=",").shape == (8, 4)
+
+
+def test_parallel_workers_write_the_same_files(tracked, tmp_path: Path) -> None:
+    ds, results = tracked
+    runs = plan(ds, "mse")
+    summary = execute(ds, runs, tmp_path / "constant", ConstantTracker, workers=2, progress=False)
+    assert len(summary.done) == 4
+    for r in runs:
+        ours = (tmp_path / "constant" / r.relpath).read_text()
+        assert ours == (results / "constant" / r.relpath).read_text()
+
+
+def test_bad_tracker_output_is_reported(tmp_path: Path) -> None:
+    class Bad(ConstantTracker):
+        def update(self, image):
+            return [1, 2, 3]
+
+    ds = Trek150(build_synthetic(tmp_path / "trek"))
+    with pytest.raises(InputError, match="update\\(\\) must return four numbers"):
+        execute(ds, plan(ds, "ope")[:1], tmp_path / "r", Bad, progress=False)

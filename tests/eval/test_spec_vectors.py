@@ -1,0 +1,127 @@
+"""The spec's aggregation test vectors (TV2 MSE, TV3 HOI, TV6 files) through result files on disk."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.eval.helpers import write_sequence
+from trek_tracker.errors import InputError
+from trek_tracker.eval import report as R
+from trek_tracker.eval.dataset import Trek150
+from trek_tracker.eval.files import atomic_write_text, format_boxes, read_result
+from trek_tracker.eval.submission import build_submission, submission_json, write_submission
+
+A = (-1, -1, -1, -1)
+GT_A = [(100, 100, 50, 50)] * 2 + [A] + [(100, 100, 50, 50)] * 3
+GT_B = [(10, 10, 20, 20)] * 4
+TV1_PRED = [(100, 100, 50, 50), (110, 100, 50, 50), (0, 0, 0, 0), (130, 100, 50, 50), (400, 400, 50, 50),
+            (100, 100, 50, 50)]
+
+
+@pytest.fixture()
+def tv(tmp_path: Path) -> tuple[Trek150, Path]:
+    root = tmp_path / "trek"
+    write_sequence(root, "A", GT_A, size=(600, 600), anchors=[(0, 0), (5, 1)], hoi=[(3, 5, 0)])
+    write_sequence(root, "B", GT_B, size=(64, 64), anchors=[(1, 0)], hoi=[(0, 3, 2)])
+    d = tmp_path / "results" / "t"
+    files = {
+        "ope/A.txt": TV1_PRED,
+        "ope/B.txt": [(0, 0, 0, 0), (10, 10, 20, 20), (20, 10, 20, 20), (10, 10, 20, 20)],
+        "mse/A-anchor-0.txt": TV1_PRED,
+        "mse/A-anchor-5.txt": [(1, 1, 1, 1), (400, 400, 50, 50), (130, 100, 50, 50), (0, 0, 0, 0),
+                               (110, 100, 50, 50), (100, 100, 50, 50)],
+        "mse/B-anchor-1.txt": [(0, 0, 0, 0), (10, 10, 20, 20), (20, 10, 20, 20)],
+        "hoi/A-hoi-3-5-0.txt": [(7, 7, 7, 7), (400, 400, 50, 50), (100, 100, 50, 50)],
+        "hoi/B-hoi-0-3-2.txt": [(7, 7, 7, 7), (10, 10, 20, 20), (20, 10, 20, 20), (10, 10, 20, 20)],
+    }
+    for rel, boxes in files.items():
+        atomic_write_text(d / rel, format_boxes(np.array(boxes, float)))
+    atomic_write_text(d / "ope/times/A_time.txt", "0.50000000\n0.02000000\n0.02500000\n0.00000000\n0\n0\n")
+    return Trek150(root), d
+
+
+def test_tv2_mse(tv) -> None:
+    ds, d = tv
+    perf = R.evaluate_mse(ds, d)
+    sa, sb = perf["seq_wise"]["A"], perf["seq_wise"]["B"]
+    assert sa["success_score"] == pytest.approx(0.5619047619, abs=1e-9)
+    assert sa["normalized_precision_score"] == pytest.approx(0.5215686275, abs=1e-9)
+    assert sa["generalized_success_robustness_score"] == pytest.approx(0.3490196078, abs=1e-9)
+    assert sb["success_score"] == pytest.approx(0.7460317460, abs=1e-9)
+    assert sb["normalized_precision_score"] == pytest.approx(0.6732026144, abs=1e-9)
+    assert sb["generalized_success_robustness_score"] == pytest.approx(0.8888888889, abs=1e-9)
+    o = perf["overall"]
+    assert o["success_score"] == pytest.approx(0.6355555556, abs=1e-9)
+    assert o["normalized_precision_score"] == pytest.approx(0.5822222222, abs=1e-9)
+    assert o["generalized_success_robustness_score"] == pytest.approx(0.5649673203, abs=1e-9)
+
+
+def test_tv3_hoi(tv) -> None:
+    ds, d = tv
+    perf = R.evaluate_hoi(ds, d)
+    assert perf["seq_wise"] == {}
+    o = perf["overall"]
+    assert o["success_score"] == pytest.approx(0.7278911565, abs=1e-9)
+    assert o["normalized_precision_score"] == pytest.approx(0.7170868347, abs=1e-9)
+    assert o["generalized_success_robustness_score"] == pytest.approx(0.6190476190, abs=1e-9)
+    assert o["recall_score"] == pytest.approx(0.7142857143, abs=1e-7)
+
+
+def test_tv1_tv5_ope(tv) -> None:
+    ds, d = tv
+    perf = R.evaluate_ope(ds, d)
+    a = perf["seq_wise"]["A"]
+    assert a["success_score"] == pytest.approx(0.5619047619, abs=1e-9)
+    assert a["generalized_success_robustness_score"] == pytest.approx(0.4980392157, abs=1e-9)
+    assert a["speed_fps"] == pytest.approx(30.6666666667, abs=1e-9)
+    assert perf["seq_wise"]["B"]["speed_fps"] == -1  # no time file
+    assert perf["overall"]["speed_fps"] == pytest.approx(30.6666666667, abs=1e-9)  # B excluded
+
+
+def test_tv6_file_and_json_format(tmp_path: Path) -> None:
+    run = np.array([[100, 100, 50, 50], [110.00049, 100, 50, 50]])
+    assert format_boxes(run) == "100.000,100.000,50.000,50.000\n110.000,100.000,50.000,50.000\n"
+    atomic_write_text(tmp_path / "r.txt", format_boxes(run))
+    text = json.dumps(read_result(tmp_path / "r.txt").tolist(), indent=4)
+    assert text == "[\n    [\n        100.0,\n        100.0,\n        50.0,\n        50.0\n    ],\n    [\n" \
+                   "        110.0,\n        100.0,\n        50.0,\n        50.0\n    ]\n]"
+    # %.3f rounds the exact binary value
+    assert format_boxes(np.array([[2.0005, -0.0001, 1, 1]])) == "2.001,-0.000,1.000,1.000\n"
+
+
+def test_submission_json_and_zip(tv, tmp_path: Path) -> None:
+    ds, d = tv
+    sub = build_submission(ds, d, "my-tracker", (0, 1, 2))
+    assert list(sub) == ["challenge", "version", "tracker_name", "sls_pt", "sls_tl", "sls_td", "results"]
+    assert (sub["challenge"], sub["version"]) == ("object_tracking", "0.1")
+    assert (sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == (0, 1, 2)
+    assert list(sub["results"]["mse"]["A"]) == ["anchor-0", "anchor-5"]  # anchors.txt order
+    assert sub["results"]["mse"]["A"]["anchor-5"][0] == [1.0, 1.0, 1.0, 1.0]  # as written, tracking order
+    assert sub["results"]["hoi"]["B"] == {"hoi-0-3-2": [[7.0, 7.0, 7.0, 7.0], [10.0, 10.0, 20.0, 20.0],
+                                                       [20.0, 10.0, 20.0, 20.0], [10.0, 10.0, 20.0, 20.0]]}
+    text = submission_json(sub)
+    assert not text.endswith("\n") and text.startswith('{\n    "challenge": "object_tracking",')
+    out = write_submission(ds, d, "my-tracker", tmp_path / "challenge-submission.zip")
+    with zipfile.ZipFile(out) as z:
+        assert z.namelist() == ["challenge-submission.json"]
+        assert json.loads(z.read("challenge-submission.json"))["sls_pt"] == -1
+
+
+def test_submission_refuses_incomplete_results(tv, tmp_path: Path) -> None:
+    ds, d = tv
+    (d / "mse" / "A-anchor-5.txt").unlink()
+    lines = (d / "hoi" / "B-hoi-0-3-2.txt").read_text().splitlines(keepends=True)
+    (d / "hoi" / "B-hoi-0-3-2.txt").write_text("".join(lines[:2]))
+    (d / "ope" / "B.txt").write_text((d / "ope" / "B.txt").read_text().replace("20.000,10.000", "nan,10.000"))
+    with pytest.raises(InputError) as err:
+        write_submission(ds, d, "t", tmp_path / "s.zip")
+    msg = str(err.value)
+    assert "3 problem(s)" in msg and "A-anchor-5.txt is missing" in msg
+    assert "B-hoi-0-3-2.txt has 2 rows, expected 4" in msg
+    assert "ope/B.txt has non-finite values on row(s) 3" in msg
+    assert not (tmp_path / "s.zip").exists()
