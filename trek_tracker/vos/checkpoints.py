@@ -121,3 +121,35 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- our own format
+FORMAT = "trek-track/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, extra: Mapping | None = None) -> Path:
+    """Write ``model`` in our format: the official container with the config beside the weights.
+
+    ``{'format': 'trek-track/1', 'config': model.config.to_dict(), 'state_dict': <official keys>, **extra}``
+    holds only tensors, strings, numbers and containers, so it loads with ``weights_only=True`` here and with
+    the official code (which reads ``state_dict``). Written atomically.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {ours_to_official(k): v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "config": model.config.to_dict(), "state_dict": state, **(extra or {})}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict | None:
+    """The model config stored in one of our checkpoints, or None for an official file."""
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("config"), Mapping):
+        return dict(obj["config"])
+    return None
