@@ -65,11 +65,19 @@ def resolve_checkpoint(value: str | None) -> Path | None:
     return Path(value)
 
 
-def choose_method(config: InitConfig) -> tuple[str, str | None]:
-    """The method to run and, for ``auto``, a message naming any missing checkpoint."""
+def choose_method(
+    config: InitConfig, have_sam: bool = False, have_ar: bool = False
+) -> tuple[str, str | None]:
+    """The method to run and, for ``auto``, a message naming any missing checkpoint.
+
+    ``have_sam`` / ``have_ar`` count networks handed over already loaded, as if their checkpoint was given.
+    """
     if config.method not in METHODS:
         raise InputError(f"unknown init method {config.method!r}; choose one of {', '.join(METHODS)}")
-    have = {"sam": config.sam_checkpoint is not None, "ar": config.ar_checkpoint is not None}
+    have = {
+        "sam": have_sam or config.sam_checkpoint is not None,
+        "ar": have_ar or config.ar_checkpoint is not None,
+    }
     if config.method != "auto":
         missing = [k for k in _NEEDS[config.method] if not have[k]]
         if missing:
@@ -104,13 +112,21 @@ def _check_inputs(image: np.ndarray, box) -> np.ndarray:
 
 
 class BoxToMask:
-    """Loads the networks a method needs once; call it with ``(image, box)`` for an :class:`InitResult`."""
+    """Loads the networks a method needs once; call it with ``(image, box)`` for an :class:`InitResult`.
 
-    def __init__(self, config: InitConfig | None = None) -> None:
+    ``sam_model`` (a ``segment_anything`` ``Sam``) and ``ar_network`` (``ARSegMask`` / ``SEcm``) may be
+    passed already built, e.g. by tests or by a caller that shares them between runs.
+    """
+
+    def __init__(self, config: InitConfig | None = None, sam_model=None, ar_network=None) -> None:
         self.config = config or InitConfig()
-        self.method, self.message = choose_method(self.config)
+        self.method, self.message = choose_method(self.config, sam_model is not None, ar_network is not None)
         self._sam = None
-        self._ar_net = None
+        if sam_model is not None:
+            from trek_tracker.init.sam import SamBoxPredictor
+
+            self._sam = SamBoxPredictor(sam_model, self.config.device)
+        self._ar_net = ar_network
 
     # -- model loading (lazy) -------------------------------------------------------------------------------
     def sam_predictor(self):

@@ -134,7 +134,7 @@ class SamBoxPredictor:
             raise InputError(f"SAM needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         newh, neww = self._resized_shape(h, w)
-        resized = np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
         x = (x - self.model.pixel_mean) / self.model.pixel_std
         x = F.pad(x, (0, self.target - neww, 0, self.target - newh))

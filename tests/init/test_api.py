@@ -1,0 +1,115 @@
+"""``make_initial_mask`` / ``BoxToMask``: method choice, messages, errors, and every init end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.geometry import box_to_mask
+from trek_tracker.init.alpha_refine.secm import SEcm
+from trek_tracker.init.api import BoxToMask, InitConfig, choose_method, make_initial_mask
+
+from .test_sam import tiny_sam
+
+
+def _disk_image(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 50, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    disk = (yy + 0.5 - 50) ** 2 + (xx + 0.5 - 60) ** 2 <= 24**2
+    img[disk] = rng.integers(200, 255, (int(disk.sum()), 3), dtype=np.uint8)
+    return img, disk, np.array([36.0, 26.0, 48.0, 48.0])
+
+
+def test_auto_method_and_messages() -> None:
+    assert choose_method(InitConfig(sam_checkpoint="s", ar_checkpoint="a")) == ("fused", None)
+    method, msg = choose_method(InitConfig(sam_checkpoint="s"))
+    assert method == "sam" and "--ar-checkpoint" in msg
+    method, msg = choose_method(InitConfig(ar_checkpoint="a"))
+    assert method == "ar" and "--sam-checkpoint" in msg
+    method, msg = choose_method(InitConfig())
+    assert method == "grabcut" and "--sam-checkpoint" in msg and "--ar-checkpoint" in msg and "grabcut" in msg
+
+
+def test_explicit_methods_need_their_checkpoints() -> None:
+    with pytest.raises(CheckpointError, match="--ar-checkpoint"):
+        choose_method(InitConfig(method="fused", sam_checkpoint="s"))
+    with pytest.raises(CheckpointError, match="--sam-checkpoint"):
+        choose_method(InitConfig(method="sam"))
+    with pytest.raises(InputError, match="unknown init method"):
+        choose_method(InitConfig(method="magic"))
+    with pytest.raises(CheckpointError, match="not found"):
+        make_initial_mask(
+            _disk_image()[0], [36, 26, 48, 48], InitConfig(method="ar", ar_checkpoint="/nonexistent")
+        )
+
+
+def test_bad_inputs() -> None:
+    img = _disk_image()[0]
+    with pytest.raises(InputError, match="w, h > 0"):
+        make_initial_mask(img, [10, 10, 0, 5], InitConfig(method="box"))
+    with pytest.raises(InputError, match="outside"):
+        make_initial_mask(img, [500, 10, 5, 5], InitConfig(method="box"))
+    with pytest.raises(InputError, match="RGB uint8"):
+        make_initial_mask(img.astype(np.float32), [10, 10, 5, 5], InitConfig(method="box"))
+
+
+def test_box_and_grabcut_inits() -> None:
+    img, disk, box = _disk_image()
+    res = make_initial_mask(img, box, InitConfig(method="box"))
+    assert res.method == "box" and np.array_equal(res.mask, box_to_mask(box, img.shape[:2]))
+    res = make_initial_mask(img, box, InitConfig())
+    assert res.method == "grabcut" and "checkpoints missing" in res.message
+    iou = (res.mask & disk).sum() / (res.mask | disk).sum()
+    assert iou > 0.85  # a high-contrast disk: GrabCut separates it from the box corners
+    assert res.details["winner"] == "grabcut"
+    json.dumps(res.details)
+
+
+@pytest.fixture(scope="module")
+def tiny_networks():
+    torch.manual_seed(0)
+    return tiny_sam(), SEcm().eval()
+
+
+def test_fused_end_to_end_records_every_candidate(tiny_networks) -> None:
+    sam, ar = tiny_networks
+    img, _, box = _disk_image()
+    init = BoxToMask(InitConfig(sam_second_pass=True), sam_model=sam, ar_network=ar)
+    assert init.method == "fused" and init.message is None
+    res = init(img, box)
+    names = [c["name"] for c in res.details["candidates"]]
+    assert names == [
+        "sam_0",
+        "sam_1",
+        "sam_2",
+        "sam_3",
+        "sam_refined",
+        "ar_secm",
+        "vote",
+        "intersection",
+        "union",
+    ]
+    json.dumps(res.details)  # run.json material
+    assert res.mask.dtype == bool and res.mask.any()
+    grown = box + np.array([-1, -1, 2, 2])  # candidates are clipped to the box with a 1 px tolerance
+    assert not (res.mask & ~box_to_mask(grown, img.shape[:2])).any()
+    valid = [c for c in res.details["candidates"] if c["rejected"] is None]
+    if res.details["fallback"] is None:
+        best = max(valid, key=lambda c: c["score"])
+        assert res.details["winner"] == best["name"] and res.method == "fused"
+    else:
+        assert res.method in ("ar", "box") and res.message and res.details["fallback"] in res.message
+
+
+def test_sam_only_and_ar_only(tiny_networks) -> None:
+    sam, ar = tiny_networks
+    img, _, box = _disk_image()
+    res = BoxToMask(InitConfig(method="sam"), sam_model=sam)(img, box)
+    assert {c["source"] for c in res.details["candidates"]} == {"sam"} and res.method in ("sam", "box")
+    res = BoxToMask(InitConfig(method="ar"), ar_network=ar)(img, box)
+    assert [c["name"] for c in res.details["candidates"]] == ["ar_secm"] and res.method in ("ar", "box")
