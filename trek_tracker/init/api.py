@@ -52,7 +52,7 @@ class InitResult:
     details: dict[str, Any]  # JSON-serialisable: requested/used method, winner, candidate scores, parameters
 
 
-def resolve_checkpoint(value: str | None) -> Path | None:
+def resolve_checkpoint(value: str | None, kind: str | None = None) -> Path | None:
     """A path, or a registry name resolved by ``trek_tracker.weights.resolve_checkpoint`` if it exists."""
     if value is None:
         return None
@@ -61,7 +61,7 @@ def resolve_checkpoint(value: str | None) -> Path | None:
 
         resolver = getattr(weights, "resolve_checkpoint", None)
         if resolver is not None:
-            return Path(resolver(value))
+            return Path(resolver(value, kind=kind))
     return Path(value)
 
 
@@ -133,7 +133,7 @@ class BoxToMask:
         if self._sam is None:
             from trek_tracker.init.sam import SamBoxPredictor, load_sam
 
-            path = resolve_checkpoint(self.config.sam_checkpoint)
+            path = resolve_checkpoint(self.config.sam_checkpoint, kind="sam")
             self._sam = SamBoxPredictor(load_sam(path, self.config.sam_model, self.config.device))
         return self._sam
 
@@ -141,7 +141,7 @@ class BoxToMask:
         if self._ar_net is None:
             from trek_tracker.init.alpha_refine.checkpoint import load_alpha_refine
 
-            path = resolve_checkpoint(self.config.ar_checkpoint)
+            path = resolve_checkpoint(self.config.ar_checkpoint, kind="alpha_refine")
             self._ar_net = load_alpha_refine(path, self.config.ar_model)
         return self._ar_net
 
