@@ -18,6 +18,8 @@ from trek_tracker.errors import UserError
 _COMMANDS: dict[str, str] = {
     "run": "trek_tracker.cli.run:run",
     "weights": "trek_tracker.cli.weights:weights",
+    "eval": "trek_tracker.cli.eval:eval_cmd", "submit": "trek_tracker.cli.eval:submit",
+    "dataset": "trek_tracker.cli.eval:dataset",
 }
 
 

@@ -199,13 +199,12 @@ def format_table(performance: dict, protocol: str, per_sequence: bool = True) ->
 
 _PLOTS = (
     ("success_plots.png", "success_curve", "success_score", THR_IOU, "Overlap threshold", "Success rate",
-     "Success plots of OPE", "lower left"),
+     "Success plots of OPE"),
     ("normalized_precision_plots.png", "normalized_precision_curve", "normalized_precision_score", THR_NCE,
-     "Normalized location error threshold", "Normalized precision", "Normalized precision plots of OPE",
-     "lower right"),
+     "Normalized location error threshold", "Normalized precision", "Normalized precision plots of OPE"),
     ("generalized_success_robustness_plots.png", "generalized_success_robustness_curve",
      "generalized_success_robustness_score", THR_GSR, "Overlap threshold", "Normalized extent",
-     "Generalized success robustness plots of OPE", "upper right"),
+     "Generalized success robustness plots of OPE"),
 )
 
 
@@ -220,20 +219,20 @@ def plot_ope(performance: dict, out_dir: str | Path, dpi: int = 150) -> list[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     styles = [c + m for m in ("-", "--", "-.") for c in [""] * 10]
     written = []
-    for fname, curve_key, score_key, thr, xlabel, ylabel, title, loc in _PLOTS:
+    for fname, curve_key, score_key, thr, xlabel, ylabel, title in _PLOTS:
         names = sorted(performance, key=lambda n, k=score_key: -performance[n]["overall"][k])
-        fig, ax = plt.subplots(figsize=(6, 4.5))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, name in enumerate(names):
             o = performance[name]["overall"]
             ax.plot(thr, o[curve_key], styles[i % len(styles)], linewidth=1.6,
                     label=f"{name}: [{o[score_key]:.3f}]")
-        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, float(thr.max())), ylim=(0, 1.0), title=title)
+        # a little headroom so that curves at 1.0 (a perfect tracker) are not hidden by the frame
+        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, float(thr.max())), ylim=(0, 1.02), title=title)
         ax.grid(True, alpha=0.4)
-        ax.legend(loc=loc, fontsize=8)
-        fig.tight_layout()
+        legend = ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         path = out_dir / fname
         tmp = out_dir / f".{fname}.tmp.png"
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, bbox_extra_artists=(legend,), bbox_inches="tight", format="png")
         plt.close(fig)
         tmp.replace(path)
         written.append(path)

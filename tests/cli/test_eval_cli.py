@@ -1,0 +1,118 @@
+"""``trek-track eval``, ``submit`` and ``dataset check`` end to end on a synthetic TREK-150 root."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.eval.helpers import build_synthetic
+from trek_tracker.cli import main
+
+ORACLE = "tests.eval.helpers:OracleTracker"
+CONSTANT = "tests.eval.helpers:ConstantTracker"
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    return build_synthetic(tmp_path / "trek")
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_eval_runs_scores_and_reports(root: Path, tmp_path: Path) -> None:
+    res, rep = tmp_path / "results", tmp_path / "reports"
+    r = run("eval", "--root", root, "--tracker", "oracle", "--tracker-class", ORACLE, "--results", res,
+            "--report-dir", rep, "--json", tmp_path / "perf.json", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count(f"{20 / 21:.10f}") >= 3  # OPE, MSE, HOI overall success, and per sequence
+    assert "TREK-150 MSE" in r.stdout and "recall" in r.stdout
+    assert (res / "oracle" / "mse" / "P01-P01_01-2-anchor-7.txt").is_file()
+    for p in ("ope", "mse", "hoi"):
+        perf = json.loads((tmp_path / f"perf-{p}.json").read_text())
+        assert perf["oracle"]["overall"]["success_score"] == pytest.approx(20 / 21)
+        assert (rep / f"performance-{p}.json").read_text() == (tmp_path / f"perf-{p}.json").read_text()
+    assert (rep / "success_plots.png").is_file()
+    assert (rep / "generalized_success_robustness_plots.png").is_file()
+
+
+def test_report_only_compares_trackers(root: Path, tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    for name, cls in (("oracle", ORACLE), ("constant", CONSTANT)):
+        r = run("eval", "--root", root, "--tracker", name, "--tracker-class", cls, "--results", res,
+                "--protocol", "ope", "--quiet", "--no-plots", "--report-dir", tmp_path / "x")
+        assert r.exit_code == 0
+    r = run("eval", "--report-only", "--protocol", "ope", "--root", root, "--tracker", "oracle", "--tracker",
+            "constant", "--results", res, "--report-dir", tmp_path / "rep", "--overall-only", "--quiet")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[3].startswith("oracle") and lines[4].startswith("constant")
+    assert "per sequence" not in r.stdout
+    perf = json.loads((tmp_path / "rep" / "performance-ope.json").read_text())
+    assert list(perf) == ["oracle", "constant"]
+    assert perf["constant"]["overall"]["success_score"] < perf["oracle"]["overall"]["success_score"]
+
+
+def test_report_only_without_results_is_a_user_error(root: Path, tmp_path: Path) -> None:
+    r = run("eval", "--report-only", "--protocol", "mse", "--root", root, "--tracker", "ghost", "--results",
+            tmp_path, "--report-dir", tmp_path / "rep")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("trek-track: error: 4 MSE result file(s) of ghost are missing")
+    assert "Traceback" not in r.output
+
+
+def test_shards_then_report(root: Path, tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    for i in range(2):
+        r = run("eval", "--root", root, "--tracker", "c", "--tracker-class", CONSTANT, "--results", res,
+                "--shard", f"{i}/2", "--quiet")
+        assert r.exit_code == 0 and "shard" in r.stderr and r.stdout == ""
+    assert len(list((res / "c").rglob("*.txt"))) == 2 + 2 + 4 + 2  # ope (+times), mse, hoi
+    r = run("eval", "--report-only", "--root", root, "--tracker", "c", "--results", res, "--no-plots",
+            "--report-dir", tmp_path / "rep", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert run("eval", "--root", root, "--tracker", "c", "--tracker-class", CONSTANT, "--results", res,
+               "--shard", "2/2").exit_code == 2
+
+
+def test_submit(root: Path, tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    assert run("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", res,
+               "--protocol", "ope", "--quiet", "--no-plots", "--report-dir", tmp_path / "rep").exit_code == 0
+    out = tmp_path / "challenge-submission.zip"
+    r = run("submit", "--results", res, "--tracker", "o", "--root", root, "--out", out)
+    assert r.exit_code == 2 and "6 problem(s)" in r.stderr
+    assert "P01-P01_01-2-anchor-7.txt is missing" in r.stderr
+    assert not out.exists()
+    assert run("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", res,
+               "--protocol", "all", "--quiet", "--no-plots", "--report-dir", tmp_path / "rep").exit_code == 0
+    r = run("submit", "--results", res, "--tracker", "o", "--root", root, "--out", out, "--sls-pt", "2",
+            "--tracker-name", "Our Tracker")
+    assert r.exit_code == 0, r.output
+    with zipfile.ZipFile(out) as z:
+        assert z.namelist() == ["challenge-submission.json"]
+        sub = json.loads(z.read("challenge-submission.json"))
+    assert (sub["tracker_name"], sub["sls_pt"], sub["sls_tl"]) == ("Our Tracker", 2, -1)
+    assert list(sub["results"]["hoi"]) == ["P01-P01_01-2"] and len(sub["results"]["ope"]["P01-P01_01-2"]) == 8
+
+
+def test_dataset_check(root: Path) -> None:
+    r = run("dataset", "check", "--root", root)
+    assert r.exit_code == 0
+    assert "2 sequences, 13 frames" in r.stdout and "1 with anchors_hoi.txt (2 HOI runs)" in r.stdout
+    (root / "P01-P01_01-10" / "frames.txt").write_text("1\n2\n")
+    r = run("dataset", "check", "--root", root)
+    assert r.exit_code == 2 and "2 rows in frames.txt but 5 rows" in r.stderr
+
+
+def test_eval_module_does_not_import_torch() -> None:
+    code = ("import sys, trek_tracker.cli.eval\n"
+            "sys.exit('torch' in sys.modules or 'matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,200 @@
+"""``trek-track eval``, ``trek-track submit`` and ``trek-track dataset``: TREK-150 evaluation.
+
+Heavy imports (the tracker pipeline, torch, matplotlib) happen inside the commands, so that
+``trek-track --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trek_tracker.errors import InputError, UserError
+
+try:  # the pipeline's tracker options; absent until the pipeline lands
+    from trek_tracker.cli.options import tracker_options
+except ImportError:  # pragma: no cover
+    def tracker_options(func):  # type: ignore[no-redef]
+        return func
+
+DEFAULT_RESULTS = Path("results") / "TREK-150"
+DEFAULT_REPORTS = Path("reports") / "TREK-150"
+
+
+def _pipeline_tracker(options: dict[str, Any]):
+    """Module-level (picklable) factory of our pipeline tracker, for worker processes."""
+    from trek_tracker.cli.options import tracker_config_from_options
+    from trek_tracker.pipeline import Tracker
+
+    return Tracker(tracker_config_from_options(**options))
+
+
+def _class_tracker(spec: str):
+    """Instantiate a toolkit-style tracker class given as ``module:Class`` (no constructor arguments)."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise InputError(f"--tracker-class {spec!r}: expected module:Class, "
+                         "e.g. mytrackers.siamfc:TrackerSiamFC")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"--tracker-class {spec!r}: cannot import it ({err})") from None
+    return cls()
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected i/n, e.g. 0/4 (0-based)") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="trek-track: %(message)s")
+
+
+def _json_path(path: Path, protocol: str, several: bool) -> Path:
+    if "{protocol}" in str(path):
+        return Path(str(path).replace("{protocol}", protocol))
+    if several:
+        return path.with_name(f"{path.stem}-{protocol}{path.suffix or '.json'}")
+    return path
+
+
+@click.command("eval")
+@click.option("--protocol", type=click.Choice(["ope", "mse", "hoi", "all"]), default="all", show_default=True,
+              help="Which TREK-150 protocol(s) to run and score.")
+@click.option("--root", required=True, type=click.Path(path_type=Path),
+              help="Prepared TREK-150 root (one folder per sequence).")
+@click.option("--tracker", "trackers", multiple=True, required=True, metavar="NAME",
+              help="Results folder name of the tracker. With --report-only, repeat it to compare trackers "
+                   "(the first one names the report folder).")
+@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="Folder that holds <tracker>/{ope,mse,hoi}.")
+@click.option("--report-only", is_flag=True, help="Score existing result files (ours or the official "
+              "toolkit's) without running a tracker.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the official performance JSON here (with several protocols: "
+                   "<stem>-<protocol>.json, or put {protocol} in the path).")
+@click.option("--report-dir", type=click.Path(path_type=Path), default=None,
+              help="Where performance-<protocol>.json and the OPE plots go "
+                   "[default: reports/TREK-150/<tracker>].")
+@click.option("--no-plots", is_flag=True, help="Do not draw the OPE plots.")
+@click.option("--per-sequence/--overall-only", default=True, show_default=True,
+              help="Print per-sequence rows in the table.")
+@click.option("--sequences", default=None, metavar="A,B,...", help="Only these sequences (comma-separated).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sequences/runs tracked in parallel, one tracker per process.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run only shard I (0-based) of N of the plan, e.g. one per machine or GPU.")
+@click.option("--overwrite", is_flag=True, help="Re-run finished runs instead of resuming.")
+@click.option("--tracker-class", default=None, metavar="MODULE:CLASS",
+              help="Run a toolkit-style tracker class (init/update) instead of our pipeline.")
+@click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
+@tracker_options
+def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path, report_only: bool,
+             json_path: Path | None, report_dir: Path | None, no_plots: bool, per_sequence: bool,
+             sequences: str | None, workers: int, shard: str | None, overwrite: bool,
+             tracker_class: str | None, quiet: bool, **tracker_kw: Any) -> None:
+    """Run a tracker on TREK-150 (OPE, MSE, HOI; resumable) and score it exactly like the official toolkit.
+
+    Results are written in the official layout, <results>/<tracker>/{ope,mse,hoi}/..., so the official
+    toolkit can read them and `--report-only` can score results written by the official toolkit.
+    """
+    from trek_tracker.eval import protocols as P
+    from trek_tracker.eval import report as R
+    from trek_tracker.eval.dataset import Trek150
+
+    _setup_logging(quiet)
+    names = [s for s in sequences.split(",") if s] if sequences else None
+    dataset = Trek150(root, names=names)
+    protos = P.expand_protocols(protocol)
+    shard_i, shard_n = _parse_shard(shard)
+
+    if not report_only:
+        from trek_tracker.eval.runner import execute
+
+        if len(trackers) != 1:
+            raise UserError("name exactly one --tracker to run (several names are for --report-only)")
+        if tracker_class:
+            factory = functools.partial(_class_tracker, tracker_class)
+        else:
+            factory = functools.partial(_pipeline_tracker, tracker_kw)
+        runs = P.shard(P.plan(dataset, protos), shard_i, shard_n)
+        summary = execute(dataset, runs, results / trackers[0], factory, workers=workers, progress=not quiet,
+                          overwrite=overwrite)
+        if not quiet:
+            click.echo(f"{len(summary.done)} runs tracked, {len(summary.skipped)} already finished", err=True)
+        if shard_n > 1:
+            click.echo(f"shard {shard_i}/{shard_n} finished; score with --report-only once every shard "
+                       "is done", err=True)
+            return
+
+    out_dir = report_dir if report_dir is not None else DEFAULT_REPORTS / trackers[0]
+    for p in protos:
+        perf = R.evaluate(dataset, results, list(trackers), p)
+        click.echo(R.format_table(perf, p, per_sequence=per_sequence))
+        if json_path is not None:
+            R.write_json(perf, _json_path(json_path, p, len(protos) > 1))
+        R.write_json(perf, out_dir / f"performance-{p}.json")
+        if p == "ope" and not no_plots:
+            R.plot_ope(perf, out_dir)
+    if not quiet:
+        click.echo(f"reports written to {out_dir}", err=True)
+
+
+@click.command("submit")
+@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="Folder that holds <tracker>/{ope,mse,hoi}.")
+@click.option("--tracker", required=True, metavar="NAME", help="Results folder name of the tracker.")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Prepared TREK-150 root.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("challenge-submission.zip"),
+              show_default=True, help="The zip to write (a .json path writes the bare JSON instead).")
+@click.option("--tracker-name", default=None, help="tracker_name in the JSON [default: --tracker].")
+@click.option("--sls-pt", type=int, default=-1, show_default=True, help="Supervision level: pre-training.")
+@click.option("--sls-tl", type=int, default=-1, show_default=True, help="Supervision level: training labels.")
+@click.option("--sls-td", type=int, default=-1, show_default=True, help="Supervision level: training data.")
+def submit(results: Path, tracker: str, root: Path, out: Path, tracker_name: str | None, sls_pt: int,
+           sls_tl: int, sls_td: int) -> None:
+    """Write the EPIC-KITCHENS TREK-150 challenge submission (challenge-submission.json inside a zip).
+
+    Refuses, listing what is missing, unless every sequence (OPE), anchor (MSE) and interval (HOI) has a
+    complete result file.
+    """
+    from trek_tracker.eval.dataset import Trek150
+    from trek_tracker.eval.submission import write_submission
+
+    dataset = Trek150(root)
+    sls = (sls_pt, sls_tl, sls_td)
+    path = write_submission(dataset, results / tracker, tracker_name or tracker, out, sls)
+    click.echo(f"wrote {path}")
+
+
+@click.group("dataset")
+def dataset() -> None:
+    """Check (and prepare) a TREK-150 root."""
+
+
+@dataset.command("check")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Prepared TREK-150 root.")
+@click.option("--no-images", is_flag=True, help="Check annotations only (e.g. to score without frames).")
+def check(root: Path, no_images: bool) -> None:
+    """Validate every sequence and print counts (sequences, frames, MSE anchors, HOI intervals)."""
+    from trek_tracker.eval.dataset import Trek150
+
+    counts = Trek150(root).check(images=not no_images)
+    click.echo(f"{counts['sequences']} sequences, {counts['frames']} frames")
+    click.echo(f"{counts['with_anchors']} with anchors.txt ({counts['mse_runs']} MSE runs), "
+               f"{counts['with_hoi']} with anchors_hoi.txt ({counts['hoi_runs']} HOI runs)")
+    if counts["with_anchors"] < counts["sequences"]:
+        click.echo("warning: some sequences lack anchors.txt; MSE cannot run on them", err=True)
