@@ -29,9 +29,10 @@ DEFAULT_REPORTS = Path("reports") / "TREK-150"
 def _pipeline_tracker(options: dict[str, Any]):
     """Module-level (picklable) factory of our pipeline tracker, for worker processes."""
     from trek_tracker.cli.options import tracker_config_from_options
+    from trek_tracker.eval.adapter import ToolkitTracker
     from trek_tracker.pipeline import Tracker
 
-    return Tracker(tracker_config_from_options(**options))
+    return ToolkitTracker(Tracker(tracker_config_from_options(**options)))
 
 
 def _class_tracker(spec: str):

@@ -1,0 +1,45 @@
+"""Toolkit adapter: always four finite numbers with positive size; the toolkit's ``track`` contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tests.eval.helpers import OracleTracker, build_synthetic
+from trek_tracker.eval.adapter import ToolkitTracker
+from trek_tracker.eval.dataset import Trek150
+
+
+class Scripted:
+    name = "scripted"
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+
+    def init(self, image, box) -> None:
+        self.init_box = box
+
+    def update(self, image):
+        return self.outputs.pop(0)
+
+
+def test_invalid_boxes_hold_the_last_valid_one() -> None:
+    inner = Scripted([[1, 2, 3, 4], [np.nan] * 4, [5, 5, 0, 4], [5, 5, -2, 4], [7, 8, 9, 10]])
+    t = ToolkitTracker(inner)
+    assert t.name == "scripted"
+    t.init(None, [10, 10, 20, 20])
+    outs = [t.update(None).tolist() for _ in range(5)]
+    assert outs == [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [7, 8, 9, 10]]
+    assert t.held == 3
+
+
+def test_track_matches_the_toolkit_contract(tmp_path: Path) -> None:
+    seq = Trek150(build_synthetic(tmp_path / "trek"))["P01-P01_01-2"]
+    t = ToolkitTracker(OracleTracker(), name="o")
+    boxes, times = t.track([str(p) for p in seq.img_files], seq.gt[0])
+    assert boxes.shape == (8, 4) and times.shape == (8,) and np.all(times >= 0)
+    np.testing.assert_array_equal(boxes[0], seq.gt[0])
+    visible = ~seq.absent
+    np.testing.assert_array_equal(boxes[visible], seq.gt[visible])
+    np.testing.assert_array_equal(boxes[2], boxes[1])  # absent frame: no white box, last box held
