@@ -29,9 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _sequences(davis: Path) -> list[str]:
     images = davis / "JPEGImages" / "480p"
     if not images.is_dir():
-        raise UserError(
-            f"no DAVIS frames at {images} (give --davis, the folder with JPEGImages/ and Annotations/)"
-        )
+        raise UserError(f"no DAVIS frames at {images} (give --davis, the folder with JPEGImages/ and Annotations/)")
     return sorted(p.name for p in images.iterdir() if p.is_dir())
 
 
@@ -58,9 +56,7 @@ def build_inits(args: argparse.Namespace) -> dict[str, BoxToMask]:
         sam = loader.sam_predictor().model
         inits["sam"] = BoxToMask(InitConfig(method="sam", **common), sam_model=sam)
     if args.ar_checkpoint:
-        loader = BoxToMask(
-            InitConfig(method="ar", ar_checkpoint=args.ar_checkpoint, ar_model=args.ar_model, **common)
-        )
+        loader = BoxToMask(InitConfig(method="ar", ar_checkpoint=args.ar_checkpoint, ar_model=args.ar_model, **common))
         ar = loader.ar_network()
         inits["ar"] = BoxToMask(InitConfig(method="ar", **common), ar_network=ar)
     if sam is not None and ar is not None:

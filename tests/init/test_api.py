@@ -43,9 +43,7 @@ def test_explicit_methods_need_their_checkpoints() -> None:
     with pytest.raises(InputError, match="unknown init method"):
         choose_method(InitConfig(method="magic"))
     with pytest.raises(CheckpointError, match="not found"):
-        make_initial_mask(
-            _disk_image()[0], [36, 26, 48, 48], InitConfig(method="ar", ar_checkpoint="/nonexistent")
-        )
+        make_initial_mask(_disk_image()[0], [36, 26, 48, 48], InitConfig(method="ar", ar_checkpoint="/nonexistent"))
 
 
 def test_bad_inputs() -> None:

@@ -65,9 +65,7 @@ def resolve_checkpoint(value: str | None, kind: str | None = None) -> Path | Non
     return Path(value)
 
 
-def choose_method(
-    config: InitConfig, have_sam: bool = False, have_ar: bool = False
-) -> tuple[str, str | None]:
+def choose_method(config: InitConfig, have_sam: bool = False, have_ar: bool = False) -> tuple[str, str | None]:
     """The method to run and, for ``auto``, a message naming any missing checkpoint.
 
     ``have_sam`` / ``have_ar`` count networks handed over already loaded, as if their checkpoint was given.

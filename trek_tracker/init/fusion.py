@@ -86,9 +86,7 @@ def clean_candidate(mask: np.ndarray, box: np.ndarray, config: FusionConfig) -> 
     return clipped, outside
 
 
-def score_candidate(
-    cand: Candidate, box: np.ndarray, config: FusionConfig
-) -> tuple[np.ndarray, CandidateScore]:
+def score_candidate(cand: Candidate, box: np.ndarray, config: FusionConfig) -> tuple[np.ndarray, CandidateScore]:
     mask, outside = clean_candidate(cand.mask, box, config)
     area = int(mask.sum())
     fill = area / max(float(box[2] * box[3]), 1e-9)
@@ -115,9 +113,7 @@ def score_candidate(
     )
 
 
-def fuse(
-    candidates: list[Candidate], box, image_shape: tuple[int, int], config: FusionConfig
-) -> FusionResult:
+def fuse(candidates: list[Candidate], box, image_shape: tuple[int, int], config: FusionConfig) -> FusionResult:
     """Score every candidate and pick one, with fallbacks (AR mask, then the filled box)."""
     box = np.asarray(box, dtype=np.float64).reshape(4)
     filled = box_to_mask(box, image_shape)

@@ -47,9 +47,7 @@ def _import_segment_anything() -> tuple[Any, Any]:
     package = types.ModuleType("segment_anything")
     package.__path__ = list(spec.submodule_search_locations)
     sys.modules["segment_anything"] = package
-    return importlib.import_module("segment_anything.modeling"), importlib.import_module(
-        "segment_anything.build_sam"
-    )
+    return importlib.import_module("segment_anything.modeling"), importlib.import_module("segment_anything.build_sam")
 
 
 def sam_model_from_state(state: dict[str, torch.Tensor]) -> str:
@@ -71,9 +69,7 @@ def load_sam(checkpoint: str | Path, model: str | None = None, device: str = "cp
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(
-            f"{path} is not a loadable SAM state dict ({type(err).__name__}: {err})"
-        ) from None
+        raise CheckpointError(f"{path} is not a loadable SAM state dict ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     inferred = sam_model_from_state(state)

@@ -19,13 +19,10 @@ from trek_tracker.init.alpha_refine.secm import SEcm
 from trek_tracker.init.alpha_refine.seg384 import ARSegMask, BicubicUp2x
 
 
-def _official_like_state(
-    model: torch.nn.Module, unused: dict[str, tuple[int, ...]]
-) -> dict[str, torch.Tensor]:
+def _official_like_state(model: torch.nn.Module, unused: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     state = {
-        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-        for k, v in model.state_dict().items()
+        k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in model.state_dict().items()
     }
     state.update({k: torch.zeros(s) for k, s in unused.items()})
     return state
@@ -47,9 +44,7 @@ def test_secm_shapes_and_key_map() -> None:
         out = model(crop, kernel, branches=("corner", "mask"))
     assert kernel.shape == (1, 256, 8, 8)
     assert (
-        out["corner"].shape == (1, 4)
-        and out["mask"].shape == (1, 1, 256, 256)
-        and out["feat"].shape == (1, 64, 16, 16)
+        out["corner"].shape == (1, 4) and out["mask"].shape == (1, 1, 256, 256) and out["feat"].shape == (1, 64, 16, 16)
     )
     assert 0 <= float(out["corner"].min()) and float(out["corner"].max()) <= 240  # grid of cell corners
     assert "mask" not in model(crop, kernel, branches=("corner",))

@@ -67,9 +67,7 @@ def test_matches_brute_force_integration(roi: list[float]) -> None:
 
 def test_empty_roi_gives_zero_and_batch_index_is_used() -> None:
     feat = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    rois = torch.tensor(
-        [[0, 10.0, 10.0, 10.0, 60.0], [1, 8.0, 8.0, 100.0, 100.0], [0, 8.0, 8.0, 100.0, 100.0]]
-    )
+    rois = torch.tensor([[0, 10.0, 10.0, 10.0, 60.0], [1, 8.0, 8.0, 100.0, 100.0], [0, 8.0, 8.0, 100.0, 100.0]])
     out = PrRoIPool2D(2, 2, 1 / 16)(feat, rois.double())
     assert torch.count_nonzero(out[0]) == 0
     assert not torch.allclose(out[1], out[2])  # different images of the batch

@@ -103,15 +103,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"Alpha-Refine checkpoint not found: {path}")
     data = path.read_bytes()
     try:
-        obj = torch.load(
-            io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=restricted_pickle
-        )
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path} cannot be loaded safely: {err}") from None
     except Exception as err:  # corrupt or truncated file
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({type(err).__name__}: {err})"
-        ) from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {err})") from None
     if isinstance(obj, dict) and "net" not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = {"net": obj}  # a plain state dict (e.g. converted weights)
     if not isinstance(obj, dict) or not isinstance(obj.get("net"), dict):
@@ -150,15 +146,11 @@ def pool_size_of(state: dict[str, torch.Tensor]) -> int:
         raise CheckpointError("state dict lacks neck.channel_attention.fc1.weight") from None
     pool = round(channels**0.5)
     if pool * pool != channels:
-        raise CheckpointError(
-            f"neck.channel_attention.fc1.weight has {channels} inputs, not a square pool size"
-        )
+        raise CheckpointError(f"neck.channel_attention.fc1.weight has {channels} inputs, not a square pool size")
     return pool
 
 
-def map_state_dict(
-    state: dict[str, torch.Tensor], key_map: KeyMap, model: torch.nn.Module
-) -> dict[str, torch.Tensor]:
+def map_state_dict(state: dict[str, torch.Tensor], key_map: KeyMap, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Apply ``key_map`` and check the result against ``model`` strictly (names and shapes)."""
     ours = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
@@ -181,11 +173,7 @@ def map_state_dict(
             f"missing keys {missing[:5]} ({len(missing)} in all), "
             f"unexpected keys {unexpected[:5]} ({len(unexpected)} in all)"
         )
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
-        for k, v in mapped.items()
-        if v.shape != ours[k].shape
-    ]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in mapped.items() if v.shape != ours[k].shape]
     if wrong:
         raise CheckpointError(f"checkpoint shapes do not match {type(model).__name__}: {wrong[:5]}")
     return mapped

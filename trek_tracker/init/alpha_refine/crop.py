@@ -44,9 +44,7 @@ class CropGeometry:
         return self.out_size / self.hs
 
 
-def crop_geometry(
-    box_xywh, image_hw: tuple[int, int], factor: float = 2.0, out_size: int = 384
-) -> CropGeometry:
+def crop_geometry(box_xywh, image_hw: tuple[int, int], factor: float = 2.0, out_size: int = 384) -> CropGeometry:
     """The official crop geometry for ``box_xywh`` in an image of size ``image_hw`` (H, W)."""
     x, y, w, h = (float(v) for v in box_xywh)
     ws, hs = math.ceil(factor * w), math.ceil(factor * h)

@@ -20,9 +20,7 @@ def tent_cdf(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t <= 0, left, right)
 
 
-def _axis_weights(
-    start: torch.Tensor, end: torch.Tensor, pool: int, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_weights(start: torch.Tensor, end: torch.Tensor, pool: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(pool, size) integration weights of one axis and the bin length."""
     length = (end - start).clamp(min=0) / pool
     edges = start + length * torch.arange(pool + 1, dtype=start.dtype, device=start.device)

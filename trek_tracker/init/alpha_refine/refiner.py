@@ -56,9 +56,7 @@ class AlphaRefine:
     @staticmethod
     def _check(frame: np.ndarray, box) -> np.ndarray:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise InputError(
-                f"Alpha-Refine needs an RGB uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}"
-            )
+            raise InputError(f"Alpha-Refine needs an RGB uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
         box = np.asarray(box, dtype=np.float64).reshape(-1)
         if box.size != 4 or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
             raise InputError(f"box must be [x, y, w, h] with w, h > 0, got {box.tolist()}")
@@ -99,7 +97,5 @@ class AlphaRefine:
     def refine_box(self, frame: np.ndarray, box) -> np.ndarray:
         """SEcm's corner-head box ``[x, y, w, h]`` in frame pixels."""
         if not isinstance(self.network, SEcm):
-            raise InputError(
-                "refine_box needs the SEcm (AR34 c+m) network; ARnet_seg_mask predicts masks only"
-            )
+            raise InputError("refine_box needs the SEcm (AR34 c+m) network; ARnet_seg_mask predicts masks only")
         return self.run(frame, box, branches=("corner",)).corner_frame_xywh

@@ -25,9 +25,7 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 def _conv_relu2(cin: int, mid: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, mid, 3, padding=1), nn.ReLU(), nn.Conv2d(mid, cout, 3, padding=1), nn.ReLU()
-    )
+    return nn.Sequential(nn.Conv2d(cin, mid, 3, padding=1), nn.ReLU(), nn.Conv2d(mid, cout, 3, padding=1), nn.ReLU())
 
 
 class PointCorrelationNeck(nn.Module):
@@ -108,9 +106,7 @@ class MaskHeadFine(nn.Module):
         self.post1 = nn.Conv2d(16, 4, 3, padding=1)
         self.post2 = nn.Conv2d(4, 1, 3, padding=1)
 
-    def forward(
-        self, fused: torch.Tensor, low: Sequence[torch.Tensor], out_size: int = INPUT_SIZE
-    ) -> torch.Tensor:
+    def forward(self, fused: torch.Tensor, low: Sequence[torch.Tensor], out_size: int = INPUT_SIZE) -> torch.Tensor:
         def up(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -142,9 +138,7 @@ class SEcm(nn.Module):
             [_conv_bn_relu(64, 64, 1), _conv_bn_relu(64, 256, 1), _conv_bn_relu(128, 512, 1)]
         )
 
-    def reference_kernel(
-        self, template: torch.Tensor, box_crop_xywh: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def reference_kernel(self, template: torch.Tensor, box_crop_xywh: torch.Tensor | None = None) -> torch.Tensor:
         """Kernel from a normalised template crop (1, 3, S, S); the box is unused (official behaviour)."""
         feat = self.feature_extractor(template, ["layer3"])["layer3"]
         return self.neck.reference_kernel(feat)
@@ -158,9 +152,6 @@ class SEcm(nn.Module):
         if "corner" in branches:
             out["corner"] = self.corner_head(fused)
         if "mask" in branches:
-            low = [
-                adj(feats[name])
-                for adj, name in zip(self.feat_adjust, ("conv1", "layer1", "layer2"), strict=True)
-            ]
+            low = [adj(feats[name]) for adj, name in zip(self.feat_adjust, ("conv1", "layer1", "layer2"), strict=True)]
             out["mask"] = self.mask_head(fused, low, crop.shape[-1])
         return out

@@ -43,7 +43,12 @@ class CorrNLNeck(nn.Module):
     def reference_kernel(self, template_layer4: torch.Tensor, box_crop_xywh: torch.Tensor) -> torch.Tensor:
         box = box_crop_xywh.reshape(-1, 4).to(template_layer4.dtype)
         rois = torch.cat(
-            [torch.arange(box.shape[0], dtype=box.dtype)[:, None], box[:, :2], box[:, :2] + box[:, 2:]], 1
+            [
+                torch.arange(box.shape[0], dtype=box.dtype, device=box.device)[:, None],
+                box[:, :2],
+                box[:, :2] + box[:, 2:],
+            ],
+            1,
         )
         return prroi_pool2d(template_layer4.float(), rois, self.pool_size, self.pool_size, 1 / 16)
 
@@ -100,9 +105,7 @@ class CAB(nn.Module):
     def __init__(self, channels: int, deepest: bool) -> None:
         super().__init__()
         self.deepest = deepest
-        self.convreluconv = nn.Sequential(
-            _conv(2 * channels, channels, 1), nn.ReLU(), _conv(channels, channels, 1)
-        )
+        self.convreluconv = nn.Sequential(_conv(2 * channels, channels, 1), nn.ReLU(), _conv(channels, channels, 1))
 
     def forward(self, deeper: torch.Tensor, shallower: torch.Tensor) -> torch.Tensor:
         deeper_pool = deeper if self.deepest else deeper.mean(dim=(2, 3), keepdim=True)
@@ -131,16 +134,12 @@ class BicubicUp2x(nn.Module):
         self.channels = channels
         even, odd = _cubic_weights(-0.25), _cubic_weights(-0.75)
         phases = [torch.outer(rows, cols) for rows in (even, odd) for cols in (even, odd)]
-        self.register_buffer(
-            "filters", torch.stack(phases)[:, None, None], persistent=False
-        )  # (4, 1, 1, 4, 4)
+        self.register_buffer("filters", torch.stack(phases)[:, None, None], persistent=False)  # (4, 1, 1, 4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
-        outs = [
-            F.conv2d(padded, f.expand(c, 1, 4, 4), groups=c) for f in self.filters
-        ]  # each (n, c, h+1, w+1)
+        outs = [F.conv2d(padded, f.expand(c, 1, 4, 4), groups=c) for f in self.filters]  # each (n, c, h+1, w+1)
         top = torch.stack(outs[:2], dim=-1).reshape(n, c, h + 1, 2 * (w + 1))
         bottom = torch.stack(outs[2:], dim=-1).reshape(n, c, h + 1, 2 * (w + 1))
         full = torch.stack((top, bottom), dim=-2).reshape(n, c, 2 * (h + 1), 2 * (w + 1))
@@ -180,9 +179,7 @@ class SegDecoder(nn.Module):
             self.RRB2[name] = RRB(channels)
         self.project = Projector(channels)
 
-    def forward(
-        self, scores: torch.Tensor, feats: dict[str, torch.Tensor], size: tuple[int, int]
-    ) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         x = None
         for name in DECODER_LAYERS:
             h, pooled = self.TSE[name](feats[name], scores)
@@ -209,9 +206,7 @@ class ARSegMask(nn.Module):
         feat = self.feature_extractor(template, ["layer4"])["layer4"]
         return self.neck.reference_kernel(feat, box_crop_xywh)
 
-    def forward(
-        self, crop: torch.Tensor, kernel: torch.Tensor, branches=("mask",)
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, crop: torch.Tensor, kernel: torch.Tensor, branches=("mask",)) -> dict[str, torch.Tensor]:
         feats = self.feature_extractor(crop, ["layer2", "layer3", "layer4", "layer5"])
         scores = self.neck(kernel, feats["layer4"])
         logits = self.refiner(scores, feats, (self.output_size, self.output_size))
