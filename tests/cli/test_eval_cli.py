@@ -116,3 +116,8 @@ def test_eval_module_does_not_import_torch() -> None:
     code = ("import sys, trek_tracker.cli.eval\n"
             "sys.exit('torch' in sys.modules or 'matplotlib' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_dataset_prepare_without_annotations_is_a_user_error(tmp_path: Path) -> None:
+    r = run("dataset", "prepare", "--root", tmp_path / "trek")
+    assert r.exit_code == 2 and "TREK-150-annotations.zip" in r.stderr and "Traceback" not in r.output

@@ -199,3 +199,23 @@ def check(root: Path, no_images: bool) -> None:
                f"{counts['with_hoi']} with anchors_hoi.txt ({counts['hoi_runs']} HOI runs)")
     if counts["with_anchors"] < counts["sequences"]:
         click.echo("warning: some sequences lack anchors.txt; MSE cannot run on them", err=True)
+
+
+@dataset.command("prepare")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Where the dataset goes.")
+@click.option("--annotations", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="TREK-150-annotations.zip [default: <root>/TREK-150-annotations.zip].")
+@click.option("--videos", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder with the EK-55 videos (<video>.MP4 or <participant>/<video>.MP4).")
+@click.option("--ffmpeg", default="ffmpeg", show_default=True, help="ffmpeg executable.")
+@click.option("--keep-frames", is_flag=True, help="Keep the per-video 60 fps frame folders.")
+def prepare_cmd(root: Path, annotations: Path | None, videos: Path | None, ffmpeg: str, keep_frames: bool) -> None:
+    """Build the official layout from the annotations zip and local EK-55 videos (resumable).
+
+    Frames are extracted as the official toolkit does: `ffmpeg -i <video>.MP4 -r 60 frame_%010d.jpg`.
+    Nothing is downloaded: missing videos are listed with their official URLs.
+    """
+    from trek_tracker.eval.prepare import PrepareConfig, prepare
+
+    prepare(PrepareConfig(root=root, annotations_zip=annotations, videos=videos, ffmpeg=ffmpeg,
+                          keep_frames=keep_frames), echo=click.echo)

@@ -1,0 +1,186 @@
+"""Build a TREK-150 root from the official annotations zip and locally downloaded EK-55 videos.
+
+This reproduces the official preparation (same file names, ``ffmpeg -i <video>.MP4 -r 60
+frame_%010d.jpg``: full resolution, ffmpeg's default JPEG quality, frames renumbered at a constant 60 fps)
+but, unlike the toolkit, it is an explicit step that never runs while evaluating, it resumes per sequence,
+it re-extracts a sequence whose folder lacks any file of its zip (an old extraction without
+``anchors_hoi.txt`` would otherwise silently skip HOI), it never downloads, and it records the ffmpeg
+version and frame counts in ``trek-track-prepare.json`` (frame pixels depend on the ffmpeg version).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from trek_tracker.errors import InputError, UserError
+from trek_tracker.eval.dataset import ANNOTATIONS_DIR, SEQUENCES_FILE, Trek150, _ints, frame_file_name
+from trek_tracker.eval.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ANNOTATIONS_URL = "https://machinelearning.uniud.it/datasets/trek150/TREK-150-annotations.zip"
+EK55_VIDEO_URL = "https://data.bris.ac.uk/datasets/3h91syskeag572hl6tvuovwv4d/videos/train/{participant}/{video}.MP4"
+MANIFEST = "trek-track-prepare.json"
+
+
+@dataclass
+class PrepareConfig:
+    root: Path
+    #: The official annotations zip (default ``<root>/TREK-150-annotations.zip``); not needed once extracted.
+    annotations_zip: Path | None = None
+    #: Folder with the EK-55 videos, as ``<video>.MP4`` or ``<participant>/<video>.MP4``.
+    videos: Path | None = None
+    ffmpeg: str = "ffmpeg"
+    #: Keep the per-video 60 fps frame folders (they are large; the toolkit deletes them).
+    keep_frames: bool = False
+
+
+def _safe_extract(zf: zipfile.ZipFile, dest: Path, members: list[str] | None = None) -> None:
+    dest = dest.resolve()
+    for name in members if members is not None else zf.namelist():
+        target = (dest / name).resolve()
+        if dest != target and dest not in target.parents:
+            raise InputError(f"{zf.filename}: member {name!r} would be written outside {dest}; not extracting")
+        zf.extract(name, dest)
+
+
+def _sequence_names(root: Path, annotations_zip: Path | None) -> tuple[Path, list[str]]:
+    for ann in (root / ANNOTATIONS_DIR, root):
+        if (ann / SEQUENCES_FILE).is_file():
+            break
+    else:
+        zpath = annotations_zip or root / "TREK-150-annotations.zip"
+        if not zpath.is_file():
+            raise InputError(f"no {ANNOTATIONS_DIR}/{SEQUENCES_FILE} under {root} and no annotations zip at "
+                             f"{zpath}; download it from {ANNOTATIONS_URL} and pass --annotations")
+        with zipfile.ZipFile(zpath) as zf:
+            _safe_extract(zf, root)
+        ann = root / ANNOTATIONS_DIR if (root / ANNOTATIONS_DIR / SEQUENCES_FILE).is_file() else root
+        if not (ann / SEQUENCES_FILE).is_file():
+            raise InputError(f"{zpath} has no {SEQUENCES_FILE}; is it the TREK-150 annotations zip?")
+    names = [line.strip() for line in (ann / SEQUENCES_FILE).read_text().splitlines() if line.strip()]
+    return ann, names
+
+
+def _extract_sequence(ann: Path, root: Path, name: str) -> bool:
+    """Extract ``<name>.zip`` into ``<root>/<name>`` when any of its files is missing. True if extracted."""
+    zpath = ann / f"{name}.zip"
+    seq = root / name
+    if not zpath.is_file():
+        if (seq / "groundtruth_rect.txt").is_file():
+            return False
+        raise InputError(f"annotations of {name} not found: neither {zpath} nor {seq}/groundtruth_rect.txt")
+    with zipfile.ZipFile(zpath) as zf:
+        files = [m for m in zf.namelist() if not m.endswith("/")]
+        missing = [m for m in files if not (seq / PurePosixPath(m)).exists()]
+        if not missing:
+            return False
+        seq.mkdir(parents=True, exist_ok=True)
+        _safe_extract(zf, seq)
+    return True
+
+
+def _frames_done(seq: Path, frame_ids: list[int]) -> bool:
+    img = seq / "img"
+    if not img.is_dir():
+        return False
+    names = sorted(p.name for p in img.glob("*.jpg"))
+    return names == sorted(frame_file_name(i) for i in frame_ids)
+
+
+def find_video(videos: Path | None, participant: str, video: str) -> Path | None:
+    if videos is None:
+        return None
+    for cand in (videos / f"{video}.MP4", videos / participant / f"{video}.MP4", videos / f"{video}.mp4",
+                 videos / participant / f"{video}.mp4"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def ffmpeg_version(ffmpeg: str) -> str:
+    try:
+        out = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise UserError(f"cannot run {ffmpeg!r} ({err}); install ffmpeg or pass --ffmpeg PATH") from None
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
+    """Prepare (or finish preparing) ``cfg.root``; returns the manifest it writes."""
+    root = Path(cfg.root)
+    root.mkdir(parents=True, exist_ok=True)
+    ann, names = _sequence_names(root, cfg.annotations_zip)
+    extracted = sum(_extract_sequence(ann, root, n) for n in names)
+    echo(f"{len(names)} sequences listed; annotations extracted for {extracted}")
+
+    by_video: dict[tuple[str, str], list[str]] = {}
+    frame_ids: dict[str, list[int]] = {}
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3:
+            raise InputError(f"sequence name {name!r} is not <participant>-<video>-<n>")
+        frame_ids[name] = _ints(root / name / "frames.txt", "frame number")
+        if not _frames_done(root / name, frame_ids[name]):
+            by_video.setdefault((parts[0], parts[1]), []).append(name)
+
+    missing = [(p, v) for p, v in by_video if find_video(cfg.videos, p, v) is None]
+    if missing:
+        urls = "\n  ".join(EK55_VIDEO_URL.format(participant=p, video=v) for p, v in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InputError(f"{len(missing)} EK-55 video(s) needed for frames are not in {cfg.videos}; download them "
+                         f"(as <video>.MP4 or <participant>/<video>.MP4) from:\n  {urls}{more}")
+    version = ffmpeg_version(cfg.ffmpeg) if by_video else None
+    for k, ((participant, video), seqs) in enumerate(sorted(by_video.items()), 1):
+        src = find_video(cfg.videos, participant, video)
+        tmp = root / f".frames-{video}"
+        echo(f"[{k}/{len(by_video)}] {video}: extracting frames at 60 fps for {len(seqs)} sequence(s)")
+        if not (tmp / ".complete").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            cmd = [cfg.ffmpeg, "-i", str(src), "-r", "60", str(tmp / "frame_%010d.jpg")]
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise UserError(f"ffmpeg failed on {src} (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+            (tmp / ".complete").touch()
+        for name in seqs:
+            img = root / name / "img"
+            img.mkdir(parents=True, exist_ok=True)
+            for fid in frame_ids[name]:
+                f = frame_file_name(fid)
+                if not (tmp / f).is_file():
+                    raise InputError(f"{src} gave no frame {f} at 60 fps (sequence {name}); the video is shorter "
+                                     "than frames.txt needs: is it the full EK-55 video?")
+                part = img / f".{f}.part"
+                shutil.copyfile(tmp / f, part)
+                os.replace(part, img / f)
+        if not cfg.keep_frames:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    ds = Trek150(root)
+    counts = ds.check(images=True)
+    manifest = {
+        "ffmpeg": version if version is not None else _previous_ffmpeg(root),
+        "ffmpeg_command": "ffmpeg -i <video>.MP4 -r 60 <dir>/frame_%010d.jpg",
+        "counts": counts,
+        "frames": {n: len(frame_ids[n]) for n in ds.names},
+    }
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    echo(f"{counts['sequences']} sequences, {counts['frames']} frames; {counts['with_anchors']} with "
+         f"anchors.txt, {counts['with_hoi']} with anchors_hoi.txt")
+    return manifest
+
+
+def _previous_ffmpeg(root: Path) -> str | None:
+    try:
+        return json.loads((root / MANIFEST).read_text()).get("ffmpeg")
+    except (OSError, ValueError):
+        return None
