@@ -171,3 +171,18 @@ def test_bad_tracker_output_is_reported(tmp_path: Path) -> None:
     ds = Trek150(build_synthetic(tmp_path / "trek"))
     with pytest.raises(InputError, match="update\\(\\) must return four numbers"):
         execute(ds, plan(ds, "ope")[:1], tmp_path / "r", Bad, progress=False)
+
+
+def test_attribute_scores(tracked) -> None:
+    ds, results = tracked
+    (ds.root / "P01-P01_01-10" / "attributes.txt").write_text("SC\nFM\n")
+    ds2 = Trek150(ds.root)
+    perf = R.evaluate(ds2, results, ["constant"], "ope")["constant"]
+    att = R.attribute_scores(ds2, perf)
+    sw = perf["seq_wise"]
+    assert list(att) == ["FM", "POC", "SC"]
+    assert att["FM"]["sequences"] == 1 and att["SC"]["sequences"] == 2
+    assert att["FM"]["success_score"] == sw["P01-P01_01-10"]["success_score"]
+    assert att["POC"]["success_score"] == sw["P01-P01_01-2"]["success_score"]
+    assert att["SC"]["success_score"] == pytest.approx(perf["overall"]["success_score"], abs=1e-15)
+    assert "FM" in R.format_attribute_table(att, "t").splitlines()[3]

@@ -125,3 +125,12 @@ def test_submission_refuses_incomplete_results(tv, tmp_path: Path) -> None:
     assert "B-hoi-0-3-2.txt has 2 rows, expected 4" in msg
     assert "ope/B.txt has non-finite values on row(s) 3" in msg
     assert not (tmp_path / "s.zip").exists()
+
+
+def test_hoi_recall_float32_like_the_toolkit(tv) -> None:
+    """The toolkit averages recall hits in float32 and pools in float64 (numpy 1.x promotion, the only
+    numpy on which its report runs); checked against it locally, encoded here."""
+    ds, d = tv
+    recall = R.evaluate_hoi(ds, d)["overall"]["recall_score"]
+    expected = (float(np.float32(2) / np.float32(3)) * 3 + 0.75 * 4) / 7
+    assert recall == expected and recall != (2 + 3) / 7

@@ -93,6 +93,8 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
 @click.option("--no-plots", is_flag=True, help="Do not draw the OPE plots.")
 @click.option("--per-sequence/--overall-only", default=True, show_default=True,
               help="Print per-sequence rows in the table.")
+@click.option("--attributes", is_flag=True, help="Also print OPE/MSE scores per sequence attribute "
+              "(mean over the sequences with that attribute; not an official number).")
 @click.option("--sequences", default=None, metavar="A,B,...", help="Only these sequences (comma-separated).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sequences/runs tracked in parallel, one tracker per process.")
@@ -104,7 +106,7 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 @tracker_options
 def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path, report_only: bool,
-             json_path: Path | None, report_dir: Path | None, no_plots: bool, per_sequence: bool,
+             json_path: Path | None, report_dir: Path | None, no_plots: bool, per_sequence: bool, attributes: bool,
              sequences: str | None, workers: int, shard: str | None, overwrite: bool,
              tracker_class: str | None, quiet: bool, **tracker_kw: Any) -> None:
     """Run a tracker on TREK-150 (OPE, MSE, HOI; resumable) and score it exactly like the official toolkit.
@@ -145,6 +147,10 @@ def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path
     for p in protos:
         perf = R.evaluate(dataset, results, list(trackers), p)
         click.echo(R.format_table(perf, p, per_sequence=per_sequence))
+        if attributes and p != "hoi":
+            for name, tperf in perf.items():
+                title = f"{name}: {p.upper()} per attribute"
+                click.echo(R.format_attribute_table(R.attribute_scores(dataset, tperf), title))
         if json_path is not None:
             R.write_json(perf, _json_path(json_path, p, len(protos) > 1))
         R.write_json(perf, out_dir / f"performance-{p}.json")

@@ -237,3 +237,28 @@ def plot_ope(performance: dict, out_dir: str | Path, dpi: int = 150) -> list[Pat
         tmp.replace(path)
         written.append(path)
     return written
+
+
+def attribute_scores(dataset: Trek150, performance: dict) -> dict[str, dict[str, float]]:
+    """Mean per-sequence scores of one tracker's OPE/MSE ``performance`` over the sequences that carry each
+    attribute of ``attributes.txt`` (not an official number; the paper reports per-attribute OPE this way).
+    Keys are sorted attribute names; each value also has ``sequences``, the count."""
+    groups: dict[str, list[str]] = {}
+    for seq in dataset:
+        for attr in seq.attributes:
+            groups.setdefault(attr, []).append(seq.name)
+    out = {}
+    for attr in sorted(groups):
+        rows = [performance["seq_wise"][n] for n in groups[attr] if n in performance["seq_wise"]]
+        if rows:
+            out[attr] = {k: float(np.mean([r[k] for r in rows])) for k in SCORE_KEYS}
+            out[attr]["sequences"] = len(rows)
+    return out
+
+
+def format_attribute_table(scores: dict[str, dict[str, float]], title: str) -> str:
+    lines = [title, f"{'attribute':<10} {'seqs':>5}  " + "  ".join(f"{SHORT[k]:>8}" for k in SCORE_KEYS)]
+    lines.append("-" * len(lines[1]))
+    for attr, row in scores.items():
+        lines.append(f"{attr:<10} {row['sequences']:>5}  " + "  ".join(f"{row[k]:8.4f}" for k in SCORE_KEYS))
+    return "\n".join(lines) + "\n"
