@@ -134,3 +134,17 @@ def test_hoi_recall_float32_like_the_toolkit(tv) -> None:
     recall = R.evaluate_hoi(ds, d)["overall"]["recall_score"]
     expected = (float(np.float32(2) / np.float32(3)) * 3 + 0.75 * 4) / 7
     assert recall == expected and recall != (2 + 3) / 7
+
+
+def test_one_row_runs_score_and_export_as_lists(tmp_path: Path) -> None:
+    """A one-frame run (anchor on the last frame, forward) crashes the toolkit's report and is flattened by
+    its exporter; here it scores SS 20/21, NPS 1, GSR 1 and stays a list of one row."""
+    root = tmp_path / "trek"
+    write_sequence(root, "C", GT_B, size=(64, 64), anchors=[(3, 0)])
+    d = tmp_path / "res" / "t"
+    atomic_write_text(d / "ope/C.txt", format_boxes(np.array(GT_B, float)))
+    atomic_write_text(d / "mse/C-anchor-3.txt", format_boxes(np.array([[9, 9, 9, 9]], float)))
+    ds = Trek150(root)
+    o = R.evaluate_mse(ds, d)["overall"]
+    assert o["success_score"] == pytest.approx(20 / 21) and o["generalized_success_robustness_score"] == 1.0
+    assert build_submission(ds, d, "t")["results"]["mse"]["C"] == {"anchor-3": [[9.0, 9.0, 9.0, 9.0]]}
