@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,7 @@ def official_layout_checkpoint(tmp_path: Path):
         constructor.args, constructor.kwds = (), {"pool_size": 8, "used_layers": ["layer3"]}
         settings = settings_cls()
         settings.device = torch.device("cpu")
+        settings.objective = torch.nn.BCELoss()  # training objects: kept as inert records
         ckpt = {
             "epoch": 40,
             "actor_type": "SEcmActor",
@@ -49,7 +51,7 @@ def official_layout_checkpoint(tmp_path: Path):
             "net_info": None,
             "constructor": constructor,
             "optimizer": {"state": {}},
-            "stats": None,
+            "stats": {"train": {"Loss/total": np.float64(0.25), "hist": np.zeros(3)}},
             "settings": settings,
         }
         path = tmp_path / "SEcmnet_ep0040-c.pth.tar"
@@ -66,6 +68,8 @@ def test_official_layout_loads_without_ltr(official_layout_checkpoint) -> None:
     ckpt = read_checkpoint(path)
     assert ckpt["constructor"].kwds == {"pool_size": 8, "used_layers": ["layer3"]}
     assert type(ckpt["constructor"]).__module__ == "ltr.admin.model_constructor"
+    assert type(ckpt["settings"].objective).__name__ == "BCELoss"
+    assert not isinstance(ckpt["settings"].objective, torch.nn.Module)  # a record, not the real class
     net = load_alpha_refine(path)
     assert isinstance(net, SEcm)
     for key, value in model.state_dict().items():

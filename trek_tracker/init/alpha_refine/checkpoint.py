@@ -5,8 +5,9 @@ package (``ltr.admin.model_constructor.NetConstructor``, ``ltr.admin.settings.Se
 normally needs ``ltr`` importable and executes whatever the pickle names. Our unpickler instead:
 
 * rebuilds tensors, storages and plain containers (the allow-list below);
-* turns objects of the training packages (``ltr``, ``pytracking``, ``dlframework``, ``easydict``) and of
-  numpy into inert :class:`Placeholder` records (their pickled state is kept as data, no code runs);
+* turns objects of the training packages (``ltr``, ``pytracking``, ``dlframework``, ``easydict``), of
+  numpy and of ``torch.nn.modules`` / ``torch.optim`` into inert :class:`Placeholder` records (their
+  pickled state is kept as data; no code of theirs runs);
 * refuses every other global (``os.system``, ``builtins.eval``, ...) with a :class:`CheckpointError`.
 
 The state dict then goes through a documented key map (:data:`KEY_MAPS`) and loads strictly: a missing or
@@ -50,9 +51,12 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set,
+    ("_codecs", "encode"): __import__("codecs").encode,  # bytes in protocol-2 pickles (pure data)
 }
 # Modules whose objects are kept as inert records (training bookkeeping; never needed to run the net).
-_INERT_PREFIXES = ("ltr", "pytracking", "dlframework", "easydict", "numpy")
+# Training settings may also hold loss modules or optimiser objects: recorded, never constructed.
+_INERT_PACKAGES = ("ltr", "pytracking", "dlframework", "easydict", "numpy")
+_INERT_MODULES = ("torch.nn.modules.", "torch.optim.")
 
 
 class Placeholder:
@@ -81,7 +85,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
-        if module.split(".")[0] in _INERT_PREFIXES:
+        if module.split(".")[0] in _INERT_PACKAGES or module.startswith(_INERT_MODULES):
             return _placeholder_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (not a tensor or container)")
 
