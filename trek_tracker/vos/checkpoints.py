@@ -18,8 +18,10 @@ Accepted containers: ``{'state_dict': ...}`` (the released files, which also hol
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,6 +57,11 @@ def ours_to_official(key: str) -> str:
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file's state dict (official keys) with ``weights_only=True``."""
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """One read of a checkpoint file: its state dict (official keys) and our stored config, if any."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -68,6 +75,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except Exception as err:  # truncated file, not a torch file, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}"[:300]) from None
+    config = None
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("config"), Mapping):
+        config = dict(obj["config"])
     if isinstance(obj, Mapping):
         for container in ("state_dict", "model"):
             if container in obj and isinstance(obj[container], Mapping):
@@ -75,7 +85,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} is not a model checkpoint (expected a state dict of tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}, config
 
 
 def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
@@ -153,3 +163,121 @@ def read_checkpoint_config(path: str | Path) -> dict | None:
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("config"), Mapping):
         return dict(obj["config"])
     return None
+
+
+# --------------------------------------------------------------------------- DeAOT -> MSDeAOT
+log = logging.getLogger(__name__)
+
+# MSDeAOT parameters that no DeAOT checkpoint has (bridges, finer GPM stages and their ID banks, head).
+MSDEAOT_NEW_PREFIXES = ("stages.", "id_banks.", "id_norms.", "out_norm.", "head_conv.", "head_out.")
+# DeAOT parameters that MSDeAOT does not use (its FPN decoder and closing norm); 16x layers beyond the
+# MSDeAOT's count are added at run time.
+DEAOT_UNUSED_PREFIXES = ("decoder.", "gpm.out_norm.")
+
+
+@dataclass
+class PartialInit:
+    """What a partial initialisation loaded, left unused and left at its random init (official key names
+    where they exist). ``source`` is the file read."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Summary for ``run.json``: counts plus the unused and new names grouped by module prefix."""
+        return {"source": self.source, "loaded": len(self.loaded), "unused": _group_names(self.unused),
+                "new": _group_names(self.new)}
+
+
+def _group_names(keys: list[str]) -> dict[str, int]:
+    """``{'stages.1.layers.0': 37, ...}``: parameter counts per module (name up to the last two parts)."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        prefix = ".".join(parts[:3]) if len(parts) > 3 else ".".join(parts[:-1]) or k
+        groups[prefix] = groups.get(prefix, 0) + 1
+    return groups
+
+
+def init_msdeaot_from_deaot(model: nn.Module, state: Mapping[str, torch.Tensor], *,
+                            source: str = "checkpoint") -> PartialInit:
+    """Start an MSDeAOT from a DeAOT state dict (official keys), spec §5.4.6.
+
+    Loads the encoder, projector, 16x ID bank and norm, and the first ``n16`` GPM layers. The DeAOT decoder,
+    closing GroupNorm and 16x layers beyond ``n16`` are declared unused; MSDeAOT's own modules
+    (:data:`MSDEAOT_NEW_PREFIXES`) are declared new. Any other missing or unexpected key, or a shape
+    mismatch, is a :class:`CheckpointError`.
+    """
+    n16 = model.config.stages[0][1]
+    target = model.state_dict()
+    report = PartialInit(source)
+    take: dict[str, torch.Tensor] = {}
+    unexpected, shapes = [], []
+    for key, value in state.items():
+        ours = official_to_ours(key)
+        if ours.startswith("gpm.layers.") and int(ours.split(".")[2]) >= n16 or ours.startswith(
+                DEAOT_UNUSED_PREFIXES):
+            report.unused.append(key)
+        elif ours not in target or ours.startswith(MSDEAOT_NEW_PREFIXES):
+            unexpected.append(key)
+        elif tuple(value.shape) != tuple(target[ours].shape):
+            shapes.append(f"{key} is {tuple(value.shape)} in the file, {tuple(target[ours].shape)} in the model")
+        else:
+            take[ours] = value
+    missing = []
+    for key in target:
+        if key in take or key.endswith(_DERIVED_BUFFER_SUFFIXES):
+            continue
+        if key.startswith(MSDEAOT_NEW_PREFIXES):
+            report.new.append(key)
+        else:
+            missing.append(ours_to_official(key))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
+        raise CheckpointError(f"{source} cannot initialise MSDeAOT {model.config.name!r}: " + "; ".join(parts)
+                              + " (use a DeAOT checkpoint with the same encoder, e.g. R50_DeAOTL for r50_msdeaot)")
+    full = dict(target)
+    full.update({k: v.to(target[k].dtype) for k, v in take.items()})
+    model.load_state_dict(full, strict=True)
+    report.loaded = sorted(ours_to_official(k) for k in take)
+    log.info("initialised %s from %s: %d tensors loaded; unused from the file: %s; new (random init): %s",
+             model.config.name, source, len(take), ", ".join(_group_names(report.unused)) or "none",
+             ", ".join(_group_names(report.new)) or "none")
+    return report
+
+
+def load_model(path: str | Path, model_name: str | None = None) -> tuple[nn.Module, PartialInit | None]:
+    """Build and load a model from a checkpoint file.
+
+    Our own files carry their config, so ``model_name`` may be omitted (if given it must match). Official
+    files need ``model_name``; an MSDeAOT name with a DeAOT file gives a partial initialisation, whose
+    :class:`PartialInit` is returned (None for a full load).
+    """
+    from trek_tracker.vos.models import build_model, build_model_from_config
+    from trek_tracker.vos.msdeaot import MSDeAOT
+
+    state, config = _read(path)
+    if config is not None:
+        if model_name is not None and config.get("name") != model_name:
+            raise CheckpointError(f"{path} holds model {config.get('name')!r}, not {model_name!r} "
+                                  "(omit --model to use the checkpoint's own)")
+        model = build_model_from_config(config)
+        load_official_state_dict(model, state, source=str(path), model_name=config.get("name"))
+        return model, None
+    if model_name is None:
+        raise CheckpointError(f"{path} is an official checkpoint without a stored config: name its model "
+                              "(--model)")
+    model = build_model(model_name)
+    if isinstance(model, MSDeAOT) and not any(official_to_ours(k).startswith(MSDEAOT_NEW_PREFIXES)
+                                              for k in state):
+        return model, init_msdeaot_from_deaot(model, state, source=str(path))
+    load_official_state_dict(model, state, source=str(path), model_name=model_name)
+    return model, None

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from trek_tracker.errors import InputError
 from trek_tracker.vos.gpm import FrameEntry, LayerMemory
-from trek_tracker.vos.models import DeAOT
+from trek_tracker.vos.models import VOSModel
 from trek_tracker.vos.preprocess import input_size, resize_labels, to_network_input
 
 
@@ -100,7 +100,8 @@ class FrameOutput:
 
     labels: torch.Tensor  # (H, W) int64 engine ids 0..N
     probs: torch.Tensor  # (1 + N, H, W) float32: background, then objects 1..N
-    logits4x: list[torch.Tensor]  # raw 4x logits per group (1, 1 + max_objects, h4, w4), before masking
+    logits4x: list[torch.Tensor]  # raw logits per group (1, 1 + max_objects, h, w) at the model's output
+    # stride (4x for DeAOT, 8x for MSDeAOT), before masking
 
 
 class VOSEngine:
@@ -110,7 +111,7 @@ class VOSEngine:
     ``step(frame)`` predicts the next frame and updates the memories with its own prediction.
     """
 
-    def __init__(self, model: DeAOT, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: VOSModel, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
         mem = self.config.memory
@@ -121,6 +122,7 @@ class VOSEngine:
         self.frame_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.token_grid: tuple[int, int] | None = None
+        self.layer_grids: list[tuple[int, int]] = []  # per GPM layer (MSDeAOT layers differ in stride)
         self.frame_step = 0
         self.last_memory_step = 0
         self._pending: list[list[FrameEntry]] = []
@@ -182,6 +184,7 @@ class VOSEngine:
 
         feats = self.model.encode(self._network_input(frame))
         self.token_grid = tuple(feats[-1].shape[-2:])
+        self.layer_grids = self.model.layer_grids(feats)
         labels_in = self._labels_to_input(labels_t.to(self.device))
         for g, group in enumerate(self.groups):
             id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
@@ -257,16 +260,21 @@ class VOSEngine:
     # ------------------------------------------------------------------ memory
     def _remember(self, group: _GroupState, entries: list[FrameEntry], id_values: list[torch.Tensor],
                   *, long_term: bool, reference: bool) -> None:
-        h16, w16 = self.token_grid
         keys = [e.key for e in entries]
         values = [torch.cat([e.value, idv], dim=-1) for e, idv in zip(entries, id_values, strict=True)]
-        short = [(_to_map(k, h16, w16), _to_map(v, h16, w16)) for k, v in zip(keys, values, strict=True)]
+        short = [(_to_map(k, h, w), _to_map(v, h, w))
+                 for k, v, (h, w) in zip(keys, values, self.layer_grids, strict=True)]
         if reference:  # a reference restarts the short-term memory (official add_reference_frame)
             group.short_term = [short]
         else:
             group.short_term.append(short)
             group.short_term = group.short_term[-self.config.memory.short_term_skip:]
         if long_term:
+            for i, (key_map, value_map) in enumerate(short):
+                step = self.model.long_term_dilation(i)
+                if step > 1:  # MS-AOT's memory saving: long-term K/V of fine layers kept at [::d, ::d]
+                    keys[i] = _to_tokens(key_map[..., ::step, ::step])
+                    values[i] = _to_tokens(value_map[..., ::step, ::step])
             group.long_term.insert(0, _MemoryFrame(keys, values, reference=reference))
             self._evict(group)
             group._cache = None
@@ -298,6 +306,12 @@ def merged_group_logits(logits: list[torch.Tensor], max_objects: int) -> torch.T
         fg.append(p[:, 1:1 + max_objects])
     bg_prob = torch.prod(torch.cat(bg, dim=1), dim=1, keepdim=True)
     return torch.logit(torch.cat([bg_prob] + fg, dim=1).clamp(1e-5, 1 - 1e-5))
+
+
+def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> contiguous (HW, B, C) tokens."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h * w).permute(2, 0, 1).contiguous()
 
 
 def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -7,16 +7,17 @@ frames (memories, object groups) is in :mod:`trek_tracker.vos.engine`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import nn
 
-from trek_tracker.errors import UserError
+from trek_tracker.errors import CheckpointError, UserError
 from trek_tracker.vos.attention import map_to_seq
 from trek_tracker.vos.decoders import FPNHead
 from trek_tracker.vos.encoders import build_encoder, encoder_spec
 from trek_tracker.vos.gpm import FrameEntry, GatedPropagationStack, LayerMemory
+from trek_tracker.vos.msdeaot import MSDeAOT, MSDeAOTConfig
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,32 @@ VARIANTS: dict[str, DeAOTConfig] = {
 }
 
 
-def model_config(name: str, **overrides) -> DeAOTConfig:
+# MSDeAOT variants (spec §5.4.1): the reports' stages (16x: 2 layers, 16x conv-only skip, 8x: 1 layer).
+# No official weights exist; start them from the DeAOT-L checkpoint of the same encoder
+# (``checkpoints.init_msdeaot_from_deaot``).
+MSDEAOT_VARIANTS: dict[str, MSDeAOTConfig] = {
+    "r50_msdeaot": MSDeAOTConfig("r50_msdeaot", "resnet50"),
+    "swinb_msdeaot": MSDeAOTConfig("swinb_msdeaot", "swin_base"),
+    # Reading R1 without the conv-only 16x stage (spec §5.4.1 profile ``msdeaot_2stage``).
+    "r50_msdeaot_2stage": MSDeAOTConfig("r50_msdeaot_2stage", "resnet50", stages=((16, 2, 256), (8, 1, 256))),
+    "test_msdeaot_tiny": MSDeAOTConfig("test_msdeaot_tiny", "test_tiny", d_model=32, head_hidden=16,
+                                       stages=((16, 2, 32), (16, 0, 32), (8, 1, 32))),
+}
+
+ModelConfig = DeAOTConfig | MSDeAOTConfig
+
+
+def model_names() -> list[str]:
+    """Every registered model name (DeAOT, then MSDeAOT variants)."""
+    return [*VARIANTS, *MSDEAOT_VARIANTS]
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
     """The registered config for ``name`` (with optional field overrides)."""
-    if name not in VARIANTS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}")
-    return replace(VARIANTS[name], **overrides) if overrides else VARIANTS[name]
+    base = VARIANTS.get(name) or MSDEAOT_VARIANTS.get(name)
+    if base is None:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    return replace(base, **overrides) if overrides else base
 
 
 class DeAOT(nn.Module):
@@ -129,7 +151,38 @@ class DeAOT(nn.Module):
         """The ID value of ``entry`` (one layer of a propagated frame) once its label is known."""
         return self.gpm.layers[layer].fuse_id(entry.id_in, id_emb)
 
+    def layer_grids(self, feats: list[torch.Tensor]) -> list[tuple[int, int]]:
+        """The token grid of each GPM layer's memory: all at 16x for DeAOT."""
+        return [tuple(feats[-1].shape[-2:])] * len(self.gpm.layers)
 
-def build_model(name: str, **overrides) -> DeAOT:
-    """A DeAOT variant by registry name, with random weights (load a checkpoint with ``checkpoints.py``)."""
-    return DeAOT(model_config(name, **overrides))
+    def long_term_dilation(self, layer: int) -> int:
+        """DeAOT keeps long-term memory at full resolution."""
+        return 1
+
+
+VOSModel = DeAOT | MSDeAOT
+
+
+def build_model(name: str, **overrides) -> VOSModel:
+    """A DeAOT or MSDeAOT variant by registry name, with random weights (load weights with
+    ``checkpoints.py``)."""
+    config = model_config(name, **overrides)
+    return MSDeAOT(config) if isinstance(config, MSDeAOTConfig) else DeAOT(config)
+
+
+def build_model_from_config(config: dict) -> VOSModel:
+    """Rebuild a model from the config stored in one of our checkpoints (``DeAOTConfig``/``MSDeAOTConfig``
+    as a dict). Unknown fields are an error rather than silently dropped."""
+    d = dict(config)
+    is_ms = d.get("arch") == "msdeaot" or "stages" in d
+    cls = MSDeAOTConfig if is_ms else DeAOTConfig
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise CheckpointError(f"checkpoint config has fields this version does not know: {', '.join(unknown)}")
+    try:
+        cfg = MSDeAOTConfig.from_dict(d) if is_ms else DeAOTConfig(**d)
+    except TypeError as err:
+        raise CheckpointError(f"checkpoint config is incomplete: {err}") from None
+    return MSDeAOT(cfg) if is_ms else DeAOT(cfg)
+
