@@ -1,0 +1,101 @@
+"""``trek-track train`` (one process, or one per GPU under torchrun) and ``trek-track eval-vos``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+
+@click.command("train")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (logs, checkpoints); overrides the config's 'out'.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config value, e.g. --set train.steps=1000 --set data.0.root=/data/davis.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the newest checkpoint in the run folder when there is one.")
+@click.option("--until", type=int, default=None, help="Stop after this step (the schedule still spans train.steps).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def train_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, until: int | None,
+              progress: bool) -> None:
+    """Train a VOS model from a TOML or YAML CONFIG (see configs/train/).
+
+    Multi-GPU: torchrun --nproc_per_node=N -m trek_tracker.train CONFIG
+    """
+    from trek_tracker.train.config import load_config
+    from trek_tracker.train.loop import train
+
+    extra = list(overrides) + ([f"out={json.dumps(str(out))}"] if out is not None else [])
+    cfg = load_config(config, extra)
+    records = train(cfg, resume=resume, until=until, progress=progress)
+    last = [r for r in records if r.get("kind") == "train"][-1:]
+    val = [r for r in records if r.get("kind") == "val"][-1:]
+    if last:
+        click.echo(f"step {last[0]['step']}: loss {last[0]['loss']:.4f}", err=True)
+    if val:
+        click.echo(f"validation at step {val[0]['step']}: J&F {val[0]['J&F']:.4f}", err=True)
+    click.echo(f"run folder: {cfg.out}", err=True)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+
+
+@click.command("eval-vos")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_name", default=None, help="Model variant (omit for a checkpoint of ours).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights to evaluate (ours or official).")
+@click.option("--predictions", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Score saved masks PRED/<seq>/<frame>.png instead of running a model.")
+@click.option("--sequences", default=None, help="Comma-separated sequence names (default: all).")
+@click.option("--max-long-edge", type=int, default=480, show_default=True, help="Network input size cap.")
+@click.option("--save-masks", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write the predicted masks here (palette PNGs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the full results (per object) to this JSON file.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predictions: Path | None,
+             sequences: str | None, max_long_edge: int, save_masks: Path | None, json_path: Path | None,
+             device: str) -> None:
+    """J and F, as the DAVIS benchmark computes them, on a DAVIS-layout folder DATA."""
+    from trek_tracker.errors import InputError
+    from trek_tracker.train import validate
+
+    seqs = [s for s in sequences.split(",") if s] if sequences else None
+    if predictions is not None:
+        if checkpoint is not None or model_name is not None:
+            raise InputError("give either --predictions or a model (--model/--checkpoint), not both")
+        res = validate.evaluate_folder(predictions, data, sequences=seqs)
+    else:
+        import torch
+
+        from trek_tracker.vos.checkpoints import load_checkpoint, read_checkpoint_config
+        from trek_tracker.vos.models import build_model
+
+        if checkpoint is None:
+            raise InputError("--checkpoint is required to evaluate a model (or give --predictions)")
+        stored = read_checkpoint_config(checkpoint)
+        name = model_name or (stored or {}).get("name")
+        if not name:
+            raise InputError(f"{checkpoint} does not record its model: pass --model NAME")
+        model = build_model(name)
+        load_checkpoint(model, checkpoint, model_name=name)
+        dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda but no CUDA device is available")
+        model.to(dev)
+        res = validate.evaluate_model(model, data, sequences=seqs, max_long_edge=max_long_edge,
+                                      save_dir=save_masks)
+    for row in res["objects"]:
+        click.echo(f"{row['sequence']:<24} obj {row['object']:<3} J {_fmt(row['J_mean'])}  F {_fmt(row['F_mean'])}")
+    click.echo(f"J&F {_fmt(res['J&F'])}  J {_fmt(res['J_mean'])}  F {_fmt(res['F_mean'])}  "
+               f"J-recall {_fmt(res['J_recall'])}  F-recall {_fmt(res['F_recall'])}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        tmp.replace(json_path)

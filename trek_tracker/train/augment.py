@@ -1,0 +1,203 @@
+"""Clip augmentation of the official recipe ("v2", spec deaot.md §4), on uint8 RGB frames and label maps.
+
+Geometry (scale, crop, flip) is drawn once per clip so the frames stay consistent; photometric changes
+(colour jitter, grayscale, blur) are drawn per frame, which also teaches the model to ignore lighting
+flicker. Static images become clips through a random affine and resized crop per frame. All randomness
+comes from the ``numpy.random.Generator`` passed in, so a clip is a pure function of its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class AugmentConfig:
+    crop: tuple[int, int] = (465, 465)  # (h, w); 16k + 1 for MobileNet/ResNet models, 16k for Swin
+    short_edge: int = 480  # RandomScale works around this short edge
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    max_objects: int = 10
+    min_object_pixels: int = 100
+    crop_attempts: int = 10
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, sat, hue
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.3
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    flip_p: float = 0.5
+    pad_fill: tuple[int, int, int] = (124, 116, 104)
+    # static-image clips
+    affine_degrees: float = 20.0
+    affine_translate: float = 0.1
+    affine_scale: tuple[float, float] = (0.9, 1.1)
+    affine_shear: float = 10.0
+    resized_crop_scale: tuple[float, float] = (0.8, 1.0)
+
+
+Clip = tuple[list[np.ndarray], list[np.ndarray]]  # frames (H, W, 3) uint8, labels (H, W) int64
+
+
+def random_scale(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,
+                 cfg: AugmentConfig) -> Clip:
+    """Resize the clip so its short edge is ``short_edge * U(scale_range)``."""
+    h, w = frames[0].shape[:2]
+    s = cfg.short_edge * rng.uniform(*cfg.scale_range) / min(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames]
+    labels = [cv2.resize(lb.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(np.int64)
+              for lb in labels]
+    return frames, labels
+
+
+def _pad(frames: list[np.ndarray], labels: list[np.ndarray], crop: tuple[int, int], rng: np.random.Generator,
+         fill: tuple[int, int, int]) -> Clip:
+    h, w = frames[0].shape[:2]
+    ph, pw = max(0, crop[0] - h), max(0, crop[1] - w)
+    if ph == 0 and pw == 0:
+        return frames, labels
+    top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
+    pads = ((top, ph - top), (left, pw - left))
+    frames = [np.stack([np.pad(f[..., c], pads, constant_values=fill[c]) for c in range(3)], -1)
+              for f in frames]
+    labels = [np.pad(lb, pads) for lb in labels]
+    return frames, labels
+
+
+def balanced_crop(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,
+                  cfg: AugmentConfig) -> Clip:
+    """Random crop (padding first when the clip is smaller) that keeps an object of the reference frame.
+
+    Up to ``crop_attempts`` windows are drawn; the first whose reference label holds an object of more than
+    ``min_object_pixels`` pixels wins (else the last one), so few clips start with nothing to track.
+    """
+    frames, labels = _pad(frames, labels, cfg.crop, rng, cfg.pad_fill)
+    h, w = frames[0].shape[:2]
+    ch, cw = cfg.crop
+    for _ in range(max(1, cfg.crop_attempts)):
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        ref = labels[0][y:y + ch, x:x + cw]
+        counts = np.bincount(ref.ravel())[1:]
+        if (counts > cfg.min_object_pixels).any():
+            break
+    return ([f[y:y + ch, x:x + cw] for f in frames], [lb[y:y + ch, x:x + cw] for lb in labels])
+
+
+def select_objects(labels: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig
+                   ) -> tuple[list[np.ndarray], int]:
+    """Keep at most ``max_objects`` of the objects visible in the reference frame (more than
+    ``min_object_pixels`` pixels, or the largest ones if none is), renumbered 1..N in all frames."""
+    counts = np.bincount(labels[0].ravel())
+    ids = [i for i in range(1, len(counts)) if counts[i] > cfg.min_object_pixels]
+    if not ids:
+        ids = [i for i in range(1, len(counts)) if counts[i] > 0]
+    if len(ids) > cfg.max_objects:
+        ids = sorted(rng.choice(ids, size=cfg.max_objects, replace=False).tolist())
+    top = max(int(lb.max()) for lb in labels)
+    table = np.zeros(top + 1, dtype=np.int64)
+    for new, old in enumerate(ids, start=1):
+        table[old] = new
+    return [table[lb] for lb in labels], len(ids)
+
+
+def photometric(frame: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Colour jitter (p = ``jitter_p``), grayscale (p = ``gray_p``) and Gaussian blur (p = ``blur_p``)."""
+    img = frame.astype(np.float32)
+    if rng.random() < cfg.jitter_p:
+        b, c, s, hue = cfg.color_jitter
+        img *= rng.uniform(1 - b, 1 + b)
+        gray = img @ np.array([0.299, 0.587, 0.114], np.float32)
+        img = (img - gray.mean()) * rng.uniform(1 - c, 1 + c) + gray.mean()
+        gray = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        img = gray + (img - gray) * rng.uniform(1 - s, 1 + s)
+        if hue > 0:
+            hsv = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+            shift = int(round(rng.uniform(-hue, hue) * 180))
+            hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 180).astype(np.uint8)
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+    if rng.random() < cfg.gray_p:
+        img = np.repeat((img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, axis=-1)
+    if rng.random() < cfg.blur_p:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*cfg.blur_sigma)))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation, translation, scale and shear about the image centre (torchvision ``RandomAffine`` ranges)."""
+    h, w = image.shape[:2]
+    angle = np.deg2rad(rng.uniform(-cfg.affine_degrees, cfg.affine_degrees))
+    shear = np.deg2rad(rng.uniform(-cfg.affine_shear, cfg.affine_shear))
+    scale = rng.uniform(*cfg.affine_scale)
+    tx = rng.uniform(-cfg.affine_translate, cfg.affine_translate) * w
+    ty = rng.uniform(-cfg.affine_translate, cfg.affine_translate) * h
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    m = scale * rot @ np.array([[1.0, np.tan(shear)], [0.0, 1.0]])
+    centre = np.array([w / 2, h / 2])
+    offset = centre + np.array([tx, ty]) - m @ centre
+    mat = np.hstack([m, offset[:, None]]).astype(np.float64)
+    img = cv2.warpAffine(image, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=tuple(int(v) for v in cfg.pad_fill))
+    lab = cv2.warpAffine(label.astype(np.uint8), mat, (w, h), flags=cv2.INTER_NEAREST,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return img, lab.astype(np.int64)
+
+
+def random_resized_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                        cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A window of ``U(resized_crop_scale)`` of the area (aspect kept) resized back to the image size."""
+    h, w = image.shape[:2]
+    side = np.sqrt(rng.uniform(*cfg.resized_crop_scale))
+    ch, cw = max(1, int(h * side)), max(1, int(w * side))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    img = cv2.resize(image[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+    lab = cv2.resize(label[y:y + ch, x:x + cw].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    return img, lab.astype(np.int64)
+
+
+def static_clip(image: np.ndarray, label: np.ndarray, length: int, rng: np.random.Generator,
+                cfg: AugmentConfig) -> Clip:
+    """A synthetic clip of ``length`` frames from one image: each frame its own affine + resized crop."""
+    frames, labels = [], []
+    for _ in range(length):
+        img, lab = random_affine(image, label, rng, cfg)
+        img, lab = random_resized_crop(img, lab, rng, cfg)
+        frames.append(img)
+        labels.append(lab)
+    return frames, labels
+
+
+def augment_clip(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,
+                 cfg: AugmentConfig) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """The v2 pipeline on a clip: scale, balanced crop, object selection, flip, per-frame photometry.
+
+    Returns frames and labels of exactly ``cfg.crop`` and the number of objects kept.
+    """
+    frames, labels = random_scale(frames, labels, rng, cfg)
+    frames, labels = balanced_crop(frames, labels, rng, cfg)
+    labels, num_objects = select_objects(labels, rng, cfg)
+    if rng.random() < cfg.flip_p:
+        frames = [f[:, ::-1] for f in frames]
+        labels = [lb[:, ::-1] for lb in labels]
+    frames = [photometric(np.ascontiguousarray(f), rng, cfg) for f in frames]
+    return frames, [np.ascontiguousarray(lb) for lb in labels], num_objects
+
+
+def paste_clip(base: Clip, other: Clip, max_objects: int) -> Clip:
+    """"Dynamic merge": paste ``other``'s objects over ``base`` frame by frame, ids shifted past ``base``'s.
+
+    Both clips must already have the same size and consecutive ids. Objects beyond ``max_objects`` are
+    dropped (their pixels are not pasted).
+    """
+    frames, labels = [], []
+    shift = max(int(lb.max()) for lb in base[1])
+    for f, lb, of, olb in zip(base[0], base[1], other[0], other[1], strict=True):
+        keep = (olb > 0) & (olb + shift <= max_objects)
+        f = f.copy()
+        f[keep] = of[keep]
+        lb = np.where(keep, olb + shift, lb)
+        frames.append(f)
+        labels.append(lb)
+    return frames, labels

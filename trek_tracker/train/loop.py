@@ -1,0 +1,389 @@
+"""The training loop: one process per device (under ``torchrun`` or alone), DDP, AMP, EMA, logs,
+checkpoints and exact resume.
+
+Exactness: the schedule is a function of the step, every clip a function of its global sample number
+(``data.py``), and the torch generator is re-seeded from ``(seed, step, rank)`` before every step (drop
+path), so a run resumed from a checkpoint takes the same steps as one that never stopped. The checkpoint
+still records the RNG states, for code that draws outside the step.
+
+Files under ``out``::
+
+    config.json                     the resolved run config
+    log.csv, log.jsonl              one row per logged step (jsonl also holds validation results)
+    loss.png                        loss curve (and J&F) written at the end
+    checkpoints/step_0001000.state.pth   resume state (model, optimiser, EMA, scaler, step, RNG)
+    checkpoints/ema_step_0001000.pth     EMA weights in our model format (``trek-track run --checkpoint``)
+    ema_final.pth                   EMA weights after the last step
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.train.config import TrainConfig
+from trek_tracker.train.data import ClipDataset, StepSampler
+from trek_tracker.train.ema import EMA, default_decay
+from trek_tracker.train.losses import hard_pixel_fraction
+from trek_tracker.train.schedule import apply_lr, build_optimizer
+from trek_tracker.train.step import UnrolledStep
+from trek_tracker.vos.checkpoints import load_official_state_dict, read_checkpoint, save_checkpoint
+from trek_tracker.vos.models import build_model
+
+LOG_FIELDS = ("step", "loss", "aux_loss", "frame_loss", "lr", "hard_fraction", "aux_weight", "gt_memory",
+              "samples_per_s", "elapsed_s")
+_STATE_RE = re.compile(r"step_(\d+)\.state\.pth$")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> DistInfo:
+    """Join the ``torchrun`` process group when its environment is set (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return info
+
+
+def choose_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("train.device is 'cuda' but no CUDA device is available (use 'cpu' or 'auto')")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise InputError(f"train.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def aux_weight(step: int, total: int, ratio: float) -> float:
+    """Reference-frame loss weight: 1 at step 0, linearly to 0 at ``ratio * total`` steps."""
+    if ratio <= 0:
+        return 0.0
+    return max(0.0, 1.0 - step / (ratio * total))
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def latest_state(out: str | Path) -> Path | None:
+    """The resume state with the highest step in ``out/checkpoints``, if any."""
+    folder = Path(out) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.state.pth") if (m := _STATE_RE.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def _rng_state() -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_extra": [int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(v) for v in state["python"]), None))
+    pos, has_gauss, gauss = state["numpy_extra"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 9_973 + rank) % (2**63)
+
+
+class Trainer:
+    """Runs :class:`TrainConfig`; :meth:`run` trains until ``until`` (default: the config's last step)."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.progress = progress
+        t = cfg.train
+        self.dist = setup_distributed("cuda" if t.device == "cuda" or (t.device == "auto"
+                                                                       and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(t.device, self.dist.local_rank)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        per = t.batch_size // (self.dist.world * t.accumulate)
+        if per * self.dist.world * t.accumulate != t.batch_size:
+            raise InputError(f"train.batch_size {t.batch_size} is not divisible by processes "
+                             f"({self.dist.world}) x accumulate ({t.accumulate})")
+        self.per_process_batch = per
+        self.amp = bool(t.amp and self.device.type == "cuda")
+
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model.name)
+        if cfg.model.init:
+            load_official_state_dict(self.model, read_checkpoint(cfg.model.init), source=cfg.model.init,
+                                     model_name=cfg.model.name)
+        self.model.to(self.device).train()
+        self.long_term_gap = t.long_term_gap or self.model.config.train_long_term_gap
+        self.ema = EMA(self.model, t.ema_decay if t.ema_decay is not None else default_decay(t.steps))
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step = 0
+        self.history: list[dict] = []
+        if resume and (state := latest_state(self.out)) is not None:
+            self.load_state(state)
+        self.step_module: torch.nn.Module = UnrolledStep(self.model)
+        if self.dist.world > 1:
+            self.step_module = torch.nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=t.seq_training_start_ratio < 1.0)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"format": "trek-track-train/1", "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state(), "config": self.cfg.to_dict()}
+
+    def load_state(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"cannot read training state {path}: {type(err).__name__}: {err}"[:300]) from None
+        if not isinstance(state, dict) or state.get("format") != "trek-track-train/1":
+            raise CheckpointError(f"{path} is not a trek-track training state")
+        if state["config"]["model"]["name"] != self.cfg.model.name:
+            raise CheckpointError(f"{path} trains model {state['config']['model']['name']!r}, the config says "
+                                  f"{self.cfg.model.name!r}: use another --out folder or fix the config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+        self.step = int(state["step"])
+
+    def save(self) -> None:
+        """Resume state and EMA weights for the current step (rank 0), pruning old ones."""
+        folder = self.out / "checkpoints"
+        _atomic_save(self.state_dict(), folder / f"step_{self.step:07d}.state.pth")
+        save_checkpoint(folder / f"ema_step_{self.step:07d}.pth", self.ema.module,
+                        extra={"step": self.step, "trained_with": "trek-track train"})
+        keep = max(1, self.cfg.train.keep_checkpoints)
+        states = sorted(folder.glob("step_*.state.pth"))
+        for old in states[:-keep]:
+            old.unlink(missing_ok=True)
+            (folder / old.name.replace("step_", "ema_step_").replace(".state.pth", ".pth")).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ logging
+    def _prepare_logs(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+        rows, records = [], []
+        csv_path, jsonl_path = self.out / "log.csv", self.out / "log.jsonl"
+        if csv_path.is_file():  # keep what was logged up to the resumed step
+            with csv_path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        if jsonl_path.is_file():
+            records = [json.loads(line) for line in jsonl_path.read_text().splitlines() if line.strip()]
+            records = [r for r in records if int(r["step"]) <= self.step]
+        with (self.out / ".log.csv.tmp").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(self.out / ".log.csv.tmp", csv_path)
+        _atomic_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in records))
+        self.history = records
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        with (self.out / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record.get("kind") == "train":
+            with (self.out / "log.csv").open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore").writerow(record)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict | None:
+        v = self.cfg.val
+        if not v.root:
+            return None
+        from trek_tracker.train.validate import evaluate_model
+
+        res = evaluate_model(self.ema.module, v.root, sequences=v.sequences, max_long_edge=v.max_long_edge,
+                             max_frames=v.max_frames)
+        record = {"kind": "val", "step": self.step, "J&F": res["J&F"], "J": res["J_mean"], "F": res["F_mean"]}
+        self._log(record)
+        return record
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self, until: int) -> DataLoader:
+        t = self.cfg.train
+        dataset = ClipDataset(self.cfg.data, length=t.clip_length, augment=self.cfg.augment, merge_p=t.merge_p,
+                              seed=t.seed)
+        sampler = StepSampler(self.per_process_batch, rank=self.dist.rank, world=self.dist.world,
+                              start_micro=self.step * t.accumulate, num_micro=(until - self.step) * t.accumulate)
+        return DataLoader(dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=False,
+                          persistent_workers=False)
+
+    def _mean(self, value: torch.Tensor) -> float:
+        if self.dist.world > 1:
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= self.dist.world
+        return float(value)
+
+    def run(self, until: int | None = None) -> list[dict]:
+        """Train to step ``until`` (default: ``train.steps``); returns the logged records."""
+        t = self.cfg.train
+        until = t.steps if until is None else min(until, t.steps)
+        main = self.dist.main
+        if main:
+            self._prepare_logs()
+            if self.step == 0:
+                self.validate()
+        if self.step >= until:
+            return self.history
+        bar = None
+        if main and self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=until, initial=self.step, desc="train", dynamic_ncols=True)
+        batches = iter(self._loader(until))
+        start_time, start_step = time.perf_counter(), self.step
+        gt_until = int(t.seq_training_start_ratio * t.steps)
+        while self.step < until:
+            step = self.step
+            torch.manual_seed(_step_seed(t.seed, step, self.dist.rank))
+            gt_memory = step < gt_until
+            lr = apply_lr(self.optimizer, step, t.steps, self.cfg.optim, freeze_id_bank=not gt_memory)
+            frac = hard_pixel_fraction(step, t.steps, final=t.hard_pixels_final, ratio=t.hard_mining_ratio)
+            aux_w = aux_weight(step, t.steps, t.aux_loss_ratio)
+            totals = torch.zeros(3, device=self.device)
+            for micro in range(t.accumulate):
+                batch = next(batches)
+                sync = micro == t.accumulate - 1 or self.dist.world == 1
+                ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
+                with ctx, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    out = self.step_module(batch["images"].to(self.device, non_blocking=True),
+                                           batch["labels"].to(self.device, non_blocking=True),
+                                           batch["num_objects"].to(self.device), hard_fraction=frac,
+                                           aux_weight=aux_w, gt_memory=gt_memory,
+                                           long_term_gap=self.long_term_gap)
+                    self.scaler.scale(out.loss / t.accumulate).backward()
+                totals += torch.stack([out.loss.detach(), out.aux_loss, out.frame_losses.mean()]) / t.accumulate
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.update(self.model)
+            self.step += 1
+            if not torch.isfinite(totals).all():
+                raise FloatingPointError(f"loss is not finite at step {step}: {totals.tolist()}")
+
+            log_now = self.step % max(1, t.log_every) == 0 or self.step == until
+            if log_now:
+                loss, aux, frame = (self._mean(v) for v in totals)
+            if main:
+                if log_now:
+                    elapsed = time.perf_counter() - start_time
+                    rate = (self.step - start_step) * t.batch_size / max(elapsed, 1e-9)
+                    self._log({"kind": "train", "step": self.step, "loss": loss, "aux_loss": aux,
+                               "frame_loss": frame, "lr": lr, "hard_fraction": frac, "aux_weight": aux_w,
+                               "gt_memory": int(gt_memory), "samples_per_s": rate, "elapsed_s": elapsed})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
+                if bar is not None:
+                    bar.update(1)
+                if self.step % max(1, t.checkpoint_every) == 0 or self.step == until:
+                    self.save()
+                if self.cfg.val.every and self.step % self.cfg.val.every == 0 and self.step != until:
+                    self.validate()
+            if self.dist.world > 1 and (self.step % max(1, t.checkpoint_every) == 0 or self.step == until):
+                dist.barrier()
+        if bar is not None:
+            bar.close()
+        if main:
+            if self.step == t.steps:
+                self.validate()
+                save_checkpoint(self.out / "ema_final.pth", self.ema.module,
+                                extra={"step": self.step, "trained_with": "trek-track train"})
+            plot_log(self.history, self.out / "loss.png")
+        if self.dist.world > 1:
+            dist.barrier()
+        return self.history
+
+
+def plot_log(records: list[dict], path: Path) -> None:
+    """Loss against step (and validation J&F on a second axis), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    if not train and not val:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="loss")
+        ax.plot([r["step"] for r in train], [r["frame_loss"] for r in train], label="frame loss", alpha=0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper left")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [r["J&F"] for r in val], "o-", color="tab:green", label="val J&F")
+        ax2.set_ylabel("J&F")
+        ax2.legend(loc="upper right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, *, resume: bool = True, until: int | None = None, progress: bool = True
+          ) -> list[dict]:
+    """Run (or resume) a training run; leaves the process group if it created one."""
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    try:
+        return trainer.run(until)
+    finally:
+        if trainer.dist.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

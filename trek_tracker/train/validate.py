@@ -1,0 +1,109 @@
+"""VOS validation: run a model with the inference engine over DAVIS-layout sequences and score J and F.
+
+Used by ``trek-track eval-vos`` and during training (with the EMA weights). Predictions are compared at the
+annotation resolution; frames without an annotation file are propagated but not scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trek_tracker.errors import InputError
+from trek_tracker.eval.vos_metrics import ObjectScore, score_sequence, summarise
+from trek_tracker.train.data import IMAGE_SUFFIXES, read_image, read_label, video_dirs
+from trek_tracker.vos.engine import EngineConfig, VOSEngine
+
+
+@dataclass
+class SequenceData:
+    name: str
+    frames: list[Path]
+    labels: dict[int, Path]  # frame index -> annotation
+
+
+def list_sequences(root: str | Path, sequences: list[str] | None = None,
+                   max_frames: int | None = None) -> list[SequenceData]:
+    img_dir, ann_dir = video_dirs(Path(root))
+    names = sorted(p.name for p in img_dir.iterdir() if p.is_dir())
+    if sequences:
+        missing = sorted(set(sequences) - set(names))
+        if missing:
+            raise InputError(f"sequences not found in {img_dir}: {', '.join(missing)}")
+        names = [n for n in names if n in sequences]
+    out = []
+    for name in names:
+        frames = sorted(p for p in (img_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        frames = frames[:max_frames] if max_frames else frames
+        index = {p.stem: i for i, p in enumerate(frames)}
+        labels = {index[p.stem]: p for p in sorted((ann_dir / name).glob("*.png")) if p.stem in index}
+        if frames and 0 in labels:
+            out.append(SequenceData(name, frames, labels))
+    if not out:
+        raise InputError(f"no sequence in {root} has frames and a first-frame annotation")
+    return out
+
+
+@torch.no_grad()
+def predict_sequence(model: torch.nn.Module, seq: SequenceData, engine_config: EngineConfig) -> list[np.ndarray]:
+    """Id maps for every frame: frame 0 is the given annotation, the rest are predicted."""
+    engine = VOSEngine(model, engine_config)
+    first = read_label(seq.labels[0])
+    engine.add_reference(read_image(seq.frames[0]), first)
+    preds = [first]
+    for path in seq.frames[1:]:
+        preds.append(engine.step(read_image(path)).labels.cpu().numpy().astype(np.int64))
+    return preds
+
+
+def evaluate_model(model: torch.nn.Module, root: str | Path, *, sequences: list[str] | None = None,
+                   max_long_edge: int | None = 480, max_frames: int | None = None,
+                   save_dir: str | Path | None = None) -> dict:
+    """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored)."""
+    was_training = model.training
+    model.eval()
+    scores: list[ObjectScore] = []
+    try:
+        for seq in list_sequences(root, sequences, max_frames):
+            preds = predict_sequence(model, seq, EngineConfig(max_long_edge=max_long_edge))
+            if save_dir is not None:
+                _save_masks(Path(save_dir) / seq.name, seq, preds)
+            idx = sorted(seq.labels)
+            scores += score_sequence(seq.name, [preds[i] for i in idx], [read_label(seq.labels[i]) for i in idx])
+    finally:
+        model.train(was_training)
+    return summarise(scores)
+
+
+def _save_masks(folder: Path, seq: SequenceData, preds: list[np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128]
+    for path, pred in zip(seq.frames, preds, strict=True):
+        im = Image.fromarray(pred.astype(np.uint8), mode="P")
+        im.putpalette(palette + [0] * (768 - len(palette)))
+        tmp = folder / f".{path.stem}.png.tmp"
+        im.save(tmp, format="PNG")
+        tmp.replace(folder / f"{path.stem}.png")
+
+
+def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[str] | None = None) -> dict:
+    """J&F of saved predictions ``pred_root/<seq>/<frame>.png`` against the DAVIS-layout ``root``."""
+    scores: list[ObjectScore] = []
+    for seq in list_sequences(root, sequences):
+        idx = sorted(seq.labels)
+        preds = []
+        for i in idx:
+            p = Path(pred_root) / seq.name / f"{seq.labels[i].stem}.png"
+            if not p.is_file():
+                raise InputError(f"prediction missing: {p}")
+            preds.append(read_label(p))
+        gts = [read_label(seq.labels[i]) for i in idx]
+        for p, g in zip(preds, gts, strict=True):
+            if p.shape != g.shape:
+                raise InputError(f"{seq.name}: prediction of size {p.shape[::-1]} for annotation {g.shape[::-1]}")
+        scores += score_sequence(seq.name, preds, gts)
+    return summarise(scores)
