@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -153,8 +155,11 @@ class RunSummary:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(factory: TrackerFactory, root: str, names: list[str], prefetch: int) -> None:
+def _worker_init(factory: TrackerFactory, root: str, names: list[str], prefetch: int, threads: int) -> None:
     _WORKER["tracker"] = factory()
+    if "torch" in sys.modules:
+        # N workers with torch's default thread count each would oversubscribe the CPU many times over
+        sys.modules["torch"].set_num_threads(threads)
     _WORKER["dataset"] = Trek150(root, names=names)
     _WORKER["prefetch"] = prefetch
 
@@ -208,7 +213,8 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
             names = sorted({r.sequence for r in todo})
             pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                        initializer=_worker_init,
-                                       initargs=(factory, str(dataset.root), names, prefetch))
+                                       initargs=(factory, str(dataset.root), names, prefetch,
+                                                 max(1, (os.cpu_count() or 1) // workers)))
             try:
                 pending = {pool.submit(_worker_run, run, str(tracker_dir)) for run in todo}
                 while pending:
