@@ -1,0 +1,93 @@
+"""Test-time augmentation: view order and sizes, flip consistency, averaging, each view's own memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trek_tracker.errors import InputError
+from trek_tracker.vos.engine import EngineConfig, VOSEngine
+from trek_tracker.vos.ensemble import EnsembleEngine
+from trek_tracker.vos.models import build_model
+from trek_tracker.vos.tta import parse_scales, tta_engine, tta_views, view_configs
+
+H, W = 129, 161  # already 16k + 1: no resize, so mirror symmetry is exact
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("test_deaot_tiny").eval()
+
+
+def _symmetric_video(n: int = 4, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        half = rng.integers(0, 255, (H, W // 2 + 1, 3), dtype=np.uint8)
+        frames.append(np.concatenate([half, half[:, -2::-1]], axis=1))
+    mask = np.zeros((H, W), np.int64)
+    mask[40:90, 50:111] = 1  # centred: 50 + 110 = 160 = W - 1
+    assert np.array_equal(frames[0], frames[0][:, ::-1]) and np.array_equal(mask, mask[:, ::-1])
+    return frames, mask
+
+
+def test_views_and_scale_parsing():
+    assert parse_scales("1.2,1.3,1.4") == [1.2, 1.3, 1.4]
+    assert tta_views([1.2, 1.3], True) == [(1.2, False), (1.2, True), (1.3, False), (1.3, True)]
+    for bad in ("1.2,x", "0,1", "1.2,1.2"):
+        with pytest.raises(InputError):
+            parse_scales(bad)
+    configs = view_configs(EngineConfig(), [1.2, 1.3, 1.4], True)
+    assert [(c.scale, c.flip) for c in configs] == tta_views([1.2, 1.3, 1.4], True)
+    assert all(c.max_short_edge == 624 for c in configs)  # official: multi-scale caps the short edge
+    assert view_configs(EngineConfig(), [1.0], True)[0].max_short_edge is None
+
+
+def test_official_sizes_for_1080p(model):
+    # Spec §2.3 worked sizes for 1920x1080 (R50/MobileNet, 16k+1): 705x1249, 753x1345, 817x1457.
+    from trek_tracker.vos.preprocess import input_size
+
+    sizes = [input_size(1080, 1920, max_long_edge=c.max_long_edge, max_short_edge=c.max_short_edge,
+                        scale=c.scale, align_corners=True) for c in view_configs(EngineConfig(), [1.2, 1.3, 1.4],
+                                                                                 False)]
+    assert sizes == [(705, 1249), (753, 1345), (817, 1457)]
+
+
+def test_flip_view_mirrors_the_plain_view_on_a_symmetric_video(model):
+    frames, mask = _symmetric_video()
+    engine = tta_engine(model, EngineConfig(), [1.0], flip=True)
+    assert isinstance(engine, EnsembleEngine) and len(engine.members) == 2
+    engine.add_reference(frames[0], mask)
+    for frame in frames[1:]:
+        out = engine.predict(frame)
+        plain, flipped = engine.member_outputs
+        # The flipped view sees the same pixels; un-flipped, its answer is the mirror of the plain view's.
+        assert torch.allclose(flipped.probs, torch.flip(plain.probs, dims=[-1]), atol=1e-5)
+        assert torch.allclose(out.probs, torch.flip(out.probs, dims=[-1]), atol=1e-5)
+        assert not torch.allclose(plain.probs, torch.flip(plain.probs, dims=[-1]), atol=1e-3)
+        engine.commit(out.labels)
+
+
+def test_average_of_independent_engines_with_their_own_memory(model):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (120, 150, 3), dtype=np.uint8) for _ in range(4)]
+    mask = np.zeros((120, 150), np.int64)
+    mask[20:70, 30:100] = 1
+    mask[80:110, 10:40] = 2
+    base = EngineConfig(max_long_edge=None)
+    engine = tta_engine(model, base, [1.0, 1.25], flip=True)
+    solo = [VOSEngine(model, c) for c in view_configs(base, [1.0, 1.25], True)]
+    engine.add_reference(frames[0], mask)
+    for s in solo:
+        s.add_reference(frames[0], mask)
+    for frame in frames[1:]:
+        out = engine.step(frame)
+        # Each standalone engine remembers its own prediction: exactly what each TTA view must do.
+        views = [s.step(frame) for s in solo]
+        expected = torch.stack([v.probs for v in views]).mean(0)
+        assert out.probs.shape == (3, 120, 150)
+        assert torch.allclose(out.probs, expected, atol=1e-6)
+        assert torch.equal(out.labels, expected.argmax(0))
+        assert not all(torch.equal(views[0].labels, v.labels) for v in views[1:])  # views really differ

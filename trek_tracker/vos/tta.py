@@ -1,0 +1,68 @@
+"""Test-time augmentation with the official evaluator's semantics (spec deaot.md §2.3-§2.4).
+
+Every (scale, flip) view is a separate :class:`~trek_tracker.vos.engine.VOSEngine` with its own memory.
+Per frame each view's probabilities come back at the original resolution, already un-flipped; they are
+averaged and the arg-max is the output. Each view's memory takes **its own** arg-max label (the official
+choice; ``memory_label='ensemble'`` feeds the averaged label instead). Views are ordered scale by scale,
+each followed by its flipped copy.
+
+With more than one scale (or any scale other than 1) the official evaluator also caps the short edge at
+``max_resolution`` (624) before scaling; :func:`tta_engine` does the same unless a cap is already set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from trek_tracker.errors import InputError
+from trek_tracker.vos.engine import EngineConfig, VOSEngine
+from trek_tracker.vos.ensemble import EnsembleEngine
+
+# The VISOR entry's TTA ([VISOR-R] §4.2): three scales, each with and without horizontal flip.
+REPORT_SCALES = (1.2, 1.3, 1.4)
+OFFICIAL_MAX_RESOLUTION = 624.0
+
+
+def parse_scales(text: str | Sequence[float] | None) -> list[float]:
+    """``"1.2,1.3,1.4"`` (or a sequence) -> ``[1.2, 1.3, 1.4]``; positive, finite, no duplicates."""
+    if text is None or text == "":
+        return [1.0]
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        scales = [float(s) for s in items]
+    except (TypeError, ValueError):
+        raise InputError(f"TTA scales must be numbers separated by commas, e.g. 1.2,1.3,1.4; got {text!r}") from None
+    if not scales or not all(s > 0 and s < 10 for s in scales):
+        raise InputError(f"TTA scales must be positive (and below 10), got {scales}")
+    if len(set(scales)) != len(scales):
+        raise InputError(f"TTA scales repeat a value: {scales}")
+    return scales
+
+
+def tta_views(scales: Sequence[float], flip: bool) -> list[tuple[float, bool]]:
+    """The (scale, flip) views in the official order."""
+    return [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+
+
+def view_configs(base: EngineConfig, scales: Sequence[float], flip: bool, *,
+                 max_resolution: float = OFFICIAL_MAX_RESOLUTION) -> list[EngineConfig]:
+    """One engine config per view. Multi-scale TTA caps the short edge at ``max_resolution`` (official)."""
+    multiscale = len(scales) > 1 or any(s != 1.0 for s in scales)
+    short = base.max_short_edge
+    if multiscale and short is None:
+        short = max_resolution
+    return [replace(base, scale=s, flip=f, max_short_edge=short) for s, f in tta_views(scales, flip)]
+
+
+def tta_engine(model, base: EngineConfig | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+               *, memory_label: str = "own", max_resolution: float = OFFICIAL_MAX_RESOLUTION
+               ) -> VOSEngine | EnsembleEngine:
+    """An engine for ``model`` with TTA: a plain :class:`VOSEngine` for a single unflipped scale-1 view,
+    else an :class:`EnsembleEngine` (mean, equal weights) of one engine per view."""
+    base = base or EngineConfig()
+    scales = parse_scales(scales)
+    configs = view_configs(base, scales, flip, max_resolution=max_resolution)
+    if len(configs) == 1 and not flip and scales == [1.0]:
+        return VOSEngine(model, base)
+    return EnsembleEngine([VOSEngine(model, c) for c in configs], mode="mean", memory_label=memory_label)
