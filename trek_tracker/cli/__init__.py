@@ -20,6 +20,7 @@ _COMMANDS: dict[str, str] = {
     "weights": "trek_tracker.cli.weights:weights",
     "eval": "trek_tracker.cli.eval:eval_cmd", "submit": "trek_tracker.cli.eval:submit",
     "dataset": "trek_tracker.cli.eval:dataset",
+    "train": "trek_tracker.cli.train:train_cmd", "eval-vos": "trek_tracker.cli.train:eval_vos",
 }
 
 
@@ -34,15 +35,25 @@ class _LazyGroup(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
-    def invoke(self, ctx: click.Context):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Every user mistake, ours or click's, ends as one line on stderr and a non-zero exit code."""
         try:
-            return super().invoke(ctx)
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except UserError as err:
-            click.echo(f"trek-track: error: {err}", err=True)
-            sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("trek-track: interrupted", err=True)
-            sys.exit(130)
+            _fail(str(err), err.exit_code)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            _fail(err.format_message() + hint, err.exit_code)
+        except click.ClickException as err:
+            _fail(err.format_message(), err.exit_code)
+        except (KeyboardInterrupt, click.Abort):
+            _fail("interrupted", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"trek-track: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

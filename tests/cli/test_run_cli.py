@@ -1,0 +1,196 @@
+"""``trek-track run`` end to end on real shared clips with a tiny seeded model: files, formats, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.cli.conftest import TINY, official_checkpoint
+from trek_tracker.results import read_label_png
+from trek_tracker.vos.checkpoints import sha256_of
+
+FAST = ("--model", TINY, "--max-long-edge", "240", "--quiet", "--device", "cpu", "--init", "box")
+BOX_LINE = re.compile(r"^-?\d+\.\d{3},-?\d+\.\d{3},-?\d+\.\d{3},-?\d+\.\d{3}$")
+
+
+def test_blackswan_mp4_writes_50_boxes_and_times(cli, shared, tiny_checkpoint, tmp_path):
+    video = shared / "data/videos/blackswan.mp4"
+    out = tmp_path / "run"
+    result = cli("run", "--video", video, "--box", "300.5,120,200,150", "--checkpoint", tiny_checkpoint,
+                 "--out", out, "--save-masks", "--overlay", *FAST)
+    assert result.exit_code == 0, result.stderr
+    boxes = (out / "boxes.txt").read_text().splitlines()
+    times = (out / "times.txt").read_text().splitlines()
+    assert len(boxes) == 50 and len(times) == 50
+    assert boxes[0] == "300.500,120.000,200.000,150.000"  # line 0 is the given box
+    assert all(BOX_LINE.match(line) for line in boxes)
+    assert all(float(t) > 0 for t in times)
+    masks = sorted((out / "masks").glob("*.png"))
+    assert [p.name for p in masks[:2]] == ["00000.png", "00001.png"] and len(masks) == 50
+    labels, palette = read_label_png(masks[0])
+    assert palette is None and set(np.unique(labels)) <= {0, 255}  # a box's mask is saved 0/255
+    assert (out / "overlay.mp4").stat().st_size > 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["video"]["frames"] == 50
+    assert record["tracker"]["checkpoint_sha256"] == sha256_of(tiny_checkpoint)
+    assert record["tracker"]["model"] == TINY
+    assert set(record["lost_frames"]) == {"255"}
+    assert not list(out.glob("*.part"))
+    # Each box is the tight box of its saved mask, or the held box on a lost frame.
+    lost = set(record["lost_frames"]["255"])
+    for i in (1, 25, 49):
+        m = read_label_png(masks[i])[0] > 0
+        if i in lost:
+            continue
+        ys, xs = np.nonzero(m)
+        expected = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert np.allclose([float(v) for v in boxes[i].split(",")], expected)
+
+
+def test_init_mask_with_two_palette_objects(cli, davis, tiny_checkpoint, tmp_path):
+    """Each id is an object: one box file per object and masks with the init mask's values and palette."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        shutil.copy(davis / f"JPEGImages/480p/car-shadow/{i:05d}.jpg", frames / f"{i}.jpg")
+    gt = np.array(Image.open(davis / "Annotations/480p/car-shadow/00000.png")) > 0
+    labels = np.zeros(gt.shape, np.uint8)
+    labels[:, :480][gt[:, :480]] = 3
+    labels[:, 480:][gt[:, 480:]] = 7
+    palette = np.zeros((256, 3), np.uint8)
+    palette[3], palette[7] = (200, 10, 10), (10, 200, 10)
+    im = Image.fromarray(labels, mode="P")
+    im.putpalette(palette.reshape(-1).tolist())
+    im.save(tmp_path / "init.png")
+    out = tmp_path / "run"
+    result = cli("run", "--video", frames, "--init-mask", tmp_path / "init.png", "--checkpoint", tiny_checkpoint,
+                 "--out", out, "--save-masks", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "boxes.txt").exists()
+    b3 = (out / "boxes_3.txt").read_text().splitlines()
+    b7 = (out / "boxes_7.txt").read_text().splitlines()
+    assert len(b3) == len(b7) == 4
+    ys, xs = np.nonzero(labels == 3)
+    assert b3[0] == f"{xs.min():.3f},{ys.min():.3f},{xs.max() - xs.min() + 1:.3f},{ys.max() - ys.min() + 1:.3f}"
+    saved, saved_palette = read_label_png(out / "masks/00002.png")
+    assert set(np.unique(saved)) <= {0, 3, 7}
+    assert saved_palette is not None and (saved_palette[[3, 7]] == palette[[3, 7]]).all()
+    first, _ = read_label_png(out / "masks/00000.png")
+    assert (first == labels).all()
+
+
+def _frames_dir(davis, tmp_path, n=2):
+    d = tmp_path / "few"
+    d.mkdir(exist_ok=True)
+    for i in range(n):
+        shutil.copy(davis / f"JPEGImages/480p/blackswan/{i:05d}.jpg", d / f"{i:05d}.jpg")
+    return d
+
+
+def _expect_user_error(result, out, pattern: str) -> None:
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trek-track: error: ")
+    assert re.search(pattern, lines[0], re.I), lines[0]
+    assert not out.exists(), "no output may be written for bad input"
+
+
+@pytest.mark.parametrize("box,pattern", [
+    ("1,2,3", "four numbers"),
+    ("a,b,c,d", "x,y,w,h"),
+    ("10,10,0,20", "positive|zero|area"),
+    ("2000,2000,10,10", "outside"),
+])
+def test_bad_boxes(cli, davis, tiny_checkpoint, tmp_path, box, pattern):
+    out = tmp_path / "out"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", box, "--checkpoint", tiny_checkpoint,
+                 "--out", out, *FAST)
+    _expect_user_error(result, out, pattern)
+
+
+def test_bad_videos(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    args = ("--box", "1,1,5,5", "--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    _expect_user_error(cli("run", "--video", tmp_path / "missing.mp4", *args), out, "no such|not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_user_error(cli("run", "--video", empty, *args), out, "empty|no image")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00not a video\xff" * 100)
+    _expect_user_error(cli("run", "--video", junk, *args), out, "decode|read|corrupt|video")
+
+
+def test_bad_init_masks(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    video = _frames_dir(davis, tmp_path)
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(small)
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.zeros((480, 854), np.uint8)).save(empty)
+    args = ("--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    _expect_user_error(cli("run", "--video", video, "--init-mask", small, *args), out, "10x10")
+    _expect_user_error(cli("run", "--video", video, "--init-mask", empty, *args), out, "empty")
+    _expect_user_error(cli("run", "--video", video, "--init-mask", small, "--box", "1,1,4,4", *args), out,
+                       "exactly one")
+
+
+def test_checkpoint_problems(cli, davis, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    video = _frames_dir(davis, tmp_path)
+    base = ("run", "--video", video, "--box", "300,120,200,150", "--out", out, "--quiet", "--device", "cpu")
+    broken = official_checkpoint(tmp_path / "broken.pth", drop="LSTT.layers.1.")
+    _expect_user_error(cli(*base, "--model", TINY, "--checkpoint", broken), out,
+                       r"missing keys \(first: LSTT\.layers\.1\.")
+    other = official_checkpoint(tmp_path / "deaott.pth", model_name="deaott")
+    _expect_user_error(cli(*base, "--model", TINY, "--checkpoint", other), out, "unexpected keys|shape")
+    # No checkpoint at all: the message says which file to get and how.
+    monkeypatch.setenv("TREK_TRACK_HOME", str(tmp_path / "home"))
+    _expect_user_error(cli(*base, "--model", "r50_deaotl"), out, r"trek-track weights download r50_deaotl")
+    _expect_user_error(cli(*base, "--model", TINY), out, "no official checkpoint.*--checkpoint")
+
+
+def test_pickled_code_is_refused(cli, davis, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "extra": Payload()}, evil)
+    out = tmp_path / "out"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", "1,1,5,5", "--model", TINY,
+                 "--checkpoint", evil, "--out", out, "--quiet")
+    _expect_user_error(result, out, "not loaded|execute")
+    assert "pwned" not in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_gpu(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", "1,1,5,5", "--model", TINY,
+                 "--checkpoint", tiny_checkpoint, "--device", "cuda", "--out", out)
+    _expect_user_error(result, out, "cuda")
+
+
+def test_random_weights_warns(cli, davis, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path, 3), "--box", "300,120,200,150",
+                 "--random-weights", "--out", out, *FAST)
+    assert result.exit_code == 0
+    assert "meaningless" in result.stderr
+    assert len((out / "boxes.txt").read_text().splitlines()) == 3
+
+
+def test_real_process_prints_one_line_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "run", "--video", str(tmp_path / "nope"),
+                           "--box", "1,2,3,4"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
