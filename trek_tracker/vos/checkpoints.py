@@ -65,6 +65,11 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch zip, or a legacy pickle
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch file (truncated download or an "
+                              "HTML error page?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -1,0 +1,73 @@
+"""The Python API (got10k / TREK-150 toolkit interface) on the same pipeline as the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.cli.conftest import TINY, official_checkpoint
+from trek_tracker import Tracker
+from trek_tracker.errors import InputError
+from trek_tracker.pipeline import TrackerConfig
+
+
+def _frames(n=3, h=96, w=128):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return [np.roll(base, 2 * i, axis=1) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    ckpt = official_checkpoint(tmp_path_factory.mktemp("api") / "tiny.pth")
+    return Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init="box", max_long_edge=128))
+
+
+def test_toolkit_interface_with_numpy_and_pil(tracker):
+    frames = _frames()
+    tracker.init(Image.fromarray(frames[0]), [20, 30, 40, 25])
+    assert tracker.mask is not None and tracker.mask[30:55, 20:60].all() and tracker.mask.sum() == 40 * 25
+    box = tracker.update(frames[1])
+    assert isinstance(box, np.ndarray) and box.shape == (4,) and np.isfinite(box).all()
+    assert box[2] > 0 and box[3] > 0
+    result = tracker.step(Image.fromarray(frames[2]), keep_probs=True)
+    assert result.labels.shape == (96, 128) and result.labels.dtype == np.uint8
+    assert result.probs.shape == (2, 96, 128)
+    np.testing.assert_allclose(result.probs.sum(0).numpy(), 1.0, atol=1e-5)
+    if not result.lost[1]:  # the box is the tight box of the mask
+        ys, xs = np.nonzero(result.labels == 1)
+        assert list(result.box) == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
+def test_multi_object_mask_start(tracker):
+    frames = _frames()
+    labels = np.zeros((96, 128), np.uint8)
+    labels[10:20, 10:30] = 1
+    labels[50:70, 60:100] = 2
+    first = tracker.init(frames[0], mask=labels)
+    assert sorted(first.boxes) == [1, 2]
+    assert list(first.boxes[2]) == [60, 50, 40, 20]
+    nxt = tracker.step(frames[1])
+    assert sorted(nxt.boxes) == [1, 2] and set(np.unique(nxt.labels)) <= {0, 1, 2}
+
+
+def test_api_input_errors(tracker):
+    frames = _frames()
+    with pytest.raises(InputError, match="RGB uint8"):
+        tracker.init(frames[0].astype(np.float32), [1, 1, 5, 5])
+    with pytest.raises(InputError, match="outside"):
+        tracker.init(frames[0], [500, 500, 5, 5])
+    with pytest.raises(InputError, match="empty"):
+        tracker.init(frames[0], mask=np.zeros((96, 128), np.uint8))
+    tracker.init(frames[0], [20, 30, 40, 25])
+    with pytest.raises(InputError, match="differs from the first frame"):
+        tracker.update(np.zeros((50, 50, 3), np.uint8))
+
+
+def test_update_before_init_is_an_error(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "tiny.pth")
+    fresh = Tracker(model=TINY, checkpoint=str(ckpt), device="cpu", init="box")
+    with pytest.raises(RuntimeError, match="init"):
+        fresh.update(_frames(1)[0])
+    assert fresh.name == f"trek-track-{TINY}"
