@@ -13,7 +13,8 @@ exposes the full per-frame result (mask, probabilities, lost flag) through :meth
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ class TrackerConfig:
     box_output: str = "tight"  # tight (TREK-150 x,y,w,h) | rotated (8-value polygon)
     min_component_px: int = 100  # mask specks smaller than this do not count for the box
     name: str | None = None  # tracker name for result folders; default derived from the model
+    tta_scales: tuple[float, ...] | None = None  # test-time scales, e.g. (1.2, 1.3, 1.4); None = (1.0,)
+    tta_flip: bool = False  # add a horizontally flipped view of every scale
+    ensemble_members: tuple[tuple[str | None, str | None], ...] = ()  # more (model, checkpoint) pairs
+    ensemble: str = "mean"  # how members combine: mean (probabilities) | vote (weighted mask vote)
+    ensemble_weights: tuple[float, ...] | None = None  # one per member (first model first); None = equal
 
     def tracker_name(self) -> str:
         return self.name or f"trek-track-{self.model or DEFAULT_MODEL}"
@@ -163,7 +169,15 @@ class Tracker:
         self.config = config
         self.name = config.tracker_name()
         self.loaded = loaded or load_model(config)
+        # Ensemble members beyond the first model, each with its own weights (spec deaot.md §5.4.5).
+        self.members = [self.loaded] + [
+            load_model(replace(config, model=m, checkpoint=c, ensemble_members=()))
+            for m, c in config.ensemble_members
+        ]
+        self._check_combination()
         self.engine = None
+        self.probs_sink: Callable[[int, Any], None] | None = None  # called with (frame index, probs)
+        self._frame_index = 0
         self.init_info: dict[str, Any] = {}
         self._policies: dict[int, BoxFromMask] = {}
         self._labels: np.ndarray | None = None
@@ -175,6 +189,36 @@ class Tracker:
             resolve_checkpoint(config.ar_checkpoint, kind="alpha_refine")
             self._box_to_mask = BoxToMask(InitConfig(method=config.init, sam_checkpoint=config.sam_checkpoint,
                                                      ar_checkpoint=config.ar_checkpoint, device=self.loaded.device))
+
+    def _check_combination(self) -> None:
+        from trek_tracker.vos.ensemble import check_mode, check_weights
+        from trek_tracker.vos.tta import parse_scales
+
+        cfg = self.config
+        check_mode(cfg.ensemble)
+        check_weights(cfg.ensemble_weights, len(self.members))
+        parse_scales(cfg.tta_scales)
+
+    def _build_engine(self):
+        """One engine per (member, TTA view); a plain VOSEngine without TTA or ensemble."""
+        from trek_tracker.vos.engine import EngineConfig, MemoryConfig
+        from trek_tracker.vos.ensemble import EnsembleEngine
+        from trek_tracker.vos.tta import tta_engine
+
+        cfg = self.config
+        memory = MemoryConfig(long_term_gap=cfg.long_term_gap, max_long_term=cfg.max_long_term)
+        base = EngineConfig(max_long_edge=cfg.max_long_edge, memory=memory)
+        engines = [tta_engine(lm.model, base, cfg.tta_scales or (1.0,), cfg.tta_flip) for lm in self.members]
+        if len(engines) == 1:
+            return engines[0]
+        return EnsembleEngine(engines, mode=cfg.ensemble, weights=list(cfg.ensemble_weights or [1.0] * len(engines)))
+
+    def _first_view(self):
+        """The first plain engine (for sizes and gaps in ``run.json``)."""
+        engine = self.engine
+        while hasattr(engine, "members"):
+            engine = engine.members[0]
+        return engine
 
     # ------------------------------------------------------------------ init
     def initial_mask(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -189,8 +233,6 @@ class Tracker:
 
     def init(self, image: Any, box: Any = None, *, mask: np.ndarray | None = None) -> TrackResult:
         """Start on ``image`` from a box ``[x, y, w, h]`` (object 1) or a label ``mask`` (ids 1..N)."""
-        from trek_tracker.vos.engine import EngineConfig, MemoryConfig, VOSEngine
-
         start = time.perf_counter()
         frame = _as_rgb(image)
         if mask is None:
@@ -218,10 +260,12 @@ class Tracker:
                                      "object ids must be consecutive")
                 boxes[i] = b
             self.init_info = {"requested": "mask", "method": "mask"}
-        memory = MemoryConfig(long_term_gap=self.config.long_term_gap, max_long_term=self.config.max_long_term)
-        self.engine = VOSEngine(self.loaded.model, EngineConfig(max_long_edge=self.config.max_long_edge,
-                                                                  memory=memory))
+        self.engine = self._build_engine()
         self.engine.add_reference(frame, labels)
+        self._frame_index = 0
+        if self.probs_sink is not None:  # frame 0: the reference itself, as one-hot probabilities
+            n = int(labels.max())
+            self.probs_sink(0, (labels[None] == np.arange(n + 1).reshape(-1, 1, 1)).astype(np.float32))
         policy_cfg = BoxFromMaskConfig(output=self.config.box_output,
                                        min_component_px=self.config.min_component_px)
         self._policies = {i: BoxFromMask(b, policy_cfg) for i, b in boxes.items()}
@@ -245,6 +289,9 @@ class Tracker:
 
             torch.cuda.synchronize()
         self._labels = labels
+        self._frame_index += 1
+        if self.probs_sink is not None:
+            self.probs_sink(self._frame_index, out.probs)
         probs = out.probs.to("cpu") if keep_probs else None
         return TrackResult(boxes, lost, labels, time.perf_counter() - start, probs)
 
@@ -278,7 +325,22 @@ class Tracker:
             "notes": lm.notes,
             "partial_init": lm.partial_init,
         }
+        if len(self.members) > 1:
+            info["ensemble"] = {
+                "mode": self.config.ensemble,
+                "weights": list(self.config.ensemble_weights or [1.0] * len(self.members)),
+                "members": [{"model": m.name, "checkpoint": None if m.checkpoint is None else str(m.checkpoint),
+                             "checkpoint_sha256": m.checkpoint_sha256, "partial_init": m.partial_init,
+                             "notes": m.notes} for m in self.members],
+            }
+        if self.config.tta_scales or self.config.tta_flip:
+            from trek_tracker.vos.tta import parse_scales, tta_views
+
+            views = tta_views(parse_scales(self.config.tta_scales), self.config.tta_flip)
+            info["tta"] = {"views": [{"scale": s, "flip": f} for s, f in views], "combine": "mean",
+                           "memory_label": "own"}
         if self.engine is not None:
-            info["network_input_size"] = list(self.engine.input_size)
-            info["long_term_gap"] = self.engine.gap
+            view = self._first_view()
+            info["network_input_size"] = list(view.input_size)
+            info["long_term_gap"] = view.gap
         return info

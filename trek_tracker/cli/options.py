@@ -14,13 +14,15 @@ import click
 INIT_METHODS = ("box", "grabcut", "sam", "ar", "fused", "auto")
 
 _TRACKER_OPTIONS: list[Callable] = [
-    click.option("--model", default=None,
+    click.option("--model", multiple=True,
                  help="Model variant: deaott, deaots, deaotb, deaotl, r50_deaotl, swinb_deaotl, r50_msdeaot, "
                       "swinb_msdeaot (test_* are tiny models for tests). Default: the checkpoint's own model "
-                      "(our checkpoints record it), else r50_deaotl."),
-    click.option("--checkpoint", default=None,
+                      "(our checkpoints record it), else r50_deaotl. Repeat --model/--checkpoint pairs for an "
+                      "ensemble (see --ensemble)."),
+    click.option("--checkpoint", multiple=True,
                  help="Weights: a file or a registry name (`trek-track weights list`). Default: the registry "
-                      "entry named like --model."),
+                      "entry named like --model. With several --model, one --checkpoint per model (in order) "
+                      "or none."),
     click.option("--random-weights", is_flag=True,
                  help="Random weights instead of a checkpoint. For smoke tests only: the output is meaningless."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
@@ -46,13 +48,30 @@ def tracker_options(func: Callable) -> Callable:
     return func
 
 
+def _members(models: Any, checkpoints: Any) -> list[tuple[str | None, str | None]]:
+    """Pair repeated ``--model``/``--checkpoint`` values (a single value may also come as a string)."""
+    from trek_tracker.errors import UserError
+
+    models = [models] if isinstance(models, str) else list(models or ())
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or ())
+    n = max(len(models), len(checkpoints), 1)
+    if n > 1 and (len(models) not in (0, n) or len(checkpoints) not in (0, n)):
+        raise UserError(f"got {len(models)} --model and {len(checkpoints)} --checkpoint options: for an ensemble "
+                        "give one --checkpoint per --model, in the same order (or no --checkpoint at all)")
+    models = models or [None] * n
+    checkpoints = checkpoints or [None] * n
+    return list(zip(models, checkpoints, strict=True))
+
+
 def tracker_config_from_options(**kw: Any):
     """``TrackerConfig`` from the values of :func:`tracker_options` (extra keys are ignored)."""
     from trek_tracker.pipeline import TrackerConfig
 
+    members = _members(kw.get("model"), kw.get("checkpoint"))
     return TrackerConfig(
-        model=kw["model"],
-        checkpoint=kw.get("checkpoint"),
+        model=members[0][0],
+        checkpoint=members[0][1],
+        ensemble_members=tuple(members[1:]),
         random_weights=bool(kw.get("random_weights")),
         device=kw.get("device", "auto"),
         max_long_edge=kw.get("max_long_edge", 1040),
