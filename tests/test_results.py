@@ -20,6 +20,7 @@ from trek_tracker.results import (
     read_boxes,
     read_json,
     read_label_png,
+    read_result,
     read_times,
     write_boxes,
     write_json,
@@ -88,6 +89,41 @@ def test_read_boxes_row_count_and_missing(tmp_path: Path) -> None:
         read_boxes(tmp_path / "b.txt", rows=4)
     with pytest.raises(InputError, match="not found"):
         read_boxes(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    "row",
+    ["1,2,3,4", " 1 , 2 ,3,4 ", "1\t,2,3,4", "nan,inf,-inf,1e3", "NaN,INF,Infinity,-nan", "1,2,3,4 # c",
+     "+1,.5,5.,-0", "1.5e+03,2E-2,3,4", "1,2,3,4\r", "1,2,3,4,", "1,,3,4", " ,1,2,3", "1 2 3 4", "1;2;3;4",
+     "1,2,3", "1,2,3,4,5", "1_0,2,3,4", "\uff11,2,3,4", "0x10,1,1,1", "nan(1),1,1,1", "1,2\x0c3,4"],
+)
+def test_read_result_accepts_what_the_toolkit_loadtxt_accepts(tmp_path: Path, row: str) -> None:
+    """Result files are read by the toolkit with ``np.loadtxt(delimiter=',')``: the same rows are accepted,
+    with the same values, and the others are an error naming file and line."""
+    path = tmp_path / "r.txt"
+    path.write_text(f"5,6,7,8\n{row}\n", encoding="utf-8")
+    try:
+        expected = np.loadtxt(path, delimiter=",", ndmin=2)
+        ok = expected.shape[1] == 4
+    except ValueError:
+        ok = False
+    if ok:
+        np.testing.assert_array_equal(read_result(path, rows=2), expected)
+    else:
+        with pytest.raises(InputError, match=r"r\.txt, line 2: expected 4 comma-separated numbers.*run again"):
+            read_result(path)
+
+
+def test_read_result_one_row_missing_and_row_count(tmp_path: Path) -> None:
+    write_boxes(tmp_path / "one.txt", [[1, 2, 3, 4]])
+    assert read_result(tmp_path / "one.txt").shape == (1, 4)  # np.loadtxt would flatten it
+    write_boxes(tmp_path / "none.txt", np.zeros((0, 4)))
+    assert read_result(tmp_path / "none.txt").shape == (0, 4)
+    with pytest.raises(InputError, match=r"result file .*b\.txt is missing"):
+        read_result(tmp_path / "b.txt")
+    write_boxes(tmp_path / "b.txt", np.ones((3, 4)))
+    with pytest.raises(InputError, match=r"result file .*b\.txt has 3 rows, expected 4; delete it and run again"):
+        read_result(tmp_path / "b.txt", rows=4)
 
 
 def test_times_round_trip_and_format(tmp_path: Path) -> None:

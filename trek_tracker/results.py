@@ -29,6 +29,7 @@ __all__ = [
     "format_box",
     "write_boxes",
     "read_boxes",
+    "read_result",
     "write_times",
     "read_times",
     "write_json",
@@ -107,27 +108,41 @@ def write_boxes(path: str | os.PathLike, boxes: np.ndarray | Iterable[Iterable[f
 _SPLIT = re.compile(r"[\s,;]+")
 
 
-def _read_rows(path: str | os.PathLike, width: int, what: str) -> np.ndarray:
+def _read_rows(path: str | os.PathLike, width: int, what: str, toolkit: bool = False, hint: str = "") -> np.ndarray:
+    """Rows of ``width`` numbers; ``toolkit`` parses as ``np.loadtxt(delimiter=',')`` does (see
+    :func:`read_result`); ``hint`` is appended to every error message."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{what} file not found: {path}") from None
+        raise InputError(f"{what} file not found: {path}{hint}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read {what} file {path}: {err}") from None
+        raise InputError(f"cannot read {what} file {path}: {err}{hint}") from None
     rows: list[list[float]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # read_text already turned \r\n and \r into \n, as np.loadtxt's reading does; splitlines also splits
+    # on form feeds, \x1c-\x1e, \x85 and \u2028, which np.loadtxt keeps inside a line
+    lines = text.split("\n") if toolkit else text.splitlines()
+    for lineno, line in enumerate(lines, start=1):
         content = line.split("#", 1)[0].strip()
         if not content:
             continue
-        parts = [p for p in _SPLIT.split(content) if p]
+        if toolkit:
+            # only commas separate, an empty field is an error, and a value is a plain ASCII number
+            # (float() also takes '1_000' and non-ASCII digits, numpy does not)
+            parts = content.split(",")
+            ok = all(p.isascii() and "_" not in p for p in parts)
+        else:
+            parts = [p for p in _SPLIT.split(content) if p]
+            ok = True
         try:
-            values = [float(p) for p in parts]
+            values = [float(p) for p in parts] if ok else []
         except ValueError:
             values = []
         if len(values) != width:
             expected = f"{width} numbers" if width > 1 else "1 number"
-            raise InputError(f"{path}, line {lineno}: expected {expected}, got {line.strip()!r}")
+            if toolkit:
+                expected = expected.replace("number", "comma-separated number")
+            raise InputError(f"{path}, line {lineno}: expected {expected}, got {line.strip()!r}{hint}")
         rows.append(values)
     return np.array(rows, dtype=np.float64).reshape(-1, width)
 
@@ -138,10 +153,30 @@ def read_boxes(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
     Values may be separated by commas and/or whitespace; blank lines and ``#`` comments are skipped; ``nan``
     is read as NaN. A malformed row raises :class:`InputError` naming the file and line. With ``rows``, a
     different row count is an :class:`InputError` too (a run is only done when its file is complete, R2).
+    For a tracker's result file that must also be readable by the TREK-150 toolkit, use :func:`read_result`.
     """
     boxes = _read_rows(path, 4, "box")
     if rows is not None and len(boxes) != rows:
         raise InputError(f"{path} has {len(boxes)} boxes, expected {rows}")
+    return boxes
+
+
+def read_result(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
+    """Read a tracker's result file exactly as the TREK-150 toolkit's ``np.loadtxt(delimiter=',')`` accepts
+    it, as float64 (N, 4) (a one-row file stays one row, unlike ``np.loadtxt``; trek150.md G8, S5).
+
+    Stricter than :func:`read_boxes`, so that a file accepted here is one the toolkit's report and exporter
+    read: only commas separate values (spaces around them are allowed), an empty field or a row of other
+    than 4 values is an error; blank lines and ``#`` comments are skipped; ``nan``/``inf`` are read. Raises
+    :class:`InputError` naming the file when it is missing, has a malformed row (and its line), or, with
+    ``rows``, has a different row count: the evaluation's resume check and its report of what to rerun.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"result file {path} is missing")
+    boxes = _read_rows(path, 4, "result", toolkit=True, hint="; delete it and run again")
+    if rows is not None and len(boxes) != rows:
+        raise InputError(f"result file {path} has {len(boxes)} rows, expected {rows}; delete it and run again")
     return boxes
 
 

@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -432,15 +433,17 @@ class OverlayWriter:
 
 
 _DONE = object()
+_Frame = TypeVar("_Frame")
 
 
-def prefetch(frames: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+def prefetch(frames: Iterable[_Frame], depth: int = 2) -> Iterator[_Frame]:
     """Iterate ``frames`` while a background thread decodes up to ``depth`` frames ahead.
 
     OpenCV releases the GIL while decoding, so decoding overlaps with tracking; the tracker's timed
     ``init``/``update`` calls then exclude decoding, as the toolkit's timing does (trek150.md T3). Memory
     stays bounded by ``depth`` frames. Errors of the source are raised here, at the frame where they
-    occurred; stopping early (``break``) stops the thread.
+    occurred; stopping early (``break``) stops the thread. Any iterable works: the arrays of a
+    :class:`FrameSource`, or the ``PIL`` images the evaluation runner hands to trackers.
     """
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()

@@ -13,8 +13,8 @@ from tests.eval.helpers import write_sequence
 from trek_tracker.errors import InputError
 from trek_tracker.eval import report as R
 from trek_tracker.eval.dataset import Trek150
-from trek_tracker.eval.files import atomic_write_text, format_boxes, read_result
 from trek_tracker.eval.submission import build_submission, submission_json, write_submission
+from trek_tracker.results import atomic_write, read_result, write_boxes
 
 A = (-1, -1, -1, -1)
 GT_A = [(100, 100, 50, 50)] * 2 + [A] + [(100, 100, 50, 50)] * 3
@@ -40,8 +40,9 @@ def tv(tmp_path: Path) -> tuple[Trek150, Path]:
         "hoi/B-hoi-0-3-2.txt": [(7, 7, 7, 7), (10, 10, 20, 20), (20, 10, 20, 20), (10, 10, 20, 20)],
     }
     for rel, boxes in files.items():
-        atomic_write_text(d / rel, format_boxes(np.array(boxes, float)))
-    atomic_write_text(d / "ope/times/A_time.txt", "0.50000000\n0.02000000\n0.02500000\n0.00000000\n0\n0\n")
+        write_boxes(d / rel, np.array(boxes, float))
+    with atomic_write(d / "ope/times/A_time.txt") as f:
+        f.write("0.50000000\n0.02000000\n0.02500000\n0.00000000\n0\n0\n")
     return Trek150(root), d
 
 
@@ -85,13 +86,14 @@ def test_tv1_tv5_ope(tv) -> None:
 
 def test_tv6_file_and_json_format(tmp_path: Path) -> None:
     run = np.array([[100, 100, 50, 50], [110.00049, 100, 50, 50]])
-    assert format_boxes(run) == "100.000,100.000,50.000,50.000\n110.000,100.000,50.000,50.000\n"
-    atomic_write_text(tmp_path / "r.txt", format_boxes(run))
+    write_boxes(tmp_path / "r.txt", run)
+    assert (tmp_path / "r.txt").read_text() == "100.000,100.000,50.000,50.000\n110.000,100.000,50.000,50.000\n"
     text = json.dumps(read_result(tmp_path / "r.txt").tolist(), indent=4)
     assert text == "[\n    [\n        100.0,\n        100.0,\n        50.0,\n        50.0\n    ],\n    [\n" \
                    "        110.0,\n        100.0,\n        50.0,\n        50.0\n    ]\n]"
     # %.3f rounds the exact binary value
-    assert format_boxes(np.array([[2.0005, -0.0001, 1, 1]])) == "2.001,-0.000,1.000,1.000\n"
+    write_boxes(tmp_path / "r.txt", np.array([[2.0005, -0.0001, 1, 1]]))
+    assert (tmp_path / "r.txt").read_text() == "2.001,-0.000,1.000,1.000\n"
 
 
 def test_submission_json_and_zip(tv, tmp_path: Path) -> None:
@@ -142,8 +144,8 @@ def test_one_row_runs_score_and_export_as_lists(tmp_path: Path) -> None:
     root = tmp_path / "trek"
     write_sequence(root, "C", GT_B, size=(64, 64), anchors=[(3, 0)])
     d = tmp_path / "res" / "t"
-    atomic_write_text(d / "ope/C.txt", format_boxes(np.array(GT_B, float)))
-    atomic_write_text(d / "mse/C-anchor-3.txt", format_boxes(np.array([[9, 9, 9, 9]], float)))
+    write_boxes(d / "ope/C.txt", np.array(GT_B, float))
+    write_boxes(d / "mse/C-anchor-3.txt", np.array([[9, 9, 9, 9]], float))
     ds = Trek150(root)
     o = R.evaluate_mse(ds, d)["overall"]
     assert o["success_score"] == pytest.approx(20 / 21) and o["generalized_success_robustness_score"] == 1.0

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from trek_tracker.errors import InputError, UserError
 from trek_tracker.eval.dataset import ANNOTATIONS_DIR, SEQUENCES_FILE, Trek150, _ints, frame_file_name
-from trek_tracker.eval.files import atomic_write_text
+from trek_tracker.results import write_json
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
         "counts": counts,
         "frames": {n: len(frame_ids[n]) for n in ds.names},
     }
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_json(root / MANIFEST, manifest)
     echo(f"{counts['sequences']} sequences, {counts['frames']} frames; {counts['with_anchors']} with "
          f"anchors.txt, {counts['with_hoi']} with anchors_hoi.txt")
     return manifest

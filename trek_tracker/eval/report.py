@@ -20,9 +20,9 @@ import numpy as np
 
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150
-from trek_tracker.eval.files import atomic_write_text, read_result, read_times
 from trek_tracker.eval.metrics import THR_GSR, THR_IOU, THR_NCE, RunScore, score_run, speed_fps
 from trek_tracker.eval.protocols import Run, expand_protocols, plan
+from trek_tracker.results import atomic_write, read_result, read_times
 
 SCORE_KEYS = ("success_score", "normalized_precision_score", "generalized_success_robustness_score")
 SHORT = {"success_score": "SS", "normalized_precision_score": "NPS",
@@ -56,6 +56,14 @@ def _score(dataset: Trek150, tracker_dir: Path, run: Run) -> RunScore:
     return score_run(read_result(tracker_dir / run.relpath, run.length), run.ground_truth(seq))
 
 
+def _speed(path: Path) -> float:
+    """The run's speed (:func:`speed_fps`); 0 without a readable times file (reported as -1)."""
+    try:
+        return speed_fps(read_times(path))
+    except InputError:
+        return 0.0
+
+
 def evaluate_ope(dataset: Trek150, tracker_dir: str | Path) -> dict:
     """``{"overall": ..., "seq_wise": ...}`` of one tracker, as ``report_ope`` writes it."""
     tracker_dir = Path(tracker_dir)
@@ -69,7 +77,7 @@ def evaluate_ope(dataset: Trek150, tracker_dir: str | Path) -> dict:
     for s, run in enumerate(plan(dataset, "ope")):
         sc = _score(dataset, tracker_dir, run)
         succ[s], prec[s], rob[s] = sc.success_curve, sc.normalized_precision_curve, sc.robustness_curve
-        speeds[s] = speed_fps(read_times(tracker_dir / run.times_relpath))
+        speeds[s] = _speed(tracker_dir / run.times_relpath)
         seq_wise[run.sequence] = {
             "success_curve": succ[s].tolist(),
             "normalized_precision_curve": prec[s].tolist(),
@@ -159,7 +167,8 @@ def performance_json(performance: dict) -> str:
 
 
 def write_json(performance: dict, path: str | Path) -> None:
-    atomic_write_text(path, performance_json(performance))
+    with atomic_write(path) as f:
+        f.write(performance_json(performance))
 
 
 def _fmt(key: str, value: float) -> str:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -33,8 +31,9 @@ import numpy as np
 
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Sequence, Trek150
-from trek_tracker.eval.files import atomic_write_text, format_boxes, format_times, is_complete, read_times
 from trek_tracker.eval.protocols import Run
+from trek_tracker.results import read_result, read_times, write_boxes, write_times
+from trek_tracker.video import prefetch as prefetch_frames
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +48,9 @@ TrackerFactory = Callable[[], TrackerLike]
 
 
 def _frames(seq: Sequence, indices: range, prefetch: int) -> Iterator[Any]:
-    """Yield the RGB frames of ``indices``, decoding up to ``prefetch`` frames ahead in a thread."""
-    if prefetch <= 0:
-        for i in indices:
-            yield seq.load_frame(i)
-        return
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for i in indices:
-                if stop.is_set():
-                    return
-                q.put(seq.load_frame(i))
-            q.put(done)
-        except BaseException as err:  # handed to the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.01)
+    """Yield the RGB frames of ``indices``, decoding up to ``prefetch`` frames ahead in a thread (none: 0)."""
+    frames = (seq.load_frame(i) for i in indices)
+    return prefetch_frames(frames, prefetch) if prefetch > 0 else frames
 
 
 def _as_box(out: Any, run: Run, frame: int) -> np.ndarray:
@@ -123,18 +89,19 @@ def track_run(tracker: TrackerLike, seq: Sequence, run: Run, prefetch: int = 4,
 def write_run(tracker_dir: Path, run: Run, boxes: np.ndarray, times: np.ndarray | None) -> None:
     """Write a run's files; times first, so that a result file implies its times file."""
     if run.records_times and times is not None:
-        atomic_write_text(tracker_dir / run.times_relpath, format_times(times))
-    atomic_write_text(tracker_dir / run.relpath, format_boxes(boxes))
+        write_times(tracker_dir / run.times_relpath, times)
+    write_boxes(tracker_dir / run.relpath, boxes)
 
 
 def run_done(tracker_dir: Path, run: Run) -> bool:
-    """A run is done when its result file parses with the right number of rows (and, for OPE, the
-    times file exists)."""
-    if not is_complete(tracker_dir / run.relpath, run.length):
+    """A run is done when its result file parses with the right number of rows (and, for OPE, its times
+    file has one time per frame)."""
+    try:
+        read_result(tracker_dir / run.relpath, run.length)
+        if run.records_times:
+            read_times(tracker_dir / run.times_relpath, run.length)
+    except InputError:
         return False
-    if run.records_times:
-        times = read_times(tracker_dir / run.times_relpath)
-        return times is not None and times.shape[0] == run.length
     return True
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150
-from trek_tracker.eval.files import atomic_write_bytes, read_result
 from trek_tracker.eval.protocols import hoi_runs, mse_runs, ope_runs
+from trek_tracker.results import atomic_write, read_result
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,11 @@ def write_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: st
     out = Path(out)
     text = submission_json(build_submission(dataset, tracker_dir, tracker_name, sls))
     data = text.encode("utf-8")
-    if out.suffix.lower() == ".json":
-        atomic_write_bytes(out, data)
-        return out
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(JSON_NAME, data)
-    atomic_write_bytes(out, buf.getvalue())
+    if out.suffix.lower() != ".json":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr(JSON_NAME, data)
+        data = buf.getvalue()
+    with atomic_write(out, "wb") as f:
+        f.write(data)
     return out
