@@ -53,14 +53,15 @@ def _fmt(v: float) -> str:
               help="Score saved masks PRED/<seq>/<frame>.png instead of running a model.")
 @click.option("--sequences", default=None, help="Comma-separated sequence names (default: all).")
 @click.option("--max-long-edge", type=int, default=480, show_default=True, help="Network input size cap.")
+@click.option("--max-frames", type=int, default=None, help="Only the first N frames of each sequence.")
 @click.option("--save-masks", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write the predicted masks here (palette PNGs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full results (per object) to this JSON file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predictions: Path | None,
-             sequences: str | None, max_long_edge: int, save_masks: Path | None, json_path: Path | None,
-             device: str) -> None:
+             sequences: str | None, max_long_edge: int, max_frames: int | None, save_masks: Path | None,
+             json_path: Path | None, device: str) -> None:
     """J and F, as the DAVIS benchmark computes them, on a DAVIS-layout folder DATA."""
     from trek_tracker.errors import InputError
     from trek_tracker.train import validate
@@ -89,7 +90,7 @@ def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predic
             raise InputError("--device cuda but no CUDA device is available")
         model.to(dev)
         res = validate.evaluate_model(model, data, sequences=seqs, max_long_edge=max_long_edge,
-                                      save_dir=save_masks)
+                                      max_frames=max_frames, save_dir=save_masks)
     for row in res["objects"]:
         click.echo(f"{row['sequence']:<24} obj {row['object']:<3} J {_fmt(row['J_mean'])}  F {_fmt(row['F_mean'])}")
     click.echo(f"J&F {_fmt(res['J&F'])}  J {_fmt(res['J_mean'])}  F {_fmt(res['F_mean'])}  "

@@ -19,6 +19,7 @@ from trek_tracker.train.schedule import OptimConfig
 class ModelSection:
     name: str = "r50_deaotl"
     init: str | None = None  # checkpoint to start from (ours or official), e.g. the phase-1 EMA file
+    overrides: dict = field(default_factory=dict)  # DeAOTConfig fields, e.g. {droppath = 0.0}
 
 
 @dataclass

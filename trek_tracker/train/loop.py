@@ -2,9 +2,10 @@
 checkpoints and exact resume.
 
 Exactness: the schedule is a function of the step, every clip a function of its global sample number
-(``data.py``), and the torch generator is re-seeded from ``(seed, step, rank)`` before every step (drop
-path), so a run resumed from a checkpoint takes the same steps as one that never stopped. The checkpoint
-still records the RNG states, for code that draws outside the step.
+(``data.py``), and the torch generator is re-seeded from ``(seed, global micro-batch number)`` before
+every micro-batch (dropout, drop path), so a run resumed from a checkpoint takes the same steps as one that
+never stopped, and N processes x A accumulation steps equal any other split of the same micro-batches. The
+checkpoint still records the RNG states, for code that draws outside the step.
 
 Files under ``out``::
 
@@ -128,8 +129,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 9_973 + rank) % (2**63)
+def _micro_seed(seed: int, micro: int) -> int:
+    return (seed * 1_000_003 + micro * 9_973 + 17) % (2**63)
 
 
 class Trainer:
@@ -154,7 +155,7 @@ class Trainer:
         self.amp = bool(t.amp and self.device.type == "cuda")
 
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model.name)
+        self.model = build_model(cfg.model.name, **cfg.model.overrides)
         if cfg.model.init:
             load_official_state_dict(self.model, read_checkpoint(cfg.model.init), source=cfg.model.init,
                                      model_name=cfg.model.name)
@@ -287,13 +288,16 @@ class Trainer:
         gt_until = int(t.seq_training_start_ratio * t.steps)
         while self.step < until:
             step = self.step
-            torch.manual_seed(_step_seed(t.seed, step, self.dist.rank))
             gt_memory = step < gt_until
             lr = apply_lr(self.optimizer, step, t.steps, self.cfg.optim, freeze_id_bank=not gt_memory)
             frac = hard_pixel_fraction(step, t.steps, final=t.hard_pixels_final, ratio=t.hard_mining_ratio)
             aux_w = aux_weight(step, t.steps, t.aux_loss_ratio)
             totals = torch.zeros(3, device=self.device)
             for micro in range(t.accumulate):
+                # One seed per global micro-batch: N processes x A accumulation steps draw the same
+                # dropout masks as any other split of the same micro-batches.
+                torch.manual_seed(_micro_seed(t.seed, (step * t.accumulate + micro) * self.dist.world
+                                              + self.dist.rank))
                 batch = next(batches)
                 sync = micro == t.accumulate - 1 or self.dist.world == 1
                 ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()

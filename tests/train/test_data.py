@@ -1,0 +1,130 @@
+"""Clip sampling and augmentation: label conventions, geometric consistency, determinism, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trek_tracker.errors import InputError
+from trek_tracker.train.augment import AugmentConfig, paste_clip, select_objects, static_clip
+from trek_tracker.train.data import ClipDataset, DataSource, StepSampler, read_label, sample_frame_indices
+
+TINY = AugmentConfig(crop=(97, 97), short_edge=120, min_object_pixels=20)
+
+
+def test_read_label_conventions(tmp_path):
+    binary = np.zeros((4, 4), np.uint8)
+    binary[1:3, 1:3] = 255
+    Image.fromarray(binary, mode="L").save(tmp_path / "bin.png")
+    assert read_label(tmp_path / "bin.png").tolist() == (binary // 255).tolist()
+    ids = np.array([[0, 1], [2, 3]], np.uint8)
+    Image.fromarray(ids, mode="L").save(tmp_path / "ids.png")
+    assert read_label(tmp_path / "ids.png").tolist() == ids.tolist()
+    pal = Image.fromarray(np.array([[0, 2], [255, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255] * 759)
+    pal.save(tmp_path / "pal.png")
+    assert read_label(tmp_path / "pal.png").tolist() == [[0, 2], [0, 1]]  # 255 = void -> background
+
+
+@pytest.mark.parametrize("n,length,gap", [(50, 5, 3), (50, 5, 12), (6, 5, 12), (3, 5, 3)])
+def test_sample_frame_indices(n, length, gap):
+    rng = np.random.default_rng(0)
+    seen_reversed = False
+    for _ in range(50):
+        idx = sample_frame_indices(n, length, gap, rng)
+        assert len(idx) == length and all(0 <= i < n for i in idx)
+        d = np.diff(idx)
+        if d.sum() < 0:
+            seen_reversed = True
+            d = -d
+        assert (d >= 0).all() and (d <= gap).all()
+        if n >= length:
+            assert (d >= 1).all()
+    assert seen_reversed
+
+
+def test_static_clip_moves_mask_with_image():
+    image = np.zeros((120, 160, 3), np.uint8)
+    label = np.zeros((120, 160), np.int64)
+    image[40:80, 50:110] = (255, 0, 0)
+    label[40:80, 50:110] = 1
+    frames, labels = static_clip(image, label, 4, np.random.default_rng(3), AugmentConfig())
+    assert not all(np.array_equal(labels[0], lb) for lb in labels[1:])  # each frame its own warp
+    for f, lb in zip(frames, labels, strict=True):
+        obj = lb == 1
+        assert obj.sum() > 500
+        red = (f[..., 0] > 128) & (f[..., 1] < 100)
+        # The warped mask covers the warped red square up to its interpolated rim.
+        assert (red & obj).sum() / obj.sum() > 0.9
+        assert (red & ~obj).sum() / red.sum() < 0.1
+
+
+def test_select_objects_renumbers_and_caps():
+    lab = np.zeros((10, 40), np.int64)
+    for k, obj in enumerate([3, 7, 9, 12]):
+        lab[:, k * 10:k * 10 + 10] = obj
+    lab[0, 0] = 5  # a one-pixel object: below the size floor
+    later = np.full_like(lab, 5)
+    cfg = AugmentConfig(max_objects=3, min_object_pixels=50)
+    (first, second), n = select_objects([lab, later], np.random.default_rng(0), cfg)
+    assert n == 3
+    assert sorted(np.unique(first).tolist()) in ([0, 1, 2, 3],)
+    assert (second == 0).all()  # object 5 was not selected in the reference frame
+
+
+def test_paste_clip_shifts_ids_and_occludes():
+    base = ([np.zeros((4, 4, 3), np.uint8)], [np.zeros((4, 4), np.int64)])
+    base[1][0][:2] = 1
+    other = ([np.full((4, 4, 3), 9, np.uint8)], [np.zeros((4, 4), np.int64)])
+    other[1][0][:, :1] = 1
+    frames, labels = paste_clip(base, other, max_objects=10)
+    assert labels[0][:, 0].tolist() == [2, 2, 2, 2] and labels[0][0, 1] == 1
+    assert (frames[0][:, 0] == 9).all() and (frames[0][:, 1:] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def video_dataset(davis):
+    return ClipDataset([DataSource(str(davis), sequences=["blackswan", "dog"], max_gap=3)], length=3,
+                       augment=TINY, merge_p=0.5, seed=11)
+
+
+def test_video_clips_shapes_and_determinism(video_dataset):
+    a, b, c = video_dataset[5], video_dataset[5], video_dataset[6]
+    assert a["images"].shape == (3, 3, 97, 97) and a["labels"].shape == (3, 97, 97)
+    assert a["images"].dtype == torch.float32 and a["labels"].dtype == torch.int64
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+    assert not torch.equal(a["images"], c["images"])
+    for g in range(8):
+        s = video_dataset[g]
+        n = int(s["num_objects"])
+        assert 0 <= s["labels"].min() and s["labels"].max() <= n <= 10
+        if n:  # the reference frame shows every kept object
+            assert set(torch.unique(s["labels"][0]).tolist()) == set(range(n + 1))
+
+
+def test_epoch_covers_every_item_once(video_dataset):
+    n = len(video_dataset)
+    assert n == 2
+    assert {video_dataset._item(g)[1].name for g in range(n)} == {"blackswan", "dog"}
+
+
+def test_step_sampler_partitions_global_samples():
+    single = list(StepSampler(4, num_micro=3))
+    r0 = list(StepSampler(2, rank=0, world=2, num_micro=3))
+    r1 = list(StepSampler(2, rank=1, world=2, num_micro=3))
+    assert single == list(range(12))
+    assert sorted(r0 + r1) == single and not set(r0) & set(r1)
+    assert list(StepSampler(4, start_micro=2, num_micro=1)) == single[8:]
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(InputError, match="layout"):
+        ClipDataset([DataSource(str(tmp_path))])
+    with pytest.raises(InputError, match="kind"):
+        DataSource(str(tmp_path), kind="images")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(InputError, match="no image/mask pairs"):
+        ClipDataset([DataSource(str(tmp_path), kind="static")])

@@ -1,0 +1,73 @@
+"""Losses and schedules of the training recipe, against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trek_tracker.train.losses import (
+    bootstrapped_ce,
+    frame_loss,
+    hard_pixel_fraction,
+    mask_unused_ids,
+    soft_jaccard,
+)
+
+
+def test_hard_pixel_fraction_ramp():
+    assert hard_pixel_fraction(0, 100_000) == 1.0
+    assert hard_pixel_fraction(25_000, 100_000) == pytest.approx(1 - 0.85 / 2)
+    assert hard_pixel_fraction(50_000, 100_000) == pytest.approx(0.15)
+    assert hard_pixel_fraction(90_000, 100_000) == pytest.approx(0.15)
+
+
+def test_bootstrapped_ce_keeps_the_hardest_pixels_per_sample():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    ce = F.cross_entropy(logits, labels, reduction="none").flatten(1)
+    assert bootstrapped_ce(logits, labels, 1.0) == pytest.approx(float(ce.mean()))
+    top = torch.sort(ce, dim=1, descending=True).values[:, :5]  # 25 % of 20 pixels
+    assert bootstrapped_ce(logits, labels, 0.25) == pytest.approx(float(top.mean()), rel=1e-6)
+    assert bootstrapped_ce(logits, labels, 0.25) > bootstrapped_ce(logits, labels, 1.0)
+
+
+def test_soft_jaccard_by_hand():
+    # One sample, two classes, two pixels; class 1 on pixel 0 only.
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]]]])  # softmax: p1 = [0.75, 0.5]
+    labels = torch.tensor([[[1, 0]]])
+    p1 = torch.tensor([0.75, 0.5])
+    j1 = 1 - (0.75 + 1e-5) / (p1.sum() + 1 - 0.75 + 1e-5)
+    p0 = 1 - p1
+    j0 = 1 - (0.5 + 1e-5) / (p0.sum() + 1 - 0.5 + 1e-5)
+    assert soft_jaccard(logits, labels) == pytest.approx(float((j0 + j1) / 2), rel=1e-6)
+
+
+def test_soft_jaccard_ignores_absent_classes_and_is_zero_when_perfect():
+    labels = torch.tensor([[[0, 1], [1, 0]]])
+    perfect = F.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 50
+    assert soft_jaccard(perfect, labels) == pytest.approx(0.0, abs=1e-6)
+    # Classes 2 and 3 never appear: their (huge) errors must not count.
+    wrong = perfect.clone()
+    wrong[:, 3] = 49.0
+    assert soft_jaccard(wrong, labels) < 0.6
+
+
+def test_mask_unused_ids_per_sample():
+    logits = torch.zeros(2, 4, 1, 1)
+    out = mask_unused_ids(logits, torch.tensor([1, 3]))
+    assert out[0, :2].eq(0).all() and out[0, 2:].lt(-1e3).all()
+    assert out[1].eq(0).all()
+
+
+def test_frame_loss_upsamples_and_combines():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 11, 3, 3)
+    labels = torch.randint(0, 3, (1, 9, 9))
+    up = mask_unused_ids(F.interpolate(logits, size=(9, 9), mode="bilinear", align_corners=True),
+                         torch.tensor([2]))
+    expected = 0.5 * bootstrapped_ce(up, labels, 0.5) + 0.5 * soft_jaccard(up, labels)
+    assert frame_loss(logits, labels, torch.tensor([2]), 0.5) == pytest.approx(float(expected), rel=1e-6)

@@ -1,0 +1,80 @@
+"""Learning-rate schedule, parameter groups and EMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from trek_tracker.train.ema import EMA, default_decay
+from trek_tracker.train.schedule import (
+    OptimConfig,
+    apply_lr,
+    build_optimizer,
+    encoder_learning_rate,
+    learning_rate,
+)
+from trek_tracker.vos.models import build_model
+
+CFG = OptimConfig(lr=2e-4, min_lr=1e-5, warmup_ratio=0.05, power=0.9)
+
+
+def test_warmup_then_poly_decay():
+    total = 1000  # 50 warm-up steps
+    assert learning_rate(0, total, CFG) == pytest.approx(1e-5)
+    assert learning_rate(25, total, CFG) == pytest.approx(1e-5 + 1.9e-4 * 0.5)
+    assert learning_rate(50, total, CFG) == pytest.approx(2e-4)
+    mid = 50 + 475
+    assert learning_rate(mid, total, CFG) == pytest.approx(1e-5 + 1.9e-4 * 0.5**0.9)
+    assert learning_rate(total, total, CFG) == pytest.approx(1e-5)
+    lrs = [learning_rate(s, total, CFG) for s in range(50, total + 1)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert encoder_learning_rate(2e-4, CFG) == pytest.approx(1.9e-5 + 1e-5)
+
+
+def test_param_groups_exempt_1d_and_named_and_skip_frozen():
+    model = build_model("test_deaot_tiny", freeze_at=2)
+    opt = build_optimizer(model, CFG)
+    names = {id(p): n for n, p in model.named_parameters()}
+    grouped = [(g, names[id(p)], p) for g in opt.param_groups for p in g["params"]]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for _, n, _ in grouped} == trainable
+    assert len(trainable) < len(list(model.parameters()))  # frozen encoder stages left out
+    for g, n, p in grouped:
+        exempt = p.ndim <= 1 or "conv_out" in n
+        assert (g["weight_decay"] == 0.0) == exempt, n
+        assert g["role"] == ("encoder" if n.startswith("encoder.") else
+                             "id_bank" if n.startswith("id_bank.") else "rest")
+
+
+def test_apply_lr_prices_roles_and_freezes_the_id_bank():
+    model = build_model("test_deaot_tiny")
+    opt = build_optimizer(model, CFG)
+    lr = apply_lr(opt, 100, 1000, CFG)
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(encoder_learning_rate(lr, CFG) if g["role"] == "encoder" else lr)
+    apply_lr(opt, 600, 1000, CFG, freeze_id_bank=True)
+    bank = [g for g in opt.param_groups if g["role"] == "id_bank"]
+    assert bank and all(g["lr"] == 0 and g["weight_decay"] == 0 for g in bank)
+    apply_lr(opt, 600, 1000, CFG, freeze_id_bank=False)
+    assert any(g["weight_decay"] > 0 for g in bank)
+
+
+def test_ema_warmup_by_hand():
+    assert default_decay(100_000) == pytest.approx(0.9999)
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema = EMA(net, decay=0.9999)
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    ema.update(net)  # d = 2/11
+    assert float(ema.module.weight) == pytest.approx(2 / 11 * 1 + 9 / 11 * 3)
+    first = float(ema.module.weight)
+    ema.update(net)  # d = 3/12
+    assert float(ema.module.weight) == pytest.approx(0.25 * first + 0.75 * 3)
+    state = ema.state_dict()
+    other = EMA(net, decay=0.5)
+    other.load_state_dict(state)
+    assert other.updates == 2 and other.decay == 0.9999
+    assert torch.equal(other.module.weight, ema.module.weight)

@@ -1,0 +1,117 @@
+"""The unrolled step: batch independence, where gradients go, memory schedule, and agreement with the
+inference engine's memory construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trek_tracker.train.step import UnrolledStep
+from trek_tracker.vos.models import build_model
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 4, 3, 65, 65, generator=g)
+    labels = torch.zeros(2, 4, 65, 65, dtype=torch.int64)
+    labels[0, :, 10:40, 10:30] = 1
+    labels[1, :, 20:50, 30:60] = 2
+    labels[1, :, 0:10, 0:10] = 1
+    return images, labels, torch.tensor([1, 2])
+
+
+@pytest.fixture()
+def step():
+    torch.manual_seed(0)
+    return UnrolledStep(build_model("test_deaot_tiny")).eval()
+
+
+@pytest.mark.parametrize("gt_memory", [True, False])
+def test_batch_loss_is_mean_of_sample_losses(step, batch, gt_memory):
+    images, labels, n = batch
+    kw = dict(hard_fraction=0.3, aux_weight=0.7, gt_memory=gt_memory, long_term_gap=2)
+    with torch.no_grad():
+        both = step(images, labels, n, **kw)
+        one = [step(images[i:i + 1], labels[i:i + 1], n[i:i + 1], **kw) for i in range(2)]
+    assert float(both.loss) == pytest.approx(float(sum(o.loss for o in one)) / 2, rel=1e-4)
+    assert torch.allclose(both.frame_losses, (one[0].frame_losses + one[1].frame_losses) / 2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gt_memory", [True, False])
+def test_predicted_memory_is_detached_from_the_id_bank(step, batch, gt_memory):
+    """Frames remembered from ground truth embed their labels with gradient; frames remembered from the
+    model's own prediction get a detached embedding (official trainer), while the reference always trains
+    the ID bank and the decoder trains either way."""
+    images, labels, n = batch
+    step.train()
+    fused = []
+    original = step.model.fuse_id
+
+    def spy(layer, entry, id_emb):
+        fused.append(id_emb.requires_grad)
+        return original(layer, entry, id_emb)
+
+    step.model.fuse_id = spy
+    try:
+        step.zero_grad()
+        step(images, labels, n, gt_memory=gt_memory).loss.backward()
+    finally:
+        step.model.fuse_id = original
+    layers = len(step.model.gpm.layers)
+    assert fused == [gt_memory] * (layers * (images.shape[1] - 2))  # frames 1..T-2 enter memory
+    assert step.model.id_bank.weight.grad.abs().sum() > 0
+    assert step.model.decoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def _decoded(step, *args, **kw) -> list[torch.Tensor]:
+    """Every logits map the step decodes (reference first)."""
+    captured = []
+    original = step.model.decode
+    step.model.decode = lambda tokens, feats: captured.append(original(tokens, feats)) or captured[-1]
+    try:
+        with torch.no_grad():
+            step(*args, **kw)
+    finally:
+        step.model.decode = original
+    return captured
+
+
+@pytest.mark.parametrize("gap,frames_in_memory", [(9999, [1, 1, 1]), (1, [1, 2, 3]), (2, [1, 1, 2])])
+def test_long_term_gap_schedules_memory_frames(step, batch, gap, frames_in_memory):
+    seen = []
+    original = step.model.propagate
+
+    def spy(feats, memories, id_emb=None):
+        if memories is not None:
+            tokens = feats[-1].shape[-2] * feats[-1].shape[-1]
+            seen.append(memories[0].long_key.shape[0] // tokens)
+            assert memories[0].short_key.shape[0] == feats[-1].shape[0]  # batch kept
+        return original(feats, memories, id_emb)
+
+    step.model.propagate = spy
+    try:
+        with torch.no_grad():
+            step(*batch, long_term_gap=gap)
+    finally:
+        step.model.propagate = original
+    assert seen == frames_in_memory
+
+
+def test_first_frame_matches_the_inference_engine(step):
+    """The step's memory for frame 1 is the engine's: same logits for the same input size."""
+    from trek_tracker.vos.engine import EngineConfig, VOSEngine
+    from trek_tracker.vos.preprocess import to_network_input
+
+    rng = torch.Generator().manual_seed(5)
+    frames = (torch.rand(2, 65, 65, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    label = torch.zeros(65, 65, dtype=torch.int64)
+    label[10:40, 20:50] = 1
+    engine = VOSEngine(step.model, EngineConfig(max_long_edge=None))
+    engine.add_reference(frames[0], label.numpy())
+    engine_logits = engine.predict(frames[1]).logits4x[0]
+
+    images = torch.cat([to_network_input(f, (65, 65)) for f in frames])[None]
+    labels = torch.stack([label, label])[None]
+    captured = _decoded(step, images, labels, torch.tensor([1]))
+    assert torch.allclose(captured[1], engine_logits, atol=1e-5)
