@@ -21,6 +21,7 @@ _COMMANDS: dict[str, str] = {
     "eval": "trek_tracker.cli.eval:eval_cmd", "submit": "trek_tracker.cli.eval:submit",
     "dataset": "trek_tracker.cli.eval:dataset",
     "train": "trek_tracker.cli.train:train_cmd", "eval-vos": "trek_tracker.cli.train:eval_vos",
+    "convert": "trek_tracker.cli.convert:convert", "ensemble": "trek_tracker.cli.ensemble:ensemble",
 }
 
 

@@ -1,0 +1,44 @@
+"""``trek-track convert``: official file -> our format (round trip), DeAOT -> MSDeAOT start, errors."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.cli.conftest import TINY
+from trek_tracker.vos.checkpoints import load_model, read_checkpoint_config
+from trek_tracker.vos.msdeaot import MSDeAOT
+
+
+def test_convert_round_trips_weights_and_config(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "ours.pth"
+    result = cli("convert", tiny_checkpoint, "--model", TINY, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_checkpoint_config(out)["name"] == TINY
+    payload = torch.load(out, weights_only=True)
+    assert "optimizer" not in payload and payload["converted_from"] == tiny_checkpoint.name
+    ours, _ = load_model(out)  # no model name needed: the file carries its config
+    official, _ = load_model(tiny_checkpoint, TINY)
+    a, b = ours.state_dict(), official.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_convert_starts_an_msdeaot_from_a_deaot_file(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "ms.pth"
+    result = cli("convert", tiny_checkpoint, "--model", "test_msdeaot_tiny", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "new (untrained): " in result.stdout and "stages.1.layers" in result.stdout
+    assert "decoder" in result.stdout  # DeAOT's FPN is reported unused
+    model, init = load_model(out)
+    assert isinstance(model, MSDeAOT) and init is None  # a full load now: the file has every tensor
+    official, _ = load_model(tiny_checkpoint, TINY)
+    assert torch.equal(model.state_dict()["gpm.layers.1.linear_QV.weight"],
+                       official.state_dict()["gpm.layers.1.linear_QV.weight"])
+    assert torch.load(out, weights_only=True)["partial_init"]["loaded"] > 0
+
+
+def test_convert_errors_are_one_line(cli, tiny_checkpoint, tmp_path):
+    result = cli("convert", tmp_path / "missing.pth", "--model", TINY, "--out", tmp_path / "x.pth")
+    assert result.exit_code == 2 and "checkpoint not found" in result.stderr
+    result = cli("convert", tiny_checkpoint, "--model", "deaott", "--out", tmp_path / "x.pth")
+    assert result.exit_code == 2 and "does not match model 'deaott'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.pth").exists()

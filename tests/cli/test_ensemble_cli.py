@@ -1,0 +1,165 @@
+"""``trek-track ensemble`` on saved runs with known answers, and ``run`` with TTA, ensembles, --save-probs."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.cli.conftest import TINY
+from trek_tracker.results import read_boxes, read_label_png, read_times, write_boxes, write_json, write_label_png
+from trek_tracker.vos.ensemble import load_probs, save_probs
+
+H, W = 40, 60
+BOX0 = [10.0, 5.0, 20.0, 10.0]
+
+
+def _fake_run(path, object_probs: list[np.ndarray], times: list[float]):
+    """A run folder as ``trek-track run --save-probs --save-masks`` writes it, for one object (value 255)."""
+    (path / "masks").mkdir(parents=True)
+    for t, p in enumerate(object_probs):
+        probs = np.stack([1 - p, p]).astype(np.float32)
+        save_probs(path / "probs" / f"{t:05d}.npz", probs)
+        write_label_png(path / "masks" / f"{t:05d}.png", np.where(p > 0.5, 255, 0).astype(np.uint8))
+    write_json(path / "probs" / "objects.json", {"values": [255]})
+    write_boxes(path / "boxes.txt", [BOX0] * len(object_probs))
+    (path / "times.txt").write_text("".join(f"{s:.8f}\n" for s in times))
+    write_json(path / "run.json", {"status": "complete", "video": {"size": [H, W]},
+                                   "start": {"box": BOX0, "init_mask_ids": None},
+                                   "tracker": {"settings": {"box_output": "tight", "min_component_px": 0}}})
+    return path
+
+
+def _halves(left: float, right: float) -> np.ndarray:
+    p = np.full((H, W), right, np.float32)
+    p[:, : W // 2] = left
+    return p
+
+
+def _rect(y0, y1, x0, x1) -> np.ndarray:
+    p = np.zeros((H, W), np.float32)
+    p[y0:y1, x0:x1] = 1.0
+    return p
+
+
+@pytest.fixture()
+def mean_runs(tmp_path):
+    first = _rect(5, 15, 10, 30)
+    a = _fake_run(tmp_path / "a", [first, _halves(0.9, 0.2)], [0.5, 0.1])
+    b = _fake_run(tmp_path / "b", [first, _halves(0.3, 0.4)], [0.25, 0.2])
+    return a, b
+
+
+def test_mean_of_probabilities_with_and_without_weights(cli, mean_runs, tmp_path):
+    a, b = mean_runs
+    result = cli("ensemble", a, b, "--mode", "mean", "--out", tmp_path / "eq")
+    assert result.exit_code == 0, result.stderr
+    mask = read_label_png(tmp_path / "eq" / "masks" / "00001.png")[0]
+    assert (mask[:, : W // 2] == 255).all() and (mask[:, W // 2:] == 0).all()  # left 0.6, right 0.3
+    boxes = read_boxes(tmp_path / "eq" / "boxes.txt")
+    assert boxes.tolist() == [BOX0, [0, 0, W // 2, H]]
+    assert np.allclose(read_times(tmp_path / "eq" / "times.txt"), [0.75, 0.3])
+    # Weights 1,3: left (0.9 + 0.9)/4 = 0.45, right (0.2 + 1.2)/4 = 0.35: nothing left, the box is held.
+    result = cli("ensemble", a, b, "--weights", "1,3", "--out", tmp_path / "w", "--save-probs")
+    assert result.exit_code == 0, result.stderr
+    assert not read_label_png(tmp_path / "w" / "masks" / "00001.png")[0].any()
+    assert read_boxes(tmp_path / "w" / "boxes.txt")[1].tolist() == BOX0
+    record = json.loads((tmp_path / "w" / "run.json").read_text())
+    assert record["lost_frames"] == {"255": [1]} and record["ensemble"]["weights"] == [1.0, 3.0]
+    p = load_probs(tmp_path / "w" / "probs" / "00001.npz")
+    assert abs(float(p[1, 0, 0]) - 0.45) < 3 / 255 and abs(float(p[1, 0, -1]) - 0.35) < 3 / 255
+
+
+def test_weighted_vote_of_masks(cli, tmp_path):
+    r1, r2 = _rect(5, 15, 5, 15), _rect(20, 30, 30, 50)
+    runs = [_fake_run(tmp_path / n, [r1, r], [0.1, 0.1]) for n, r in (("a", r1), ("b", r1), ("c", r2))]
+    assert cli("ensemble", *runs, "--mode", "vote", "--out", tmp_path / "v").exit_code == 0
+    assert read_boxes(tmp_path / "v" / "boxes.txt")[1].tolist() == [5, 5, 10, 10]
+    assert cli("ensemble", *runs, "--mode", "vote", "--weights", "1,1,3", "--out", tmp_path / "v3").exit_code == 0
+    assert read_boxes(tmp_path / "v3" / "boxes.txt")[1].tolist() == [30, 20, 20, 10]
+
+
+def test_ensemble_errors(cli, mean_runs, tmp_path):
+    a, b = mean_runs
+    short = _fake_run(tmp_path / "short", [_rect(5, 15, 10, 30)], [0.1])
+    cases = [
+        ((a,), "at least two run folders"),
+        ((a, short), "different frames"),
+        ((a, b, "--weights", "1"), "one weight per member"),
+        ((a, tmp_path / "nothing"), "not a run folder"),
+    ]
+    for args, message in cases:
+        result = cli("ensemble", *args, "--out", tmp_path / "x")
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    for stale in (a / "probs").glob("*.npz"):
+        stale.unlink()
+    result = cli("ensemble", a, b, "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "--save-probs" in result.stderr
+
+
+# ----------------------------------------------------------------------------- end to end with `run`
+FAST = ("--model", TINY, "--max-long-edge", "120", "--quiet", "--device", "cpu", "--init", "box")
+BOX = "20,15,40,30"
+
+
+@pytest.fixture(scope="module")
+def small_video(shared, tmp_path_factory):
+    """Six frames of a real clip, shrunk to 107x60 so that each run takes a second or two."""
+    out = tmp_path_factory.mktemp("video")
+    for i, path in enumerate(sorted((shared / "data/davis/JPEGImages/480p/car-shadow").glob("*.jpg"))[:6]):
+        cv2.imwrite(str(out / f"{i:05d}.jpg"), cv2.resize(cv2.imread(str(path)), (107, 60)))
+    return out
+
+
+def test_run_saves_probs_and_offline_mean_of_identical_runs_is_the_run(cli, small_video, tiny_checkpoint, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        result = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--out", out,
+                     "--save-probs", "--save-masks", *FAST)
+        assert result.exit_code == 0, result.stderr
+    probs = sorted((a / "probs").glob("*.npz"))
+    assert len(probs) == 6 and json.loads((a / "probs" / "objects.json").read_text()) == {"values": [255]}
+    first = load_probs(probs[0])
+    assert first.shape == (2, 60, 107) and torch.equal(first[1] > 0.5, torch.from_numpy(
+        read_label_png(a / "masks" / "00000.png")[0] > 0))  # frame 0: the reference mask itself
+    result = cli("ensemble", a, b, "--out", tmp_path / "ab")
+    assert result.exit_code == 0, result.stderr
+    for t in range(6):
+        ours = read_label_png(tmp_path / "ab" / "masks" / f"{t:05d}.png")[0]
+        theirs = read_label_png(a / "masks" / f"{t:05d}.png")[0]
+        assert (ours == theirs).mean() > 0.995  # equal up to uint8 quantisation at exact ties
+    assert len(read_boxes(tmp_path / "ab" / "boxes.txt")) == 6
+
+
+def test_run_with_tta_and_a_lock_step_ensemble(cli, small_video, tiny_checkpoint, tmp_path):
+    single = tmp_path / "single"
+    assert cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--out", single,
+               *FAST).exit_code == 0
+    duo = tmp_path / "duo"
+    result = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--model", TINY,
+                 "--checkpoint", tiny_checkpoint, "--ensemble", "vote", "--weights", "1,2", "--out", duo, *FAST)
+    assert result.exit_code == 0, result.stderr
+    record = json.loads((duo / "run.json").read_text())["tracker"]
+    assert record["ensemble"]["mode"] == "vote" and len(record["ensemble"]["members"]) == 2
+    # Two copies of one model vote like the model alone.
+    assert (duo / "boxes.txt").read_text() == (single / "boxes.txt").read_text()
+
+    tta = tmp_path / "tta"
+    result = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--out", tta,
+                 "--tta-scales", "1.0,1.5", "--tta-flip", *FAST)
+    assert result.exit_code == 0, result.stderr
+    views = json.loads((tta / "run.json").read_text())["tracker"]["tta"]["views"]
+    assert views == [{"scale": 1.0, "flip": False}, {"scale": 1.0, "flip": True}, {"scale": 1.5, "flip": False},
+                     {"scale": 1.5, "flip": True}]
+    assert len((tta / "boxes.txt").read_text().splitlines()) == 6
+
+    bad = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--model", TINY,
+              "--model", TINY, "--checkpoint", tiny_checkpoint, "--checkpoint", tiny_checkpoint, "--out",
+              tmp_path / "bad", *FAST[2:])
+    assert bad.exit_code == 2 and "one --checkpoint per --model" in bad.stderr
+    bad = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--tta-scales", "0",
+              "--out", tmp_path / "bad", *FAST)
+    assert bad.exit_code == 2 and "TTA scales" in bad.stderr
