@@ -60,8 +60,7 @@ def test_44_objects_in_5_groups_match_official(golden, shared, seeded_state):
     frames = [_rgb(root / "images" / f) for f in gold["frames"]]
     mask = np.array(Image.open(root / "masks" / gold["frames"][0].replace(".jpg", ".png")))
     ids = np.unique(mask[mask > 0])
-    labels = np.searchsorted(ids, mask).astype(np.uint8) * (mask > 0)  # renumber 1..N in increasing order
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    labels = ((np.searchsorted(ids, mask) + 1) * (mask > 0)).astype(np.uint8)  # renumber 1..N, increasing
     engine = VOSEngine(_model("r50_deaotl", seeded_state), EngineConfig(max_long_edge=480))
     engine.add_reference(frames[0], labels)
     assert len(engine.groups) == int(gold["groups"]) == 5
