@@ -56,6 +56,17 @@ def test_train_then_eval_vos_reproduces_the_logged_validation(davis, tmp_path):
     assert got["J&F"] == pytest.approx(final_val["J&F"], abs=1e-9)
     assert len(list((tmp_path / "masks" / "car-shadow").glob("*.png"))) == 6
 
+    # The EMA checkpoint is what `trek-track run` tracks with.
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for f in sorted((davis / "JPEGImages" / "480p" / "car-shadow").glob("*.jpg"))[:4]:
+        shutil.copy(f, clip / f.name)
+    res = run("run", "--video", clip, "--init-mask", davis / "Annotations" / "480p" / "car-shadow" / "00000.png",
+              "--checkpoint", out / "ema_final.pth", "--out", tmp_path / "tracked", "--device", "cpu",
+              "--max-long-edge", 209, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "tracked" / "boxes.txt").read_text().split()) == 4
+
 
 def test_eval_vos_on_saved_predictions(davis, tmp_path):
     gt = davis / "Annotations" / "480p" / "car-shadow"

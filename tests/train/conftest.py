@@ -21,3 +21,14 @@ def tiny_config(davis, tmp_path):
         return load_config(TINY_VIDEO, base + list(overrides))
 
     return build
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """Tiny models run fastest single-threaded; several threads on a shared 2-core box thrash."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

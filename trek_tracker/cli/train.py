@@ -74,19 +74,13 @@ def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predic
     else:
         import torch
 
-        from trek_tracker.vos.checkpoints import load_checkpoint, read_checkpoint_config
-        from trek_tracker.vos.models import build_model
+        from trek_tracker.vos.checkpoints import load_model
 
         if checkpoint is None:
             raise InputError("--checkpoint is required to evaluate a model (or give --predictions)")
-        stored = read_checkpoint_config(checkpoint)
-        name = model_name or (stored or {}).get("name")
-        if not name:
-            raise InputError(f"{checkpoint} does not record its model: pass --model NAME")
-        model = build_model(name)
-        load_checkpoint(model, checkpoint, model_name=name)
+        model, _ = load_model(checkpoint, model_name)
         dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        if dev == "cuda" and not torch.cuda.is_available():
+        if dev.startswith("cuda") and not torch.cuda.is_available():
             raise InputError("--device cuda but no CUDA device is available")
         model.to(dev)
         res = validate.evaluate_model(model, data, sequences=seqs, max_long_edge=max_long_edge,

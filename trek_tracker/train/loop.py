@@ -41,8 +41,16 @@ from trek_tracker.train.ema import EMA, default_decay
 from trek_tracker.train.losses import hard_pixel_fraction
 from trek_tracker.train.schedule import apply_lr, build_optimizer
 from trek_tracker.train.step import UnrolledStep
-from trek_tracker.vos.checkpoints import load_official_state_dict, read_checkpoint, save_checkpoint
+from trek_tracker.vos.checkpoints import (
+    MSDEAOT_NEW_PREFIXES,
+    init_msdeaot_from_deaot,
+    load_official_state_dict,
+    official_to_ours,
+    read_checkpoint,
+    save_checkpoint,
+)
 from trek_tracker.vos.models import build_model
+from trek_tracker.vos.msdeaot import MSDeAOT
 
 LOG_FIELDS = ("step", "loss", "aux_loss", "frame_loss", "lr", "hard_fraction", "aux_weight", "gt_memory",
               "samples_per_s", "elapsed_s")
@@ -156,9 +164,7 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model.name, **cfg.model.overrides)
-        if cfg.model.init:
-            load_official_state_dict(self.model, read_checkpoint(cfg.model.init), source=cfg.model.init,
-                                     model_name=cfg.model.name)
+        self.init_report = self._initialise(cfg.model.init) if cfg.model.init else None
         self.model.to(self.device).train()
         self.long_term_gap = t.long_term_gap or self.model.config.train_long_term_gap
         self.ema = EMA(self.model, t.ema_decay if t.ema_decay is not None else default_decay(t.steps))
@@ -173,6 +179,17 @@ class Trainer:
             self.step_module = torch.nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.seq_training_start_ratio < 1.0)
+
+    def _initialise(self, path: str) -> dict:
+        """Load the starting weights; an MSDeAOT started from a DeAOT file is a partial initialisation
+        (spec §5.4.6), whose loaded / unused / new modules go to the run log."""
+        state = read_checkpoint(path)
+        if isinstance(self.model, MSDeAOT) and not any(
+                official_to_ours(k).startswith(MSDEAOT_NEW_PREFIXES) for k in state):
+            report = init_msdeaot_from_deaot(self.model, state, source=path)
+            return {"kind": "init", "partial": True, **report.to_dict()}
+        load_official_state_dict(self.model, state, source=path, model_name=self.cfg.model.name)
+        return {"kind": "init", "partial": False, "source": path}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -276,6 +293,8 @@ class Trainer:
         if main:
             self._prepare_logs()
             if self.step == 0:
+                if self.init_report is not None:
+                    self._log({**self.init_report, "step": 0})
                 self.validate()
         if self.step >= until:
             return self.history

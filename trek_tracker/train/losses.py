@@ -51,8 +51,9 @@ def soft_jaccard(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) 
 
 
 def frame_loss(logits: torch.Tensor, labels: torch.Tensor, num_objects: torch.Tensor,
-               fraction: float) -> torch.Tensor:
-    """``0.5 * bootstrapped CE + 0.5 * soft Jaccard`` of 4x logits (B, C, h, w) against labels (B, H, W)."""
-    logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=True)
+               fraction: float, *, align_corners: bool = True) -> torch.Tensor:
+    """``0.5 * bootstrapped CE + 0.5 * soft Jaccard`` of low-resolution logits (B, C, h, w) against labels
+    (B, H, W); the logits are upsampled as the model's own resizing does (``align_corners``)."""
+    logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
     logits = mask_unused_ids(logits, num_objects)
     return 0.5 * bootstrapped_ce(logits, labels, fraction) + 0.5 * soft_jaccard(logits, labels)

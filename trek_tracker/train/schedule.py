@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Parameters never decayed, besides every 1-D tensor (biases, LayerNorm/GroupNorm affine).
-NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table", "relative_emb_v", "conv_out")
+# Parameters never decayed, besides every 1-D tensor (biases, LayerNorm/GroupNorm affine). ``head_out`` is
+# MSDeAOT's counterpart of DeAOT's output convolution ``conv_out``.
+NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table", "relative_emb_v", "conv_out", "head_out")
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _exempt(name: str, param: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Trainable parameters split by (encoder / ID bank / rest) x (decayed / exempt).
+    """Trainable parameters split by (encoder / ID banks / rest) x (decayed / exempt).
 
     Frozen tensors (frozen BN buffers, frozen encoder stages) are not optimised. Each group carries a
     ``role`` so the step can re-price it: the encoder gets the reduced lr, and the ID bank is switched off
@@ -61,7 +62,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        role = "encoder" if name.startswith("encoder.") else "id_bank" if name.startswith("id_bank.") else "rest"
+        role = "encoder" if name.startswith("encoder.") else "id_bank" if name.startswith("id_bank") else "rest"
         buckets.setdefault((role, _exempt(name, p)), []).append(p)
     groups = []
     for (role, exempt), params in sorted(buckets.items()):
