@@ -354,15 +354,14 @@ class Trainer:
                     bar.update(1)
                 if self.step % max(1, t.checkpoint_every) == 0 or self.step == until:
                     self.save()
-                if self.cfg.val.every and self.step % self.cfg.val.every == 0 and self.step != until:
-                    self.validate()
+                if self.step == until or (self.cfg.val.every and self.step % self.cfg.val.every == 0):
+                    self.validate()  # also at the end of every run, interrupted by --until or not
             if self.dist.world > 1 and (self.step % max(1, t.checkpoint_every) == 0 or self.step == until):
                 dist.barrier()
         if bar is not None:
             bar.close()
         if main:
             if self.step == t.steps:
-                self.validate()
                 save_checkpoint(self.out / "ema_final.pth", self.ema.module,
                                 extra={"step": self.step, "trained_with": "trek-track train"})
             plot_log(self.history, self.out / "loss.png")

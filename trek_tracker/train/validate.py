@@ -1,7 +1,8 @@
 """VOS validation: run a model with the inference engine over DAVIS-layout sequences and score J and F.
 
 Used by ``trek-track eval-vos`` and during training (with the EMA weights). Predictions are compared at the
-annotation resolution; frames without an annotation file are propagated but not scored.
+annotation resolution; frames without an annotation file are propagated but not scored; DAVIS-2017 void
+pixels (palette index 255) are ignored, as the benchmark does.
 """
 
 from __future__ import annotations
@@ -73,10 +74,18 @@ def evaluate_model(model: torch.nn.Module, root: str | Path, *, sequences: list[
             if save_dir is not None:
                 _save_masks(Path(save_dir) / seq.name, seq, preds)
             idx = sorted(seq.labels)
-            scores += score_sequence(seq.name, [preds[i] for i in idx], [read_label(seq.labels[i]) for i in idx])
+            scores += score_sequence(seq.name, [preds[i] for i in idx], [read_label(seq.labels[i]) for i in idx],
+                                     [read_void(seq.labels[i]) for i in idx])
     finally:
         model.train(was_training)
     return summarise(scores)
+
+
+def read_void(path: Path) -> np.ndarray:
+    """DAVIS-2017 "void" pixels (palette index 255) of an annotation; all False for other masks."""
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+        return (arr == 255) if im.mode == "P" else np.zeros(arr.shape[:2], bool)
 
 
 def _save_masks(folder: Path, seq: SequenceData, preds: list[np.ndarray]) -> None:
@@ -105,5 +114,5 @@ def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[
         for p, g in zip(preds, gts, strict=True):
             if p.shape != g.shape:
                 raise InputError(f"{seq.name}: prediction of size {p.shape[::-1]} for annotation {g.shape[::-1]}")
-        scores += score_sequence(seq.name, preds, gts)
+        scores += score_sequence(seq.name, preds, gts, [read_void(seq.labels[i]) for i in idx])
     return summarise(scores)
