@@ -157,7 +157,13 @@ def _held_out_loss(model, cfg, davis) -> float:
 
 
 def test_tiny_model_learns(tiny_config, davis):
-    """About a minute on one core: on car-shadow, held out from training, the loss falls and J&F rises."""
+    """About a minute on one core: on car-shadow, held out from training, the loss falls and J&F rises.
+
+    The tiny model starts from a random encoder, so its first ~50-100 steps predict background everywhere
+    before the ID matching takes off; with seed 0 (the config's) it is past that by step 150. Some other
+    seeds stay in that regime for 300+ steps (seed 1 does), so this is a check of this run, not of every
+    seed; benchmarks/train_learning_curve.py shows longer curves.
+    """
     cfg = tiny_config("learn", "train.steps=150", "train.log_every=10", "train.checkpoint_every=150")
     torch.manual_seed(cfg.train.seed)
     initial = build_model(cfg.model.name)  # the trainer's starting weights (same seed)
