@@ -27,6 +27,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,8 @@ def setup_distributed(device_kind: str) -> DistInfo:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        # Rank 0 validates and writes checkpoints while the others wait in the next all-reduce: allow it time.
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=timedelta(hours=2))
     return info
 
 
