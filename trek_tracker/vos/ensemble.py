@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.engine import FrameOutput
+from trek_tracker.vos.engine import FrameOutput, channel_argmax
 
 MODES = ("mean", "vote")
 
@@ -125,7 +125,7 @@ def combine_outputs(outputs: Sequence[FrameOutput], mode: str = "mean",
     check_mode(mode)
     if mode == "mean":
         probs = average_probs([o.probs for o in outputs], weights)
-        return FrameOutput(labels=probs.argmax(dim=0), probs=probs, logits4x=[])
+        return FrameOutput(labels=channel_argmax(probs), probs=probs, logits4x=[])
     n = max(o.probs.shape[0] for o in outputs)
     labels = [o.labels for o in outputs]
     return FrameOutput(labels=vote(labels, weights, n), probs=vote_scores(labels, weights, n), logits4x=[])
@@ -331,7 +331,7 @@ def combine_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     for index, stem in enumerate(first.frames):
         if mode == "mean":
             probs = average_probs([load_probs(r.path / PROBS_DIR / f"{stem}.npz") for r in runs], w)
-            labels = ids.to_original(probs.argmax(0).numpy())
+            labels = ids.to_original(channel_argmax(probs).numpy())
             if save_probs_out:
                 save_probs(out / PROBS_DIR / f"{stem}.npz", probs)
         else:
