@@ -115,7 +115,7 @@ def load_model(config: TrackerConfig) -> LoadedModel:
         notes.append("random weights: the output is meaningless (smoke test only)")
     else:
         path = _resolve_model_checkpoint(config)
-        model, report = checkpoints.load_model(path, config.model or _default_model_for(path))
+        model, report = checkpoints.load_model(path, config.model, default_model=DEFAULT_MODEL)
         if report is not None:
             partial = report.to_dict()
             notes.append(f"{model.config.name} initialised from a DeAOT checkpoint: new (untrained) parts "
@@ -123,13 +123,6 @@ def load_model(config: TrackerConfig) -> LoadedModel:
         sha = checkpoints.sha256_of(path)
     model = model.to(torch.device(device)).eval()
     return LoadedModel(model, model.config.name, path, sha, device, notes, partial)
-
-
-def _default_model_for(path: Path) -> str | None:
-    """None for our own checkpoints (they name their model), else the default variant."""
-    from trek_tracker.vos.checkpoints import read_checkpoint_config
-
-    return None if read_checkpoint_config(path) is not None else DEFAULT_MODEL
 
 
 def _resolve_model_checkpoint(config: TrackerConfig) -> Path:

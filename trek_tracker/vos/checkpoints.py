@@ -106,23 +106,27 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]
     shapes = [k for k in ours if k in target and tuple(ours[k].shape) != tuple(target[k].shape)]
     what = f"model {model_name!r}" if model_name else "the model"
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {ours_to_official(missing[0])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {ours_to_official(unexpected[0])})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (first: {ours_to_official(k)} is "
-                         f"{tuple(ours[k].shape)} in the file, {tuple(target[k].shape)} in the model)")
-        raise CheckpointError(f"{source} does not match {what}: " + "; ".join(parts)
-                              + " (is it a checkpoint of another variant? check --model)")
+        raise CheckpointError(
+            f"{source} does not match {what}: "
+            + _mismatch([ours_to_official(k) for k in missing], [ours_to_official(k) for k in unexpected],
+                        [f"{ours_to_official(k)} is {tuple(ours[k].shape)} in the file, "
+                         f"{tuple(target[k].shape)} in the model" for k in shapes])
+            + " (is it a checkpoint of another variant? check --model)")
     for k, v in ours.items():
         if k.endswith(_DERIVED_BUFFER_SUFFIXES) and not torch.equal(v.to(target[k].dtype), target[k]):
             raise CheckpointError(f"{source}: buffer {ours_to_official(k)} differs from its definition")
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in ours.items()})
     model.load_state_dict(full, strict=True)
+
+
+def _mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    """'N missing keys (first: K); ...' for an error message; each list holds official names or phrases."""
+    parts = []
+    for items, what in ((missing, "missing keys"), (unexpected, "unexpected keys"), (shapes, "shape mismatches")):
+        if items:
+            parts.append(f"{len(items)} {what} (first: {items[0]})")
+    return "; ".join(parts)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, model_name: str | None = None) -> None:
@@ -240,14 +244,8 @@ def init_msdeaot_from_deaot(model: nn.Module, state: Mapping[str, torch.Tensor],
         else:
             missing.append(ours_to_official(key))
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
-        raise CheckpointError(f"{source} cannot initialise MSDeAOT {model.config.name!r}: " + "; ".join(parts)
+        raise CheckpointError(f"{source} cannot initialise MSDeAOT {model.config.name!r}: "
+                              + _mismatch(missing, unexpected, shapes)
                               + " (use a DeAOT checkpoint with the same encoder, e.g. R50_DeAOTL for r50_msdeaot)")
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in take.items()})
@@ -259,12 +257,13 @@ def init_msdeaot_from_deaot(model: nn.Module, state: Mapping[str, torch.Tensor],
     return report
 
 
-def load_model(path: str | Path, model_name: str | None = None) -> tuple[nn.Module, PartialInit | None]:
-    """Build and load a model from a checkpoint file.
+def load_model(path: str | Path, model_name: str | None = None, *,
+               default_model: str | None = None) -> tuple[nn.Module, PartialInit | None]:
+    """Build and load a model from a checkpoint file (read once).
 
     Our own files carry their config, so ``model_name`` may be omitted (if given it must match). Official
-    files need ``model_name``; an MSDeAOT name with a DeAOT file gives a partial initialisation, whose
-    :class:`PartialInit` is returned (None for a full load).
+    files need ``model_name`` (or ``default_model``); an MSDeAOT name with a DeAOT file gives a partial
+    initialisation, whose :class:`PartialInit` is returned (None for a full load).
     """
     from trek_tracker.vos.models import build_model, build_model_from_config
     from trek_tracker.vos.msdeaot import MSDeAOT
@@ -277,6 +276,7 @@ def load_model(path: str | Path, model_name: str | None = None) -> tuple[nn.Modu
         model = build_model_from_config(config)
         load_official_state_dict(model, state, source=str(path), model_name=config.get("name"))
         return model, None
+    model_name = model_name or default_model
     if model_name is None:
         raise CheckpointError(f"{path} is an official checkpoint without a stored config: name its model "
                               "(--model)")
