@@ -164,14 +164,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, extra: Mapping | None
 
 
 def read_checkpoint_config(path: str | Path) -> dict | None:
-    """The model config stored in one of our checkpoints, or None for an official file."""
-    try:
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("config"), Mapping):
-        return dict(obj["config"])
-    return None
+    """The model config stored in one of our checkpoints, or None for an official file (same read and checks
+    as loading it: a file that cannot be read is a :class:`CheckpointError`)."""
+    return _read(path)[1]
 
 
 # --------------------------------------------------------------------------- DeAOT -> MSDeAOT
