@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trek_tracker.vos.checkpoints import load_official_state_dict
-from trek_tracker.vos.engine import EngineConfig, VOSEngine
-from trek_tracker.vos.models import build_model
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.modeling.checkpoints import load_official_state_dict
+from trek_tracker.modeling.registry import build_model
 
 # (model, case, max long edge) -> official median ms/frame on the reference host (goldens README §8).
 OFFICIAL_MS = {
@@ -95,7 +95,7 @@ def run_case(shared: Path, name: str, case: str, long_edge: int, rounds: int) ->
             if t > 1:  # the first propagated frame is warm-up, as in the official timing
                 times.append(dt)
             if gold is not None and r == 0:
-                logits = torch.cat(out.logits4x).numpy()
+                logits = torch.cat(out.logits).numpy()
                 ref = gold["logits4x"][t - 1]
                 max_dlogit = max(max_dlogit, float(np.abs(logits.reshape(ref.shape) - ref).max()))
                 max_dlabel = max(max_dlabel, int((out.labels.numpy() != gold["label"][t - 1]).sum()))

@@ -64,9 +64,10 @@ def worker(args: argparse.Namespace) -> None:
     """One setting: track and print a JSON line per checkpoint."""
     import torch
 
-    from trek_tracker.vos.checkpoints import load_model
-    from trek_tracker.vos.engine import EngineConfig, MemoryConfig, VOSEngine
-    from trek_tracker.vos.models import build_model
+    from trek_tracker.inference.engine import EngineConfig, VOSEngine
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.modeling.checkpoints import load_model
+    from trek_tracker.modeling.registry import build_model
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -78,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
         model = build_model(args.model)
     model = model.eval().to(device)
     cap = args.cap if args.worker == "capped" else None
-    memory = MemoryConfig(long_term_gap=args.gap, max_long_term=cap)
+    memory = MemoryConfig(gap=args.gap, cap=cap)
     engine = VOSEngine(model, EngineConfig(max_long_edge=args.max_long_edge, memory=memory))
     cuda = device.type == "cuda"
     if cuda:

@@ -29,9 +29,9 @@ def main() -> None:
 
     import torch
 
+    from trek_tracker.modeling.registry import build_model
     from trek_tracker.train.schedule import OptimConfig, build_optimizer
     from trek_tracker.train.step import UnrolledStep
-    from trek_tracker.vos.models import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.type == "cuda" and not args.no_amp

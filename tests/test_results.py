@@ -11,19 +11,17 @@ import pytest
 from PIL import Image
 
 from trek_tracker.errors import InputError
+from trek_tracker.files import atomic_write, read_json, write_json
 from trek_tracker.geometry import mask_to_box
 from trek_tracker.results import (
     ObjectIds,
     StreamingTextWriter,
-    atomic_write,
     format_box,
     read_boxes,
-    read_json,
     read_label_png,
     read_result,
     read_times,
     write_boxes,
-    write_json,
     write_label_png,
     write_times,
 )

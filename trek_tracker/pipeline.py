@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from trek_tracker.errors import CheckpointError, InputError, UserError
+from trek_tracker.files import sha256_of
 from trek_tracker.geometry import BoxFromMask, BoxFromMaskConfig, box_to_mask, check_box_in_frame, mask_to_box
 
 DEFAULT_MODEL = "r50_deaotl"
@@ -102,8 +103,8 @@ def load_model(config: TrackerConfig) -> LoadedModel:
     """Build the model on its device and load its weights strictly (or seed them at random)."""
     import torch
 
-    from trek_tracker.vos import checkpoints
-    from trek_tracker.vos.models import build_model
+    from trek_tracker.modeling import checkpoints
+    from trek_tracker.modeling.registry import build_model
 
     device = select_device(config.device)
     notes: list[str] = []
@@ -120,7 +121,7 @@ def load_model(config: TrackerConfig) -> LoadedModel:
             partial = report.to_dict()
             notes.append(f"{model.config.name} initialised from a DeAOT checkpoint: new (untrained) parts "
                          f"{', '.join(partial['new'])}")
-        sha = checkpoints.sha256_of(path)
+        sha = sha256_of(path)
     model = model.to(torch.device(device)).eval()
     return LoadedModel(model, model.config.name, path, sha, device, notes, partial)
 
@@ -130,7 +131,7 @@ def _resolve_model_checkpoint(config: TrackerConfig) -> Path:
 
     value = config.checkpoint
     if value is None:
-        from trek_tracker.vos.models import model_config
+        from trek_tracker.modeling.registry import model_config
 
         name = config.model or DEFAULT_MODEL
         model_config(name)  # an unknown model name is reported as such
@@ -184,8 +185,8 @@ class Tracker:
                                                      ar_checkpoint=config.ar_checkpoint, device=self.loaded.device))
 
     def _check_combination(self) -> None:
-        from trek_tracker.vos.ensemble import check_mode, check_weights
-        from trek_tracker.vos.tta import parse_scales
+        from trek_tracker.inference.ensemble import check_mode, check_weights
+        from trek_tracker.inference.tta import parse_scales
 
         cfg = self.config
         check_mode(cfg.ensemble)
@@ -194,12 +195,13 @@ class Tracker:
 
     def _build_engine(self):
         """One engine per (member, TTA view); a plain VOSEngine without TTA or ensemble."""
-        from trek_tracker.vos.engine import EngineConfig, MemoryConfig
-        from trek_tracker.vos.ensemble import EnsembleEngine
-        from trek_tracker.vos.tta import tta_engine
+        from trek_tracker.inference.engine import EngineConfig
+        from trek_tracker.inference.ensemble import EnsembleEngine
+        from trek_tracker.inference.memory import MemoryConfig
+        from trek_tracker.inference.tta import tta_engine
 
         cfg = self.config
-        memory = MemoryConfig(long_term_gap=cfg.long_term_gap, max_long_term=cfg.max_long_term)
+        memory = MemoryConfig(gap=cfg.long_term_gap, cap=cfg.max_long_term)
         base = EngineConfig(max_long_edge=cfg.max_long_edge, memory=memory)
         engines = [tta_engine(lm.model, base, cfg.tta_scales or (1.0,), cfg.tta_flip) for lm in self.members]
         if len(engines) == 1:
@@ -327,7 +329,7 @@ class Tracker:
                              "notes": m.notes} for m in self.members],
             }
         if self.config.tta_scales or self.config.tta_flip:
-            from trek_tracker.vos.tta import parse_scales, tta_views
+            from trek_tracker.inference.tta import parse_scales, tta_views
 
             views = tta_views(parse_scales(self.config.tta_scales), self.config.tta_flip)
             info["tta"] = {"views": [{"scale": s, "flip": f} for s, f in views], "combine": "mean",
@@ -335,5 +337,5 @@ class Tracker:
         if self.engine is not None:
             view = self._first_view()
             info["network_input_size"] = list(view.input_size)
-            info["long_term_gap"] = view.gap
+            info["long_term_gap"] = view.schedule.gap
         return info

@@ -1,83 +1,39 @@
-"""Result files: boxes, times, JSON, label PNGs, and a crash-safe per-frame writer.
+"""Result file formats: boxes, times, label PNGs, object ids, and a crash-safe per-frame text writer.
 
-Every whole-file write is atomic (a hidden temporary file in the same folder, then ``os.replace``), so a
-result file is either absent or complete: the evaluation runner can treat an existing file as a finished
-run (``trek150.md`` §6, R2). Box and time files are byte-identical to what the TREK-150 toolkit writes
-(``np.savetxt(fmt='%.3f' / '%.8f', delimiter=',')``, R1) and are read back by both this module and the
-toolkit.
+Every whole-file write is atomic (:func:`trek_tracker.files.atomic_write`), so a result file is either
+absent or complete: the evaluation runner can treat an existing file as a finished run
+(docs/trek150.md#resuming). Box and time files are byte-identical to what the TREK-150 toolkit writes
+(``np.savetxt(fmt='%.3f' / '%.8f', delimiter=',')``, docs/trek150.md#result-files) and are read back by both
+this module and the toolkit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
 from trek_tracker.errors import InputError
+from trek_tracker.files import atomic_write, write_text
 
 __all__ = [
-    "atomic_write",
     "format_box",
     "write_boxes",
     "read_boxes",
     "read_result",
     "write_times",
     "read_times",
-    "write_json",
-    "read_json",
     "read_label_png",
     "write_label_png",
     "ObjectIds",
     "StreamingTextWriter",
 ]
-
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed.
-
-    Parent folders are created. The file gets the usual permissions (0666 minus umask), not mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_write(path) as f:
-        f.write(text)
-
 
 # ----------------------------------------------------------------------------------------------- boxes
 
@@ -102,7 +58,7 @@ def write_boxes(path: str | os.PathLike, boxes: np.ndarray | Iterable[Iterable[f
         arr = arr.reshape(0, 4)
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise ValueError(f"boxes must have shape (N, 4), got {arr.shape}")
-    _write_text(path, "".join(format_box(row) + "\n" for row in arr))
+    write_text(path, "".join(format_box(row) + "\n" for row in arr))
 
 
 _SPLIT = re.compile(r"[\s,;]+")
@@ -185,7 +141,7 @@ def write_times(path: str | os.PathLike, seconds: Iterable[float]) -> None:
     arr = np.asarray(list(seconds) if not isinstance(seconds, np.ndarray) else seconds, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"times must be one-dimensional, got shape {arr.shape}")
-    _write_text(path, "".join(f"{v:.8f}\n" for v in arr.tolist()))
+    write_text(path, "".join(f"{v:.8f}\n" for v in arr.tolist()))
 
 
 def read_times(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
@@ -194,43 +150,6 @@ def read_times(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
     if rows is not None and len(times) != rows:
         raise InputError(f"{path} has {len(times)} times, expected {rows}")
     return times
-
-
-# ------------------------------------------------------------------------------------------------ json
-
-
-def _to_json(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    """Write ``obj`` as JSON atomically; numpy scalars/arrays, paths, dataclasses and sets are converted.
-
-    NaN is written as ``NaN`` like ``json.dump`` does (the official report does the same).
-    """
-    _write_text(path, json.dumps(obj, indent=indent, default=_to_json) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing or malformed file raises :class:`InputError`."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"JSON file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read JSON file {path}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------ label PNGs

@@ -28,9 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from trek_tracker import __version__
+from trek_tracker.files import write_json
 from trek_tracker.geometry import check_box_in_frame
 from trek_tracker.pipeline import Tracker
-from trek_tracker.results import ObjectIds, StreamingTextWriter, write_json, write_label_png
+from trek_tracker.results import ObjectIds, StreamingTextWriter, write_label_png
 from trek_tracker.video import FrameSource, OverlayWriter, prefetch
 
 

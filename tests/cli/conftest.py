@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from trek_tracker.cli import main
-from trek_tracker.vos.checkpoints import ours_to_official
-from trek_tracker.vos.models import build_model
+from trek_tracker.modeling.deaot import DeAOT
+from trek_tracker.modeling.registry import build_model
 
 TINY = "test_deaot_tiny"
 
@@ -35,7 +35,7 @@ def official_checkpoint(path: Path, model_name: str = TINY, drop: str | None = N
     """Write ``{'state_dict', 'optimizer'}`` with official key names, as the released files are."""
     state = {}
     for key, value in build_model(model_name).state_dict().items():
-        official = ours_to_official(key)
+        official = DeAOT.official_key(key)
         if drop is not None and official.startswith(drop):
             continue
         state[official] = _seeded(official, tuple(value.shape)) if value.is_floating_point() else value

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from tests.cli.conftest import TINY
-from trek_tracker.vos.checkpoints import load_model, read_checkpoint_config
-from trek_tracker.vos.msdeaot import MSDeAOT
+from trek_tracker.modeling.checkpoints import load_model, read_checkpoint_config
+from trek_tracker.modeling.msdeaot import MSDeAOT
 
 
 def test_convert_round_trips_weights_and_config(cli, tiny_checkpoint, tmp_path):

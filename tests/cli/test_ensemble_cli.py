@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.cli.conftest import TINY
-from trek_tracker.results import read_boxes, read_label_png, read_times, write_boxes, write_json, write_label_png
-from trek_tracker.vos.ensemble import load_probs, save_probs
+from trek_tracker.files import write_json
+from trek_tracker.inference.ensemble import load_probs, save_probs
+from trek_tracker.results import read_boxes, read_label_png, read_times, write_boxes, write_label_png
 
 H, W = 40, 60
 BOX0 = [10.0, 5.0, 20.0, 10.0]

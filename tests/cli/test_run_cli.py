@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from tests.cli.conftest import TINY, official_checkpoint
+from trek_tracker.modeling.checkpoints import sha256_of
 from trek_tracker.results import read_label_png
-from trek_tracker.vos.checkpoints import sha256_of
 
 FAST = ("--model", TINY, "--max-long-edge", "240", "--quiet", "--device", "cpu", "--init", "box")
 BOX_LINE = re.compile(r"^-?\d+\.\d{3},-?\d+\.\d{3},-?\d+\.\d{3},-?\d+\.\d{3}$")

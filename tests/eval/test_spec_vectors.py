@@ -14,7 +14,8 @@ from trek_tracker.errors import InputError
 from trek_tracker.eval import report as R
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.submission import build_submission, submission_json, write_submission
-from trek_tracker.results import atomic_write, read_result, write_boxes
+from trek_tracker.files import atomic_write
+from trek_tracker.results import read_result, write_boxes
 
 A = (-1, -1, -1, -1)
 GT_A = [(100, 100, 50, 50)] * 2 + [A] + [(100, 100, 50, 50)] * 3

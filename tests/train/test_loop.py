@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.train.conftest import TINY_VIDEO
+from trek_tracker.modeling.checkpoints import load_official_state_dict, read_checkpoint, read_checkpoint_config
+from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.loop import Trainer, latest_state, train
-from trek_tracker.vos.checkpoints import load_checkpoint, read_checkpoint_config
-from trek_tracker.vos.models import build_model
 
 FAST = ("train.batch_size=2", "train.log_every=1", "train.checkpoint_every=2", "val.root=''",
         "train.seq_training_start_ratio=0.5")
@@ -77,7 +77,7 @@ def test_checkpoints_are_pruned_and_ema_loads_for_inference(tiny_config, tmp_pat
     final = tmp_path / "ckpt" / "ema_final.pth"
     assert read_checkpoint_config(final)["name"] == "test_deaot_tiny"
     model = build_model("test_deaot_tiny")
-    load_checkpoint(model, final, model_name="test_deaot_tiny")
+    load_official_state_dict(model, read_checkpoint(final), model_name="test_deaot_tiny")
     state = _state(folder / "step_0000004.state.pth")
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["ema"]["module"][k]), k

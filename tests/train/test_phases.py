@@ -11,10 +11,10 @@ import torch
 
 from tests.train.conftest import REPO
 from trek_tracker.errors import InputError
+from trek_tracker.modeling.checkpoints import read_checkpoint
 from trek_tracker.train.config import load_config
 from trek_tracker.train.data import ClipDataset
 from trek_tracker.train.loop import train
-from trek_tracker.vos.checkpoints import read_checkpoint
 
 CONFIGS = REPO / "configs" / "train"
 
@@ -84,9 +84,9 @@ def test_phase1_static_then_phase2_video_from_its_ema(static_folder, davis, tmp_
     trainer = Trainer(p2, resume=False, progress=False)
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     phase1 = read_checkpoint(ema)
-    from trek_tracker.vos.checkpoints import ours_to_official
+    from trek_tracker.modeling.deaot import DeAOT
 
-    assert all(torch.equal(v, phase1[ours_to_official(k)]) for k, v in start.items())
+    assert all(torch.equal(v, phase1[DeAOT.official_key(k)]) for k, v in start.items())
     trainer.run()
     assert (tmp_path / "p2" / "ema_final.pth").is_file()
 
@@ -96,9 +96,9 @@ def test_msdeaot_starts_from_a_deaot_checkpoint_and_trains(davis, tmp_path):
     run log and the new stride-8 modules train."""
     import json
 
+    from trek_tracker.modeling.checkpoints import save_checkpoint
+    from trek_tracker.modeling.registry import build_model
     from trek_tracker.train.loop import Trainer
-    from trek_tracker.vos.checkpoints import save_checkpoint
-    from trek_tracker.vos.models import build_model
 
     torch.manual_seed(3)
     deaot = build_model("test_deaot_tiny")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.ema import EMA, default_decay
 from trek_tracker.train.schedule import (
     OptimConfig,
@@ -14,7 +15,6 @@ from trek_tracker.train.schedule import (
     encoder_learning_rate,
     learning_rate,
 )
-from trek_tracker.vos.models import build_model
 
 CFG = OptimConfig(lr=2e-4, min_lr=1e-5, warmup_ratio=0.05, power=0.9)
 

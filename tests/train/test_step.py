@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.step import UnrolledStep
-from trek_tracker.vos.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +104,18 @@ def test_unrolled_clip_matches_the_inference_engine(step):
     """With predicted memory the step remembers what the engine remembers: the same logits on every frame
     of a 4-frame clip (long-term gap 2, so frame 2 enters the long-term memory; MSDeAOT also subsamples its
     8x long-term memory), when the clip is at the network's input size."""
-    from trek_tracker.vos.engine import EngineConfig, MemoryConfig, VOSEngine
-    from trek_tracker.vos.preprocess import to_network_input
+    from trek_tracker.inference.engine import EngineConfig, VOSEngine
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.inference.preprocess import to_network_input
 
     rng = torch.Generator().manual_seed(5)
     frames = (torch.rand(4, 65, 65, 3, generator=rng) * 255).to(torch.uint8).numpy()
     label = torch.zeros(65, 65, dtype=torch.int64)
     label[10:40, 20:50] = 1
     label[45:60, 5:20] = 2
-    engine = VOSEngine(step.model, EngineConfig(max_long_edge=None, memory=MemoryConfig(long_term_gap=2)))
+    engine = VOSEngine(step.model, EngineConfig(max_long_edge=None, memory=MemoryConfig(gap=2)))
     engine.add_reference(frames[0], label.numpy())
-    engine_logits = [engine.step(f).logits4x[0] for f in frames[1:]]
+    engine_logits = [engine.step(f).logits[0] for f in frames[1:]]
 
     images = torch.cat([to_network_input(f, (65, 65)) for f in frames])[None]
     labels = torch.stack([label] * 4)[None]

@@ -25,7 +25,7 @@ def convert(source: str, model: str, out: str) -> None:
     """
     from pathlib import Path
 
-    from trek_tracker.vos.checkpoints import load_model, save_checkpoint
+    from trek_tracker.modeling.checkpoints import load_model, save_checkpoint
 
     net, init = load_model(source, model)
     extra = {"converted_from": Path(source).name}

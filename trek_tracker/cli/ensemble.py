@@ -24,7 +24,7 @@ def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str
       trek-track ensemble runs/a runs/b runs/c --mode vote --weights 1,1,2 --out runs/abc
     """
     from trek_tracker.errors import UserError
-    from trek_tracker.vos.ensemble import combine_runs
+    from trek_tracker.inference.ensemble import combine_runs
 
     parsed = None
     if weights:

@@ -58,7 +58,7 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, sav
         mask = InitMask(labels, palette, ObjectIds.from_labels(labels))
     from dataclasses import replace
 
-    from trek_tracker.vos.tta import parse_scales
+    from trek_tracker.inference.tta import parse_scales
 
     source = open_frames(video)
     config = tracker_config_from_options(**options)
@@ -94,8 +94,8 @@ def _parse_weights(text: str | None) -> tuple[float, ...] | None:
 
 def _attach_probs_writer(tracker, out_dir: Path, ids) -> None:
     """Save each frame's probabilities to ``<out>/probs/<index>.npz`` and the object values beside them."""
-    from trek_tracker.results import write_json
-    from trek_tracker.vos.ensemble import PROBS_DIR, save_probs
+    from trek_tracker.files import write_json
+    from trek_tracker.inference.ensemble import PROBS_DIR, save_probs
 
     probs_dir = out_dir / PROBS_DIR
     probs_dir.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predic
     else:
         import torch
 
-        from trek_tracker.vos.checkpoints import load_model
+        from trek_tracker.modeling.checkpoints import load_model
 
         if checkpoint is None:
             raise InputError("--checkpoint is required to evaluate a model (or give --predictions)")
@@ -90,7 +90,6 @@ def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predic
     click.echo(f"J&F {_fmt(res['J&F'])}  J {_fmt(res['J_mean'])}  F {_fmt(res['F_mean'])}  "
                f"J-recall {_fmt(res['J_recall'])}  F-recall {_fmt(res['F_recall'])}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(json_path)
+        from trek_tracker.files import write_json
+
+        write_json(json_path, res)

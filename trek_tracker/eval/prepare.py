@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from trek_tracker.errors import InputError, UserError
 from trek_tracker.eval.dataset import ANNOTATIONS_DIR, SEQUENCES_FILE, Trek150, _ints, frame_file_name
-from trek_tracker.results import write_json
+from trek_tracker.files import write_json
 
 log = logging.getLogger(__name__)
 

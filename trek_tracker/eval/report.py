@@ -22,7 +22,8 @@ from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.metrics import THR_GSR, THR_IOU, THR_NCE, RunScore, score_run, speed_fps
 from trek_tracker.eval.protocols import Run, expand_protocols, plan
-from trek_tracker.results import atomic_write, read_result, read_times
+from trek_tracker.files import atomic_write
+from trek_tracker.results import read_result, read_times
 
 SCORE_KEYS = ("success_score", "normalized_precision_score", "generalized_success_robustness_score")
 SHORT = {"success_score": "SS", "normalized_precision_score": "NPS",
@@ -240,10 +241,9 @@ def plot_ope(performance: dict, out_dir: str | Path, dpi: int = 150) -> list[Pat
         ax.grid(True, alpha=0.4)
         legend = ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         path = out_dir / fname
-        tmp = out_dir / f".{fname}.tmp.png"
-        fig.savefig(tmp, dpi=dpi, bbox_extra_artists=(legend,), bbox_inches="tight", format="png")
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, dpi=dpi, bbox_extra_artists=(legend,), bbox_inches="tight", format="png")
         plt.close(fig)
-        tmp.replace(path)
         written.append(path)
     return written
 

@@ -19,7 +19,8 @@ import numpy as np
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import hoi_runs, mse_runs, ope_runs
-from trek_tracker.results import atomic_write, read_result
+from trek_tracker.files import atomic_write
+from trek_tracker.results import read_result
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from trek_tracker.errors import InputError
+from trek_tracker.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from trek_tracker.train.augment import AugmentConfig, augment_clip, paste_clip, select_objects, static_clip
-from trek_tracker.vos.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 

@@ -36,22 +36,15 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.files import atomic_write, write_text
+from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
+from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.config import TrainConfig
 from trek_tracker.train.data import ClipDataset, StepSampler
 from trek_tracker.train.ema import EMA, default_decay
 from trek_tracker.train.losses import hard_pixel_fraction
 from trek_tracker.train.schedule import apply_lr, build_optimizer
 from trek_tracker.train.step import UnrolledStep
-from trek_tracker.vos.checkpoints import (
-    MSDEAOT_NEW_PREFIXES,
-    init_msdeaot_from_deaot,
-    load_official_state_dict,
-    official_to_ours,
-    read_checkpoint,
-    save_checkpoint,
-)
-from trek_tracker.vos.models import build_model
-from trek_tracker.vos.msdeaot import MSDeAOT
 
 LOG_FIELDS = ("step", "loss", "aux_loss", "frame_loss", "lr", "hard_fraction", "aux_weight", "gt_memory",
               "samples_per_s", "elapsed_s")
@@ -99,19 +92,6 @@ def aux_weight(step: int, total: int, ratio: float) -> float:
     if ratio <= 0:
         return 0.0
     return max(0.0, 1.0 - step / (ratio * total))
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def latest_state(out: str | Path) -> Path | None:
@@ -183,14 +163,12 @@ class Trainer:
                 find_unused_parameters=t.seq_training_start_ratio < 1.0)
 
     def _initialise(self, path: str) -> dict:
-        """Load the starting weights; an MSDeAOT started from a DeAOT file is a partial initialisation
-        (spec §5.4.6), whose loaded / unused / new modules go to the run log."""
-        state = read_checkpoint(path)
-        if isinstance(self.model, MSDeAOT) and not any(
-                official_to_ours(k).startswith(MSDEAOT_NEW_PREFIXES) for k in state):
-            report = init_msdeaot_from_deaot(self.model, state, source=path)
+        """Load the starting weights; a model started from its parent family's file (an MSDeAOT from DeAOT)
+        is a partial initialisation (docs/msdeaot.md#initialisation), whose loaded / unused / new modules go
+        to the run log."""
+        report = load_weights(self.model, read_checkpoint(path), source=path, model_name=self.cfg.model.name)
+        if report is not None:
             return {"kind": "init", "partial": True, **report.to_dict()}
-        load_official_state_dict(self.model, state, source=path, model_name=self.cfg.model.name)
         return {"kind": "init", "partial": False, "source": path}
 
     # ------------------------------------------------------------------ state
@@ -219,7 +197,8 @@ class Trainer:
     def save(self) -> None:
         """Resume state and EMA weights for the current step (rank 0), pruning old ones."""
         folder = self.out / "checkpoints"
-        _atomic_save(self.state_dict(), folder / f"step_{self.step:07d}.state.pth")
+        with atomic_write(folder / f"step_{self.step:07d}.state.pth", "wb") as f:
+            torch.save(self.state_dict(), f)
         save_checkpoint(folder / f"ema_step_{self.step:07d}.pth", self.ema.module,
                         extra={"step": self.step, "trained_with": "trek-track train"})
         keep = max(1, self.cfg.train.keep_checkpoints)
@@ -231,7 +210,7 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def _prepare_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+        write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
         rows, records = [], []
         csv_path, jsonl_path = self.out / "log.csv", self.out / "log.jsonl"
         if csv_path.is_file():  # keep what was logged up to the resumed step
@@ -240,12 +219,11 @@ class Trainer:
         if jsonl_path.is_file():
             records = [json.loads(line) for line in jsonl_path.read_text().splitlines() if line.strip()]
             records = [r for r in records if int(r["step"]) <= self.step]
-        with (self.out / ".log.csv.tmp").open("w", newline="") as f:
+        with atomic_write(csv_path) as f:
             w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
             w.writeheader()
             w.writerows(rows)
-        os.replace(self.out / ".log.csv.tmp", csv_path)
-        _atomic_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in records))
+        write_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in records))
         self.history = records
 
     def _log(self, record: dict) -> None:
@@ -396,10 +374,9 @@ def plot_log(records: list[dict], path: Path) -> None:
         ax2.set_ylabel("J&F")
         ax2.legend(loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig, *, resume: bool = True, until: int | None = None, progress: bool = True

@@ -1,10 +1,11 @@
-"""The unrolled training step (spec deaot.md §4, official ``aot_engine.forward``) as an ``nn.Module``,
-so that DDP can wrap it and synchronise the gradients of everything it touches.
+"""The unrolled training step (docs/training.md#unrolled-step, official ``aot_engine.forward``) as an
+``nn.Module``, so that DDP can wrap it and synchronise the gradients of everything it touches.
 
 Reference frame -> memory (its own decoded logits give the auxiliary loss); then every later frame is
-propagated against the reference (long-term) and the previous frame (short-term), scored, and written to
-memory with either its ground truth (first part of training) or the model's own arg-max prediction
-(afterwards, with the ID embedding detached), which teaches the model to recover from its own errors.
+propagated against the memory, scored, and written to memory with either its ground truth (first part of
+training) or the model's own arg-max prediction (afterwards, with the ID embedding detached), which teaches
+the model to recover from its own errors. The memory is the inference engine's own
+(:class:`~trek_tracker.inference.memory.Memory`), with the training gap, skip 1 and no cap.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trek_tracker.inference.memory import Memory, MemorySchedule
+from trek_tracker.modeling.base import VOSModel
 from trek_tracker.train.losses import frame_loss
-from trek_tracker.vos.gpm import FrameEntry, LayerMemory
 
 
 @dataclass
@@ -31,23 +33,10 @@ def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return F.one_hot(labels.clamp(0, classes - 1), classes).permute(0, 3, 1, 2).float()
 
 
-def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(HW, B, C) tokens -> (B, C, H, W) map."""
-    _, b, c = tokens.shape
-    return tokens.view(h, w, b, c).permute(2, 3, 0, 1)
-
-
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) map -> (HW, B, C) tokens."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h * w).permute(2, 0, 1)
-
-
 class UnrolledStep(nn.Module):
-    """Computes the clip loss of a batch; ``model`` is any DeAOT-family model (encode / id_embedding /
-    propagate / decode / fuse_id, and layer_grids / long_term_dilation for per-layer memory layout)."""
+    """Computes the clip loss of a batch for any registered DeAOT-family model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: VOSModel) -> None:
         super().__init__()
         self.model = model
 
@@ -61,19 +50,17 @@ class UnrolledStep(nn.Module):
         align = model.align_corners
         feats_all = model.encode(images.flatten(0, 1))
         feats = [[f.unflatten(0, (b, t))[:, i] for f in feats_all] for i in range(t)]
-        grids = model.layer_grids(feats[0])
+        memory = Memory(model.memory_layout(feats[0]), MemorySchedule(gap=long_term_gap))
 
         id_emb = model.id_embedding(one_hot(labels[:, 0], classes))
         tokens, entries = model.propagate(feats[0], None, id_emb)
         aux = frame_loss(model.decode(tokens, feats[0]), labels[:, 0], num_objects, hard_fraction,
                          align_corners=align)
-        long_mem, short = self._memory(entries, [e.id_value for e in entries], grids)
-        last_long = 0
+        memory.remember(0, entries, [e.id_value for e in entries], reference=True)
 
         losses = []
         for i in range(1, t):
-            memories = [LayerMemory(lk, lv, sk, sv) for (lk, lv), (sk, sv) in zip(long_mem, short, strict=True)]
-            tokens, entries = model.propagate(feats[i], memories)
+            tokens, entries = model.propagate(feats[i], memory.attend())
             logits = model.decode(tokens, feats[i])
             losses.append(frame_loss(logits, labels[:, i], num_objects, hard_fraction, align_corners=align))
             if i == t - 1:
@@ -86,27 +73,7 @@ class UnrolledStep(nn.Module):
                     ids = torch.arange(classes, device=up.device).view(1, -1, 1, 1)
                     up = up.masked_fill(ids > num_objects.view(-1, 1, 1, 1), -1e4)
                     emb = model.id_embedding(one_hot(up.argmax(1), classes))
-            id_values = [model.fuse_id(j, e, emb) for j, e in enumerate(entries)]
-            new_long, short = self._memory(entries, id_values, grids)
-            if i - last_long >= long_term_gap:  # newest first, as the engine
-                long_mem = [(torch.cat([nk, lk]), torch.cat([nv, lv]))
-                            for (nk, nv), (lk, lv) in zip(new_long, long_mem, strict=True)]
-                last_long = i
+            memory.remember(i, entries, [model.fuse_id(j, e, emb) for j, e in enumerate(entries)])
         frame_losses = torch.stack(losses)
         loss = aux_weight * aux + frame_losses.mean()
         return StepOutput(loss=loss, aux_loss=aux.detach(), frame_losses=frame_losses.detach())
-
-    def _memory(self, entries: list[FrameEntry], id_values: list[torch.Tensor], grids: list[tuple[int, int]]
-                ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
-        """A frame's per-layer long-term tokens (subsampled where the model dilates long-term memory) and
-        short-term maps, built as the inference engine builds them."""
-        long_mem, short = [], []
-        for j, (e, idv, (h, w)) in enumerate(zip(entries, id_values, grids, strict=True)):
-            key, value = e.key, torch.cat([e.value, idv], dim=-1)
-            key_map, value_map = _to_map(key, h, w), _to_map(value, h, w)
-            short.append((key_map, value_map))
-            d = self.model.long_term_dilation(j)
-            if d > 1:
-                key, value = _to_tokens(key_map[..., ::d, ::d]), _to_tokens(value_map[..., ::d, ::d])
-            long_mem.append((key, value))
-        return long_mem, short

@@ -16,8 +16,8 @@ from PIL import Image
 
 from trek_tracker.errors import InputError
 from trek_tracker.eval.vos_metrics import ObjectScore, score_sequence, summarise
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
 from trek_tracker.train.data import IMAGE_SUFFIXES, read_image, read_label, video_dirs
-from trek_tracker.vos.engine import EngineConfig, VOSEngine
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trek_tracker.errors import CheckpointError
+from trek_tracker.files import sha256_of, write_text
 from trek_tracker.weights.registry import CheckpointEntry, Registry, default_registry
 
 HOME_ENV = "TREK_TRACK_HOME"
@@ -48,16 +49,6 @@ def _record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return digest.hexdigest()
-
-
 def recorded_sha256(path: Path) -> str | None:
     """The hash written beside ``path`` when it entered the cache, if any."""
     try:
@@ -68,10 +59,7 @@ def recorded_sha256(path: Path) -> str | None:
 
 
 def write_record(path: Path, sha256: str) -> None:
-    record = _record_path(path)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(f"{sha256}  {path.name}\n")
-    os.replace(tmp, record)
+    write_text(_record_path(path), f"{sha256}  {path.name}\n")
 
 
 def looks_like_checkpoint(path: Path) -> bool:
@@ -130,7 +118,7 @@ def download_lock(entry: CheckpointEntry) -> Iterator[None]:
 def install_verified(entry: CheckpointEntry, tmp: Path, what: str) -> Path:
     """Check ``tmp`` against ``entry`` and move it to its cache name; delete it when it fails."""
     try:
-        digest = sha256_file(tmp)
+        digest = sha256_of(tmp)
         check_file(entry, tmp, digest, what)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -186,7 +174,7 @@ def verify(entry: CheckpointEntry, progress: Callable[[int], None] | None = None
     path = cached_path(entry)
     if not path.is_file():
         raise CheckpointError(f"{entry.name} is not downloaded; run `{entry.download_command}`")
-    digest = sha256_file(path, progress)
+    digest = sha256_of(path, progress)
     recorded = recorded_sha256(path)
     if entry.sha256 is not None:
         expected, against = entry.sha256, "registry"

@@ -22,17 +22,26 @@ around without looking inside. Two extra hooks tell the engine how each layer's 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trek_tracker.errors import UserError
-from trek_tracker.vos.attention import map_to_seq
-from trek_tracker.vos.decoders import ConvGN
-from trek_tracker.vos.encoders import build_encoder, encoder_spec
-from trek_tracker.vos.gpm import FrameEntry, GatedPropagationLayer, LayerMemory
+from trek_tracker.modeling.base import (
+    LayerLayout,
+    ModelConfig,
+    VOSModel,
+    embed_ids,
+    init_id_bank,
+    patch_id_bank,
+)
+from trek_tracker.modeling.decoders import ConvGN
+from trek_tracker.modeling.gpm import FrameEntry, GatedPropagationLayer, LayerMemory
+from trek_tracker.modeling.layout import map_to_tokens, tokens_to_map
+from trek_tracker.modeling.registry import register_family, register_variant
 
 # Encoder output index for each stride: ``[f4, f8, f16 (raw), x16 (projected)]``.
 _FEATURE_INDEX = {4: 0, 8: 1, 16: 2}
@@ -42,8 +51,8 @@ REPORT_STAGES: tuple[tuple[int, int, int], ...] = ((16, 2, 256), (16, 0, 256), (
 
 
 @dataclass(frozen=True)
-class MSDeAOTConfig:
-    """Architecture and memory schedule of an MSDeAOT variant.
+class MSDeAOTConfig(ModelConfig):
+    """An MSDeAOT variant: the common fields plus the stage list.
 
     ``stages`` are ``(stride, layers, d_model)`` triples, coarse to fine. The first stage is DeAOT's 16x stack
     (stride 16, at least one layer, width ``d_model``). ``long_term_dilation`` gives, per stride, the step of
@@ -51,21 +60,13 @@ class MSDeAOTConfig:
     short-term memory stays at full resolution).
     """
 
-    name: str
-    encoder: str
-    stages: tuple[tuple[int, int, int], ...] = REPORT_STAGES
     long_term_gap: int = 5
     train_long_term_gap: int = 2
-    short_term_skip: int = 1
-    d_model: int = 256
-    max_objects: int = 10
-    expand: int = 2
-    max_dis: int = 7
-    droppath: float = 0.1
-    freeze_at: int = 2
+    stages: tuple[tuple[int, int, int], ...] = REPORT_STAGES
     head_hidden: int = 128
     long_term_dilation: tuple[tuple[int, int], ...] = ((16, 1), (8, 2))
-    arch: str = field(default="msdeaot")
+
+    family: ClassVar[str] = "msdeaot"
 
     def __post_init__(self) -> None:
         stages = tuple(tuple(int(v) for v in s) for s in self.stages)
@@ -84,31 +85,12 @@ class MSDeAOTConfig:
             previous = stride
 
     @property
-    def align_corners(self) -> bool:
-        return encoder_spec(self.encoder).align_corners
-
-    @property
     def num_layers(self) -> int:
         return sum(s[1] for s in self.stages)
 
     @property
     def output_stride(self) -> int:
         return self.stages[-1][0]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stages"] = [list(s) for s in self.stages]
-        d["long_term_dilation"] = [list(p) for p in self.long_term_dilation]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MSDeAOTConfig:
-        d = dict(d)
-        d.pop("arch", None)
-        d["stages"] = tuple(tuple(s) for s in d.get("stages", REPORT_STAGES))
-        if "long_term_dilation" in d:
-            d["long_term_dilation"] = tuple(tuple(p) for p in d["long_term_dilation"])
-        return cls(**d)
 
 
 @dataclass
@@ -181,36 +163,31 @@ class Stage(nn.Module):
         nn.init.xavier_uniform_(self.adapter.weight)
 
 
-def _id_bank(classes: int, dim: int, stride: int, align_corners: bool) -> nn.Conv2d:
-    """A patch-wise ID bank at ``stride``: kernel s+1, padding s/2 (16k+1 inputs) or kernel s (Swin)."""
-    if align_corners:
-        bank = nn.Conv2d(classes, dim, kernel_size=stride + 1, stride=stride, padding=stride // 2)
-        gain = (stride + 1) ** -2
-    else:
-        bank = nn.Conv2d(classes, dim, kernel_size=stride, stride=stride, padding=0)
-        gain = stride**-2
-    nn.init.orthogonal_(bank.weight.view(dim, -1), gain=gain)
-    return bank
-
-
-def _seq_to_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    h, w = size
-    _, b, c = x.shape
-    return x.view(h, w, b, c).permute(2, 3, 0, 1)
-
-
-class MSDeAOT(nn.Module):
-    """Multi-scale DeAOT. Parameter names shared with :class:`~trek_tracker.vos.models.DeAOT`: ``encoder``,
+@register_family
+class MSDeAOT(VOSModel):
+    """Multi-scale DeAOT. Parameter names shared with :class:`~trek_tracker.modeling.deaot.DeAOT`: ``encoder``,
     ``encoder_projector``, ``gpm.layers.{0..n16-1}``, ``id_bank``, ``id_norm``; new: ``stages.*``,
-    ``id_banks.*``, ``id_norms.*``, ``out_norm``, ``head_conv``, ``head_out``."""
+    ``id_banks.*``, ``id_norms.*``, ``out_norm``, ``head_conv``, ``head_out``. A DeAOT checkpoint starts it:
+    the shared parts load, the new ones keep their random initialisation (docs/msdeaot.md#initialisation)."""
+
+    family = "msdeaot"
+    config_class = MSDeAOTConfig
+    official_key_map = (
+        ("LSTT.layers.", "gpm.layers."),
+        ("patch_wise_id_bank.", "id_bank."),
+    )
+    parent_family = "deaot"
+    # Parameters no DeAOT checkpoint has (bridges, finer GPM stages and their ID banks, head) and DeAOT
+    # parameters MSDeAOT does not use (its FPN decoder and closing norm; 16x layers beyond this model's
+    # count are also unused, see checkpoints.init_from_parent).
+    new_prefixes = ("stages.", "id_banks.", "id_norms.", "out_norm.", "head_conv.", "head_out.")
+    unused_prefixes = ("decoder.", "LSTT.decoder_norms.", "LSTT.layers.")
 
     def __init__(self, config: MSDeAOTConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        dims = encoder_spec(c.encoder).dims
+        super().__init__(config)
+        c = config
+        dims = self.encoder_dims
         ac = c.align_corners
-        self.encoder = build_encoder(c.encoder, freeze_at=c.freeze_at)
-        self.encoder_projector = nn.Conv2d(dims[-1], c.d_model, kernel_size=1)
         nn.init.xavier_uniform_(self.encoder_projector.weight)
         n16 = c.stages[0][1]
         self.gpm = _Layers([
@@ -218,13 +195,13 @@ class MSDeAOT(nn.Module):
                                   droppath=c.droppath)
             for i in range(n16)
         ])
-        self.id_bank = _id_bank(c.max_objects + 1, c.d_model, 16, ac)
-        self.id_norm = nn.LayerNorm(c.d_model)
+        self._add_id_bank()
+        init_id_bank(self.id_bank)
 
         self.stages = nn.ModuleList()
         self.id_banks = nn.ModuleList()  # extra banks, one per GPM stage after the first
         self.id_norms = nn.ModuleList()
-        # Per GPM layer: (stage index, bank index) with bank 0 the 16x bank.
+        # Per GPM layer: the ID bank it fuses with (0 = the 16x bank) and its stride.
         self._layer_bank: list[int] = [0] * n16
         self._layer_stride: list[int] = [16] * n16
         prev_stride, prev_dim, prev_outputs = 16, c.d_model, n16
@@ -233,7 +210,9 @@ class MSDeAOT(nn.Module):
                           dims[_FEATURE_INDEX[stride]], c)
             self.stages.append(stage)
             if layers:
-                self.id_banks.append(_id_bank(c.max_objects + 1, width, stride, ac))
+                bank_conv = patch_id_bank(c.max_objects + 1, width, stride, ac)
+                init_id_bank(bank_conv)
+                self.id_banks.append(bank_conv)
                 self.id_norms.append(nn.LayerNorm(width))
                 bank = len(self.id_banks)
             else:
@@ -249,41 +228,30 @@ class MSDeAOT(nn.Module):
         nn.init.xavier_uniform_(self.head_out.weight)
 
     @property
-    def align_corners(self) -> bool:
-        return self.config.align_corners
+    def output_stride(self) -> int:
+        return self.config.output_stride
 
     @property
     def layer_strides(self) -> list[int]:
         """The stride of each GPM layer, in memory-list order."""
         return list(self._layer_stride)
 
+    def _layers(self) -> list[GatedPropagationLayer]:
+        return list(self.gpm.layers) + [la for s in self.stages for la in s.layers]
+
     # ------------------------------------------------------------------ interface
-    def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Normalised image (B, 3, H, W) -> ``[f4, f8, f16, x16]`` with ``x16`` projected to d_model."""
-        feats = list(self.encoder(image))
-        feats[-1] = self.encoder_projector(feats[-1])
-        return feats
-
-    def layer_grids(self, feats: list[torch.Tensor]) -> list[tuple[int, int]]:
-        """The token grid of each GPM layer (its memory's 2-D size) for these features."""
+    def memory_layout(self, feats: list[torch.Tensor]) -> list[LayerLayout]:
+        """Each GPM layer's grid (its stride's) and long-term subsampling (``long_term_dilation``)."""
         grids = {16: tuple(feats[-1].shape[-2:]), 8: tuple(feats[1].shape[-2:]), 4: tuple(feats[0].shape[-2:])}
-        return [grids[s] for s in self._layer_stride]
-
-    def long_term_dilation(self, layer: int) -> int:
-        """Subsampling step of long-term memory for GPM ``layer`` (1 = full resolution)."""
-        return dict(self.config.long_term_dilation).get(self._layer_stride[layer], 1)
+        dilation = dict(self.config.long_term_dilation)
+        return [LayerLayout(grids[s], dilation.get(s, 1)) for s in self._layer_stride]
 
     def id_embedding(self, one_hot: torch.Tensor) -> MultiScaleID:
         """One-hot labels (B, 1 + max_objects, H, W) at input size -> the ID tokens of every bank."""
-        banks = [self._embed(self.id_bank, self.id_norm, one_hot)]
+        banks = [embed_ids(self.id_bank, self.id_norm, one_hot)]
         for bank, norm in zip(self.id_banks, self.id_norms, strict=True):
-            banks.append(self._embed(bank, norm, one_hot))
+            banks.append(embed_ids(bank, norm, one_hot))
         return MultiScaleID(banks, self._layer_bank)
-
-    @staticmethod
-    def _embed(bank: nn.Conv2d, norm: nn.LayerNorm, one_hot: torch.Tensor) -> torch.Tensor:
-        emb = bank(one_hot)
-        return map_to_seq(norm(emb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
 
     def propagate(self, feats: list[torch.Tensor], memories: list[LayerMemory] | None,
                   id_emb: MultiScaleID | None = None) -> tuple[torch.Tensor, list[FrameEntry]]:
@@ -295,7 +263,7 @@ class MSDeAOT(nn.Module):
         ac = self.align_corners
         x16 = feats[-1]
         size = (x16.shape[-2], x16.shape[-1])
-        x, x_id = map_to_seq(x16), None
+        x, x_id = map_to_tokens(x16), None
         entries: list[FrameEntry] = []
         outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         li = 0
@@ -306,13 +274,13 @@ class MSDeAOT(nn.Module):
             outputs.append((x, x_id))
             li += 1
         for stage in self.stages:
-            vis = torch.cat([_seq_to_map(o[0], size) for o in outputs], dim=1)
-            ids = torch.cat([_seq_to_map(o[1], size) for o in outputs], dim=1)
+            vis = torch.cat([tokens_to_map(o[0], size) for o in outputs], dim=1)
+            ids = torch.cat([tokens_to_map(o[1], size) for o in outputs], dim=1)
             skip = stage.adapter(feats[_FEATURE_INDEX[stage.stride]])
             vis = stage.bridge_vis(vis, skip, ac)
             ids = stage.bridge_id(ids, skip, ac)
             size = (vis.shape[-2], vis.shape[-1])
-            x, x_id = map_to_seq(vis), map_to_seq(ids)
+            x, x_id = map_to_tokens(vis), map_to_tokens(ids)
             outputs = [(x, x_id)]
             if len(stage.layers):
                 outputs = []
@@ -331,13 +299,22 @@ class MSDeAOT(nn.Module):
         """Propagated tokens -> logits (B, 1 + max_objects, h, w) at the finest stage's stride."""
         stride = self.config.output_stride
         grid = tuple(feats[-1].shape[-2:]) if stride == 16 else tuple(feats[_FEATURE_INDEX[stride]].shape[-2:])
-        x = _seq_to_map(tokens, grid)
+        x = tokens_to_map(tokens, grid)
         return self.head_out(F.relu(self.head_conv(x)))
 
     def fuse_id(self, layer: int, entry: FrameEntry, id_emb: MultiScaleID) -> torch.Tensor:
         """The ID value of ``entry`` (GPM ``layer`` of a propagated frame) once its label is known."""
-        return self._layer(layer).fuse_id(entry.id_in, id_emb.for_layer(layer))
+        return self._layers()[layer].fuse_id(entry.id_in, id_emb.for_layer(layer))
 
-    def _layer(self, index: int) -> GatedPropagationLayer:
-        layers = list(self.gpm.layers) + [la for s in self.stages for la in s.layers]
-        return layers[index]
+
+# The reports' stages (16x: 2 layers, 16x conv-only skip, 8x: 1 layer; docs/msdeaot.md#design). No official
+# weights exist: start them from the DeAOT-L checkpoint of the same encoder.
+for _config in (
+    MSDeAOTConfig("r50_msdeaot", "resnet50"),
+    MSDeAOTConfig("swinb_msdeaot", "swin_base"),
+    # Reading R1 without the conv-only 16x stage (profile ``msdeaot_2stage``).
+    MSDeAOTConfig("r50_msdeaot_2stage", "resnet50", stages=((16, 2, 256), (8, 1, 256))),
+    MSDeAOTConfig("test_msdeaot_tiny", "test_tiny", d_model=32, head_hidden=16,
+                  stages=((16, 2, 32), (16, 0, 32), (8, 1, 32))),
+):
+    register_variant(_config)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.engine import FrameOutput, channel_argmax
+from trek_tracker.inference.engine import FrameOutput, channel_argmax
 
 MODES = ("mean", "vote")
 
@@ -40,7 +40,7 @@ MASKS_DIR = "masks"
 
 
 class Member(Protocol):
-    """What an ensemble member must do: a :class:`~trek_tracker.vos.engine.VOSEngine`, a TTA engine or a
+    """What an ensemble member must do: a :class:`~trek_tracker.inference.engine.VOSEngine`, a TTA engine or a
     nested ensemble."""
 
     def add_reference(self, frame: np.ndarray, labels: np.ndarray | torch.Tensor) -> None: ...
@@ -125,10 +125,10 @@ def combine_outputs(outputs: Sequence[FrameOutput], mode: str = "mean",
     check_mode(mode)
     if mode == "mean":
         probs = average_probs([o.probs for o in outputs], weights)
-        return FrameOutput(labels=channel_argmax(probs), probs=probs, logits4x=[])
+        return FrameOutput(labels=channel_argmax(probs), probs=probs, logits=[])
     n = max(o.probs.shape[0] for o in outputs)
     labels = [o.labels for o in outputs]
-    return FrameOutput(labels=vote(labels, weights, n), probs=vote_scores(labels, weights, n), logits4x=[])
+    return FrameOutput(labels=vote(labels, weights, n), probs=vote_scores(labels, weights, n), logits=[])
 
 
 @dataclass
@@ -232,7 +232,7 @@ class _SavedRun:
 
 
 def _read_run(path: Path, mode: str) -> _SavedRun:
-    from trek_tracker.results import read_json
+    from trek_tracker.files import read_json
 
     if not (path / "run.json").is_file():
         raise InputError(f"{path} is not a run folder (no run.json); give folders written by `trek-track run`")
@@ -279,6 +279,7 @@ def combine_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     the tight box of the combined mask, or the held box when it is empty), ``times.txt`` (the members'
     times added, when every run has them) and ``run.json``; ``probs/`` too with ``save_probs_out``.
     """
+    from trek_tracker.files import write_json
     from trek_tracker.geometry import BoxFromMask, BoxFromMaskConfig
     from trek_tracker.results import (
         ObjectIds,
@@ -286,7 +287,6 @@ def combine_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         read_label_png,
         read_times,
         write_boxes,
-        write_json,
         write_label_png,
         write_times,
     )

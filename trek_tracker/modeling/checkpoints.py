@@ -1,23 +1,14 @@
-"""Official aot-benchmark checkpoints -> our modules, strictly and without executing pickled code.
+"""Checkpoints: official aot-benchmark files and our own format, loaded strictly and without executing
+pickled code.
 
-Key map (official prefix -> ours); every other key is identical in both (``encoder.``,
-``encoder_projector.``, ``decoder.``, ``id_norm.``, and all names inside a GPM layer):
-
-=============================  ==================
-official                       ours
-=============================  ==================
-``LSTT.layers.``               ``gpm.layers.``
-``LSTT.decoder_norms.0.gn.``   ``gpm.out_norm.``
-``patch_wise_id_bank.``        ``id_bank.``
-=============================  ==================
-
-Accepted containers: ``{'state_dict': ...}`` (the released files, which also hold ``optimizer``),
-``{'model': ...}`` and a raw state dict; a leading ``module.`` (DataParallel/DDP) is stripped.
+Each family declares its key map (official prefix -> ours) as ``official_key_map`` on its model class
+(docs/deaot.md#checkpoint-key-map); every key not listed is the same in both. Accepted containers:
+``{'state_dict': ...}`` (the released files, which also hold ``optimizer``), ``{'model': ...}`` and a raw
+state dict; a leading ``module.`` (DataParallel/DDP) is stripped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 from collections.abc import Mapping
@@ -25,34 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from trek_tracker.errors import CheckpointError
-
-OFFICIAL_TO_OURS: tuple[tuple[str, str], ...] = (
-    ("LSTT.decoder_norms.0.gn.", "gpm.out_norm."),
-    ("LSTT.layers.", "gpm.layers."),
-    ("patch_wise_id_bank.", "id_bank."),
-)
+from trek_tracker.files import atomic_write, sha256_of  # noqa: F401  (sha256_of re-exported for callers)
+from trek_tracker.modeling.base import VOSModel
 
 # Integer buffers that our modules rebuild deterministically (Swin's relative position index). A checkpoint
 # may omit them; when it has them they must equal ours.
 _DERIVED_BUFFER_SUFFIXES = ("relative_position_index",)
-
-
-def official_to_ours(key: str) -> str:
-    key = key.removeprefix("module.")
-    for old, new in OFFICIAL_TO_OURS:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
-
-
-def ours_to_official(key: str) -> str:
-    for old, new in OFFICIAL_TO_OURS:
-        if key.startswith(new):
-            return old + key[len(new):]
-    return key
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -93,13 +64,13 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     return {k.removeprefix("module."): v for k, v in obj.items()}, config
 
 
-def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
+def load_official_state_dict(model: VOSModel, state: Mapping[str, torch.Tensor], *,
                              source: str = "checkpoint", model_name: str | None = None) -> None:
-    """Load an official-keyed state dict into ``model`` strictly.
+    """Load an official-keyed state dict into ``model`` strictly, through its family's key map.
 
     A missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming the first ones.
     """
-    ours = {official_to_ours(k): v for k, v in state.items()}
+    ours = {model.our_key(k): v for k, v in state.items()}
     target = model.state_dict()
     missing = [k for k in target if k not in ours and not k.endswith(_DERIVED_BUFFER_SUFFIXES)]
     unexpected = [k for k in ours if k not in target]
@@ -108,13 +79,14 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"{source} does not match {what}: "
-            + _mismatch([ours_to_official(k) for k in missing], [ours_to_official(k) for k in unexpected],
-                        [f"{ours_to_official(k)} is {tuple(ours[k].shape)} in the file, "
+            + _mismatch([model.official_key(k) for k in missing],
+                        [model.official_key(k) for k in unexpected],
+                        [f"{model.official_key(k)} is {tuple(ours[k].shape)} in the file, "
                          f"{tuple(target[k].shape)} in the model" for k in shapes])
             + " (is it a checkpoint of another variant? check --model)")
     for k, v in ours.items():
         if k.endswith(_DERIVED_BUFFER_SUFFIXES) and not torch.equal(v.to(target[k].dtype), target[k]):
-            raise CheckpointError(f"{source}: buffer {ours_to_official(k)} differs from its definition")
+            raise CheckpointError(f"{source}: buffer {model.official_key(k)} differs from its definition")
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in ours.items()})
     model.load_state_dict(full, strict=True)
@@ -129,24 +101,11 @@ def _mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> s
     return "; ".join(parts)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, model_name: str | None = None) -> None:
-    """Read ``path`` and load it strictly into ``model`` (see :func:`load_official_state_dict`)."""
-    load_official_state_dict(model, read_checkpoint(path), source=str(path), model_name=model_name)
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- our own format
 FORMAT = "trek-track/1"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, *, extra: Mapping | None = None) -> Path:
+def save_checkpoint(path: str | Path, model: VOSModel, *, extra: Mapping | None = None) -> Path:
     """Write ``model`` in our format: the official container with the config beside the weights.
 
     ``{'format': 'trek-track/1', 'config': model.config.to_dict(), 'state_dict': <official keys>, **extra}``
@@ -154,12 +113,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, extra: Mapping | None
     the official code (which reads ``state_dict``). Written atomically.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {ours_to_official(k): v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {model.official_key(k): v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "config": model.config.to_dict(), "state_dict": state, **(extra or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 
@@ -169,14 +126,8 @@ def read_checkpoint_config(path: str | Path) -> dict | None:
     return _read(path)[1]
 
 
-# --------------------------------------------------------------------------- DeAOT -> MSDeAOT
+# --------------------------------------------------------------------------- starting from a parent family
 log = logging.getLogger(__name__)
-
-# MSDeAOT parameters that no DeAOT checkpoint has (bridges, finer GPM stages and their ID banks, head).
-MSDEAOT_NEW_PREFIXES = ("stages.", "id_banks.", "id_norms.", "out_norm.", "head_conv.", "head_out.")
-# DeAOT parameters that MSDeAOT does not use (its FPN decoder and closing norm); 16x layers beyond the
-# MSDeAOT's count are added at run time.
-DEAOT_UNUSED_PREFIXES = ("decoder.", "gpm.out_norm.")
 
 
 @dataclass
@@ -205,26 +156,35 @@ def _group_names(keys: list[str]) -> dict[str, int]:
     return groups
 
 
-def init_msdeaot_from_deaot(model: nn.Module, state: Mapping[str, torch.Tensor], *,
-                            source: str = "checkpoint") -> PartialInit:
-    """Start an MSDeAOT from a DeAOT state dict (official keys), spec §5.4.6.
+def is_parent_checkpoint(model: VOSModel, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` (official keys) is a checkpoint of ``model``'s parent family: the family has one,
+    and the file holds none of the parameters only this family has."""
+    if model.parent_family is None:
+        return False
+    return not any(model.our_key(k).startswith(model.new_prefixes) for k in state)
 
-    Loads the encoder, projector, 16x ID bank and norm, and the first ``n16`` GPM layers. The DeAOT decoder,
-    closing GroupNorm and 16x layers beyond ``n16`` are declared unused; MSDeAOT's own modules
-    (:data:`MSDEAOT_NEW_PREFIXES`) are declared new. Any other missing or unexpected key, or a shape
-    mismatch, is a :class:`CheckpointError`.
+
+def init_from_parent(model: VOSModel, state: Mapping[str, torch.Tensor], *,
+                     source: str = "checkpoint") -> PartialInit:
+    """Start ``model`` from a checkpoint of its parent family (official keys), e.g. an MSDeAOT from DeAOT.
+
+    Loads every tensor the two share. Parent parameters the model has no use for (``unused_prefixes``, in the
+    parent's official names, and layers beyond the model's count) are reported unused, the model's own
+    (``new_prefixes``) new. Any other missing or unexpected key, or a shape mismatch, is a
+    :class:`CheckpointError`.
     """
-    n16 = model.config.stages[0][1]
+    from trek_tracker.modeling.registry import family
+
+    parent = family(model.parent_family)
     target = model.state_dict()
     report = PartialInit(source)
     take: dict[str, torch.Tensor] = {}
     unexpected, shapes = [], []
     for key, value in state.items():
-        ours = official_to_ours(key)
-        if ours.startswith("gpm.layers.") and int(ours.split(".")[2]) >= n16 or ours.startswith(
-                DEAOT_UNUSED_PREFIXES):
+        ours = parent.our_key(key)
+        if ours not in target and key.removeprefix("module.").startswith(model.unused_prefixes):
             report.unused.append(key)
-        elif ours not in target or ours.startswith(MSDEAOT_NEW_PREFIXES):
+        elif ours not in target or ours.startswith(model.new_prefixes):
             unexpected.append(key)
         elif tuple(value.shape) != tuple(target[ours].shape):
             shapes.append(f"{key} is {tuple(value.shape)} in the file, {tuple(target[ours].shape)} in the model")
@@ -234,38 +194,48 @@ def init_msdeaot_from_deaot(model: nn.Module, state: Mapping[str, torch.Tensor],
     for key in target:
         if key in take or key.endswith(_DERIVED_BUFFER_SUFFIXES):
             continue
-        if key.startswith(MSDEAOT_NEW_PREFIXES):
+        if key.startswith(model.new_prefixes):
             report.new.append(key)
         else:
-            missing.append(ours_to_official(key))
+            missing.append(model.official_key(key))
     if missing or unexpected or shapes:
-        raise CheckpointError(f"{source} cannot initialise MSDeAOT {model.config.name!r}: "
+        raise CheckpointError(f"{source} cannot initialise {model.family} {model.config.name!r}: "
                               + _mismatch(missing, unexpected, shapes)
-                              + " (use a DeAOT checkpoint with the same encoder, e.g. R50_DeAOTL for r50_msdeaot)")
+                              + f" (use a {model.parent_family} checkpoint with the same encoder, e.g. R50_DeAOTL "
+                              "for r50_msdeaot)")
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in take.items()})
     model.load_state_dict(full, strict=True)
-    report.loaded = sorted(ours_to_official(k) for k in take)
+    report.loaded = sorted(model.official_key(k) for k in take)
     log.info("initialised %s from %s: %d tensors loaded; unused from the file: %s; new (random init): %s",
              model.config.name, source, len(take), ", ".join(_group_names(report.unused)) or "none",
              ", ".join(_group_names(report.new)) or "none")
     return report
 
 
+def load_weights(model: VOSModel, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint",
+                 model_name: str | None = None) -> PartialInit | None:
+    """Load ``state`` into ``model``: strictly, or, for a parent family's checkpoint, as a partial
+    initialisation whose :class:`PartialInit` is returned (None for a full load)."""
+    if is_parent_checkpoint(model, state):
+        return init_from_parent(model, state, source=source)
+    load_official_state_dict(model, state, source=source, model_name=model_name)
+    return None
+
+
 def load_model(path: str | Path, model_name: str | None = None, *,
-               default_model: str | None = None) -> tuple[nn.Module, PartialInit | None]:
+               default_model: str | None = None) -> tuple[VOSModel, PartialInit | None]:
     """Build and load a model from a checkpoint file (read once).
 
     Our own files carry their config, so ``model_name`` may be omitted (if given it must match). Official
-    files need ``model_name`` (or ``default_model``); an MSDeAOT name with a DeAOT file gives a partial
-    initialisation, whose :class:`PartialInit` is returned (None for a full load).
+    files need ``model_name`` (or ``default_model``); a model name whose parent family made the file gives a
+    partial initialisation, whose :class:`PartialInit` is returned (None for a full load).
     """
-    from trek_tracker.vos.models import build_model, build_model_from_config
-    from trek_tracker.vos.msdeaot import MSDeAOT
+    from trek_tracker.modeling.registry import build_model, build_model_from_config, canonical_name
 
     state, config = _read(path)
     if config is not None:
-        if model_name is not None and config.get("name") != model_name:
+        if model_name is not None and config.get("name") != canonical_name(model_name):
             raise CheckpointError(f"{path} holds model {config.get('name')!r}, not {model_name!r} "
                                   "(omit --model to use the checkpoint's own)")
         model = build_model_from_config(config)
@@ -276,8 +246,4 @@ def load_model(path: str | Path, model_name: str | None = None, *,
         raise CheckpointError(f"{path} is an official checkpoint without a stored config: name its model "
                               "(--model)")
     model = build_model(model_name)
-    if isinstance(model, MSDeAOT) and not any(official_to_ours(k).startswith(MSDEAOT_NEW_PREFIXES)
-                                              for k in state):
-        return model, init_msdeaot_from_deaot(model, state, source=str(path))
-    load_official_state_dict(model, state, source=str(path), model_name=model_name)
-    return model, None
+    return model, load_weights(model, state, source=str(path), model_name=model_name)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.preprocess import (
+from trek_tracker.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     input_size,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trek_tracker.vos.encoders.common import NormFactory, freeze_module
-from trek_tracker.vos.frozen_bn import FrozenBatchNorm2d
+from trek_tracker.modeling.encoders.common import NormFactory, freeze_module
+from trek_tracker.modeling.encoders.frozen_bn import FrozenBatchNorm2d
 
 
 class Bottleneck(nn.Module):

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trek_tracker.vos.encoders.common import NormFactory, freeze_module
-from trek_tracker.vos.frozen_bn import FrozenBatchNorm2d
+from trek_tracker.modeling.encoders.common import NormFactory, freeze_module
+from trek_tracker.modeling.encoders.frozen_bn import FrozenBatchNorm2d
 
 # (expansion t, channels c, repeats n, stride s) of the standard ImageNet MobileNetV2.
 _SETTINGS: tuple[tuple[int, int, int, int], ...] = (

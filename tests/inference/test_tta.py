@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.engine import EngineConfig, VOSEngine
-from trek_tracker.vos.ensemble import EnsembleEngine
-from trek_tracker.vos.models import build_model
-from trek_tracker.vos.tta import parse_scales, tta_engine, tta_views, view_configs
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.inference.ensemble import EnsembleEngine
+from trek_tracker.inference.tta import parse_scales, tta_engine, tta_views, view_configs
+from trek_tracker.modeling.registry import build_model
 
 H, W = 129, 161  # already 16k + 1: no resize, so mirror symmetry is exact
 
@@ -47,7 +47,7 @@ def test_views_and_scale_parsing():
 
 def test_official_sizes_for_1080p(model):
     # Spec §2.3 worked sizes for 1920x1080 (R50/MobileNet, 16k+1): 705x1249, 753x1345, 817x1457.
-    from trek_tracker.vos.preprocess import input_size
+    from trek_tracker.inference.preprocess import input_size
 
     sizes = [input_size(1080, 1920, max_long_edge=c.max_long_edge, max_short_edge=c.max_short_edge,
                         scale=c.scale, align_corners=True) for c in view_configs(EngineConfig(), [1.2, 1.3, 1.4],

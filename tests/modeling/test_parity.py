@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trek_tracker.vos.checkpoints import load_official_state_dict
-from trek_tracker.vos.engine import EngineConfig, VOSEngine, merged_group_logits
-from trek_tracker.vos.models import build_model
+from trek_tracker.inference.engine import EngineConfig, VOSEngine, merged_group_logits
+from trek_tracker.modeling.checkpoints import load_official_state_dict
+from trek_tracker.modeling.registry import build_model
 
 LOGIT_TOL = 2e-4
 PROB_TOL = 1e-3
@@ -44,7 +44,7 @@ def test_car_shadow_matches_official(name, golden, davis, seeded_state):
     assert engine.long_term_tokens() == gold["ltm_tokens"][0]
     for t in range(1, len(frames)):
         out = engine.step(frames[t])
-        logits = out.logits4x[0][0].numpy()
+        logits = out.logits[0][0].numpy()
         assert logits.shape == gold["logits4x"][t - 1].shape
         assert np.abs(logits - gold["logits4x"][t - 1]).max() <= LOGIT_TOL, f"frame {t}"
         prob = out.probs[1].numpy()
@@ -67,9 +67,9 @@ def test_44_objects_in_5_groups_match_official(golden, shared, seeded_state):
     assert [g.num_objects for g in engine.groups] == [10, 10, 10, 10, 4]
     for t in range(1, len(frames)):
         out = engine.predict(frames[t])
-        logits = torch.cat(out.logits4x).numpy()
+        logits = torch.cat(out.logits).numpy()
         assert np.abs(logits - gold["logits4x"][t - 1]).max() <= LOGIT_TOL
-        groups = zip(out.logits4x, engine.groups, strict=True)
+        groups = zip(out.logits, engine.groups, strict=True)
         merged = merged_group_logits([engine._upsample(raw, g.num_objects) for raw, g in groups], 10)
         crop = merged[0, :, 524:556, 944:976].numpy()
         assert np.abs(crop - gold["merged_logits_crop"][t - 1]).max() <= 1e-4

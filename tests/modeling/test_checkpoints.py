@@ -7,26 +7,25 @@ import torch
 
 from tests.cli.conftest import TINY, official_checkpoint
 from trek_tracker.errors import CheckpointError
-from trek_tracker.vos.checkpoints import (
-    OFFICIAL_TO_OURS,
-    load_checkpoint,
-    official_to_ours,
-    ours_to_official,
+from trek_tracker.modeling.checkpoints import (
+    load_official_state_dict,
     read_checkpoint,
     read_checkpoint_config,
     save_checkpoint,
 )
-from trek_tracker.vos.models import build_model
+from trek_tracker.modeling.deaot import DeAOT
+from trek_tracker.modeling.registry import build_model
 
 
 def test_key_map_round_trips_every_key():
     model = build_model(TINY)
     for key in model.state_dict():
-        assert official_to_ours(ours_to_official(key)) == key
-    official = {ours_to_official(k) for k in model.state_dict()}
+        assert DeAOT.our_key(DeAOT.official_key(key)) == key
+    official = {DeAOT.official_key(k) for k in model.state_dict()}
     assert any(k.startswith("LSTT.layers.") for k in official)
     assert "LSTT.decoder_norms.0.gn.weight" in official and "patch_wise_id_bank.weight" in official
-    assert [old for old, _ in OFFICIAL_TO_OURS] == ["LSTT.decoder_norms.0.gn.", "LSTT.layers.", "patch_wise_id_bank."]
+    assert [old for old, _ in DeAOT.official_key_map] == ["LSTT.decoder_norms.0.gn.", "LSTT.layers.",
+                                                          "patch_wise_id_bank."]
 
 
 @pytest.mark.parametrize("container", ["state_dict", "model", "raw", "module_prefix"])
@@ -44,10 +43,10 @@ def test_official_containers_load(tmp_path, container):
     path = tmp_path / f"{container}.pth"
     torch.save(obj, path)
     model = build_model(TINY)
-    load_checkpoint(model, path, model_name=TINY)
+    load_official_state_dict(model, read_checkpoint(path), model_name=TINY)
     ours = model.state_dict()
     for key, value in state.items():
-        assert torch.equal(ours[official_to_ours(key)], value)
+        assert torch.equal(ours[DeAOT.our_key(key)], value)
 
 
 def test_mismatch_names_first_missing_and_unexpected(tmp_path):
@@ -58,7 +57,7 @@ def test_mismatch_names_first_missing_and_unexpected(tmp_path):
     torch.save(obj, path)
     with pytest.raises(CheckpointError, match=r"1 missing keys \(first: id_norm\.weight\).*1 unexpected keys "
                                               r"\(first: decoder\.extra\.weight\)"):
-        load_checkpoint(build_model(TINY), path, model_name=TINY)
+        load_official_state_dict(build_model(TINY), read_checkpoint(path), model_name=TINY)
 
 
 def test_shape_mismatch_is_reported(tmp_path):
@@ -67,7 +66,7 @@ def test_shape_mismatch_is_reported(tmp_path):
     obj["state_dict"]["encoder_projector.bias"] = torch.zeros(3)
     torch.save(obj, path)
     with pytest.raises(CheckpointError, match="shape mismatch.*encoder_projector.bias"):
-        load_checkpoint(build_model(TINY), path)
+        load_official_state_dict(build_model(TINY), read_checkpoint(path))
 
 
 def test_pickled_code_never_runs(tmp_path):
@@ -98,7 +97,7 @@ def test_our_format_round_trips_with_its_config(tmp_path):
     path = save_checkpoint(tmp_path / "ours.pth", model)
     assert read_checkpoint_config(path)["name"] == TINY
     other = build_model(TINY)
-    load_checkpoint(other, path)
+    load_official_state_dict(other, read_checkpoint(path))
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert read_checkpoint_config(official_checkpoint(tmp_path / "official.pth")) is None

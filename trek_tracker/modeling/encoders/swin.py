@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trek_tracker.vos.encoders.common import freeze_module
+from trek_tracker.modeling.encoders.common import freeze_module
 
 _SHIFT_MASK_VALUE = -100.0
 

@@ -7,33 +7,23 @@ import pytest
 import torch
 
 from trek_tracker.errors import CheckpointError, UserError
-from trek_tracker.vos.checkpoints import (
-    init_msdeaot_from_deaot,
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
+from trek_tracker.modeling.checkpoints import (
+    init_from_parent,
     load_model,
-    ours_to_official,
     read_checkpoint_config,
     save_checkpoint,
 )
-from trek_tracker.vos.engine import EngineConfig, MemoryConfig, VOSEngine
-from trek_tracker.vos.gpm import LayerMemory
-from trek_tracker.vos.models import build_model, build_model_from_config, model_config
-from trek_tracker.vos.msdeaot import MSDeAOT, MSDeAOTConfig
+from trek_tracker.modeling.deaot import DeAOT
+from trek_tracker.modeling.msdeaot import MSDeAOT, MSDeAOTConfig
+from trek_tracker.modeling.registry import build_model, build_model_from_config, model_config
 
 SIZE = (129, 161)  # 16k + 1: grids 9x11 at 16x, 17x21 at 8x
 
 
 def _one_hot(labels: torch.Tensor, classes: int = 11) -> torch.Tensor:
     return (labels[None, None] == torch.arange(classes).view(1, -1, 1, 1)).float()
-
-
-def _memories(model, entries, id_emb, grids) -> list[LayerMemory]:
-    """Memories from one reference frame, built as the engine builds them."""
-    mems = []
-    for i, (e, (h, w)) in enumerate(zip(entries, grids, strict=True)):
-        v = torch.cat([e.value, model.fuse_id(i, e, id_emb)], dim=-1)
-        to_map = lambda t, h=h, w=w: t.view(h, w, t.shape[1], -1).permute(2, 3, 0, 1)  # noqa: E731
-        mems.append(LayerMemory(e.key, v, to_map(e.key), to_map(v)))
-    return mems
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +46,8 @@ def test_report_design_is_the_default():
 def test_stage_grids_banks_and_output_stride(tiny):
     tiny.eval()
     feats = tiny.encode(torch.randn(1, 3, *SIZE))
-    grids = tiny.layer_grids(feats)
-    assert grids == [(9, 11), (9, 11), (17, 21)]
+    layout = tiny.memory_layout(feats)
+    assert [layer.grid for layer in layout] == [(9, 11), (9, 11), (17, 21)]
     assert tiny.layer_strides == [16, 16, 8]
     labels = torch.zeros(SIZE, dtype=torch.int64)
     labels[40:80, 50:100] = 1
@@ -71,7 +61,7 @@ def test_stage_grids_banks_and_output_stride(tiny):
     assert [e.key.shape[0] for e in entries] == [99, 99, 357]
     assert entries[0].id_in is None and entries[2].id_in is not None
     assert logits.shape == (1, 11, 17, 21)
-    assert tiny.long_term_dilation(0) == 1 and tiny.long_term_dilation(2) == 2
+    assert layout[0].long_term_dilation == 1 and layout[2].long_term_dilation == 2
 
 
 def test_forward_backward_reaches_every_stage(tiny):
@@ -83,9 +73,10 @@ def test_forward_backward_reaches_every_stage(tiny):
     feats = tiny.encode(ref)
     emb = tiny.id_embedding(_one_hot(labels))
     _, entries = tiny.propagate(feats, None, emb)
-    mems = _memories(tiny, entries, emb, tiny.layer_grids(feats))
+    memory = Memory(tiny.memory_layout(feats), MemorySchedule(gap=1))
+    memory.remember(0, entries, [tiny.fuse_id(i, e, emb) for i, e in enumerate(entries)], reference=True)
     feats2 = tiny.encode(cur)
-    tokens, _ = tiny.propagate(feats2, mems)
+    tokens, _ = tiny.propagate(feats2, memory.attend())
     logits = tiny.decode(tokens, feats2)
     target = torch.nn.functional.interpolate(labels[None, None].float(), size=logits.shape[-2:])[0, 0].long()
     loss = torch.nn.functional.cross_entropy(logits, target[None])
@@ -105,18 +96,17 @@ def test_engine_uses_per_layer_grids_and_dilated_8x_memory(tiny):
     frame = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
     labels = np.zeros((120, 160), np.int64)
     labels[30:70, 40:100] = 1
-    engine = VOSEngine(tiny, EngineConfig(memory=MemoryConfig(long_term_gap=1)))
+    engine = VOSEngine(tiny, EngineConfig(memory=MemoryConfig(gap=1)))
     engine.add_reference(frame, labels)
-    (h16, w16), _, (h8, w8) = engine.layer_grids
-    group = engine.groups[0]
-    assert group.short_term[0][2][0].shape[-2:] == (h8, w8)  # short-term at full 8x resolution
-    lt = group.long_term[0]
-    assert lt.keys[0].shape[0] == h16 * w16
-    assert lt.keys[2].shape[0] == ((h8 + 1) // 2) * ((w8 + 1) // 2)  # long-term [::2, ::2]
+    (h16, w16), _, (h8, w8) = [layer.grid for layer in engine.layout]
+    memory = engine.groups[0].memory
+    assert memory.attend()[2].short_key.shape[-2:] == (h8, w8)  # short-term at full 8x resolution
+    assert memory.long_term(0, 0)[0].shape[0] == h16 * w16
+    assert memory.long_term(2, 0)[0].shape[0] == ((h8 + 1) // 2) * ((w8 + 1) // 2)  # long-term [::2, ::2]
     out = engine.step(frame)
     assert out.probs.shape == (2, 120, 160)
     assert torch.allclose(out.probs.sum(0), torch.ones(120, 160), atol=1e-5)
-    assert len(group.long_term) == 2
+    assert len(memory.frames) == 2
 
 
 def test_config_and_checkpoint_round_trip(tiny, tmp_path):
@@ -138,7 +128,7 @@ def test_config_and_checkpoint_round_trip(tiny, tmp_path):
 def _deaot_state(**overrides) -> dict[str, torch.Tensor]:
     torch.manual_seed(3)
     deaot = build_model("test_deaot_tiny", **overrides)
-    return {ours_to_official(k): v for k, v in deaot.state_dict().items()}
+    return {DeAOT.official_key(k): v for k, v in deaot.state_dict().items()}
 
 
 def test_msdeaot_starts_from_a_deaot_checkpoint(tmp_path):
@@ -166,11 +156,11 @@ def test_partial_init_rejects_what_it_cannot_explain(tiny):
     state = _deaot_state()
     del state["encoder_projector.bias"]
     with pytest.raises(CheckpointError, match="1 missing keys .first: encoder_projector.bias"):
-        init_msdeaot_from_deaot(build_model("test_msdeaot_tiny"), state)
+        init_from_parent(build_model("test_msdeaot_tiny"), state)
     state = _deaot_state()
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="unexpected keys .first: extra.weight"):
-        init_msdeaot_from_deaot(build_model("test_msdeaot_tiny"), state)
+        init_from_parent(build_model("test_msdeaot_tiny"), state)
     state = _deaot_state(d_model=48)  # another width: every GPM tensor mismatches
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        init_msdeaot_from_deaot(build_model("test_msdeaot_tiny"), state)
+        init_from_parent(build_model("test_msdeaot_tiny"), state)

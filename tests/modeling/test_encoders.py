@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from trek_tracker.errors import UserError
-from trek_tracker.vos.encoders import ENCODERS, build_encoder, encoder_dims, relative_position_index
-from trek_tracker.vos.encoders.swin import DropPath, SwinEncoder
-from trek_tracker.vos.frozen_bn import FrozenBatchNorm2d
-from trek_tracker.vos.preprocess import input_size, to_network_input
+from trek_tracker.inference.preprocess import input_size, to_network_input
+from trek_tracker.modeling.encoders import ENCODERS, build_encoder, encoder_dims, relative_position_index
+from trek_tracker.modeling.encoders.frozen_bn import FrozenBatchNorm2d
+from trek_tracker.modeling.encoders.swin import DropPath, SwinEncoder
 
 OFFICIAL = {"mobilenetv2": "deaott", "resnet50": "r50_deaotl", "swin_base": "swinb_deaotl"}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trek_tracker.vos.attention import GlobalGatedPropagation, local_window_attention
+from trek_tracker.modeling.attention import GlobalGatedPropagation, local_window_attention
 
 
 def official_local_attention(q, k, v, bias, max_dis, dilation):
@@ -61,3 +61,17 @@ def test_global_gated_propagation_is_gated_softmax_attention():
     attn = torch.softmax(q[:, 0] @ k[:, 0].T / 2.0, dim=-1)
     expected = m.projection(m.dw_conv((attn @ v[:, 0]).unsqueeze(1) * u, (3, 4)))
     torch.testing.assert_close(m(q, k, v, u, (3, 4)), expected)
+
+
+def test_window_index_cached_under_inference_mode_still_trains():
+    """The window index is cached across calls; one first built during validation (inference mode) must
+    not break a later training step on the same grid."""
+    from trek_tracker.modeling.attention import _window_index
+
+    _window_index.cache_clear()
+    q = torch.randn(1, 4, 6, 7, requires_grad=True)
+    k, v, bias = torch.randn(1, 4, 6, 7), torch.randn(1, 3, 6, 7), torch.randn(1, 25, 6, 7)
+    with torch.inference_mode():
+        local_window_attention(q.detach(), k, v, bias, max_dis=2)
+    local_window_attention(q, k, v, bias, max_dis=2).sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0

@@ -1,19 +1,14 @@
-"""Per-video inference state for DeAOT-family models: memories, object groups, resizing.
+"""Per-video inference state for DeAOT-family models: object groups, memories, resizing.
 
-The official evaluator's procedure (spec deaot.md §2, goldens README §4), made explicit:
+The official evaluator's procedure (docs/inference.md), made explicit:
 
 * the first frame's mask becomes the reference: every layer attends to the frame itself and the frame
   enters both memories;
 * each later frame is encoded once, propagated against the memory of each group of at most 10 objects,
-  decoded to 4x logits, upsampled to the original resolution, merged over groups, and its arg-max label is
-  fed back: nearest-resized to the network input, embedded, and fused into this frame's memory entries
-  (no second network pass);
-* the short-term memory is the frame ``skip`` steps back; a frame enters the long-term memory every ``gap``
-  frames, newest first.
-
-Unlike the official engine the long-term memory can be capped (``MemoryConfig.max_long_term``): reference
-frames are never evicted and among the others the oldest goes first, so a video of any length runs in
-bounded memory. ``None`` keeps the official unbounded behaviour (used by the parity tests).
+  decoded, upsampled to the original resolution, merged over groups, and its arg-max label is fed back:
+  nearest-resized to the network input, embedded, and fused into this frame's memory entries (no second
+  network pass);
+* what enters the memory, when, and what leaves it is :mod:`trek_tracker.inference.memory`'s business.
 """
 
 from __future__ import annotations
@@ -26,31 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.gpm import FrameEntry, LayerMemory
-from trek_tracker.vos.models import VOSModel
-from trek_tracker.vos.preprocess import input_size, resize_labels, to_network_input
-
-
-@dataclass
-class MemoryConfig:
-    """Memory schedule. ``long_term_gap=None`` takes the model's official test gap."""
-
-    long_term_gap: int | None = None
-    short_term_skip: int = 1
-    max_long_term: int | None = None  # frames kept in long-term memory; None = unbounded (official)
-
-    def __post_init__(self) -> None:
-        if self.long_term_gap is not None and self.long_term_gap < 1:
-            raise InputError(f"long-term memory gap must be at least 1, got {self.long_term_gap}")
-        if self.short_term_skip < 1:
-            raise InputError(f"short-term memory skip must be at least 1, got {self.short_term_skip}")
-        if self.max_long_term is not None and self.max_long_term < 1:
-            raise InputError(f"long-term memory cap must be at least 1 frame, got {self.max_long_term}")
+from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
+from trek_tracker.inference.preprocess import input_size, resize_labels, to_network_input
+from trek_tracker.modeling.base import VOSModel
 
 
 @dataclass
 class EngineConfig:
-    """How frames are fed to the network: resolution caps, TTA scale and flip, memory schedule."""
+    """How frames are fed to the network: resolution caps, TTA scale and flip, memory settings."""
 
     max_long_edge: float | None = 1040
     max_short_edge: float | None = None
@@ -60,38 +38,11 @@ class EngineConfig:
 
 
 @dataclass
-class _MemoryFrame:
-    """One frame in a group's long-term memory: per layer (key, value) tokens."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    reference: bool
-
-
-@dataclass
-class _GroupState:
-    """Memories of one group of at most ``max_objects`` objects."""
+class _Group:
+    """One group of at most ``max_objects`` objects and its memory."""
 
     num_objects: int
-    long_term: list[_MemoryFrame] = field(default_factory=list)  # newest first
-    short_term: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)  # oldest first
-    _cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def long_term_tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._cache is None:
-            frames = self.long_term
-            self._cache = [
-                (torch.cat([f.keys[i] for f in frames]), torch.cat([f.values[i] for f in frames]))
-                for i in range(len(frames[0].keys))
-            ]
-        return self._cache
-
-    def memories(self) -> list[LayerMemory]:
-        short = self.short_term[0]  # the frame `skip` steps back
-        return [
-            LayerMemory(lk, lv, sk, sv)
-            for (lk, lv), (sk, sv) in zip(self.long_term_tokens(), short, strict=True)
-        ]
+    memory: Memory
 
 
 @dataclass
@@ -100,7 +51,7 @@ class FrameOutput:
 
     labels: torch.Tensor  # (H, W) int64 engine ids 0..N
     probs: torch.Tensor  # (1 + N, H, W) float32: background, then objects 1..N
-    logits4x: list[torch.Tensor]  # raw logits per group (1, 1 + max_objects, h, w) at the model's output
+    logits: list[torch.Tensor]  # raw logits per group (1, 1 + max_objects, h, w) at the model's output
     # stride (4x for DeAOT, 8x for MSDeAOT), before masking
 
 
@@ -114,18 +65,16 @@ class VOSEngine:
     def __init__(self, model: VOSModel, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
-        mem = self.config.memory
-        self.gap = mem.long_term_gap if mem.long_term_gap is not None else model.config.long_term_gap
+        self.schedule: MemorySchedule = self.config.memory.resolve(model.config)
         self.max_objects = model.config.max_objects
-        self.groups: list[_GroupState] = []
+        self.groups: list[_Group] = []
         self.num_objects = 0
         self.frame_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.token_grid: tuple[int, int] | None = None
-        self.layer_grids: list[tuple[int, int]] = []  # per GPM layer (MSDeAOT layers differ in stride)
+        self.layout = []  # per GPM layer: grid and long-term subsampling (MSDeAOT layers differ in stride)
         self.frame_step = 0
-        self.last_memory_step = 0
-        self._pending: list[list[FrameEntry]] = []
+        self._pending: list[list] = []
 
     @property
     def device(self) -> torch.device:
@@ -175,22 +124,21 @@ class VOSEngine:
         elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.groups):
             raise InputError("a later reference frame may not add object groups (at most "
                              f"{len(self.groups) * self.max_objects} objects in this video)")
+        feats = self.model.encode(self._network_input(frame))
+        self.token_grid = tuple(feats[-1].shape[-2:])
+        self.layout = self.model.memory_layout(feats)
         self.num_objects = max(self.num_objects, num_objects)
         n_groups = math.ceil(self.num_objects / self.max_objects)
         while len(self.groups) < n_groups:
-            self.groups.append(_GroupState(num_objects=0))
+            self.groups.append(_Group(0, Memory(self.layout, self.schedule)))
         for g, group in enumerate(self.groups):
             group.num_objects = min(self.max_objects, self.num_objects - g * self.max_objects)
 
-        feats = self.model.encode(self._network_input(frame))
-        self.token_grid = tuple(feats[-1].shape[-2:])
-        self.layer_grids = self.model.layer_grids(feats)
         labels_in = self._labels_to_input(labels_t.to(self.device))
         for g, group in enumerate(self.groups):
             id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
             _, entries = self.model.propagate(feats, None, id_emb)
-            self._remember(group, entries, [e.id_value for e in entries], long_term=True, reference=True)
-        self.last_memory_step = self.frame_step
+            group.memory.remember(self.frame_step, entries, [e.id_value for e in entries], reference=True)
 
     # ------------------------------------------------------------------ propagation
     @torch.inference_mode()
@@ -210,19 +158,19 @@ class VOSEngine:
         self.frame_step += 1
         feats = self.model.encode(self._network_input(frame))
         self._pending = []
-        logits4x, upsampled = [], []
+        logits, upsampled = [], []
         for group in self.groups:
-            tokens, entries = self.model.propagate(feats, group.memories())
+            tokens, entries = self.model.propagate(feats, group.memory.attend())
             self._pending.append(entries)
             raw = self.model.decode(tokens, feats)
-            logits4x.append(raw)
+            logits.append(raw)
             upsampled.append(self._upsample(raw, group.num_objects))
         probs = self.merge_groups(upsampled)
         labels = channel_argmax(probs)
-        return FrameOutput(labels=labels, probs=probs[: self.num_objects + 1], logits4x=logits4x)
+        return FrameOutput(labels=labels, probs=probs[: self.num_objects + 1], logits=logits)
 
     def _upsample(self, raw: torch.Tensor, num_objects: int) -> torch.Tensor:
-        """Mask unused ids, resize the 4x logits to the original frame, undo the flip: (1, 11, H, W)."""
+        """Mask unused ids, resize the logits to the original frame, undo the flip: (1, 11, H, W)."""
         logits = raw.clone()
         logits[:, num_objects + 1:] = -1e10 if logits.dtype == torch.float32 else -1e4
         logits = F.interpolate(logits, size=self.frame_size, mode="bilinear",
@@ -248,53 +196,15 @@ class VOSEngine:
         if not self._pending:
             raise RuntimeError("commit() must follow predict()")
         labels_in = self._labels_to_input(labels.to(self.device))
-        long_term = self.frame_step - self.last_memory_step >= self.gap
         for g, (group, entries) in enumerate(zip(self.groups, self._pending, strict=True)):
             id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
             id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(entries)]
-            self._remember(group, entries, id_values, long_term=long_term, reference=False)
-        if long_term:
-            self.last_memory_step = self.frame_step
+            group.memory.remember(self.frame_step, entries, id_values)
         self._pending = []
 
-    # ------------------------------------------------------------------ memory
-    def _remember(self, group: _GroupState, entries: list[FrameEntry], id_values: list[torch.Tensor],
-                  *, long_term: bool, reference: bool) -> None:
-        keys = [e.key for e in entries]
-        values = [torch.cat([e.value, idv], dim=-1) for e, idv in zip(entries, id_values, strict=True)]
-        short = [(_to_map(k, h, w), _to_map(v, h, w))
-                 for k, v, (h, w) in zip(keys, values, self.layer_grids, strict=True)]
-        if reference:  # a reference restarts the short-term memory (official add_reference_frame)
-            group.short_term = [short]
-        else:
-            group.short_term.append(short)
-            group.short_term = group.short_term[-self.config.memory.short_term_skip:]
-        if long_term:
-            for i, (key_map, value_map) in enumerate(short):
-                step = self.model.long_term_dilation(i)
-                if step > 1:  # MS-AOT's memory saving: long-term K/V of fine layers kept at [::d, ::d]
-                    keys[i] = _to_tokens(key_map[..., ::step, ::step])
-                    values[i] = _to_tokens(value_map[..., ::step, ::step])
-            group.long_term.insert(0, _MemoryFrame(keys, values, reference=reference))
-            self._evict(group)
-            group._cache = None
-
-    def _evict(self, group: _GroupState) -> None:
-        cap = self.config.memory.max_long_term
-        if cap is None:
-            return
-        while len(group.long_term) > cap:
-            # Oldest non-reference frame (the list is newest first).
-            for i in range(len(group.long_term) - 1, -1, -1):
-                if not group.long_term[i].reference:
-                    del group.long_term[i]
-                    break
-            else:
-                return  # only references left: they are never evicted
-
     def long_term_tokens(self) -> int:
-        """Tokens in the (first group's) long-term memory."""
-        return sum(f.keys[0].shape[0] for f in self.groups[0].long_term)
+        """Tokens in the (first group's) long-term memory, first layer."""
+        return self.groups[0].memory.long_term_tokens()
 
 
 def merged_group_logits(logits: list[torch.Tensor], max_objects: int) -> torch.Tensor:
@@ -306,17 +216,6 @@ def merged_group_logits(logits: list[torch.Tensor], max_objects: int) -> torch.T
         fg.append(p[:, 1:1 + max_objects])
     bg_prob = torch.prod(torch.cat(bg, dim=1), dim=1, keepdim=True)
     return torch.logit(torch.cat([bg_prob] + fg, dim=1).clamp(1e-5, 1 - 1e-5))
-
-
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) map -> contiguous (HW, B, C) tokens."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h * w).permute(2, 0, 1).contiguous()
-
-
-def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    _, b, c = tokens.shape
-    return tokens.view(h, w, b, c).permute(2, 3, 0, 1).contiguous()
 
 
 def channel_argmax(probs: torch.Tensor) -> torch.Tensor:

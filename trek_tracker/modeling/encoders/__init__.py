@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from trek_tracker.errors import UserError
-from trek_tracker.vos.encoders.mobilenetv2 import MobileNetV2, mobilenetv2
-from trek_tracker.vos.encoders.resnet import ResNetEncoder, resnet50
-from trek_tracker.vos.encoders.swin import SwinEncoder, relative_position_index, swin_base
-from trek_tracker.vos.frozen_bn import FrozenBatchNorm2d
+from trek_tracker.modeling.encoders.frozen_bn import FrozenBatchNorm2d
+from trek_tracker.modeling.encoders.mobilenetv2 import MobileNetV2, mobilenetv2
+from trek_tracker.modeling.encoders.resnet import ResNetEncoder, resnet50
+from trek_tracker.modeling.encoders.swin import SwinEncoder, relative_position_index, swin_base
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Test-time augmentation with the official evaluator's semantics (spec deaot.md §2.3-§2.4).
 
-Every (scale, flip) view is a separate :class:`~trek_tracker.vos.engine.VOSEngine` with its own memory.
+Every (scale, flip) view is a separate :class:`~trek_tracker.inference.engine.VOSEngine` with its own memory.
 Per frame each view's probabilities come back at the original resolution, already un-flipped; they are
 averaged and the arg-max is the output. Each view's memory takes **its own** arg-max label (the official
 choice; ``memory_label='ensemble'`` feeds the averaged label instead). Views are ordered scale by scale,
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.engine import EngineConfig, VOSEngine
-from trek_tracker.vos.ensemble import EnsembleEngine
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.inference.ensemble import EnsembleEngine
 
 # The VISOR entry's TTA ([VISOR-R] §4.2): three scales, each with and without horizontal flip.
 REPORT_SCALES = (1.2, 1.3, 1.4)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trek_tracker.vos.attention import GlobalGatedPropagation, LocalGatedPropagation, seq_to_2d, silu
+from trek_tracker.modeling.attention import GlobalGatedPropagation, LocalGatedPropagation, silu
+from trek_tracker.modeling.layout import tokens_to_map
 
 
 @dataclass
@@ -117,14 +118,14 @@ class GatedPropagationLayer(nn.Module):
         if id_emb is not None:
             entry.id_value = self.fuse_id(id_in, id_emb)
             long_key, long_value = q, torch.cat([v, entry.id_value], dim=-1)
-            short_key, short_value = seq_to_2d(long_key, size_2d), seq_to_2d(long_value, size_2d)
+            short_key, short_value = tokens_to_map(long_key, size_2d), tokens_to_map(long_value, size_2d)
         else:
             assert memory is not None, "a frame without ID embedding needs a memory"
             long_key, long_value = memory.long_key, memory.long_value
             short_key, short_value = memory.short_key, memory.short_value
 
         a_lt = self.long_term_attn(q, long_key, long_value, gate, size_2d)
-        a_st = self.short_term_attn(seq_to_2d(q, size_2d), short_key, short_value, gate, size_2d)
+        a_st = self.short_term_attn(tokens_to_map(q, size_2d), short_key, short_value, gate, size_2d)
         lt_vis, lt_id = torch.split(a_lt, self.d_model, dim=-1)
         st_vis, st_id = torch.split(a_st, self.d_model, dim=-1)
         x = x + (lt_vis + st_vis)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from trek_tracker.errors import InputError
-from trek_tracker.vos.engine import FrameOutput
-from trek_tracker.vos.ensemble import (
+from trek_tracker.inference.engine import FrameOutput
+from trek_tracker.inference.ensemble import (
     EnsembleEngine,
     average_probs,
     combine_outputs,

@@ -21,22 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trek_tracker.modeling.layout import map_to_tokens, tokens_to_map
+
 
 def silu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
-
-
-def seq_to_2d(x: torch.Tensor, size_2d: tuple[int, int]) -> torch.Tensor:
-    """``(HW, B, C)`` tokens -> ``(B, C, H, W)`` map."""
-    h, w = size_2d
-    _, b, c = x.shape
-    return x.view(h, w, b, c).permute(2, 3, 0, 1).contiguous()
-
-
-def map_to_seq(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` map -> ``(HW, B, C)`` tokens."""
-    b, c, h, w = x.shape
-    return x.view(b, c, h * w).permute(2, 0, 1)
 
 
 class DepthwiseConv(nn.Module):
@@ -48,11 +37,7 @@ class DepthwiseConv(nn.Module):
         self.dropout = nn.Dropout2d(p=dropout)
 
     def forward(self, x: torch.Tensor, size_2d: tuple[int, int]) -> torch.Tensor:
-        h, w = size_2d
-        _, b, c = x.shape
-        y = x.view(h, w, b, c).permute(2, 3, 0, 1)
-        y = self.dropout(self.conv(y))
-        return y.reshape(b, c, h * w).permute(2, 0, 1)
+        return map_to_tokens(self.dropout(self.conv(tokens_to_map(x, size_2d))))
 
 
 class GlobalGatedPropagation(nn.Module):
@@ -108,7 +93,15 @@ def _window_index(h: int, w: int, y0: int, y1: int, max_dis: int, dilation: int,
     Returns ``(index (nq, K), valid (nq, K), band_start_row, band_rows)`` with ``K = (2*max_dis+1)**2``
     window positions in row-major (dy, dx) order, the order of the official relative-position channels.
     Invalid positions (outside the image) point at the dummy column ``band_rows * w``.
+    Built outside inference mode: the cache outlives the call, and an index made under
+    ``torch.inference_mode`` (validation) could not be used by a later training step.
     """
+    with torch.inference_mode(False):
+        return _build_window_index(h, w, y0, y1, max_dis, dilation, device)
+
+
+def _build_window_index(h: int, w: int, y0: int, y1: int, max_dis: int, dilation: int,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     reach = max_dis * dilation
     k0, k1 = max(0, y0 - reach), min(h, y1 + reach)
     offsets = torch.arange(-max_dis, max_dis + 1, device=device) * dilation

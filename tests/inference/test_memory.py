@@ -1,0 +1,185 @@
+"""The one memory: schedule (gap, skip), bounded long-term memory (references never evicted, oldest others
+first), storage (copied once, preallocated when capped) and gradients in training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trek_tracker.errors import InputError
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
+from trek_tracker.modeling.base import LayerLayout
+from trek_tracker.modeling.gpm import FrameEntry
+from trek_tracker.modeling.registry import build_model, model_config
+
+H, W = 97, 129  # 16x grid 7x9 = 63 tokens
+
+
+@pytest.fixture(scope="module")
+def video():
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(12)]
+    mask = np.zeros((H, W), np.int64)
+    mask[30:60, 40:90] = 1
+    return frames, mask
+
+
+@pytest.fixture(scope="module", params=["test_deaot_tiny", "test_msdeaot_tiny"])
+def model(request):
+    torch.manual_seed(0)
+    return build_model(request.param).eval()
+
+
+def _run(model, video, memory: MemoryConfig, steps: int = 11):
+    frames, mask = video
+    engine = VOSEngine(model, EngineConfig(memory=memory))
+    engine.add_reference(frames[0], mask)
+    memory = engine.groups[0].memory
+    ref_keys = [memory.long_term(layer, 0)[0].clone() for layer in range(len(memory.layout))]
+    counts = []
+    for frame in frames[1:steps + 1]:
+        engine.step(frame)
+        counts.append(len(memory.frames))
+    return engine, ref_keys, counts
+
+
+def test_uncapped_memory_grows_with_the_gap(model, video):
+    engine, _, counts = _run(model, video, MemoryConfig(gap=2, cap="none"))
+    assert counts == [1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]  # reference + every 2nd frame
+    assert engine.long_term_tokens() == 6 * 63
+    assert engine.groups[0].memory.frames == [10, 8, 6, 4, 2, 0]
+
+
+def test_cap_bounds_tokens_and_keeps_the_reference(model, video):
+    engine, ref_keys, counts = _run(model, video, MemoryConfig(gap=1, cap=3))
+    assert counts == [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert engine.long_term_tokens() == 3 * 63
+    memory = engine.groups[0].memory
+    assert [f in memory.reference_frames for f in memory.frames] == [False, False, True]  # newest first
+    for layer, key in enumerate(ref_keys):  # the reference itself, every layer, untouched
+        assert torch.equal(memory.long_term(layer, 0)[0], key)
+    # Every layer holds the same frames (eviction is per frame, across layers).
+    grids = [layer.long_term_grid for layer in memory.layout]
+    assert {memory.long_term_tokens(i) // (g[0] * g[1]) for i, g in enumerate(grids)} == {3}
+    assert {len(memory.attend()[i].long_key) // (g[0] * g[1]) for i, g in enumerate(grids)} == {3}
+
+
+def test_newest_frames_are_the_ones_kept(model, video):
+    frames, mask = video
+    engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=1, cap=3)))
+    engine.add_reference(frames[0], mask)
+    for frame in frames[1:7]:
+        engine.step(frame)
+    assert engine.groups[0].memory.frames == [6, 5, 0]
+
+
+def test_re_anchoring_adds_a_reference_that_is_also_kept(model, video):
+    frames, mask = video
+    engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=1, cap=3)))
+    engine.add_reference(frames[0], mask)
+    for frame in frames[1:4]:
+        engine.step(frame)
+    engine.add_reference(frames[4], mask)
+    for frame in frames[5:10]:
+        engine.step(frame)
+    memory = engine.groups[0].memory
+    refs = [f in memory.reference_frames for f in memory.frames]
+    assert refs.count(True) == 2 and len(refs) == 3
+
+
+def test_capped_memory_is_allocated_once_and_written_in_place(model, video):
+    """A capped memory lives in buffers sized for the cap: after it fills, frames replace evicted slots in
+    the same storage, and the bytes held stop growing."""
+    frames, mask = video
+    engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=1, cap=3)))
+    engine.add_reference(frames[0], mask)
+    memory = engine.groups[0].memory
+    pointer, size = memory.attend()[0].long_key.data_ptr(), memory.nbytes()
+    for frame in frames[1:9]:
+        engine.step(frame)
+        assert memory.attend()[0].long_key.data_ptr() == pointer
+        assert memory.nbytes() == size
+
+
+def test_stored_keys_do_not_keep_the_projection_alive(video):
+    """A layer's key is a view of its Q/V projection; the memory must hold a copy of the key only."""
+    torch.manual_seed(0)
+    model = build_model("test_deaot_tiny").eval()
+    frames, mask = video
+    engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=1, cap=2)))
+    engine.add_reference(frames[0], mask)
+    key = engine.groups[0].memory.long_term(0, 0)[0]
+    assert key.untyped_storage().nbytes() <= 2 * key.numel() * key.element_size()
+
+
+def _entries(layout, value_dim=6, key_dim=4, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    out, ids = [], []
+    for layer in layout:
+        n = layer.grid[0] * layer.grid[1]
+        out.append(FrameEntry(torch.randn(n, 1, key_dim, generator=g, requires_grad=grad),
+                              torch.randn(n, 1, value_dim, generator=g, requires_grad=grad), None))
+        ids.append(torch.randn(n, 1, value_dim, generator=g, requires_grad=grad))
+    return out, ids
+
+
+@pytest.mark.parametrize("skip", [1, 2, 4])
+def test_short_term_memory_is_the_frame_skip_steps_back(skip):
+    """Frame t attends to the short-term entry of frame max(0, t - skip) (official skip semantics)."""
+    memory = Memory([LayerLayout((3, 4))], MemorySchedule(gap=9999, skip=skip))
+    entries, ids = _entries(memory.layout)
+    memory.remember(0, entries, ids, reference=True)
+    for t in range(1, 12):
+        assert memory.short_term_frame == max(0, t - skip), f"frame {t}"
+        entries, ids = _entries(memory.layout, seed=t)
+        memory.remember(t, entries, ids)
+        # the map read is the one stored for that frame
+    entries, ids = _entries(memory.layout, seed=12 - skip)
+    expected = entries[0].key.view(3, 4, 1, 4).permute(2, 3, 0, 1)
+    assert torch.equal(memory.attend()[0].short_key, expected)
+
+
+def test_long_term_subsampling_follows_the_layout():
+    memory = Memory([LayerLayout((5, 7)), LayerLayout((9, 13), long_term_dilation=2)], MemorySchedule(gap=1))
+    entries, ids = _entries(memory.layout)
+    memory.remember(0, entries, ids, reference=True)
+    layers = memory.attend()
+    assert layers[0].long_key.shape[0] == 35 and layers[1].long_key.shape[0] == 5 * 7
+    expected = entries[1].key.view(9, 13, 1, 4)[::2, ::2].reshape(-1, 1, 4)
+    assert torch.equal(layers[1].long_key, expected)
+    assert layers[1].short_key.shape[-2:] == (9, 13)  # short-term at full resolution
+
+
+def test_gradients_flow_through_the_memory_in_training():
+    """Under autograd the memory is written out of place: the loss reaches every remembered frame."""
+    memory = Memory([LayerLayout((2, 3))], MemorySchedule(gap=1, cap=2))
+    remembered = []
+    for t in range(4):
+        entries, ids = _entries(memory.layout, seed=t, grad=True)
+        memory.remember(t, entries, ids, reference=t == 0)
+        remembered.append(entries[0].key)
+    layer = memory.attend()[0]
+    (layer.long_key.sum() + layer.short_key.sum()).backward()
+    assert remembered[0].grad is not None and remembered[3].grad is not None  # reference, newest
+    assert remembered[1].grad is None or remembered[1].grad.abs().sum() == 0  # evicted
+
+
+def test_settings_resolve_against_the_model():
+    deaot = model_config("r50_deaotl")
+    assert MemoryConfig().resolve(deaot) == MemorySchedule(gap=5, skip=1, cap=None)
+    assert MemoryConfig(gap=2, skip=3, cap=10).resolve(deaot) == MemorySchedule(gap=2, skip=3, cap=10)
+    assert MemoryConfig(cap="none").resolve(deaot).cap is None
+    assert MemoryConfig(cap="none").resolve(deaot).to_dict()["cap"] == "none"
+
+
+def test_cap_and_gap_are_validated():
+    with pytest.raises(InputError, match="cap"):
+        MemoryConfig(cap=0)
+    with pytest.raises(InputError, match="cap"):
+        MemoryConfig(cap="forever")
+    with pytest.raises(InputError, match="gap"):
+        MemoryConfig(gap=0)
+    with pytest.raises(InputError, match="skip"):
+        MemoryConfig(skip=0)

@@ -1,1 +1,0 @@
-"""Mask propagation: DeAOT-family models and the per-video engine."""
