@@ -49,18 +49,19 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def build_inits(args: argparse.Namespace) -> dict[str, BoxToMask]:
     """One initialiser per method; the networks are loaded once and shared."""
     inits = {m: BoxToMask(InitConfig(method=m)) for m in ("box", "grabcut")}
-    common = dict(sam_model=args.sam_model, device=args.device, sam_second_pass=args.sam_second_pass)
+    common = dict(sam_model=args.sam_model, sam_second_pass=args.sam_second_pass)
+    dev = args.device
     sam = ar = None
     if args.sam_checkpoint:
-        loader = BoxToMask(InitConfig(method="sam", sam_checkpoint=args.sam_checkpoint, **common))
+        loader = BoxToMask(InitConfig(method="sam", sam_checkpoint=args.sam_checkpoint, **common), dev)
         sam = loader.sam_predictor().model
-        inits["sam"] = BoxToMask(InitConfig(method="sam", **common), sam_model=sam)
+        inits["sam"] = BoxToMask(InitConfig(method="sam", **common), dev, sam_model=sam)
     if args.ar_checkpoint:
-        loader = BoxToMask(InitConfig(method="ar", ar_checkpoint=args.ar_checkpoint, ar_model=args.ar_model, **common))
-        ar = loader.ar_network()
-        inits["ar"] = BoxToMask(InitConfig(method="ar", **common), ar_network=ar)
+        config = InitConfig(method="ar", ar_checkpoint=args.ar_checkpoint, ar_model=args.ar_model, **common)
+        ar = BoxToMask(config, dev).ar_network()
+        inits["ar"] = BoxToMask(InitConfig(method="ar", **common), dev, ar_network=ar)
     if sam is not None and ar is not None:
-        inits["fused"] = BoxToMask(InitConfig(method="fused", **common), sam_model=sam, ar_network=ar)
+        inits["fused"] = BoxToMask(InitConfig(method="fused", **common), dev, sam_model=sam, ar_network=ar)
     return inits
 
 

@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
 from trek_tracker.errors import InputError
 from trek_tracker.geometry import (
+    Box,
+    BoxConfig,
     BoxFromMask,
-    BoxFromMaskConfig,
     box_to_mask,
-    check_box_in_frame,
     iou,
     mask_to_box,
-    mask_to_rotated_box,
-    parse_box,
-    polygon_to_box,
     remove_small_components,
-    xywh_to_xyxy,
-    xyxy_to_xywh,
 )
-
-# ------------------------------------------------------------------------------------------ conversions
-
-
-def test_xywh_xyxy_conventions() -> None:
-    box = np.array([10.0, 20.0, 5.0, 3.0])
-    np.testing.assert_array_equal(xywh_to_xyxy(box), [10, 20, 15, 23])
-    np.testing.assert_array_equal(xywh_to_xyxy(box, inclusive=True), [10, 20, 14, 22])
-    np.testing.assert_array_equal(xyxy_to_xywh([10, 20, 14, 22], inclusive=True), box)
-    np.testing.assert_array_equal(xyxy_to_xywh([10, 20, 15, 23]), box)
-
-
-def test_conversions_round_trip_batched() -> None:
-    rng = np.random.default_rng(0)
-    boxes = np.concatenate([rng.uniform(0, 100, (7, 2)), rng.uniform(1, 50, (7, 2))], axis=1)
-    for inclusive in (False, True):
-        back = xyxy_to_xywh(xywh_to_xyxy(boxes, inclusive=inclusive), inclusive=inclusive)
-        np.testing.assert_allclose(back, boxes, rtol=0, atol=1e-12)
-    assert xywh_to_xyxy(boxes).shape == (7, 4)
-
-
-def test_inclusive_xyxy_matches_mask_pixel_indices() -> None:
-    mask = np.zeros((30, 40), bool)
-    mask[5:12, 7:20] = True  # rows 5..11, cols 7..19
-    np.testing.assert_array_equal(xywh_to_xyxy(mask_to_box(mask), inclusive=True), [7, 5, 19, 11])
-
 
 # ------------------------------------------------------------------------------------------------- IoU
 
@@ -85,7 +53,7 @@ def test_iou_vectorised_matches_scalar() -> None:
     "text", ["313,88,342,194", "313 88 342 194", " 313, 88,342 ,194 ", "313.0,88,342,194"]
 )
 def test_parse_box_accepts(text: str) -> None:
-    np.testing.assert_array_equal(parse_box(text), [313, 88, 342, 194])
+    np.testing.assert_array_equal(Box.parse(text), [313, 88, 342, 194])
 
 
 @pytest.mark.parametrize(
@@ -103,21 +71,22 @@ def test_parse_box_accepts(text: str) -> None:
 )
 def test_parse_box_rejects_with_one_line(text: str, reason: str) -> None:
     with pytest.raises(InputError) as info:
-        parse_box(text)
+        Box.parse(text)
     message = str(info.value)
     assert reason in message and "\n" not in message and "x,y,w,h" in message
 
 
-def test_check_box_in_frame() -> None:
-    inside = check_box_in_frame([10, 10, 20, 20], (100, 200))
-    assert not inside.clipped
-    np.testing.assert_array_equal(inside.box, [10, 10, 20, 20])
-    box, clipped = check_box_in_frame([-5, 90, 20, 20], (100, 200))
-    assert clipped
+def test_box_in_frame() -> None:
+    inside = Box(10, 10, 20, 20)
+    assert inside.in_frame((100, 200)) == inside
+    given = Box(-5, 90, 20, 20)
+    box = given.in_frame((100, 200))
+    assert box != given
     np.testing.assert_array_equal(box, [0, 90, 15, 10])
+    assert box.frame == (100, 200) and box.in_frame((100, 200)) is box  # checked once
     for outside in ([200, 10, 5, 5], [10, 100, 5, 5], [-5, 10, 5, 5], [10, -30, 5, 29.5]):
         with pytest.raises(InputError, match="outside"):
-            check_box_in_frame(outside, (100, 200))
+            Box.of(outside).in_frame((100, 200))
 
 
 # ----------------------------------------------------------------------------------------- mask → box
@@ -161,38 +130,6 @@ def test_box_to_mask_round_trip_and_clip() -> None:
     assert not box_to_mask([60, 0, 5, 5], (30, 50)).any()
 
 
-def test_rotated_box_of_upright_rectangle_is_the_tight_box() -> None:
-    mask = np.zeros((60, 80), bool)
-    mask[10:25, 5:50] = True
-    rot = mask_to_rotated_box(mask)
-    np.testing.assert_allclose(rot.box, mask_to_box(mask), atol=1e-4)
-    assert sorted(rot.size) == pytest.approx([15, 45], abs=1e-4)
-    assert rot.polygon.shape == (8,)
-
-
-def test_rotated_box_of_rotated_rectangle() -> None:
-    mask = np.zeros((200, 200), np.uint8)
-    corners = cv2.boxPoints(((100.0, 90.0), (80.0, 30.0), 30.0))
-    cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 1)
-    rot = mask_to_rotated_box(mask)
-    # rasterisation adds about a pixel on each side
-    assert sorted(rot.size) == pytest.approx([31, 81], abs=2.5)
-    assert rot.center == pytest.approx((100.5, 90.5), abs=1.0)
-    long_side = np.diff(rot.polygon.reshape(4, 2)[[0, 1, 2]], axis=0)
-    angles = np.degrees(np.arctan2(long_side[:, 1], long_side[:, 0])) % 180
-    assert min(abs(a - 30) for a in angles) < 2.0
-    # much tighter than the upright box of the same mask
-    assert rot.size[0] * rot.size[1] < 0.6 * np.prod(mask_to_box(mask)[2:])
-    np.testing.assert_allclose(rot.box, polygon_to_box(rot.polygon))
-    assert mask_to_rotated_box(np.zeros((5, 5), bool)) is None
-
-
-def test_rotated_box_single_pixel() -> None:
-    mask = np.zeros((10, 10), bool)
-    mask[3, 4] = True
-    np.testing.assert_allclose(mask_to_rotated_box(mask).box, [4, 3, 1, 1], atol=1e-5)
-
-
 def test_remove_small_components() -> None:
     mask = np.zeros((50, 50), bool)
     mask[10:30, 10:30] = True  # 400 px
@@ -211,7 +148,7 @@ def test_remove_small_components() -> None:
 
 
 def test_box_from_mask_holds_last_box_when_empty() -> None:
-    policy = BoxFromMask([1, 2, 3, 4], BoxFromMaskConfig(min_component_px=0))
+    policy = BoxFromMask([1, 2, 3, 4], BoxConfig(min_component_px=0))
     empty = np.zeros((40, 40), bool)
     box, lost = policy.update(empty)  # lost before any mask: the init box is held
     assert lost
@@ -239,35 +176,8 @@ def test_box_from_mask_ignores_speckles_by_default() -> None:
     assert not lost
 
 
-def test_box_from_mask_extrapolates_for_a_few_frames() -> None:
-    policy = BoxFromMask([0, 0, 4, 4], BoxFromMaskConfig(min_component_px=0, extrapolate_frames=2))
-    frames = []
-    for x in (0, 3):  # moves 3 px right per frame
-        m = np.zeros((20, 40), bool)
-        m[5:9, x : x + 4] = True
-        frames.append(m)
-    policy.update(frames[0])
-    policy.update(frames[1])
-    empty = np.zeros((20, 40), bool)
-    xs = [policy.update(empty)[0][0] for _ in range(4)]
-    assert xs == [6, 9, 9, 9]
-
-
-def test_box_from_mask_rotated_output() -> None:
-    policy = BoxFromMask([0, 0, 4, 4], BoxFromMaskConfig(output="rotated", min_component_px=0))
-    np.testing.assert_array_equal(policy.last_box, [0, 0, 4, 0, 4, 4, 0, 4])
-    mask = np.zeros((30, 30), bool)
-    mask[5:10, 2:22] = True
-    poly, lost = policy.update(mask)
-    assert poly.shape == (8,) and not lost
-    np.testing.assert_allclose(polygon_to_box(poly), [2, 5, 20, 5], atol=1e-4)
-    held, lost = policy.update(np.zeros((30, 30), bool))
-    assert lost
-    np.testing.assert_array_equal(held, poly)
-
-
 def test_box_from_mask_config_validation() -> None:
     with pytest.raises(InputError):
-        BoxFromMaskConfig(output="square")
+        BoxConfig(components="square")
     with pytest.raises(InputError):
         BoxFromMask([0, 0, np.nan, 1])

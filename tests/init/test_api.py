@@ -1,4 +1,4 @@
-"""``make_initial_mask`` / ``BoxToMask``: method choice, messages, errors, and every init end to end."""
+"""``BoxToMask``: method choice, messages, errors, and every init end to end."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.geometry import box_to_mask
 from trek_tracker.init.alpha_refine.secm import SEcm
-from trek_tracker.init.api import BoxToMask, InitConfig, choose_method, make_initial_mask
+from trek_tracker.init.api import BoxToMask, InitConfig, choose_method
 
 from .test_sam import tiny_sam
 
@@ -43,24 +43,24 @@ def test_explicit_methods_need_their_checkpoints() -> None:
     with pytest.raises(InputError, match="unknown init method"):
         choose_method(InitConfig(method="magic"))
     with pytest.raises(CheckpointError, match="not found"):
-        make_initial_mask(_disk_image()[0], [36, 26, 48, 48], InitConfig(method="ar", ar_checkpoint="/nonexistent"))
+        BoxToMask(InitConfig(method="ar", ar_checkpoint="/nonexistent"))(_disk_image()[0], [36, 26, 48, 48])
 
 
 def test_bad_inputs() -> None:
     img = _disk_image()[0]
-    with pytest.raises(InputError, match="w, h > 0"):
-        make_initial_mask(img, [10, 10, 0, 5], InitConfig(method="box"))
+    with pytest.raises(InputError, match="zero or negative width"):
+        BoxToMask(InitConfig(method="box"))(img, [10, 10, 0, 5])
     with pytest.raises(InputError, match="outside"):
-        make_initial_mask(img, [500, 10, 5, 5], InitConfig(method="box"))
+        BoxToMask(InitConfig(method="box"))(img, [500, 10, 5, 5])
     with pytest.raises(InputError, match="RGB uint8"):
-        make_initial_mask(img.astype(np.float32), [10, 10, 5, 5], InitConfig(method="box"))
+        BoxToMask(InitConfig(method="box"))(img.astype(np.float32), [10, 10, 5, 5])
 
 
 def test_box_and_grabcut_inits() -> None:
     img, disk, box = _disk_image()
-    res = make_initial_mask(img, box, InitConfig(method="box"))
+    res = BoxToMask(InitConfig(method="box"))(img, box)
     assert res.method == "box" and np.array_equal(res.mask, box_to_mask(box, img.shape[:2]))
-    res = make_initial_mask(img, box, InitConfig())
+    res = BoxToMask(InitConfig())(img, box)
     assert res.method == "grabcut" and "checkpoints missing" in res.message
     iou = (res.mask & disk).sum() / (res.mask | disk).sum()
     assert iou > 0.85  # a high-contrast disk: GrabCut separates it from the box corners

@@ -3,7 +3,7 @@
 Importing this package does not import torch; the networks load on first use.
 """
 
-from trek_tracker.init.api import METHODS, BoxToMask, InitConfig, InitResult, choose_method, make_initial_mask
+from trek_tracker.init.api import METHODS, BoxToMask, InitConfig, InitResult, choose_method
 from trek_tracker.init.fusion import FusionConfig
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "InitConfig",
     "InitResult",
     "choose_method",
-    "make_initial_mask",
 ]

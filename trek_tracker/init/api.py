@@ -1,26 +1,25 @@
-"""Box -> first-frame mask: the one entry point the CLI and the pipeline call.
+"""Box -> first-frame mask: the one entry point the pipeline calls.
 
-``make_initial_mask(image, box, InitConfig(...))`` returns the chosen mask, the init actually used, a
+``BoxToMask(InitConfig(...), device)(image, box)`` returns the chosen mask, the init actually used, a
 message for the user when a checkpoint was missing or a fallback fired, and JSON-ready details (winner,
-every candidate's scores, parameters) for ``run.json``. :class:`BoxToMask` keeps the loaded networks
-for repeated calls (benchmarks, evaluation runs).
+every candidate's scores, parameters) for ``run.json``. It keeps the loaded networks for repeated calls
+(benchmarks, evaluation runs); :meth:`BoxToMask.load` opens them up front, so that a bad checkpoint is
+reported before a run writes anything.
 
-Methods: ``fused`` (SAM + Alpha-Refine, spec §9.2), ``sam``, ``ar``, ``grabcut`` (no weights), ``box``
-(the filled box), and ``auto``: fused when both checkpoints are given, else whichever one is given,
-else grabcut, always with a message naming what is missing.
+Methods (docs/init.md#methods): ``fused`` (SAM + Alpha-Refine, docs/init.md#fusion-rule), ``sam``, ``ar``,
+``grabcut`` (no weights), ``box`` (the filled box), and ``auto``: fused when both checkpoints are given, else
+whichever one is given, else grabcut, always with a message naming what is missing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trek_tracker.errors import CheckpointError, InputError
-from trek_tracker.geometry import box_to_mask
+from trek_tracker.geometry import Box, box_to_mask
 from trek_tracker.init.fusion import Candidate, FusionConfig, FusionResult, combined_candidates, fuse
 
 METHODS = ("auto", "fused", "sam", "ar", "grabcut", "box")
@@ -33,11 +32,10 @@ class InitConfig:
     """How to turn the first box into a mask."""
 
     method: str = "auto"  # auto | fused | sam | ar | grabcut | box
-    sam_checkpoint: str | None = None  # path (or registry name once trek_tracker.weights exists)
+    sam_checkpoint: str | None = None  # path or registry name
     sam_model: str | None = None  # vit_b | vit_l | vit_h; inferred from the checkpoint when None
-    ar_checkpoint: str | None = None
+    ar_checkpoint: str | None = None  # path or registry name
     ar_model: str | None = None  # seg384 | secm; inferred from the checkpoint when None
-    device: str = "cpu"
     sam_second_pass: bool = False  # re-decode with the best multimask candidate's low-res logits
     ar_threshold: float = 0.5
     grabcut_iterations: int = 5
@@ -50,19 +48,6 @@ class InitResult:
     method: str  # the init actually used (after fallbacks): fused | sam | ar | grabcut | box
     message: str | None  # for the user, e.g. "SAM checkpoint missing (--sam-checkpoint): used grabcut"
     details: dict[str, Any]  # JSON-serialisable: requested/used method, winner, candidate scores, parameters
-
-
-def resolve_checkpoint(value: str | None, kind: str | None = None) -> Path | None:
-    """A path, or a registry name resolved by ``trek_tracker.weights.resolve_checkpoint`` if it exists."""
-    if value is None:
-        return None
-    if importlib.util.find_spec("trek_tracker.weights") is not None:
-        from trek_tracker import weights
-
-        resolver = getattr(weights, "resolve_checkpoint", None)
-        if resolver is not None:
-            return Path(resolver(value, kind=kind))
-    return Path(value)
 
 
 def choose_method(config: InitConfig, have_sam: bool = False, have_ar: bool = False) -> tuple[str, str | None]:
@@ -96,17 +81,11 @@ def choose_method(config: InitConfig, have_sam: bool = False, have_ar: bool = Fa
     )
 
 
-def _check_inputs(image: np.ndarray, box) -> np.ndarray:
+def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"the first frame must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    b = np.asarray(box, dtype=np.float64).reshape(-1)
-    if b.size != 4 or not np.all(np.isfinite(b)) or b[2] <= 0 or b[3] <= 0:
-        raise InputError(f"the first box must be x,y,w,h with w, h > 0, got {np.asarray(box).tolist()}")
-    h, w = image.shape[:2]
-    if b[0] >= w or b[1] >= h or b[0] + b[2] <= 0 or b[1] + b[3] <= 0:
-        raise InputError(f"the first box {b.tolist()} lies outside the {w}x{h} frame")
-    return b
+    return image
 
 
 class BoxToMask:
@@ -116,28 +95,40 @@ class BoxToMask:
     passed already built, e.g. by tests or by a caller that shares them between runs.
     """
 
-    def __init__(self, config: InitConfig | None = None, sam_model=None, ar_network=None) -> None:
+    def __init__(self, config: InitConfig | None = None, device: str = "cpu", *, sam_model=None,
+                 ar_network=None) -> None:
         self.config = config or InitConfig()
+        self.device = str(device)
         self.method, self.message = choose_method(self.config, sam_model is not None, ar_network is not None)
         self._sam = None
         if sam_model is not None:
             from trek_tracker.init.sam import SamBoxPredictor
 
-            self._sam = SamBoxPredictor(sam_model, self.config.device)
+            self._sam = SamBoxPredictor(sam_model, self.device)
         self._ar_net = ar_network
+
+    def load(self) -> BoxToMask:
+        """Open the networks the chosen method needs now (a missing or wrong checkpoint fails here)."""
+        if self.method in ("sam", "fused"):
+            self.sam_predictor()
+        if self.method in ("ar", "fused"):
+            self.ar_network()
+        return self
 
     # -- model loading (lazy) -------------------------------------------------------------------------------
     def sam_predictor(self):
         if self._sam is None:
             from trek_tracker.init.sam import SamBoxPredictor, load_sam
+            from trek_tracker.weights import resolve_checkpoint
 
             path = resolve_checkpoint(self.config.sam_checkpoint, kind="sam")
-            self._sam = SamBoxPredictor(load_sam(path, self.config.sam_model, self.config.device))
+            self._sam = SamBoxPredictor(load_sam(path, self.config.sam_model, self.device))
         return self._sam
 
     def ar_network(self):
         if self._ar_net is None:
             from trek_tracker.init.alpha_refine.checkpoint import load_alpha_refine
+            from trek_tracker.weights import resolve_checkpoint
 
             path = resolve_checkpoint(self.config.ar_checkpoint, kind="alpha_refine")
             self._ar_net = load_alpha_refine(path, self.config.ar_model)
@@ -171,7 +162,7 @@ class BoxToMask:
     def _ar_candidate(self, image: np.ndarray, box: np.ndarray) -> tuple[Candidate, np.ndarray]:
         from trek_tracker.init.alpha_refine.refiner import AlphaRefine
 
-        ar = AlphaRefine(self.ar_network(), self.config.device)
+        ar = AlphaRefine(self.ar_network(), self.device)
         ar.initialize(image, box)
         prob = ar.get_mask(image, box)
         mask = prob > self.config.ar_threshold
@@ -179,9 +170,11 @@ class BoxToMask:
         return Candidate(f"ar_{ar.model_name}", mask, conf, "ar"), prob
 
     # -- the call -------------------------------------------------------------------------------------------
-    def __call__(self, image: np.ndarray, box) -> InitResult:
-        box = _check_inputs(image, box)
+    def __call__(self, image: np.ndarray, box: Box | np.ndarray) -> InitResult:
+        """The first-frame mask of ``box`` on ``image`` (RGB uint8)."""
+        image = _check_image(image)
         shape = image.shape[:2]
+        box = np.asarray(Box.of(box).in_frame(shape), dtype=np.float64)
         method, message = self.method, self.message
         details: dict[str, Any] = {
             "requested": self.config.method,
@@ -247,8 +240,3 @@ def _used_method(method: str, fused: FusionResult) -> str:
     if fused.fallback is None:
         return method
     return fused.source if fused.source in ("ar", "box") else method
-
-
-def make_initial_mask(image: np.ndarray, box, config: InitConfig | None = None) -> InitResult:
-    """Turn the first frame's box ``[x, y, w, h]`` into a bool mask (see :class:`BoxToMask`)."""
-    return BoxToMask(config)(image, box)

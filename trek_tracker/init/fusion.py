@@ -1,4 +1,4 @@
-"""Choosing one first-frame mask from SAM and Alpha-Refine candidates (spec §9.2).
+"""Choosing one first-frame mask from SAM and Alpha-Refine candidates (docs/init.md#fusion-rule).
 
 The TREK-150 report combined SAM and AR but never published how, so our rule is explicit and every
 number behind the choice is returned for ``run.json``: each candidate is clipped to the (tight) box,
@@ -19,7 +19,7 @@ from trek_tracker.geometry import box_to_mask, iou, mask_to_box, remove_small_co
 
 @dataclass
 class FusionConfig:
-    """Thresholds of the selection rule (spec §9.2 defaults)."""
+    """Thresholds of the selection rule (docs/init.md#fusion-thresholds)."""
 
     fusion_lambda: float = 0.15  # weight of the confidence term
     clip_margin_px: int = 1  # pixels outside the box still tolerated

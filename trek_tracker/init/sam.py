@@ -1,8 +1,8 @@
 """Segment Anything, box-prompted, through our own predictor over the official ``segment_anything`` models.
 
-Why our own predictor (spec §8, SP1): we want all four mask tokens of one decoder call (the single-mask
-token 0 and the three multimask tokens) with their predicted IoUs and low-resolution logits, an optional
-second pass fed with the best candidate's logits, and no dependency on torchvision (the package's
+Why our own predictor (docs/init.md#sam-box-prompting): we want all four mask tokens of one decoder call
+(the single-mask token 0 and the three multimask tokens) with their predicted IoUs and low-resolution logits,
+an optional second pass fed with the best candidate's logits, and no dependency on torchvision (the package's
 ``__init__`` imports it; we import ``modeling`` and ``build_sam`` without it when it is absent).
 The image embedding is computed once per ``set_image`` and reused for every prompt.
 """
@@ -24,7 +24,6 @@ from PIL import Image
 
 from trek_tracker.errors import CheckpointError, InputError
 
-SAM_MODELS = ("vit_b", "vit_l", "vit_h")
 _EMBED_DIM_TO_MODEL = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trek_tracker.errors import CheckpointError
-from trek_tracker.init.alpha_refine.checkpoint import convert_checkpoint, load_alpha_refine, read_checkpoint
+from trek_tracker.init.alpha_refine.checkpoint import load_alpha_refine, read_checkpoint
 from trek_tracker.init.alpha_refine.secm import SEcm
 
 
@@ -102,14 +102,3 @@ def test_missing_and_garbage_files(tmp_path: Path) -> None:
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         read_checkpoint(junk)
-
-
-def test_conversion_to_a_plain_state_dict(official_layout_checkpoint, tmp_path: Path) -> None:
-    path, model = official_layout_checkpoint
-    plain = convert_checkpoint(path, tmp_path / "secm_plain.pth")
-    state = torch.load(plain, map_location="cpu", weights_only=True)  # no pickled objects left
-    assert "feature_extractor.fc.weight" in state and "constructor" not in state
-    net = load_alpha_refine(plain)
-    key = "corner_head.conv5_tl.weight"
-    assert torch.equal(net.state_dict()[key], model.state_dict()[key])
-    assert not list(tmp_path.glob("*.tmp"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trek_tracker.init.alpha_refine.prroi_pool import PrRoIPool2D, prroi_pool2d, tent_cdf
+from trek_tracker.init.alpha_refine.prroi_pool import prroi_pool2d, tent_cdf
 
 
 def _interpolant(feat: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_matches_brute_force_integration(roi: list[float]) -> None:
 def test_empty_roi_gives_zero_and_batch_index_is_used() -> None:
     feat = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     rois = torch.tensor([[0, 10.0, 10.0, 10.0, 60.0], [1, 8.0, 8.0, 100.0, 100.0], [0, 8.0, 8.0, 100.0, 100.0]])
-    out = PrRoIPool2D(2, 2, 1 / 16)(feat, rois.double())
+    out = prroi_pool2d(feat, rois.double(), 2, 2, 1 / 16)
     assert torch.count_nonzero(out[0]) == 0
     assert not torch.allclose(out[1], out[2])  # different images of the batch
 

@@ -202,22 +202,3 @@ def load_alpha_refine(path: str | Path, model_name: str | None = None) -> torch.
     """Read an official ``.pth.tar`` (or a plain state dict) and return the network, ready for inference."""
     ckpt = read_checkpoint(path)
     return build_model(ckpt["net"], model_name)
-
-
-def convert_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """One-time conversion to a plain state dict, loadable with ``torch.load(weights_only=True)`` (CK2)."""
-    import os
-    import tempfile
-
-    ckpt = read_checkpoint(src)
-    state = {k: v for k, v in ckpt["net"].items() if isinstance(v, torch.Tensor)}
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst

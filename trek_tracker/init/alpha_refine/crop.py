@@ -1,4 +1,4 @@
-"""Alpha-Refine's crop and paste-back geometry (spec §3, §7).
+"""Alpha-Refine's crop and paste-back geometry (docs/init.md#crop-geometry, #paste-back).
 
 The crop is ``2w x 2h`` around the box (not square), rounded with Python's ``round`` and padded with
 zeros in raw pixel space, then resized to ``S x S``. Parity with the published weights needs the exact

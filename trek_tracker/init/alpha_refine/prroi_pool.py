@@ -4,7 +4,7 @@ Alpha-Refine's CorrNL neck pools the template features with PrRoIPool: every out
 integral of the bilinear interpolant of the feature map over the bin rectangle, divided by the bin area.
 The interpolant of samples at integer positions is a sum of tent kernels, so the integral separates into
 row weights and column weights (differences of the tent kernel's CDF at the bin edges) and one bin grid
-becomes two small matrix products. Spec: ``alpha_refine_sam.md`` §6.
+becomes two small matrix products. See docs/init.md#precise-roi-pooling.
 """
 
 from __future__ import annotations
@@ -52,16 +52,3 @@ def prroi_pool2d(
             continue
         out[k] = torch.einsum("ph,chw,qw->cpq", wy, features[index], wx) / area
     return out
-
-
-class PrRoIPool2D(torch.nn.Module):
-    """Module form of :func:`prroi_pool2d` (no parameters)."""
-
-    def __init__(self, pooled_height: int, pooled_width: int, spatial_scale: float) -> None:
-        super().__init__()
-        self.pooled_height = pooled_height
-        self.pooled_width = pooled_width
-        self.spatial_scale = spatial_scale
-
-    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return prroi_pool2d(features, rois, self.pooled_height, self.pooled_width, self.spatial_scale)

@@ -1,5 +1,5 @@
-"""Alpha-Refine behind one interface (spec AR0): ``initialize(frame, box)``, ``get_mask(frame, box)``,
-``refine_box(frame, box)`` (SEcm only), for either network.
+"""Alpha-Refine behind one interface (docs/init.md#alpha-refine-networks): ``initialize(frame, box)`` and
+``get_mask(frame, box)``, for either network.
 
 Frames are RGB uint8 (H, W, 3); boxes ``[x, y, w, h]`` in frame pixels. The per-target state (the
 reference kernel) lives here, not in the network modules.
@@ -93,9 +93,3 @@ class AlphaRefine:
     def get_mask(self, frame: np.ndarray, box) -> np.ndarray:
         """Full-frame float (H, W) foreground probabilities in [0, 1] for the crop around ``box``."""
         return self.run(frame, box, branches=("mask",)).mask_full
-
-    def refine_box(self, frame: np.ndarray, box) -> np.ndarray:
-        """SEcm's corner-head box ``[x, y, w, h]`` in frame pixels."""
-        if not isinstance(self.network, SEcm):
-            raise InputError("refine_box needs the SEcm (AR34 c+m) network; ARnet_seg_mask predicts masks only")
-        return self.run(frame, box, branches=("corner",)).corner_frame_xywh

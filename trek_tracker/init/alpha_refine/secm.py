@@ -1,4 +1,4 @@
-"""SEcm (AR34 c+m): Alpha-Refine's CVPR 2021 box refiner with its auxiliary mask head (spec §4).
+"""SEcm (AR34 c+m): Alpha-Refine's CVPR 2021 box refiner with its auxiliary mask head (docs/init.md#secm-network).
 
 ResNet-34 features of a 256x256 crop; the reference kernel is the *central* 8x8 of the template's
 layer3 (the template box is ignored, as in the official PtCorr); pixel-wise correlation -> 1x1 convs

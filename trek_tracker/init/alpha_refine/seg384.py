@@ -1,4 +1,4 @@
-"""ARnet_seg_mask: Alpha-Refine's dedicated mask network, "ARcm_coco_seg_only_mask_384" (spec §5).
+"""ARnet_seg_mask: Alpha-Refine's dedicated mask network, "ARcm_coco_seg_only_mask_384" (docs/init.md#seg384-network).
 
 ResNet-50 features of a 384x384 crop. The reference kernel is a PrRoIPool (P x P) of the template's
 layer4 (stride 16) over the template box; pixel-wise correlation with the test layer4 gives P*P score
