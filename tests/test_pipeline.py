@@ -9,6 +9,7 @@ from PIL import Image
 from tests.cli.conftest import TINY, official_checkpoint
 from trek_tracker import Tracker
 from trek_tracker.errors import InputError
+from trek_tracker.init.api import InitConfig
 from trek_tracker.pipeline import TrackerConfig
 
 
@@ -21,7 +22,8 @@ def _frames(n=3, h=96, w=128):
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory):
     ckpt = official_checkpoint(tmp_path_factory.mktemp("api") / "tiny.pth")
-    return Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init="box", max_long_edge=128))
+    return Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init=InitConfig(method="box"),
+                                 max_long_edge=128))
 
 
 def test_toolkit_interface_with_numpy_and_pil(tracker):
@@ -67,7 +69,7 @@ def test_api_input_errors(tracker):
 
 def test_update_before_init_is_an_error(tmp_path):
     ckpt = official_checkpoint(tmp_path / "tiny.pth")
-    fresh = Tracker(model=TINY, checkpoint=str(ckpt), device="cpu", init="box")
+    fresh = Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init=InitConfig(method="box")))
     with pytest.raises(RuntimeError, match="init"):
         fresh.update(_frames(1)[0])
     assert fresh.name == f"trek-track-{TINY}"

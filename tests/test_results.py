@@ -48,7 +48,7 @@ def test_write_boxes_is_byte_identical_to_the_toolkit(tmp_path: Path) -> None:
     write_boxes(path, boxes)
     data = path.read_bytes()
     assert data == _savetxt(boxes, "%.3f")
-    assert data.splitlines()[3] == b"2.001,-0.000,0.000,123456.789"  # trek150.md section 6 examples
+    assert data.splitlines()[3] == b"2.001,-0.000,0.000,123456.789"  # docs/trek150.md#result-file-format examples
     assert data.endswith(b"\n") and not data.endswith(b"\n\n")
     back = read_boxes(path)
     np.testing.assert_allclose(back, boxes, atol=5e-4 + 1e-9)

@@ -119,7 +119,7 @@ def read_boxes(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
 
 def read_result(path: str | os.PathLike, rows: int | None = None) -> np.ndarray:
     """Read a tracker's result file exactly as the TREK-150 toolkit's ``np.loadtxt(delimiter=',')`` accepts
-    it, as float64 (N, 4) (a one-row file stays one row, unlike ``np.loadtxt``; trek150.md G8, S5).
+    it, as float64 (N, 4) (a one-row file stays one row, unlike ``np.loadtxt``; docs/trek150.md#reading-result-files).
 
     Stricter than :func:`read_boxes`, so that a file accepted here is one the toolkit's report and exporter
     read: only commas separate values (spaces around them are allowed), an empty field or a row of other

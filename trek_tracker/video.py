@@ -440,7 +440,7 @@ def prefetch(frames: Iterable[_Frame], depth: int = 2) -> Iterator[_Frame]:
     """Iterate ``frames`` while a background thread decodes up to ``depth`` frames ahead.
 
     OpenCV releases the GIL while decoding, so decoding overlaps with tracking; the tracker's timed
-    ``init``/``update`` calls then exclude decoding, as the toolkit's timing does (trek150.md T3). Memory
+    ``init``/``update`` calls then exclude decoding, as the toolkit's timing does (docs/trek150.md#timing). Memory
     stays bounded by ``depth`` frames. Errors of the source are raised here, at the frame where they
     occurred; stopping early (``break``) stops the thread. Any iterable works: the arrays of a
     :class:`FrameSource`, or the ``PIL`` images the evaluation runner hands to trackers.

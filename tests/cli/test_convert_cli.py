@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests.cli.conftest import TINY
-from trek_tracker.modeling.checkpoints import load_model, read_checkpoint_config
+from trek_tracker.modeling.checkpoints import load_model
 from trek_tracker.modeling.msdeaot import MSDeAOT
 
 
@@ -13,7 +13,7 @@ def test_convert_round_trips_weights_and_config(cli, tiny_checkpoint, tmp_path):
     out = tmp_path / "ours.pth"
     result = cli("convert", tiny_checkpoint, "--model", TINY, "--out", out)
     assert result.exit_code == 0, result.stderr
-    assert read_checkpoint_config(out)["name"] == TINY
+    assert torch.load(out, weights_only=True)["config"]["name"] == TINY
     payload = torch.load(out, weights_only=True)
     assert "optimizer" not in payload and payload["converted_from"] == tiny_checkpoint.name
     ours, _ = load_model(out)  # no model name needed: the file carries its config

@@ -11,8 +11,8 @@ import torch
 
 from tests.cli.conftest import TINY
 from trek_tracker.files import write_json
-from trek_tracker.inference.ensemble import load_probs, save_probs
 from trek_tracker.results import read_boxes, read_label_png, read_times, write_boxes, write_label_png
+from trek_tracker.run_folder import load_probs, save_probs
 
 H, W = 40, 60
 BOX0 = [10.0, 5.0, 20.0, 10.0]
@@ -28,9 +28,11 @@ def _fake_run(path, object_probs: list[np.ndarray], times: list[float]):
     write_json(path / "probs" / "objects.json", {"values": [255]})
     write_boxes(path / "boxes.txt", [BOX0] * len(object_probs))
     (path / "times.txt").write_text("".join(f"{s:.8f}\n" for s in times))
-    write_json(path / "run.json", {"status": "complete", "video": {"size": [H, W]},
-                                   "start": {"box": BOX0, "init_mask_ids": None},
-                                   "tracker": {"settings": {"box_output": "tight", "min_component_px": 0}}})
+    write_json(path / "run.json", {"status": "complete", "video": {"name": "clip", "size": [H, W],
+                                                                   "frames": len(object_probs)},
+                                   "objects": [255], "start": {"box": BOX0, "init_mask_ids": None},
+                                   "files": ["boxes.txt", "times.txt", "masks/", "probs/", "run.json"],
+                                   "tracker": {"settings": {"box": {"min_component_px": 0}}}})
     return path
 
 
@@ -95,8 +97,8 @@ def test_ensemble_errors(cli, mean_runs, tmp_path):
     for args, message in cases:
         result = cli("ensemble", *args, "--out", tmp_path / "x")
         assert result.exit_code == 2 and message in result.stderr, result.stderr
-    for stale in (a / "probs").glob("*.npz"):
-        stale.unlink()
+    record = json.loads((a / "run.json").read_text())
+    write_json(a / "run.json", {**record, "files": ["boxes.txt", "times.txt", "masks/", "run.json"]})
     result = cli("ensemble", a, b, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "--save-probs" in result.stderr
 
@@ -141,7 +143,8 @@ def test_run_with_tta_and_a_lock_step_ensemble(cli, small_video, tiny_checkpoint
                *FAST).exit_code == 0
     duo = tmp_path / "duo"
     result = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--model", TINY,
-                 "--checkpoint", tiny_checkpoint, "--ensemble", "vote", "--weights", "1,2", "--out", duo, *FAST)
+                 "--checkpoint", tiny_checkpoint, "--ensemble-mode", "vote", "--ensemble-weights", "1,2", "--out", duo,
+                 *FAST)
     assert result.exit_code == 0, result.stderr
     record = json.loads((duo / "run.json").read_text())["tracker"]
     assert record["ensemble"]["mode"] == "vote" and len(record["ensemble"]["members"]) == 2

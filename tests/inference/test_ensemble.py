@@ -12,9 +12,6 @@ from trek_tracker.inference.ensemble import (
     EnsembleEngine,
     average_probs,
     combine_outputs,
-    load_probs,
-    quantise,
-    save_probs,
     vote,
     vote_scores,
 )
@@ -97,15 +94,3 @@ def test_lock_step_members_remember_their_own_or_the_combined_label(memory_label
         assert a.committed[0].tolist() == [[1, 0]] and b.committed[0].tolist() == [[0, 0]]
     else:
         assert a.committed[0].tolist() == [[0, 0]]
-
-
-def test_saved_probabilities_round_trip_within_quantisation(tmp_path):
-    torch.manual_seed(0)
-    p = torch.softmax(torch.randn(3, 17, 23), dim=0)
-    save_probs(tmp_path / "probs" / "00001.npz", p)
-    back = load_probs(tmp_path / "probs" / "00001.npz")
-    assert back.shape == p.shape and (back - p).abs().max() <= 0.5 / 255 + 1e-6
-    assert quantise(torch.tensor([0.0, 1.0, 0.5])).tolist() == [0, 255, 128]
-    assert not list((tmp_path / "probs").glob(".*"))  # no temporary left behind
-    with pytest.raises(InputError, match="not found"):
-        load_probs(tmp_path / "missing.npz")

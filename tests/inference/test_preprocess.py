@@ -22,7 +22,8 @@ from trek_tracker.inference.preprocess import (
 
 # --- input_size -----------------------------------------------------------------------------------
 
-# Spec §2.3: EK-55 1080x1920 frames, long edge capped at 1040; TTA scales run with the short-edge cap 624.
+# docs/inference.md#network-input-size: EK-55 1080x1920 frames, long edge capped at 1040; TTA scales run with
+# the short-edge cap 624.
 EK_SIZES = [
     (1.0, None, (577, 1041), (592, 1040)),
     (1.2, 624, (705, 1249), (704, 1248)),

@@ -9,7 +9,7 @@ import torch
 from trek_tracker.errors import InputError
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
 from trek_tracker.inference.ensemble import EnsembleEngine
-from trek_tracker.inference.tta import parse_scales, tta_engine, tta_views, view_configs
+from trek_tracker.inference.tta import TTAConfig, parse_scales, tta_engine, tta_views, view_configs
 from trek_tracker.modeling.registry import build_model
 
 H, W = 129, 161  # already 16k + 1: no resize, so mirror symmetry is exact
@@ -46,7 +46,8 @@ def test_views_and_scale_parsing():
 
 
 def test_official_sizes_for_1080p(model):
-    # Spec §2.3 worked sizes for 1920x1080 (R50/MobileNet, 16k+1): 705x1249, 753x1345, 817x1457.
+    # docs/inference.md#network-input-size worked sizes for 1920x1080 (R50/MobileNet, 16k+1):
+    # 705x1249, 753x1345, 817x1457.
     from trek_tracker.inference.preprocess import input_size
 
     sizes = [input_size(1080, 1920, max_long_edge=c.max_long_edge, max_short_edge=c.max_short_edge,
@@ -57,7 +58,7 @@ def test_official_sizes_for_1080p(model):
 
 def test_flip_view_mirrors_the_plain_view_on_a_symmetric_video(model):
     frames, mask = _symmetric_video()
-    engine = tta_engine(model, EngineConfig(), [1.0], flip=True)
+    engine = tta_engine(model, EngineConfig(), TTAConfig((1.0,), flip=True))
     assert isinstance(engine, EnsembleEngine) and len(engine.members) == 2
     engine.add_reference(frames[0], mask)
     for frame in frames[1:]:
@@ -77,7 +78,7 @@ def test_average_of_independent_engines_with_their_own_memory(model):
     mask[20:70, 30:100] = 1
     mask[80:110, 10:40] = 2
     base = EngineConfig(max_long_edge=None)
-    engine = tta_engine(model, base, [1.0, 1.25], flip=True)
+    engine = tta_engine(model, base, TTAConfig((1.0, 1.25), flip=True))
     solo = [VOSEngine(model, c) for c in view_configs(base, [1.0, 1.25], True)]
     engine.add_reference(frames[0], mask)
     for s in solo:

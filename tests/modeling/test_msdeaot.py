@@ -12,7 +12,6 @@ from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
 from trek_tracker.modeling.checkpoints import (
     init_from_parent,
     load_model,
-    read_checkpoint_config,
     save_checkpoint,
 )
 from trek_tracker.modeling.deaot import DeAOT
@@ -113,7 +112,7 @@ def test_config_and_checkpoint_round_trip(tiny, tmp_path):
     rebuilt = build_model_from_config(tiny.config.to_dict())
     assert isinstance(rebuilt, MSDeAOT) and rebuilt.config == tiny.config
     path = save_checkpoint(tmp_path / "tiny.pth", tiny)
-    assert read_checkpoint_config(path)["stages"] == [[16, 2, 32], [16, 0, 32], [8, 1, 32]]
+    assert torch.load(path, weights_only=True)["config"]["stages"] == [[16, 2, 32], [16, 0, 32], [8, 1, 32]]
     loaded, init = load_model(path)
     assert init is None
     ours = tiny.state_dict()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.train.conftest import TINY_VIDEO
-from trek_tracker.modeling.checkpoints import load_official_state_dict, read_checkpoint, read_checkpoint_config
+from trek_tracker.modeling.checkpoints import load_official_state_dict, read_checkpoint
 from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.loop import Trainer, latest_state, train
 
@@ -75,7 +75,7 @@ def test_checkpoints_are_pruned_and_ema_loads_for_inference(tiny_config, tmp_pat
         "ema_step_0000003.pth", "ema_step_0000004.pth", "step_0000003.state.pth", "step_0000004.state.pth"]
     assert not list(folder.glob(".*tmp"))
     final = tmp_path / "ckpt" / "ema_final.pth"
-    assert read_checkpoint_config(final)["name"] == "test_deaot_tiny"
+    assert torch.load(final, weights_only=True)["config"]["name"] == "test_deaot_tiny"
     model = build_model("test_deaot_tiny")
     load_official_state_dict(model, read_checkpoint(final), model_name="test_deaot_tiny")
     state = _state(folder / "step_0000004.state.pth")

@@ -92,7 +92,7 @@ def test_phase1_static_then_phase2_video_from_its_ema(static_folder, davis, tmp_
 
 
 def test_msdeaot_starts_from_a_deaot_checkpoint_and_trains(davis, tmp_path):
-    """Spec §5.4.6/§5.4.7: an MSDeAOT may start from DeAOT weights; the partial init is recorded in the
+    """docs/msdeaot.md#initialisation: an MSDeAOT may start from DeAOT weights; the partial init is recorded in the
     run log and the new stride-8 modules train."""
     import json
 

@@ -6,8 +6,11 @@ Sub-commands are imported lazily so that ``trek-track --help`` does not import t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -20,7 +23,7 @@ _COMMANDS: dict[str, str] = {
     "weights": "trek_tracker.cli.weights:weights",
     "eval": "trek_tracker.cli.eval:eval_cmd", "submit": "trek_tracker.cli.eval:submit",
     "dataset": "trek_tracker.cli.eval:dataset",
-    "train": "trek_tracker.cli.train:train_cmd", "eval-vos": "trek_tracker.cli.train:eval_vos",
+    "train": "trek_tracker.cli.train:train_cmd", "eval-vos": "trek_tracker.cli.eval_vos:eval_vos",
     "convert": "trek_tracker.cli.convert:convert", "ensemble": "trek_tracker.cli.ensemble:ensemble",
 }
 
@@ -36,10 +39,18 @@ class _LazyGroup(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context):
+        # Click would turn an interrupt into Abort and print a blank line; keep its cause and say it once.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            raise _Stopped(getattr(err, "signum", None)) from None
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Every user mistake, ours or click's, ends as one line on stderr and a non-zero exit code."""
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _signals_interrupt():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except UserError as err:
             _fail(str(err), err.exit_code)
         except click.UsageError as err:
@@ -47,9 +58,48 @@ class _LazyGroup(click.Group):
             _fail(err.format_message() + hint, err.exit_code)
         except click.ClickException as err:
             _fail(err.format_message(), err.exit_code)
+        except (_Stopped, Interrupted) as err:
+            if err.signum is None:
+                _fail("interrupted; finished work was kept", 130)
+            _fail(f"interrupted by {signal.Signals(err.signum).name}; finished work was kept", 128 + err.signum)
         except (KeyboardInterrupt, click.Abort):
-            _fail("interrupted", 130)
+            _fail("interrupted; finished work was kept", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal, handled like Ctrl-C: whatever runs stops as interrupted and keeps what is done."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Stopped(Exception):
+    """An interrupt on its way out of click (which would otherwise make it an ``Abort``)."""
+
+    def __init__(self, signum: int | None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP (``kill``, ``timeout``, Slurm, ``docker stop``, a closed terminal) raise
+    :class:`Interrupted` in the main thread while the command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _fail(message: str, code: int) -> None:

@@ -12,8 +12,10 @@ import click
                    "per-pixel vote of saved masks (runs made with --save-masks).")
 @click.option("--weights", default=None, help="One weight per run, comma-separated (default: equal).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (a new run folder).")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--save-probs", is_flag=True, help="With --mode mean, also write the combined probabilities.")
-def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str, save_probs: bool) -> None:
+def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str, overwrite: bool,
+             save_probs: bool) -> None:
     """Combine RUN_DIRS (folders written by `trek-track run`) into the same outputs as a run.
 
     \b
@@ -23,8 +25,8 @@ def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str
     Example:
       trek-track ensemble runs/a runs/b runs/c --mode vote --weights 1,1,2 --out runs/abc
     """
+    from trek_tracker.combine import combine_runs
     from trek_tracker.errors import UserError
-    from trek_tracker.inference.ensemble import combine_runs
 
     parsed = None
     if weights:
@@ -32,6 +34,6 @@ def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str
             parsed = [float(v) for v in weights.split(",")]
         except ValueError:
             raise UserError(f"--weights must be numbers separated by commas, e.g. 1,2; got {weights!r}") from None
-    result = combine_runs(run_dirs, out, mode=mode, weights=parsed, save_probs_out=save_probs)
+    result = combine_runs(run_dirs, out, mode=mode, weights=parsed, save_probs=save_probs, overwrite=overwrite)
     lost = sum(len(v) for v in result.lost.values())
     click.echo(f"{result.frames} frames combined from {len(run_dirs)} runs ({mode}), {lost} lost; results in {out}/")

@@ -14,13 +14,8 @@ from typing import Any
 
 import click
 
+from trek_tracker.cli.options import tracker_options
 from trek_tracker.errors import InputError, UserError
-
-try:  # the pipeline's tracker options; absent until the pipeline lands
-    from trek_tracker.cli.options import tracker_options
-except ImportError:  # pragma: no cover
-    def tracker_options(func):  # type: ignore[no-redef]
-        return func
 
 DEFAULT_RESULTS = Path("results") / "TREK-150"
 DEFAULT_REPORTS = Path("reports") / "TREK-150"
@@ -29,10 +24,9 @@ DEFAULT_REPORTS = Path("reports") / "TREK-150"
 def _pipeline_tracker(options: dict[str, Any]):
     """Module-level (picklable) factory of our pipeline tracker, for worker processes."""
     from trek_tracker.cli.options import tracker_config_from_options
-    from trek_tracker.eval.adapter import ToolkitTracker
     from trek_tracker.pipeline import Tracker
 
-    return ToolkitTracker(Tracker(tracker_config_from_options(**options)))
+    return Tracker(tracker_config_from_options(**options))
 
 
 def _class_tracker(spec: str):

@@ -1,50 +1,110 @@
-"""Click options shared by every command that builds a :class:`~trek_tracker.pipeline.Tracker`.
+"""The tracker settings every tracking command takes (``run``, ``eval``), as one table.
 
-``run`` and ``eval`` take the same tracker options, so one decorator defines them and
-:func:`tracker_config_from_options` turns them into a ``TrackerConfig``. No torch import here.
+Each option names the :class:`~trek_tracker.pipeline.TrackerConfig` field it sets (``--memory-cap`` sets
+``memory.cap``), and ``run.json`` records the config under ``tracker.settings`` with the same names, so a
+setting has one name from flag to field to manifest (docs/config.md). Values are parsed here, by click, and
+validated once, by the config dataclasses. No torch import here (``--help`` stays fast).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 INIT_METHODS = ("box", "grabcut", "sam", "ar", "fused", "auto")
 
-_TRACKER_OPTIONS: list[Callable] = [
-    click.option("--model", multiple=True,
-                 help="Model variant: deaott, deaots, deaotb, deaotl, r50_deaotl, swinb_deaotl, r50_msdeaot, "
-                      "swinb_msdeaot (test_* are tiny models for tests). Default: the checkpoint's own model "
-                      "(our checkpoints record it), else r50_deaotl. Repeat --model/--checkpoint pairs for an "
-                      "ensemble (see --ensemble)."),
-    click.option("--checkpoint", multiple=True,
-                 help="Weights: a file or a registry name (`trek-track weights list`). Default: the registry "
-                      "entry named like --model. With several --model, one --checkpoint per model (in order) "
-                      "or none."),
-    click.option("--random-weights", is_flag=True,
-                 help="Random weights instead of a checkpoint. For smoke tests only: the output is meaningless."),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    click.option("--max-long-edge", type=click.IntRange(min=32), default=1040, show_default=True,
-                 help="Long edge of the network input in pixels (the official 1040; outputs stay at full size)."),
-    click.option("--init", "init_method", type=click.Choice(INIT_METHODS), default="auto", show_default=True,
-                 help="How the first box becomes a mask: the filled box, GrabCut (no weights), SAM, "
-                      "Alpha-Refine, their fusion, or auto (fused when both checkpoints are there)."),
-    click.option("--sam-checkpoint", default=None, help="SAM checkpoint (file or registry name, e.g. sam_vit_b)."),
-    click.option("--ar-checkpoint", default=None, help="Alpha-Refine checkpoint (file or registry name)."),
-    click.option("--memory-gap", type=click.IntRange(min=1), default=None,
-                 help="Frames between long-term memory entries (default: the model's official gap)."),
-    click.option("--memory-cap", type=click.IntRange(min=1), default=None,
-                 help="Keep at most this many frames in long-term memory (references are never evicted). "
-                      "Default: unbounded, as the official code."),
-]
+
+class _CapType(click.ParamType):
+    """A number of frames, or ``none`` (unbounded)."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).strip().lower() == "none":
+            return "none"
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of frames nor 'none'", param, ctx)
+        if n < 1:
+            self.fail(f"{value!r}: the cap must be at least 1 frame (or 'none')", param, ctx)
+        return n
+
+
+class _FloatsType(click.ParamType):
+    """Comma-separated numbers, e.g. ``1.2,1.3,1.4``."""
+
+    name = "X,Y,..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected numbers separated by commas, e.g. 1,2; got {value!r}", param, ctx)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tracker option: its flag, the config field it sets (a dotted path) and click's keywords."""
+
+    flag: str
+    path: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("--model", "model", dict(multiple=True, help=(
+        "Model variant: deaott, deaots, deaotb, deaotl, r50_deaotl, swinb_deaotl, r50_msdeaot, swinb_msdeaot "
+        "(test_* are tiny models for tests). Default: the checkpoint's own model (our checkpoints record it), "
+        "else r50_deaotl. Repeat --model/--checkpoint pairs for an ensemble (see --ensemble-mode)."))),
+    Setting("--checkpoint", "checkpoint", dict(multiple=True, help=(
+        "Weights: a file or a registry name (`trek-track weights list`). Default: the registry entry named like "
+        "--model. With several --model, one --checkpoint per model (in order) or none."))),
+    Setting("--random-weights", "random_weights", dict(is_flag=True, help=(
+        "Random weights instead of a checkpoint. For smoke tests only: the output is meaningless."))),
+    Setting("--device", "device", dict(default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")),
+    Setting("--max-long-edge", "max_long_edge", dict(type=click.IntRange(min=32), default=1040, show_default=True,
+            help="Long edge of the network input in pixels (the official 1040; outputs stay at full size).")),
+    Setting("--init", "init.method", dict(type=click.Choice(INIT_METHODS), default="auto", show_default=True, help=(
+        "How the first box becomes a mask: the filled box, GrabCut (no weights), SAM, Alpha-Refine, their "
+        "fusion, or auto (fused when both checkpoints are there)."))),
+    Setting("--sam-checkpoint", "init.sam_checkpoint", dict(default=None, help=(
+        "SAM checkpoint (file or registry name, e.g. sam_vit_b)."))),
+    Setting("--ar-checkpoint", "init.ar_checkpoint", dict(default=None, help=(
+        "Alpha-Refine checkpoint (file or registry name)."))),
+    Setting("--memory-gap", "memory.gap", dict(type=click.IntRange(min=1), default=None, help=(
+        "Frames between long-term memory entries (default: the model's official gap)."))),
+    Setting("--memory-skip", "memory.skip", dict(type=click.IntRange(min=1), default=None, help=(
+        "The short-term memory is the frame this many steps back (default: the model's, 1 for DeAOT)."))),
+    Setting("--memory-cap", "memory.cap", dict(type=_CapType(), default=None, help=(
+        "Keep at most this many frames in long-term memory (references are never evicted), or 'none' for the "
+        "official unbounded memory. Default: the model's."))),
+    Setting("--tta-scales", "tta.scales", dict(type=_FloatsType(), default=None, help=(
+        "Test-time scales, comma-separated (e.g. 1.2,1.3,1.4); each view has its own memory."))),
+    Setting("--tta-flip", "tta.flip", dict(is_flag=True, help="Add a horizontally flipped view of every scale.")),
+    Setting("--ensemble-mode", "ensemble.mode", dict(type=click.Choice(["mean", "vote"]), default="mean",
+            show_default=True, help=(
+                "How several --model members combine: mean of probabilities or weighted mask vote."))),
+    Setting("--ensemble-weights", "ensemble.weights", dict(type=_FloatsType(), default=None, help=(
+        "Ensemble weights, one per --model in order, comma-separated (default: equal)."))),
+)
 
 
 def tracker_options(func: Callable) -> Callable:
     """Add the tracker options to a click command."""
-    for option in reversed(_TRACKER_OPTIONS):
-        func = option(func)
+    for s in reversed(SETTINGS):
+        func = click.option(s.flag, s.dest, **s.kwargs)(func)
     return func
 
 
@@ -58,26 +118,29 @@ def _members(models: Any, checkpoints: Any) -> list[tuple[str | None, str | None
     if n > 1 and (len(models) not in (0, n) or len(checkpoints) not in (0, n)):
         raise UserError(f"got {len(models)} --model and {len(checkpoints)} --checkpoint options: for an ensemble "
                         "give one --checkpoint per --model, in the same order (or no --checkpoint at all)")
-    models = models or [None] * n
-    checkpoints = checkpoints or [None] * n
-    return list(zip(models, checkpoints, strict=True))
+    return list(zip(models or [None] * n, checkpoints or [None] * n, strict=True))
 
 
 def tracker_config_from_options(**kw: Any):
-    """``TrackerConfig`` from the values of :func:`tracker_options` (extra keys are ignored)."""
+    """``TrackerConfig`` from the values of :func:`tracker_options` (other keys are ignored)."""
+    from trek_tracker.inference.ensemble import EnsembleConfig
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.inference.tta import TTAConfig
+    from trek_tracker.init.api import InitConfig
     from trek_tracker.pipeline import TrackerConfig
 
-    members = _members(kw.get("model"), kw.get("checkpoint"))
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.dest in kw and kw[s.dest] not in (None, ()):
+            values[s.path] = kw[s.dest]
+    members = _members(values.pop("model", ()), values.pop("checkpoint", ()))
+    sections = {"init": {}, "memory": {}, "tta": {}, "ensemble": {}}
+    top: dict[str, Any] = {}
+    for path, value in values.items():
+        section, _, name = path.partition(".")
+        (sections[section] if name else top)[name or section] = value
     return TrackerConfig(
-        model=members[0][0],
-        checkpoint=members[0][1],
-        ensemble_members=tuple(members[1:]),
-        random_weights=bool(kw.get("random_weights")),
-        device=kw.get("device", "auto"),
-        max_long_edge=kw.get("max_long_edge", 1040),
-        init=kw.get("init_method", "auto"),
-        sam_checkpoint=kw.get("sam_checkpoint"),
-        ar_checkpoint=kw.get("ar_checkpoint"),
-        long_term_gap=kw.get("memory_gap"),
-        max_long_term=kw.get("memory_cap"),
+        model=members[0][0], checkpoint=members[0][1], **top,
+        init=InitConfig(**sections["init"]), memory=MemoryConfig(**sections["memory"]),
+        tta=TTAConfig(**sections["tta"]), ensemble=EnsembleConfig(members=tuple(members[1:]), **sections["ensemble"]),
     )

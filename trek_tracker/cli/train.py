@@ -1,9 +1,8 @@
-"""``trek-track train`` (one process, or one per GPU under torchrun) and ``trek-track eval-vos``."""
+"""``trek-track train``: one process, or one per GPU under torchrun."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
@@ -38,58 +37,3 @@ def train_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], resume
     if val:
         click.echo(f"validation at step {val[0]['step']}: J&F {val[0]['J&F']:.4f}", err=True)
     click.echo(f"run folder: {cfg.out}", err=True)
-
-
-def _fmt(v: float) -> str:
-    return "nan" if math.isnan(v) else f"{v:.4f}"
-
-
-@click.command("eval-vos")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_name", default=None, help="Model variant (omit for a checkpoint of ours).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Weights to evaluate (ours or official).")
-@click.option("--predictions", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Score saved masks PRED/<seq>/<frame>.png instead of running a model.")
-@click.option("--sequences", default=None, help="Comma-separated sequence names (default: all).")
-@click.option("--max-long-edge", type=int, default=480, show_default=True, help="Network input size cap.")
-@click.option("--max-frames", type=int, default=None, help="Only the first N frames of each sequence.")
-@click.option("--save-masks", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write the predicted masks here (palette PNGs).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the full results (per object) to this JSON file.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predictions: Path | None,
-             sequences: str | None, max_long_edge: int, max_frames: int | None, save_masks: Path | None,
-             json_path: Path | None, device: str) -> None:
-    """J and F, as the DAVIS benchmark computes them, on a DAVIS-layout folder DATA."""
-    from trek_tracker.errors import InputError
-    from trek_tracker.train import validate
-
-    seqs = [s for s in sequences.split(",") if s] if sequences else None
-    if predictions is not None:
-        if checkpoint is not None or model_name is not None:
-            raise InputError("give either --predictions or a model (--model/--checkpoint), not both")
-        res = validate.evaluate_folder(predictions, data, sequences=seqs)
-    else:
-        import torch
-
-        from trek_tracker.modeling.checkpoints import load_model
-
-        if checkpoint is None:
-            raise InputError("--checkpoint is required to evaluate a model (or give --predictions)")
-        model, _ = load_model(checkpoint, model_name)
-        dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError("--device cuda but no CUDA device is available")
-        model.to(dev)
-        res = validate.evaluate_model(model, data, sequences=seqs, max_long_edge=max_long_edge,
-                                      max_frames=max_frames, save_dir=save_masks)
-    for row in res["objects"]:
-        click.echo(f"{row['sequence']:<24} obj {row['object']:<3} J {_fmt(row['J_mean'])}  F {_fmt(row['F_mean'])}")
-    click.echo(f"J&F {_fmt(res['J&F'])}  J {_fmt(res['J_mean'])}  F {_fmt(res['F_mean'])}  "
-               f"J-recall {_fmt(res['J_recall'])}  F-recall {_fmt(res['F_recall'])}")
-    if json_path is not None:
-        from trek_tracker.files import write_json
-
-        write_json(json_path, res)

@@ -1,10 +1,13 @@
-"""Toolkit-style adapter around any ``init``/``update`` tracker (ours by default).
+"""Between the loop and toolkit-style trackers, both ways.
 
-The official TREK-150 toolkit (and got10k) expect ``name``, ``init(image, box)``, ``update(image) -> box``
-and ``track(img_files, box) -> (boxes, times)``. :class:`ToolkitTracker` provides exactly that, so the
-official toolkit can run our pipeline, and it guarantees what scoring needs: every ``update`` returns four
-finite numbers with positive width and height; otherwise the last valid box is held (a NaN or degenerate
-box on a visible frame scores IoU 0, and the toolkit has no "target absent" output).
+* :class:`StepAdapter` drives any got10k / TREK-150 toolkit tracker (``init(image, box)``,
+  ``update(image) -> [x, y, w, h]``) through the one per-video loop: it hands the tracker RGB ``PIL``
+  images as the toolkit does, times its calls (the toolkit's definition of speed), and guarantees what
+  scoring needs: every box is four finite numbers with positive width and height, else the last valid box
+  is held (a NaN or degenerate box on a visible frame scores IoU 0, and the toolkit has no "target absent").
+* :class:`ToolkitTracker` is a tracker of the loop (our pipeline by default, or a toolkit tracker through a
+  :class:`StepAdapter`) as a toolkit tracker (``name``, ``init``, ``update``, ``track``), so the official
+  toolkit can run it; ``track`` walks the files through the one loop.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from trek_tracker.errors import InputError
+from trek_tracker.geometry import Box
+from trek_tracker.pipeline import FrameResult
+
 log = logging.getLogger(__name__)
 
 
@@ -22,51 +29,89 @@ def _valid(box: np.ndarray) -> bool:
     return box.shape == (4,) and bool(np.all(np.isfinite(box))) and box[2] > 0 and box[3] > 0
 
 
-class ToolkitTracker:
-    """Wrap ``tracker`` (default: our :class:`trek_tracker.pipeline.Tracker` built from ``config``)."""
+def _pil(image: Any):
+    """The toolkit hands trackers RGB PIL images; frames decoded as arrays are converted."""
+    if isinstance(image, np.ndarray):
+        from PIL import Image
 
-    def __init__(self, tracker: Any = None, name: str | None = None, config: Any = None,
-                 is_deterministic: bool = True):
-        if tracker is None:
-            from trek_tracker.pipeline import Tracker
+        return Image.fromarray(image)
+    return image
 
-            tracker = Tracker(config)
+
+class StepAdapter:
+    """A toolkit-style tracker as the loop's tracker (boxes only; no masks)."""
+
+    def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
-        self.name = name or getattr(tracker, "name", type(tracker).__name__)
-        self.is_deterministic = is_deterministic
+        self.name = getattr(tracker, "name", type(tracker).__name__)
         self.last_box: np.ndarray | None = None
         self.held = 0  # frames on which the last valid box was returned instead of the tracker's
 
-    def init(self, image: Any, box: Any) -> None:
+    def init(self, image: Any, box: Box | Any = None, *, mask: np.ndarray | None = None,
+             keep_probs: bool = False) -> FrameResult:
+        if mask is not None or box is None:
+            raise InputError(f"{self.name} is a box tracker: start it from a box")
         self.last_box = np.asarray(box, dtype=np.float64).reshape(4).copy()
         self.held = 0
+        image = _pil(image)
+        start = time.perf_counter()
         self.tracker.init(image, self.last_box.copy())
+        return FrameResult({1: self.last_box.copy()}, {1: False}, None, time.perf_counter() - start)
 
-    def update(self, image: Any) -> np.ndarray:
+    def step(self, image: Any, *, keep_probs: bool = False) -> FrameResult:
+        image = _pil(image)
+        start = time.perf_counter()
         out = self.tracker.update(image)
+        seconds = time.perf_counter() - start
         box = np.asarray(out, dtype=np.float64).reshape(-1)
+        if box.shape != (4,):
+            raise InputError(f"{self.name} returned {out!r}; update() must return four numbers [x, y, w, h]")
         if _valid(box):
             self.last_box = box
         else:
             self.held += 1
             if self.held == 1:
                 log.warning("%s returned %r; holding the last valid box", self.name, out)
-        return self.last_box.copy()
+        return FrameResult({1: self.last_box.copy()}, {1: False}, None, seconds)
+
+
+class ToolkitTracker:
+    """A toolkit tracker around ``tracker`` (default: our :class:`~trek_tracker.pipeline.Tracker` built from
+    ``config``; a toolkit-style tracker is driven through a :class:`StepAdapter`)."""
+
+    def __init__(self, tracker: Any = None, name: str | None = None, config: Any = None,
+                 is_deterministic: bool = True) -> None:
+        from trek_tracker.pipeline import Tracker
+
+        if tracker is None:
+            tracker = Tracker(config)
+        self.name = name or getattr(tracker, "name", type(tracker).__name__)
+        self.tracker = tracker if isinstance(tracker, Tracker) else StepAdapter(tracker)
+        self.is_deterministic = is_deterministic
+
+    @property
+    def held(self) -> int:
+        """Frames on which a toolkit tracker's invalid box was replaced by its last valid one."""
+        return getattr(self.tracker, "held", 0)
+
+    def init(self, image: Any, box: Any) -> None:
+        self.tracker.init(image, box)
+
+    def update(self, image: Any) -> np.ndarray:
+        return self.tracker.step(image).box
 
     def track(self, img_files: list[str], box: Any, visualize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The toolkit's ``Tracker.track``: row 0 is ``box``; ``times`` covers only init/update calls."""
+        """The toolkit's ``Tracker.track``: row 0 is the start box; ``times`` covers only the tracker's calls."""
         from PIL import Image
 
-        boxes = np.zeros((len(img_files), 4))
-        boxes[0] = np.asarray(box, dtype=np.float64).reshape(4)
-        times = np.zeros(len(img_files))
-        for f, path in enumerate(img_files):
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-            start = time.perf_counter()
-            if f == 0:
-                self.init(image, boxes[0])
-            else:
-                boxes[f] = self.update(image)
-            times[f] = time.perf_counter() - start
-        return boxes, times
+        from trek_tracker.eval.runner import ResultRows
+        from trek_tracker.loop import Start, track_video
+
+        def frames():
+            for path in img_files:
+                with Image.open(path) as im:
+                    yield im.convert("RGB")
+
+        rows = ResultRows(len(img_files))
+        track_video(self.tracker, frames(), Start(box=Box.of(box)), [rows], write_behind=False)
+        return rows.boxes, rows.times

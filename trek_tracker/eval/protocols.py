@@ -1,7 +1,8 @@
 """TREK-150 protocols as run plans: which frames each run tracks, and where its result goes.
 
-The plan is derived from the annotation files in the toolkit's order (sequences in §1.3 order, anchors
-and intervals in file order), so resumed runs, file names and submission keys match the official ones.
+The plan is derived from the annotation files in the toolkit's order (sequences in the toolkit's order,
+docs/trek150.md#sequence-order; anchors and intervals in file order), so resumed runs, file names and
+submission keys match the official ones.
 
 - OPE: one run per sequence over all frames.
 - MSE: one run per anchor ``(a, d)``: forward ``a..N-1`` when ``d < 1``, else backward ``a..0``;

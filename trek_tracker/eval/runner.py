@@ -20,70 +20,56 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from trek_tracker.errors import InputError
+from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run
+from trek_tracker.loop import Sink, Start, StepTracker, track_video
+from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
-from trek_tracker.video import prefetch as prefetch_frames
 
 log = logging.getLogger(__name__)
 
 
-class TrackerLike(Protocol):
-    def init(self, image: Any, box: np.ndarray) -> Any: ...
-
-    def update(self, image: Any) -> Any: ...
+TrackerFactory = Callable[[], Any]
 
 
-TrackerFactory = Callable[[], TrackerLike]
+class ResultRows(Sink):
+    """A run's rows as the toolkit writes them: object 1's box and the tracker's seconds per frame."""
+
+    def __init__(self, length: int) -> None:
+        self.boxes = np.zeros((length, 4))
+        self.times = np.zeros(length)
+
+    def frame(self, index: int, image: Any, result: FrameResult) -> None:
+        self.boxes[index] = result.box
+        self.times[index] = result.seconds
 
 
-def _frames(seq: Sequence, indices: range, prefetch: int) -> Iterator[Any]:
-    """Yield the RGB frames of ``indices``, decoding up to ``prefetch`` frames ahead in a thread (none: 0)."""
-    frames = (seq.load_frame(i) for i in indices)
-    return prefetch_frames(frames, prefetch) if prefetch > 0 else frames
+def as_step_tracker(tracker: Any) -> StepTracker:
+    """Our pipeline as it is; any toolkit-style (``init``/``update``) tracker through a :class:`StepAdapter`."""
+    from trek_tracker.pipeline import Tracker
+
+    return tracker if isinstance(tracker, Tracker | StepAdapter) else StepAdapter(tracker)
 
 
-def _as_box(out: Any, run: Run, frame: int) -> np.ndarray:
-    box = np.asarray(out, dtype=np.float64).reshape(-1)
-    if box.shape != (4,):
-        raise InputError(f"the tracker returned {out!r} on {run.label} frame {frame}; update() must return "
-                         "four numbers [x, y, w, h]")
-    return box
-
-
-def track_run(tracker: TrackerLike, seq: Sequence, run: Run, prefetch: int = 4,
-              on_frame: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def track_run(tracker: StepTracker, seq: Sequence, run: Run, prefetch: int = 4,
+              on_frame: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track one run; return boxes (L x 4, row 0 = the ground-truth init box) and per-call seconds."""
-    gt = run.ground_truth(seq)
-    boxes = np.zeros((run.length, 4))
-    boxes[0] = gt[0]
-    times = np.zeros(run.length)
-    warned = False
-    for k, image in enumerate(_frames(seq, run.frames, prefetch)):
-        start = time.perf_counter()
-        if k == 0:
-            tracker.init(image, gt[0].copy())
-        else:
-            out = tracker.update(image)
-        times[k] = time.perf_counter() - start
-        if k > 0:
-            boxes[k] = _as_box(out, run, run.frames[k])
-            if not warned and not np.all(np.isfinite(boxes[k])):
-                log.warning("%s: the tracker returned a non-finite box on frame %d", run.label, run.frames[k])
-                warned = True
-        if on_frame is not None:
-            on_frame()
-    return boxes, times
+    rows = ResultRows(run.length)
+    frames = (seq.load_frame(i) for i in run.frames)
+    track_video(tracker, frames, Start(box=run.ground_truth(seq)[0].copy()), [rows], on_frame=on_frame,
+                prefetch_depth=prefetch, write_behind=False)
+    return rows.boxes, rows.times
 
 
 def write_run(tracker_dir: Path, run: Run, boxes: np.ndarray, times: np.ndarray | None) -> None:
@@ -123,7 +109,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(factory: TrackerFactory, root: str, names: list[str], prefetch: int, threads: int) -> None:
-    _WORKER["tracker"] = factory()
+    _WORKER["tracker"] = as_step_tracker(factory())
     if "torch" in sys.modules:
         # N workers with torch's default thread count each would oversubscribe the CPU many times over
         sys.modules["torch"].set_num_threads(threads)
@@ -168,11 +154,11 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     bar = tqdm(total=sum(r.length for r in todo), unit="frame", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1:
-            tracker = factory()
+            tracker = as_step_tracker(factory())
             for run in todo:
                 bar.set_description(run.label)
                 boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch,
-                                         on_frame=lambda: bar.update(1))
+                                         on_frame=lambda _: bar.update(1))
                 write_run(tracker_dir, run, boxes, times)
                 summary.done.append(run)
         else:

@@ -3,7 +3,7 @@
 Exactness matters: the network input size decides the token grid and the ID-bank sampling, so a size that is
 off by one pixel changes every output. The arithmetic below therefore copies the official order of float64
 operations, ``int`` truncation and NumPy's half-to-even rounding, and the resize/normalisation keep the
-official float32/float64 steps (README §3 of the DeAOT goldens).
+official float32/float64 steps (docs/inference.md#network-input-size, #image-preprocessing).
 """
 
 from __future__ import annotations

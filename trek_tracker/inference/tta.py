@@ -1,4 +1,4 @@
-"""Test-time augmentation with the official evaluator's semantics (spec deaot.md §2.3-§2.4).
+"""Test-time augmentation with the official evaluator's semantics (docs/inference.md#test-time-augmentation).
 
 Every (scale, flip) view is a separate :class:`~trek_tracker.inference.engine.VOSEngine` with its own memory.
 Per frame each view's probabilities come back at the original resolution, already un-flipped; they are
@@ -13,14 +13,12 @@ With more than one scale (or any scale other than 1) the official evaluator also
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from trek_tracker.errors import InputError
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
 from trek_tracker.inference.ensemble import EnsembleEngine
 
-# The VISOR entry's TTA ([VISOR-R] §4.2): three scales, each with and without horizontal flip.
-REPORT_SCALES = (1.2, 1.3, 1.4)
 OFFICIAL_MAX_RESOLUTION = 624.0
 
 
@@ -40,6 +38,25 @@ def parse_scales(text: str | Sequence[float] | None) -> list[float]:
     return scales
 
 
+@dataclass
+class TTAConfig:
+    """Test-time views: network input ``scales`` (1.0 alone: no scaling) and a flipped copy of each."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(parse_scales(self.scales))
+
+    @property
+    def active(self) -> bool:
+        """Whether any view differs from the plain one."""
+        return self.flip or self.scales != (1.0,)
+
+    def views(self) -> list[tuple[float, bool]]:
+        return tta_views(self.scales, self.flip)
+
+
 def tta_views(scales: Sequence[float], flip: bool) -> list[tuple[float, bool]]:
     """The (scale, flip) views in the official order."""
     return [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
@@ -55,14 +72,14 @@ def view_configs(base: EngineConfig, scales: Sequence[float], flip: bool, *,
     return [replace(base, scale=s, flip=f, max_short_edge=short) for s, f in tta_views(scales, flip)]
 
 
-def tta_engine(model, base: EngineConfig | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-               *, memory_label: str = "own", max_resolution: float = OFFICIAL_MAX_RESOLUTION
+def tta_engine(model, base: EngineConfig | None = None, tta: TTAConfig | None = None, *,
+               memory_label: str = "own", max_resolution: float = OFFICIAL_MAX_RESOLUTION
                ) -> VOSEngine | EnsembleEngine:
     """An engine for ``model`` with TTA: a plain :class:`VOSEngine` for a single unflipped scale-1 view,
     else an :class:`EnsembleEngine` (mean, equal weights) of one engine per view."""
     base = base or EngineConfig()
-    scales = parse_scales(scales)
-    configs = view_configs(base, scales, flip, max_resolution=max_resolution)
-    if len(configs) == 1 and not flip and scales == [1.0]:
+    tta = tta or TTAConfig()
+    if not tta.active:
         return VOSEngine(model, base)
+    configs = view_configs(base, tta.scales, tta.flip, max_resolution=max_resolution)
     return EnsembleEngine([VOSEngine(model, c) for c in configs], mode="mean", memory_label=memory_label)

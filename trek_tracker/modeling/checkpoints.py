@@ -120,12 +120,6 @@ def save_checkpoint(path: str | Path, model: VOSModel, *, extra: Mapping | None 
     return path
 
 
-def read_checkpoint_config(path: str | Path) -> dict | None:
-    """The model config stored in one of our checkpoints, or None for an official file (same read and checks
-    as loading it: a file that cannot be read is a :class:`CheckpointError`)."""
-    return _read(path)[1]
-
-
 # --------------------------------------------------------------------------- starting from a parent family
 log = logging.getLogger(__name__)
 

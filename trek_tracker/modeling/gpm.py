@@ -1,13 +1,14 @@
 """DeAOT's gated propagation module (GPM): a stack of layers that propagate a visual stream and an ID
 stream from memory frames to the current frame.
 
-Per layer (spec deaot.md §1.4): long-term attention over every memory token and short-term attention over a
-15x15 window of the previous frame share one query/key projection of the *visual* stream; the values carry
-both streams (visual ``v`` and the frame's ID value ``idv``), so object identities travel with the same
-attention map. A gated self-attention then mixes the two streams. Keys are the queries (one projection).
+Per layer (docs/deaot.md#gated-propagation-layer): long-term attention over every memory token and
+short-term attention over a 15x15 window of the previous frame share one query/key projection of the
+*visual* stream; the values carry both streams (visual ``v`` and the frame's ID value ``idv``), so object
+identities travel with the same attention map. A gated self-attention then mixes the two streams. Keys are
+the queries (one projection).
 
-The layers are pure: what a frame contributes to memory comes back as a :class:`FrameEntry`, and the engine
-(``engine.py``) owns the memories.
+The layers are pure: what a frame contributes to memory comes back as a :class:`FrameEntry`, and
+:class:`trek_tracker.inference.memory.Memory` builds the memories from it.
 """
 
 from __future__ import annotations

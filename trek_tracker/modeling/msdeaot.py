@@ -1,4 +1,4 @@
-"""MSDeAOT: DeAOT with gated propagation at several strides (spec deaot.md Part B, §5.4).
+"""MSDeAOT: DeAOT with gated propagation at several strides (docs/msdeaot.md#design).
 
 The reports' design is a stage list, coarse to fine (default, reading R1 = R2-[2, 0, 1]):
 
@@ -14,10 +14,9 @@ Between stages, per stream (visual and ID keep separate convolutions; the encode
 ConvGN blocks after upsampling. The 4x map is not used; prediction is at the finest stage's stride
 (GroupNorm(2) -> ConvGN3x3 -> ReLU -> Conv1x1) and the engine upsamples it.
 
-The model keeps DeAOT's interface (``encode``, ``id_embedding``, ``propagate``, ``decode``, ``fuse_id``);
-its ID embedding is a :class:`MultiScaleID` holding one embedding per ID bank, which the caller passes
-around without looking inside. Two extra hooks tell the engine how each layer's memory is laid out:
-:meth:`MSDeAOT.layer_grids` and :meth:`MSDeAOT.long_term_dilation`.
+The model is a registered family on the shared base (:mod:`trek_tracker.modeling.base`); its ID embedding
+is a :class:`MultiScaleID` holding one embedding per ID bank, which the caller passes around without looking
+inside, and :meth:`MSDeAOT.memory_layout` tells the memory each layer's grid and long-term subsampling.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Clip augmentation of the official recipe ("v2", spec deaot.md §4), on uint8 RGB frames and label maps.
+"""Clip augmentation of the official recipe ("v2", docs/training.md#augmentation), on uint8 RGB frames and label maps.
 
 Geometry (scale, crop, flip) is drawn once per clip so the frames stay consistent; photometric changes
 (colour jitter, grayscale, blur) are drawn per frame, which also teaches the model to ignore lighting

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from trek_tracker.device import select_device
 from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.files import atomic_write, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
@@ -72,19 +73,6 @@ def setup_distributed(device_kind: str) -> DistInfo:
         # Rank 0 validates and writes checkpoints while the others wait in the next all-reduce: allow it time.
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=timedelta(hours=2))
     return info
-
-
-def choose_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("train.device is 'cuda' but no CUDA device is available (use 'cpu' or 'auto')")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise InputError(f"train.device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
 
 
 def aux_weight(step: int, total: int, ratio: float) -> float:
@@ -134,7 +122,7 @@ class Trainer:
         t = cfg.train
         self.dist = setup_distributed("cuda" if t.device == "cuda" or (t.device == "auto"
                                                                        and torch.cuda.is_available()) else "cpu")
-        self.device = choose_device(t.device, self.dist.local_rank)
+        self.device = select_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
         per = t.batch_size // (self.dist.world * t.accumulate)

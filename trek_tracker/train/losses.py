@@ -1,4 +1,4 @@
-"""Training losses of DeAOT (spec deaot.md §4): bootstrapped cross-entropy and soft Jaccard.
+"""Training losses of DeAOT (docs/training.md#losses): bootstrapped cross-entropy and soft Jaccard.
 
 Both read logits that are already restricted to each sample's objects (unused ids masked) and upsampled to
 the label size; they are computed in float32 even under AMP, because the hard-pixel selection and the

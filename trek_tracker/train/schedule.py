@@ -1,4 +1,4 @@
-"""Optimiser parameter groups and the learning-rate schedule of the official recipe (spec deaot.md §4).
+"""Optimiser parameter groups and the learning-rate schedule of the official recipe (docs/training.md#optimiser).
 
 The schedule is a pure function of the step, so resuming needs only the step number; the optimiser's
 groups are re-priced at every step by :func:`apply_lr`.

@@ -1,4 +1,5 @@
-"""VOS validation: run a model with the inference engine over DAVIS-layout sequences and score J and F.
+"""VOS validation: run a model through the tracker and the one per-video loop over DAVIS-layout sequences,
+and score J and F.
 
 Used by ``trek-track eval-vos`` and during training (with the EMA weights). Predictions are compared at the
 annotation resolution; frames without an annotation file are propagated but not scored; DAVIS-2017 void
@@ -11,13 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from trek_tracker.errors import InputError
 from trek_tracker.eval.vos_metrics import ObjectScore, score_sequence, summarise
-from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.geometry import BoxConfig
+from trek_tracker.init.api import InitConfig
+from trek_tracker.loop import Sink, Start, track_video
+from trek_tracker.modeling.base import VOSModel
+from trek_tracker.pipeline import FrameResult, LoadedModel, Tracker, TrackerConfig
+from trek_tracker.results import ObjectIds, write_label_png
 from trek_tracker.train.data import IMAGE_SUFFIXES, read_image, read_label, video_dirs
+
+# The DAVIS palette's first colours (saved masks look like DAVIS annotations).
+_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128]
 
 
 @dataclass
@@ -49,30 +57,43 @@ def list_sequences(root: str | Path, sequences: list[str] | None = None,
     return out
 
 
-@torch.no_grad()
-def predict_sequence(model: torch.nn.Module, seq: SequenceData, engine_config: EngineConfig) -> list[np.ndarray]:
-    """Id maps for every frame: frame 0 is the given annotation, the rest are predicted."""
-    engine = VOSEngine(model, engine_config)
-    first = read_label(seq.labels[0])
-    engine.add_reference(read_image(seq.frames[0]), first)
-    preds = [first]
-    for path in seq.frames[1:]:
-        preds.append(engine.step(read_image(path)).labels.cpu().numpy().astype(np.int64))
-    return preds
+class _Labels(Sink):
+    """Collects each frame's label map in the annotation's ids (and saves it when asked)."""
+
+    def __init__(self, seq: SequenceData, ids: ObjectIds, save_dir: Path | None) -> None:
+        self.seq, self.ids, self.save_dir = seq, ids, save_dir
+        self.labels: list[np.ndarray] = []
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        labels = self.ids.to_original(result.labels)
+        self.labels.append(labels)
+        if self.save_dir is not None:
+            write_label_png(self.save_dir / self.seq.name / f"{self.seq.frames[index].stem}.png", labels, _PALETTE)
 
 
-def evaluate_model(model: torch.nn.Module, root: str | Path, *, sequences: list[str] | None = None,
+def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None = None) -> list[np.ndarray]:
+    """Label maps (annotation ids) for every frame: frame 0 is the given annotation, the rest predicted."""
+    first = read_label(seq.labels[0]).astype(np.uint8)
+    ids = ObjectIds.from_labels(first)
+    sink = _Labels(seq, ids, save_dir)
+    track_video(tracker, (read_image(p) for p in seq.frames), Start(mask=ids.to_engine(first)), [sink],
+                write_behind=False)
+    return sink.labels
+
+
+def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | None = None,
                    max_long_edge: int | None = 480, max_frames: int | None = None,
                    save_dir: str | Path | None = None) -> dict:
     """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    loaded = LoadedModel(model, model.config.name, None, None, device)
+    config = TrackerConfig(max_long_edge=max_long_edge, init=InitConfig(method="box"), box=BoxConfig(0))
     scores: list[ObjectScore] = []
     try:
         for seq in list_sequences(root, sequences, max_frames):
-            preds = predict_sequence(model, seq, EngineConfig(max_long_edge=max_long_edge))
-            if save_dir is not None:
-                _save_masks(Path(save_dir) / seq.name, seq, preds)
+            preds = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None)
             idx = sorted(seq.labels)
             scores += score_sequence(seq.name, [preds[i] for i in idx], [read_label(seq.labels[i]) for i in idx],
                                      [read_void(seq.labels[i]) for i in idx])
@@ -86,17 +107,6 @@ def read_void(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         arr = np.asarray(im)
         return (arr == 255) if im.mode == "P" else np.zeros(arr.shape[:2], bool)
-
-
-def _save_masks(folder: Path, seq: SequenceData, preds: list[np.ndarray]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128]
-    for path, pred in zip(seq.frames, preds, strict=True):
-        im = Image.fromarray(pred.astype(np.uint8), mode="P")
-        im.putpalette(palette + [0] * (768 - len(palette)))
-        tmp = folder / f".{path.stem}.png.tmp"
-        im.save(tmp, format="PNG")
-        tmp.replace(folder / f"{path.stem}.png")
 
 
 def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[str] | None = None) -> dict:

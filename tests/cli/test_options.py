@@ -1,0 +1,85 @@
+"""Tracker options: each flag sets the config field it names, and run.json records it under the same path."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import click
+import pytest
+
+from tests.conftest import REPO
+from trek_tracker.cli.options import SETTINGS, tracker_config_from_options, tracker_options
+from trek_tracker.errors import UserError
+
+# A value for every flag, as a user would type it (repeated flags twice: an ensemble of two models).
+ARGS = {
+    "--model": ["r50_deaotl", "deaott"], "--checkpoint": ["a.pth", "b.pth"], "--random-weights": [],
+    "--device": ["cpu"], "--max-long-edge": ["480"], "--init": ["grabcut"], "--sam-checkpoint": ["sam_vit_b"],
+    "--ar-checkpoint": ["ar_seg384"], "--memory-gap": ["7"], "--memory-skip": ["2"], "--memory-cap": ["none"],
+    "--tta-scales": ["1.2,1.3"], "--tta-flip": [], "--ensemble-mode": ["vote"], "--ensemble-weights": ["1,3"],
+}
+EXPECTED = {
+    "model": "r50_deaotl", "checkpoint": "a.pth", "random_weights": True, "device": "cpu", "max_long_edge": 480,
+    "init.method": "grabcut", "init.sam_checkpoint": "sam_vit_b", "init.ar_checkpoint": "ar_seg384",
+    "memory.gap": 7, "memory.skip": 2, "memory.cap": "none", "tta.scales": (1.2, 1.3), "tta.flip": True,
+    "ensemble.mode": "vote", "ensemble.weights": (1.0, 3.0),
+}
+
+
+def _parse(argv: list[str]):
+    captured = {}
+
+    @click.command()
+    @tracker_options
+    def cmd(**kw):
+        captured.update(kw)
+
+    cmd.main(argv, standalone_mode=False)
+    return tracker_config_from_options(**captured)
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def test_every_flag_sets_the_field_it_names_and_the_manifest_uses_that_name():
+    assert {s.flag for s in SETTINGS} == set(ARGS) and {s.path for s in SETTINGS} == set(EXPECTED)
+    argv = [token for flag, values in ARGS.items() for token in ([flag] if not values else
+                                                                 [t for v in values for t in (flag, v)])]
+    config = _parse(argv)
+    recorded = dataclasses.asdict(config)  # what run.json writes under tracker.settings
+    for path, value in EXPECTED.items():
+        assert _get(config, path) == value, path
+        assert _get(recorded, path) == value, path
+    assert [(m.model, m.checkpoint) for m in config.ensemble.members] == [("deaott", "b.pth")]
+
+
+def test_defaults_leave_the_model_its_own_memory_schedule():
+    config = _parse([])
+    assert (config.memory.gap, config.memory.skip, config.memory.cap) == (None, None, None)
+    assert config.init.method == "auto" and config.tta.scales == (1.0,) and config.ensemble.members == ()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--memory-cap", "0"], "at least 1 frame"),
+    (["--memory-cap", "forever"], "neither a number of frames nor 'none'"),
+    (["--tta-scales", "1,x"], "numbers separated by commas"),
+])
+def test_bad_values_are_usage_errors(argv, message):
+    with pytest.raises(click.BadParameter, match=message):
+        _parse(argv)
+
+
+def test_weights_must_match_the_models():
+    with pytest.raises(UserError, match="one weight per member"):
+        _parse(["--model", "a", "--model", "b", "--ensemble-weights", "1,2,3"])
+
+
+def test_the_docs_table_lists_every_setting():
+    table = (REPO / "docs" / "config.md").read_text()
+    for s in SETTINGS:
+        flag, path = re.escape(s.flag), re.escape(s.path)
+        assert re.search(rf"\| `{flag}` \| `{path}` \| `tracker\.settings\.{path}`", table), s.flag

@@ -1,0 +1,147 @@
+"""The run folder: one run per folder, the manifest from start to end, reading back, probabilities files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trek_tracker.errors import InputError, UserError
+from trek_tracker.loop import Start, track_video
+from trek_tracker.pipeline import FrameResult
+from trek_tracker.results import ObjectIds
+from trek_tracker.run_folder import Outputs, RunFolder, load_probs, quantise, save_probs
+
+
+class _Scripted:
+    """A tracker whose object 1 is a 4x4 square moving 1 px right per frame; frame 3 raises when asked."""
+
+    def __init__(self, fail_at: int | None = None, interrupt_at: int | None = None) -> None:
+        self.fail_at, self.interrupt_at, self.t = fail_at, interrupt_at, 0
+
+    def _result(self) -> FrameResult:
+        labels = np.zeros((20, 30), np.uint8)
+        labels[5:9, self.t:self.t + 4] = 1
+        probs = torch.from_numpy(np.stack([labels == 0, labels == 1]).astype(np.float32))
+        return FrameResult({1: np.array([self.t, 5, 4, 4], float)}, {1: False}, labels, 0.01, probs)
+
+    def init(self, image, box=None, *, mask=None, keep_probs=False):
+        return self._result()
+
+    def step(self, image, *, keep_probs=False):
+        self.t += 1
+        if self.t == self.fail_at:
+            raise RuntimeError("simulated crash")
+        if self.t == self.interrupt_at:
+            raise KeyboardInterrupt
+        return self._result()
+
+
+def _run(folder: RunFolder, tracker, n=5, outputs: Outputs | None = None):
+    outputs = outputs or Outputs(masks=True, probs=True)
+    ids = ObjectIds((255,))
+    sinks = folder.sinks(outputs, ids=ids, palette=None, record={"video": {"name": "v", "size": [20, 30]}},
+                         fps=None, size=(20, 30))
+    return track_video(tracker, range(n), Start(box=None, mask=np.ones((1, 1), np.uint8)), sinks, prefetch_depth=0)
+
+
+def test_a_complete_run_lists_what_it_wrote_and_reads_back(tmp_path):
+    folder = RunFolder.create(tmp_path / "run")
+    _run(folder, _Scripted())
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "complete" and record["video"]["frames"] == 5 and record["objects"] == [255]
+    assert set(record["files"]) == {"boxes.txt", "times.txt", "masks/", "probs/", "run.json"}
+    back = RunFolder.open(tmp_path / "run")
+    assert back.frames == 5 and back.ids == ObjectIds((255,))
+    assert back.read_boxes(255)[3].tolist() == [3, 5, 4, 4]
+    assert back.read_mask(2)[0][5, 2] == 255 and back.read_probs(4).shape == (2, 20, 30)
+
+
+@pytest.mark.parametrize("stop,status", [({"fail_at": 3}, "failed"), ({"interrupt_at": 3}, "interrupted")])
+def test_a_stopped_run_keeps_finished_frames_and_says_so(tmp_path, stop, status):
+    folder = RunFolder.create(tmp_path / "run")
+    error = RuntimeError if "fail_at" in stop else KeyboardInterrupt
+    with pytest.raises(error):
+        _run(folder, _Scripted(**stop))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == status and record["video"]["frames"] == 3
+    assert not (tmp_path / "run" / "boxes.txt").exists()  # never a complete-looking file
+    assert len((tmp_path / "run" / "boxes.txt.part").read_text().splitlines()) == 3
+    assert len(list((tmp_path / "run" / "masks").glob("*.png"))) == 3
+    with pytest.raises(InputError, match="did not complete"):
+        RunFolder.open(tmp_path / "run")
+
+
+def test_the_manifest_says_running_while_the_run_goes(tmp_path):
+    folder = RunFolder.create(tmp_path / "run")
+    seen = []
+
+    class Peek(_Scripted):
+        def step(self, image, *, keep_probs=False):
+            seen.append(json.loads((tmp_path / "run" / "run.json").read_text())["status"])
+            return super().step(image, keep_probs=keep_probs)
+
+    _run(folder, Peek())
+    assert seen and set(seen) == {"running"}
+
+
+def test_one_run_per_folder(tmp_path):
+    out = tmp_path / "run"
+    _run(RunFolder.create(out), _Scripted(), n=6)
+    with pytest.raises(UserError, match="not empty.*--overwrite"):
+        RunFolder.create(out)
+    assert len((out / "boxes.txt").read_text().splitlines()) == 6  # the refused command changed nothing
+    # --overwrite removes every file of the previous run before the new one writes
+    _run(RunFolder.create(out, overwrite=True), _Scripted(), n=2, outputs=Outputs())
+    assert len((out / "boxes.txt").read_text().splitlines()) == 2
+    assert not (out / "masks").exists() and not (out / "probs").exists()  # nothing of the old run is left
+    # files no run wrote are never removed
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="previous run did not write.*notes.txt"):
+        RunFolder.create(out, overwrite=True)
+    assert (out / "boxes.txt").exists() and (out / "notes.txt").read_text() == "mine"
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "data.csv").write_text("x")
+    with pytest.raises(UserError, match="no trek-track run wrote"):
+        RunFolder.create(stranger, overwrite=True)
+
+
+def test_a_killed_run_never_leaves_an_older_complete_manifest(tmp_path):
+    out = tmp_path / "run"
+    _run(RunFolder.create(out), _Scripted())
+    folder = RunFolder.create(out, overwrite=True)
+    with pytest.raises(RuntimeError):
+        _run(folder, _Scripted(fail_at=2))
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert not (out / "boxes.txt").exists()
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system"),
+                                   OSError(28, "No space left on device")])
+def test_an_unusable_output_location_is_one_line(tmp_path, monkeypatch, error):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        RunFolder.create(blocker / "run")
+
+    def refuse(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", refuse)
+    with pytest.raises(UserError, match=f"cannot write to .*run: {error.strerror}"):
+        RunFolder.create(tmp_path / "run")
+
+
+def test_saved_probabilities_round_trip_within_quantisation(tmp_path):
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(3, 17, 23), dim=0)
+    save_probs(tmp_path / "probs" / "00001.npz", p)
+    back = load_probs(tmp_path / "probs" / "00001.npz")
+    assert back.shape == p.shape and (back - p).abs().max() <= 0.5 / 255 + 1e-6
+    assert quantise(torch.tensor([0.0, 1.0, 0.5])).tolist() == [0, 255, 128]
+    assert not list((tmp_path / "probs").glob(".*"))  # no temporary left behind
+    with pytest.raises(InputError, match="not found"):
+        load_probs(tmp_path / "missing.npz")

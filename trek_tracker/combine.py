@@ -1,0 +1,111 @@
+"""``trek-track ensemble``: combine saved runs of one video into a new run, through the one loop.
+
+Each member is read back through its manifest (:meth:`RunFolder.open`), and the runs must agree on what
+they tracked: the same video (name, size and frame count) and the same objects. :class:`SavedRunsTracker`
+then plays the tracker: at frame ``i`` it reads every run's probabilities (``mean``) or masks (``vote``),
+combines them (:mod:`trek_tracker.inference.ensemble`, docs/inference.md#ensembles) in the engine's object
+ids, so that a vote costs memory in proportion to the objects, and takes each object's box through the
+same lost-target policy as a live run. The new run is written by the same sinks as ``trek-track run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from trek_tracker.errors import InputError, UserError
+from trek_tracker.geometry import Box, BoxConfig
+from trek_tracker.inference.ensemble import average_probs, check_mode, check_weights, vote
+from trek_tracker.loop import LoopResult, Start, track_video
+from trek_tracker.pipeline import FrameResult, ObjectBoxes, one_hot
+from trek_tracker.run_folder import PROBS, Outputs, RunFolder
+
+
+def _check_same(runs: list[RunFolder], mode: str) -> None:
+    first = runs[0]
+    needed = f"{PROBS}/" if mode == "mean" else "masks/"
+    hint = "--save-probs" if mode == "mean" else "--save-masks"
+    for run in runs:
+        if not run.has(needed):
+            raise InputError(f"run {run.path} has no {needed} files, which --mode {mode} needs: run it with {hint}")
+        if not run.has("times.txt"):
+            raise InputError(f"run {run.path} has no times.txt; run it again")
+    for run in runs[1:]:
+        a, b = first.manifest["video"], run.manifest["video"]
+        if run.frames != first.frames:
+            raise InputError(f"runs {first.path} and {run.path} hold different frames ({first.frames} and "
+                             f"{run.frames}); combine runs of the same video")
+        if a.get("name") != b.get("name") or a.get("size") != b.get("size"):
+            raise InputError(f"runs {first.path} and {run.path} are of different videos ({a.get('name')} "
+                             f"{a.get('size')} and {b.get('name')} {b.get('size')})")
+        if run.ids != first.ids:
+            raise InputError(f"runs {first.path} and {run.path} track different objects ({list(first.ids.values)} "
+                             f"and {list(run.ids.values)})")
+
+
+class SavedRunsTracker:
+    """The loop's tracker over saved runs: frame ``i`` (an index) -> the runs' combined result."""
+
+    def __init__(self, runs: list[RunFolder], mode: str, weights: list[float], box: BoxConfig) -> None:
+        self.runs, self.mode, self.weights, self.box_config = runs, mode, weights, box
+        self.ids = runs[0].ids
+        self.times = np.sum([run.read_times() for run in runs], axis=0)
+        self.first_boxes = {k + 1: runs[0].read_boxes(v)[0] for k, v in enumerate(self.ids.values)}
+        self._boxes: ObjectBoxes | None = None
+
+    def _combine(self, index: int) -> tuple[np.ndarray, object]:
+        if self.mode == "mean":
+            probs = average_probs([run.read_probs(index) for run in self.runs], self.weights)
+            return probs.max(dim=0).indices.numpy().astype(np.uint8), probs
+        import torch
+
+        maps = [torch.from_numpy(self.ids.to_engine(run.read_mask(index)[0]).astype(np.int64)) for run in self.runs]
+        return vote(maps, self.weights, num_labels=len(self.ids) + 1).numpy().astype(np.uint8), None
+
+    def init(self, index: int, box: Box | None = None, *, mask: np.ndarray | None = None,
+             keep_probs: bool = False) -> FrameResult:
+        labels, probs = self._combine(0)
+        self._boxes = ObjectBoxes(self.first_boxes, self.box_config)
+        if keep_probs and probs is None:
+            probs = one_hot(labels)
+        return FrameResult(self._boxes.last(), {k: False for k in self.first_boxes}, labels,
+                           float(self.times[0]), probs)
+
+    def step(self, index: int, *, keep_probs: bool = False) -> FrameResult:
+        labels, probs = self._combine(index)
+        boxes, lost = self._boxes.update(labels)
+        return FrameResult(boxes, lost, labels, float(self.times[index]), probs if keep_probs else None)
+
+
+def combine_runs(run_dirs: Sequence[str | Path], out: str | Path, *, mode: str = "mean",
+                 weights: Sequence[float] | None = None, save_probs: bool = False,
+                 overwrite: bool = False) -> LoopResult:
+    """Merge saved runs of one video into a new run folder ``out`` (boxes, times as the members' sum,
+    masks, run.json; probabilities too with ``save_probs``, mean only)."""
+    check_mode(mode)
+    if len(run_dirs) < 2:
+        raise InputError("an ensemble needs at least two run folders")
+    w = check_weights(weights, len(run_dirs))
+    if save_probs and mode != "mean":
+        raise UserError("--save-probs writes combined probabilities, which only --mode mean has")
+    runs = [RunFolder.open(p) for p in run_dirs]
+    _check_same(runs, mode)
+    target = Path(out).resolve()
+    if any(target == r.path.resolve() for r in runs):
+        raise InputError(f"--out {out} is one of the input runs; choose a new folder")
+    settings = (runs[0].manifest.get("tracker") or {}).get("settings") or {}
+    box_config = BoxConfig(**(settings.get("box") or {}))
+    tracker = SavedRunsTracker(runs, mode, w, box_config)
+    palette = runs[0].read_mask(0)[1] if runs[0].has("masks/") else None
+    folder = RunFolder.create(out, overwrite=overwrite)
+    first = runs[0].manifest
+    record = {"video": {k: v for k, v in first["video"].items() if k != "frames"}, "start": first.get("start"),
+              "ensemble": {"mode": mode, "weights": w, "runs": [str(r.path) for r in runs],
+                           "members": [r.manifest.get("tracker") for r in runs]},
+              "tracker": {"settings": {"box": settings.get("box") or {}}}}
+    sinks = folder.sinks(Outputs(masks=True, probs=save_probs), ids=tracker.ids, palette=palette, record=record,
+                         fps=first["video"].get("fps"), size=tuple(first["video"]["size"]))
+    start = Start(box=Box.of(tracker.first_boxes[1]))
+    return track_video(tracker, range(runs[0].frames), start, sinks, prefetch_depth=0)

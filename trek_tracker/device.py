@@ -1,0 +1,50 @@
+"""Choosing the torch device from a user's ``--device`` value: the one rule for tracking, evaluation and
+training.
+
+``auto`` is the local process's GPU when CUDA is there (``LOCAL_RANK`` under ``torchrun``, else GPU 0) and
+the CPU otherwise; ``cuda`` means that same GPU; ``cuda:N`` a given one; ``cpu`` the CPU. Asking for a GPU
+that is not there is a user error, said in one line. The chosen GPU becomes the current CUDA device, so
+nothing later creates a context on (or synchronises) another card.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from trek_tracker.errors import UserError
+
+_CUDA = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def select_device(requested: str = "auto"):
+    """The ``torch.device`` for ``requested`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)."""
+    import torch
+
+    value = (requested or "auto").strip().lower()
+    if value == "cpu":
+        return torch.device("cpu")
+    if value == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        value = "cuda"
+    match = _CUDA.match(value)
+    if match is None:
+        raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {requested} was asked for but no CUDA GPU is available to PyTorch; "
+                        "use --device cpu (or auto)")
+    index = int(match.group(1)) if match.group(1) is not None else int(os.environ.get("LOCAL_RANK", "0"))
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s), numbered 0..{count - 1}")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU); never touches another GPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

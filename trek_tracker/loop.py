@@ -1,0 +1,226 @@
+"""The one per-video loop: frames through a tracker, each frame's result handed to sinks.
+
+Everything that walks a video frame by frame goes through :func:`track_video`: ``trek-track run`` (the run
+folder's sinks), the TREK-150 runner and the toolkit adapter (result rows), VOS validation (label
+scoring) and ``trek-track ensemble`` (a tracker that combines saved runs). A sink is anything that wants
+each frame's result: box files, times, masks, probabilities, an overlay video, metrics, result rows.
+
+Frames are decoded ahead in a thread (:func:`trek_tracker.video.prefetch`) and, with ``write_behind``,
+sinks run in a writer thread behind the tracker, so neither decoding nor writing holds the device up. Both
+queues are short, so memory stays bounded whatever the video's length. The time of a frame is the
+tracker's own call (:attr:`FrameResult.seconds`), as the TREK-150 toolkit defines speed.
+
+When anything stops the loop (the end of the video, an error, Ctrl-C or a signal turned into
+:class:`KeyboardInterrupt`), every frame already tracked reaches the sinks, and each sink's ``close`` is
+told how the loop ended (``complete``, ``interrupted`` or ``failed``), so it can keep what is finished and
+say what is not.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from trek_tracker.errors import InputError
+from trek_tracker.geometry import Box
+from trek_tracker.pipeline import FrameResult
+from trek_tracker.video import prefetch
+
+COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
+
+
+class Sink:
+    """Receives every frame's result, in order, then how the loop ended. Override what you need.
+
+    ``needs_probs``: the tracker must keep each frame's probabilities. ``needs_image``: :meth:`frame`
+    gets the frame's pixels (otherwise None, so that queued results do not hold frames).
+    """
+
+    needs_probs: ClassVar[bool] = False
+    needs_image: ClassVar[bool] = False
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        """Frame ``index``'s result (index 0 is the start frame)."""
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """The loop ended with ``status`` (``complete``, ``interrupted`` or ``failed``, then with ``error``)."""
+
+
+class StepTracker(Protocol):
+    """What the loop drives: :class:`trek_tracker.pipeline.Tracker` and its adapters."""
+
+    def init(self, image: Any, box: Any = None, *, mask: np.ndarray | None = None,
+             keep_probs: bool = False) -> FrameResult: ...
+
+    def step(self, image: Any, *, keep_probs: bool = False) -> FrameResult: ...
+
+
+@dataclass(frozen=True)
+class Start:
+    """How tracking starts on the first frame: a box (object 1) or a label map with ids 1..N.
+
+    The tracker checks what it is given (our :class:`~trek_tracker.pipeline.Tracker` against the frame,
+    once); a toolkit tracker gets the box as the toolkit would give it, e.g. a ground-truth row.
+    """
+
+    box: Box | np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if (self.box is None) == (self.mask is None):
+            raise InputError("give exactly one of a first-frame box or an init mask")
+
+
+@dataclass
+class LoopResult:
+    """How a loop went: frames handed to the sinks, how it ended, wall time, lost frames per object."""
+
+    frames: int
+    status: str
+    seconds: float
+    lost: dict[int, list[int]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks: Sequence[Sink], *,
+                total: int | None = None, progress: bool | str = False,
+                on_frame: Callable[[int], None] | None = None, prefetch_depth: int = 2,
+                write_behind: bool = True) -> LoopResult:
+    """Track ``frames`` from ``start`` and hand each frame's result to ``sinks``.
+
+    ``progress``: a tqdm bar on stderr (a string names it); ``on_frame(index)`` is called after each frame
+    is tracked (e.g. a shared progress bar). Exceptions propagate after the sinks are closed; a
+    ``KeyboardInterrupt`` ends the loop as ``interrupted``, anything else as ``failed``.
+    """
+    keep_probs = any(s.needs_probs for s in sinks)
+    keep_image = any(s.needs_image for s in sinks)
+    writer = _Writer(sinks, keep_image) if write_behind else _Direct(sinks, keep_image)
+    lost: dict[int, list[int]] = {}
+    status, error, n = FAILED, None, 0
+    began = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="frame", desc=progress if isinstance(progress, str) else None,
+                   file=sys.stderr, dynamic_ncols=True)
+    try:
+        for index, image in enumerate(prefetch(frames, prefetch_depth) if prefetch_depth > 0 else frames):
+            if index == 0:
+                result = tracker.init(image, start.box, mask=start.mask, keep_probs=keep_probs)
+            else:
+                result = tracker.step(image, keep_probs=keep_probs)
+            for obj, is_lost in result.lost.items():
+                if is_lost:
+                    lost.setdefault(obj, []).append(index)
+            writer.put(index, image, result)
+            n = index + 1
+            if bar is not None:
+                bar.update(1)
+            if on_frame is not None:
+                on_frame(index)
+        writer.drain()
+        status = COMPLETE
+    except KeyboardInterrupt:
+        status, error = INTERRUPTED, "interrupted"
+        raise
+    except BaseException as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        try:
+            writer.finish()  # frames already tracked reach the sinks whatever stopped the loop
+        except BaseException:  # noqa: BLE001 - a sink failed too; the exception in flight is the one to report
+            pass
+        _close(sinks, status, error)
+    return LoopResult(n, status, time.perf_counter() - began, lost, error)
+
+
+def _close(sinks: Sequence[Sink], status: str, error: str | None) -> None:
+    """Close every sink, in order; the first error is raised after all were closed."""
+    first: BaseException | None = None
+    for sink in sinks:
+        try:
+            sink.close(status, error)
+        except BaseException as err:  # noqa: BLE001 - re-raised below
+            first = first or err
+    if first is not None:
+        raise first
+
+
+class _Direct:
+    """Sinks called in the loop's own thread."""
+
+    def __init__(self, sinks: Sequence[Sink], keep_image: bool) -> None:
+        self.sinks, self.keep_image = sinks, keep_image
+
+    def put(self, index: int, image: Any, result: FrameResult) -> None:
+        image = image if self.keep_image else None
+        for sink in self.sinks:
+            sink.frame(index, image, result)
+
+    def drain(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+_STOP = object()
+
+
+class _Writer:
+    """Sinks called in order by one background thread, at most ``depth`` frames behind the tracker.
+
+    A sink's error stops the writer and is raised in the loop's thread at the next frame (or at the end).
+    """
+
+    def __init__(self, sinks: Sequence[Sink], keep_image: bool, depth: int = 4) -> None:
+        self.sinks, self.keep_image = sinks, keep_image
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="sink-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            if self.error is not None:
+                continue  # drop what comes after a failure; the loop raises it
+            index, image, result = item
+            try:
+                for sink in self.sinks:
+                    sink.frame(index, image, result)
+            except BaseException as err:  # noqa: BLE001 - handed to the loop's thread
+                self.error = err
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def put(self, index: int, image: Any, result: FrameResult) -> None:
+        self._raise()
+        self.queue.put((index, image if self.keep_image else None, result))
+
+    def drain(self) -> None:
+        """Wait until every queued frame is written; raise a sink's error."""
+        self.finish()
+        self._raise()
+
+    def finish(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(_STOP)
+            self.thread.join()
+        self._raise()

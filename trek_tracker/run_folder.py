@@ -1,0 +1,391 @@
+"""A run folder: the one owner of what ``trek-track run`` and ``trek-track ensemble`` write, its names, its
+manifest (``run.json``), and reading it back.
+
+Layout (with ``<id>`` an object's value in the init mask, ``<index>`` the frame index, 5 digits)::
+
+    boxes.txt | boxes_<id>.txt      one x,y,w,h line per frame (TREK-150 result format)
+    times.txt                       seconds of the tracker's call per frame
+    masks/<index>.png               label maps with the init mask's values and palette (--save-masks)
+    probs/<index>.npz, probs/objects.json   uint8-quantised probabilities (--save-probs)
+    overlay.mp4                     the video with masks and boxes drawn (--overlay)
+    run.json                        the manifest
+
+**One run per folder.** :meth:`RunFolder.create` refuses a folder that holds anything unless the caller
+asks to overwrite; overwriting first removes every file the previous manifest lists (and the unfinished
+``.part`` files of an interrupted run), and refuses when the folder holds files no run wrote. The new
+manifest is written at once with status ``running``, so a run that is killed never leaves an older
+``complete`` manifest beside its own files. Text outputs stream to ``<name>.part`` and are renamed only
+when the run completes; the manifest ends as ``complete``, ``interrupted`` or ``failed``.
+
+**Reading back** (``trek-track ensemble``) goes through :meth:`RunFolder.open`, which trusts only what the
+manifest says the run wrote: a complete status, the frame count, the object values and the files.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trek_tracker import __version__
+from trek_tracker.errors import InputError, UserError
+from trek_tracker.files import read_json, write_bytes, write_json
+from trek_tracker.loop import COMPLETE, Sink
+from trek_tracker.pipeline import FrameResult
+from trek_tracker.results import ObjectIds, StreamingTextWriter, read_boxes, read_label_png, read_times, write_label_png
+
+FORMAT = "trek-track-run/1"
+MANIFEST = "run.json"
+MASKS, PROBS, OVERLAY, TIMES = "masks", "probs", "overlay.mp4", "times.txt"
+OBJECTS = "objects.json"
+
+
+@dataclass
+class Outputs:
+    """What a run writes beyond boxes, times and the manifest."""
+
+    masks: bool = False  # masks/<index>.png
+    probs: bool = False  # probs/<index>.npz
+    overlay: bool = False  # overlay.mp4
+
+
+class RunFolder:
+    """The files of one run in ``path``. Build with :meth:`create` (to write) or :meth:`open` (to read)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ names
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / MANIFEST
+
+    def box_file(self, value: int, several: bool) -> Path:
+        """``boxes.txt`` for a single object, ``boxes_<value>.txt`` for each of several."""
+        return self.path / (f"boxes_{value}.txt" if several else "boxes.txt")
+
+    def box_files(self, ids: ObjectIds) -> dict[int, Path]:
+        """Box file of each object by its value."""
+        return {v: self.box_file(v, len(ids) > 1) for v in ids.values}
+
+    @property
+    def times_file(self) -> Path:
+        return self.path / TIMES
+
+    def mask_file(self, index: int) -> Path:
+        return self.path / MASKS / f"{index:05d}.png"
+
+    def probs_file(self, index: int) -> Path:
+        return self.path / PROBS / f"{index:05d}.npz"
+
+    @property
+    def overlay_file(self) -> Path:
+        return self.path / OVERLAY
+
+    # ------------------------------------------------------------------ one run per folder
+    @classmethod
+    def create(cls, path: str | Path, *, overwrite: bool = False) -> RunFolder:
+        """A folder for a new run: new or empty, or, with ``overwrite``, emptied of a previous run's files.
+
+        Checks that the folder can be written before anything is removed or written.
+        """
+        folder = cls(path)
+        folder._check_writable()
+        contents = sorted(p for p in folder.path.iterdir()) if folder.path.is_dir() else []
+        if contents:
+            if not overwrite:
+                raise UserError(f"{folder.path} is not empty (it holds {_names(contents)}); choose a new --out "
+                                "folder, or add --overwrite to replace the run in it")
+            folder._remove_previous_run(contents)
+        return folder
+
+    def _check_writable(self) -> None:
+        path = self.path
+        for parent in [path, *path.parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UserError(f"cannot use {path} as an output folder: {parent} is a file")
+                break
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".trek-track-probe-{time.monotonic_ns()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise UserError(f"cannot write to {path}: {err.strerror or err}; choose another --out folder") from None
+
+    def _remove_previous_run(self, contents: list[Path]) -> None:
+        previous = self._previous_files()
+        if previous is None:
+            raise UserError(f"{self.path} holds files that no trek-track run wrote ({_names(contents)}); choose "
+                            "another --out folder (--overwrite only replaces a previous run)")
+        strangers = [p for p in contents if p.name not in previous and not _ours(p.name)]
+        if strangers:
+            raise UserError(f"{self.path} holds files that its previous run did not write ({_names(strangers)}); "
+                            "choose another --out folder")
+        for entry in contents:
+            if entry.is_dir():
+                for child in entry.iterdir():
+                    if child.is_file() and (_ours(child.name) or child.suffix in (".png", ".npz", ".json")):
+                        child.unlink()
+                if not any(entry.iterdir()):
+                    entry.rmdir()
+                else:
+                    raise UserError(f"{entry} holds files that its previous run did not write; choose another "
+                                    "--out folder")
+            else:
+                entry.unlink()
+
+    def _previous_files(self) -> set[str] | None:
+        """Top-level names the previous run's manifest lists (None without a readable manifest)."""
+        if not self.manifest_file.is_file():
+            return None
+        try:
+            record = read_json(self.manifest_file)
+        except InputError:
+            return None
+        files = record.get("files") if isinstance(record, dict) else None
+        if not isinstance(files, list):
+            return None
+        return {str(f).rstrip("/").split("/")[0] for f in files} | {MANIFEST}
+
+    # ------------------------------------------------------------------ writing a run
+    def sinks(self, outputs: Outputs, *, ids: ObjectIds, palette: np.ndarray | None, record: dict[str, Any],
+              fps: float | None, size: tuple[int, int], describe=None) -> list[Sink]:
+        """The sinks that write this run: boxes and times always, masks, probabilities and the overlay on
+        request, and the manifest last (it lists what the others wrote). ``record`` is what the manifest
+        knows before the first frame (``video``, ``start``, ...); ``describe()`` adds what is known at the
+        end (the tracker's details)."""
+        files: list[Sink] = [BoxFiles(self, ids), TimesFile(self)]
+        if outputs.masks:
+            files.append(MaskFiles(self, ids, palette))
+        if outputs.probs:
+            files.append(ProbsFiles(self, ids))
+        if outputs.overlay:
+            files.append(OverlayFile(self, fps, size))
+        return [*files, Manifest(self, record, files, ids, describe)]
+
+    # ------------------------------------------------------------------ manifest
+    def write_manifest(self, record: dict[str, Any]) -> None:
+        self.manifest = {"format": FORMAT, **record}
+        write_json(self.manifest_file, self.manifest)
+
+    # ------------------------------------------------------------------ reading back
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """A finished run to read: its manifest must say ``complete``."""
+        folder = cls(path)
+        if not folder.manifest_file.is_file():
+            raise InputError(f"{folder.path} is not a run folder (no {MANIFEST}); give folders written by "
+                             "`trek-track run`")
+        record = read_json(folder.manifest_file)
+        if not isinstance(record, dict) or record.get("status") != COMPLETE:
+            status = record.get("status") if isinstance(record, dict) else None
+            raise InputError(f"run {folder.path} did not complete (status {status!r}); run it again first")
+        for key in ("video", "objects", "files"):
+            if key not in record:
+                raise InputError(f"{folder.manifest_file} has no {key!r}; it was not written by this version of "
+                                 "trek-track: run it again")
+        folder.manifest = record
+        return folder
+
+    @property
+    def frames(self) -> int:
+        return int(self.manifest["video"]["frames"])
+
+    @property
+    def ids(self) -> ObjectIds:
+        return ObjectIds(tuple(int(v) for v in self.manifest["objects"]))
+
+    def has(self, name: str) -> bool:
+        """Whether the manifest lists ``name`` (``masks/``, ``probs/``, ``times.txt``, ...)."""
+        return name in self.manifest.get("files", [])
+
+    def read_boxes(self, value: int) -> np.ndarray:
+        return read_boxes(self.box_file(value, len(self.ids) > 1), rows=self.frames)
+
+    def read_times(self) -> np.ndarray:
+        return read_times(self.times_file, rows=self.frames)
+
+    def read_mask(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return read_label_png(self.mask_file(index))
+
+    def read_probs(self, index: int):
+        return load_probs(self.probs_file(index))
+
+
+def _ours(name: str) -> bool:
+    """Names our writers use for unfinished or temporary files."""
+    return name.endswith((".part", ".tmp")) or name.startswith(".")
+
+
+def _names(paths: Sequence[Path]) -> str:
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths[:4])
+    return shown + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+
+
+# --------------------------------------------------------------------------- probabilities on disk
+def quantise(probs: Any) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 ``round(255 p)`` (error at most 1/510 per value)."""
+    p = probs.detach().cpu().numpy() if hasattr(probs, "detach") else np.asarray(probs)
+    return np.clip(np.rint(p.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_probs(path: str | Path, probs: Any) -> None:
+    """Write one frame's probabilities (1 + N, H, W) as a compressed ``.npz`` of uint8, atomically.
+
+    Disk cost: at most (1 + N)·H·W bytes per frame before compression (4.1 MB for one object at 1920x1080),
+    typically 5-20x less after it, since most of a frame is confidently background.
+    """
+    buf = io.BytesIO()
+    np.savez_compressed(buf, probs=quantise(probs))
+    write_bytes(path, buf.getvalue())
+
+
+def load_probs(path: str | Path):
+    """Read what :func:`save_probs` wrote, as float32 probabilities (a torch tensor)."""
+    import torch
+
+    try:
+        with np.load(path) as data:
+            return torch.from_numpy(data["probs"].astype(np.float32) / 255.0)
+    except FileNotFoundError:
+        raise InputError(f"probability file not found: {path}") from None
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"cannot read probability file {path}: {err}") from None
+
+
+# --------------------------------------------------------------------------- sinks writing a run folder
+class BoxFiles(Sink):
+    """One streaming ``x,y,w,h`` file per object; renamed from ``.part`` when the run completes."""
+
+    def __init__(self, folder: RunFolder, ids: ObjectIds) -> None:
+        self.writers = {i + 1: StreamingTextWriter(p) for i, p in enumerate(folder.box_files(ids).values())}
+        self.names: list[str] = []
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        for obj, writer in self.writers.items():
+            writer.write_box(result.boxes[obj])
+
+    def close(self, status: str, error: str | None = None) -> None:
+        for writer in self.writers.values():
+            if status == COMPLETE:
+                self.names.append(writer.commit().name)
+            else:
+                writer.close()
+
+
+class TimesFile(Sink):
+    """``times.txt``: the tracker's seconds per frame."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.writer = StreamingTextWriter(folder.times_file)
+        self.names: list[str] = []
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        self.writer.write_time(result.seconds)
+
+    def close(self, status: str, error: str | None = None) -> None:
+        if status == COMPLETE:
+            self.names.append(self.writer.commit().name)
+        else:
+            self.writer.close()
+
+
+class MaskFiles(Sink):
+    """``masks/<index>.png``: label maps with the init mask's values (and palette)."""
+
+    def __init__(self, folder: RunFolder, ids: ObjectIds, palette: np.ndarray | None) -> None:
+        self.folder, self.ids, self.palette = folder, ids, palette
+        self.names = [f"{MASKS}/"]
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        write_label_png(self.folder.mask_file(index), self.ids.to_original(result.labels), self.palette)
+
+
+class ProbsFiles(Sink):
+    """``probs/<index>.npz`` (uint8-quantised probabilities) and ``probs/objects.json`` (object values)."""
+
+    needs_probs = True
+
+    def __init__(self, folder: RunFolder, ids: ObjectIds) -> None:
+        self.folder = folder
+        write_json(folder.path / PROBS / OBJECTS, {"values": list(ids.values)})
+        self.names = [f"{PROBS}/"]
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        save_probs(self.folder.probs_file(index), result.probs)
+
+
+class OverlayFile(Sink):
+    """``overlay.mp4``: each frame with its masks tinted and boxes drawn; moved into place on completion."""
+
+    needs_image = True
+
+    def __init__(self, folder: RunFolder, fps: float | None, size: tuple[int, int]) -> None:
+        from trek_tracker.video import OverlayWriter
+
+        self.writer = OverlayWriter(folder.overlay_file, fps, size)
+        self.names: list[str] = []
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        self.writer.write(image, result.labels, result.boxes)
+
+    def close(self, status: str, error: str | None = None) -> None:
+        if status == COMPLETE:
+            self.writer.close()
+            self.names.append(OVERLAY)
+        else:
+            self.writer.abort()
+
+
+class Manifest(Sink):
+    """``run.json``: written as ``running`` when the run starts and completed with the outcome at the end.
+
+    ``record`` holds what is known before the first frame (video, start, tracker, objects); ``describe`` is
+    called at the end for what is known only then (e.g. the tracker's init details and input size).
+    """
+
+    def __init__(self, folder: RunFolder, record: dict[str, Any], file_sinks: Sequence[Sink], ids: ObjectIds,
+                 describe=None) -> None:
+        self.folder, self.record, self.file_sinks, self.ids, self.describe = folder, record, file_sinks, ids, describe
+        self.frames = 0
+        self.lost: dict[str, list[int]] = {str(v): [] for v in ids.values}
+        self.started = time.perf_counter()
+        folder.write_manifest({"status": "running", **self._base(), "files": []})
+
+    def _base(self) -> dict[str, Any]:
+        video = {**self.record.get("video", {}), "frames": self.frames}
+        return {**self.record, "video": video, "objects": list(self.ids.values), "software": _software()}
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        self.frames = index + 1
+        for obj, is_lost in result.lost.items():
+            if is_lost:
+                self.lost[str(self.ids.values[obj - 1])].append(index)
+
+    def close(self, status: str, error: str | None = None) -> None:
+        seconds = time.perf_counter() - self.started
+        files = [name for sink in self.file_sinks for name in getattr(sink, "names", [])]
+        extra = self.describe() if self.describe is not None else {}
+        self.folder.write_manifest({"status": status, "error": error, **self._base(), **extra,
+                                    "lost_frames": self.lost, "seconds": round(seconds, 3),
+                                    "fps": round(self.frames / seconds, 3) if seconds > 0 else None,
+                                    "files": files + [MANIFEST]})
+
+
+def _software() -> dict[str, str | None]:
+    try:
+        import torch
+
+        torch_version: str | None = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_version = None
+    return {"trek_tracker": __version__, "python": platform.python_version(), "torch": torch_version}
