@@ -19,3 +19,9 @@ class InputError(UserError, ValueError):
 
 class CheckpointError(UserError):
     """A checkpoint file that is missing, unsafe to load or does not match the model."""
+
+
+def listing(items: list[str], limit: int = 10) -> str:
+    """Up to ``limit`` items, one per indented line, and how many more there are (for error messages)."""
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "\n  " + "\n  ".join(items[:limit]) + more

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trek_tracker.errors import InputError
+from trek_tracker.errors import InputError, listing
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.metrics import THR_GSR, THR_IOU, THR_NCE, RunScore, score_run, speed_fps
 from trek_tracker.eval.protocols import Run, expand_protocols, plan
@@ -45,10 +45,8 @@ def check_results(dataset: Trek150, tracker_dir: str | Path, protocol: str) -> l
 def _require(dataset: Trek150, tracker_dir: Path, protocol: str) -> None:
     problems = check_results(dataset, tracker_dir, protocol)
     if problems:
-        shown = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise InputError(f"{len(problems)} {protocol.upper()} result file(s) of {tracker_dir.name} are "
-                         f"missing or invalid:\n  {shown}{more}\nrun the tracker first "
+                         f"missing or invalid:{listing(problems)}\nrun the tracker first "
                          "(trek-track eval without --report-only resumes where it stopped)")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trek_tracker.errors import InputError
+from trek_tracker.errors import InputError, listing
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import hoi_runs, mse_runs, ope_runs
 from trek_tracker.files import atomic_write
@@ -58,10 +58,8 @@ def build_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: st
     tracker_dir = Path(tracker_dir)
     problems = check_submission(dataset, tracker_dir)
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise InputError(f"the results in {tracker_dir} are not complete for a submission "
-                         f"({len(problems)} problem(s)):\n  {shown}{more}\n"
+                         f"({len(problems)} problem(s)):{listing(problems, 20)}\n"
                          "run the missing protocols first (trek-track eval --protocol all resumes)")
     results: dict = {"ope": {}, "mse": {}, "hoi": {}}
     for seq in dataset:
