@@ -75,3 +75,20 @@ def test_window_index_cached_under_inference_mode_still_trains():
         local_window_attention(q.detach(), k, v, bias, max_dis=2)
     local_window_attention(q, k, v, bias, max_dis=2).sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_local_attention_under_cuda_autocast_precision_policy(monkeypatch):
+    """CUDA autocast runs matrix products in half precision and softmax in float32; the window attention
+    must combine the two (it crashed in GPU training at step 1). Simulated on CPU: half-precision inputs,
+    a float32 softmax."""
+    import trek_tracker.modeling.attention as attention
+
+    real_softmax = torch.softmax
+    monkeypatch.setattr(attention.torch, "softmax", lambda x, dim: real_softmax(x.float(), dim=dim))
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 8, 6, 7, generator=g), torch.randn(1, 8, 6, 7, generator=g)
+    v, bias = torch.randn(1, 5, 6, 7, generator=g), torch.randn(1, 25, 6, 7, generator=g)
+    reference = local_window_attention(q, k, v, bias, max_dis=2)
+    half = local_window_attention(*(t.to(torch.bfloat16) for t in (q, k, v, bias)), max_dis=2)
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), reference, atol=0.05)

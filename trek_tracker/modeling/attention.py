@@ -139,7 +139,6 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     k_seq = k.flatten(2).transpose(1, 2)
     v_seq = v.flatten(2).transpose(1, 2)  # (B, HW, C)
     bias_seq = bias.flatten(2).transpose(1, 2)  # (B, HW, K)
-    low = torch.finfo(q.dtype).min
     outputs = []
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
@@ -150,10 +149,12 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
         scores = F.pad(scores, (0, 1))  # dummy column for out-of-image positions
         idx = index.unsqueeze(0).expand(b, -1, -1)
         logits = scores.gather(2, idx) + bias_seq[:, qs]
-        logits = logits.masked_fill(~valid, low)
-        attn = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+        # Under CUDA autocast softmax runs in float32 while the products run in half precision: the weights
+        # go back to the products' dtype before they are scattered next to them.
+        attn = torch.softmax(logits, dim=-1).to(scores.dtype)
         dense = torch.zeros_like(scores).scatter_(2, idx, attn)[..., :-1]
-        outputs.append(torch.bmm(dense, v_seq[:, ks]))
+        outputs.append(torch.bmm(dense, v_seq[:, ks].to(dense.dtype)))
     out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
     return out.permute(1, 0, 2).reshape(h * w, b, c)
 
