@@ -28,11 +28,11 @@ class Counter:
     def _result(self, t):
         return FrameResult({1: np.array([t, 0, 1, 1.0])}, {1: t % 3 == 2}, np.zeros((2, 2), np.uint8), 0.5)
 
-    def init(self, image, box=None, *, mask=None, keep_probs=False):
+    def init(self, image, box=None, *, mask=None, keep_probs=False, keep_labels=True):
         assert box is not None and image == 0
         return self._result(0)
 
-    def step(self, image, *, keep_probs=False):
+    def step(self, image, *, keep_probs=False, keep_labels=True):
         self.calls += 1
         if image == self.fail_at:
             raise self.error("tracker stopped")

@@ -27,10 +27,10 @@ class _Scripted:
         probs = torch.from_numpy(np.stack([labels == 0, labels == 1]).astype(np.float32))
         return FrameResult({1: np.array([self.t, 5, 4, 4], float)}, {1: False}, labels, 0.01, probs)
 
-    def init(self, image, box=None, *, mask=None, keep_probs=False):
+    def init(self, image, box=None, *, mask=None, keep_probs=False, keep_labels=True):
         return self._result()
 
-    def step(self, image, *, keep_probs=False):
+    def step(self, image, *, keep_probs=False, keep_labels=True):
         self.t += 1
         if self.t == self.fail_at:
             raise RuntimeError("simulated crash")
@@ -79,9 +79,9 @@ def test_the_manifest_says_running_while_the_run_goes(tmp_path):
     seen = []
 
     class Peek(_Scripted):
-        def step(self, image, *, keep_probs=False):
+        def step(self, image, *, keep_probs=False, keep_labels=True):
             seen.append(json.loads((tmp_path / "run" / "run.json").read_text())["status"])
-            return super().step(image, keep_probs=keep_probs)
+            return super().step(image, keep_probs=keep_probs, keep_labels=keep_labels)
 
     _run(folder, Peek())
     assert seen and set(seen) == {"running"}

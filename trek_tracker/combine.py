@@ -65,7 +65,7 @@ class SavedRunsTracker:
         return vote(maps, self.weights, num_labels=len(self.ids) + 1).numpy().astype(np.uint8), None
 
     def init(self, index: int, box: Box | None = None, *, mask: np.ndarray | None = None,
-             keep_probs: bool = False) -> FrameResult:
+             keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         labels, probs = self._combine(0)
         self._boxes = ObjectBoxes(self.first_boxes, self.box_config)
         if keep_probs and probs is None:
@@ -73,7 +73,7 @@ class SavedRunsTracker:
         return FrameResult(self._boxes.last(), {k: False for k in self.first_boxes}, labels,
                            float(self.times[0]), probs)
 
-    def step(self, index: int, *, keep_probs: bool = False) -> FrameResult:
+    def step(self, index: int, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         labels, probs = self._combine(index)
         boxes, lost = self._boxes.update(labels)
         return FrameResult(boxes, lost, labels, float(self.times[index]), probs if keep_probs else None)

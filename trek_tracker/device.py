@@ -48,3 +48,12 @@ def synchronize(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def set_tf32(device, enabled: bool) -> None:
+    """Allow TensorFloat-32 in float32 matrix products and convolutions on a GPU, or forbid it (parity)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled

@@ -242,14 +242,31 @@ class BoxFromMask:
         """The last box returned (a copy)."""
         return self._last.copy()
 
-    def update(self, mask: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Box of ``mask`` and whether the target is lost on this frame (then the box is the held one)."""
-        cfg = self.config
-        m = _check_mask(mask) != 0
-        if cfg.min_component_px > 1 or cfg.components == "largest":
-            m = remove_small_components(m, cfg.min_component_px, cfg.components)
-        box = mask_to_box(m)
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether the box depends on more than the mask's extent (speck removal needs its components)."""
+        return self.config.min_component_px > 1 or self.config.components == "largest"
+
+    def update(self, mask: np.ndarray | None, origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, bool]:
+        """Box of ``mask`` and whether the target is lost on this frame (then the box is the held one).
+
+        ``mask`` may be the crop of the frame's mask at ``origin = (x, y)`` that holds all of the object (its
+        tight box: every component lies inside it, so speck removal gives the same result as on the frame);
+        None is an empty mask.
+        """
+        box = None
+        if mask is not None:
+            m = _check_mask(mask) != 0
+            if self.needs_pixels:
+                m = remove_small_components(m, self.config.min_component_px, self.config.components)
+            box = mask_to_box(m)
+            if box is not None:
+                box[:2] += origin
+        return self.take(box)
+
+    def take(self, box: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """The policy itself: ``box`` when there is one, else the last box, held, and the frame is lost."""
         if box is None:
             return self._last.copy(), True
-        self._last = box
-        return box.copy(), False
+        self._last = np.asarray(box, dtype=np.float64)
+        return self._last.copy(), False

@@ -39,10 +39,12 @@ COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
 class Sink:
     """Receives every frame's result, in order, then how the loop ended. Override what you need.
 
-    ``needs_probs``: the tracker must keep each frame's probabilities. ``needs_image``: :meth:`frame`
-    gets the frame's pixels (otherwise None, so that queued results do not hold frames).
+    ``needs_labels`` / ``needs_probs``: the tracker must hand over each frame's label map / probabilities
+    (otherwise they stay on the device). ``needs_image``: :meth:`frame` gets the frame's pixels (otherwise
+    None, so that queued results do not hold frames).
     """
 
+    needs_labels: ClassVar[bool] = False
     needs_probs: ClassVar[bool] = False
     needs_image: ClassVar[bool] = False
 
@@ -57,9 +59,9 @@ class StepTracker(Protocol):
     """What the loop drives: :class:`trek_tracker.pipeline.Tracker` and its adapters."""
 
     def init(self, image: Any, box: Any = None, *, mask: np.ndarray | None = None,
-             keep_probs: bool = False) -> FrameResult: ...
+             keep_probs: bool = False, keep_labels: bool = True) -> FrameResult: ...
 
-    def step(self, image: Any, *, keep_probs: bool = False) -> FrameResult: ...
+    def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult: ...
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
     is tracked (e.g. a shared progress bar). Exceptions propagate after the sinks are closed; a
     ``KeyboardInterrupt`` ends the loop as ``interrupted``, anything else as ``failed``.
     """
-    keep_probs = any(s.needs_probs for s in sinks)
+    keep = {"keep_probs": any(s.needs_probs for s in sinks), "keep_labels": any(s.needs_labels for s in sinks)}
     keep_image = any(s.needs_image for s in sinks)
     writer = _Writer(sinks, keep_image) if write_behind else _Direct(sinks, keep_image)
     lost: dict[int, list[int]] = {}
@@ -114,9 +116,9 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
     try:
         for index, image in enumerate(prefetch(frames, prefetch_depth) if prefetch_depth > 0 else frames):
             if index == 0:
-                result = tracker.init(image, start.box, mask=start.mask, keep_probs=keep_probs)
+                result = tracker.init(image, start.box, mask=start.mask, **keep)
             else:
-                result = tracker.step(image, keep_probs=keep_probs)
+                result = tracker.step(image, **keep)
             for obj, is_lost in result.lost.items():
                 if is_lost:
                     lost.setdefault(obj, []).append(index)

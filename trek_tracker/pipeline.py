@@ -26,6 +26,7 @@ from trek_tracker.files import sha256_of
 from trek_tracker.geometry import Box, BoxConfig, BoxFromMask, box_to_mask, mask_to_box
 from trek_tracker.inference.ensemble import EnsembleConfig, ModelSpec
 from trek_tracker.inference.memory import MemoryConfig
+from trek_tracker.inference.preprocess import Frame
 from trek_tracker.inference.tta import TTAConfig
 from trek_tracker.init.api import InitConfig
 
@@ -41,6 +42,7 @@ class TrackerConfig:
     checkpoint: str | None = None  # path or registry name; None = the registry entry named like the model
     random_weights: bool = False  # smoke tests only: the output is meaningless
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 (the parity mode) | bf16 | fp16
     max_long_edge: int = 1040  # network input long edge (official default 1040)
     init: InitConfig = field(default_factory=InitConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -66,7 +68,7 @@ class FrameResult:
 
     boxes: dict[int, np.ndarray]
     lost: dict[int, bool]
-    labels: np.ndarray | None  # (H, W) uint8 ids 0..N (None for trackers that only give boxes)
+    labels: np.ndarray | None  # (H, W) uint8 ids 0..N (None unless asked for, or for box-only trackers)
     seconds: float  # time of the tracker's own call (decoding and writing excluded)
     probs: Any = None  # (1 + N, H, W) float tensor when asked for (``keep_probs``)
 
@@ -149,19 +151,51 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 
 
 class ObjectBoxes:
-    """The lost-target policy of every object: one :class:`BoxFromMask` per object id 1..N."""
+    """The lost-target policy of every object: one :class:`BoxFromMask` per object id 1..N.
+
+    Label maps still on the device are reduced there to each object's extent; only an object's crop
+    travels to the host, and only when the box depends on its pixels (speck removal).
+    """
 
     def __init__(self, boxes: dict[int, np.ndarray], config: BoxConfig) -> None:
         self.policies = {i: BoxFromMask(b, config) for i, b in boxes.items()}
 
-    def update(self, labels: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
+    def update(self, labels: Any) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
+        """Boxes and lost flags from a label map: a numpy array, or a tensor on any device."""
         boxes, lost = {}, {}
+        if isinstance(labels, np.ndarray):
+            for i, policy in self.policies.items():
+                boxes[i], lost[i] = policy.update(labels == i)
+            return boxes, lost
+        extents = object_extents(labels, max(self.policies))
         for i, policy in self.policies.items():
-            boxes[i], lost[i] = policy.update(labels == i)
+            x0, y0, x1, y1 = (int(v) for v in extents[i - 1])
+            if x0 < 0:
+                boxes[i], lost[i] = policy.take(None)
+            elif policy.needs_pixels:
+                crop = (labels[y0:y1 + 1, x0:x1 + 1] == i).cpu().numpy()
+                boxes[i], lost[i] = policy.update(crop, origin=(x0, y0))
+            else:
+                boxes[i], lost[i] = policy.take(np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64))
         return boxes, lost
 
     def last(self) -> dict[int, np.ndarray]:
         return {i: p.last_box for i, p in self.policies.items()}
+
+
+def object_extents(labels: Any, n: int) -> np.ndarray:
+    """(n, 4) inclusive pixel extents ``x0, y0, x1, y1`` of objects 1..n in a label tensor, computed where the
+    tensor is; -1 for an absent object. One small download instead of the whole map."""
+    import torch
+
+    h, w = labels.shape
+    ids = torch.arange(1, n + 1, device=labels.device, dtype=labels.dtype).view(n, 1, 1)
+    mask = labels[None] == ids
+    rows, cols = mask.any(dim=2).to(torch.uint8), mask.any(dim=1).to(torch.uint8)
+    out = torch.stack([cols.argmax(1), rows.argmax(1), w - 1 - cols.flip(1).argmax(1),
+                       h - 1 - rows.flip(1).argmax(1)], dim=1)
+    out[rows.amax(1) == 0] = -1
+    return out.cpu().numpy()
 
 
 class Tracker:
@@ -173,7 +207,8 @@ class Tracker:
     """
 
     def __init__(self, config: TrackerConfig | None = None, *, loaded: LoadedModel | None = None) -> None:
-        from trek_tracker.device import select_device
+        from trek_tracker.device import select_device, set_tf32
+        from trek_tracker.inference.preprocess import Uploader, resolve_precision
 
         self.config = config = config or TrackerConfig()
         self.name = config.tracker_name()
@@ -183,10 +218,14 @@ class Tracker:
                          for spec in config.ensemble.members]
         self.loaded = self.members[0]
         self.device = device
+        self.precision = resolve_precision(config.precision, device)
+        set_tf32(device, self.precision != "fp32")  # fp32 is the parity mode: no TF32 either
+        self._uploader = Uploader(device)
         self.engine = None
         self.init_info: dict[str, Any] = {}
         self._boxes: ObjectBoxes | None = None
         self._labels: np.ndarray | None = None
+        self._labels_device = None
         self._box_to_mask = None
         if config.init.method != "box":
             from trek_tracker.init.api import BoxToMask
@@ -200,7 +239,7 @@ class Tracker:
         from trek_tracker.inference.tta import tta_engine
 
         cfg = self.config
-        base = EngineConfig(max_long_edge=cfg.max_long_edge, memory=cfg.memory)
+        base = EngineConfig(max_long_edge=cfg.max_long_edge, memory=cfg.memory, precision=self.precision)
         engines = [tta_engine(lm.model, base, cfg.tta) for lm in self.members]
         if len(engines) == 1:
             return engines[0]
@@ -225,7 +264,7 @@ class Tracker:
         return result.mask
 
     def init(self, image: Any, box: Box | Any = None, *, mask: np.ndarray | None = None,
-             keep_probs: bool = False) -> FrameResult:
+             keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         """Start on ``image`` from a box ``[x, y, w, h]`` (object 1) or a label ``mask`` (ids 1..N).
 
         A box is checked against the frame here (clipped when it overlaps the frame partly); the result's
@@ -254,27 +293,33 @@ class Tracker:
                 boxes[i] = b
             self.init_info = {"requested": "mask", "method": "mask"}
         self.engine = self._build_engine()
-        self.engine.add_reference(frame, labels)
+        self.engine.add_reference(Frame(frame, self._uploader), labels)
         self._boxes = ObjectBoxes(boxes, self.config.box)
-        self._labels = labels
+        self._labels, self._labels_device = labels, None
         return FrameResult(self._boxes.last(), {i: False for i in boxes}, labels, time.perf_counter() - start,
                            one_hot(labels) if keep_probs else None)
 
     # ------------------------------------------------------------------ propagation
-    def step(self, image: Any, *, keep_probs: bool = False) -> FrameResult:
-        """Track one more frame: boxes, lost flags, the label map and the time it took."""
+    def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
+        """Track one more frame: boxes, lost flags, the label map (``keep_labels``) and the time it took.
+
+        The label map stays on the device unless asked for: the boxes need only each object's extent.
+        """
+        import torch
+
         from trek_tracker.device import synchronize
 
         if self.engine is None:
             raise RuntimeError("Tracker.init() must be called before step()/update()")
         start = time.perf_counter()
-        out = self.engine.step(as_rgb(image))
-        labels = out.labels.to("cpu").numpy().astype(np.uint8)
+        out = self.engine.step(Frame(as_rgb(image), self._uploader))
+        labels = out.labels.to(torch.uint8)
         boxes, lost = self._boxes.update(labels)
-        synchronize(self.device)
-        self._labels = labels
+        self._labels_device, self._labels = labels, None
+        host = self.labels if keep_labels else None
         probs = out.probs.to("cpu") if keep_probs else None
-        return FrameResult(boxes, lost, labels, time.perf_counter() - start, probs)
+        synchronize(self.device)
+        return FrameResult(boxes, lost, host, time.perf_counter() - start, probs)
 
     def update(self, image: Any) -> np.ndarray:
         """The toolkit interface: the next frame's box ``[x, y, w, h]`` (object 1)."""
@@ -282,13 +327,16 @@ class Tracker:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """The last label map (H, W) uint8 with ids 0..N."""
+        """The last label map (H, W) uint8 with ids 0..N (downloaded from the device when first asked for)."""
+        if self._labels is None and self._labels_device is not None:
+            self._labels = self._labels_device.cpu().numpy()
         return self._labels
 
     @property
     def mask(self) -> np.ndarray | None:
         """The last mask of object 1, bool (H, W)."""
-        return None if self._labels is None else self._labels == 1
+        labels = self.labels
+        return None if labels is None else labels == 1
 
     def describe(self) -> dict[str, Any]:
         """What ``run.json`` records about this tracker."""
@@ -299,6 +347,7 @@ class Tracker:
             "model_config": lm.model.config.to_dict(),
             "random_weights": self.config.random_weights,
             "device": str(self.device),
+            "precision": self.precision,
             "settings": self.config.to_dict(),
             "init": self.init_info,
         }

@@ -302,6 +302,8 @@ class TimesFile(Sink):
 class MaskFiles(Sink):
     """``masks/<index>.png``: label maps with the init mask's values (and palette)."""
 
+    needs_labels = True
+
     def __init__(self, folder: RunFolder, ids: ObjectIds, palette: np.ndarray | None) -> None:
         self.folder, self.ids, self.palette = folder, ids, palette
         self.names = [f"{MASKS}/"]
@@ -326,6 +328,8 @@ class ProbsFiles(Sink):
 
 class OverlayFile(Sink):
     """``overlay.mp4``: each frame with its masks tinted and boxes drawn; moved into place on completion."""
+
+    needs_labels = True
 
     needs_image = True
 

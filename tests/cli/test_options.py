@@ -15,12 +15,14 @@ from trek_tracker.errors import UserError
 # A value for every flag, as a user would type it (repeated flags twice: an ensemble of two models).
 ARGS = {
     "--model": ["r50_deaotl", "deaott"], "--checkpoint": ["a.pth", "b.pth"], "--random-weights": [],
-    "--device": ["cpu"], "--max-long-edge": ["480"], "--init": ["grabcut"], "--sam-checkpoint": ["sam_vit_b"],
+    "--device": ["cpu"], "--precision": ["bf16"], "--max-long-edge": ["480"], "--init": ["grabcut"],
+    "--sam-checkpoint": ["sam_vit_b"],
     "--ar-checkpoint": ["ar_seg384"], "--memory-gap": ["7"], "--memory-skip": ["2"], "--memory-cap": ["none"],
     "--tta-scales": ["1.2,1.3"], "--tta-flip": [], "--ensemble-mode": ["vote"], "--ensemble-weights": ["1,3"],
 }
 EXPECTED = {
-    "model": "r50_deaotl", "checkpoint": "a.pth", "random_weights": True, "device": "cpu", "max_long_edge": 480,
+    "model": "r50_deaotl", "checkpoint": "a.pth", "random_weights": True, "device": "cpu", "precision": "bf16",
+    "max_long_edge": 480,
     "init.method": "grabcut", "init.sam_checkpoint": "sam_vit_b", "init.ar_checkpoint": "ar_seg384",
     "memory.gap": 7, "memory.skip": 2, "memory.cap": "none", "tta.scales": (1.2, 1.3), "tta.flip": True,
     "ensemble.mode": "vote", "ensemble.weights": (1.0, 3.0),

@@ -74,6 +74,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("--random-weights", "random_weights", dict(is_flag=True, help=(
         "Random weights instead of a checkpoint. For smoke tests only: the output is meaningless."))),
     Setting("--device", "device", dict(default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")),
+    Setting("--precision", "precision", dict(type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+            show_default=True, help=(
+                "Compute precision: auto is bf16 on a GPU and fp32 on the CPU; fp32 is the parity mode (the "
+                "official preprocessing, no TF32); bf16/fp16 preprocess on the GPU and run under autocast."))),
     Setting("--max-long-edge", "max_long_edge", dict(type=click.IntRange(min=32), default=1040, show_default=True,
             help="Long edge of the network input in pixels (the official 1040; outputs stay at full size).")),
     Setting("--init", "init.method", dict(type=click.Choice(INIT_METHODS), default="auto", show_default=True, help=(

@@ -48,7 +48,7 @@ class StepAdapter:
         self.held = 0  # frames on which the last valid box was returned instead of the tracker's
 
     def init(self, image: Any, box: Box | Any = None, *, mask: np.ndarray | None = None,
-             keep_probs: bool = False) -> FrameResult:
+             keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         if mask is not None or box is None:
             raise InputError(f"{self.name} is a box tracker: start it from a box")
         self.last_box = np.asarray(box, dtype=np.float64).reshape(4).copy()
@@ -58,7 +58,7 @@ class StepAdapter:
         self.tracker.init(image, self.last_box.copy())
         return FrameResult({1: self.last_box.copy()}, {1: False}, None, time.perf_counter() - start)
 
-    def step(self, image: Any, *, keep_probs: bool = False) -> FrameResult:
+    def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         image = _pil(image)
         start = time.perf_counter()
         out = self.tracker.update(image)

@@ -22,19 +22,29 @@ import torch.nn.functional as F
 
 from trek_tracker.errors import InputError
 from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
-from trek_tracker.inference.preprocess import input_size, resize_labels, to_network_input
+from trek_tracker.inference.preprocess import (
+    Frame,
+    autocast,
+    device_network_input,
+    input_size,
+    resize_labels,
+    to_network_input,
+)
 from trek_tracker.modeling.base import VOSModel
 
 
 @dataclass
 class EngineConfig:
-    """How frames are fed to the network: resolution caps, TTA scale and flip, memory settings."""
+    """How frames are fed to the network: resolution caps, TTA scale and flip, memory settings, and the
+    compute precision (``fp32``: the official CPU preprocessing and float32 everywhere, the parity mode;
+    ``bf16``/``fp16``: preprocessing on the device and autocast; docs/inference.md#precision)."""
 
     max_long_edge: float | None = 1040
     max_short_edge: float | None = None
     scale: float = 1.0
     flip: bool = False
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -81,14 +91,19 @@ class VOSEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ inputs
-    def _network_input(self, frame: np.ndarray) -> torch.Tensor:
+    def _network_input(self, frame: Frame) -> torch.Tensor:
         if self.frame_size is None:
             raise RuntimeError("add_reference() must be called before step()")
         if tuple(frame.shape[:2]) != self.frame_size:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
                              f"{self.frame_size[1]}x{self.frame_size[0]}")
-        x = to_network_input(frame, self.input_size, flip=self.config.flip)
-        return x.to(self.device, non_blocking=True)
+        if self.config.precision == "fp32":
+            x = to_network_input(frame.host, self.input_size, flip=self.config.flip)
+            return x.to(self.device, non_blocking=True)
+        return device_network_input(frame.tensor().to(self.device), self.input_size, flip=self.config.flip)
+
+    def _autocast(self):
+        return autocast(self.device, self.config.precision)
 
     def _labels_to_input(self, labels: torch.Tensor) -> torch.Tensor:
         """Original-resolution labels -> (1, 1, h, w) at network input size (flipped like the image)."""
@@ -106,8 +121,9 @@ class VOSEngine:
 
     # ------------------------------------------------------------------ reference
     @torch.inference_mode()
-    def add_reference(self, frame: np.ndarray, labels: np.ndarray | torch.Tensor) -> None:
+    def add_reference(self, frame: np.ndarray | Frame, labels: np.ndarray | torch.Tensor) -> None:
         """Start (or re-anchor) tracking from ``labels`` (H, W) with ids 0..N on ``frame`` (H, W, 3 RGB)."""
+        frame = frame if isinstance(frame, Frame) else Frame(frame)
         labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         if labels_t.ndim != 2 or tuple(labels_t.shape) != tuple(frame.shape[:2]):
             raise InputError(f"mask size {tuple(labels_t.shape[::-1])} differs from the frame size "
@@ -124,7 +140,8 @@ class VOSEngine:
         elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.groups):
             raise InputError("a later reference frame may not add object groups (at most "
                              f"{len(self.groups) * self.max_objects} objects in this video)")
-        feats = self.model.encode(self._network_input(frame))
+        with self._autocast():
+            feats = self.model.encode(self._network_input(frame))
         self.token_grid = tuple(feats[-1].shape[-2:])
         self.layout = self.model.memory_layout(feats)
         self.num_objects = max(self.num_objects, num_objects)
@@ -136,35 +153,41 @@ class VOSEngine:
 
         labels_in = self._labels_to_input(labels_t.to(self.device))
         for g, group in enumerate(self.groups):
-            id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
-            _, entries = self.model.propagate(feats, None, id_emb)
+            with self._autocast():
+                id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
+                _, entries = self.model.propagate(feats, None, id_emb)
             group.memory.remember(self.frame_step, entries, [e.id_value for e in entries], reference=True)
 
     # ------------------------------------------------------------------ propagation
     @torch.inference_mode()
-    def step(self, frame: np.ndarray) -> FrameOutput:
+    def step(self, frame: np.ndarray | Frame) -> FrameOutput:
         """Predict ``frame`` and update the memories with the prediction."""
         out = self.predict(frame)
         self.commit(out.labels)
         return out
 
     @torch.inference_mode()
-    def predict(self, frame: np.ndarray) -> FrameOutput:
+    def predict(self, frame: np.ndarray | Frame) -> FrameOutput:
         """Predict ``frame`` without touching the memories (call :meth:`commit` with the final labels).
 
         Split from :meth:`step` so that test-time augmentation and ensembles can decide the labels each
         engine remembers.
         """
+        frame = frame if isinstance(frame, Frame) else Frame(frame)
         self.frame_step += 1
-        feats = self.model.encode(self._network_input(frame))
+        with self._autocast():
+            feats = self.model.encode(self._network_input(frame))
         self._pending = []
         logits, upsampled = [], []
         for group in self.groups:
-            tokens, entries = self.model.propagate(feats, group.memory.attend())
+            with self._autocast():
+                tokens, entries = self.model.propagate(feats, group.memory.attend())
+                raw = self.model.decode(tokens, feats)
             self._pending.append(entries)
-            raw = self.model.decode(tokens, feats)
             logits.append(raw)
-            upsampled.append(self._upsample(raw, group.num_objects))
+            # Upsampling, softmax and arg-max in float32 whatever the compute precision: half-precision
+            # probabilities would quantise the labels at object boundaries.
+            upsampled.append(self._upsample(raw.float(), group.num_objects))
         probs = self.merge_groups(upsampled)
         labels = channel_argmax(probs)
         return FrameOutput(labels=labels, probs=probs[: self.num_objects + 1], logits=logits)
@@ -197,8 +220,9 @@ class VOSEngine:
             raise RuntimeError("commit() must follow predict()")
         labels_in = self._labels_to_input(labels.to(self.device))
         for g, (group, entries) in enumerate(zip(self.groups, self._pending, strict=True)):
-            id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
-            id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(entries)]
+            with self._autocast():
+                id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
+                id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(entries)]
             group.memory.remember(self.frame_step, entries, id_values)
         self._pending = []
 

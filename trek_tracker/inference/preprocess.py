@@ -113,3 +113,88 @@ def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int]) -> to
     if tuple(x.shape[-2:]) != (h, w):
         x = F.interpolate(x, size=(h, w), mode="nearest")
     return x.reshape(tuple(t.shape[:-2]) + (h, w)).to(t.dtype)
+
+
+# --------------------------------------------------------------------------- on the device
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on a GPU and fp32 on the CPU (docs/inference.md#precision); others are kept."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a resolved precision (disabled for fp32)."""
+    return torch.autocast(device.type, dtype=_DTYPES.get(precision, torch.float32), enabled=precision != "fp32")
+
+
+class Uploader:
+    """Copies frames to the device through two pinned host buffers, so a copy overlaps the GPU's work on the
+    previous frame. On the CPU a frame is used as it is."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: list[torch.Tensor] = []
+        self._events: list = []
+        self._next = 0
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.from_numpy(image)
+        if not self._buffers or tuple(self._buffers[0].shape) != image.shape:
+            self._buffers = [torch.empty(image.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+            self._events = [None, None]
+        slot = self._next
+        self._next = 1 - slot
+        if self._events[slot] is not None:
+            self._events[slot].synchronize()  # the copy that last used this buffer has finished
+        self._buffers[slot].numpy()[...] = image
+        tensor = self._buffers[slot].to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._events[slot] = event
+        return tensor
+
+
+class Frame:
+    """One decoded RGB frame, handed to every engine of a tracker (TTA views, ensemble members): the host
+    array for the exact CPU preprocessing, and the device copy, uploaded at most once, for the device path."""
+
+    def __init__(self, image: np.ndarray, uploader: Uploader | None = None) -> None:
+        self.host = image
+        self._uploader = uploader
+        self._tensor: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.host.shape
+
+    def tensor(self) -> torch.Tensor:
+        """The frame as (H, W, 3) uint8 on the uploader's device."""
+        if self._tensor is None:
+            self._tensor = self._uploader(self.host) if self._uploader is not None else torch.from_numpy(self.host)
+        return self._tensor
+
+
+def device_network_input(frame: torch.Tensor, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """(1, 3, h, w) float32 network input from an (H, W, 3) uint8 frame, computed where the frame is.
+
+    The same steps as :func:`to_network_input` (cubic resize without clipping, flip, ``/255``, ``- mean``,
+    ``/ std``), in float32 with torch's bicubic kernel, which is OpenCV's (a = -0.75, half-pixel centres,
+    clamped borders): on EPIC-KITCHENS 1080p frames the two differ by at most 0.015 grey levels
+    (docs/inference.md#precision). Used by the mixed-precision modes; fp32 keeps the exact CPU path.
+    """
+    x = frame.permute(2, 0, 1)[None].float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+    if flip:
+        x = x.flip(-1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x / 255.0 - mean) / std

@@ -60,6 +60,8 @@ def list_sequences(root: str | Path, sequences: list[str] | None = None,
 class _Labels(Sink):
     """Collects each frame's label map in the annotation's ids (and saves it when asked)."""
 
+    needs_labels = True
+
     def __init__(self, seq: SequenceData, ids: ObjectIds, save_dir: Path | None) -> None:
         self.seq, self.ids, self.save_dir = seq, ids, save_dir
         self.labels: list[np.ndarray] = []

@@ -1,0 +1,119 @@
+"""The fast paths: preprocessing on the device agrees with the official CPU preprocessing, boxes from the
+device equal boxes from the host, labels stay on the device unless asked for, mixed precision keeps the
+memory in the compute precision and the probabilities in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trek_tracker.errors import InputError
+from trek_tracker.geometry import BoxConfig
+from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.inference.preprocess import (
+    Frame,
+    device_network_input,
+    input_size,
+    resolve_precision,
+    to_network_input,
+)
+from trek_tracker.init.api import InitConfig
+from trek_tracker.modeling.registry import build_model
+from trek_tracker.pipeline import LoadedModel, ObjectBoxes, Tracker, TrackerConfig
+from trek_tracker.video import open_frames
+
+
+@pytest.fixture(scope="module")
+def frame_1080p(shared):
+    return open_frames(shared / "data/aot_demo/images")[0]
+
+
+@pytest.mark.parametrize("scale,flip", [(1.0, False), (1.3, True)])
+def test_device_preprocessing_matches_the_official_within_a_fraction_of_a_grey_level(frame_1080p, scale, flip):
+    size = input_size(*frame_1080p.shape[:2], max_long_edge=1040, scale=scale,
+                      max_short_edge=None if scale == 1.0 else 624)
+    exact = to_network_input(frame_1080p, size, flip=flip)
+    fast = device_network_input(torch.from_numpy(frame_1080p), size, flip=flip)
+    assert fast.shape == exact.shape == (1, 3, *size) and fast.dtype == torch.float32
+    # 0.02 grey levels after normalisation (1/255/0.225 per level)
+    assert (fast - exact).abs().max() <= 0.02 / 255 / 0.225
+    assert (fast - exact).abs().mean() <= 1e-5
+
+
+def test_precision_names():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("auto", gpu) == "bf16"
+    assert resolve_precision("fp16", cpu) == "fp16"
+    with pytest.raises(InputError, match="unknown precision"):
+        resolve_precision("int8", cpu)
+
+
+def _random_labels(seed: int, n: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((60, 80), np.uint8)
+    for i in range(1, n + 1):
+        if rng.random() < 0.2:
+            continue  # absent object
+        y, x = rng.integers(0, 50), rng.integers(0, 70)
+        labels[y:y + rng.integers(3, 12), x:x + rng.integers(3, 12)] = i
+        for _ in range(rng.integers(0, 3)):  # specks
+            labels[rng.integers(0, 60), rng.integers(0, 80)] = i
+    return labels
+
+
+@pytest.mark.parametrize("config", [BoxConfig(min_component_px=10), BoxConfig(min_component_px=0),
+                                    BoxConfig(min_component_px=0, components="largest")])
+def test_boxes_from_the_device_equal_boxes_from_the_host(config):
+    start = {i: np.array([0, 0, 2, 2.0]) for i in (1, 2, 3)}
+    host, device = ObjectBoxes(start, config), ObjectBoxes(start, config)
+    for seed in range(40):
+        labels = _random_labels(seed)
+        a = host.update(labels)
+        b = device.update(torch.from_numpy(labels))
+        for i in (1, 2, 3):
+            assert np.array_equal(a[0][i], b[0][i]) and a[1][i] == b[1][i], (seed, i)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("test_deaot_tiny").eval()
+
+
+def _clip(n=4):
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    return [np.roll(base, 3 * i, axis=1) for i in range(n)]
+
+
+def _tracker(model, precision="fp32") -> Tracker:
+    loaded = LoadedModel(model, model.config.name, None, None, torch.device("cpu"))
+    return Tracker(TrackerConfig(precision=precision, max_long_edge=96, init=InitConfig(method="box")), loaded=loaded)
+
+
+def test_labels_stay_on_the_device_unless_asked_for(tiny):
+    frames = _clip()
+    a, b = _tracker(tiny), _tracker(tiny)
+    a.init(frames[0], [20, 10, 30, 20])
+    b.init(frames[0], [20, 10, 30, 20])
+    for f in frames[1:]:
+        lean = a.step(f, keep_labels=False)
+        full = b.step(f)
+        assert lean.labels is None and full.labels is not None
+        assert np.array_equal(lean.box, full.box)
+        assert np.array_equal(a.labels, full.labels)  # still there when asked for afterwards
+
+
+def test_mixed_precision_keeps_memory_in_the_compute_dtype_and_probabilities_in_float32(tiny):
+    engine = VOSEngine(tiny, EngineConfig(max_long_edge=96, precision="bf16"))
+    frames = _clip()
+    labels = np.zeros((64, 96), np.int64)
+    labels[10:30, 20:50] = 1
+    engine.add_reference(Frame(frames[0]), labels)
+    out = engine.step(Frame(frames[1]))
+    memory = engine.groups[0].memory.attend()[0]
+    assert memory.long_key.dtype == torch.bfloat16 and memory.short_value.dtype == torch.bfloat16
+    assert out.probs.dtype == torch.float32
+    assert torch.allclose(out.probs.sum(0), torch.ones(64, 96), atol=1e-5)
+    assert out.labels.shape == (64, 96)
