@@ -18,13 +18,15 @@ ARGS = {
     "--device": ["cpu"], "--precision": ["bf16"], "--max-long-edge": ["480"], "--init": ["grabcut"],
     "--sam-checkpoint": ["sam_vit_b"],
     "--ar-checkpoint": ["ar_seg384"], "--memory-gap": ["7"], "--memory-skip": ["2"], "--memory-cap": ["none"],
+    "--memory-eviction": ["least-similar"],
     "--tta-scales": ["1.2,1.3"], "--tta-flip": [], "--ensemble-mode": ["vote"], "--ensemble-weights": ["1,3"],
 }
 EXPECTED = {
     "model": "r50_deaotl", "checkpoint": "a.pth", "random_weights": True, "device": "cpu", "precision": "bf16",
     "max_long_edge": 480,
     "init.method": "grabcut", "init.sam_checkpoint": "sam_vit_b", "init.ar_checkpoint": "ar_seg384",
-    "memory.gap": 7, "memory.skip": 2, "memory.cap": "none", "tta.scales": (1.2, 1.3), "tta.flip": True,
+    "memory.gap": 7, "memory.skip": 2, "memory.cap": "none", "memory.eviction": "least-similar",
+    "tta.scales": (1.2, 1.3), "tta.flip": True,
     "ensemble.mode": "vote", "ensemble.weights": (1.0, 3.0),
 }
 
@@ -61,7 +63,7 @@ def test_every_flag_sets_the_field_it_names_and_the_manifest_uses_that_name():
 
 def test_defaults_leave_the_model_its_own_memory_schedule():
     config = _parse([])
-    assert (config.memory.gap, config.memory.skip, config.memory.cap) == (None, None, None)
+    assert (config.memory.gap, config.memory.skip, config.memory.cap, config.memory.eviction) == (None,) * 4
     assert config.init.method == "auto" and config.tta.scales == (1.0,) and config.ensemble.members == ()
 
 

@@ -168,10 +168,11 @@ def test_gradients_flow_through_the_memory_in_training():
 
 def test_settings_resolve_against_the_model():
     deaot = model_config("r50_deaotl")
-    assert MemoryConfig().resolve(deaot) == MemorySchedule(gap=5, skip=1, cap=None)
+    assert MemoryConfig().resolve(deaot) == MemorySchedule(gap=5, skip=1, cap=10)  # bounded by default
     assert MemoryConfig(gap=2, skip=3, cap=10).resolve(deaot) == MemorySchedule(gap=2, skip=3, cap=10)
     assert MemoryConfig(cap="none").resolve(deaot).cap is None
     assert MemoryConfig(cap="none").resolve(deaot).to_dict()["cap"] == "none"
+    assert MemoryConfig(eviction="least-similar").resolve(deaot).eviction == "least-similar"
 
 
 def test_cap_and_gap_are_validated():
@@ -183,3 +184,25 @@ def test_cap_and_gap_are_validated():
         MemoryConfig(gap=0)
     with pytest.raises(InputError, match="skip"):
         MemoryConfig(skip=0)
+    with pytest.raises(InputError, match="eviction"):
+        MemoryConfig(eviction="random")
+
+
+def test_least_similar_eviction_drops_the_frame_least_like_the_new_one():
+    """DMAOT's rule: a full memory drops the non-reference frame whose mean key is least cosine-similar to
+    the arriving frame's; the oldest-first rule would have dropped another one."""
+    layout = [LayerLayout((2, 2))]
+    memory = Memory(layout, MemorySchedule(gap=1, cap=3, eviction="least-similar"))
+    direction = {0: [1, 0, 0, 0], 1: [0.9, 0.1, 0, 0], 2: [-1, 0, 0, 0], 3: [1, 0.05, 0, 0]}
+
+    def entries(t):
+        key = torch.tensor(direction[t], dtype=torch.float32).repeat(4, 1, 1)  # every token alike
+        return [FrameEntry(key, torch.zeros(4, 1, 2), None)], [torch.zeros(4, 1, 2)]
+
+    for t in range(4):
+        memory.remember(t, *entries(t), reference=t == 0)
+    assert memory.frames == [3, 1, 0]  # frame 2 points away from frame 3; oldest-first would drop frame 1
+    oldest = Memory(layout, MemorySchedule(gap=1, cap=3))
+    for t in range(4):
+        oldest.remember(t, *entries(t), reference=t == 0)
+    assert oldest.frames == [3, 2, 0]

@@ -93,7 +93,11 @@ SETTINGS: tuple[Setting, ...] = (
         "The short-term memory is the frame this many steps back (default: the model's, 1 for DeAOT)."))),
     Setting("--memory-cap", "memory.cap", dict(type=_CapType(), default=None, help=(
         "Keep at most this many frames in long-term memory (references are never evicted), or 'none' for the "
-        "official unbounded memory. Default: the model's."))),
+        "official unbounded memory. Default: the model's (10 for DeAOT and MSDeAOT)."))),
+    Setting("--memory-eviction", "memory.eviction", dict(type=click.Choice(["oldest", "least-similar"]),
+            default=None, help=(
+                "Which frame leaves a full long-term memory: the oldest, or the one least like the arriving "
+                "frame (DMAOT's rule). Default: the model's (oldest)."))),
     Setting("--tta-scales", "tta.scales", dict(type=_FloatsType(), default=None, help=(
         "Test-time scales, comma-separated (e.g. 1.2,1.3,1.4); each view has its own memory."))),
     Setting("--tta-flip", "tta.flip", dict(is_flag=True, help="Add a horizontally flipped view of every scale.")),

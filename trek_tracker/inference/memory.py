@@ -9,8 +9,10 @@ Schedule (docs/inference.md#memory-schedule):
 * every later frame enters the short-term memory; the frame each layer attends to is the oldest of the
   last ``skip`` frames (``skip = 1``: the previous frame);
 * a frame enters the long-term memory when at least ``gap`` frames have passed since the last one that did;
-* with a ``cap``, a full long-term memory drops its oldest non-reference frame first (references are never
-  evicted); without one it grows, as the official engine does.
+* with a ``cap``, a full long-term memory drops one non-reference frame (references are never evicted):
+  the oldest (``eviction="oldest"``), or the one least like the frame that arrives (``"least-similar"``,
+  DMAOT's rule: cosine similarity of the frames' mean keys); without a cap it grows, as the official engine
+  does.
 
 Layout: per GPM layer, long-term keys ``(M, B, d_att)`` and values ``(M, B, C_v + C_id)`` in one buffer
 each, one slot of ``T`` tokens per frame (``T`` after the layer's ``[::d, ::d]`` long-term subsampling);
@@ -34,11 +36,13 @@ from trek_tracker.modeling.gpm import FrameEntry, LayerMemory
 from trek_tracker.modeling.layout import map_to_tokens, tokens_to_map
 
 UNBOUNDED = "none"
+EVICTIONS = ("oldest", "least-similar")
 
 
 @dataclass
 class MemoryConfig:
-    """Memory settings; ``None`` takes the model's test-time default (``gap``, ``skip``, ``cap``).
+    """Memory settings; ``None`` takes the model's test-time default (``gap``, ``skip``, ``cap``,
+    ``eviction``).
 
     ``cap`` is a number of long-term frames, or ``"none"`` for the official unbounded memory.
     """
@@ -46,6 +50,7 @@ class MemoryConfig:
     gap: int | None = None
     skip: int | None = None
     cap: int | str | None = None
+    eviction: str | None = None
 
     def __post_init__(self) -> None:
         if self.gap is not None and self.gap < 1:
@@ -58,12 +63,15 @@ class MemoryConfig:
             self.cap = UNBOUNDED
         elif self.cap is not None and self.cap < 1:
             raise InputError(f"long-term memory cap must be at least 1 frame, got {self.cap}")
+        if self.eviction is not None and self.eviction not in EVICTIONS:
+            raise InputError(f"unknown memory eviction {self.eviction!r}; choose one of: {', '.join(EVICTIONS)}")
 
     def resolve(self, model: ModelConfig) -> MemorySchedule:
         """The schedule these settings give for ``model``."""
         cap = model.long_term_cap if self.cap is None else (None if self.cap == UNBOUNDED else self.cap)
         return MemorySchedule(gap=self.gap if self.gap is not None else model.long_term_gap,
-                              skip=self.skip if self.skip is not None else model.short_term_skip, cap=cap)
+                              skip=self.skip if self.skip is not None else model.short_term_skip, cap=cap,
+                              eviction=self.eviction or model.eviction)
 
 
 @dataclass(frozen=True)
@@ -73,9 +81,11 @@ class MemorySchedule:
     gap: int
     skip: int = 1
     cap: int | None = None
+    eviction: str = "oldest"
 
     def to_dict(self) -> dict:
-        return {"gap": self.gap, "skip": self.skip, "cap": UNBOUNDED if self.cap is None else self.cap}
+        return {"gap": self.gap, "skip": self.skip, "cap": UNBOUNDED if self.cap is None else self.cap,
+                "eviction": self.eviction}
 
 
 @dataclass
@@ -115,7 +125,7 @@ class Memory:
             raise ValueError(f"expected {len(self.layout)} layers, got {len(entries)} entries and "
                              f"{len(id_values)} ID values")
         long_term = reference or self._last_long_term is None or frame - self._last_long_term >= self.schedule.gap
-        slot = self._long_term_slot(frame, reference) if long_term else None
+        slot = self._long_term_slot(frame, reference, entries[0].key) if long_term else None
         short = self._short_term_slot(frame, reference)
         for i, (entry, idv, layer) in enumerate(zip(entries, id_values, self.layout, strict=True)):
             value = torch.cat([entry.value, idv], dim=-1)
@@ -135,18 +145,28 @@ class Memory:
             self._last_long_term = frame
         return long_term
 
-    def _long_term_slot(self, frame: int, reference: bool) -> int:
+    def _long_term_slot(self, frame: int, reference: bool, key: torch.Tensor) -> int:
         """The slot ``frame`` goes to: the next free one, or the evicted frame's when the memory is full."""
         cap = self.schedule.cap
         if cap is not None and len(self._slots) >= cap:
             victims = [i for i, s in enumerate(self._slots) if not s.reference]
-            if victims:  # the oldest non-reference frame
-                i = min(victims, key=lambda j: self._slots[j].frame)
+            if victims:
+                if self.schedule.eviction == "least-similar":
+                    i = min(victims, key=lambda j: self._similarity(j, key))
+                else:  # the oldest non-reference frame
+                    i = min(victims, key=lambda j: self._slots[j].frame)
                 self._slots[i] = _Slot(frame, reference)
                 return i
             # only references left: they are never evicted, so the memory grows past the cap
         self._slots.append(_Slot(frame, reference))
         return len(self._slots) - 1
+
+    def _similarity(self, slot: int, key: torch.Tensor) -> float:
+        """Cosine similarity of a stored frame's mean first-layer key with a new frame's (full-resolution
+        keys of the new frame; stored keys after the layer's subsampling, which keeps the mean's scale)."""
+        t = self.layout[0].long_term_grid[0] * self.layout[0].long_term_grid[1]
+        stored = self._long_keys[0][slot * t:(slot + 1) * t].float().mean(0)
+        return float(torch.nn.functional.cosine_similarity(stored, key.float().mean(0), dim=-1).mean())
 
     def _short_term_slot(self, frame: int, reference: bool) -> int:
         skip = self.schedule.skip

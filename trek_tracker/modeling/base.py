@@ -34,14 +34,18 @@ from trek_tracker.modeling.layout import map_to_tokens
 @dataclass(frozen=True)
 class ModelConfig:
     """Fields every DeAOT-family variant has. The memory fields are the variant's test-time defaults,
-    which :class:`~trek_tracker.inference.memory.MemoryConfig` can override (docs/inference.md)."""
+    which :class:`~trek_tracker.inference.memory.MemoryConfig` can override: the official gap and skip, and
+    our bound on the long-term memory (docs/inference.md#bounded-memory)."""
 
     name: str
     encoder: str
     long_term_gap: int = 9999  # frames between long-term memory entries at test time
     train_long_term_gap: int = 9999
     short_term_skip: int = 1  # the short-term memory is the frame this many steps back
-    long_term_cap: int | None = None  # long-term frames kept at test time; None: unbounded (official DeAOT)
+    # Long-term frames kept at test time: DMAOT's 10 (the VOTS 2023 winner on long videos), so a video of
+    # any length runs in constant memory and time; None is the official, unbounded DeAOT memory.
+    long_term_cap: int | None = 10
+    eviction: str = "oldest"  # which frame leaves a full long-term memory: oldest | least-similar
     d_model: int = 256
     max_objects: int = 10
     expand: int = 2
