@@ -136,6 +136,27 @@ def _resolve_model_checkpoint(spec: ModelSpec) -> Path:
     return resolve_checkpoint(value, kind="deaot")
 
 
+def tracker_identity(config: TrackerConfig, device_kind: str) -> dict[str, Any]:
+    """What decides a tracker's results, to tell two configurations apart: every setting but the device and
+    the name, the precision it resolves to on ``device_kind`` (cpu or cuda), and the sha256 of every
+    checkpoint it loads (so that a renamed file is the same tracker and a changed file is not)."""
+    import torch
+
+    from trek_tracker.inference.preprocess import resolve_precision
+    from trek_tracker.weights import resolve_checkpoint
+
+    settings = config.to_dict()
+    settings.pop("device")
+    settings.pop("name")
+    files = [] if config.random_weights else [_resolve_model_checkpoint(spec) for spec in config.models()]
+    if config.init.method not in ("box", "grabcut"):
+        files += [resolve_checkpoint(v, kind=k) for v, k in ((config.init.sam_checkpoint, "sam"),
+                                                             (config.init.ar_checkpoint, "alpha_refine")) if v]
+    return {"tracker": "trek-track", "settings": settings,
+            "precision": resolve_precision(config.precision, torch.device(device_kind)),
+            "checkpoint_sha256": [sha256_of(f) for f in files]}
+
+
 def as_rgb(image: Any) -> np.ndarray:
     """PIL image or (H, W, 3) uint8 RGB array -> contiguous uint8 array (checked once, here)."""
     arr = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)

@@ -9,7 +9,7 @@ import pytest
 from tests.eval.helpers import build_synthetic
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150
-from trek_tracker.eval.protocols import expand_protocols, plan, shard
+from trek_tracker.eval.protocols import Run, balanced_shard, expand_protocols, expected_cost, plan
 
 
 @pytest.fixture()
@@ -54,8 +54,29 @@ def test_all_and_shards(ds: Trek150) -> None:
     assert expand_protocols(["hoi", "ope"]) == ["ope", "hoi"]
     runs = plan(ds, "all")
     assert len(runs) == 2 + 4 + 2
-    parts = [shard(runs, i, 3) for i in range(3)]
-    assert sorted(r.relpath for p in parts for r in p) == sorted(r.relpath for r in runs)
-    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    parts = [balanced_shard(runs, i, 3) for i in range(3)]
+    assert sorted(r.relpath for p in parts for r in p) == sorted(r.relpath for r in runs)  # disjoint, complete
+    assert parts == [balanced_shard(runs, i, 3) for i in range(3)]  # the same split on every machine
+    loads = [sum(expected_cost(r) for r in p) for p in parts]
+    assert max(loads) - min(loads) <= max(expected_cost(r) for r in runs)
     with pytest.raises(InputError):
-        shard(runs, 3, 3)
+        balanced_shard(runs, 3, 3)
+
+
+def test_shards_balance_cost_not_run_count() -> None:
+    """TREK-150's lengths run from 161 to 4,640 frames: shards of equal run counts can differ by hours."""
+    lengths = [4640, 161, 161, 161, 161, 484, 484, 161, 2000, 161, 161, 161]
+    runs = [Run("ope", f"s{i}", "", range(n), f"ope/s{i}.txt") for i, n in enumerate(lengths)]
+    parts = [balanced_shard(runs, i, 2) for i in range(2)]
+    loads = [sum(expected_cost(r) for r in p) for p in parts]
+    assert max(loads) / min(loads) < 1.25
+    every_other = [runs[i::2] for i in range(2)]
+    naive = [sum(expected_cost(r) for r in p) for p in every_other]
+    assert max(naive) / min(naive) > 2
+
+
+def test_expected_cost_grows_with_memory():
+    run = Run("ope", "s", "", range(1000), "ope/s.txt")
+    bounded, unbounded = expected_cost(run, gap=5, cap=10), expected_cost(run, gap=5, cap=None)
+    assert 1000 < bounded < unbounded
+    assert expected_cost(Run("ope", "s", "", range(2000), "x"), 5, 10) < 2.1 * bounded  # linear once full

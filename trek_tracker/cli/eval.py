@@ -21,15 +21,40 @@ DEFAULT_RESULTS = Path("results") / "TREK-150"
 DEFAULT_REPORTS = Path("reports") / "TREK-150"
 
 
-def _pipeline_tracker(options: dict[str, Any]):
-    """Module-level (picklable) factory of our pipeline tracker, for worker processes."""
+def _pipeline_tracker(options: dict[str, Any], device: str | None = None):
+    """Module-level (picklable) factory of our pipeline tracker, for worker processes (on ``device``)."""
     from trek_tracker.cli.options import tracker_config_from_options
     from trek_tracker.pipeline import Tracker
 
-    return Tracker(tracker_config_from_options(**options))
+    return Tracker(tracker_config_from_options(**{**options, **({"device": device} if device else {})}))
 
 
-def _class_tracker(spec: str):
+def _devices(value: str) -> list[str] | None:
+    """The GPUs the workers use: every visible one for auto/cuda (none under a launcher, where each process
+    takes its own from LOCAL_RANK), the listed ones for cuda:0,cuda:2; None on the CPU."""
+    import torch
+
+    from trek_tracker.eval.runner import launcher_shard
+
+    value = (value or "auto").strip().lower()
+    if value == "cpu":
+        return None
+    if value in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            if value == "cuda":
+                raise UserError("--device cuda was asked for but no CUDA GPU is available to PyTorch; use "
+                                "--device cpu (or auto)")
+            return None
+        return None if launcher_shard() else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    devices = [d.strip() for d in value.split(",") if d.strip()]
+    from trek_tracker.device import select_device
+
+    for d in devices:
+        select_device(d)  # one line for a GPU that is not there
+    return devices
+
+
+def _class_tracker(spec: str, device: str | None = None):
     """Instantiate a toolkit-style tracker class given as ``module:Class`` (no constructor arguments)."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
@@ -52,6 +77,21 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise InputError(f"--shard {text!r}: need 0 <= i < n")
     return i, n
+
+
+def _pipeline_identity(options: dict[str, Any], devices: list[str] | None):
+    """The pipeline's identity (checked against earlier results) and the cost model of its memory schedule."""
+    import torch
+
+    from trek_tracker.cli.options import tracker_config_from_options
+    from trek_tracker.eval.protocols import expected_cost
+    from trek_tracker.modeling.registry import model_config
+    from trek_tracker.pipeline import DEFAULT_MODEL, tracker_identity
+
+    config = tracker_config_from_options(**options)
+    kind = "cuda" if devices or (options.get("device", "auto") != "cpu" and torch.cuda.is_available()) else "cpu"
+    schedule = config.memory.resolve(model_config(config.model or DEFAULT_MODEL))
+    return tracker_identity(config, kind), functools.partial(expected_cost, gap=schedule.gap, cap=schedule.cap)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -90,10 +130,12 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
 @click.option("--attributes", is_flag=True, help="Also print OPE/MSE scores per sequence attribute "
               "(mean over the sequences with that attribute; not an official number).")
 @click.option("--sequences", default=None, metavar="A,B,...", help="Only these sequences (comma-separated).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Sequences/runs tracked in parallel, one tracker per process.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes tracking runs in parallel, one tracker each [default: one per GPU in use "
+                   "(--device auto uses every visible GPU; cuda:0,cuda:2 these), else 1].")
 @click.option("--shard", default=None, metavar="I/N",
-              help="Run only shard I (0-based) of N of the plan, e.g. one per machine or GPU.")
+              help="Run only shard I (0-based) of N of the plan, balanced by cost (under torchrun or Slurm "
+                   "the shard comes from RANK/WORLD_SIZE or SLURM_* by itself).")
 @click.option("--overwrite", is_flag=True, help="Re-run finished runs instead of resuming.")
 @click.option("--tracker-class", default=None, metavar="MODULE:CLASS",
               help="Run a toolkit-style tracker class (init/update) instead of our pipeline.")
@@ -116,20 +158,23 @@ def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path
     names = [s for s in sequences.split(",") if s] if sequences else None
     dataset = Trek150(root, names=names)
     protos = P.expand_protocols(protocol)
-    shard_i, shard_n = _parse_shard(shard)
 
     if not report_only:
-        from trek_tracker.eval.runner import execute
+        from trek_tracker.eval.runner import execute, launcher_shard
 
         if len(trackers) != 1:
             raise UserError("name exactly one --tracker to run (several names are for --report-only)")
+        shard_i, shard_n = _parse_shard(shard) if shard else (launcher_shard() or (0, 1))
+        devices = _devices(tracker_kw.get("device", "auto"))
         if tracker_class:
             factory = functools.partial(_class_tracker, tracker_class)
+            identity, cost = {"tracker_class": tracker_class}, P.expected_cost
         else:
             factory = functools.partial(_pipeline_tracker, tracker_kw)
-        runs = P.shard(P.plan(dataset, protos), shard_i, shard_n)
-        summary = execute(dataset, runs, results / trackers[0], factory, workers=workers, progress=not quiet,
-                          overwrite=overwrite)
+            identity, cost = _pipeline_identity(tracker_kw, devices)
+        runs = P.balanced_shard(P.plan(dataset, protos), shard_i, shard_n, cost)
+        summary = execute(dataset, runs, results / trackers[0], factory, workers=workers or len(devices or [1]),
+                          progress=not quiet, overwrite=overwrite, devices=devices, identity=identity)
         if not quiet:
             click.echo(f"{len(summary.done)} runs tracked, {len(summary.skipped)} already finished", err=True)
         if shard_n > 1:

@@ -2,26 +2,30 @@
 
 ``<results>/<tracker>/{ope,mse,hoi}/...`` (``<results>`` is usually ``./results/TREK-150``). The runner
 
-- accepts any object with ``init(image, box)`` / ``update(image) -> [x, y, w, h]`` (our
-  :class:`trek_tracker.pipeline.Tracker`, or a toolkit-style tracker), given as a factory so that each
-  worker process builds its own;
+- drives our :class:`trek_tracker.pipeline.Tracker`, or any toolkit-style tracker (``init(image, box)`` /
+  ``update(image) -> [x, y, w, h]``), through the one per-video loop; trackers come from a factory so that
+  each worker process builds its own;
 - hands frames over as RGB ``PIL.Image`` (as the toolkit does), decoded ahead in a background thread;
-  times only the ``init``/``update`` call (the toolkit's definition of speed);
-- resumes: a run whose result file parses with the right row count is skipped (the toolkit only checks
-  that the file exists), every file is written atomically;
-- runs in parallel (``workers`` processes) and can be split across machines (see
-  :func:`trek_tracker.eval.protocols.shard`).
+  times only the tracker's call (the toolkit's definition of speed);
+- resumes: a run is finished when its result file is complete and finite (the toolkit only checks that
+  the file exists); every file is written atomically; results under one tracker name come from one
+  configuration (:func:`check_identity`);
+- runs in parallel, one worker process per GPU (or as many as asked for), and splits across machines or
+  launcher processes by expected cost (:func:`balanced_shard`, :func:`launcher_shard`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
+import queue
+import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from trek_tracker.errors import InputError
+from trek_tracker.errors import CheckpointError, InputError, UserError
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run
+from trek_tracker.files import read_json, write_json
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
 from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
@@ -40,7 +45,7 @@ from trek_tracker.results import read_result, read_times, write_boxes, write_tim
 log = logging.getLogger(__name__)
 
 
-TrackerFactory = Callable[[], Any]
+TrackerFactory = Callable[..., Any]  # () -> tracker, or (device=...) -> tracker
 
 
 class ResultRows(Sink):
@@ -80,15 +85,14 @@ def write_run(tracker_dir: Path, run: Run, boxes: np.ndarray, times: np.ndarray 
 
 
 def run_done(tracker_dir: Path, run: Run) -> bool:
-    """A run is done when its result file parses with the right number of rows (and, for OPE, its times
-    file has one time per frame)."""
+    """A run is done when its result file parses with the right number of rows, all finite (and, for OPE,
+    its times file has one finite time per frame). A file with NaN rows is not a finished run."""
     try:
-        read_result(tracker_dir / run.relpath, run.length)
-        if run.records_times:
-            read_times(tracker_dir / run.times_relpath, run.length)
+        boxes = read_result(tracker_dir / run.relpath, run.length)
+        times = read_times(tracker_dir / run.times_relpath, run.length) if run.records_times else np.zeros(1)
     except InputError:
         return False
-    return True
+    return bool(np.isfinite(boxes).all() and np.isfinite(times).all())
 
 
 @dataclass
@@ -104,39 +108,131 @@ class RunSummary:
         return sum(r.length for r in self.done)
 
 
-# Per-process state of worker processes.
-_WORKER: dict[str, Any] = {}
+# --------------------------------------------------------------------------- the tracker's identity
+IDENTITY_FILE = "trek-track-tracker.json"
 
 
-def _worker_init(factory: TrackerFactory, root: str, names: list[str], prefetch: int, threads: int) -> None:
-    _WORKER["tracker"] = as_step_tracker(factory())
-    if "torch" in sys.modules:
-        # N workers with torch's default thread count each would oversubscribe the CPU many times over
-        sys.modules["torch"].set_num_threads(threads)
-    _WORKER["dataset"] = Trek150(root, names=names)
-    _WORKER["prefetch"] = prefetch
+def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite: bool) -> None:
+    """Results under one tracker name come from one tracker configuration: the first run records it in
+    ``<tracker_dir>/trek-track-tracker.json``; a later run with another configuration is refused (with
+    ``overwrite`` it replaces the record and every run is redone)."""
+    if identity is None:
+        return
+    path = tracker_dir / IDENTITY_FILE
+    if path.is_file() and not overwrite:
+        recorded = read_json(path)
+        if recorded != json.loads(json.dumps(identity)):
+            changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+            raise UserError(f"the results in {tracker_dir} were made by another configuration of tracker "
+                            f"{tracker_dir.name!r} (differs in: {', '.join(changed)}; see {path}); use another "
+                            "--tracker name, or --overwrite to redo every run with this configuration")
+        return
+    write_json(path, identity)
 
 
-def _worker_run(run: Run, tracker_dir: str) -> Run:
-    seq = _WORKER["dataset"][run.sequence]
-    boxes, times = track_run(_WORKER["tracker"], seq, run, _WORKER["prefetch"])
-    write_run(Path(tracker_dir), run, boxes, times)
-    return run
+# --------------------------------------------------------------------------- launchers
+def launcher_shard(environ: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """This process's share when a launcher started several: ``torchrun`` (``RANK``/``WORLD_SIZE``), Slurm
+    tasks (``SLURM_PROCID``/``SLURM_NTASKS``) or a Slurm array (``SLURM_ARRAY_TASK_ID`` with
+    ``SLURM_ARRAY_TASK_MIN``/``SLURM_ARRAY_TASK_COUNT``); None when alone."""
+    env = os.environ if environ is None else environ
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if int(env.get(world, "1")) > 1:
+            return int(env[rank]), int(env[world])
+    if int(env.get("SLURM_ARRAY_TASK_COUNT", "1")) > 1:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return None
+
+
+# --------------------------------------------------------------------------- worker processes
+def _make_tracker(factory: TrackerFactory, device: str | None):
+    return as_step_tracker(factory(device=device) if device is not None else factory())
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit as soon as the process that started this worker is gone, so that no orphan keeps writing
+    results: the kernel's parent-death signal on Linux, and a watcher thread everywhere."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class _Progress:
+    """Frames tracked by a worker, sent to the parent at most every 0.2 s."""
+
+    def __init__(self, messages) -> None:
+        self.messages, self.pending, self.last = messages, 0, time.monotonic()
+
+    def __call__(self, _index: int) -> None:
+        self.pending += 1
+        if time.monotonic() - self.last > 0.2:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.messages.put(("frames", self.pending))
+            self.pending, self.last = 0, time.monotonic()
+
+
+def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[str], tracker_dir: str,
+            prefetch: int, threads: int, tasks, messages, parent: int) -> None:
+    """A worker process: build one tracker, then track runs from ``tasks`` until it gets None. Every outcome
+    goes to ``messages``; a user error is passed on as its one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    _die_with_parent(parent)
+    import torch
+
+    torch.set_num_threads(threads)  # N workers with torch's default threads each would oversubscribe the CPU
+    try:
+        tracker = _make_tracker(factory, device)
+        dataset = Trek150(root, names=names)
+        while (run := tasks.get()) is not None:
+            progress = _Progress(messages)
+            boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch, on_frame=progress)
+            write_run(Path(tracker_dir), run, boxes, times)
+            progress.flush()
+            messages.put(("done", run))
+    except UserError as err:
+        messages.put(("user-error", type(err).__name__, str(err)))
+    except OSError as err:
+        messages.put(("user-error", "UserError", f"cannot write results in {tracker_dir}: {err.strerror or err}"))
+    except BaseException as err:  # noqa: BLE001 - reported by the parent
+        messages.put(("crash", f"{type(err).__name__}: {err}", traceback.format_exc()))
 
 
 def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory: TrackerFactory,
-            workers: int = 1, progress: bool = True, overwrite: bool = False,
-            prefetch: int = 4) -> RunSummary:
+            workers: int = 1, progress: bool = True, overwrite: bool = False, prefetch: int = 4,
+            devices: list[str] | None = None, identity: dict[str, Any] | None = None) -> RunSummary:
     """Execute ``runs`` (skipping finished ones unless ``overwrite``) and write their results under
     ``tracker_dir`` (``<results>/<tracker name>``).
 
     With ``workers > 1`` runs are spread over that many processes, each building one tracker with
-    ``factory`` (which must then be picklable: a module-level function or class, or a ``functools.partial``
-    of one).
+    ``factory`` (then picklable: a module-level function or class, or a ``functools.partial`` of one), on
+    ``devices`` in turn (``factory(device=...)``; None leaves the device to the factory). Longest runs go
+    first, so that the processes finish together. The progress bar counts frames as every worker tracks
+    them. A worker's user error ends the evaluation with that one line; finished runs are always kept.
+    ``identity`` (the tracker's configuration) is checked against the results already there
+    (:func:`check_identity`).
     """
     from tqdm import tqdm
 
     tracker_dir = Path(tracker_dir)
+    check_identity(tracker_dir, identity, overwrite)
     summary = RunSummary()
     todo = []
     for run in runs:
@@ -151,10 +247,11 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     for run in todo:  # check the images of every sequence before spending time tracking
         dataset[run.sequence].img_files  # noqa: B018
     start = time.perf_counter()
-    bar = tqdm(total=sum(r.length for r in todo), unit="frame", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=sum(r.length for r in todo), unit="frame", disable=not progress, dynamic_ncols=True,
+               smoothing=0.05)
     try:
         if workers <= 1:
-            tracker = as_step_tracker(factory())
+            tracker = _make_tracker(factory, devices[0] if devices else None)
             for run in todo:
                 bar.set_description(run.label)
                 boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch,
@@ -162,31 +259,64 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
                 write_run(tracker_dir, run, boxes, times)
                 summary.done.append(run)
         else:
-            ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
-            names = sorted({r.sequence for r in todo})
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                       initializer=_worker_init,
-                                       initargs=(factory, str(dataset.root), names, prefetch,
-                                                 max(1, (os.cpu_count() or 1) // workers)))
-            try:
-                pending = {pool.submit(_worker_run, run, str(tracker_dir)) for run in todo}
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in finished:
-                        run = fut.result()  # re-raises a worker's error
-                        summary.done.append(run)
-                        bar.set_description(run.label)
-                        bar.update(run.length)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)  # finished runs are already on disk
-                raise
-            pool.shutdown()
-    except BaseException:
+            _run_workers(dataset, sorted(todo, key=lambda r: -r.length), tracker_dir, factory, workers,
+                         devices, prefetch, bar, summary)
+    finally:
         bar.close()
-        raise
-    bar.close()
     summary.seconds = time.perf_counter() - start
     if summary.done and summary.seconds > 0:
         log.info("tracked %d frames in %.1f s (%.1f fps wall clock)", summary.frames, summary.seconds,
-                 summary.frames / summary.seconds if not math.isclose(summary.seconds, 0) else 0.0)
+                 summary.frames / summary.seconds)
     return summary
+
+
+def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: TrackerFactory, workers: int,
+                 devices: list[str] | None, prefetch: int, bar, summary: RunSummary) -> None:
+    ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
+    n = min(workers, len(todo))
+    tasks, messages = ctx.Queue(), ctx.Queue()
+    for run in todo:
+        tasks.put(run)
+    for _ in range(n):
+        tasks.put(None)
+    names = sorted({r.sequence for r in todo})
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs = [ctx.Process(target=_worker, daemon=True, name=f"trek-track-worker-{i}",
+                         args=(factory, devices[i % len(devices)] if devices else None, str(dataset.root), names,
+                               str(tracker_dir), prefetch, threads, tasks, messages, os.getpid()))
+             for i in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        while len(summary.done) < len(todo):
+            try:
+                message = messages.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    p = dead[0]
+                    how = (f"was killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
+                           else f"exited with code {p.exitcode}")
+                    raise UserError(f"a worker process {how} (out of memory?); {len(summary.done)} runs finished "
+                                    "and are kept: run the same command again to resume") from None
+                if all(p.exitcode is not None for p in procs):
+                    raise UserError("the worker processes stopped before every run was done; run the same "
+                                    "command again to resume") from None
+                continue
+            kind = message[0]
+            if kind == "frames":
+                bar.update(message[1])
+            elif kind == "done":
+                summary.done.append(message[1])
+                bar.set_description(message[1].label)
+            elif kind == "user-error":
+                error = {"InputError": InputError, "CheckpointError": CheckpointError}.get(message[1], UserError)
+                raise error(message[2])
+            else:
+                raise RuntimeError(f"a worker failed: {message[1]}\n{message[2]}")
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)

@@ -1,0 +1,160 @@
+"""The runner at scale: results that are not finite are not finished, one configuration per tracker name,
+launcher shards, a progress bar fed by every worker, one line for a worker's user error, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.eval.helpers import ConstantTracker, build_synthetic
+from trek_tracker.errors import UserError
+from trek_tracker.eval.dataset import Trek150
+from trek_tracker.eval.protocols import plan
+from trek_tracker.eval.runner import execute, launcher_shard, run_done
+
+
+class SlowTracker(ConstantTracker):
+    """ConstantTracker that takes 30 ms per update (so that progress arrives while runs are going); with
+    ``TREK_TEST_MARKERS`` set it also leaves a file there when a process starts tracking."""
+
+    delay = 0.03
+
+    def init(self, image, box) -> None:
+        if os.environ.get("TREK_TEST_MARKERS"):
+            (Path(os.environ["TREK_TEST_MARKERS"]) / str(os.getpid())).touch()
+        super().init(image, box)
+
+    def update(self, image):
+        time.sleep(self.delay)
+        return super().update(image)
+
+
+class VerySlowTracker(SlowTracker):
+    delay = 0.5
+
+
+class BrokenTracker(ConstantTracker):
+    """A tracker whose construction is a user error (as a missing checkpoint would be)."""
+
+    def __init__(self):
+        raise UserError("checkpoint /nope.pth not found (simulated)")
+
+
+@pytest.fixture()
+def ds(tmp_path: Path) -> Trek150:
+    return Trek150(build_synthetic(tmp_path / "trek"))
+
+
+def test_a_result_with_nan_rows_is_not_finished(ds, tmp_path):
+    runs = plan(ds, "ope")
+    out = tmp_path / "res" / "t"
+    execute(ds, runs, out, ConstantTracker, progress=False)
+    assert run_done(out, runs[0])
+    lines = (out / runs[0].relpath).read_text().splitlines()
+    lines[2] = "nan,nan,nan,nan"
+    (out / runs[0].relpath).write_text("\n".join(lines) + "\n")
+    assert not run_done(out, runs[0])
+    summary = execute(ds, runs, out, ConstantTracker, progress=False)
+    assert [r.sequence for r in summary.done] == [runs[0].sequence] and run_done(out, runs[0])
+
+
+def test_one_configuration_per_tracker_name(ds, tmp_path):
+    runs = plan(ds, "ope")
+    out = tmp_path / "res" / "t"
+    execute(ds, runs, out, ConstantTracker, progress=False, identity={"settings": {"memory": {"cap": 10}}})
+    with pytest.raises(UserError, match=r"another configuration.*differs in: settings.*--overwrite"):
+        execute(ds, runs, out, ConstantTracker, progress=False, identity={"settings": {"memory": {"cap": 6}}})
+    # the same configuration resumes; --overwrite redoes every run under the new one
+    assert len(execute(ds, runs, out, ConstantTracker, progress=False,
+                       identity={"settings": {"memory": {"cap": 10}}}).skipped) == len(runs)
+    summary = execute(ds, runs, out, ConstantTracker, progress=False, overwrite=True,
+                      identity={"settings": {"memory": {"cap": 6}}})
+    assert len(summary.done) == len(runs)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, None),
+    ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, (2, 4)),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "3"}, (1, 3)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "8"}, (1, 8)),
+    ({"RANK": "0", "WORLD_SIZE": "1"}, None),
+])
+def test_launcher_shard(env, expected):
+    assert launcher_shard(env) == expected
+
+
+def test_the_progress_bar_counts_frames_from_every_worker(ds, tmp_path, monkeypatch):
+    updates = []
+
+    class Bar:
+        def __init__(self, total=None, **kwargs):
+            self.total = total
+
+        def update(self, n=1):
+            updates.append(n)
+
+        def set_description(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("tqdm.tqdm", Bar)
+    runs = plan(ds, "ope")
+    summary = execute(ds, runs, tmp_path / "t", SlowTracker, workers=2, progress=True)
+    assert sum(updates) == sum(r.length for r in runs) == summary.frames
+    assert len(updates) > len(runs)  # frames arrive while runs go, not only when a run ends
+
+
+def test_a_worker_user_error_is_the_same_one_line(ds, tmp_path):
+    with pytest.raises(UserError, match=r"^checkpoint /nope.pth not found \(simulated\)$"):
+        execute(ds, plan(ds, "ope"), tmp_path / "t", BrokenTracker, workers=2, progress=False)
+
+
+def test_cli_worker_error_is_one_line_without_traceback(ds, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "eval", "--root", str(ds.root), "--tracker",
+                           "b", "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device", "cpu",
+                           "--tracker-class", "tests.eval.test_workers:BrokenTracker"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["trek-track: error: checkpoint /nope.pth not found (simulated)"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc to see the workers")
+def test_workers_exit_when_the_parent_is_killed(ds, tmp_path):
+    """SIGKILL of `trek-track eval` while its workers track: they stop too, leaving nothing half-written."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "trek_tracker.cli", "eval", "--root", str(ds.root), "--tracker",
+                             "slow", "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device",
+                             "cpu", "--protocol", "mse", "--tracker-class", "tests.eval.test_workers:VerySlowTracker"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TREK_TEST_MARKERS": str(markers)})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(markers.iterdir())) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in markers.iterdir()]
+    assert len(workers) == 2 and proc.poll() is None  # both workers are tracking
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.1)
+    assert [w for w in workers if _running(w)] == []
+    out = tmp_path / "res" / "slow"
+    assert all(run_done(out, r) or not (out / r.relpath).exists() for r in plan(ds, "mse"))  # nothing torn
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
