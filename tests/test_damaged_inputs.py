@@ -236,3 +236,29 @@ def test_empty_frame_in_a_folder_is_one_line(tmp_path: Path) -> None:
     proc = run_cli("run", "--video", folder, "--box", "5,5,20,20", "--model", "test_deaot_tiny",
                    "--random-weights", "--init", "box", "--out", tmp_path / "out", "--quiet")
     assert_one_line_error(proc, str(folder / "00000.jpg"), "empty (0 bytes)")
+
+
+def test_jpeg_init_mask_is_one_object_with_one_warning_line(tmp_path: Path) -> None:
+    folder, _ = _folder(tmp_path, 3)
+    mask = np.zeros((40, 56), np.uint8)
+    mask[8:30, 10:40] = 255
+    Image.fromarray(mask).save(tmp_path / "first.jpg", quality=90)
+    values = np.unique(np.asarray(Image.open(tmp_path / "first.jpg")))
+    assert len(values) > 3
+    proc = run_cli("run", "--video", folder, "--init-mask", tmp_path / "first.jpg", "--model", "test_deaot_tiny",
+                   "--random-weights", "--init", "box", "--out", tmp_path / "out", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    about = [line for line in proc.stderr.splitlines() if "first.jpg" in line]
+    assert len(about) == 1 and f"{len(values)} distinct values" in about[0] and "one object" in about[0]
+    assert sorted(p.name for p in (tmp_path / "out").glob("boxes*.txt")) == ["boxes.txt"]  # not one per value
+
+
+def test_colour_jpeg_init_mask_is_one_line(tmp_path: Path) -> None:
+    folder, _ = _folder(tmp_path, 2)
+    mask = np.zeros((40, 56, 3), np.uint8)
+    mask[5:20, 5:20] = (128, 0, 0)
+    mask[22:35, 30:50] = (0, 128, 0)
+    Image.fromarray(mask).save(tmp_path / "first.jpg", quality=95)
+    proc = run_cli("run", "--video", folder, "--init-mask", tmp_path / "first.jpg", "--model", "test_deaot_tiny",
+                   "--random-weights", "--init", "box", "--out", tmp_path / "out", "--quiet")
+    assert_one_line_error(proc, str(tmp_path / "first.jpg"), "colour JPEG", "PNG")
