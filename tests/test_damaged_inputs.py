@@ -100,6 +100,22 @@ def test_truncated_jpeg_in_a_folder_is_reported_once_and_silently_decoded(tmp_pa
     assert info.value.damage.frame == 3 and isinstance(info.value, InputError)
 
 
+def test_broken_jpeg_structure_is_damage(tmp_path: Path, capfd) -> None:
+    folder, frames = _folder(tmp_path, 3)
+    path = folder / "00001.jpg"
+    data = path.read_bytes()
+    app0_end = 4 + int.from_bytes(data[4:6], "big")
+    path.write_bytes(data[:app0_end] + b"\x00\x07" + data[app0_end:])  # stray bytes libjpeg skips
+    assert image_damage(path.read_bytes()) == f"damaged (no JPEG marker at byte {app0_end})"
+    src = open_frames(folder)
+    got = list(src)
+    assert [(d.file, d.frame, d.kind) for d in src.damage] == [(path, 1, "damaged-image")]
+    assert not src.truncated
+    whole = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.abs(got[1].astype(int) - whole).mean() < 1.0  # the picture is all there
+    assert "JPEG" not in capfd.readouterr().err  # libjpeg's "Corrupt JPEG data: 2 extraneous bytes"
+
+
 def test_empty_frame_is_an_error_naming_it(tmp_path: Path) -> None:
     folder, _ = _folder(tmp_path)
     (folder / "00002.jpg").write_bytes(b"")

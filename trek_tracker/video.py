@@ -17,19 +17,20 @@ end of JPEG file" on stderr and fills the rest grey), and a video whose end is m
 corrupt just stops early, like a complete one. The sources therefore check for themselves:
 
 * an image frame is read as bytes first; a JPEG without its end-of-image marker (after the last scan) or a
-  PNG without its ``IEND`` chunk is *truncated*; an empty (0-byte) file or one that no decoder reads is an
+  PNG without its ``IEND`` chunk is *truncated*, a JPEG whose marker structure is broken is *damaged*
+  (:func:`image_damage`); an empty (0-byte) file or one that no decoder reads is an
   :class:`~trek_tracker.errors.InputError` naming the file;
 * a video is *truncated* when it decodes fewer frames than its container lists (MP4/MOV list the exact
   count; other containers estimate it from the duration, so there one frame of slack is allowed); an
   MP4/MOV without its ``moov`` index (a download or recording cut short) cannot be opened at all, and the
   error says so.
 
-Damage that still leaves usable frames (a truncated image, whose first part is decoded; a video whose
-frames up to the damage are decoded) is **not** an error by default: each problem is logged once, as a
-warning on the ``trek_tracker.video`` logger, and recorded in ``source.damage``, a list of
-:class:`InputDamage` (file, first affected frame, kind, one-line message). Whoever runs over a source
-reads ``source.damage`` when the iteration ends and records it (a run's ``run.json``) instead of calling
-the run complete without a word; it need not print it again. With ``strict=True`` a source raises
+Damage that still leaves usable frames (a truncated or damaged image, decoded as far as it goes, silently
+by PIL; a video whose frames up to the damage are decoded) is **not** an error by default: each problem
+is logged once, as a warning on the ``trek_tracker.video`` logger, and recorded in ``source.damage``, a
+list of :class:`InputDamage` (file, first affected frame, kind, one-line message). Whoever runs over a
+source reads ``source.damage`` when the iteration ends and records it (a run's ``run.json``) instead of
+calling the run complete without a word; it need not print it again. With ``strict=True`` a source raises
 :class:`DamagedInputError` (an ``InputError``) at the frame where the damage is found instead.
 
 FFmpeg's own log lines (``moov atom not found``, ``error while decoding MB ...``) are silenced by setting
@@ -96,8 +97,8 @@ class InputDamage:
     """One damaged input found while reading frames (see the module docstring).
 
     ``file``: the damaged file (the video, or one frame image); ``frame``: index of the first frame it
-    affects; ``kind``: ``"truncated-video"`` or ``"truncated-image"``; ``message``: one line naming the file,
-    what is wrong and what it means for the frames.
+    affects; ``kind``: ``"truncated-video"``, ``"truncated-image"`` or ``"damaged-image"`` (a broken JPEG
+    structure); ``message``: one line naming the file, what is wrong and what it means for the frames.
     """
 
     file: Path
@@ -125,40 +126,48 @@ _JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: markers
 _JPEG_NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 
 
-def _jpeg_complete(data: bytes) -> bool:
-    """Whether a JPEG's marker structure reaches its end-of-image marker (EOI after the last scan).
+_JPEG_CUT = "truncated (the JPEG data ends before its end-of-image marker)"
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    """What is wrong with a JPEG's marker structure, or None when it reaches its end-of-image marker (EOI
+    after the last scan).
 
     Segments are skipped by their length (so an EXIF thumbnail's own EOI does not count) and entropy-coded
     data is scanned for the next marker (``FF`` followed by neither ``00`` nor a restart marker). Bytes after
-    the EOI (camera trailers) are allowed.
+    the EOI (camera trailers) are allowed. Running out of data is *truncated*; anything else that breaks
+    the structure (libjpeg skips it with a warning on stderr) is *damaged*.
     """
     n, i = len(data), 2
     while i < n:
         if data[i] != 0xFF:
-            return False
+            return f"damaged (no JPEG marker at byte {i})"
         while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
         if i >= n:
-            return False
+            return _JPEG_CUT
         marker = data[i]
         i += 1
         if marker == 0xD9:
-            return True
+            return None
         if marker in _JPEG_STANDALONE:
             continue
         if i + 2 > n:
-            return False
-        end = i + int.from_bytes(data[i:i + 2], "big")
+            return _JPEG_CUT
+        length = int.from_bytes(data[i:i + 2], "big")
+        if length < 2:
+            return f"damaged (a JPEG segment of length {length} at byte {i})"
+        end = i + length
         if end > n:
-            return False
+            return _JPEG_CUT
         if marker != 0xDA:
             i = end
             continue
         found = _JPEG_NEXT_MARKER.search(data, end)  # start of scan: entropy-coded data up to the next marker
         if found is None:
-            return False
+            return _JPEG_CUT
         i = found.start()
-    return False
+    return _JPEG_CUT
 
 
 def _png_complete(data: bytes) -> bool:
@@ -176,15 +185,16 @@ def _png_complete(data: bytes) -> bool:
 def image_damage(data: bytes) -> str | None:
     """What is wrong with the bytes of a JPEG or PNG file, or None when they look whole.
 
-    ``"empty (0 bytes)"`` or ``"truncated (...)"``; the bytes of other formats are not checked. Cheap: the
-    marker/chunk structure is walked without decoding.
+    ``"empty (0 bytes)"``, ``"truncated (...)"`` (the data ends early) or ``"damaged (...)"`` (the marker
+    structure is broken); the bytes of other formats are not checked. Cheap: the marker/chunk structure is
+    walked without decoding.
     """
     if not data:
         return "empty (0 bytes)"
     if len(data) < 8 and (_JPEG_SIGNATURE.startswith(data) or _PNG_SIGNATURE.startswith(data)):
         return "truncated (it ends inside its signature)"
     if data[:3] == _JPEG_SIGNATURE:
-        return None if _jpeg_complete(data) else "truncated (the JPEG data ends before its end-of-image marker)"
+        return _jpeg_problem(data)
     if data[:8] == _PNG_SIGNATURE:
         return None if _png_complete(data) else "truncated (the PNG data ends before its IEND chunk)"
     return None
@@ -210,7 +220,7 @@ def pil_to_rgb(im, path: str | os.PathLike | None = None):
 
 
 def _decode_partial(data: bytes, path: Path) -> np.ndarray | None:
-    """Decode what a truncated image holds, silently (OpenCV's libjpeg would print on stderr)."""
+    """Decode what a truncated or damaged image holds, silently (OpenCV's libjpeg would print on stderr)."""
     from PIL import Image, ImageFile, ImageOps
 
     with _PIL_TRUNCATED:  # the flag is global in PIL; held only while this image loads
@@ -370,9 +380,11 @@ class ImageFolderSource(FrameSource):
         file = self.files[index]
         img, damage = read_image_rgb(file)
         if damage is not None:
-            self._report(InputDamage(file, index, "truncated-image",
-                                     f"frame {index} ({file}) is {damage}; only its first part holds image "
-                                     "content: copy or extract it again"))
+            kind = "truncated-image" if damage.startswith("truncated") else "damaged-image"
+            what = ("only its first part holds image content" if kind == "truncated-image"
+                    else "it was decoded as far as possible")
+            self._report(InputDamage(file, index, kind, f"frame {index} ({file}) is {damage}; {what}: copy or "
+                                                        "extract it again"))
         if check_size and img.shape[:2] != self.size:
             h, w = self.size
             raise InputError(
