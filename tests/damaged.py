@@ -88,9 +88,13 @@ def truncate(src: Path | bytes, dst: Path, fraction: float) -> Path:
 
 
 def run_cli(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``trek-track args`` in a fresh interpreter (this checkout first on the path), capturing output."""
-    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            **(env or {})}
+    """``trek-track args`` in a fresh interpreter (this checkout first on the path), capturing output.
+
+    ``env`` adds variables; a ``PYTHONPATH`` in it goes after the checkout (e.g. :func:`failing_fs`).
+    """
+    env = dict(env or {})
+    paths = [str(REPO), env.pop("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")]
+    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     full.pop("OPENCV_FFMPEG_LOGLEVEL", None)  # the package must silence FFmpeg by itself
     return subprocess.run([sys.executable, "-m", "trek_tracker.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=full, timeout=300)
@@ -105,3 +109,52 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+_FAILING_FS = """
+import builtins, errno, io, os
+
+_PREFIX, _CODE = os.environ["FAILING_FS_PREFIX"], int(os.environ["FAILING_FS_ERRNO"])
+_mkdir, _os_open, _open = os.mkdir, os.open, builtins.open
+
+
+def _hit(path):
+    try:
+        return os.path.abspath(os.fsdecode(path)).startswith(_PREFIX)
+    except TypeError:
+        return False
+
+
+def _fail(path):
+    raise OSError(_CODE, os.strerror(_CODE), os.fsdecode(path))
+
+
+def mkdir(path, *args, **kwargs):
+    if _hit(path) and not os.path.isdir(path):
+        _fail(path)
+    return _mkdir(path, *args, **kwargs)
+
+
+def os_open(path, flags, *args, **kwargs):
+    if _hit(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        _fail(path)
+    return _os_open(path, flags, *args, **kwargs)
+
+
+def open_(file, mode="r", *args, **kwargs):
+    if not isinstance(file, int) and _hit(file) and any(c in mode for c in "wax+"):
+        _fail(file)
+    return _open(file, mode, *args, **kwargs)
+
+
+os.mkdir, os.open, builtins.open, io.open = mkdir, os_open, open_, open_
+"""
+
+
+def failing_fs(tmp_path: Path, prefix: Path, code: int) -> dict[str, str]:
+    """Environment for :func:`run_cli` in which creating or writing anything under ``prefix`` fails with
+    ``errno`` ``code`` (EROFS, ENOSPC, EACCES even for root), via a ``sitecustomize`` module."""
+    site = tmp_path / "failing-fs-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_FAILING_FS)
+    return {"PYTHONPATH": str(site), "FAILING_FS_PREFIX": str(Path(prefix).absolute()), "FAILING_FS_ERRNO": str(code)}
