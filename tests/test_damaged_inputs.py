@@ -144,6 +144,20 @@ def test_same_frame_name_with_two_extensions_is_refused(tmp_path: Path) -> None:
         ImageFolderSource(folder)
 
 
+def test_one_frame_number_twice_is_refused_and_odd_names_are_named(tmp_path: Path, caplog) -> None:
+    folder, _ = _folder(tmp_path, 4)
+    (folder / "2.jpg").write_bytes((folder / "00002.jpg").read_bytes())  # a second numbering
+    with pytest.raises(InputError, match=r"both 00002.jpg and 2.jpg for one frame"):
+        open_frames(folder)
+    (folder / "2.jpg").unlink()
+    (folder / "cover.jpg").write_bytes((folder / "00000.jpg").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.video"):
+        src = open_frames(folder)
+    assert src.files[-1].name == "cover.jpg"
+    (record,) = caplog.records
+    assert str(folder) in record.getMessage() and "(cover.jpg)" in record.getMessage()
+
+
 def test_broken_link_among_frames_is_refused(tmp_path: Path) -> None:
     folder, _ = _folder(tmp_path, 3)
     (folder / "00003.jpg").symlink_to(tmp_path / "gone.jpg")

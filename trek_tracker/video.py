@@ -329,10 +329,12 @@ class ImageFolderSource(FrameSource):
     frame is read. Images are decoded with OpenCV (EXIF orientation applied), grey images become 3 channels,
     alpha channels are dropped and 16-bit images are scaled to 8 bits.
 
-    Refused when opened, with an :class:`InputError` naming the files: two images with the same name but
-    different extensions (``00001.jpg`` and ``00001.png``: frames would be doubled), and an image name that
-    is not a readable file (a broken link: the frame would silently go missing). When read: an empty or
-    undecodable frame is an :class:`InputError`; a truncated one is damage (module docstring).
+    Refused when opened, with an :class:`InputError` naming the files: two images for one frame number
+    (``00001.jpg`` and ``00001.png``, or ``1.jpg`` and ``0001.jpg``: frames would be doubled), and an image
+    name that is not a readable file (a broken link: the frame would silently go missing). A few names
+    outside the numbering of the rest (``mask.png`` among ``00000.jpg``...) are a warning naming them. When
+    read: an empty or undecodable frame is an :class:`InputError`; a truncated one is damage (module
+    docstring).
     """
 
     def __init__(self, path: str | os.PathLike, strict: bool = False) -> None:
@@ -363,16 +365,9 @@ class ImageFolderSource(FrameSource):
                 f"frame folder {self.path} has no .jpg/.jpeg/.png images (found: {shown}"
                 f"{', ...' if len(entries) > 5 else ''})"
             )
-        stems: dict[str, str] = {}
-        for f in sorted(files, key=natural_key):
-            stem = os.path.splitext(f)[0].lower()
-            if stem in stems:
-                raise InputError(
-                    f"frame folder {self.path} has both {stems[stem]} and {f}: one frame per name is expected "
-                    "(a mask or a second copy among the frames?); move the extra files out"
-                )
-            stems[stem] = f
-        self.files: list[Path] = [self.path / f for f in sorted(files, key=natural_key)]
+        files = sorted(files, key=natural_key)
+        _check_frame_names(self.path, files)
+        self.files: list[Path] = [self.path / f for f in files]
         first = self._read(0, check_size=False)
         self.size = (int(first.shape[0]), int(first.shape[1]))
 
@@ -405,6 +400,35 @@ class ImageFolderSource(FrameSource):
         if not -n <= index < n:
             raise IndexError(f"frame {index} out of range for {n} frames in {self.path}")
         return self._read(index % n)
+
+
+def _name_number_key(name: str) -> tuple:
+    """A frame name without its extension, digit runs as numbers: ``1.jpg``, ``01.png`` -> the same key."""
+    stem = os.path.splitext(name)[0]
+    return tuple(int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(stem) if p)
+
+
+def _check_frame_names(folder: Path, files: list[str]) -> None:
+    """Refuse two files for one frame; warn about names outside the folder's numbering (see
+    :class:`ImageFolderSource`)."""
+    seen: dict[tuple, str] = {}
+    for f in files:
+        key = _name_number_key(f)
+        if key in seen:
+            raise InputError(
+                f"frame folder {folder} has both {seen[key]} and {f} for one frame: one file per frame is expected "
+                "(a mask, a second copy or two numberings among the frames?); move the extra files out"
+            )
+        seen[key] = f
+    patterns: dict[str, list[str]] = {}
+    for f in files:
+        patterns.setdefault(_DIGITS.sub("#", os.path.splitext(f)[0]).lower(), []).append(f)
+    main = max(patterns.values(), key=len)
+    odd = [f for names in patterns.values() if names is not main for f in names]
+    if odd and "#" in _DIGITS.sub("#", main[0]) and len(main) >= 2 * len(odd):
+        log.warning("frame folder %s: %d file(s) do not follow the numbering of the other %d (%s%s); they are "
+                    "taken as frames in name order: move them out if they are not frames", folder, len(odd),
+                    len(main), ", ".join(odd[:3]), ", ..." if len(odd) > 3 else "")
 
 
 def _mp4_without_index(path: Path) -> bool:
