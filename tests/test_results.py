@@ -337,6 +337,14 @@ def test_read_label_png_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="junk.png"):
         read_label_png(tmp_path / "junk.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(buf, "PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:-20])
+    with pytest.raises(InputError, match=r"mask .*cut.png is truncated \(the PNG data ends before its IEND"):
+        read_label_png(tmp_path / "cut.png")
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"mask .*zero.png is empty \(0 bytes\)"):
+        read_label_png(tmp_path / "zero.png")
     (tmp_path / "dir.png").mkdir()
     with pytest.raises(InputError, match=r"cannot read mask .*dir.png: it is a folder"):
         read_label_png(tmp_path / "dir.png")

@@ -10,6 +10,7 @@ this module and the toolkit.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -173,16 +174,23 @@ def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     otherwise (colours or several grey levels: the object ids cannot be recovered). Warnings go to the
     ``trek_tracker.results`` logger and name the file.
     """
+    from trek_tracker.video import image_damage
+
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            lossy = im.format in _LOSSY_FORMATS
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"mask file not found: {path}") from None
     except OSError as err:
-        if err.errno is not None:
-            raise InputError(os_error_message(err, path, "read mask")) from None
+        raise InputError(os_error_message(err, path, "read mask")) from None
+    damage = image_damage(data)
+    if damage is not None:
+        raise InputError(f"mask {path} is {damage}; save or copy it again")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            lossy = im.format in _LOSSY_FORMATS
+    except OSError as err:
         raise InputError(f"cannot read mask {path}: {err}") from None
     except (ValueError, SyntaxError) as err:  # malformed headers some PIL plugins report this way
         raise InputError(f"cannot read mask {path}: {err}") from None
