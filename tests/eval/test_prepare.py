@@ -3,6 +3,7 @@ arguments and writes numbered frames (the real ffmpeg is not needed for the logi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -161,3 +162,16 @@ def test_root_under_a_file_is_one_line(sources, tmp_path: Path) -> None:
                    "--videos", videos, "--ffmpeg", ffmpeg)
     assert_one_line_error(proc, f"cannot create {tmp_path / 'afile' / 'trek'}: {tmp_path / 'afile'} is a file",
                           "choose another --root")
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.EROFS, "read-only file system"),
+                                              (errno.ENOSPC, "no space left on the device")])
+def test_unwritable_root_is_one_line(sources, tmp_path: Path, code: int, reason: str) -> None:
+    from tests.damaged import assert_one_line_error, failing_fs, run_cli
+
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    root.mkdir()
+    proc = run_cli("dataset", "prepare", "--root", root, "--annotations", zpath, "--videos", videos,
+                   "--ffmpeg", ffmpeg, env=failing_fs(tmp_path, root, code))
+    assert_one_line_error(proc, f"cannot write {root / 'TREK-150-annotations'}", reason, "choose another --root")
