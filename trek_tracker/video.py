@@ -283,8 +283,12 @@ class FrameSource:
     name: str
     size: tuple[int, int]
     fps: float | None
-    damage: list[InputDamage]
     strict: bool = False
+
+    @property
+    def damage(self) -> list[InputDamage]:
+        """The damage found so far while reading (see the module docstring); empty for whole input."""
+        return self.__dict__.setdefault("_damage", [])
 
     @property
     def truncated(self) -> bool:
@@ -342,7 +346,6 @@ class ImageFolderSource(FrameSource):
         self.name = self.path.resolve().name
         self.fps = None
         self.strict = strict
-        self.damage = []
         try:
             entries = [e for e in os.listdir(self.path) if not e.startswith(".")]
         except OSError as err:
@@ -476,7 +479,6 @@ class VideoFileSource(FrameSource):
         self.path = Path(path)
         self.name = self.path.stem
         self.strict = strict
-        self.damage = []
         cap = self._open()
         ok, frame = cap.read()
         if not ok or frame is None:
@@ -624,7 +626,6 @@ class ArraySource(FrameSource):
         self.path = Path(name)
         self.name = name
         self.fps = fps
-        self.damage = []
         first = self._check(0)
         self.size = (int(first.shape[0]), int(first.shape[1]))
 
