@@ -244,3 +244,9 @@ def test_dataset_check_decode_cli(root: Path) -> None:
     assert_one_line_error(quick, "dataset check found 2 problems")
     assert "truncated" not in quick.stdout and "`--decode` also checks every frame's content" in quick.stdout
     assert_one_line_error(run_cli("dataset", "check", "--root", root, "--decode", "--no-images"), "give one of them")
+
+
+def test_byte_order_mark_is_not_a_value(root: Path) -> None:
+    gt = root / "P01-P01_01-2" / "groundtruth_rect.txt"
+    gt.write_bytes(b"\xef\xbb\xbf" + gt.read_bytes())  # saved by a Windows editor
+    np.testing.assert_array_equal(Trek150(root)["P01-P01_01-2"].gt[0], [10, 10, 16, 8])

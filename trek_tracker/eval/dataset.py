@@ -55,7 +55,7 @@ def _read_text(path: Path, what: str) -> str:
     except OSError as err:
         raise InputError(os_error_message(err, path, "read")) from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (files saved on Windows) is not a value
     except UnicodeDecodeError as err:
         raise InputError(f"{path} should be a text file ({what}) but holds binary data (at byte {err.start}); "
                          "extract the annotations again (trek-track dataset prepare)") from None
