@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,14 @@ from tests.damaged import (
 )
 from trek_tracker.errors import InputError
 from trek_tracker.video import DamagedInputError, ImageFolderSource, image_damage, open_frames, read_image_rgb
+
+# the smallest model, no weights, a small network input: the runs below are about the input, not tracking
+TINY = ("--model", "test_deaot_tiny", "--random-weights", "--max-long-edge", "65", "--init", "box", "--quiet")
+
+
+def _run(tmp_path: Path, *args) -> subprocess.CompletedProcess:
+    """``trek-track run ARGS`` with the tiny model, writing to ``tmp_path/out``."""
+    return run_cli("run", *args, *TINY, "--out", tmp_path / "out")
 
 
 def _jpeg(rgb: np.ndarray, params: dict | None = None) -> bytes:
@@ -241,8 +250,7 @@ def test_empty_video_and_special_files(tmp_path: Path) -> None:
 def test_ffmpeg_lines_stay_off_stderr(tmp_path: Path) -> None:
     mp4 = write_video(tmp_path / "rec.mp4", noise_frames(6), fourcc="mp4v")
     cut = truncate(mp4, tmp_path / "cut.mp4", 0.5)
-    proc = run_cli("run", "--video", cut, "--box", "1,1,10,10", "--model", "test_deaot_tiny", "--random-weights",
-                   "--init", "box", "--out", tmp_path / "out", "--quiet")
+    proc = _run(tmp_path, "--video", cut, "--box", "1,1,10,10")
     line = assert_one_line_error(proc, str(cut), "'moov'")
     assert "moov atom not found" not in line
     assert not (tmp_path / "out").exists()
@@ -250,8 +258,7 @@ def test_ffmpeg_lines_stay_off_stderr(tmp_path: Path) -> None:
 
 def test_truncated_video_run_warns_naming_the_file(avi: Path, tmp_path: Path) -> None:
     cut = truncate(avi, tmp_path / "cut.avi", 0.5)
-    proc = run_cli("run", "--video", cut, "--box", "5,5,20,20", "--model", "test_deaot_tiny", "--random-weights",
-                   "--init", "box", "--out", tmp_path / "out", "--quiet")
+    proc = _run(tmp_path, "--video", cut, "--box", "5,5,20,20")
     assert proc.returncode == 0, proc.stderr
     damaged = [line for line in proc.stderr.splitlines() if str(cut) in line]
     assert len(damaged) == 1 and "truncated or damaged" in damaged[0], proc.stderr
@@ -263,8 +270,7 @@ def test_truncated_video_run_warns_naming_the_file(avi: Path, tmp_path: Path) ->
 def test_empty_frame_in_a_folder_is_one_line(tmp_path: Path) -> None:
     folder, _ = _folder(tmp_path, 3)
     (folder / "00000.jpg").write_bytes(b"")
-    proc = run_cli("run", "--video", folder, "--box", "5,5,20,20", "--model", "test_deaot_tiny",
-                   "--random-weights", "--init", "box", "--out", tmp_path / "out", "--quiet")
+    proc = _run(tmp_path, "--video", folder, "--box", "5,5,20,20")
     assert_one_line_error(proc, str(folder / "00000.jpg"), "empty (0 bytes)")
 
 
@@ -275,8 +281,7 @@ def test_jpeg_init_mask_is_one_object_with_one_warning_line(tmp_path: Path) -> N
     Image.fromarray(mask).save(tmp_path / "first.jpg", quality=90)
     values = np.unique(np.asarray(Image.open(tmp_path / "first.jpg")))
     assert len(values) > 3
-    proc = run_cli("run", "--video", folder, "--init-mask", tmp_path / "first.jpg", "--model", "test_deaot_tiny",
-                   "--random-weights", "--init", "box", "--out", tmp_path / "out", "--quiet")
+    proc = _run(tmp_path, "--video", folder, "--init-mask", tmp_path / "first.jpg")
     assert proc.returncode == 0, proc.stderr
     about = [line for line in proc.stderr.splitlines() if "first.jpg" in line]
     assert len(about) == 1 and f"{len(values)} distinct values" in about[0] and "one object" in about[0]
@@ -289,6 +294,5 @@ def test_colour_jpeg_init_mask_is_one_line(tmp_path: Path) -> None:
     mask[5:20, 5:20] = (128, 0, 0)
     mask[22:35, 30:50] = (0, 128, 0)
     Image.fromarray(mask).save(tmp_path / "first.jpg", quality=95)
-    proc = run_cli("run", "--video", folder, "--init-mask", tmp_path / "first.jpg", "--model", "test_deaot_tiny",
-                   "--random-weights", "--init", "box", "--out", tmp_path / "out", "--quiet")
+    proc = _run(tmp_path, "--video", folder, "--init-mask", tmp_path / "first.jpg")
     assert_one_line_error(proc, str(tmp_path / "first.jpg"), "colour JPEG", "PNG")

@@ -246,7 +246,8 @@ def _lossy_mask(im: Image.Image, path: Path) -> np.ndarray:
         rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
         spread = rgb.max(axis=2) - rgb.min(axis=2)
         if np.mean(spread > 24) > 0.001:
-            colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
+            flat = rgb.reshape(-1, 3).astype(np.int32)
+            colours = len(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]))
             raise InputError(f"mask {path} is a colour JPEG: compression noise gives it {colours} colours, so "
                              f"its object ids cannot be recovered; {fix}")
         grey = np.asarray(im.convert("L"), dtype=np.uint8)
