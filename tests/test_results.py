@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -271,12 +272,82 @@ def test_one_bit_and_16_bit_masks(tmp_path: Path) -> None:
         read_label_png(tmp_path / "big.png")
 
 
+def _jpeg_of(labels: np.ndarray, path: Path, quality: int = 95, mode: str = "L") -> Path:
+    Image.fromarray(labels).convert(mode).save(path, quality=quality)
+    return path
+
+
+def test_jpeg_mask_is_one_object_with_a_warning(davis: Path, tmp_path: Path, caplog) -> None:
+    truth = np.asarray(Image.open(davis / "Annotations/480p/blackswan/00000.png"))
+    path = _jpeg_of(truth, tmp_path / "mask.jpg")
+    noisy = np.unique(np.asarray(Image.open(path)))
+    assert len(noisy) > 10  # what used to become that many objects
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.results"):
+        labels, palette = read_label_png(path)
+    assert palette is None and ObjectIds.from_labels(labels).values == (255,)
+    np.testing.assert_array_equal(labels > 0, truth > 0)
+    (record,) = caplog.records
+    assert str(path) in record.getMessage() and f"{len(noisy)} distinct values" in record.getMessage()
+    # the same as an RGB JPEG (grey in three channels) reads the same way
+    np.testing.assert_array_equal(read_label_png(_jpeg_of(truth, tmp_path / "rgb.jpg", mode="RGB"))[0], labels)
+
+
+def test_ambiguous_jpeg_masks_are_refused(shared: Path, tmp_path: Path) -> None:
+    palette_mask = Image.open(shared / "data/aot_demo/masks/00002058.png")
+    colour = tmp_path / "colour.jpg"
+    palette_mask.convert("RGB").save(colour, quality=95)
+    with pytest.raises(InputError, match=r"colour.jpg is a colour JPEG.*save the mask as a PNG"):
+        read_label_png(colour)
+    levels = np.zeros((40, 60), np.uint8)
+    levels[5:20, 5:20], levels[22:35, 30:50] = 80, 160  # two objects as grey levels
+    grey = _jpeg_of(levels, tmp_path / "grey.jpg")
+    with pytest.raises(InputError, match=r"grey.jpg is a JPEG with \d+ distinct values"):
+        read_label_png(grey)
+
+
+def test_sixteen_bit_masks(tmp_path: Path, caplog) -> None:
+    wide = np.zeros((6, 8), np.uint16)
+    wide[1:3, 1:3], wide[4, 4] = 65535, 257 * 7  # an 8-bit mask saved with 16 bits
+    Image.fromarray(wide).save(tmp_path / "scaled.png")
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.results"):
+        labels, _ = read_label_png(tmp_path / "scaled.png")
+    assert labels.dtype == np.uint8 and labels[1, 1] == 255 and labels[4, 4] == 7 and labels.sum() == 4 * 255 + 7
+    assert "scaled.png" in caplog.records[0].getMessage()
+    wide[0, 0] = 1000
+    Image.fromarray(wide).save(tmp_path / "ids.png")
+    with pytest.raises(InputError, match=r"ids.png has values outside 0..255 \(up to 65535"):
+        read_label_png(tmp_path / "ids.png")
+
+
+def test_object_ids_refuse_values_beyond_8_bits() -> None:
+    with pytest.raises(InputError, match="0..255"):
+        ObjectIds.from_labels(np.array([[0, 300]], np.uint16))
+    with pytest.raises(InputError, match="0..255"):
+        ObjectIds((1,)).extend(np.array([[-1, 2]]))
+    with pytest.raises(InputError, match="integer"):
+        ObjectIds.from_labels(np.array([[0.5, 0]]))
+    with pytest.raises(InputError, match="distinct integers 1..255"):
+        ObjectIds((0, 3))
+    assert ObjectIds.from_labels(np.array([[0, 300]], np.uint16) // 2).values == (150,)
+
+
 def test_read_label_png_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         read_label_png(tmp_path / "none.png")
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="junk.png"):
         read_label_png(tmp_path / "junk.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(buf, "PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:-20])
+    with pytest.raises(InputError, match=r"mask .*cut.png is truncated \(the PNG data ends before its IEND"):
+        read_label_png(tmp_path / "cut.png")
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"mask .*zero.png is empty \(0 bytes\)"):
+        read_label_png(tmp_path / "zero.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(InputError, match=r"cannot read mask .*dir.png: it is a folder"):
+        read_label_png(tmp_path / "dir.png")
 
 
 # ---------------------------------------------------------------------------------- streaming writer

@@ -4,12 +4,26 @@ Every whole-file write in the package goes through :func:`atomic_write`: a hidde
 destination's folder, flushed and synced, then ``os.replace``. A crash, a signal or a full disk therefore
 never leaves a half-written file under its final name, and a reader (the evaluation's resume check, the
 official toolkit) can trust any file it finds.
+
+Environment failures (permissions, a read-only or full file system, a path under a file, a folder where a
+file is expected) are the user's to fix, so they must reach the user as one line, not a traceback:
+:func:`os_errors` turns any ``OSError`` raised in its block into a :class:`~trek_tracker.errors.UserError`
+whose message is built by :func:`os_error_message`::
+
+    with os_errors(out_dir, "write", hint="choose another --out"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "run.json", record)
+    # -> trek-track: error: cannot write runs/x: read-only file system; use a writable location,
+    #    or choose another --out
+
+Wrap only local file operations with it: network errors are ``OSError`` too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from trek_tracker.errors import InputError
+from trek_tracker.errors import InputError, UserError
 
 _UMASK: int | None = None
 
@@ -105,6 +119,85 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"JSON file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"cannot read JSON file {path}: {err}") from None
+
+
+# errno -> (reason, what to do). The advice is generic; callers add their own with ``hint``.
+_OS_REASONS: dict[int, tuple[str, str]] = {
+    errno.EACCES: ("permission denied", "check its permissions"),
+    errno.EPERM: ("operation not permitted", "check its permissions"),
+    errno.EROFS: ("read-only file system", "use a writable location"),
+    errno.ENOSPC: ("no space left on the device", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space"),
+    errno.EFBIG: ("file too large for the file system", "use another disk"),
+    errno.EISDIR: ("it is a folder, not a file", "remove or rename the folder"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENAMETOOLONG: ("the name is too long", "use a shorter path"),
+    errno.ELOOP: ("too many levels of symbolic links", "check the links in the path"),
+    errno.EIO: ("input/output error (a failing disk or network share?)", "check the disk"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n)"),
+    errno.ENFILE: ("too many open files in the system", "close other programs"),
+}
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) that is not a folder."""
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else candidate
+        except OSError:
+            return None
+    return None
+
+
+def os_error_message(err: OSError, path: str | os.PathLike | None = None, action: str = "write",
+                     hint: str | None = None) -> str:
+    """One line for an environment failure: ``cannot <action> <path>: <reason>; <what to do>``.
+
+    ``path`` is the file or folder the user can act on (default: the one the error names). ``hint`` is
+    advice of the caller's own, added after the generic one (``"..., or <hint>"``), e.g.
+    ``"set TREK_TRACK_HOME to a writable folder"``. A path under a file (``ENOTDIR``) or a file where a
+    folder is needed (``EEXIST`` from ``mkdir``) names the file in the way.
+    """
+    where = Path(path) if path is not None else Path(err.filename) if err.filename is not None else None
+    shown = str(where) if where is not None else "it"
+    code = err.errno
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = None
+        for candidate in (Path(err.filename) if err.filename is not None else None, where):
+            if candidate is not None and (blocker := _file_in_the_way(candidate)) is not None:
+                break
+        if blocker is not None:
+            reason = f"{blocker} is a file, not a folder" if blocker != where else "it is a file, not a folder"
+            advice = "remove or rename that file" if blocker != where else "remove or rename it"
+        elif code == errno.EEXIST:
+            reason, advice = "it already exists", "remove it or use another path"
+        else:
+            reason, advice = "a part of the path is not a folder", "check the path"
+    elif code in _OS_REASONS:
+        reason, advice = _OS_REASONS[code]
+    else:
+        reason, advice = (err.strerror or type(err).__name__).lower(), ""
+    if hint:
+        advice = f"{advice}, or {hint}" if advice else hint
+    return f"cannot {action} {shown}: {reason}" + (f"; {advice}" if advice else "")
+
+
+@contextlib.contextmanager
+def os_errors(path: str | os.PathLike | None = None, action: str = "write", hint: str | None = None,
+              error: type[UserError] = UserError) -> Iterator[None]:
+    """Turn an ``OSError`` raised in the block into ``error`` (a :class:`UserError`) with one line from
+    :func:`os_error_message`; the CLI prints it as ``trek-track: error: ...`` and exits with code 2.
+
+    ``path``: what to name (default: the file the error names; pass the folder the user chose rather than
+    a hidden temporary file in it). ``action``: a verb, ``"write"``, ``"read"``, ``"create"``...
+    ``error``: e.g. :class:`~trek_tracker.errors.CheckpointError` or :class:`InputError` where callers
+    catch those. Other exceptions pass through unchanged.
+    """
+    try:
+        yield
+    except OSError as err:
+        raise error(os_error_message(err, path, action, hint)) from err
 
 
 def sha256_of(path: str | os.PathLike, progress: Callable[[int], None] | None = None,

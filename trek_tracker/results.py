@@ -10,6 +10,8 @@ this module and the toolkit.
 from __future__ import annotations
 
 import dataclasses
+import io
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -20,7 +22,9 @@ import numpy as np
 from PIL import Image
 
 from trek_tracker.errors import InputError
-from trek_tracker.files import atomic_write, write_text
+from trek_tracker.files import atomic_write, os_error_message, write_text
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "format_box",
@@ -161,15 +165,37 @@ def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     Palette PNGs give their indices and palette; grayscale PNGs give their values and None (e.g. DAVIS-2016
     0/255 masks); 1-bit PNGs give 0/255. RGB masks (no palette) are turned into a palette image: black is 0,
     the other colours get 1, 2, ... in order of first appearance, and the returned palette maps them back.
+
+    16-bit masks: values 0..255 are taken as they are, and values that are all multiples of 257 (an 8-bit
+    mask saved with 16 bits) are divided by 257 with a warning; any other value above 255 is an
+    :class:`InputError` (object ids must fit in 8 bits). JPEG masks: compression noise turns one object into
+    many values (a 0/255 mask saved at quality 95 has about 16), so a JPEG is read as one object
+    (pixels >= 128, written back as 255) with a warning when it is a grey two-level mask, and refused
+    otherwise (colours or several grey levels: the object ids cannot be recovered). Warnings go to the
+    ``trek_tracker.results`` logger and name the file.
     """
+    from trek_tracker.video import image_damage
+
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"mask file not found: {path}") from None
     except OSError as err:
+        raise InputError(os_error_message(err, path, "read mask")) from None
+    damage = image_damage(data)
+    if damage is not None:
+        raise InputError(f"mask {path} is {damage}; save or copy it again")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            lossy = im.format in _LOSSY_FORMATS
+    except OSError as err:
         raise InputError(f"cannot read mask {path}: {err}") from None
+    except (ValueError, SyntaxError) as err:  # malformed headers some PIL plugins report this way
+        raise InputError(f"cannot read mask {path}: {err}") from None
+    if lossy:
+        return _lossy_mask(im, path), None
     if im.mode in ("P", "PA"):
         pal = np.zeros(768, dtype=np.uint8)
         raw = np.asarray(im.getpalette() or [], dtype=np.uint8)[:768]
@@ -180,13 +206,65 @@ def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     if im.mode == "1":
         return np.asarray(im.convert("L"), dtype=np.uint8), None
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(im)
-        if arr.min() < 0 or arr.max() > 255 or not np.all(arr == np.round(arr)):
-            raise InputError(f"mask {path} has values outside 0..255; object ids must fit in 8 bits")
-        return arr.astype(np.uint8), None
+        return _wide_mask(np.asarray(im), path), None
     if im.mode in ("RGB", "RGBA"):
         return _rgb_to_labels(np.asarray(im.convert("RGB")), path)
     raise InputError(f"mask {path} has PNG mode {im.mode}; use a palette or grayscale PNG")
+
+
+_LOSSY_FORMATS = ("JPEG", "MPO")
+
+
+def _wide_mask(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A 16/32-bit or float mask as uint8 labels (see :func:`read_label_png`)."""
+    if arr.size and not np.all(np.isfinite(arr)):
+        raise InputError(f"mask {path} has NaN or infinite values; object ids must be integers 0..255")
+    if arr.size and (arr.min() < 0 or not np.all(arr == np.round(arr))):
+        raise InputError(f"mask {path} has values outside 0..255 (min {arr.min()}); object ids must be "
+                         "integers 0..255: save it as an 8-bit grayscale or palette PNG")
+    top = arr.max() if arr.size else 0
+    if top <= 255:
+        return arr.astype(np.uint8)
+    values = np.unique(arr)
+    if np.all(values % 257 == 0) and top <= 65535:
+        scaled = (values // 257).astype(int).tolist()
+        log.warning("mask %s is a 16-bit image whose values %s are 8-bit values scaled by 257; read as %s",
+                    path, _short_list(values.astype(int).tolist()), _short_list(scaled))
+        return (arr // 257).astype(np.uint8)
+    raise InputError(f"mask {path} has values outside 0..255 (up to {int(top)}, {len(values) - 1} non-zero "
+                     "values); object ids must fit in 8 bits: save it as an 8-bit grayscale or palette PNG")
+
+
+def _short_list(values: list[int], n: int = 6) -> str:
+    return "[" + ", ".join(map(str, values[:n])) + (", ...]" if len(values) > n else "]")
+
+
+def _lossy_mask(im: Image.Image, path: Path) -> np.ndarray:
+    """A JPEG mask: one object when it is a grey two-level mask, else an :class:`InputError`."""
+    fix = "save the mask as a PNG (grayscale or palette), which keeps values exactly"
+    if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+        spread = rgb.max(axis=2) - rgb.min(axis=2)
+        if np.mean(spread > 24) > 0.001:
+            flat = rgb.reshape(-1, 3).astype(np.int32)
+            colours = len(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]))
+            raise InputError(f"mask {path} is a colour JPEG: compression noise gives it {colours} colours, so "
+                             f"its object ids cannot be recovered; {fix}")
+        grey = np.asarray(im.convert("L"), dtype=np.uint8)
+    else:
+        grey = np.asarray(im.convert("L"), dtype=np.uint8)
+    distinct = len(np.unique(grey))
+    if distinct <= 2:  # no compression noise at all: the values are what was saved
+        return grey
+    fg = grey >= 128
+    marked = grey > 32
+    between = marked & (grey < 223)
+    if fg.any() and between.sum() <= 0.1 * marked.sum():
+        log.warning("mask %s is a JPEG: compression noise gives it %d distinct values instead of 2; read as one "
+                    "object (pixels >= 128, written back as 255); %s", path, distinct, fix)
+        return np.where(fg, 255, 0).astype(np.uint8)
+    raise InputError(f"mask {path} is a JPEG with {distinct} distinct values: compression noise makes its object "
+                     f"ids ambiguous (one object or {distinct - 1}?); {fix}")
 
 
 def _rgb_to_labels(rgb: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -242,10 +320,16 @@ class ObjectIds:
 
     values: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        bad = [v for v in self.values if not 0 < v <= 255]
+        if bad or len(set(self.values)) != len(self.values):
+            raise InputError(f"object values must be distinct integers 1..255, got {list(self.values)}")
+
     @classmethod
     def from_labels(cls, labels: np.ndarray) -> ObjectIds:
-        vals = np.unique(np.asarray(labels))
-        return cls(tuple(int(v) for v in vals if v != 0))
+        """The distinct non-zero values of ``labels``; values outside 0..255 (or not integers) are an
+        :class:`InputError` (a label map of another kind, e.g. a 16-bit image)."""
+        return cls(tuple(_label_values(labels)))
 
     def __len__(self) -> int:
         return len(self.values)
@@ -253,7 +337,7 @@ class ObjectIds:
     def extend(self, labels: np.ndarray) -> ObjectIds:
         """The mapping plus the values of ``labels`` not seen yet (appended in increasing order)."""
         known = set(self.values)
-        new = [int(v) for v in np.unique(np.asarray(labels)) if v != 0 and int(v) not in known]
+        new = [v for v in _label_values(labels) if v not in known]
         return ObjectIds(self.values + tuple(new))
 
     def to_engine(self, labels: np.ndarray) -> np.ndarray:
@@ -279,6 +363,19 @@ class ObjectIds:
             raise ValueError(f"engine ids must be in 0..{len(self.values)}, got {arr.min()}..{arr.max()}")
         lut = np.array((0, *self.values), dtype=np.uint8)
         return lut[arr.astype(np.intp)]
+
+
+def _label_values(labels: np.ndarray) -> list[int]:
+    """The distinct non-zero values of a label map, checked to be integers 0..255."""
+    vals = np.unique(np.asarray(labels))
+    if vals.size and vals.dtype.kind == "f" and not np.all(np.isfinite(vals) & (vals == np.round(vals))):
+        raise InputError("a label map must hold integer object ids 0..255; got non-integer values")
+    if vals.size and vals.dtype.kind not in "biuf":
+        raise InputError(f"a label map must hold integer object ids 0..255; got {vals.dtype}")
+    if vals.size and (vals.min() < 0 or vals.max() > 255):
+        raise InputError(f"label values must be in 0..255, got {vals.min()}..{vals.max()}: object ids must fit "
+                         "in 8 bits")
+    return [int(v) for v in vals if v != 0]
 
 
 # ----------------------------------------------------------------------------------- streaming writer

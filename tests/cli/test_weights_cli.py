@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
+from tests.damaged import assert_one_line_error, failing_fs, run_cli
 from tests.weights.server import LocalServer, sha, write_registry
 from trek_tracker.cli import main
 
@@ -84,3 +87,69 @@ def test_import_a_hand_copied_file(env, tmp_path):
     assert (home / "weights" / "Good.pth").read_bytes() == payload
     assert len(server.state.log) == requests
     _one_line_error(run("import", str(src), "--name", "bad"), "sha256")
+
+
+# ------------------------------------------------------------- file-system trouble, in a subprocess
+
+
+@pytest.fixture
+def tiny_env(tmp_path, tiny_checkpoint):
+    """A registry with an unpinned tiny DeAOT entry, a home folder and the file to import."""
+    registry = tmp_path / "registry.toml"
+    write_registry(registry, {"tiny": {"kind": "deaot", "variant": "test_deaot_tiny", "file_name": "Tiny.pth",
+                                       "urls": ["http://127.0.0.1:9/t"]}})
+    home = tmp_path / "home"
+    return {"TREK_TRACK_HOME": str(home), "TREK_TRACK_REGISTRY": str(registry)}, home, tiny_checkpoint
+
+
+def test_home_under_a_file_is_one_line(tiny_env, tmp_path):
+    env, _, ckpt = tiny_env
+    (tmp_path / "afile").write_text("x")
+    env["TREK_TRACK_HOME"] = str(tmp_path / "afile" / "home")
+    proc = run_cli("weights", "import", ckpt, "--name", "tiny", env=env)
+    assert_one_line_error(proc, f"cannot write {tmp_path / 'afile' / 'home' / 'weights'}: {tmp_path / 'afile'} is "
+                                "a file, not a folder", "set TREK_TRACK_HOME to another folder")
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.EROFS, "read-only file system"),
+                                              (errno.EACCES, "permission denied"),
+                                              (errno.ENOSPC, "no space left on the device")])
+def test_unwritable_home_is_one_line(tiny_env, tmp_path, code, reason):
+    env, home, ckpt = tiny_env
+    proc = run_cli("weights", "import", ckpt, "--name", "tiny", env={**env, **failing_fs(tmp_path, home, code)})
+    assert_one_line_error(proc, f"cannot write {home / 'weights'}: {reason}", "TREK_TRACK_HOME")
+    assert not (home / "weights").exists()
+
+
+def test_full_disk_during_a_download_is_one_line(env, tmp_path):
+    home, _, _ = env
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "Good.pth.part").symlink_to("/dev/full")  # every write fails with ENOSPC
+    proc = run_cli("weights", "download", "good", "--no-progress",
+                   env={"TREK_TRACK_HOME": os.environ["TREK_TRACK_HOME"],
+                        "TREK_TRACK_REGISTRY": os.environ["TREK_TRACK_REGISTRY"]})
+    assert_one_line_error(proc, f"cannot write {home / 'weights'}: no space left on the device; free some space")
+    assert "interrupted" not in proc.stderr  # not taken for a network interruption
+    assert not (home / "weights" / "Good.pth").exists()
+
+
+def test_verify_on_a_read_only_cache_still_verifies(tiny_env, tmp_path, monkeypatch):
+    env, home, ckpt = tiny_env
+    (home / "weights").mkdir(parents=True)
+    shutil.copyfile(ckpt, home / "weights" / "Tiny.pth")  # copied by hand: no recorded hash
+    proc = run_cli("weights", "verify", "tiny", env={**env, **failing_fs(tmp_path, home, errno.EROFS)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("tiny: OK (no known sha256; could not record it (cannot write")
+    assert "tensors match test_deaot_tiny" in proc.stdout and proc.stderr == ""
+
+
+def test_verify_fails_an_old_import_that_is_not_a_checkpoint(tiny_env, tmp_path):
+    env, home, _ = tiny_env
+    (home / "weights").mkdir(parents=True)
+    junk = home / "weights" / "Tiny.pth"
+    junk.write_bytes(b"PK\x03\x04" + os.urandom(5000))  # what `import` used to accept for unpinned entries
+    proc = run_cli("weights", "verify", env=env)
+    assert "tiny: FAILED" in proc.stdout and "not a usable test_deaot_tiny checkpoint" in proc.stdout
+    assert_one_line_error(proc, "1 checkpoint(s) failed verification: tiny")

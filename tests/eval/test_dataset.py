@@ -95,3 +95,158 @@ def test_missing_root_and_empty_root(tmp_path: Path) -> None:
         Trek150(tmp_path / "nope")
     with pytest.raises(InputError, match="no TREK-150 sequences"):
         Trek150(tmp_path)
+
+
+# --------------------------------------------------------------------------------- damaged files
+
+
+def _cut(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _frames(root: Path, name: str = "P01-P01_01-2") -> list[Path]:
+    return sorted((root / name / "img").glob("*.jpg"))
+
+
+def test_binary_annotation_files_are_one_line_errors(root: Path) -> None:
+    gt = root / "P01-P01_01-2" / "groundtruth_rect.txt"
+    gt.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(InputError, match=r"groundtruth_rect.txt should be a text file .* binary data \(at byte 0\)"):
+        Trek150(root)["P01-P01_01-2"]
+    frames = root / "P01-P01_01-10" / "frames.txt"
+    frames.write_bytes(b"101\n\x00\x00\x00\n")
+    with pytest.raises(InputError, match=r"frames.txt should be a text file .* NUL bytes"):
+        _ = Trek150(root)["P01-P01_01-10"].frame_ids
+    (root / "TREK-150-annotations" / "sequences.txt").write_bytes(b"\xff\xfe\x00P\x00")
+    with pytest.raises(InputError, match="sequences.txt should be a text file"):
+        Trek150(root)
+
+
+@pytest.mark.parametrize("row", ["nan,0", "inf,1", "2.5,0"])
+def test_non_integer_anchors_name_the_line(root: Path, row: str) -> None:
+    (root / "P01-P01_01-2" / "anchors.txt").write_text(f"0,0\n{row}\n")
+    with pytest.raises(InputError, match=r"anchors.txt:2: MSE anchors must be integers"):
+        _ = Trek150(root)["P01-P01_01-2"].anchors
+    (root / "P01-P01_01-2" / "frames.txt").write_text("nan\n" * 8)
+    with pytest.raises(InputError, match=r"frames.txt:1: .* is not an integer"):
+        _ = Trek150(root)["P01-P01_01-2"].frame_ids
+
+
+def test_damaged_frames_are_errors_when_loaded(root: Path) -> None:
+    seq = Trek150(root)["P01-P01_01-2"]
+    files = _frames(root)
+    files[1].write_bytes(b"")
+    _cut(files[2])
+    files[3].write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(60) + b"\xff\xd9")
+    ihdr = b"IHDR" + (96).to_bytes(4, "big") + (64).to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    files[4].write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + b"\x00\x00\x00\x00"  # bad CRC
+                         + (0).to_bytes(4, "big") + b"IEND\xaeB`\x82")
+    assert seq.load_frame(0).size == (96, 64)
+    with pytest.raises(InputError, match=r"frame_0000000103.jpg is empty \(0 bytes\)"):
+        seq.load_frame(1)
+    with pytest.raises(InputError, match=r"frame_0000000105.jpg is truncated .*dataset check --decode"):
+        seq.load_frame(2)
+    with pytest.raises(InputError, match=r"frame_0000000107.jpg is damaged \(no JPEG marker at byte 20\)"):
+        seq.load_frame(3)
+    with pytest.raises(InputError, match=r"cannot decode frame .*frame_0000000109.jpg"):
+        seq.load_frame(4)
+
+
+def test_sixteen_bit_frame_is_scaled_not_white(root: Path) -> None:
+    from PIL import Image
+
+    from trek_tracker.eval.dataset import load_image
+
+    wide = (np.arange(64 * 96).reshape(64, 96) * 7).astype(np.uint16)
+    path = _frames(root)[0]
+    Image.fromarray(wide).save(path, format="PNG")  # a 16-bit PNG under a .jpg name
+    loaded = np.asarray(load_image(path))
+    assert loaded.shape == (64, 96, 3) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 1], (wide >> 8).astype(np.uint8))
+
+
+def test_validate_lists_every_problem_and_decode_finds_damaged_frames(root: Path) -> None:
+    seq = root / "P01-P01_01-2"
+    gt = (seq / "groundtruth_rect.txt").read_text().splitlines()
+    gt[3], gt[4], gt[5], gt[6] = "nan,10,16,8", "50,40,0,8", "200,200,16,8", "90,10,16,8"
+    (seq / "groundtruth_rect.txt").write_text("\n".join(gt) + "\n")
+    (seq / "anchors.txt").write_text("0,0\n8,1\n2,0\n5,3\n")
+    (seq / "lhi_labels.txt").write_text("0\n1\n2\n0\n0\n0\n0\n0\n")
+    files = _frames(root)
+    files[5].write_bytes(b"")
+    _cut(files[6])
+    _cut(files[7], 0.97)
+    (root / "P01-P01_01-10" / "frames.txt").write_bytes(b"\xff" * 5)
+
+    report = Trek150(root).validate(decode=False)
+    problems = [f.line() for f in report.problems]
+    warnings = [f.line() for f in report.warnings]
+    gt_path = seq / "groundtruth_rect.txt"
+    assert f"{gt_path}: box with NaN or infinite values (1 row: line 4)" in problems
+    assert any(p.startswith(f"{gt_path}: visible box with width or height <= 0") for p in problems)
+    assert f"{gt_path}: box wholly outside the 96x64 frame (1 row: line 6)" in problems
+    assert f"{gt_path}: box extends beyond the 96x64 frame by more than 1 pixel (1 row: line 7)" in warnings
+    assert f"{seq / 'anchors.txt'}: line 2: anchor 8 is outside the sequence (0..7)" in problems
+    assert any("anchor 2 is on a frame where the target is absent" in w for w in warnings)
+    assert any("anchor 5 has direction 3" in w for w in warnings)
+    assert f"{seq / 'lhi_labels.txt'}: contact label other than 0 or 1 (1 row: row 3)" in problems
+    assert f"{seq / 'img'}: empty frame (0 bytes) (1 frame: frame_0000000111.jpg)" in problems
+    assert any("P01-P01_01-10/frames.txt should be a text file" in p for p in problems)
+    assert not any("truncated" in p for p in problems)  # only decoding finds those
+    assert report.sequences_with_problems() == 2 and report.decoded == 0
+    assert report.counts["sequences"] == 2 and report.counts["mse_runs"] == 3 + 1
+
+    decoded = Trek150(root).validate(decode=True, workers=2)
+    truncated = [f for f in decoded.problems if f.what.startswith("truncated frame")]
+    assert len(truncated) == 1 and truncated[0].count == 2
+    assert truncated[0].places == ["frame_0000000113.jpg", "frame_0000000115.jpg"]
+    assert decoded.decoded == 13 and len(decoded.problems) == len(report.problems) + 1
+
+
+def test_validate_of_a_clean_root(root: Path) -> None:
+    report = Trek150(root).validate(decode=True)
+    assert report.ok and report.warnings == [] and report.decoded == 13
+    assert report.counts == Trek150(root).check()
+
+
+def test_validate_finds_frames_of_another_size(root: Path) -> None:
+    from PIL import Image
+
+    files = _frames(root)
+    Image.new("RGB", (95, 64)).save(files[4], format="JPEG")
+    report = Trek150(root).validate(decode=True)
+    (problem,) = report.problems
+    assert problem.line() == (f"{files[4].parent}: frame of another size than the first one (95x64, not 96x64) "
+                              f"(1 frame: {files[4].name})")
+
+
+def test_dataset_check_decode_cli(root: Path) -> None:
+    from tests.damaged import assert_one_line_error, run_cli
+
+    ok = run_cli("dataset", "check", "--root", root, "--decode")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    assert "2 sequences, 13 frames, 13 decoded" in ok.stdout and "problem" not in ok.stdout
+    files = _frames(root)
+    _cut(files[2])
+    files[3].write_bytes(b"")
+    (root / "P01-P01_01-10" / "anchors.txt").write_bytes(b"\x00\x01\x02binary")
+    proc = run_cli("dataset", "check", "--root", root, "--decode")
+    line = assert_one_line_error(proc, "dataset check found 3 problems in 2 sequences", "the first:")
+    assert str(root / "P01-P01_01-10" / "anchors.txt") in line
+    problems = [x for x in proc.stdout.splitlines() if x.startswith("problem: ")]
+    assert len(problems) == 3
+    assert f"problem: {files[2].parent}: truncated frame (the JPEG data ends before its end-of-image marker) " \
+           f"(1 frame: {files[2].name})" in problems
+    assert f"problem: {files[3].parent}: empty frame (0 bytes) (1 frame: {files[3].name})" in problems
+    # without --decode the truncated frame goes unseen, and the output says how to look for it
+    quick = run_cli("dataset", "check", "--root", root)
+    assert_one_line_error(quick, "dataset check found 2 problems")
+    assert "truncated" not in quick.stdout and "`--decode` also checks every frame's content" in quick.stdout
+    assert_one_line_error(run_cli("dataset", "check", "--root", root, "--decode", "--no-images"), "give one of them")
+
+
+def test_byte_order_mark_is_not_a_value(root: Path) -> None:
+    gt = root / "P01-P01_01-2" / "groundtruth_rect.txt"
+    gt.write_bytes(b"\xef\xbb\xbf" + gt.read_bytes())  # saved by a Windows editor
+    np.testing.assert_array_equal(Trek150(root)["P01-P01_01-2"].gt[0], [10, 10, 16, 8])

@@ -3,7 +3,9 @@ arguments and writes numbered frames (the real ffmpeg is not needed for the logi
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import stat
 import sys
 import zipfile
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.eval.helpers import build_synthetic
-from trek_tracker.errors import InputError
+from trek_tracker.errors import InputError, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.prepare import PrepareConfig, prepare
 
@@ -86,3 +88,90 @@ def test_missing_video_lists_official_urls(sources, tmp_path: Path) -> None:
 def test_missing_annotations(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="TREK-150-annotations.zip"):
         prepare(PrepareConfig(root=tmp_path / "trek"), echo=lambda s: None)
+
+
+# ------------------------------------------------------------------------------------- damaged inputs
+
+
+def _prepare(root: Path, zpath: Path, videos: Path, ffmpeg: Path, echo=None) -> dict:
+    cfg = PrepareConfig(root=root, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg))
+    return prepare(cfg, echo=echo or (lambda s: None))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_annotations_zip_is_named(sources, tmp_path: Path, damage: str) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    data = zpath.read_bytes()
+    zpath.write_bytes(b"<html>quota exceeded</html>" if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"TREK-150-annotations.zip is not a readable zip file .*download it again"):
+        _prepare(tmp_path / "trek", zpath, videos, ffmpeg)
+
+
+def test_damaged_member_leaves_no_file_that_looks_extracted(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    _prepare(root, zpath, videos, ffmpeg)
+    inner = root / "TREK-150-annotations" / "P01-P01_01-2.zip"
+    gt = root / "P01-P01_01-2" / "groundtruth_rect.txt"
+    good = gt.read_bytes()
+    data = inner.read_bytes()
+    at = data.index(good)  # stored, not compressed: the member's bytes are in the zip as they are
+    inner.write_bytes(data[:at] + good[:5] + (b"9" if good[5:6] != b"9" else b"8") + good[6:] + data[at + len(good):])
+    gt.unlink()
+    with pytest.raises(InputError, match=r"P01-P01_01-2.zip: member groundtruth_rect.txt is damaged \(Bad CRC-32"):
+        _prepare(root, zpath, videos, ffmpeg)
+    assert not gt.exists() and list((root / "P01-P01_01-2").glob(".*.part")) == []
+
+
+def test_a_cut_annotation_file_is_extracted_again_with_normal_permissions(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, log = sources
+    root = tmp_path / "trek"
+    _prepare(root, zpath, videos, ffmpeg)
+    hoi = root / "P01-P01_01-2" / "anchors_hoi.txt"
+    whole = hoi.read_bytes()
+    hoi.write_bytes(whole[:3])  # an extraction cut short by an older version
+    _prepare(root, zpath, videos, ffmpeg)
+    assert hoi.read_bytes() == whole and len(log.read_text().splitlines()) == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(hoi.stat().st_mode) == 0o666 & ~umask
+
+
+def test_ffmpeg_decoding_errors_are_a_warning_and_failures_one_line(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    script = ffmpeg.read_text()
+    ffmpeg.write_text(script.replace("for i in range(1, n + 1):",
+                                     "sys.stderr.write('[h264 @ 0x1] error while decoding MB 3 4\\n')\n"
+                                     "for i in range(1, n + 1):"))
+    echoed: list[str] = []
+    _prepare(tmp_path / "trek", zpath, videos, ffmpeg, echo=echoed.append)
+    (warning,) = [line for line in echoed if line.startswith("warning:")]
+    assert "P01_01.MP4" in warning and "error while decoding MB 3 4" in warning and "--decode" in warning
+    ffmpeg.write_text(script.replace("n = int(", "sys.stderr.write('banner\\nmore\\nNo space left on device\\n');"
+                                                " sys.exit(1)\nn = int("))
+    with pytest.raises(UserError, match=r"ffmpeg failed on .*P01_01.MP4 \(exit 1\): .*No space left on device$"):
+        _prepare(tmp_path / "trek2", zpath, videos, ffmpeg)
+
+
+def test_root_under_a_file_is_one_line(sources, tmp_path: Path) -> None:
+    from tests.damaged import assert_one_line_error, run_cli
+
+    zpath, videos, ffmpeg, _ = sources
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("dataset", "prepare", "--root", tmp_path / "afile" / "trek", "--annotations", zpath,
+                   "--videos", videos, "--ffmpeg", ffmpeg)
+    assert_one_line_error(proc, f"cannot create {tmp_path / 'afile' / 'trek'}: {tmp_path / 'afile'} is a file",
+                          "choose another --root")
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.EROFS, "read-only file system"),
+                                              (errno.ENOSPC, "no space left on the device")])
+def test_unwritable_root_is_one_line(sources, tmp_path: Path, code: int, reason: str) -> None:
+    from tests.damaged import assert_one_line_error, failing_fs, run_cli
+
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    root.mkdir()
+    proc = run_cli("dataset", "prepare", "--root", root, "--annotations", zpath, "--videos", videos,
+                   "--ffmpeg", ffmpeg, env=failing_fs(tmp_path, root, code))
+    assert_one_line_error(proc, f"cannot write {root / 'TREK-150-annotations'}", reason, "choose another --root")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from tests.cli.conftest import official_checkpoint
 from tests.weights.server import sha, write_registry
 from trek_tracker.errors import CheckpointError
 from trek_tracker.weights import import_file, registry_entry, status, verify
@@ -14,7 +16,7 @@ def reg(registry_file, payload):
     write_registry(registry_file, {
         "known": {"file_name": "Known.pth", "size": len(payload), "sha256": sha(payload),
                   "urls": ["http://127.0.0.1:9/k"]},
-        "unhashed": {"file_name": "Unhashed.pth.tar", "urls": ["http://127.0.0.1:9/u"]},
+        "unhashed": {"file_name": "Unhashed.pth.tar", "variant": "test_deaot_tiny", "urls": ["http://127.0.0.1:9/u"]},
     })
     return registry_file
 
@@ -47,16 +49,16 @@ def test_import_rejects_wrong_content_and_leaves_nothing(home, reg, payload, tmp
 
 
 def test_import_needs_a_name_for_an_unknown_file(home, reg, tmp_path):
-    src = tmp_path / "mystery.pth"
-    src.write_bytes(b"PK\x03\x04data")
+    src = official_checkpoint(tmp_path / "mystery.pth")
     with pytest.raises(CheckpointError, match="--name NAME"):
         import_file(src)
     path = import_file(src, "unhashed")
     assert path.name == "Unhashed.pth.tar"
     with pytest.raises(CheckpointError, match="already in the cache.*--force"):
         import_file(src, "unhashed")
-    src.write_bytes(b"\x80\x02other")
-    assert import_file(src, "unhashed", force=True).read_bytes() == b"\x80\x02other"
+    other = official_checkpoint(tmp_path / "other.pth")
+    torch.save({**torch.load(other, weights_only=True), "epoch": 3}, other)  # same keys, other bytes
+    assert import_file(other, "unhashed", force=True).read_bytes() == other.read_bytes()
 
 
 def test_verify_detects_corruption(home, reg, payload, tmp_path):
@@ -73,13 +75,15 @@ def test_verify_detects_corruption(home, reg, payload, tmp_path):
 
 
 def test_verify_uses_the_hash_recorded_on_import_when_the_registry_has_none(home, reg, tmp_path):
-    src = tmp_path / "x.pth.tar"
-    src.write_bytes(b"\x80\x02" + b"a" * 100)
+    src = official_checkpoint(tmp_path / "x.pth.tar")
     path = import_file(src, "unhashed")
     assert verify(registry_entry("unhashed")).against == "recorded"
     assert verify(registry_entry("unhashed")).ok
-    path.write_bytes(b"\x80\x02" + b"b" * 100)
-    assert not verify(registry_entry("unhashed")).ok
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit inside a tensor still loads: only the hash tells
+    path.write_bytes(bytes(data))
+    result = verify(registry_entry("unhashed"))
+    assert not result.ok and "recorded" in result.message
 
 
 def test_verify_of_a_missing_file_names_the_download(home, reg):

@@ -234,16 +234,40 @@ def dataset() -> None:
 @dataset.command("check")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Prepared TREK-150 root.")
 @click.option("--no-images", is_flag=True, help="Check annotations only (e.g. to score without frames).")
-def check(root: Path, no_images: bool) -> None:
-    """Validate every sequence and print counts (sequences, frames, MSE anchors, HOI intervals)."""
+@click.option("--decode", is_flag=True,
+              help="Also decode every frame, finding truncated, empty, undecodable and differently sized JPEGs "
+                   "(reads the whole dataset; a progress bar shows on a terminal).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Threads decoding frames with --decode [default: CPU cores, at most 8].")
+def check(root: Path, no_images: bool, decode: bool, workers: int | None) -> None:
+    """Validate every sequence and every annotation value; print counts and one line per problem.
+
+    Problems (the root cannot be used as it is) fail the command with exit code 2 after all are listed;
+    warnings (usable values worth a look, such as boxes reaching beyond the frame) do not.
+    """
     from trek_tracker.eval.dataset import Trek150
 
-    counts = Trek150(root).check(images=not no_images)
-    click.echo(f"{counts['sequences']} sequences, {counts['frames']} frames")
+    if decode and no_images:
+        raise UserError("--decode decodes the frames, --no-images skips them: give one of them")
+    report = Trek150(root).validate(images=not no_images, decode=decode, progress=True, workers=workers)
+    counts = report.counts
+    click.echo(f"{counts['sequences']} sequences, {counts['frames']} frames"
+               + (f", {report.decoded} decoded" if decode else ""))
     click.echo(f"{counts['with_anchors']} with anchors.txt ({counts['mse_runs']} MSE runs), "
                f"{counts['with_hoi']} with anchors_hoi.txt ({counts['hoi_runs']} HOI runs)")
     if counts["with_anchors"] < counts["sequences"]:
-        click.echo("warning: some sequences lack anchors.txt; MSE cannot run on them", err=True)
+        click.echo(f"warning: {counts['sequences'] - counts['with_anchors']} sequence(s) lack anchors.txt; MSE "
+                   "cannot run on them")
+    for finding in report.warnings:
+        click.echo(f"warning: {finding.line()}")
+    for finding in report.problems:
+        click.echo(f"problem: {finding.line()}")
+    if not decode and not no_images:
+        click.echo("frame files were not decoded; `--decode` also checks every frame's content")
+    if not report.ok:
+        n, k = report.problem_count, report.sequences_with_problems()
+        raise InputError(f"dataset check found {n} problem{'s' * (n != 1)} in {k} sequence{'s' * (k != 1)} of "
+                         f"{root} (listed above); the first: {report.problems[0].line()}")
 
 
 @dataset.command("prepare")

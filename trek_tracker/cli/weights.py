@@ -27,7 +27,18 @@ def _registry():
     return default_registry()
 
 
-@click.group("weights")
+class _WeightsGroup(click.Group):
+    """Every sub-command runs with the cache's file-system failures turned into one line (the library names
+    the exact file where it can; this catches the rest)."""
+
+    def invoke(self, ctx: click.Context):
+        from trek_tracker.weights.cache import cache_errors
+
+        with cache_errors("use"):
+            return super().invoke(ctx)
+
+
+@click.group("weights", cls=_WeightsGroup)
 def weights() -> None:
     """Official checkpoints: list, download, verify, path, import.
 
@@ -87,7 +98,8 @@ def download_cmd(
 @weights.command("verify")
 @click.argument("names", nargs=-1)
 def verify_cmd(names: tuple[str, ...]) -> None:
-    """Check the sha256 of cached checkpoints (all present ones when no NAME is given)."""
+    """Check cached checkpoints (all present ones when no NAME is given): size and sha256 against the registry;
+    without a pinned sha256, against the hash recorded on arrival, and the file must still load as its model."""
     from trek_tracker.weights import status, verify
 
     registry = _registry()
@@ -126,7 +138,10 @@ def path_cmd(name: str) -> None:
 @click.option("--name", help="Registry name of the file (default: recognised by file name or sha256).")
 @click.option("--force", is_flag=True, help="Replace a file already in the cache.")
 def import_cmd(file: Path, name: str | None, force: bool) -> None:
-    """Check a hand-downloaded FILE against the registry and copy it into the cache."""
+    """Check a hand-downloaded FILE against the registry and copy it into the cache.
+
+    The registry's size and sha256 where it knows them; otherwise FILE must load safely as the named kind of
+    checkpoint with exactly its model's keys and shapes."""
     from trek_tracker.weights import import_file
 
     path = import_file(file, name, force=force)

@@ -3,9 +3,16 @@
 This reproduces the official preparation (same file names, ``ffmpeg -i <video>.MP4 -r 60
 frame_%010d.jpg``: full resolution, ffmpeg's default JPEG quality, frames renumbered at a constant 60 fps)
 but, unlike the toolkit, it is an explicit step that never runs while evaluating, it resumes per sequence,
-it re-extracts a sequence whose folder lacks any file of its zip (an old extraction without
-``anchors_hoi.txt`` would otherwise silently skip HOI), it never downloads, and it records the ffmpeg
-version and frame counts in ``trek-track-prepare.json`` (frame pixels depend on the ffmpeg version).
+it re-extracts a sequence whose folder lacks any file of its zip or holds one of another size (an old
+extraction without ``anchors_hoi.txt`` would otherwise silently skip HOI), it never downloads, and it
+records the ffmpeg version and frame counts in ``trek-track-prepare.json`` (frame pixels depend on the
+ffmpeg version).
+
+Damage is reported, never passed on: a zip that is not one, or whose member fails its CRC, is an
+:class:`InputError` naming the zip (and member); every member is extracted to a temporary file and renamed,
+so an interrupted or failed extraction never leaves a half-written annotation file; ffmpeg's decoding
+errors on a video are echoed as a warning; file-system failures (permissions, a full or read-only disk) are
+one line naming the path (:func:`trek_tracker.files.os_errors`).
 """
 
 from __future__ import annotations
@@ -13,16 +20,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from trek_tracker.errors import InputError, UserError
-from trek_tracker.eval.dataset import ANNOTATIONS_DIR, SEQUENCES_FILE, Trek150, _ints, frame_file_name
-from trek_tracker.files import write_json
+from trek_tracker.eval.dataset import (
+    ANNOTATIONS_DIR,
+    SEQUENCES_FILE,
+    Trek150,
+    _ints,
+    _read_text,
+    frame_file_name,
+)
+from trek_tracker.files import normal_permissions, os_errors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +60,52 @@ class PrepareConfig:
     keep_frames: bool = False
 
 
-def _safe_extract(zf: zipfile.ZipFile, dest: Path, members: list[str] | None = None) -> None:
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError)
+
+
+def _open_zip(path: Path, fix: str) -> zipfile.ZipFile:
+    """Open a zip, with an :class:`InputError` naming it when it is not one (``fix``: what to do)."""
+    try:
+        return zipfile.ZipFile(path)
+    except _ZIP_ERRORS as err:
+        raise InputError(f"{path} is not a readable zip file ({err}): a damaged or incomplete download?; {fix}"
+                         ) from None
+    except OSError as err:
+        from trek_tracker.files import os_error_message
+
+        raise InputError(os_error_message(err, path, "read")) from None
+
+
+def _safe_extract(zf: zipfile.ZipFile, dest: Path, members: list[str] | None = None, fix: str = "") -> None:
+    """Extract ``members`` (default all) under ``dest``; each file goes to a temporary name first and is
+    renamed once its CRC checked out, so a damaged member never leaves a file that looks extracted."""
     dest = dest.resolve()
-    for name in members if members is not None else zf.namelist():
+    names = members if members is not None else zf.namelist()
+    for name in names:
         target = (dest / name).resolve()
         if dest != target and dest not in target.parents:
             raise InputError(f"{zf.filename}: member {name!r} would be written outside {dest}; not extracting")
-        zf.extract(name, dest)
+    for name in names:
+        target = (dest / name).resolve()
+        with os_errors(target, "write", hint="choose another --root"):
+            if name.endswith("/"):
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    try:
+                        with zf.open(name) as src:
+                            shutil.copyfileobj(src, out)
+                    except _ZIP_ERRORS as err:
+                        raise InputError(f"{zf.filename}: member {name} is damaged ({err}); "
+                                         f"{fix or 'get the zip again'}") from None
+                normal_permissions(tmp)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
 
 
 def _sequence_names(root: Path, annotations_zip: Path | None) -> tuple[Path, list[str]]:
@@ -61,31 +117,42 @@ def _sequence_names(root: Path, annotations_zip: Path | None) -> tuple[Path, lis
         if not zpath.is_file():
             raise InputError(f"no {ANNOTATIONS_DIR}/{SEQUENCES_FILE} under {root} and no annotations zip at "
                              f"{zpath}; download it from {ANNOTATIONS_URL} and pass --annotations")
-        with zipfile.ZipFile(zpath) as zf:
-            _safe_extract(zf, root)
+        fix = f"download it again from {ANNOTATIONS_URL}"
+        with _open_zip(zpath, fix) as zf:
+            _safe_extract(zf, root, fix=fix)
         ann = root / ANNOTATIONS_DIR if (root / ANNOTATIONS_DIR / SEQUENCES_FILE).is_file() else root
         if not (ann / SEQUENCES_FILE).is_file():
             raise InputError(f"{zpath} has no {SEQUENCES_FILE}; is it the TREK-150 annotations zip?")
-    names = [line.strip() for line in (ann / SEQUENCES_FILE).read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in _read_text(ann / SEQUENCES_FILE, "sequence list").splitlines() if line.strip()]
     return ann, names
 
 
 def _extract_sequence(ann: Path, root: Path, name: str) -> bool:
-    """Extract ``<name>.zip`` into ``<root>/<name>`` when any of its files is missing. True if extracted."""
+    """Extract ``<name>.zip`` into ``<root>/<name>`` when any of its files is missing or has another size
+    than in the zip. True if extracted."""
     zpath = ann / f"{name}.zip"
     seq = root / name
     if not zpath.is_file():
         if (seq / "groundtruth_rect.txt").is_file():
             return False
         raise InputError(f"annotations of {name} not found: neither {zpath} nor {seq}/groundtruth_rect.txt")
-    with zipfile.ZipFile(zpath) as zf:
-        files = [m for m in zf.namelist() if not m.endswith("/")]
-        missing = [m for m in files if not (seq / PurePosixPath(m)).exists()]
-        if not missing:
+    fix = f"download the annotations zip again from {ANNOTATIONS_URL} and delete {zpath}"
+    with _open_zip(zpath, fix) as zf:
+        files = [i for i in zf.infolist() if not i.filename.endswith("/")]
+        stale = [i.filename for i in files if _size_or_none(seq / PurePosixPath(i.filename)) != i.file_size]
+        if not stale:
             return False
-        seq.mkdir(parents=True, exist_ok=True)
-        _safe_extract(zf, seq)
+        with os_errors(seq, "create", hint="choose another --root"):
+            seq.mkdir(parents=True, exist_ok=True)
+        _safe_extract(zf, seq, fix=fix)
     return True
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
 
 
 def _frames_done(seq: Path, frame_ids: list[int]) -> bool:
@@ -117,7 +184,8 @@ def ffmpeg_version(ffmpeg: str) -> str:
 def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
     """Prepare (or finish preparing) ``cfg.root``; returns the manifest it writes."""
     root = Path(cfg.root)
-    root.mkdir(parents=True, exist_ok=True)
+    with os_errors(root, "create", hint="choose another --root"):
+        root.mkdir(parents=True, exist_ok=True)
     ann, names = _sequence_names(root, cfg.annotations_zip)
     extracted = sum(_extract_sequence(ann, root, n) for n in names)
     echo(f"{len(names)} sequences listed; annotations extracted for {extracted}")
@@ -145,23 +213,36 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
         echo(f"[{k}/{len(by_video)}] {video}: extracting frames at 60 fps for {len(seqs)} sequence(s)")
         if not (tmp / ".complete").is_file():
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+            with os_errors(tmp, "create", hint="choose another --root"):
+                tmp.mkdir()
             cmd = [cfg.ffmpeg, "-i", str(src), "-r", "60", str(tmp / "frame_%010d.jpg")]
-            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      errors="replace")
+            except OSError as err:
+                raise UserError(f"cannot run {cfg.ffmpeg!r} ({err.strerror}); install ffmpeg or pass --ffmpeg PATH"
+                                ) from None
             if proc.returncode != 0:
-                raise UserError(f"ffmpeg failed on {src} (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-            (tmp / ".complete").touch()
+                raise UserError(f"ffmpeg failed on {src} (exit {proc.returncode}): {_last_lines(proc.stderr)}")
+            errors = _decoding_errors(proc.stderr)
+            if errors:
+                echo(f"warning: ffmpeg reported {len(errors)} decoding error(s) on {src} (first: {errors[0]}); "
+                     "the video may be damaged, and frames after the error may be wrong: check the video, and "
+                     "the frames with `trek-track dataset check --decode`")
+            with os_errors(tmp, "write", hint="choose another --root"):
+                (tmp / ".complete").touch()
         for name in seqs:
             img = root / name / "img"
-            img.mkdir(parents=True, exist_ok=True)
-            for fid in frame_ids[name]:
-                f = frame_file_name(fid)
-                if not (tmp / f).is_file():
-                    raise InputError(f"{src} gave no frame {f} at 60 fps (sequence {name}); the video is shorter "
-                                     "than frames.txt needs: is it the full EK-55 video?")
-                part = img / f".{f}.part"
-                shutil.copyfile(tmp / f, part)
-                os.replace(part, img / f)
+            with os_errors(img, "write", hint="choose another --root"):
+                img.mkdir(parents=True, exist_ok=True)
+                for fid in frame_ids[name]:
+                    f = frame_file_name(fid)
+                    if not (tmp / f).is_file():
+                        raise InputError(f"{src} gave no frame {f} at 60 fps (sequence {name}); the video is "
+                                         "shorter than frames.txt needs: is it the full EK-55 video?")
+                    part = img / f".{f}.part"
+                    shutil.copyfile(tmp / f, part)
+                    os.replace(part, img / f)
         if not cfg.keep_frames:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -173,10 +254,25 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
         "counts": counts,
         "frames": {n: len(frame_ids[n]) for n in ds.names},
     }
-    write_json(root / MANIFEST, manifest)
+    with os_errors(root / MANIFEST, "write", hint="choose another --root"):
+        write_json(root / MANIFEST, manifest)
     echo(f"{counts['sequences']} sequences, {counts['frames']} frames; {counts['with_anchors']} with "
          f"anchors.txt, {counts['with_hoi']} with anchors_hoi.txt")
     return manifest
+
+
+_FFMPEG_ERROR = re.compile(r"error|corrupt|invalid|truncat|premature", re.IGNORECASE)
+
+
+def _decoding_errors(stderr: str) -> list[str]:
+    """ffmpeg's log lines about damaged input (it exits 0 on them, concealing or dropping frames)."""
+    return [" ".join(line.split())[:160] for line in stderr.splitlines()
+            if _FFMPEG_ERROR.search(line) and not line.lstrip().startswith("configuration:")]
+
+
+def _last_lines(stderr: str, n: int = 3) -> str:
+    lines = [" ".join(line.split()) for line in stderr.splitlines() if line.strip()]
+    return " / ".join(lines[-n:])[-400:] or "no message"
 
 
 def _previous_ffmpeg(root: Path) -> str | None:

@@ -3,7 +3,14 @@
 Layout: ``$TREK_TRACK_HOME/weights/<official file name>`` (default home ``~/.cache/trek-track``), with
 ``<file>.part`` for an unfinished download and ``<file>.sha256`` recording the hash seen at download or
 import time.  A file only ever appears under its final name after it passed the checks (atomic rename), so
-a present file is a complete one.
+a present file is a complete one, and it has the permissions a plain ``open`` gives (0666 minus umask).
+
+The checks (:func:`check_file`): the registry's size and sha256 where it knows them; where it has no
+sha256, the file must load safely as the named kind of checkpoint with exactly its model's keys and shapes
+(:mod:`trek_tracker.weights.content`), so that a saved web page or another model's file never enters the
+cache, and ``verify`` repeats that check. File-system failures (an unwritable, read-only or full
+``$TREK_TRACK_HOME``, a path under a file) are one :class:`~trek_tracker.errors.UserError` line naming the
+path (:func:`trek_tracker.files.os_errors`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trek_tracker.errors import CheckpointError
-from trek_tracker.files import sha256_of, write_text
+from trek_tracker.files import normal_permissions, os_error_message, os_errors, sha256_of, write_text
 from trek_tracker.weights.registry import CheckpointEntry, Registry, default_registry
 
 HOME_ENV = "TREK_TRACK_HOME"
@@ -34,6 +41,14 @@ def trek_home() -> Path:
 
 def weights_dir() -> Path:
     return trek_home() / "weights"
+
+
+HOME_HINT = f"set {HOME_ENV} to another folder"
+
+
+def cache_errors(action: str = "write"):
+    """``os_errors`` for the cache folder: one line naming it, with the ``$TREK_TRACK_HOME`` hint."""
+    return os_errors(weights_dir(), action, hint=HOME_HINT)
 
 
 def cached_path(entry: CheckpointEntry) -> Path:
@@ -70,7 +85,11 @@ def looks_like_checkpoint(path: Path) -> bool:
 
 
 def check_file(entry: CheckpointEntry, path: Path, sha256: str, what: str) -> None:
-    """Raise if ``path`` (hash ``sha256``) is not ``entry``'s file; ``what`` names it in the message."""
+    """Raise if ``path`` (hash ``sha256``) is not ``entry``'s file; ``what`` names it in the message.
+
+    Size and sha256 where the registry knows them; without a sha256, the content check of
+    :func:`trek_tracker.weights.content.check_content` (the file loads safely and its keys are the model's).
+    """
     size = path.stat().st_size
     if entry.size is not None and size != entry.size:
         raise CheckpointError(
@@ -82,11 +101,15 @@ def check_file(entry: CheckpointEntry, path: Path, sha256: str, what: str) -> No
             f"{what} has sha256 {sha256} but {entry.name} has {entry.sha256}; "
             f"the file is corrupt or a different release, get it again from {entry.manual_link}"
         )
-    if entry.sha256 is None and not looks_like_checkpoint(path):
-        raise CheckpointError(
-            f"{what} is not a torch checkpoint (an HTML page from Google Drive?); "
-            f"download {entry.name} by hand from {entry.manual_link}"
-        )
+    if entry.sha256 is None:
+        if not looks_like_checkpoint(path):
+            raise CheckpointError(
+                f"{what} is not a torch checkpoint (an HTML page from Google Drive?); "
+                f"download {entry.name} by hand from {entry.manual_link}"
+            )
+        from trek_tracker.weights.content import check_content
+
+        check_content(entry, path, what)
 
 
 @contextlib.contextmanager
@@ -96,14 +119,17 @@ def download_lock(entry: CheckpointEntry) -> Iterator[None]:
     The lock file is removed afterwards so the cache holds only checkpoints; the small race this opens
     (a third process locking a fresh file) can at worst corrupt a ``.part``, which the hash check rejects.
     """
-    weights_dir().mkdir(parents=True, exist_ok=True)
+    with cache_errors():
+        weights_dir().mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
     lock = weights_dir() / (entry.file_name + ".lock")
-    with open(lock, "a") as fh:
+    with cache_errors():
+        fh = open(lock, "a")  # noqa: SIM115 - closed by the with below
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
@@ -118,14 +144,17 @@ def download_lock(entry: CheckpointEntry) -> Iterator[None]:
 def install_verified(entry: CheckpointEntry, tmp: Path, what: str) -> Path:
     """Check ``tmp`` against ``entry`` and move it to its cache name; delete it when it fails."""
     try:
-        digest = sha256_of(tmp)
+        with cache_errors("read"):
+            digest = sha256_of(tmp)
         check_file(entry, tmp, digest, what)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     final = cached_path(entry)
-    write_record(final, digest)
-    os.replace(tmp, final)
+    with cache_errors():
+        write_record(final, digest)
+        normal_permissions(tmp)
+        os.replace(tmp, final)
     return final
 
 
@@ -151,11 +180,12 @@ class CacheStatus:
 def status(entry: CheckpointEntry) -> CacheStatus:
     """What the cache holds for ``entry`` (stat only, no hashing: cheap enough for ``list``)."""
     path = cached_path(entry)
-    if path.is_file():
-        return CacheStatus(entry, path, True, path.stat().st_size, False)
-    part = part_path(entry)
-    if part.is_file():
-        return CacheStatus(entry, path, False, part.stat().st_size, True)
+    with cache_errors("read"):
+        if path.is_file():
+            return CacheStatus(entry, path, True, path.stat().st_size, False)
+        part = part_path(entry)
+        if part.is_file():
+            return CacheStatus(entry, path, False, part.stat().st_size, True)
     return CacheStatus(entry, path, False, None, False)
 
 
@@ -170,11 +200,15 @@ class VerifyResult:
 
 
 def verify(entry: CheckpointEntry, progress: Callable[[int], None] | None = None) -> VerifyResult:
-    """Hash the cached file and compare it with the registry, else with the hash recorded on arrival."""
+    """Check the cached file as it was checked on arrival: the registry's size and sha256; without a pinned
+    sha256, the hash recorded on arrival (catches later corruption) *and* the content check (a file imported
+    before that check existed may be any zip), recording the hash when none was."""
     path = cached_path(entry)
     if not path.is_file():
         raise CheckpointError(f"{entry.name} is not downloaded; run `{entry.download_command}`")
-    digest = sha256_of(path, progress)
+    with os_errors(path, "read"):
+        digest = sha256_of(path, progress)
+        size = path.stat().st_size
     recorded = recorded_sha256(path)
     if entry.sha256 is not None:
         expected, against = entry.sha256, "registry"
@@ -182,20 +216,29 @@ def verify(entry: CheckpointEntry, progress: Callable[[int], None] | None = None
         expected, against = recorded, "recorded"
     else:
         expected, against = None, "none"
-    size = path.stat().st_size
     if entry.size is not None and size != entry.size:
-        ok, message = False, f"size {size:,} != {entry.size:,}"
-    elif expected is not None and digest != expected:
-        ok, message = False, f"sha256 {digest} != {expected} ({against})"
-    elif expected is None:
-        ok, message = looks_like_checkpoint(path), "no known sha256; recorded it now"
-        if ok:
-            write_record(path, digest)
-        else:
-            message = "not a torch checkpoint"
-    else:
-        ok, message = True, f"sha256 matches ({against})"
-    return VerifyResult(entry, path, ok, digest, against, message)
+        return VerifyResult(entry, path, False, digest, against, f"size {size:,} != {entry.size:,}")
+    if expected is not None and digest != expected:
+        return VerifyResult(entry, path, False, digest, against, f"sha256 {digest} != {expected} ({against})")
+    if entry.sha256 is not None:
+        return VerifyResult(entry, path, True, digest, against, "sha256 matches (registry)")
+    from trek_tracker.weights.content import check_content
+
+    try:
+        if not looks_like_checkpoint(path):
+            raise CheckpointError("not a torch checkpoint (an HTML page?)")
+        summary = check_content(entry, path, path.name)
+    except CheckpointError as err:
+        return VerifyResult(entry, path, False, digest, against, str(err).split("; get ")[0])
+    if recorded is not None:
+        return VerifyResult(entry, path, True, digest, against,
+                            f"sha256 matches the one recorded on arrival; {summary}")
+    try:
+        write_record(path, digest)
+        note = "no known sha256; recorded it now"
+    except OSError as err:
+        note = f"no known sha256; could not record it ({os_error_message(err, _record_path(path))})"
+    return VerifyResult(entry, path, True, digest, against, f"{note}; {summary}")
 
 
 def import_file(
@@ -212,17 +255,30 @@ def import_file(
     registry = registry or default_registry()
     source = Path(source).expanduser()
     if not source.is_file():
-        raise CheckpointError(f"cannot import {source}: no such file")
+        what = "it is a folder" if source.is_dir() else "no such file"
+        raise CheckpointError(f"cannot import {source}: {what}")
     entry = registry.get(name) if name is not None else registry.find(source.name)
-    weights_dir().mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".import-", suffix=".part", dir=weights_dir())
+    with cache_errors():
+        weights_dir().mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".import-", suffix=".part", dir=weights_dir())
     tmp = Path(tmp_name)
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            while chunk := src.read(_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
+        with cache_errors(), os.fdopen(fd, "wb") as out:
+            try:  # errors of the source are the source's, not the cache's
+                src = open(source, "rb")  # noqa: SIM115 - closed by the with below
+            except OSError as err:
+                raise CheckpointError(os_error_message(err, source, "read")) from None
+            with src:
+                while True:
+                    try:
+                        chunk = src.read(_CHUNK)
+                    except OSError as err:
+                        raise CheckpointError(os_error_message(err, source, "read")) from None
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
         sha = digest.hexdigest()
         if entry is None:
             entry = next((e for e in registry if e.sha256 == sha), None)
@@ -237,8 +293,10 @@ def import_file(
                 f"{entry.name} is already in the cache at {final}; use --force to replace it"
             )
         check_file(entry, tmp, sha, str(source))
-        write_record(final, sha)
-        os.replace(tmp, final)
+        with cache_errors():
+            write_record(final, sha)
+            normal_permissions(tmp)
+            os.replace(tmp, final)
         return final
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from trek_tracker import __version__
 from trek_tracker.errors import CheckpointError
 from trek_tracker.weights.cache import (
+    cache_errors,
     cached_path,
     download_lock,
     install_verified,
@@ -182,7 +183,8 @@ def _content_range_start(value: str | None) -> int | None:
 
 def _transfer(client: _Client, url: str, part: Path, entry: CheckpointEntry, progress: bool) -> int:
     """Append the rest of ``url`` to ``part``; returns the offset it resumed from."""
-    start = part.stat().st_size if part.exists() else 0
+    with cache_errors("read"):
+        start = part.stat().st_size if part.exists() else 0
     resp = client.open_file(url, start)
     with resp:
         status = getattr(resp, "status", 200)
@@ -196,17 +198,22 @@ def _transfer(client: _Client, url: str, part: Path, entry: CheckpointEntry, pro
         from tqdm import tqdm
 
         written = start
-        with open(part, "ab" if start else "wb") as out, tqdm(
+        # Errors of the network interrupt the transfer (resumed later); errors of the disk (full, read-only)
+        # are the user's to fix: one line naming the cache folder.
+        with cache_errors(), open(part, "ab" if start else "wb") as out, tqdm(
             total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
             desc=entry.name, disable=None if progress else True, leave=False,
         ) as bar:
-            try:
-                while chunk := resp.read(_CHUNK):
-                    out.write(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-            except (http.client.IncompleteRead, OSError) as err:
-                raise _Interrupted(f"after {written:,} bytes ({err.__class__.__name__})") from err
+            while True:
+                try:
+                    chunk = resp.read(_CHUNK)
+                except (http.client.IncompleteRead, OSError) as err:
+                    raise _Interrupted(f"after {written:,} bytes ({err.__class__.__name__})") from err
+                if not chunk:
+                    break
+                out.write(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
         if expected is not None and written < expected:
             raise _Interrupted(f"after {written:,} of {expected:,} bytes")
     return start
@@ -226,9 +233,11 @@ def download(
     short pause); beyond that the ``.part`` file stays so that running the command again resumes it.
     """
     final = cached_path(entry)
-    if final.is_file() and not force and (entry.size is None or final.stat().st_size == entry.size):
-        return DownloadResult(entry, final, downloaded=False, resumed_from=0)
-    weights_dir().mkdir(parents=True, exist_ok=True)
+    with cache_errors("read"):
+        if final.is_file() and not force and (entry.size is None or final.stat().st_size == entry.size):
+            return DownloadResult(entry, final, downloaded=False, resumed_from=0)
+    with cache_errors():
+        weights_dir().mkdir(parents=True, exist_ok=True)
     part = part_path(entry)
     manual = (
         f"download it by hand from {entry.manual_link} and run "
@@ -236,7 +245,8 @@ def download(
     )
     with download_lock(entry):
         if force:
-            part.unlink(missing_ok=True)
+            with cache_errors():
+                part.unlink(missing_ok=True)
         failures: list[str] = []
         for url in entry.urls:
             client = _Client(timeout)
@@ -245,7 +255,8 @@ def download(
                 try:
                     resumed = _transfer(client, url, part, entry, progress)
                 except _Interrupted as err:
-                    have = part.stat().st_size if part.exists() else 0
+                    with cache_errors("read"):
+                        have = part.stat().st_size if part.exists() else 0
                     attempt, best = (1, have) if have > best else (attempt + 1, best)
                     if attempt > retries:
                         raise CheckpointError(

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from trek_tracker.errors import CheckpointError
-from trek_tracker.weights.cache import cached_path, part_path
+from trek_tracker.files import os_errors
+from trek_tracker.weights.cache import HOME_ENV, cached_path, part_path
 from trek_tracker.weights.registry import default_registry
 
 
@@ -25,10 +26,11 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, kind: str | None = No
     """
     value = os.fspath(name_or_path)
     path = Path(value).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {value!r} is a folder; give the checkpoint file inside it")
+    with os_errors(path, "read"):
+        if path.is_file():
+            return path
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {value!r} is a folder; give the checkpoint file inside it")
     registry = default_registry()
     entry = registry.find(value) if not _looks_like_path(value) else None
     if entry is None:
@@ -39,13 +41,16 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, kind: str | None = No
         registry.get(value, kind)  # raises with the close names
     entry = registry.get(entry.name, kind)
     cached = cached_path(entry)
-    if cached.is_file():
-        if entry.size is not None and cached.stat().st_size != entry.size:
-            raise CheckpointError(
-                f"the cached {entry.name} at {cached} has the wrong size; "
-                f"run `{entry.download_command} --force`"
-            )
+    with os_errors(cached, "read", hint=f"set {HOME_ENV} to another folder"):
+        present = cached.is_file() and (entry.size is None or cached.stat().st_size == entry.size)
+        wrong_size = cached.is_file() and not present
+    if present:
         return cached
+    if wrong_size:
+        raise CheckpointError(
+            f"the cached {entry.name} at {cached} has the wrong size; "
+            f"run `{entry.download_command} --force`"
+        )
     partial = " (a partial download exists; the command resumes it)" if part_path(entry).is_file() else ""
     raise CheckpointError(
         f"checkpoint {entry.name} is not downloaded{partial}: run `{entry.download_command}` "
