@@ -1,13 +1,14 @@
-"""Peak memory against frames processed, with a capped and the uncapped (official) long-term memory.
+"""Peak memory against video length, with the default (bounded) and the official (unbounded) memory.
 
-A real clip (DAVIS ``blackswan`` from ``../shared/data`` by default) is looped back and forth to the
-requested length, so the video has no cuts; its first ground-truth mask starts tracking. Each setting runs
-in its own process so that peak figures do not mix. Per checkpoint the table shows the frames processed,
-the long-term memory frames and tokens, the resident set size (RSS, now and peak) and, on a GPU, the CUDA
-peak allocation. With the cap the curves are flat once the cap fills; without it they grow with the video::
+A real clip (DAVIS ``blackswan`` from ``../shared/data`` by default) is looped back and forth to each
+requested length, so the video has no cuts; its first ground-truth mask starts tracking. Every (setting,
+length) runs in its own process so that peak figures do not mix. The table shows the long-term memory
+frames and tokens at the end, the peak resident set size (RSS) and, on a GPU, the CUDA peak allocation,
+the time per frame, and each peak against the shortest video's. With the default memory the peaks are
+flat in the video's length; without a cap they grow with it::
 
-    python benchmarks/memory_long_video.py                       # CPU, mobilenet DeAOT-L, 300 frames
-    python benchmarks/memory_long_video.py --frames 2000 --device cuda --model r50_deaotl --json out.json
+    python benchmarks/memory_long_video.py                       # CPU, MobileNet DeAOT-L, 150/600/4640 frames
+    python benchmarks/memory_long_video.py --lengths 150,600,4640 --device cuda --model r50_deaotl --json out.json
 
 Weights are random unless ``--checkpoint`` is given: memory use does not depend on them (the predicted
 masks do, which changes nothing in what is stored).
@@ -78,26 +79,24 @@ def worker(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = build_model(args.model)
     model = model.eval().to(device)
-    cap = args.cap if args.worker == "capped" else None
-    memory = MemoryConfig(gap=args.gap, cap=cap)
-    engine = VOSEngine(model, EngineConfig(max_long_edge=args.max_long_edge, memory=memory))
+    memory = MemoryConfig(gap=args.gap, cap="none" if args.worker == "official" else None)
+    engine = VOSEngine(model, EngineConfig(max_long_edge=args.max_long_edge, memory=memory, precision=args.precision))
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     engine.add_reference(frames[0], mask)
-    marks = set(np.linspace(0, args.frames - 1, args.rows).round().astype(int).tolist())
     start = time.perf_counter()
     for t in range(1, args.frames):
         engine.step(frames[_ping_pong(len(frames), t)])
-        if t in marks or t == args.frames - 1:
-            rss, peak = _rss_mb()
-            row = {"setting": args.worker, "frames": t + 1, "lt_frames": len(engine.groups[0].long_term),
-                   "lt_tokens": engine.long_term_tokens(), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
-                   "cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
-                   "seconds": round(time.perf_counter() - start, 2)}
-            print(json.dumps(row), flush=True)
+    rss, peak = _rss_mb()
+    row = {"setting": args.worker, "frames": args.frames, "lt_frames": len(engine.groups[0].memory.frames),
+           "lt_tokens": engine.long_term_tokens(), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
+           "cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
+           "seconds": round(time.perf_counter() - start, 2),
+           "ms_per_frame": round(1000 * (time.perf_counter() - start) / max(1, args.frames - 1), 2)}
+    print(json.dumps(row), flush=True)
     info = {"setting": args.worker, "input_size": list(engine.input_size), "token_grid": list(engine.token_grid),
-            "model": args.model, "device": str(device)}
+            "model": args.model, "device": str(device), "memory": engine.schedule.to_dict()}
     print(json.dumps({"info": info}), flush=True)
 
 
@@ -111,43 +110,51 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mask-dir", default=str(davis / "Annotations" / "480p" / "blackswan"),
                    help="folder whose first PNG is the initial mask")
     p.add_argument("--clip-frames", type=int, default=50, help="frames of the clip to loop")
-    p.add_argument("--frames", type=int, default=300, help="length of the looped video")
-    p.add_argument("--gap", type=int, default=5, help="long-term memory gap in frames (official L models: 5)")
-    p.add_argument("--cap", type=int, default=8, help="long-term memory cap in frames for the capped run")
+    p.add_argument("--lengths", default="150,600,4640", help="lengths of the looped video, comma-separated")
+    p.add_argument("--frames", type=int, default=None, help=argparse.SUPPRESS)  # one length, in a worker
+    p.add_argument("--gap", type=int, default=None, help="long-term memory gap (default: the model's)")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (GPU)")
     p.add_argument("--max-long-edge", type=float, default=480, help="network input long-edge cap")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--rows", type=int, default=8, help="checkpoints in the table")
-    p.add_argument("--settings", default="capped,uncapped", help="which runs, comma-separated")
+    p.add_argument("--settings", default="default,official",
+                   help="default (the model's bounded memory) and/or official (unbounded), comma-separated")
     p.add_argument("--json", help="also write all rows to this JSON file")
-    p.add_argument("--worker", choices=("capped", "uncapped"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("default", "official"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
 
     rows, infos = [], []
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    lengths = [int(v) for v in args.lengths.split(",")]
     for setting in args.settings.split(","):
-        cmd = [sys.executable, str(Path(__file__).resolve()), *forwarded, "--worker", setting]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{setting} run failed:\n{proc.stderr[-2000:]}")
-        for line in proc.stdout.splitlines():
-            obj = json.loads(line)
-            (infos.append(obj["info"]) if "info" in obj else rows.append(obj))
+        for length in lengths:
+            if setting == "official" and length > 1000 and args.device == "cpu":
+                continue  # grows without bound: hours on a CPU; run it on a GPU (or pass --lengths)
+            cmd = [sys.executable, str(Path(__file__).resolve()), *forwarded, "--worker", setting, "--frames",
+                   str(length)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{setting} run of {length} frames failed:\n{proc.stderr[-2000:]}")
+            for line in proc.stdout.splitlines():
+                obj = json.loads(line)
+                (infos.append(obj["info"]) if "info" in obj else rows.append(obj))
     if infos:
         i = infos[0]
-        print(f"model {i['model']} on {i['device']}, input {i['input_size'][0]}x{i['input_size'][1]} "
-              f"({i['token_grid'][0]}x{i['token_grid'][1]} tokens at 16x), gap {args.gap}, cap {args.cap}, "
-              f"clip {Path(args.clip).name} looped to {args.frames} frames")
-    head = f"{'setting':<9} {'frames':>6} {'LT frames':>9} {'LT tokens':>9} {'RSS MiB':>8} {'peak RSS':>8} " \
-           f"{'CUDA peak':>9} {'s':>7}"
+        print(f"model {i['model']} on {i['device']}, {args.threads} CPU thread(s), input {i['input_size'][0]}x"
+              f"{i['input_size'][1]} ({i['token_grid'][0]}x{i['token_grid'][1]} tokens at 16x), default memory "
+              f"{i['memory']}, clip {Path(args.clip).name} looped")
+    head = (f"{'setting':<9} {'frames':>6} {'LT frames':>9} {'LT tokens':>9} {'peak RSS MiB':>12} {'x first':>7} "
+            f"{'CUDA peak MiB':>13} {'x first':>7} {'ms/frame':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
+        first = next(x for x in rows if x["setting"] == r["setting"])
         cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
-        print(f"{r['setting']:<9} {r['frames']:>6} {r['lt_frames']:>9} {r['lt_tokens']:>9} {r['rss_mb']:>8.0f} "
-              f"{r['peak_rss_mb']:>8.0f} {cuda:>9} {r['seconds']:>7.1f}")
+        cuda_ratio = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb'] / first['cuda_peak_mb']:.2f}"
+        print(f"{r['setting']:<9} {r['frames']:>6} {r['lt_frames']:>9} {r['lt_tokens']:>9} {r['peak_rss_mb']:>12.0f} "
+              f"{r['peak_rss_mb'] / first['peak_rss_mb']:>7.2f} {cuda:>13} {cuda_ratio:>7} {r['ms_per_frame']:>8.1f}")
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
         tmp.write_text(json.dumps({"settings": vars(args), "info": infos, "rows": rows}, indent=2, default=str))

@@ -124,14 +124,14 @@ def test_a_killed_run_never_leaves_an_older_complete_manifest(tmp_path):
 def test_an_unusable_output_location_is_one_line(tmp_path, monkeypatch, error):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(UserError, match=r"cannot write .*file.*is a file, not a folder"):
         RunFolder.create(blocker / "run")
 
     def refuse(self, *args, **kwargs):
         raise error
 
     monkeypatch.setattr("pathlib.Path.write_bytes", refuse)
-    with pytest.raises(UserError, match=f"cannot write to .*run: {error.strerror}"):
+    with pytest.raises(UserError, match=rf"cannot write .*run: {error.strerror.lower().split()[0]}.*--out"):
         RunFolder.create(tmp_path / "run")
 
 

@@ -158,8 +158,13 @@ def tracker_identity(config: TrackerConfig, device_kind: str) -> dict[str, Any]:
 
 
 def as_rgb(image: Any) -> np.ndarray:
-    """PIL image or (H, W, 3) uint8 RGB array -> contiguous uint8 array (checked once, here)."""
-    arr = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
+    """PIL image or (H, W, 3) uint8 RGB array -> contiguous uint8 array (checked once, here). PIL images of
+    other modes are converted as the frame readers convert them (16-bit scaled to 8, not clipped white)."""
+    if hasattr(image, "convert"):
+        from trek_tracker.video import pil_to_rgb
+
+        image = pil_to_rgb(image)
+    arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise InputError(f"images must be RGB uint8 (H, W, 3) arrays or PIL images, got {arr.dtype} {arr.shape}")
     return np.ascontiguousarray(arr)

@@ -35,7 +35,7 @@ import numpy as np
 
 from trek_tracker import __version__
 from trek_tracker.errors import InputError, UserError
-from trek_tracker.files import read_json, write_bytes, write_json
+from trek_tracker.files import os_errors, read_json, write_bytes, write_json
 from trek_tracker.loop import COMPLETE, Sink
 from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import ObjectIds, StreamingTextWriter, read_boxes, read_label_png, read_times, write_label_png
@@ -107,19 +107,11 @@ class RunFolder:
         return folder
 
     def _check_writable(self) -> None:
-        path = self.path
-        for parent in [path, *path.parents]:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise UserError(f"cannot use {path} as an output folder: {parent} is a file")
-                break
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".trek-track-probe-{time.monotonic_ns()}"
+        with os_errors(self.path, hint="choose another --out folder"):
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".trek-track-probe-{time.monotonic_ns()}"
             probe.write_bytes(b"")
             probe.unlink()
-        except OSError as err:
-            raise UserError(f"cannot write to {path}: {err.strerror or err}; choose another --out folder") from None
 
     def _remove_previous_run(self, contents: list[Path]) -> None:
         previous = self._previous_files()

@@ -739,6 +739,20 @@ def draw_overlay(
     return out
 
 
+def check_overlay_encoder() -> None:
+    """A :class:`UserError` when this OpenCV cannot write the overlay video: checked before a run writes
+    anything, so that ``--overlay`` never fails after an earlier run in the folder was replaced."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="trek-track-") as folder:
+        writer = cv2.VideoWriter(os.path.join(folder, "probe.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (16, 16))
+        ok = writer.isOpened()
+        writer.release()
+    if not ok:
+        raise UserError("cannot write overlay videos: this OpenCV build has no mp4v encoder; run without --overlay "
+                        "(or install opencv-python-headless from PyPI)")
+
+
 class OverlayWriter:
     """Writes an MP4 (``mp4v``) of frames with masks tinted per object id and boxes drawn.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import signal
 import sys
 import threading
@@ -48,6 +49,7 @@ class _LazyGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Every user mistake, ours or click's, ends as one line on stderr and a non-zero exit code."""
+        _log_to_stderr()
         try:
             with _signals_interrupt():
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -58,6 +60,10 @@ class _LazyGroup(click.Group):
             _fail(err.format_message() + hint, err.exit_code)
         except click.ClickException as err:
             _fail(err.format_message(), err.exit_code)
+        except OSError as err:  # the environment (permissions, a full or read-only disk, a path under a file)
+            from trek_tracker.files import os_error_message
+
+            _fail(os_error_message(err, action="use"), 2)
         except (_Stopped, Interrupted) as err:
             if err.signum is None:
                 _fail("interrupted; finished work was kept", 130)
@@ -100,6 +106,26 @@ def _signals_interrupt():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _Lines(logging.Formatter):
+    """The package's log lines as the CLI's own: ``trek-track: warning: ...`` and ``trek-track: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"trek-track: {kind}{' '.join(record.getMessage().split())}"
+
+
+def _log_to_stderr() -> None:
+    """Warnings of the package reach stderr once, as ``trek-track: warning: ...`` (commands such as ``eval``
+    lower the level to show progress lines)."""
+    logger = logging.getLogger("trek_tracker")
+    if not any(isinstance(h.formatter, _Lines) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Lines())
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 def _fail(message: str, code: int) -> None:

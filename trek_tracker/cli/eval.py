@@ -95,7 +95,8 @@ def _pipeline_identity(options: dict[str, Any], devices: list[str] | None):
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="trek-track: %(message)s")
+    """Progress lines (runs skipped, frames per second) unless ``--quiet``; warnings always."""
+    logging.getLogger("trek_tracker").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _json_path(path: Path, protocol: str, several: bool) -> Path:

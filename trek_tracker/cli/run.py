@@ -38,7 +38,7 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
     from trek_tracker.pipeline import Tracker
     from trek_tracker.results import ObjectIds, read_label_png
     from trek_tracker.run_folder import Outputs, RunFolder
-    from trek_tracker.video import open_frames
+    from trek_tracker.video import check_overlay_encoder, open_frames
 
     # Everything that can be checked is checked before anything is written.
     if (box is None) == (init_mask is None):
@@ -69,17 +69,24 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
     for member in tracker.members:
         for note in member.notes:
             click.echo(f"trek-track: warning: {note}", err=True)
+    if overlay:
+        check_overlay_encoder()
     folder = RunFolder.create(Path(out) if out else Path("runs") / source.name, overwrite=overwrite)
 
     record = {"video": {"path": str(source.path), "name": source.name, "size": [h, w], "fps": source.fps},
               "start": start_record, "tracker": tracker.describe()}
     sinks = folder.sinks(Outputs(masks=save_masks, probs=save_probs, overlay=overlay), ids=ids,
                          palette=palette if init_mask is not None else None, record=record, fps=source.fps,
-                         size=source.size, describe=lambda: {"tracker": tracker.describe()})
+                         size=source.size, describe=lambda: {"tracker": tracker.describe(),
+                                                             "input_damage": [d.to_dict() for d in source.damage]})
     result = track_video(tracker, source, start, sinks, total=len(source), progress=False if quiet else source.name)
     message = tracker.init_info.get("message")
     if message:
         click.echo(f"trek-track: {message}", err=True)
+    if source.damage:
+        click.echo(f"trek-track: warning: the input is damaged ({len(source.damage)} problem(s), recorded in "
+                   f"{folder.manifest_file} under input_damage); the results cover only what could be read",
+                   err=True)
     lost = sum(len(v) for v in result.lost.values())
     click.echo(f"{result.frames} frames in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.2f} "
                f"fps), {lost} lost; results in {folder.path}/")

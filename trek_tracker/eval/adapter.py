@@ -102,15 +102,13 @@ class ToolkitTracker:
 
     def track(self, img_files: list[str], box: Any, visualize: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The toolkit's ``Tracker.track``: row 0 is the start box; ``times`` covers only the tracker's calls."""
-        from PIL import Image
-
+        from trek_tracker.eval.dataset import load_image
         from trek_tracker.eval.runner import ResultRows
         from trek_tracker.loop import Start, track_video
 
         def frames():
             for path in img_files:
-                with Image.open(path) as im:
-                    yield im.convert("RGB")
+                yield load_image(path)
 
         rows = ResultRows(len(img_files))
         track_video(self.tracker, frames(), Start(box=Box.of(box)), [rows], write_behind=False)

@@ -1,0 +1,276 @@
+"""A TREK-150-shaped workload through the evaluation runner: throughput, time outside the network, peak
+memory against sequence length, and the projected wall time of the whole benchmark on this machine.
+
+The dataset is synthetic but shaped like TREK-150: 150 sequence lengths drawn (seeded) to match the
+published summary (161 to 4,640 frames, median 484, 97,434 frames in all), 1080p frames (hard links to
+the shared 1920x1080 ``aot_demo`` images, so every frame is really decoded), OPE over every sequence, MSE
+anchors every ``--anchor-spacing`` frames tracked towards the longer side (the VOT2020 style the IJCV
+paper describes; the real ``anchors.txt`` decides), and ``--hoi`` intervals per sequence. A sample of that
+plan is tracked (``--sequences``, ``--length-scale``) with any model, and the per-frame figures project the
+full plan.
+
+    python benchmarks/trek150_scale.py --model test_deaot_tiny --random-weights --device cpu --threads 1
+    python benchmarks/trek150_scale.py --model r50_deaotl --checkpoint r50_deaotl --device cuda --sequences 10
+
+"Outside the network" is each frame's wall time minus the time spent in the model's own calls (encode,
+ID embedding, propagation, decoding, ID fusion; synchronised on a GPU): decoding, preprocessing,
+upsampling and arg-max, boxes, memory writes and result files. With the tiny test model on a CPU this is
+the pipeline's own overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+REAL = {"sequences": 150, "frames": 97_434, "min": 161, "median": 484, "max": 4_640}
+
+
+def draw_lengths(seed: int = 0) -> list[int]:
+    """150 lengths with TREK-150's minimum, median, maximum and total (a log-normal, rescaled)."""
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.lognormal(mean=np.log(REAL["median"]), sigma=0.75, size=REAL["sequences"]))
+    x = (x - x[0]) / (x[-1] - x[0])  # 0..1, ordered
+    lengths = REAL["min"] + x * (REAL["max"] - REAL["min"])
+    mid = REAL["sequences"] // 2
+    # pin the median and the ends, and scale the rest to the total
+    for _ in range(200):
+        lengths = np.clip(lengths * REAL["frames"] / lengths.sum(), REAL["min"], REAL["max"])
+        lengths[0], lengths[-1] = REAL["min"], REAL["max"]
+        lengths[mid - 1:mid + 1] = REAL["median"]
+        low, high = lengths[:mid - 1], lengths[mid + 1:]  # keep the order around the pinned median
+        lengths[:mid - 1], lengths[mid + 1:] = np.minimum(low, REAL["median"]), np.maximum(high, REAL["median"])
+    return [int(round(v)) for v in lengths]
+
+
+def anchors(n: int, spacing: int) -> list[tuple[int, int]]:
+    """Anchors every ``spacing`` frames, each tracked towards the longer side (0 forward, 1 backward)."""
+    return [(a, 0 if n - a >= a + 1 else 1) for a in range(0, n, spacing)]
+
+
+def hoi_intervals(n: int, count: int) -> list[tuple[int, int, int]]:
+    """``count`` intervals of a quarter of the sequence (at most 300 frames), spread over it."""
+    length = max(2, min(300, n // 4))
+    starts = np.linspace(0, n - length, count + 2)[1:-1].astype(int) if count else []
+    return [(int(s), int(s) + length - 1, k % 3) for k, s in enumerate(starts)]
+
+
+def build(root: Path, lengths: list[int], images: list[Path], box: tuple[int, int, int, int], spacing: int,
+          hoi: int) -> None:
+    """The official layout, frames hard-linked (or symlinked) to ``images``."""
+    ann = root / "TREK-150-annotations"
+    ann.mkdir(parents=True)
+    names = [f"P{i // 10 + 1:02d}-P{i // 10 + 1:02d}_{i % 10 + 1:02d}-{i + 1}" for i in range(len(lengths))]
+    (ann / "sequences.txt").write_text("".join(n + "\n" for n in names))
+    for name, n in zip(names, lengths, strict=True):
+        seq = root / name
+        (seq / "img").mkdir(parents=True)
+        ids = [1 + i for i in range(n)]
+        (seq / "groundtruth_rect.txt").write_text("".join(",".join(map(str, box)) + "\n" for _ in range(n)))
+        (seq / "frames.txt").write_text("".join(f"{f}\n" for f in ids))
+        for i, fid in enumerate(ids):
+            dst, src = seq / "img" / f"frame_{fid:010d}.jpg", images[i % len(images)]
+            try:
+                os.link(src, dst)
+            except OSError:
+                dst.symlink_to(src)
+        (seq / "anchors.txt").write_text("".join(f"{a},{d}\n" for a, d in anchors(n, spacing)))
+        if hoi:
+            (seq / "anchors_hoi.txt").write_text("".join(f"{s},{e},{t}\n" for s, e, t in hoi_intervals(n, hoi)))
+
+
+class NetworkClock:
+    """Adds up the time spent in a model's own calls (synchronised on a GPU)."""
+
+    METHODS = ("encode", "id_embedding", "propagate", "decode", "fuse_id")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def attach(self, model) -> None:
+        import torch
+
+        sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+        for name in self.METHODS:
+            original = getattr(model, name)
+
+            def timed(*args, _original=original, **kwargs):
+                sync()
+                start = time.perf_counter()
+                out = _original(*args, **kwargs)
+                sync()
+                self.seconds += time.perf_counter() - start
+                return out
+
+            setattr(model, name, timed)
+
+
+class PeakRSS:
+    """Peak resident memory while a run goes, sampled every 20 ms (MiB)."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0.0, threading.Event()
+
+    def _rss(self) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--model", default="test_deaot_tiny")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--memory-cap", default=None, help="as trek-track (default: the model's, bounded)")
+    parser.add_argument("--sequences", type=int, default=3, help="sequences of the plan to track (a sample)")
+    parser.add_argument("--length-scale", type=float, default=0.1,
+                        help="tracked sequences are this fraction of their drawn length (the projection uses "
+                             "the full lengths)")
+    parser.add_argument("--anchor-spacing", type=int, default=100)
+    parser.add_argument("--hoi", type=int, default=2, help="HOI intervals per sequence")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed, for stable timings)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from trek_tracker.eval.dataset import Trek150
+    from trek_tracker.eval.protocols import Run, hoi_runs, mse_runs, ope_runs, plan
+    from trek_tracker.eval.runner import as_step_tracker, track_run
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.pipeline import Tracker, TrackerConfig
+    from trek_tracker.video import open_frames
+
+    torch.set_num_threads(args.threads)
+    images = sorted((args.shared / "data/aot_demo/images").glob("*.jpg"))
+    frame = open_frames(args.shared / "data/aot_demo/images")[0]
+    h, w = frame.shape[:2]
+    box = (w // 3, h // 3, w // 5, h // 4)
+    lengths = draw_lengths(args.seed)
+    rng = np.random.default_rng(args.seed)
+    sample = sorted(rng.choice(len(lengths), size=min(args.sequences, len(lengths)), replace=False))
+    sample_lengths = [max(8, int(lengths[i] * args.length_scale)) for i in sample]
+
+    cap = args.memory_cap if args.memory_cap in (None, "none") else int(args.memory_cap)
+    config = TrackerConfig(model=args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
+                           device=args.device, precision=args.precision, init=InitConfig(method="box"),
+                           memory=MemoryConfig(cap=cap))
+    tracker = Tracker(config)
+    clock = NetworkClock()
+    for member in tracker.members:
+        clock.attach(member.model)
+    step = as_step_tracker(tracker)
+    cuda = tracker.device.type == "cuda"
+
+    # the full plan (projection) and the sample (tracked)
+    full = [r for n in lengths for r in _plan_of(n, args.anchor_spacing, args.hoi, Run, ope_runs, mse_runs,
+                                                  hoi_runs)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="trek150-scale-") as tmp:
+        root = Path(tmp)
+        build(root, sample_lengths, images, box, max(2, int(args.anchor_spacing * args.length_scale)), args.hoi)
+        dataset = Trek150(root)
+        for run in plan(dataset, "all"):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(tracker.device)
+            clock.seconds = 0.0
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                track_run(step, dataset[run.sequence], run)
+                wall = time.perf_counter() - start
+            rows.append({"protocol": run.protocol, "sequence": run.sequence, "frames": run.length, "seconds": wall,
+                         "network_seconds": clock.seconds, "peak_rss_mib": rss.peak,
+                         "peak_cuda_mib": torch.cuda.max_memory_allocated(tracker.device) / 2**20 if cuda else None})
+
+    frames = sum(r["frames"] for r in rows)
+    seconds = sum(r["seconds"] for r in rows)
+    network = sum(r["network_seconds"] for r in rows)
+    per_frame = seconds / frames
+    full_frames = {p: sum(r.length for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
+    print(f"device {tracker.device}, precision {tracker.precision}, model {tracker.loaded.name}, "
+          f"memory {tracker.describe().get('memory') or config.memory}, {args.threads} CPU thread(s)")
+    print(f"sample: {len(sample)} sequences at {args.length_scale:g} of their length, {len(rows)} runs, "
+          f"{frames} frames tracked")
+    print(f"{'protocol':<9} {'runs':>5} {'frames':>7} {'fps':>8} {'ms/frame':>9} {'network':>8} {'outside':>8}")
+    for p in ("ope", "mse", "hoi", "all"):
+        sel = [r for r in rows if p in ("all", r["protocol"])]
+        if not sel:
+            continue
+        f, s, n = sum(r["frames"] for r in sel), sum(r["seconds"] for r in sel), sum(r["network_seconds"] for r in sel)
+        print(f"{p:<9} {len(sel):>5} {f:>7} {f / s:>8.1f} {1000 * s / f:>9.2f} {1000 * n / f:>8.2f} "
+              f"{1000 * (s - n) / f:>8.2f}")
+    print("peak memory by run length (frames):")
+    for lo, hi in ((0, 100), (100, 300), (300, 1000), (1000, 10**9)):
+        sel = [r for r in rows if lo <= r["frames"] < hi]
+        if sel:
+            cuda_peak = max((r["peak_cuda_mib"] or 0) for r in sel)
+            rss = max(r["peak_rss_mib"] for r in sel)
+            print(f"  {lo:>5}-{hi if hi < 10**9 else '':<5} {len(sel):>4} runs  RSS {rss:8.0f} MiB"
+                  + (f"  CUDA {cuda_peak:8.0f} MiB" if cuda else ""))
+    projected = {p: n * per_frame for p, n in full_frames.items()}
+    print(f"full plan: {sum(full_frames.values())} frames (OPE {full_frames['ope']}, MSE {full_frames['mse']}, "
+          f"HOI {full_frames['hoi']}); projected on this machine at {1000 * per_frame:.1f} ms/frame: "
+          f"{sum(projected.values()) / 3600:.1f} h (OPE {projected['ope'] / 3600:.1f} h, MSE "
+          f"{projected['mse'] / 3600:.1f} h, HOI {projected['hoi'] / 3600:.1f} h)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "device": str(tracker.device), "precision": tracker.precision, "model": tracker.loaded.name,
+            "threads": args.threads, "sample_runs": rows, "frames": frames, "seconds": seconds,
+            "network_seconds": network, "ms_per_frame": 1000 * per_frame,
+            "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
+            "full_plan_frames": full_frames, "projected_hours": {p: v / 3600 for p, v in projected.items()},
+            "assumptions": {"lengths": "drawn to TREK-150's min/median/max/total", "anchor_spacing":
+                            args.anchor_spacing, "hoi_intervals_per_sequence": args.hoi,
+                            "frames": "1920x1080 JPEG (aot_demo)"}}, indent=2))
+    return 0
+
+
+def _plan_of(n, spacing, hoi, Run, ope_runs, mse_runs, hoi_runs):
+    """The runs of one sequence of ``n`` frames under this benchmark's assumptions (no files needed)."""
+    class Seq:
+        name = "s"
+        anchors = globals()["anchors"](n, spacing)
+        hoi = hoi_intervals(n, hoi)
+
+        def __len__(self):
+            return n
+
+    seq = Seq()
+    return ope_runs(seq) + mse_runs(seq) + hoi_runs(seq)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
