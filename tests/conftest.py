@@ -36,3 +36,15 @@ def golden(shared: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"goldens not found at {path}")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run on a machine with a CUDA GPU and skip, saying so, everywhere else."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none is available to PyTorch here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

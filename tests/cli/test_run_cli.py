@@ -194,3 +194,22 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path):
                            "--box", "1,2,3,4"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_run_on_cuda(cli, shared, tiny_checkpoint, tmp_path, precision):
+    """`trek-track run --device cuda` end to end; fp32 agrees with the CPU run's boxes."""
+    video = shared / "data/videos/blackswan.mp4"
+    args = ("--box", "300.5,120,200,150", "--checkpoint", tiny_checkpoint, "--model", TINY, "--max-long-edge",
+            "240", "--quiet", "--init", "box", "--save-masks")
+    gpu = cli("run", "--video", video, "--out", tmp_path / "gpu", "--device", "cuda", "--precision", precision, *args)
+    assert gpu.exit_code == 0, gpu.stderr
+    record = json.loads((tmp_path / "gpu" / "run.json").read_text())
+    assert record["status"] == "complete" and record["tracker"]["device"].startswith("cuda")
+    assert record["tracker"]["precision"] == precision and record["video"]["frames"] == 50
+    if precision == "fp32":
+        assert cli("run", "--video", video, "--out", tmp_path / "cpu", "--device", "cpu", *args).exit_code == 0
+        ours = np.loadtxt(tmp_path / "gpu" / "boxes.txt", delimiter=",")
+        theirs = np.loadtxt(tmp_path / "cpu" / "boxes.txt", delimiter=",")
+        assert np.abs(ours - theirs).max() <= 2.0

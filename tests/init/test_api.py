@@ -111,3 +111,15 @@ def test_sam_only_and_ar_only(tiny_networks) -> None:
     assert {c["source"] for c in res.details["candidates"]} == {"sam"} and res.method in ("sam", "box")
     res = BoxToMask(InitConfig(method="ar"), ar_network=ar)(img, box)
     assert [c["name"] for c in res.details["candidates"]] == ["ar_secm"] and res.method in ("ar", "box")
+
+
+@pytest.mark.cuda
+def test_sam_and_alpha_refine_on_cuda(tiny_networks) -> None:
+    """The fused init on a GPU chooses what it chooses on the CPU (same candidates, same winner)."""
+    sam, ar = tiny_networks
+    img, _, box = _disk_image()
+    cpu = BoxToMask(InitConfig(), "cpu", sam_model=sam, ar_network=ar)(img, box)
+    gpu = BoxToMask(InitConfig(), "cuda", sam_model=sam.to("cuda"), ar_network=ar.to("cuda"))(img, box)
+    assert [c["name"] for c in gpu.details["candidates"]] == [c["name"] for c in cpu.details["candidates"]]
+    assert gpu.details["winner"] == cpu.details["winner"]
+    assert (gpu.mask != cpu.mask).mean() < 0.01

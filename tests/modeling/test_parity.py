@@ -26,30 +26,37 @@ def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-def _model(name: str, seeded_state):
+def _model(name: str, seeded_state, device: str = "cpu"):
     model = build_model(name).eval()
     load_official_state_dict(model, seeded_state(name), model_name=name)
-    return model
+    if device == "cuda":  # the parity mode on a GPU: float32 without TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return model.to(device)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["deaott", "r50_deaotl", "swinb_deaotl"])
-def test_car_shadow_matches_official(name, golden, davis, seeded_state):
+def test_car_shadow_matches_official(name, device, golden, davis, seeded_state):
     gold = np.load(golden / "deaot" / name / "car-shadow.npz")
     frames = [_rgb(davis / "JPEGImages/480p/car-shadow" / f) for f in gold["frames"]]
     mask = np.array(Image.open(davis / "Annotations/480p/car-shadow/00000.png"))
-    engine = VOSEngine(_model(name, seeded_state), EngineConfig(max_long_edge=float(gold["max_long_edge"])))
+    engine = VOSEngine(_model(name, seeded_state, device), EngineConfig(max_long_edge=float(gold["max_long_edge"])))
     engine.add_reference(frames[0], (mask > 0).astype(np.uint8))
     assert engine.input_size == tuple(gold["input_size"])
     assert engine.token_grid == tuple(gold["enc_size"])
     assert engine.long_term_tokens() == gold["ltm_tokens"][0]
     for t in range(1, len(frames)):
         out = engine.step(frames[t])
-        logits = out.logits[0][0].numpy()
+        logits = out.logits[0][0].cpu().numpy()
         assert logits.shape == gold["logits4x"][t - 1].shape
         assert np.abs(logits - gold["logits4x"][t - 1]).max() <= LOGIT_TOL, f"frame {t}"
-        prob = out.probs[1].numpy()
+        prob = out.probs[1].cpu().numpy()
         assert np.abs(prob - gold["prob_obj1"][t - 1].astype(np.float32)).max() <= PROB_TOL, f"frame {t}"
-        assert (out.labels.numpy() != gold["label"][t - 1]).sum() <= LABEL_PIXELS, f"frame {t}"
+        assert (out.labels.cpu().numpy() != gold["label"][t - 1]).sum() <= LABEL_PIXELS, f"frame {t}"
         assert engine.long_term_tokens() == gold["ltm_tokens"][t], f"frame {t}"
 
 

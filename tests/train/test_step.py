@@ -123,3 +123,22 @@ def test_unrolled_clip_matches_the_inference_engine(step):
     assert len(captured) == 4
     for ours, theirs in zip(captured[1:], engine_logits, strict=True):
         assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_training_step_on_cuda(batch, dtype):
+    """The unrolled step under CUDA autocast, with gradient scaling for float16 (it crashed at step 1)."""
+    torch.manual_seed(0)
+    step = UnrolledStep(build_model("test_msdeaot_tiny").cuda()).train()
+    images, labels, n = (t.cuda() for t in batch)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    optimizer = torch.optim.AdamW(step.parameters(), lr=1e-4)
+    with torch.autocast("cuda", dtype=dtype):
+        out = step(images, labels, n, gt_memory=False, long_term_gap=1)
+    scaler.scale(out.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.isfinite(out.loss) and torch.isfinite(out.frame_losses).all()
+    grads = [p.grad for p in step.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

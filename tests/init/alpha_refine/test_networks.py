@@ -97,16 +97,20 @@ def _seeded(golden: Path, name: str) -> dict[str, torch.Tensor]:
     return module.seeded_state_dict(json.loads(spec_path.read_text()))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name", ["secm", "seg384"])
-def test_parity_with_official_outputs(golden: Path, davis: Path, name: str) -> None:
+def test_parity_with_official_outputs(golden: Path, davis: Path, name: str, device: str) -> None:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if device == "cuda":  # float32 without TF32, as the goldens were made
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     ref = np.load(golden / "alpha_refine" / name / "car-shadow.npz")
-    ar = AlphaRefine(build_model(_seeded(golden, name), name))
+    ar = AlphaRefine(build_model(_seeded(golden, name), name), device)
     frame = cv2.imread(str(davis / "JPEGImages" / "480p" / "car-shadow" / "00000.jpg"))[..., ::-1].copy()
     box = ref["frame0_box"]
     ar.initialize(frame, box)
     assert np.array_equal(ar.template_crop, ref["template_crop_uint8"])
-    np.testing.assert_allclose(ar.kernel.numpy(), ref["ref_kernel"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ar.kernel.cpu().numpy(), ref["ref_kernel"], rtol=1e-4, atol=1e-4)
     out = ar.run(frame, box, branches=("corner", "mask") if name == "secm" else ("mask",))
     assert np.array_equal(out.crop_uint8, ref["f0_crop_uint8"])
     np.testing.assert_allclose(out.mask_crop, ref["f0_mask_crop"], atol=1e-3)
