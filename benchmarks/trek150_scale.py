@@ -258,17 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _Planned:
+    """A sequence as the protocol planners see it (no files): name, length, anchors, HOI intervals."""
+
+    def __init__(self, n: int, spacing: int, hoi: int) -> None:
+        self.name, self.n = "s", n
+        self.anchors, self.hoi = anchors(n, spacing), hoi_intervals(n, hoi)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def _plan_of(n, spacing, hoi, Run, ope_runs, mse_runs, hoi_runs):
-    """The runs of one sequence of ``n`` frames under this benchmark's assumptions (no files needed)."""
-    class Seq:
-        name = "s"
-        anchors = globals()["anchors"](n, spacing)
-        hoi = hoi_intervals(n, hoi)
-
-        def __len__(self):
-            return n
-
-    seq = Seq()
+    """The runs of one sequence of ``n`` frames under this benchmark's assumptions."""
+    seq = _Planned(n, spacing, hoi)
     return ope_runs(seq) + mse_runs(seq) + hoi_runs(seq)
 
 

@@ -1,0 +1,196 @@
+"""Frames per second of trek-track, end to end and of the network alone, per model, precision and input
+size, with peak GPU memory; and, given an official aot-benchmark checkout, the official engine on the same
+device, frames and weights in the same run, as a ratio.
+
+    python benchmarks/gpu_speed.py --models r50_deaotl --precisions bf16 fp32 --inputs 480p 1080p
+    python benchmarks/gpu_speed.py --models r50_deaotl --official /path/to/aot-benchmark --json speed.json
+
+Columns (medians over the frames after ``--warmup``):
+
+* ``end-to-end``: ``trek-track run`` as a user runs it, from decoding an MP4 to ``boxes.txt`` and
+  ``run.json`` (wall clock, frames / seconds);
+* ``tracker``: the tracker's own call per frame (the TREK-150 toolkit's speed: decoding and writing
+  excluded);
+* ``network``: the model's own calls only (encode, ID embedding, propagation, decoding, ID fusion);
+* ``peak GPU``: ``torch.cuda.max_memory_allocated`` over the end-to-end run;
+* ``official`` (with ``--official``): the official engine driven as its evaluator drives it
+  (``official_aot.py``), its network span and its span with its CPU preprocessing, and our end-to-end speed
+  against the latter.
+
+Weights: the registry checkpoint named like the model when it is downloaded, else the goldens' seeded
+weights (speed does not depend on the weights' values). Inputs: 480p is DAVIS ``blackswan`` (854x480),
+1080p the shared ``aot_demo`` frames (1920x1080), each looped to ``--frames`` and encoded as an MP4 first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trek150_scale import NetworkClock  # noqa: E402
+
+INPUTS = {"480p": ("data/davis/JPEGImages/480p/blackswan", (330, 130, 250, 170)),
+          "1080p": ("data/aot_demo/images", (640, 360, 384, 270))}
+
+
+def make_video(shared: Path, which: str, frames: int, folder: Path) -> Path:
+    """``frames`` frames of an input, played back and forth, as an mp4v MP4 (decoded like a user's video)."""
+    images = sorted((shared / INPUTS[which][0]).glob("*.jpg"))
+    first = cv2.imread(str(images[0]))
+    path = folder / f"{which}.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (first.shape[1], first.shape[0]))
+    period = max(1, 2 * (len(images) - 1))
+    for t in range(frames):
+        k = t % period
+        writer.write(cv2.imread(str(images[k if k < len(images) else period - k])))
+    writer.release()
+    return path
+
+
+def official_state(shared: Path, model: str) -> tuple[dict, str]:
+    """Official-keyed weights: the downloaded checkpoint when there is one, else the seeded golden ones."""
+    from trek_tracker.errors import UserError
+    from trek_tracker.modeling.checkpoints import read_checkpoint
+    from trek_tracker.weights import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(model, kind="deaot")
+        return read_checkpoint(path), str(path)
+    except UserError:
+        spec = importlib.util.spec_from_file_location("seeded_weights", shared / "golden/seeded_weights.py")
+        sw = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sw)
+        keys = json.loads((shared / "golden/deaot" / model / "keys.json").read_text())
+        return sw.seeded_state_dict(keys), "seeded (goldens)"
+
+
+def ours(video: Path, box, model: str, state: dict, device: torch.device, precision: str, out: Path,
+         warmup: int) -> dict:
+    from trek_tracker.geometry import Box
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.loop import Start, track_video
+    from trek_tracker.modeling.checkpoints import load_official_state_dict
+    from trek_tracker.modeling.registry import build_model
+    from trek_tracker.pipeline import LoadedModel, Tracker, TrackerConfig
+    from trek_tracker.results import ObjectIds
+    from trek_tracker.run_folder import Outputs, RunFolder
+    from trek_tracker.video import open_frames
+
+    net = build_model(model)
+    load_official_state_dict(net, state, model_name=model)
+    net = net.to(device).eval()
+    clock = NetworkClock()
+    clock.attach(net)
+    tracker = Tracker(TrackerConfig(precision=precision, init=InitConfig(method="box")),
+                      loaded=LoadedModel(net, model, None, None, device))
+    source = open_frames(video)
+    folder = RunFolder.create(out, overwrite=True)
+    sinks = folder.sinks(Outputs(), ids=ObjectIds((255,)), palette=None, record={"video": {"name": video.stem}},
+                         fps=source.fps, size=source.size)
+    per_frame = []
+
+    def on_frame(index: int) -> None:
+        per_frame.append((time.perf_counter(), clock.seconds))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    track_video(tracker, source, Start(box=Box(*box)), sinks, total=len(source), on_frame=on_frame)
+    end = time.perf_counter()
+    times = np.loadtxt(folder.times_file)
+    steady = per_frame[warmup:]
+    wall = (steady[-1][0] - steady[0][0]) / max(1, len(steady) - 1)
+    network = (steady[-1][1] - steady[0][1]) / max(1, len(steady) - 1)
+    return {"frames": len(per_frame), "end_to_end_fps": 1 / wall, "end_to_end_fps_with_start": len(per_frame) /
+            (end - start), "tracker_fps": 1 / statistics.median(times[warmup:]), "network_fps": 1 / network,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "input_size": tracker.describe().get("network_input_size"), "precision": tracker.precision}
+
+
+def official(checkout: Path, video: Path, box, model: str, state: dict, device: torch.device, warmup: int) -> dict:
+    from official_aot import OfficialEngine
+
+    from trek_tracker.geometry import box_to_mask
+    from trek_tracker.video import open_frames
+
+    frames = list(open_frames(video))
+    engine = OfficialEngine(checkout, model, state, device)
+    engine.start(frames[0], box_to_mask(box, frames[0].shape[:2]).astype(np.uint8))
+    network, total = [], []
+    for frame in frames[1:]:
+        _, _, n, t = engine.step(frame)
+        network.append(n)
+        total.append(t)
+    return {"official_network_fps": 1 / statistics.median(network[warmup:]),
+            "official_total_fps": 1 / statistics.median(total[warmup:])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--models", nargs="+", default=["r50_deaotl"])
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
+    parser.add_argument("--inputs", nargs="+", default=["480p", "1080p"], choices=sorted(INPUTS))
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed on a CPU)")
+    parser.add_argument("--official", type=Path, default=None, help="an aot-benchmark checkout to compare with")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from trek_tracker.device import select_device
+
+    device = select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; {args.frames} frames per case, first {args.warmup} not timed")
+    head = (f"{'model':<13} {'input':<6} {'precision':<9} {'net input':>10} {'end-to-end':>10} {'tracker':>8} "
+            f"{'network':>8} {'peak GPU':>9}" + (f" {'official net':>12} {'official all':>12} {'x official':>10}"
+                                                 if args.official else ""))
+    print(head)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gpu-speed-") as tmp:
+        for which in args.inputs:
+            video = make_video(args.shared, which, args.frames, Path(tmp))
+            box = INPUTS[which][1]
+            for model in args.models:
+                state, source = official_state(args.shared, model)
+                baseline = official(args.official, video, box, model, state, device, args.warmup) \
+                    if args.official else {}
+                for precision in args.precisions:
+                    row = {"model": model, "input": which, "weights": source, "device": name,
+                           **ours(video, box, model, state, device, precision, Path(tmp) / "run", args.warmup),
+                           **baseline}
+                    if baseline:
+                        row["speedup_vs_official"] = row["end_to_end_fps"] / baseline["official_total_fps"]
+                    rows.append(row)
+                    size = "x".join(map(str, row["input_size"] or []))
+                    peak = "-" if row["peak_gpu_mib"] is None else f"{row['peak_gpu_mib']:.0f} MiB"
+                    line = (f"{model:<13} {which:<6} {row['precision']:<9} {size:>10} {row['end_to_end_fps']:>10.1f} "
+                            f"{row['tracker_fps']:>8.1f} {row['network_fps']:>8.1f} {peak:>9}")
+                    if baseline:
+                        line += (f" {baseline['official_network_fps']:>12.1f} {baseline['official_total_fps']:>12.1f}"
+                                 f" {row['speedup_vs_official']:>9.2f}x")
+                    print(line, flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
