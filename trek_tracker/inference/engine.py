@@ -75,6 +75,8 @@ class VOSEngine:
         self.layout = []  # per GPM layer: grid and long-term subsampling (MSDeAOT layers differ in stride)
         self.frame_step = 0
         self._pending: list[list] = []
+        # Variant-specific preprocessing (VMOS resizes the uint8 frame and enlarges small frames).
+        self._resize = getattr(model.config, "input_resize", "float32")
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +89,7 @@ class VOSEngine:
         if tuple(frame.shape[:2]) != self.frame_size:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
                              f"{self.frame_size[1]}x{self.frame_size[0]}")
-        x = to_network_input(frame, self.input_size, flip=self.config.flip)
+        x = to_network_input(frame, self.input_size, flip=self.config.flip, resize=self._resize)
         return x.to(self.device, non_blocking=True)
 
     def _labels_to_input(self, labels: torch.Tensor) -> torch.Tensor:
@@ -120,7 +122,8 @@ class VOSEngine:
             h, w = self.frame_size
             self.input_size = input_size(h, w, max_long_edge=self.config.max_long_edge,
                                          max_short_edge=self.config.max_short_edge, scale=self.config.scale,
-                                         align_corners=self.model.align_corners)
+                                         align_corners=self.model.align_corners,
+                                         min_short_edge=getattr(self.model.config, "min_short_edge", None))
         elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.groups):
             raise InputError("a later reference frame may not add object groups (at most "
                              f"{len(self.groups) * self.max_objects} objects in this video)")
