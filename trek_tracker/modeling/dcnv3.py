@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SAMPLERS = ("grid",)
-
 
 def _reference_points(h_in: int, w_in: int, h_out: int, w_out: int, kernel: int, dilation: int,
                       device: torch.device) -> torch.Tensor:
@@ -81,15 +79,11 @@ class DCNv3(nn.Module):
     depth-wise conv, ``dw_conv.1.1`` its LayerNorm) so that checkpoints load as they are.
     """
 
-    def __init__(self, channels: int, group: int, *, kernel: int = 3, offset_scale: float = 1.0,
-                 sampler: str = "grid") -> None:
+    def __init__(self, channels: int, group: int, *, kernel: int = 3, offset_scale: float = 1.0) -> None:
         super().__init__()
         if channels % group:
             raise ValueError(f"DCNv3: channels ({channels}) must be divisible by group ({group})")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"DCNv3: sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.channels, self.group, self.kernel, self.offset_scale = channels, group, kernel, offset_scale
-        self.sampler = sampler
         self.dw_conv = nn.Sequential(
             nn.Conv2d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels),
             nn.Sequential(_ChannelsLast(), nn.LayerNorm(channels, eps=1e-6)),

@@ -62,6 +62,8 @@ class VMOSConfig(ModelConfig):
     family: ClassVar[str] = "vmos"
 
     def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise UserError(f"VMOS {self.name!r}: num_layers must be at least 1, got {self.num_layers}")
         for name in ("width8", "width4", "head_hidden"):
             value = getattr(self, name)
             if value < 8 or value % 8:

@@ -58,10 +58,10 @@ class Block(nn.Module):
     """One InternImage layer with layer scale (pre-norm): DCNv3 then MLP, each scaled per channel."""
 
     def __init__(self, channels: int, group: int, *, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 layer_scale: float = 1.0, offset_scale: float = 1.0, sampler: str = "grid") -> None:
+                 layer_scale: float = 1.0, offset_scale: float = 1.0) -> None:
         super().__init__()
         self.norm1 = nn.Sequential(nn.LayerNorm(channels, eps=EPS))
-        self.dcn = DCNv3(channels, group, offset_scale=offset_scale, sampler=sampler)
+        self.dcn = DCNv3(channels, group, offset_scale=offset_scale)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.Sequential(nn.LayerNorm(channels, eps=EPS))
         self.mlp = Mlp(channels, int(channels * mlp_ratio), act_layer=nn.GELU)
@@ -76,11 +76,10 @@ class Block(nn.Module):
 class Level(nn.Module):
     """Blocks, the closing LayerNorm (the level's output) and an optional downsample for the next level."""
 
-    def __init__(self, channels: int, depth: int, group: int, *, downsample: bool, drop_path: list[float],
-                 sampler: str) -> None:
+    def __init__(self, channels: int, depth: int, group: int, *, downsample: bool, drop_path: list[float]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(channels, group, drop_path=drop_path[i], sampler=sampler) for i in range(depth)
+            Block(channels, group, drop_path=drop_path[i]) for i in range(depth)
         )
         self.norm = nn.Sequential(nn.LayerNorm(channels, eps=EPS))
         self.downsample = Downsample(channels) if downsample else None
@@ -97,7 +96,7 @@ class InternImageEncoder(nn.Module):
 
     def __init__(self, channels: int = 64, depths: tuple[int, ...] = (4, 4, 18, 4),
                  groups: tuple[int, ...] = (4, 8, 16, 32), *, drop_path_rate: float = 0.2,
-                 sampler: str = "grid", freeze_at: int = -1) -> None:
+                 freeze_at: int = -1) -> None:
         super().__init__()
         if len(depths) != 4 or len(groups) != 4:
             raise ValueError("InternImage needs four levels")
@@ -109,7 +108,7 @@ class InternImageEncoder(nn.Module):
         for i in range(4):
             start = sum(depths[:i])
             self.levels.append(Level(widths[i], depths[i], groups[i], downsample=i < 3,
-                                     drop_path=rates[start:start + depths[i]], sampler=sampler))
+                                     drop_path=rates[start:start + depths[i]]))
         self.freeze_at = freeze_at
         if freeze_at >= 1:
             freeze_module(self.patch_embed)
