@@ -26,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -69,7 +70,7 @@ def load_official(root: Path):
     from networks.models import build_vos_model
 
     cwd = os.getcwd()
-    os.chdir("/tmp")  # the config object makes result folders relative to the working directory
+    os.chdir(tempfile.gettempdir())  # the config object makes result folders relative to the working directory
     try:
         cfg = importlib.import_module("configs.ytb_vip_dav_deaot_internT").EngineConfig("default",
                                                                                          "internT_msdeaotl_v2")
