@@ -371,3 +371,26 @@ def test_id_embedding_8x_is_a_nearest_upsampled_16x_bank() -> None:
     rows, cols = (np.arange(9) * 5) // 9, (np.arange(13) * 7) // 13  # legacy nearest: floor(i * in / out)
     torch.testing.assert_close(fine, coarse[0][rows][:, cols])
     assert emb.per_layer == [0, 0, 1]
+
+
+def test_every_trainable_parameter_gets_a_gradient() -> None:
+    """A reference pass and one propagated frame reach every trainable parameter (DDP needs no unused ones);
+    the parts the official forward never uses (its FPN decoder and norm, level 2's downsample) are frozen."""
+    torch.manual_seed(0)
+    model = build_model("test_vmos_tiny").train()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("unused_", "encoder.levels.2.downsample.")) for n in frozen)
+    images = torch.randn(2, 3, 65, 97)
+    labels = torch.zeros(2, 65, 97, dtype=torch.long)
+    labels[:, 20:40, 30:60] = 1
+    one_hot = F.one_hot(labels, 11).permute(0, 3, 1, 2).float()
+    feats = [model.encode(images[i:i + 1]) for i in range(2)]
+    memory = Memory(model.memory_layout(feats[0]), MemorySchedule(gap=1, skip=1))
+    emb = model.id_embedding(one_hot[:1])
+    _, entries = model.propagate(feats[0], None, emb)
+    memory.remember(0, entries, [e.id_value for e in entries], reference=True)
+    tokens, _ = model.propagate(feats[1], memory.attend())
+    loss = F.cross_entropy(F.interpolate(model.decode(tokens, feats[1]), size=(65, 97)), labels[1:])
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:5]

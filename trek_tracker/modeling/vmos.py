@@ -178,6 +178,8 @@ class VMOS(VOSModel):
         # Built by the official model, never called by its forward pass (see the module docstring).
         self.unused_norm = nn.GroupNorm(2, 2 * c.d_model)
         self.unused_decoder = FPNHead(2 * c.d_model, classes, (dims[0], dims[1], dims[2]), hidden_dim=c.d_model)
+        for p in (*self.unused_norm.parameters(), *self.unused_decoder.parameters()):
+            p.requires_grad_(False)  # no gradient ever reaches them; keeps them out of optimisers and DDP
         self._add_id_bank()
         self.id_bank8 = patch_id_bank(classes, c.width8, 16, True)
         self.id_norm8 = nn.LayerNorm(c.width8)

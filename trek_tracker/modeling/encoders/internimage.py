@@ -109,6 +109,9 @@ class InternImageEncoder(nn.Module):
             start = sum(depths[:i])
             self.levels.append(Level(widths[i], depths[i], groups[i], downsample=i < 3,
                                      drop_path=rates[start:start + depths[i]]))
+        # Level 2's downsample never runs (level 3 takes level 2's output); the official model computes it and
+        # throws it away. Its parameters stay (checkpoints hold them) but take no part in training.
+        freeze_module(self.levels[2].downsample)
         self.freeze_at = freeze_at
         if freeze_at >= 1:
             freeze_module(self.patch_embed)
