@@ -141,6 +141,22 @@ def test_dcnv3_samples_where_the_spec_says() -> None:
     np.testing.assert_allclose(out[0], expected, atol=2e-5)
 
 
+def test_dcnv3_module_in_float64_agrees_with_float32() -> None:
+    """The sampling locations are built in float32 (as the official core does) but cast to the value's dtype,
+    so the module also runs in float64 (a numerical reference), within float32 noise of the float32 result."""
+    from trek_tracker.modeling.dcnv3 import DCNv3
+
+    torch.manual_seed(0)
+    module = DCNv3(16, 4).eval()
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # non-zero offsets and non-uniform masks
+    x = torch.randn(1, 9, 11, 16)
+    with torch.no_grad():
+        single, double = module(x), module.double()(x.double())
+    assert double.dtype == torch.float64
+    assert (single.double() - double).abs().max() < 1e-5 < (single.double() - double).abs().max() * 1e6
+
+
 # --------------------------------------------------------------------------- preprocessing
 def test_preprocessing_enlarges_small_frames_and_resizes_uint8() -> None:
     # MultiRestrictSize_ by hand: short edge 240 < 480 -> x2, then the long-edge cap, int, 16k+1 alignment.
