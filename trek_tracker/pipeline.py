@@ -29,6 +29,7 @@ from trek_tracker.inference.memory import MemoryConfig
 from trek_tracker.inference.preprocess import Frame
 from trek_tracker.inference.tta import TTAConfig
 from trek_tracker.init.api import InitConfig
+from trek_tracker.init.refine import RefineConfig
 
 DEFAULT_MODEL = "r50_deaotl"
 
@@ -49,6 +50,7 @@ class TrackerConfig:
     tta: TTAConfig = field(default_factory=TTAConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     box: BoxConfig = field(default_factory=BoxConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     name: str | None = None  # tracker name for result folders; default derived from the model
 
     def tracker_name(self) -> str:
@@ -151,7 +153,10 @@ def tracker_identity(config: TrackerConfig, device_kind: str) -> dict[str, Any]:
     files = [] if config.random_weights else [_resolve_model_checkpoint(spec) for spec in config.models()]
     if config.init.method not in ("box", "grabcut"):
         files += [resolve_checkpoint(v, kind=k) for v, k in ((config.init.sam_checkpoint, "sam"),
+                                                             (config.init.hqsam_checkpoint, "hqsam"),
                                                              (config.init.ar_checkpoint, "alpha_refine")) if v]
+    if config.refine.checkpoint:
+        files.append(resolve_checkpoint(config.refine.checkpoint, kind="hqsam"))
     return {"tracker": "trek-track", "settings": settings,
             "precision": resolve_precision(config.precision, torch.device(device_kind)),
             "checkpoint_sha256": [sha256_of(f) for f in files]}
@@ -257,6 +262,12 @@ class Tracker:
             from trek_tracker.init.api import BoxToMask
 
             self._box_to_mask = BoxToMask(config.init, str(device)).load()
+        self._refiner = None
+        if config.refine.checkpoint is not None:
+            from trek_tracker.init.refine import HQSamRefiner
+
+            self._refiner = HQSamRefiner.from_checkpoint(config.refine.checkpoint, device=str(device),
+                                                         iou_threshold=config.refine.min_iou)
 
     def _build_engine(self):
         """One engine per (member, TTA view); a plain VOSEngine without TTA or ensemble."""
@@ -338,8 +349,11 @@ class Tracker:
         if self.engine is None:
             raise RuntimeError("Tracker.init() must be called before step()/update()")
         start = time.perf_counter()
-        out = self.engine.step(Frame(as_rgb(image), self._uploader))
+        frame = as_rgb(image)
+        out = self.engine.step(Frame(frame, self._uploader))
         labels = out.labels.to(torch.uint8)
+        if self._refiner is not None:  # HQTrack: the output is refined, the memory keeps its own labels
+            labels = torch.from_numpy(self._refiner(frame, labels.cpu().numpy()).labels)
         boxes, lost = self._boxes.update(labels)
         self._labels_device, self._labels = labels, None
         host = self.labels if keep_labels else None

@@ -16,7 +16,8 @@ from trek_tracker.errors import UserError
 ARGS = {
     "--model": ["r50_deaotl", "deaott"], "--checkpoint": ["a.pth", "b.pth"], "--random-weights": [],
     "--device": ["cpu"], "--precision": ["bf16"], "--max-long-edge": ["480"], "--init": ["grabcut"],
-    "--sam-checkpoint": ["sam_vit_b"],
+    "--sam-checkpoint": ["sam_vit_b"], "--hqsam-checkpoint": ["sam_hq_vit_b"], "--refine-checkpoint": ["hq.pth"],
+    "--refine-min-iou": ["0.2"],
     "--ar-checkpoint": ["ar_seg384"], "--memory-gap": ["7"], "--memory-skip": ["2"], "--memory-cap": ["none"],
     "--memory-eviction": ["least-similar"],
     "--tta-scales": ["1.2,1.3"], "--tta-flip": [], "--ensemble-mode": ["vote"], "--ensemble-weights": ["1,3"],
@@ -24,7 +25,8 @@ ARGS = {
 EXPECTED = {
     "model": "r50_deaotl", "checkpoint": "a.pth", "random_weights": True, "device": "cpu", "precision": "bf16",
     "max_long_edge": 480,
-    "init.method": "grabcut", "init.sam_checkpoint": "sam_vit_b", "init.ar_checkpoint": "ar_seg384",
+    "init.method": "grabcut", "init.sam_checkpoint": "sam_vit_b", "init.hqsam_checkpoint": "sam_hq_vit_b",
+    "refine.checkpoint": "hq.pth", "refine.min_iou": 0.2, "init.ar_checkpoint": "ar_seg384",
     "memory.gap": 7, "memory.skip": 2, "memory.cap": "none", "memory.eviction": "least-similar",
     "tta.scales": (1.2, 1.3), "tta.flip": True,
     "ensemble.mode": "vote", "ensemble.weights": (1.0, 3.0),

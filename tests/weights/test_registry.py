@@ -20,6 +20,7 @@ def official(monkeypatch: pytest.MonkeyPatch) -> Registry:
 def test_official_registry_has_every_published_checkpoint(official):
     expected = {"sam_vit_b", "sam_vit_l", "sam_vit_h", "ar_seg384", "ar_secm"}
     expected |= set(DEAOT) | {f"{n}_pre" for n in DEAOT}
+    expected |= {"swinb_deaotl_dmaot", "vmos", "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h"}
     assert set(official.names()) == expected
     assert registry_path().name == "registry.toml" and registry_path().parent.name == "weights"
 
@@ -82,3 +83,16 @@ def test_malformed_registries_are_reported(tmp_path, registry_file):
     registry_file.write_text("[checkpoints.x\n")
     with pytest.raises(CheckpointError, match="not valid TOML"):
         default_registry()
+
+
+def test_every_model_entry_feeds_a_registered_model_and_states_its_data(official):
+    from trek_tracker.modeling.registry import model_config
+
+    for entry in official:
+        assert entry.training_data and entry.licence_name, entry.name
+        if entry.kind == "deaot":
+            assert model_config(entry.variant).name == entry.variant
+    assert (official.get("swinb_deaotl_dmaot").variant, official.get("vmos").variant) == ("swinb_deaotl", "vmos")
+    assert "LaSOT" in official.get("swinb_deaotl_dmaot").training_data
+    assert registry_entry("vmos", kind="deaot").file_name == "save_step_42000.pth"
+    assert [official.get(f"sam_hq_vit_{s}").kind for s in "blh"] == ["hqsam"] * 3

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-INIT_METHODS = ("box", "grabcut", "sam", "ar", "fused", "auto")
+INIT_METHODS = ("box", "grabcut", "sam", "hqsam", "ar", "fused", "auto")
 
 
 class _CapType(click.ParamType):
@@ -85,6 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
         "fusion, or auto (fused when both checkpoints are there)."))),
     Setting("--sam-checkpoint", "init.sam_checkpoint", dict(default=None, help=(
         "SAM checkpoint (file or registry name, e.g. sam_vit_b)."))),
+    Setting("--hqsam-checkpoint", "init.hqsam_checkpoint", dict(default=None, help=(
+        "HQ-SAM checkpoint for the first mask (file or registry name, e.g. sam_hq_vit_b); its candidates join "
+        "the fusion, scored like SAM's."))),
     Setting("--ar-checkpoint", "init.ar_checkpoint", dict(default=None, help=(
         "Alpha-Refine checkpoint (file or registry name)."))),
     Setting("--memory-gap", "memory.gap", dict(type=click.IntRange(min=1), default=None, help=(
@@ -98,6 +101,11 @@ SETTINGS: tuple[Setting, ...] = (
             default=None, help=(
                 "Which frame leaves a full long-term memory: the oldest, or the one least like the arriving "
                 "frame (DMAOT's rule). Default: the model's (oldest)."))),
+    Setting("--refine-checkpoint", "refine.checkpoint", dict(default=None, help=(
+        "Refine every frame's masks with HQ-SAM from this checkpoint, as HQTrack does (the tracker's memory "
+        "keeps its own masks). About 1 s per object per frame with ViT-B on a CPU; a GPU is advised."))),
+    Setting("--refine-min-iou", "refine.min_iou", dict(type=click.FloatRange(0, 1), default=0.1,
+            show_default=True, help="A refined mask is kept when its IoU with the tracker's is at least this.")),
     Setting("--tta-scales", "tta.scales", dict(type=_FloatsType(), default=None, help=(
         "Test-time scales, comma-separated (e.g. 1.2,1.3,1.4); each view has its own memory."))),
     Setting("--tta-flip", "tta.flip", dict(is_flag=True, help="Add a horizontally flipped view of every scale.")),
@@ -135,6 +143,7 @@ def tracker_config_from_options(**kw: Any):
     from trek_tracker.inference.memory import MemoryConfig
     from trek_tracker.inference.tta import TTAConfig
     from trek_tracker.init.api import InitConfig
+    from trek_tracker.init.refine import RefineConfig
     from trek_tracker.pipeline import TrackerConfig
 
     values: dict[str, Any] = {}
@@ -142,7 +151,7 @@ def tracker_config_from_options(**kw: Any):
         if s.dest in kw and kw[s.dest] not in (None, ()):
             values[s.path] = kw[s.dest]
     members = _members(values.pop("model", ()), values.pop("checkpoint", ()))
-    sections = {"init": {}, "memory": {}, "tta": {}, "ensemble": {}}
+    sections = {"init": {}, "memory": {}, "tta": {}, "ensemble": {}, "refine": {}}
     top: dict[str, Any] = {}
     for path, value in values.items():
         section, _, name = path.partition(".")
@@ -151,4 +160,5 @@ def tracker_config_from_options(**kw: Any):
         model=members[0][0], checkpoint=members[0][1], **top,
         init=InitConfig(**sections["init"]), memory=MemoryConfig(**sections["memory"]),
         tta=TTAConfig(**sections["tta"]), ensemble=EnsembleConfig(members=tuple(members[1:]), **sections["ensemble"]),
+        refine=RefineConfig(**sections["refine"]),
     )

@@ -48,12 +48,12 @@ def weights() -> None:
 
 
 @weights.command("list")
-@click.option("--kind", type=click.Choice(["sam", "deaot", "alpha_refine"]), help="Only this model family.")
+@click.option("--kind", type=click.Choice(["sam", "hqsam", "deaot", "alpha_refine"]), help="Only this model family.")
 def list_cmd(kind: str | None) -> None:
-    """Known checkpoints and whether they are in the cache."""
+    """Known checkpoints, what they were trained on, their licence, and whether they are in the cache."""
     from trek_tracker.weights import status, weights_dir
 
-    rows = [("NAME", "VARIANT", "STAGE", "SIZE", "STATUS", "FILE")]
+    rows = [("NAME", "VARIANT", "STAGE", "SIZE", "TRAINED ON", "LICENCE", "STATUS", "FILE")]
     for entry in _registry():
         if kind is not None and entry.kind != kind:
             continue
@@ -63,7 +63,8 @@ def list_cmd(kind: str | None) -> None:
         if st.partial and st.size is not None:
             total = entry.size or entry.approx_size
             state = f"partial {_size(st.size)}" + (f"/{_size(total)}" if total else "")
-        rows.append((entry.name, entry.variant, entry.stage or "-", size, state, entry.file_name))
+        rows.append((entry.name, entry.variant, entry.stage or "-", size, entry.training_data or "?",
+                     entry.licence_name, state, entry.file_name))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -85,6 +85,7 @@ class VOSEngine:
         self.layout = []  # per GPM layer: grid and long-term subsampling (MSDeAOT layers differ in stride)
         self.frame_step = 0
         self._pending: list[list] = []
+        # Variant-specific preprocessing (VMOS resizes the uint8 frame and enlarges small frames).
 
     @property
     def device(self) -> torch.device:
@@ -98,9 +99,11 @@ class VOSEngine:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
                              f"{self.frame_size[1]}x{self.frame_size[0]}")
         if self.config.precision == "fp32":
-            x = to_network_input(frame.host, self.input_size, flip=self.config.flip)
+            x = to_network_input(frame.host, self.input_size, flip=self.config.flip,
+                                 resize=self.model.config.input_resize)
             return x.to(self.device, non_blocking=True)
-        return device_network_input(frame.tensor().to(self.device), self.input_size, flip=self.config.flip)
+        return device_network_input(frame.tensor().to(self.device), self.input_size, flip=self.config.flip,
+                                    resize=self.model.config.input_resize)
 
     def _autocast(self):
         return autocast(self.device, self.config.precision)
@@ -136,7 +139,8 @@ class VOSEngine:
             h, w = self.frame_size
             self.input_size = input_size(h, w, max_long_edge=self.config.max_long_edge,
                                          max_short_edge=self.config.max_short_edge, scale=self.config.scale,
-                                         align_corners=self.model.align_corners)
+                                         align_corners=self.model.align_corners,
+                                         min_short_edge=self.model.config.min_short_edge)
         elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.groups):
             raise InputError("a later reference frame may not add object groups (at most "
                              f"{len(self.groups) * self.max_objects} objects in this video)")

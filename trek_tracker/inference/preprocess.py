@@ -41,21 +41,28 @@ def input_size(
     max_short_edge: float | None = None,
     scale: float = 1.0,
     align_corners: bool = True,
+    min_short_edge: float | None = None,
 ) -> tuple[int, int]:
     """Network input size ``(h, w)`` for a frame of ``h`` x ``w`` pixels (official ``MultiRestrictSize``).
 
     Caps the short edge, then the long edge (never upscaling), multiplies by the TTA ``scale`` and truncates,
     then aligns to stride 16: ``16k + 1`` for ``align_corners`` models (MobileNetV2, ResNet-50), ``16k`` for
     Swin. A size that is already aligned is kept.
+
+    ``min_short_edge`` (HQTrack's ``MultiRestrictSize_``, VMOS) first *enlarges* a frame whose short edge
+    is below it, in the same float64 steps as the short-edge cap.
     """
     h, w = _check_size(h, w, "frame size")
-    for name, cap in (("max_long_edge", max_long_edge), ("max_short_edge", max_short_edge)):
+    for name, cap in (("max_long_edge", max_long_edge), ("max_short_edge", max_short_edge),
+                      ("min_short_edge", min_short_edge)):
         if cap is not None and not cap > 0:
             raise InputError(f"{name} must be positive or None, got {cap!r}")
     if not (isinstance(scale, (int, float)) and scale > 0 and np.isfinite(scale)):
         raise InputError(f"scale must be a positive number, got {scale!r}")
 
     sc = 1.0
+    if min_short_edge is not None and min(h, w) < min_short_edge:  # VMOS: enlarge small frames
+        sc *= float(min_short_edge) / min(h, w)
     if max_short_edge is not None and min(h, w) > max_short_edge:
         sc *= float(max_short_edge) / min(h, w)
     new_h, new_w = sc * h, sc * w
@@ -71,13 +78,20 @@ def input_size(
     return out
 
 
-def to_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+def to_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: bool = False,
+                     resize: str = "float32") -> torch.Tensor:
     """(1, 3, h, w) float32 network input from an (H, W, 3) uint8 RGB frame.
 
     Cubic resize of the float32 frame (no clipping: the official pipeline keeps the overshoot), optional
     horizontal flip, then ``/255``, ``- mean``, ``/ std``; each of the last two steps evaluated in float64 and
     stored in float32, as NumPy does for the official in-place tuple operations.
+
+    ``resize="uint8"`` is HQTrack's trackers' path (VMOS): see :func:`_uint8_network_input`.
     """
+    if resize == "uint8":
+        return _uint8_network_input(rgb_uint8, size, flip)
+    if resize != "float32":
+        raise InputError(f"resize must be 'float32' or 'uint8', got {resize!r}")
     if not isinstance(rgb_uint8, np.ndarray) or rgb_uint8.dtype != np.uint8:
         got = rgb_uint8.dtype if isinstance(rgb_uint8, np.ndarray) else type(rgb_uint8).__name__
         raise InputError(f"frame must be a uint8 numpy array, got {got}")
@@ -93,6 +107,29 @@ def to_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: bool = 
     img -= np.asarray(IMAGENET_MEAN)  # float64 operand, result cast back to float32 in place
     img /= np.asarray(IMAGENET_STD)
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+
+
+def _check_frame(rgb_uint8: object) -> None:
+    if not isinstance(rgb_uint8, np.ndarray) or rgb_uint8.dtype != np.uint8:
+        got = rgb_uint8.dtype if isinstance(rgb_uint8, np.ndarray) else type(rgb_uint8).__name__
+        raise InputError(f"frame must be a uint8 numpy array, got {got}")
+    if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3 or min(rgb_uint8.shape[:2]) == 0:
+        raise InputError(f"frame must have shape (H, W, 3) in RGB order, got {rgb_uint8.shape}")
+
+
+def _uint8_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: bool) -> torch.Tensor:
+    """VMOS (HQTrack's ``MultiRestrictSize_`` + ``MultiToTensor``): OpenCV's cubic resize of the **uint8**
+    frame (fixed-point, rounded and saturated to 0..255), optional flip, then ``u / 255``, ``- mean``,
+    ``/ std`` all in float64, cast to float32 once (golden README vmos §3)."""
+    _check_frame(rgb_uint8)
+    h, w = _check_size(*tuple(size), what="network input size")
+    img = rgb_uint8
+    if (h, w) != img.shape[:2]:
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+    if flip:
+        img = img[:, ::-1]
+    x = (img / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))[None]
 
 
 def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -182,17 +219,22 @@ class Frame:
         return self._tensor
 
 
-def device_network_input(frame: torch.Tensor, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+def device_network_input(frame: torch.Tensor, size: tuple[int, int], flip: bool = False,
+                         resize: str = "float32") -> torch.Tensor:
     """(1, 3, h, w) float32 network input from an (H, W, 3) uint8 frame, computed where the frame is.
 
     The same steps as :func:`to_network_input` (cubic resize without clipping, flip, ``/255``, ``- mean``,
     ``/ std``), in float32 with torch's bicubic kernel, which is OpenCV's (a = -0.75, half-pixel centres,
     clamped borders): on EPIC-KITCHENS 1080p frames the two differ by at most 0.015 grey levels
     (docs/inference.md#precision). Used by the mixed-precision modes; fp32 keeps the exact CPU path.
+    ``resize="uint8"`` (VMOS) rounds and saturates the resized frame as a uint8 resize does (OpenCV's
+    fixed-point kernel can differ by one level at a few pixels).
     """
     x = frame.permute(2, 0, 1)[None].float()
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+        if resize == "uint8":
+            x = x.round().clamp(0, 255)
     if flip:
         x = x.flip(-1)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)

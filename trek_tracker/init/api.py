@@ -6,9 +6,10 @@ every candidate's scores, parameters) for ``run.json``. It keeps the loaded netw
 (benchmarks, evaluation runs); :meth:`BoxToMask.load` opens them up front, so that a bad checkpoint is
 reported before a run writes anything.
 
-Methods (docs/init.md#methods): ``fused`` (SAM + Alpha-Refine, docs/init.md#fusion-rule), ``sam``, ``ar``,
-``grabcut`` (no weights), ``box`` (the filled box), and ``auto``: fused when both checkpoints are given, else
-whichever one is given, else grabcut, always with a message naming what is missing.
+Methods (docs/init.md#methods): ``fused`` (SAM and/or HQ-SAM + Alpha-Refine, docs/init.md#fusion-rule),
+``sam``, ``hqsam``, ``ar``, ``grabcut`` (no weights), ``box`` (the filled box), and ``auto``: fused when a SAM
+(or HQ-SAM) and an AR checkpoint are given, else whichever one is given, else grabcut, always with a message
+naming what is missing. HQ-SAM's candidates are scored like SAM's (docs/init.md#hq-sam).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.geometry import Box, box_to_mask
 from trek_tracker.init.fusion import Candidate, FusionConfig, FusionResult, combined_candidates, fuse
 
-METHODS = ("auto", "fused", "sam", "ar", "grabcut", "box")
-_NEEDS = {"fused": ("sam", "ar"), "sam": ("sam",), "ar": ("ar",), "grabcut": (), "box": ()}
-_OPTION = {"sam": "--sam-checkpoint", "ar": "--ar-checkpoint"}
+METHODS = ("auto", "fused", "sam", "hqsam", "ar", "grabcut", "box")
+# "anysam": a SAM or an HQ-SAM checkpoint (fused takes the candidates of whichever are given).
+_NEEDS = {"fused": ("anysam", "ar"), "sam": ("sam",), "hqsam": ("hqsam",), "ar": ("ar",), "grabcut": (),
+          "box": ()}
+_OPTION = {"sam": "--sam-checkpoint", "hqsam": "--hqsam-checkpoint", "anysam": "--sam-checkpoint",
+           "ar": "--ar-checkpoint"}
 
 
 @dataclass
@@ -36,6 +40,8 @@ class InitConfig:
     sam_model: str | None = None  # vit_b | vit_l | vit_h; inferred from the checkpoint when None
     ar_checkpoint: str | None = None  # path or registry name
     ar_model: str | None = None  # seg384 | secm; inferred from the checkpoint when None
+    hqsam_checkpoint: str | None = None  # HQ-SAM (path or registry name, e.g. sam_hq_vit_h)
+    hqsam_model: str | None = None  # vit_b | vit_l | vit_h; inferred from the checkpoint when None
     sam_second_pass: bool = False  # re-decode with the best multimask candidate's low-res logits
     ar_threshold: float = 0.5
     grabcut_iterations: int = 5
@@ -50,17 +56,21 @@ class InitResult:
     details: dict[str, Any]  # JSON-serialisable: requested/used method, winner, candidate scores, parameters
 
 
-def choose_method(config: InitConfig, have_sam: bool = False, have_ar: bool = False) -> tuple[str, str | None]:
+def choose_method(config: InitConfig, have_sam: bool = False, have_ar: bool = False,
+                  have_hqsam: bool = False) -> tuple[str, str | None]:
     """The method to run and, for ``auto``, a message naming any missing checkpoint.
 
-    ``have_sam`` / ``have_ar`` count networks handed over already loaded, as if their checkpoint was given.
+    ``have_sam`` / ``have_ar`` / ``have_hqsam`` count networks handed over already loaded, as if their
+    checkpoint was given.
     """
     if config.method not in METHODS:
         raise InputError(f"unknown init method {config.method!r}; choose one of {', '.join(METHODS)}")
     have = {
         "sam": have_sam or config.sam_checkpoint is not None,
+        "hqsam": have_hqsam or config.hqsam_checkpoint is not None,
         "ar": have_ar or config.ar_checkpoint is not None,
     }
+    have["anysam"] = have["sam"] or have["hqsam"]
     if config.method != "auto":
         missing = [k for k in _NEEDS[config.method] if not have[k]]
         if missing:
@@ -69,10 +79,12 @@ def choose_method(config: InitConfig, have_sam: bool = False, have_ar: bool = Fa
                 f"--init {config.method} needs {opts}; give it, or use --init grabcut (needs no weights)"
             )
         return config.method, None
-    if have["sam"] and have["ar"]:
+    if have["anysam"] and have["ar"]:
         return "fused", None
     if have["sam"]:
         return "sam", "Alpha-Refine checkpoint missing (--ar-checkpoint): used sam instead of fused"
+    if have["hqsam"]:
+        return "hqsam", "Alpha-Refine checkpoint missing (--ar-checkpoint): used hqsam instead of fused"
     if have["ar"]:
         return "ar", "SAM checkpoint missing (--sam-checkpoint): used ar instead of fused"
     return (
@@ -91,26 +103,35 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 class BoxToMask:
     """Loads the networks a method needs once; call it with ``(image, box)`` for an :class:`InitResult`.
 
-    ``sam_model`` (a ``segment_anything`` ``Sam``) and ``ar_network`` (``ARSegMask`` / ``SEcm``) may be
-    passed already built, e.g. by tests or by a caller that shares them between runs.
+    ``sam_model`` (a ``segment_anything`` ``Sam``), ``hqsam_model`` (an HQ-SAM ``Sam``) and ``ar_network``
+    (``ARSegMask`` / ``SEcm``) may be passed already built, e.g. by tests or by a caller that shares them
+    between runs.
     """
 
     def __init__(self, config: InitConfig | None = None, device: str = "cpu", *, sam_model=None,
-                 ar_network=None) -> None:
+                 ar_network=None, hqsam_model=None) -> None:
         self.config = config or InitConfig()
         self.device = str(device)
-        self.method, self.message = choose_method(self.config, sam_model is not None, ar_network is not None)
+        self.method, self.message = choose_method(self.config, sam_model is not None, ar_network is not None,
+                                                  hqsam_model is not None)
         self._sam = None
         if sam_model is not None:
             from trek_tracker.init.sam import SamBoxPredictor
 
             self._sam = SamBoxPredictor(sam_model, self.device)
+        self._hqsam = None
+        if hqsam_model is not None:
+            from trek_tracker.init.hqsam import HQSamBoxPredictor
+
+            self._hqsam = HQSamBoxPredictor(hqsam_model, self.device)
         self._ar_net = ar_network
 
     def load(self) -> BoxToMask:
         """Open the networks the chosen method needs now (a missing or wrong checkpoint fails here)."""
-        if self.method in ("sam", "fused"):
+        if self.method == "sam" or (self.method == "fused" and self._have("sam")):
             self.sam_predictor()
+        if self.method == "hqsam" or (self.method == "fused" and self._have("hqsam")):
+            self.hqsam_predictor()
         if self.method in ("ar", "fused"):
             self.ar_network()
         return self
@@ -124,6 +145,20 @@ class BoxToMask:
             path = resolve_checkpoint(self.config.sam_checkpoint, kind="sam")
             self._sam = SamBoxPredictor(load_sam(path, self.config.sam_model, self.device))
         return self._sam
+
+    def hqsam_predictor(self):
+        if self._hqsam is None:
+            from trek_tracker.init.hqsam import HQSamBoxPredictor, load_hqsam
+            from trek_tracker.weights import resolve_checkpoint
+
+            path = resolve_checkpoint(self.config.hqsam_checkpoint, kind="hqsam")
+            self._hqsam = HQSamBoxPredictor(load_hqsam(path, self.config.hqsam_model, self.device))
+        return self._hqsam
+
+    def _have(self, kind: str) -> bool:
+        if kind == "sam":
+            return self._sam is not None or self.config.sam_checkpoint is not None
+        return self._hqsam is not None or self.config.hqsam_checkpoint is not None
 
     def ar_network(self):
         if self._ar_net is None:
@@ -159,6 +194,23 @@ class BoxToMask:
             info["sam_second_pass_iou"] = round(float(second.iou_predictions[k]), 6)
         return cands, {"best_logits": best_logits, "best_conf": best_conf, **info}
 
+    def _hqsam_candidates(self, image: np.ndarray, box: np.ndarray) -> tuple[list[Candidate], dict]:
+        """HQ-SAM's masks as the official predictor gives them: SAM's best multimask token + the HQ token
+        (HQTrack's call), SAM's single-mask token + the HQ token, and the HQ token alone; each with the
+        predicted IoU of the SAM token it uses (the HQ-only mask: the best multimask token's)."""
+        predictor = self.hqsam_predictor()
+        predictor.set_image(image)
+        out = predictor.predict_box_hq([box[0], box[1], box[0] + box[2], box[1] + box[3]])
+        cands = []
+        for name, multimask, hq_only in (("hqsam", True, False), ("hqsam_single", False, False),
+                                         ("hqsam_hq", True, True)):
+            logits, conf = out.combined(multimask=multimask, hq_token_only=hq_only)
+            cands.append(Candidate(name, logits > 0, float(np.clip(conf, 0, 1)), "hqsam"))
+        best_logits, best_conf = out.combined(multimask=True)
+        info = {"hqsam_iou_predictions": [round(float(v), 6) for v in out.iou_predictions],
+                "hqsam_best_multimask": out.best_multimask()}
+        return cands, {"best_logits": best_logits, "best_conf": float(np.clip(best_conf, 0, 1)), **info}
+
     def _ar_candidate(self, image: np.ndarray, box: np.ndarray) -> tuple[Candidate, np.ndarray]:
         from trek_tracker.init.alpha_refine.refiner import AlphaRefine
 
@@ -188,11 +240,18 @@ class BoxToMask:
         if method == "box":
             return self._result(box_to_mask(box, shape), "box", message, details, winner="box")
         candidates: list[Candidate] = []
-        if method in ("sam", "fused"):
+        sam_info = None
+        if method == "sam" or (method == "fused" and self._have("sam")):
             sam_cands, sam_info = self._sam_candidates(image, box)
             candidates += sam_cands
             details["sam"] = {k: v for k, v in sam_info.items() if k not in ("best_logits", "best_conf")}
             details["sam"]["model"] = self.config.sam_model or _sam_name(self._sam)
+        if method == "hqsam" or (method == "fused" and self._have("hqsam")):
+            hq_cands, hq_info = self._hqsam_candidates(image, box)
+            candidates += hq_cands
+            details["hqsam"] = {k: v for k, v in hq_info.items() if k not in ("best_logits", "best_conf")}
+            details["hqsam"]["model"] = self.config.hqsam_model or _sam_name(self._hqsam)
+            sam_info = sam_info or hq_info  # the combined masks use SAM's best mask, else HQ-SAM's
         if method in ("ar", "fused"):
             ar_cand, ar_prob = self._ar_candidate(image, box)
             candidates.append(ar_cand)

@@ -46,6 +46,10 @@ class ModelConfig:
     # any length runs in constant memory and time; None is the official, unbounded DeAOT memory.
     long_term_cap: int | None = 10
     eviction: str = "oldest"  # which frame leaves a full long-term memory: oldest | least-similar
+    # The official test preprocessing: the frame is resized as float32 (DeAOT's evaluator) or as uint8
+    # (HQTrack's trackers), after smaller frames are enlarged to ``min_short_edge`` (docs/inference.md).
+    input_resize: str = "float32"
+    min_short_edge: int | None = None
     d_model: int = 256
     max_objects: int = 10
     expand: int = 2

@@ -46,7 +46,7 @@ def register_variant(config: ModelConfig, *, aliases: tuple[str, ...] = ()) -> M
 
 def _load_families() -> None:
     # Importing a family module registers it and its variants.
-    from trek_tracker.modeling import deaot, msdeaot  # noqa: F401
+    from trek_tracker.modeling import deaot, msdeaot, vmos  # noqa: F401
 
 
 def model_names(*, tests: bool = True) -> list[str]:

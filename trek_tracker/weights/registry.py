@@ -28,7 +28,7 @@ REGISTRY_ENV = "TREK_TRACK_REGISTRY"
 REGISTRY_FILE = "registry.toml"
 # Package name under which a wheel installs the top-level ``weights/`` folder (see weights/README.md).
 _DATA_PACKAGE = "trek_tracker._weights_data"
-KINDS = ("sam", "deaot", "alpha_refine")
+KINDS = ("sam", "hqsam", "deaot", "alpha_refine")  # "deaot": every DeAOT-family model (DeAOT, VMOS)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class CheckpointEntry:
     manual_url: str | None = None
     description: str = ""
     source: str = ""
+    training_data: str = ""
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -58,9 +59,14 @@ class CheckpointEntry:
     def manual_link(self) -> str:
         return self.manual_url or self.urls[0]
 
+    @property
+    def licence_name(self) -> str:
+        """The licence without its explanation (``BSD-3-Clause (aot-benchmark ...)`` -> ``BSD-3-Clause``)."""
+        return self.licence.split(" (", 1)[0]
+
 
 _REQUIRED = ("kind", "variant", "file_name", "urls", "licence")
-_OPTIONAL = ("size", "sha256", "approx_size", "stage", "manual_url", "description", "source")
+_OPTIONAL = ("size", "sha256", "approx_size", "stage", "manual_url", "description", "source", "training_data")
 
 
 def _parse_entry(name: str, raw: dict, origin: Path) -> CheckpointEntry:

@@ -15,6 +15,7 @@ from torch import nn
 
 from trek_tracker.errors import UserError
 from trek_tracker.modeling.encoders.frozen_bn import FrozenBatchNorm2d
+from trek_tracker.modeling.encoders.internimage import InternImageEncoder, internimage_t, tiny_internimage
 from trek_tracker.modeling.encoders.mobilenetv2 import MobileNetV2, mobilenetv2
 from trek_tracker.modeling.encoders.resnet import ResNetEncoder, resnet50
 from trek_tracker.modeling.encoders.swin import SwinEncoder, relative_position_index, swin_base
@@ -40,6 +41,9 @@ ENCODERS: dict[str, EncoderSpec] = {
     "resnet50": EncoderSpec("resnet50", (256, 512, 1024, 1024), True, resnet50),
     "swin_base": EncoderSpec("swin_base", (128, 256, 512, 512), False, swin_base),
     "test_tiny": EncoderSpec("test_tiny", (8, 8, 24, 64), True, _test_tiny),
+    # HQTrack's InternImage-T (VMOS): DCNv3 levels, the last one kept at stride 16 (docs/vmos.md#encoder).
+    "internimage_t": EncoderSpec("internimage_t", (64, 128, 256, 256), True, internimage_t),
+    "test_internimage_tiny": EncoderSpec("test_internimage_tiny", (8, 16, 32, 32), True, tiny_internimage),
 }
 
 
@@ -70,6 +74,7 @@ __all__ = [
     "ENCODERS",
     "EncoderSpec",
     "FrozenBatchNorm2d",
+    "InternImageEncoder",
     "MobileNetV2",
     "ResNetEncoder",
     "SwinEncoder",

@@ -1,0 +1,213 @@
+"""HQ-SAM: our box predictor against the official ``segment_anything_hq`` predictor on a tiny seeded HQ-SAM,
+HQ-SAM candidates in the box-to-mask init, loading errors, and HQTrack's refiner of propagated masks."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.init.alpha_refine.secm import SEcm
+from trek_tracker.init.api import BoxToMask, InitConfig, choose_method
+from trek_tracker.init.hqsam import HQSamBoxPredictor, hqsam_model_from_state, hqsam_modules, load_hqsam
+from trek_tracker.init.refine import HQSamRefiner, mask_box, mask_iou
+
+
+def tiny_hqsam(img_size: int = 128, dim: int = 32, vit: int = 48, seed: int = 0) -> torch.nn.Module:
+    """An HQ-SAM with the package's classes: a 2-block ViT (the first with global attention, so it feeds the
+    HQ token), 32-d prompts and decoder; seeded weights."""
+    m = hqsam_modules()
+    torch.manual_seed(seed)
+    grid = img_size // 16
+    encoder = m.ImageEncoderViT(img_size=img_size, patch_size=16, embed_dim=vit, depth=2, num_heads=2,
+                                out_chans=dim, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+                                window_size=4, global_attn_indexes=(0,))
+    prompt = m.PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size),
+                             mask_in_chans=8)
+    decoder = m.MaskDecoderHQ(num_multimask_outputs=3,
+                              transformer=m.TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+                              transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32, vit_dim=vit)
+    sam = m.Sam(encoder, prompt, decoder).eval()
+    with torch.no_grad():  # the HQ path's weights are zero-free defaults; make every token matter
+        for p in sam.mask_decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return sam
+
+
+def _scene(h: int = 90, w: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    labels = np.zeros((h, w), np.uint8)
+    labels[(yy - 40) ** 2 + (xx - 40) ** 2 < 18**2] = 1
+    labels[(yy - 55) ** 2 + (xx - 85) ** 2 < 20**2] = 2  # touches nothing of object 1
+    img[labels == 1] = (220, 180, 40)
+    img[labels == 2] = (40, 90, 230)
+    return img, labels
+
+
+@pytest.fixture(scope="module")
+def hqsam() -> torch.nn.Module:
+    return tiny_hqsam()
+
+
+def test_matches_the_official_hqsam_predictor(hqsam) -> None:
+    official_mod = pytest.importorskip("segment_anything_hq.predictor")
+    image, _ = _scene()
+    ours = HQSamBoxPredictor(hqsam)
+    calls = []
+    hqsam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    ours.set_image(image)
+    official = official_mod.SamPredictor(hqsam)
+    official.set_image(image)
+    for box in (np.array([22.0, 22.0, 58.0, 58.0]), np.array([65.0, 35.0, 105.0, 75.0])):
+        out = ours.predict_box_hq(box)
+        assert out.sam_logits.shape == (4, 90, 120) and out.hq_logits.shape == (90, 120)
+        for multimask in (True, False):
+            for hq_only in (False, True):
+                masks, iou, _ = official.predict(box=box, multimask_output=multimask, hq_token_only=hq_only,
+                                                 return_logits=True)
+                logits, conf = out.combined(multimask=multimask, hq_token_only=hq_only)
+                np.testing.assert_allclose(logits, masks[0], atol=1e-4)
+                assert conf == pytest.approx(float(iou[0]), abs=1e-5)
+    assert len(calls) == 2  # one encoder pass each (ours and the official), reused across prompts
+    # the HQ token changes the mask: its logits are not zero
+    assert np.abs(out.hq_logits).max() > 1e-3
+
+
+def test_loading_refuses_plain_sam_and_foreign_files(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="plain SAM"):
+        hqsam_model_from_state({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)})
+    state = {"image_encoder.pos_embed": torch.zeros(1, 64, 64, 1024), "mask_decoder.hf_token.weight": torch.zeros(1)}
+    assert hqsam_model_from_state(state) == "vit_l"
+    path = tmp_path / "x.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 999), "mask_decoder.hf_token.weight": torch.zeros(1)},
+               path)
+    with pytest.raises(CheckpointError, match="encoder width 999"):
+        load_hqsam(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_hqsam(tmp_path / "missing.pth")
+
+
+# --------------------------------------------------------------------------- box -> mask
+def test_hqsam_candidates_in_the_init(hqsam) -> None:
+    assert choose_method(InitConfig(hqsam_checkpoint="h", ar_checkpoint="a")) == ("fused", None)
+    method, msg = choose_method(InitConfig(hqsam_checkpoint="h"))
+    assert method == "hqsam" and "--ar-checkpoint" in msg
+    with pytest.raises(CheckpointError, match="--hqsam-checkpoint"):
+        choose_method(InitConfig(method="hqsam"))
+
+    image, labels = _scene()
+    box = np.array([22.0, 22.0, 36.0, 36.0])
+    torch.manual_seed(0)
+    res = BoxToMask(InitConfig(), hqsam_model=hqsam, ar_network=SEcm().eval())(image, box)
+    names = [c["name"] for c in res.details["candidates"]]
+    assert names == ["hqsam", "hqsam_single", "hqsam_hq", "ar_secm", "vote", "intersection", "union"]
+    assert res.details["hqsam"]["hqsam_best_multimask"] in (1, 2, 3)
+    json.dumps(res.details)
+    # each HQ-SAM candidate is the official predictor's mask, scored by the same rule as SAM's
+    out = HQSamBoxPredictor(hqsam)
+    out.set_image(image)
+    raw = out.predict_box_hq([22.0, 22.0, 58.0, 58.0])
+    scores = {c["name"]: c for c in res.details["candidates"]}
+    logits, conf = raw.combined(multimask=True)
+    assert scores["hqsam"]["confidence"] == pytest.approx(float(np.clip(conf, 0, 1)), abs=1e-6)
+    res = BoxToMask(InitConfig(method="hqsam"), hqsam_model=hqsam)(image, box)
+    assert {c["source"] for c in res.details["candidates"]} == {"hqsam"}
+
+
+# --------------------------------------------------------------------------- refiner
+def _hqtrack_refine(official, image: np.ndarray, m: np.ndarray, threshold: float) -> np.ndarray:
+    """HQTrack's MSAOTTracker.track refinement, step by step, with the official package predictor."""
+    obj_list = np.unique(m)
+    mask_2 = np.zeros_like(m)
+    masks_ls = []
+    for i in obj_list:
+        mask = (m == i).astype(np.uint8)
+        if i == 0 or mask.sum() == 0:
+            masks_ls.append(np.zeros_like(m))
+            continue
+        a = np.where(mask != 0)
+        bbox = np.array([np.min(a[1]), np.min(a[0]), np.max(a[1]), np.max(a[0])])
+        official.set_image(image)
+        masks_, iou_predictions, _ = official.predict(box=bbox)
+        output = masks_[list(iou_predictions).index(max(iou_predictions))].astype(np.uint8)
+        inter = float((output * mask).sum())
+        union = float(((output + mask) > 0).sum())
+        if (inter + 1e-6) / (union + 1e-6) < threshold:
+            output = mask
+        masks_ls.append(output)
+        mask_2 = mask_2 + output * i
+    stack = np.stack(masks_ls)
+    total = stack.sum(0)
+    return np.where(total > 1, np.argmax(stack, axis=0), mask_2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.0, 1.0])
+def test_refiner_is_hqtracks_refinement(hqsam, threshold) -> None:
+    official_mod = pytest.importorskip("segment_anything_hq.predictor")
+    image, labels = _scene()
+    calls = []
+    handle = hqsam.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        result = HQSamRefiner(hqsam, iou_threshold=threshold)(image, labels)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # one embedding per frame, whatever the number of objects
+    expected = _hqtrack_refine(official_mod.SamPredictor(hqsam), image, labels, threshold)
+    assert (result.labels != expected).sum() <= 2  # float noise of the two predictors' resizes at 0
+    assert set(result.kept) == {1, 2}
+    for i in (1, 2):
+        assert result.kept[i] == (result.iou[i] >= threshold)
+    if threshold == 1.0:  # nothing kept: the tracker's labels come back unchanged
+        np.testing.assert_array_equal(result.labels, labels)
+    if threshold == 0.0:
+        assert all(result.kept.values()) and (result.labels != labels).any()
+
+
+def test_refiner_helpers_and_errors(hqsam) -> None:
+    mask = np.zeros((5, 7), bool)
+    mask[1:3, 2:6] = True
+    np.testing.assert_array_equal(mask_box(mask), [2, 1, 5, 2])  # inclusive pixel indices, as HQTrack
+    assert mask_box(np.zeros((3, 3), bool)) is None
+    assert mask_iou(mask, mask) == 1.0 and mask_iou(mask, ~mask) < 1e-6
+    refiner = HQSamRefiner(hqsam)
+    image, _ = _scene()
+    empty = refiner(image, np.zeros((90, 120), np.uint8))
+    assert not empty.labels.any() and empty.kept == {}
+    with pytest.raises(InputError, match="label map of its size"):
+        refiner(image, np.zeros((10, 10), np.uint8))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        HQSamRefiner(hqsam, iou_threshold=1.5)
+
+
+def test_the_tracker_refines_its_output_and_remembers_its_own_masks(hqsam, monkeypatch) -> None:
+    """``--refine-checkpoint``: every frame's label map is HQ-SAM's refinement, while the memory keeps the
+    tracker's own masks (HQTrack): the tracker's next prediction is the one it makes without refinement."""
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.init.refine import HQSamRefiner, RefineConfig
+    from trek_tracker.modeling.registry import build_model
+    from trek_tracker.pipeline import LoadedModel, Tracker, TrackerConfig
+
+    monkeypatch.setattr(HQSamRefiner, "from_checkpoint", classmethod(
+        lambda cls, checkpoint, model=None, device="cpu", iou_threshold=0.1: cls(hqsam, iou_threshold)))
+    torch.manual_seed(0)
+    model = build_model("test_deaot_tiny").eval()
+    loaded = LoadedModel(model, model.config.name, None, None, torch.device("cpu"))
+    image, _ = _scene()
+    frames = [np.roll(image, 2 * i, axis=1) for i in range(4)]
+
+    def run(refine):
+        tracker = Tracker(TrackerConfig(init=InitConfig(method="box"), refine=refine, max_long_edge=120),
+                          loaded=loaded)
+        tracker.init(frames[0], [30, 20, 40, 30])
+        return [(tracker.step(f), tracker.engine.groups[0].memory.attend()[0].short_value.clone()) for f in frames[1:]]
+
+    plain, refined = run(RefineConfig()), run(RefineConfig(checkpoint="sam_hq_vit_b", min_iou=0.0))
+    for i, ((a, memory_a), (b, memory_b)) in enumerate(zip(plain, refined, strict=True)):
+        assert torch.equal(memory_a, memory_b)  # the memory never saw the refinement
+        assert np.array_equal(b.labels, HQSamRefiner(hqsam, 0.0)(frames[i + 1], a.labels).labels)
