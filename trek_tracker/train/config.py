@@ -11,7 +11,7 @@ from typing import Any
 
 from trek_tracker.errors import InputError
 from trek_tracker.train.augment import AugmentConfig
-from trek_tracker.train.data import DataSource
+from trek_tracker.train.datasets.source import DataSource
 from trek_tracker.train.schedule import OptimConfig
 
 
@@ -33,6 +33,7 @@ class TrainSection:
     hard_pixels_final: float = 0.15
     hard_mining_ratio: float = 0.5
     merge_p: float = 0.3  # dynamic merge probability (1.0 in static pre-training)
+    id_shuffle: bool = True  # permute the foreground ID channels per sample (official enable_id_shuffle)
     long_term_gap: int | None = None  # None: the model's official training gap
     amp: bool = True  # float16 autocast + gradient scaling on CUDA (ignored on CPU)
     ema_decay: float | None = None  # None: 1 - 1 / (0.1 * steps)

@@ -251,7 +251,7 @@ class Trainer:
     def _loader(self, until: int) -> DataLoader:
         t = self.cfg.train
         dataset = ClipDataset(self.cfg.data, length=t.clip_length, augment=self.cfg.augment, merge_p=t.merge_p,
-                              seed=t.seed)
+                              seed=t.seed, id_classes=self.model.config.max_objects + 1 if t.id_shuffle else None)
         sampler = StepSampler(self.per_process_batch, rank=self.dist.rank, world=self.dist.world,
                               start_micro=self.step * t.accumulate, num_micro=(until - self.step) * t.accumulate)
         return DataLoader(dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
@@ -305,7 +305,8 @@ class Trainer:
                                            batch["labels"].to(self.device, non_blocking=True),
                                            batch["num_objects"].to(self.device), hard_fraction=frac,
                                            aux_weight=aux_w, gt_memory=gt_memory,
-                                           long_term_gap=self.long_term_gap)
+                                           long_term_gap=self.long_term_gap,
+                                           id_perm=batch["id_perm"].to(self.device) if "id_perm" in batch else None)
                     self.scaler.scale(out.loss / t.accumulate).backward()
                 totals += torch.stack([out.loss.detach(), out.aux_loss, out.frame_losses.mean()]) / t.accumulate
             self.scaler.unscale_(self.optimizer)
