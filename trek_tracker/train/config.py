@@ -50,6 +50,8 @@ class TrainSection:
 class ValSection:
     root: str | None = None  # a DAVIS-layout folder; None disables validation
     sequences: list[str] | None = None
+    sequences_file: str | None = None  # or a split list, one sequence per line (e.g. ImageSets/2017/val.txt)
+    box_metrics: bool = False  # also TREK-150-style box success / precision of the predicted masks' boxes
     every: int = 0  # steps between validations (0: only at the start and the end)
     max_long_edge: int = 480
     max_frames: int | None = None

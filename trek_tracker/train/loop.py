@@ -239,11 +239,15 @@ class Trainer:
         v = self.cfg.val
         if not v.root:
             return None
+        from trek_tracker.train.datasets.base import read_list
         from trek_tracker.train.validate import evaluate_model
 
-        res = evaluate_model(self.ema.module, v.root, sequences=v.sequences, max_long_edge=v.max_long_edge,
-                             max_frames=v.max_frames)
+        sequences = v.sequences or (read_list(Path(v.sequences_file)) if v.sequences_file else None)
+        res = evaluate_model(self.ema.module, v.root, sequences=sequences, max_long_edge=v.max_long_edge,
+                             max_frames=v.max_frames, box_metrics=v.box_metrics)
         record = {"kind": "val", "step": self.step, "J&F": res["J&F"], "J": res["J_mean"], "F": res["F_mean"]}
+        if v.box_metrics:
+            record.update(box_success=res["box_success"], box_precision=res["box_precision"])
         self._log(record)
         return record
 

@@ -7,6 +7,7 @@ pixels (palette index 255) are ignored, as the benchmark does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,22 +64,68 @@ def predict_sequence(model: torch.nn.Module, seq: SequenceData, engine_config: E
 
 def evaluate_model(model: torch.nn.Module, root: str | Path, *, sequences: list[str] | None = None,
                    max_long_edge: int | None = 480, max_frames: int | None = None,
-                   save_dir: str | Path | None = None) -> dict:
-    """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored)."""
+                   save_dir: str | Path | None = None, box_metrics: bool = False) -> dict:
+    """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored); with
+    ``box_metrics``, also the TREK-150-style box scores of :func:`score_boxes` (``box_success``,
+    ``box_precision``)."""
     was_training = model.training
     model.eval()
     scores: list[ObjectScore] = []
+    runs: list = []
     try:
         for seq in list_sequences(root, sequences, max_frames):
             preds = predict_sequence(model, seq, EngineConfig(max_long_edge=max_long_edge))
             if save_dir is not None:
                 _save_masks(Path(save_dir) / seq.name, seq, preds)
             idx = sorted(seq.labels)
-            scores += score_sequence(seq.name, [preds[i] for i in idx], [read_label(seq.labels[i]) for i in idx],
-                                     [read_void(seq.labels[i]) for i in idx])
+            gts = [read_label(seq.labels[i]) for i in idx]
+            scores += score_sequence(seq.name, [preds[i] for i in idx], gts, [read_void(seq.labels[i]) for i in idx])
+            if box_metrics:
+                runs += score_boxes([preds[i] for i in idx], gts)
     finally:
         model.train(was_training)
-    return summarise(scores)
+    result = summarise(scores)
+    if box_metrics:
+        result.update(summarise_boxes(runs))
+    return result
+
+
+def mask_boxes(maps: list[np.ndarray], obj: int, *, hold: bool) -> np.ndarray:
+    """One object's ``x,y,w,h`` box per frame from id maps: the tight box of its pixels. An empty frame gives
+    the previous box when ``hold`` (the tracker's lost-target policy) and ``-1`` rows (absent, as TREK-150's
+    ground truth marks it) otherwise."""
+    from trek_tracker.geometry import mask_to_box
+
+    out, last = [], np.full(4, -1.0)
+    for m in maps:
+        box = mask_to_box(m == obj)
+        if box is not None:
+            last = box
+        out.append(box if box is not None else (last if hold else np.full(4, -1.0)))
+    return np.stack(out)
+
+
+def score_boxes(preds: list[np.ndarray], gts: list[np.ndarray]) -> list:
+    """TREK-150 OPE-style scores (:func:`trek_tracker.eval.metrics.score_run`) of every object of a sequence:
+    predicted boxes from the predicted masks against ground-truth boxes from the annotated masks, frames
+    without the object in the ground truth not scored, the first frame forced to the ground truth."""
+    from trek_tracker.eval.metrics import score_run
+
+    ids = sorted(set(np.unique(np.concatenate([g.ravel() for g in gts]))) - {0})
+    runs = []
+    for obj in ids:
+        gt = mask_boxes(gts, obj, hold=False)
+        first = int(np.flatnonzero(gt[:, 0] >= 0)[0])
+        runs.append(score_run(mask_boxes(preds[first:], obj, hold=True), gt[first:]))
+    return runs
+
+
+def summarise_boxes(runs: list) -> dict:
+    """Mean box success and normalised precision over objects (the OPE scores averaged over runs)."""
+    if not runs:
+        return {"box_success": math.nan, "box_precision": math.nan}
+    return {"box_success": float(np.mean([r.success_score for r in runs])),
+            "box_precision": float(np.mean([r.normalized_precision_score for r in runs]))}
 
 
 def read_void(path: Path) -> np.ndarray:
