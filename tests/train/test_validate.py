@@ -52,3 +52,27 @@ def test_void_pixels_are_ignored(dataset, tmp_path):
     p[4:12, 4:8] = 1  # half the object on the one scored frame (frame 1; 0 and 3 are first/last)
     _png(pred / "seq" / "00001.png", p)
     assert evaluate_folder(pred, dataset)["J_mean"] == pytest.approx(0.5)
+
+
+def test_box_scores_of_predicted_masks():
+    """TREK-150-style box scores from label maps: perfect masks score 1, a shifted object less, an emptied
+    prediction holds the previous box, and frames where the ground truth lacks the object are not scored."""
+    from trek_tracker.train.validate import mask_boxes, score_boxes, summarise_boxes
+
+    gts = []
+    for i in range(6):
+        g = np.zeros((40, 60), np.int64)
+        g[5 + i:15 + i, 10:30] = 1
+        if i != 3:
+            g[20:30, 40:50] = 2  # object 2 absent from the ground truth in frame 3
+        gts.append(g)
+    perfect = summarise_boxes(score_boxes(gts, gts))
+    # The toolkit's success curve counts IoU strictly above each threshold, so a perfect run misses the
+    # threshold 1.0: 20 of 21.
+    assert perfect == {"box_success": pytest.approx(20 / 21), "box_precision": 1.0}
+    shifted = [np.roll(g, 6, axis=1) for g in gts]
+    worse = summarise_boxes(score_boxes([gts[0]] + shifted[1:], gts))
+    assert worse["box_success"] < 0.9 and worse["box_precision"] < 1.0
+    held = mask_boxes([gts[0], np.zeros_like(gts[0])], 1, hold=True)
+    assert held[1].tolist() == held[0].tolist() == [10.0, 5.0, 20.0, 10.0]
+    assert mask_boxes([np.zeros_like(gts[0])], 1, hold=False).tolist() == [[-1.0, -1.0, -1.0, -1.0]]

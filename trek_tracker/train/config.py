@@ -35,7 +35,8 @@ class TrainSection:
     merge_p: float = 0.3  # dynamic merge probability (1.0 in static pre-training)
     id_shuffle: bool = True  # permute the foreground ID channels per sample (official enable_id_shuffle)
     long_term_gap: int | None = None  # None: the model's official training gap
-    amp: bool = True  # float16 autocast + gradient scaling on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: str = "float16"  # float16 (with gradient scaling, as the official trainer) or bfloat16 (Ampere+)
     ema_decay: float | None = None  # None: 1 - 1 / (0.1 * steps)
     seed: int = 0
     workers: int = 2
@@ -78,6 +79,8 @@ class TrainConfig:
             raise InputError("train.steps, train.batch_size and train.accumulate must be at least 1")
         if t.clip_length < 2:
             raise InputError("train.clip_length must be at least 2 (reference + one frame)")
+        if t.amp_dtype not in ("float16", "bfloat16"):
+            raise InputError(f"train.amp_dtype must be float16 or bfloat16, got {t.amp_dtype!r}")
 
 
 def _build(cls: type, values: Any, where: str) -> Any:

@@ -143,6 +143,7 @@ class Trainer:
                              f"({self.dist.world}) x accumulate ({t.accumulate})")
         self.per_process_batch = per
         self.amp = bool(t.amp and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if t.amp_dtype == "bfloat16" else torch.float16
 
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model.name, **cfg.model.overrides)
@@ -151,7 +152,8 @@ class Trainer:
         self.long_term_gap = t.long_term_gap or self.model.config.train_long_term_gap
         self.ema = EMA(self.model, t.ema_decay if t.ema_decay is not None else default_decay(t.steps))
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # bfloat16 has float32's range: no loss scaling (the scaler then passes everything through).
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype is torch.float16)
         self.step = 0
         self.history: list[dict] = []
         if resume and (state := latest_state(self.out)) is not None:
@@ -304,7 +306,7 @@ class Trainer:
                 batch = next(batches)
                 sync = micro == t.accumulate - 1 or self.dist.world == 1
                 ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
-                with ctx, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.step_module(batch["images"].to(self.device, non_blocking=True),
                                            batch["labels"].to(self.device, non_blocking=True),
                                            batch["num_objects"].to(self.device), hard_fraction=frac,
