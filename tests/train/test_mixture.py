@@ -111,7 +111,8 @@ def test_ready_configs_run_a_few_steps_on_replicas(davis, tmp_path):
     replicas.voc(davis, r / "VOC", sbd=r / "SBD" / "benchmark_RELEASE")
     tiny = ["model.name=test_deaot_tiny", "model.init=''", "augment.crop=[49,49]", "augment.short_edge=60",
             "augment.min_object_pixels=5", "train.batch_size=2", "train.steps=2", "train.clip_length=3",
-            "train.workers=0", "train.device='cpu'", "val.root=''", "train.checkpoint_every=2"]
+            "train.workers=0", "train.device='cpu'", "val.root=''", "train.checkpoint_every=2",
+            "train.log_every=1"]
     for name, n in (("phase2_r50_deaotl_trek150.toml", 5), ("phase1_static.toml", 5)):
         cfg = load_config(CONFIGS / name, tiny + [f'out="{tmp_path / name}"']
                           + [f'data.{i}.root="{r / d.root.split("/", 1)[1]}"'
