@@ -20,6 +20,9 @@ class ModelSection:
     name: str = "r50_deaotl"
     init: str | None = None  # checkpoint to start from (ours or official), e.g. the phase-1 EMA file
     overrides: dict = field(default_factory=dict)  # DeAOTConfig fields, e.g. {droppath = 0.0}
+    # Frozen-BN statistics of an untrained encoder from the first training clips (train/calibrate.py):
+    # "auto" = only when `init` is not set; true / false force it.
+    calibrate_bn: bool | str = "auto"
 
 
 @dataclass
@@ -79,6 +82,8 @@ class TrainConfig:
             raise InputError("train.steps, train.batch_size and train.accumulate must be at least 1")
         if t.clip_length < 2:
             raise InputError("train.clip_length must be at least 2 (reference + one frame)")
+        if self.model.calibrate_bn not in (True, False, "auto"):
+            raise InputError(f"model.calibrate_bn must be true, false or \"auto\", got {self.model.calibrate_bn!r}")
         if t.amp_dtype not in ("float16", "bfloat16"):
             raise InputError(f"train.amp_dtype must be float16 or bfloat16, got {t.amp_dtype!r}")
 

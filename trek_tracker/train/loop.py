@@ -148,6 +148,11 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model.name, **cfg.model.overrides)
         self.init_report = self._initialise(cfg.model.init) if cfg.model.init else None
+        self.dataset = ClipDataset(cfg.data, length=t.clip_length, augment=cfg.augment, merge_p=t.merge_p,
+                                   seed=t.seed, id_classes=self.model.config.max_objects + 1 if t.id_shuffle else None)
+        if cfg.model.calibrate_bn is True or (cfg.model.calibrate_bn == "auto" and not cfg.model.init):
+            self.init_report = {**(self.init_report or {"kind": "init", "partial": False, "source": None}),
+                                "calibrated_frozen_bn": self._calibrate()}
         self.model.to(self.device).train()
         self.long_term_gap = t.long_term_gap or self.model.config.train_long_term_gap
         self.ema = EMA(self.model, t.ema_decay if t.ema_decay is not None else default_decay(t.steps))
@@ -163,6 +168,16 @@ class Trainer:
             self.step_module = torch.nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.seq_training_start_ratio < 1.0)
+
+    def _calibrate(self) -> dict:
+        """Frozen-BN statistics from the first training clips, for an encoder that starts untrained
+        (train/calibrate.py). The same clips on every process, so every rank calibrates alike; a resumed
+        run then loads the calibrated buffers with the rest of the model."""
+        from trek_tracker.train.calibrate import calibrate_frozen_bn
+
+        clips = max(8, self.cfg.train.batch_size)
+        images = torch.cat([self.dataset[g]["images"] for g in range(clips)])
+        return {"layers": calibrate_frozen_bn(self.model, images), "clips": clips}
 
     def _initialise(self, path: str) -> dict:
         """Load the starting weights; a model started from its parent family's file (an MSDeAOT from DeAOT)
@@ -256,11 +271,9 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _loader(self, until: int) -> DataLoader:
         t = self.cfg.train
-        dataset = ClipDataset(self.cfg.data, length=t.clip_length, augment=self.cfg.augment, merge_p=t.merge_p,
-                              seed=t.seed, id_classes=self.model.config.max_objects + 1 if t.id_shuffle else None)
         sampler = StepSampler(self.per_process_batch, rank=self.dist.rank, world=self.dist.world,
                               start_micro=self.step * t.accumulate, num_micro=(until - self.step) * t.accumulate)
-        return DataLoader(dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
+        return DataLoader(self.dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
                           pin_memory=self.device.type == "cuda", drop_last=False,
                           persistent_workers=False)
 
