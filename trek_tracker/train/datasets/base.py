@@ -114,15 +114,6 @@ def read_label(path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def read_void(path: Path) -> np.ndarray | None:
-    """DAVIS-2017 "void" pixels (palette index 255) of a mask file, None when it has none."""
-    with Image.open(path) as im:
-        if im.mode != "P":
-            return None
-        void = np.asarray(im) == 255
-    return void if void.any() else None
-
-
 def frame_number(stem: str) -> int | None:
     """The frame number in a file stem: its last run of digits (``00045``, ``P01_01_frame_0000000140``)."""
     digits = ""
