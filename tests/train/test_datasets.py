@@ -207,3 +207,10 @@ def test_check_boxes_out_of_frame_and_bad_roots(davis, tmp_path):
     assert "lies outside the 128x72 frame" in report.problems[0] and "nan" in report.problems[1]
     bad = check_dataset(DataSource(str(tmp_path / "nowhere"), kind="mose"))
     assert len(bad.problems) == 1 and "not a MOSE root" in bad.problems[0]
+
+
+def test_source_settings_are_checked(tmp_path):
+    for bad in ({"kind": "lasott"}, {"options": "sbd"}, {"sequences": "dog"}, {"min_gap": 4, "max_gap": 2},
+                {"weight": 0.0}, {"max_sequences": 0}):
+        with pytest.raises(InputError):
+            DataSource(str(tmp_path), **bad)

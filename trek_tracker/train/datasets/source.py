@@ -40,5 +40,9 @@ class DataSource:
                              f"max_gap at least min_gap (got {self.repeat}, {self.min_gap}, {self.max_gap})")
         if self.weight is not None and not self.weight > 0:
             raise InputError(f"data source {self.root}: weight must be positive, got {self.weight}")
+        if not isinstance(self.options, dict):
+            raise InputError(f"data source {self.root}: options must be a table, e.g. options = {{sbd = \"...\"}}")
+        if (self.sequences is not None and not isinstance(self.sequences, list)) or not isinstance(self.exclude, list):
+            raise InputError(f"data source {self.root}: sequences and exclude must be lists of names")
         if self.max_sequences is not None and self.max_sequences < 1:
             raise InputError(f"data source {self.root}: max_sequences must be at least 1")
