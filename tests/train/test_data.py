@@ -107,7 +107,8 @@ def test_video_clips_shapes_and_determinism(video_dataset):
 def test_epoch_covers_every_item_once(video_dataset):
     n = len(video_dataset)
     assert n == 2
-    assert {video_dataset._item(g)[1].name for g in range(n)} == {"blackswan", "dog"}
+    items = video_dataset.items[0]
+    assert {items[video_dataset.locate(g)[1]].name for g in range(n)} == {"blackswan", "dog"}
 
 
 def test_step_sampler_partitions_global_samples():

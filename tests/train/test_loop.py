@@ -3,6 +3,7 @@ proof that a tiny model learns."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import shutil
@@ -132,8 +133,9 @@ def test_two_process_torchrun_matches_one_process(tiny_config, tmp_path):
     # ... and the same update (Adam's first steps amplify rounding in near-zero gradients, so compare the
     # direction of the whole update rather than every weight).
     torch.manual_seed(single.train.seed)
-    init = build_model("test_deaot_tiny").state_dict()
-    keys = [k for k, v in init.items() if v.dtype.is_floating_point]
+    built = build_model("test_deaot_tiny")
+    init = built.state_dict()
+    keys = [k for k, p in built.named_parameters() if p.requires_grad]  # trained weights, not BN statistics
     da = torch.cat([(a["model"][k] - init[k]).flatten() for k in keys])
     db = torch.cat([(b["model"][k] - init[k]).flatten() for k in keys])
     assert da.norm() > 0
@@ -156,22 +158,24 @@ def _held_out_loss(model, cfg, davis) -> float:
     return float(out.loss)
 
 
-def test_tiny_model_learns(tiny_config, davis):
-    """About a minute on one core: on car-shadow, held out from training, the loss falls and J&F rises.
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiny_model_learns(tiny_config, davis, seed):
+    """About 80 s per seed on one core: on car-shadow, held out from training, the loss falls and J&F
+    rises, whatever the seed.
 
-    The tiny model starts from a random encoder, so its first ~50-100 steps predict background everywhere
-    before the ID matching takes off; with seed 0 (the config's) it is past that by step 150. Some other
-    seeds stay in that regime for 300+ steps (seed 1 does), so this is a check of this run, not of every
-    seed; benchmarks/train_learning_curve.py shows longer curves.
+    The tiny model starts from an untrained encoder. Its frozen-BN statistics are calibrated on the first
+    clips (train/calibrate.py); without that every stride-16 token is the same vector, attention cannot
+    carry the reference's ID to the object, and runs stayed all-background for 100-300+ steps depending
+    on the seed (seeds 1 and 2 failed this check). 200 steps: at 150, seed 0 ends 0.018 short of the
+    margin although it was 0.22 above it at step 100 (J&F of one 20-frame sequence is noisy).
     """
-    cfg = tiny_config("learn", "train.steps=150", "train.log_every=10", "train.checkpoint_every=150")
-    torch.manual_seed(cfg.train.seed)
-    initial = build_model(cfg.model.name)  # the trainer's starting weights (same seed)
-    before = _held_out_loss(initial, cfg, davis)
+    cfg = tiny_config(f"learn{seed}", "train.steps=200", "train.log_every=10", "train.checkpoint_every=200",
+                      f"train.seed={seed}")
     trainer = Trainer(cfg, resume=False, progress=False)
+    before = _held_out_loss(copy.deepcopy(trainer.model), cfg, davis)  # the starting weights, calibrated
     records = trainer.run()
     val = [r for r in records if r["kind"] == "val"]
-    assert [r["step"] for r in val] == [0, 150]
+    assert [r["step"] for r in val] == [0, 200]
     assert val[-1]["J&F"] > val[0]["J&F"] + 0.15, val
     after = _held_out_loss(trainer.ema.module, cfg, davis)
     assert after < 0.8 * before, (before, after)

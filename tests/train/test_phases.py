@@ -21,14 +21,14 @@ CONFIGS = REPO / "configs" / "train"
 
 def test_shipped_phase_configs_follow_the_recipe():
     p1 = load_config(CONFIGS / "phase1_static.toml")
-    assert {d.kind for d in p1.data} == {"static"}
+    assert {d.kind for d in p1.data} == {"coco", "ecssd", "msra10k", "pascals", "voc"}
     assert (p1.optim.lr, p1.optim.min_lr, p1.optim.weight_decay) == (4e-4, 2e-5, 0.03)
     assert (p1.train.steps, p1.train.batch_size, p1.train.seq_training_start_ratio) == (100_000, 16, 1.0)
     assert p1.train.merge_p == 1.0 and p1.train.aux_loss_ratio == 0.1
-    p2 = load_config(CONFIGS / "phase2_video.toml")
-    assert {d.kind for d in p2.data} == {"video"}
+    p2 = load_config(CONFIGS / "phase2_r50_deaotl_ytb_dav.toml")
+    assert {d.kind for d in p2.data} == {"youtubevos", "davis"}
     assert (p2.optim.lr, p2.optim.min_lr, p2.optim.weight_decay) == (2e-4, 1e-5, 0.07)
-    assert p2.model.init == "runs/phase1_static/ema_final.pth"
+    assert p2.model.init == "runs/phase1_r50/ema_final.pth"
     assert p2.train.seq_training_start_ratio == 0.5
     davis = [d for d in p2.data if "DAVIS" in d.root]
     assert davis and davis[0].repeat == 5 and davis[0].max_gap == 12

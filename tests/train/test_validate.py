@@ -52,3 +52,53 @@ def test_void_pixels_are_ignored(dataset, tmp_path):
     p[4:12, 4:8] = 1  # half the object on the one scored frame (frame 1; 0 and 3 are first/last)
     _png(pred / "seq" / "00001.png", p)
     assert evaluate_folder(pred, dataset)["J_mean"] == pytest.approx(0.5)
+
+
+def test_box_scores_of_tracker_boxes():
+    """TREK-150-style box scores: perfect boxes score the toolkit's maximum, shifted ones less, and frames
+    where the ground truth lacks the object are not scored."""
+    from trek_tracker.train.validate import mask_boxes, score_boxes, summarise_boxes
+
+    gts = []
+    for i in range(6):
+        g = np.zeros((40, 60), np.int64)
+        g[5 + i:15 + i, 10:30] = 1
+        if i != 3:
+            g[20:30, 40:50] = 2  # object 2 absent from the ground truth in frame 3
+        gts.append(g)
+    assert mask_boxes(gts, 2)[3].tolist() == [-1.0, -1.0, -1.0, -1.0]
+    assert mask_boxes(gts, 1)[2].tolist() == [10.0, 7.0, 20.0, 10.0]
+    # Object 2's prediction is garbage only where the ground truth lacks it: still perfect.
+    pred = {1: mask_boxes(gts, 1), 2: np.where(mask_boxes(gts, 2) < 0, 0.0, mask_boxes(gts, 2))}
+    perfect = summarise_boxes(score_boxes(pred, gts))
+    # The toolkit's success curve counts IoU strictly above each threshold, so a perfect run misses the
+    # threshold 1.0: 20 of 21.
+    assert perfect == {"box_success": pytest.approx(20 / 21), "box_precision": 1.0}
+    shifted = {k: v + np.array([6.0, 0, 0, 0]) * (np.arange(6) > 0)[:, None] for k, v in pred.items()}
+    worse = summarise_boxes(score_boxes(shifted, gts))
+    assert worse["box_success"] < 0.9 and worse["box_precision"] < 1.0
+
+
+def test_evaluate_model_scores_masks_and_boxes(dataset):
+    """The tracker's own boxes are scored; the void band (255) is neither an object nor scored."""
+    import torch
+
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.modeling.registry import build_model
+    from trek_tracker.pipeline import LoadedModel, Tracker, TrackerConfig
+    from trek_tracker.train.validate import evaluate_model, predict_sequence
+
+    torch.manual_seed(0)
+    model = build_model("test_deaot_tiny")
+    model.train()
+    res = evaluate_model(model, dataset, max_long_edge=None, box_metrics=True)
+    assert model.training  # mode restored
+    for key in ("J_mean", "F_mean", "box_success", "box_precision"):
+        assert 0.0 <= res[key] <= 1.0, (key, res[key])
+    (seq,) = list_sequences(dataset)
+    config = TrackerConfig(max_long_edge=None, init=InitConfig(method="box"))
+    loaded = LoadedModel(model.eval(), "test_deaot_tiny", None, None, torch.device("cpu"))
+    pred = predict_sequence(Tracker(config, loaded=loaded), seq)
+    assert pred.ids.values == (1,)  # 255 is void, not a second object
+    assert len(pred.boxes) == len(pred.labels) == 4 and set(pred.boxes[0]) == {1}
+    assert pred.boxes[0][1].tolist() == [4.0, 4.0, 8.0, 8.0]  # frame 0: the annotation's own box

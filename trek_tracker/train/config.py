@@ -11,7 +11,7 @@ from typing import Any
 
 from trek_tracker.errors import InputError
 from trek_tracker.train.augment import AugmentConfig
-from trek_tracker.train.data import DataSource
+from trek_tracker.train.datasets.source import DataSource
 from trek_tracker.train.schedule import OptimConfig
 
 
@@ -20,6 +20,9 @@ class ModelSection:
     name: str = "r50_deaotl"
     init: str | None = None  # checkpoint to start from (ours or official), e.g. the phase-1 EMA file
     overrides: dict = field(default_factory=dict)  # DeAOTConfig fields, e.g. {droppath = 0.0}
+    # Frozen-BN statistics of an untrained encoder from the first training clips (train/calibrate.py):
+    # "auto" = only when `init` is not set; true / false force it.
+    calibrate_bn: bool | str = "auto"
 
 
 @dataclass
@@ -33,8 +36,10 @@ class TrainSection:
     hard_pixels_final: float = 0.15
     hard_mining_ratio: float = 0.5
     merge_p: float = 0.3  # dynamic merge probability (1.0 in static pre-training)
+    id_shuffle: bool = True  # permute the foreground ID channels per sample (official enable_id_shuffle)
     long_term_gap: int | None = None  # None: the model's official training gap
-    amp: bool = True  # float16 autocast + gradient scaling on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: str = "float16"  # float16 (with gradient scaling, as the official trainer) or bfloat16 (Ampere+)
     ema_decay: float | None = None  # None: 1 - 1 / (0.1 * steps)
     seed: int = 0
     workers: int = 2
@@ -49,6 +54,8 @@ class TrainSection:
 class ValSection:
     root: str | None = None  # a DAVIS-layout folder; None disables validation
     sequences: list[str] | None = None
+    sequences_file: str | None = None  # or a split list, one sequence per line (e.g. ImageSets/2017/val.txt)
+    box_metrics: bool = False  # also TREK-150-style box success / precision of the predicted masks' boxes
     every: int = 0  # steps between validations (0: only at the start and the end)
     max_long_edge: int = 480
     max_frames: int | None = None
@@ -75,6 +82,10 @@ class TrainConfig:
             raise InputError("train.steps, train.batch_size and train.accumulate must be at least 1")
         if t.clip_length < 2:
             raise InputError("train.clip_length must be at least 2 (reference + one frame)")
+        if self.model.calibrate_bn not in (True, False, "auto"):
+            raise InputError(f"model.calibrate_bn must be true, false or \"auto\", got {self.model.calibrate_bn!r}")
+        if t.amp_dtype not in ("float16", "bfloat16"):
+            raise InputError(f"train.amp_dtype must be float16 or bfloat16, got {t.amp_dtype!r}")
 
 
 def _build(cls: type, values: Any, where: str) -> Any:

@@ -131,15 +131,22 @@ class Trainer:
                              f"({self.dist.world}) x accumulate ({t.accumulate})")
         self.per_process_batch = per
         self.amp = bool(t.amp and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if t.amp_dtype == "bfloat16" else torch.float16
 
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model.name, **cfg.model.overrides)
         self.init_report = self._initialise(cfg.model.init) if cfg.model.init else None
+        self.dataset = ClipDataset(cfg.data, length=t.clip_length, augment=cfg.augment, merge_p=t.merge_p,
+                                   seed=t.seed, id_classes=self.model.config.max_objects + 1 if t.id_shuffle else None)
+        if cfg.model.calibrate_bn is True or (cfg.model.calibrate_bn == "auto" and not cfg.model.init):
+            self.init_report = {**(self.init_report or {"kind": "init", "partial": False, "source": None}),
+                                "calibrated_frozen_bn": self._calibrate()}
         self.model.to(self.device).train()
         self.long_term_gap = t.long_term_gap or self.model.config.train_long_term_gap
         self.ema = EMA(self.model, t.ema_decay if t.ema_decay is not None else default_decay(t.steps))
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # bfloat16 has float32's range: no loss scaling (the scaler then passes everything through).
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype is torch.float16)
         self.step = 0
         self.history: list[dict] = []
         if resume and (state := latest_state(self.out)) is not None:
@@ -149,6 +156,16 @@ class Trainer:
             self.step_module = torch.nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.seq_training_start_ratio < 1.0)
+
+    def _calibrate(self) -> dict:
+        """Frozen-BN statistics from the first training clips, for an encoder that starts untrained
+        (train/calibrate.py). The same clips on every process, so every rank calibrates alike; a resumed
+        run then loads the calibrated buffers with the rest of the model."""
+        from trek_tracker.train.calibrate import calibrate_frozen_bn
+
+        clips = max(8, self.cfg.train.batch_size)
+        images = torch.cat([self.dataset[g]["images"] for g in range(clips)])
+        return {"layers": calibrate_frozen_bn(self.model, images), "clips": clips}
 
     def _initialise(self, path: str) -> dict:
         """Load the starting weights; a model started from its parent family's file (an MSDeAOT from DeAOT)
@@ -227,22 +244,24 @@ class Trainer:
         v = self.cfg.val
         if not v.root:
             return None
+        from trek_tracker.train.datasets.base import read_list
         from trek_tracker.train.validate import evaluate_model
 
-        res = evaluate_model(self.ema.module, v.root, sequences=v.sequences, max_long_edge=v.max_long_edge,
-                             max_frames=v.max_frames)
+        sequences = v.sequences or (read_list(Path(v.sequences_file)) if v.sequences_file else None)
+        res = evaluate_model(self.ema.module, v.root, sequences=sequences, max_long_edge=v.max_long_edge,
+                             max_frames=v.max_frames, box_metrics=v.box_metrics)
         record = {"kind": "val", "step": self.step, "J&F": res["J&F"], "J": res["J_mean"], "F": res["F_mean"]}
+        if v.box_metrics:
+            record.update(box_success=res["box_success"], box_precision=res["box_precision"])
         self._log(record)
         return record
 
     # ------------------------------------------------------------------ loop
     def _loader(self, until: int) -> DataLoader:
         t = self.cfg.train
-        dataset = ClipDataset(self.cfg.data, length=t.clip_length, augment=self.cfg.augment, merge_p=t.merge_p,
-                              seed=t.seed)
         sampler = StepSampler(self.per_process_batch, rank=self.dist.rank, world=self.dist.world,
                               start_micro=self.step * t.accumulate, num_micro=(until - self.step) * t.accumulate)
-        return DataLoader(dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
+        return DataLoader(self.dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
                           pin_memory=self.device.type == "cuda", drop_last=False,
                           persistent_workers=False)
 
@@ -288,12 +307,13 @@ class Trainer:
                 batch = next(batches)
                 sync = micro == t.accumulate - 1 or self.dist.world == 1
                 ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
-                with ctx, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.step_module(batch["images"].to(self.device, non_blocking=True),
                                            batch["labels"].to(self.device, non_blocking=True),
                                            batch["num_objects"].to(self.device), hard_fraction=frac,
                                            aux_weight=aux_w, gt_memory=gt_memory,
-                                           long_term_gap=self.long_term_gap)
+                                           long_term_gap=self.long_term_gap,
+                                           id_perm=batch["id_perm"].to(self.device) if "id_perm" in batch else None)
                     self.scaler.scale(out.loss / t.accumulate).backward()
                 totals += torch.stack([out.loss.detach(), out.aux_loss, out.frame_losses.mean()]) / t.accumulate
             self.scaler.unscale_(self.optimizer)

@@ -8,6 +8,7 @@ pixels (palette index 255) are ignored, as the benchmark does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import numpy as np
 from PIL import Image
 
 from trek_tracker.errors import InputError
+from trek_tracker.eval.metrics import RunScore, score_run
 from trek_tracker.eval.vos_metrics import ObjectScore, score_sequence, summarise
-from trek_tracker.geometry import BoxConfig
+from trek_tracker.geometry import BoxConfig, mask_to_box
 from trek_tracker.init.api import InitConfig
 from trek_tracker.loop import Sink, Start, track_video
 from trek_tracker.modeling.base import VOSModel
@@ -57,51 +59,87 @@ def list_sequences(root: str | Path, sequences: list[str] | None = None,
     return out
 
 
-class _Labels(Sink):
-    """Collects each frame's label map in the annotation's ids (and saves it when asked)."""
+class Predictions(Sink):
+    """Collects each frame's label map and boxes in the annotation's ids (and saves the map when asked)."""
 
     needs_labels = True
 
     def __init__(self, seq: SequenceData, ids: ObjectIds, save_dir: Path | None) -> None:
         self.seq, self.ids, self.save_dir = seq, ids, save_dir
         self.labels: list[np.ndarray] = []
+        self.boxes: list[dict[int, np.ndarray]] = []  # per frame: annotation id -> the tracker's x,y,w,h box
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         labels = self.ids.to_original(result.labels)
         self.labels.append(labels)
+        self.boxes.append({self.ids.values[k - 1]: box for k, box in result.boxes.items()})
         if self.save_dir is not None:
             write_label_png(self.save_dir / self.seq.name / f"{self.seq.frames[index].stem}.png", labels, _PALETTE)
 
 
-def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None = None) -> list[np.ndarray]:
-    """Label maps (annotation ids) for every frame: frame 0 is the given annotation, the rest predicted."""
-    first = read_label(seq.labels[0]).astype(np.uint8)
+def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None = None) -> Predictions:
+    """Every frame's label map and boxes (annotation ids): frame 0 is the given annotation, the rest
+    predicted."""
+    first = np.where(read_void(seq.labels[0]), 0, read_label(seq.labels[0])).astype(np.uint8)
     ids = ObjectIds.from_labels(first)
-    sink = _Labels(seq, ids, save_dir)
+    sink = Predictions(seq, ids, save_dir)
     track_video(tracker, (read_image(p) for p in seq.frames), Start(mask=ids.to_engine(first)), [sink],
                 write_behind=False)
-    return sink.labels
+    return sink
 
 
 def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | None = None,
                    max_long_edge: int | None = 480, max_frames: int | None = None,
-                   save_dir: str | Path | None = None) -> dict:
-    """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored)."""
+                   save_dir: str | Path | None = None, box_metrics: bool = False) -> dict:
+    """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored); with
+    ``box_metrics``, also the TREK-150-style box scores of :func:`score_boxes` (``box_success``,
+    ``box_precision``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loaded = LoadedModel(model, model.config.name, None, None, device)
     config = TrackerConfig(max_long_edge=max_long_edge, init=InitConfig(method="box"), box=BoxConfig(0))
     scores: list[ObjectScore] = []
+    runs: list[RunScore] = []
     try:
         for seq in list_sequences(root, sequences, max_frames):
-            preds = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None)
+            pred = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None)
             idx = sorted(seq.labels)
-            scores += score_sequence(seq.name, [preds[i] for i in idx], [read_label(seq.labels[i]) for i in idx],
+            gts = [read_label(seq.labels[i]) for i in idx]
+            scores += score_sequence(seq.name, [pred.labels[i] for i in idx], gts,
                                      [read_void(seq.labels[i]) for i in idx])
+            if box_metrics:
+                boxes = {obj: np.stack([pred.boxes[i][obj] for i in idx]) for obj in pred.ids.values}
+                runs += score_boxes(boxes, gts)
     finally:
         model.train(was_training)
-    return summarise(scores)
+    result = summarise(scores)
+    if box_metrics:
+        result.update(summarise_boxes(runs))
+    return result
+
+
+def mask_boxes(maps: list[np.ndarray], obj: int) -> np.ndarray:
+    """One object's ground-truth ``x,y,w,h`` box per frame from id maps: the tight box of its pixels, or a
+    ``-1`` row where it is absent (as TREK-150's ground truth marks it)."""
+    out = [mask_to_box(m == obj) for m in maps]
+    return np.stack([b if b is not None else np.full(4, -1.0) for b in out])
+
+
+def score_boxes(pred: dict[int, np.ndarray], gts: list[np.ndarray]) -> list[RunScore]:
+    """TREK-150 OPE-style scores of every tracked object of a sequence: the tracker's boxes ``pred``
+    (annotation id -> boxes at the annotated frames, frame 0 first) against the ground-truth masks' boxes;
+    frames without the object in the ground truth are not scored. Boxes are rounded to the 3 decimals of
+    a result file, as the toolkit reads them."""
+    return [score_run(np.round(boxes, 3), mask_boxes(gts, obj)) for obj, boxes in sorted(pred.items())]
+
+
+def summarise_boxes(runs: list[RunScore]) -> dict:
+    """Mean box success and normalised precision over objects (the OPE scores averaged over runs)."""
+    if not runs:
+        return {"box_success": math.nan, "box_precision": math.nan}
+    return {"box_success": float(np.mean([r.success_score for r in runs])),
+            "box_precision": float(np.mean([r.normalized_precision_score for r in runs]))}
 
 
 def read_void(path: Path) -> np.ndarray:

@@ -1,0 +1,21 @@
+"""The training benchmarks run end to end (tiny models, CPU) and print what they promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.train.conftest import REPO
+
+
+def test_throughput_benchmark_prints_a_projection_per_model():
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--models",
+                           "test_deaot_tiny", "--size", "33", "--frames", "2", "--steps", "1", "--warmup", "0",
+                           "--threads", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("device: CPU") and "fp32" in lines[0]
+    row = lines[-1].split()
+    assert row[0] == "(test_deaot_tiny)" and float(row[3]) > 0 and float(row[-1]) > 0

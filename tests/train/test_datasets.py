@@ -1,0 +1,216 @@
+"""Every reader on a tiny replica of its published layout (tests/train/replicas.py): the masks, ids, names
+and frame numbers it was given come back; clips sample among annotated frames; problems are reported."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.train import replicas
+from trek_tracker.errors import InputError
+from trek_tracker.train import datasets
+from trek_tracker.train.augment import AugmentConfig
+from trek_tracker.train.data import ClipDataset
+from trek_tracker.train.datasets.check import check_dataset
+from trek_tracker.train.datasets.source import DataSource
+
+TINY = AugmentConfig(crop=(49, 49), short_edge=60, min_object_pixels=5)
+
+
+def _videos(kind: str, root, **kw) -> dict:
+    return {v.name: v for v in datasets.list_items(DataSource(str(root), kind=kind, **kw))}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_davis2017_split_lists_masks_and_ids(davis, tmp_path):
+    truth = replicas.davis2017(davis, tmp_path)
+    train = _videos("davis", tmp_path)
+    assert sorted(train) == ["blackswan", "dog"]  # ImageSets/2017/train.txt
+    assert sorted(_videos("davis", tmp_path, split="val")) == ["car-shadow"]
+    v = train["dog"]
+    assert v.numbers == [0, 1, 2, 3]
+    for i in range(4):
+        assert np.array_equal(v.label(i), truth["dog"][i])
+        assert v.image(i).shape == (72, 128, 3)
+    assert sorted(_videos("davis", tmp_path, exclude=["dog"])) == ["blackswan"]
+    with pytest.raises(InputError, match="test-dev"):
+        _videos("davis", tmp_path, split="test-dev")
+
+
+def test_youtubevos_reads_meta_and_sparse_frames(davis, tmp_path):
+    truth = replicas.youtubevos(davis, tmp_path)
+    v = _videos("youtubevos", tmp_path)["vid0"]
+    # Only annotated frames, with their real numbers (every 5th), the unannotated ones left out.
+    assert v.numbers == truth["numbers"]
+    assert [v.label(i).max() for i in range(4)] == [1, 2, 1, 1]
+    assert np.array_equal(v.label(1), truth["vid0"][1])
+    # Sampling among annotated frames: every clip's frames are annotated frames with real gaps of 5 to 15.
+    ds = ClipDataset([DataSource(str(tmp_path), kind="youtubevos", max_gap=3)], length=3, augment=TINY,
+                     merge_p=0.0, seed=0)
+    for g in range(6):
+        numbers = ds.sample(g)[3]["frames"]
+        assert set(numbers) <= set(truth["numbers"])
+        gaps = np.abs(np.diff(numbers))
+        assert ((gaps >= 5) & (gaps <= 15)).all(), numbers
+
+
+def test_mose_and_generic_folder(davis, tmp_path):
+    truth = replicas.mose(davis, tmp_path)
+    v = _videos("mose", tmp_path)["m1"]
+    assert v.numbers == list(range(5)) and np.array_equal(v.label(4), truth["m1"][4])
+    assert sorted(_videos("video", tmp_path / "train")) == ["m1"]
+
+
+def test_visor_sparse_json_polygons_zip_and_frame_numbers(davis, tmp_path):
+    truth = replicas.visor(davis, tmp_path)
+    videos = _videos("visor", tmp_path)
+    assert sorted(videos) == ["P01_01_seq_00001", "P01_01_seq_00002"]
+    v = videos["P01_01_seq_00001"]
+    assert v.numbers == replicas.VISOR_NUMBERS  # sorted by frame, although the JSON lists them backwards
+    for i, want in enumerate(truth["P01_01_seq_00001"]):
+        got = v.label(i)
+        assert got.shape == want.shape
+        # ids by sorted entity name: bird 1, pan 2; polygons refill the masks they came from
+        for obj in (1, 2):
+            assert _iou(got == obj, want == obj) > 0.9, (i, obj)
+        assert v.image(i).shape == (72, 128, 3)  # read from the zip
+    # Clips: annotated frames only, their real numbers (gaps 30-90 here), never an invented frame
+    ds = ClipDataset([DataSource(str(tmp_path), kind="visor", sequences=["P01_01_seq_00001"])], length=3,
+                     augment=TINY, merge_p=0.0, seed=1)
+    seen = set()
+    for g in range(8):
+        meta = ds.sample(g)[3]
+        assert meta["item"] == "P01_01_seq_00001" and set(meta["frames"]) <= set(replicas.VISOR_NUMBERS)
+        seen.update(meta["frames"])
+    assert len(seen) >= 3
+    # A sub-sequence below the toolkit's minimum of annotated frames (3 in train) is left out.
+    assert sorted(_videos("visor", tmp_path, options={"min_frames": 4})) == ["P01_01_seq_00001"]
+
+
+def test_visor_unpacked_frames_and_toolkit_export(davis, tmp_path):
+    replicas.visor(davis, tmp_path / "unpacked", zipped=False)
+    assert len(_videos("visor", tmp_path / "unpacked")["P01_01_seq_00002"]) == 3
+    truth = replicas.visor_export(davis, tmp_path / "export")
+    v = _videos("visor", tmp_path / "export")["P01_01_seq_00001"]
+    assert v.numbers == replicas.VISOR_NUMBERS
+    assert np.array_equal(v.label(2), truth["P01_01_seq_00001"][2])
+
+
+def test_vipseg_panoptic_values_and_clip_ids(davis, tmp_path):
+    truth = replicas.vipseg(davis, tmp_path)
+    v = _videos("vipseg", tmp_path)["12_abc"]
+    assert np.array_equal(v.label(1), truth["12_abc"][1])  # 16-bit values as they are
+    things = _videos("vipseg", tmp_path, options={"min_value": 1000})["12_abc"]
+    assert set(np.unique(things.label(0))) <= {0, 1201, 3402}
+    ds = ClipDataset([DataSource(str(tmp_path), kind="vipseg")], length=3, augment=TINY, merge_p=0.0, seed=0)
+    frames, labels, n, _ = ds.sample(0)
+    assert 1 <= n <= 3 and max(int(lb.max()) for lb in labels) == n  # values made consecutive per clip
+
+
+@pytest.mark.parametrize("kind", ["lasot", "got10k", "egotracks"])
+def test_box_tracks(davis, tmp_path, kind):
+    truth = getattr(replicas, kind)(davis, tmp_path)
+    tracks = {t.name: t for t in datasets.list_tracks(DataSource(str(tmp_path), kind=kind))}
+    assert sorted(tracks) == sorted(truth)
+    for name, want in truth.items():
+        t = tracks[name]
+        np.testing.assert_allclose(t.boxes, want["boxes"], atol=1e-3)
+        if "visible" in want:
+            assert t.visible.tolist() == want["visible"]
+        if "numbers" in want:
+            assert t.numbers == want["numbers"]
+        assert t.numbers == sorted(t.numbers) and len(t.images) == len(t.boxes)
+    with pytest.raises(InputError, match="mask_root"):
+        datasets.list_items(DataSource(str(tmp_path), kind=kind))
+
+
+def test_lasot_split_and_subset(davis, tmp_path):
+    replicas.lasot(davis, tmp_path)
+    src = DataSource(str(tmp_path), kind="lasot", split="train", max_sequences=1)
+    picked = [t.name for t in datasets.list_tracks(src)]
+    assert len(picked) == 1 and picked == [t.name for t in datasets.list_tracks(src)]  # a fixed subset
+    assert datasets.list_tracks(DataSource(str(tmp_path), kind="lasot", split="test")) == []
+
+
+def test_coco_instances(davis, tmp_path):
+    pytest.importorskip("pycocotools")
+    truth = replicas.coco(davis, tmp_path)
+    items = {it.name: it for it in datasets.list_items(DataSource(str(tmp_path), kind="coco"))}
+    assert sorted(items) == sorted(truth)
+    for name, want in truth.items():
+        got = items[name].label()
+        # polygons through the outline's pixel centres: the interior exactly, the rim half-covered
+        interior = cv2.erode((want == 1).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert (got[interior] == 1).all() and _iou(got == 1, want == 1) > 0.8
+        assert np.array_equal(got == 2, want == 2)  # RLE, exact
+        assert got.max() == 2  # the crowd is not an object
+
+
+def test_voc_with_sbd(davis, tmp_path):
+    truth = replicas.voc(davis, tmp_path, sbd=tmp_path / "benchmark_RELEASE")
+    items = {it.name: it for it in datasets.list_items(DataSource(str(tmp_path), kind="voc"))}
+    assert sorted(items) == ["2007_000032"]
+    assert np.array_equal(items["2007_000032"].label(), truth["2007_000032"])  # void rims become background
+    both = datasets.list_items(DataSource(str(tmp_path), kind="voc",
+                                          options={"sbd": str(tmp_path / "benchmark_RELEASE")}))
+    assert [it.name for it in both] == ["2007_000032", "2008_000002"]  # SBD adds only what VOC lacks
+    assert np.array_equal(both[1].label(), truth["2008_000002"])
+
+
+@pytest.mark.parametrize("kind", ["ecssd", "msra10k", "pascals"])
+def test_saliency_sets(davis, tmp_path, kind):
+    truth = replicas.saliency(davis, tmp_path, kind)
+    items = {it.name: it for it in datasets.list_items(DataSource(str(tmp_path), kind=kind))}
+    assert sorted(items) == sorted(truth)
+    for name, want in truth.items():
+        assert np.array_equal(items[name].label(), want)
+    ds = ClipDataset([DataSource(str(tmp_path), kind=kind)], length=3, augment=TINY, merge_p=1.0, seed=0)
+    assert ds[0]["images"].shape == (3, 3, 49, 49)
+
+
+def test_check_finds_problems(davis, tmp_path):
+    replicas.davis2017(davis, tmp_path)
+    clean = check_dataset(DataSource(str(tmp_path), kind="davis"))
+    assert clean.ok, clean.problems
+    assert clean.counts["sequences"] == 2 and clean.counts["annotated frames"] == 8 and clean.counts["objects"] == 4
+    ann = tmp_path / "Annotations" / "480p"
+    (ann / "dog" / "00001.png").write_bytes(b"not a png")
+    replicas.save_png(ann / "dog" / "00002.png", np.zeros((72, 128), np.int64))
+    replicas.save_png(ann / "blackswan" / "00003.png", np.ones((70, 128), np.int64))
+    (tmp_path / "JPEGImages" / "480p" / "blackswan" / "00001.jpg").unlink()
+    replicas.save_png(ann / "blackswan" / "00009.png", np.full((72, 128), 3))
+    report = check_dataset(DataSource(str(tmp_path), kind="davis"))
+    text = "\n".join(report.problems)
+    assert "dog/00001.png: unreadable mask" in text
+    assert "dog/00002.png: empty mask" in text
+    assert "blackswan/00003.png: mask is 128x70, its frame 128x72" in text
+    assert "blackswan/00001.png: mask without a frame" in text
+    assert "blackswan/00009.png: mask without a frame" in text
+    assert "frame number(s) missing" in text  # blackswan now has frames 0, 2, 3
+    assert len(report.problems) == 6, report.problems
+
+
+def test_check_boxes_out_of_frame_and_bad_roots(davis, tmp_path):
+    replicas.got10k(davis, tmp_path)
+    assert check_dataset(DataSource(str(tmp_path), kind="got10k")).ok
+    gt = tmp_path / "train" / "GOT-10k_Train_000001" / "groundtruth.txt"
+    rows = gt.read_text().splitlines()
+    rows[2] = "500,10,20,20"
+    rows[3] = "nan,nan,nan,nan"
+    gt.write_text("\n".join(rows))
+    report = check_dataset(DataSource(str(tmp_path), kind="got10k"))
+    assert len(report.problems) == 2, report.problems
+    assert "lies outside the 128x72 frame" in report.problems[0] and "nan" in report.problems[1]
+    bad = check_dataset(DataSource(str(tmp_path / "nowhere"), kind="mose"))
+    assert len(bad.problems) == 1 and "not a MOSE root" in bad.problems[0]
+
+
+def test_source_settings_are_checked(tmp_path):
+    for bad in ({"kind": "lasott"}, {"options": "sbd"}, {"sequences": "dog"}, {"min_gap": 4, "max_gap": 2},
+                {"weight": 0.0}, {"max_sequences": 0}):
+        with pytest.raises(InputError):
+            DataSource(str(tmp_path), **bad)
