@@ -89,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     for t in range(1, args.frames):
         engine.step(frames[_ping_pong(len(frames), t)])
     rss, peak = _rss_mb()
-    row = {"setting": args.worker, "frames": args.frames, "lt_frames": len(engine.groups[0].memory.frames),
+    row = {"setting": args.worker, "frames": args.frames, "lt_frames": len(engine.memory.frames),
            "lt_tokens": engine.long_term_tokens(), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
            "cuda_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
            "seconds": round(time.perf_counter() - start, 2),

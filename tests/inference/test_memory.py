@@ -36,7 +36,7 @@ def _run(model, video, memory: MemoryConfig, steps: int = 11):
     frames, mask = video
     engine = VOSEngine(model, EngineConfig(memory=memory))
     engine.add_reference(frames[0], mask)
-    memory = engine.groups[0].memory
+    memory = engine.memory
     ref_keys = [memory.long_term(layer, 0)[0].clone() for layer in range(len(memory.layout))]
     counts = []
     for frame in frames[1:steps + 1]:
@@ -49,14 +49,14 @@ def test_uncapped_memory_grows_with_the_gap(model, video):
     engine, _, counts = _run(model, video, MemoryConfig(gap=2, cap="none"))
     assert counts == [1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]  # reference + every 2nd frame
     assert engine.long_term_tokens() == 6 * 63
-    assert engine.groups[0].memory.frames == [10, 8, 6, 4, 2, 0]
+    assert engine.memory.frames == [10, 8, 6, 4, 2, 0]
 
 
 def test_cap_bounds_tokens_and_keeps_the_reference(model, video):
     engine, ref_keys, counts = _run(model, video, MemoryConfig(gap=1, cap=3))
     assert counts == [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]
     assert engine.long_term_tokens() == 3 * 63
-    memory = engine.groups[0].memory
+    memory = engine.memory
     assert [f in memory.reference_frames for f in memory.frames] == [False, False, True]  # newest first
     for layer, key in enumerate(ref_keys):  # the reference itself, every layer, untouched
         assert torch.equal(memory.long_term(layer, 0)[0], key)
@@ -72,7 +72,7 @@ def test_newest_frames_are_the_ones_kept(model, video):
     engine.add_reference(frames[0], mask)
     for frame in frames[1:7]:
         engine.step(frame)
-    assert engine.groups[0].memory.frames == [6, 5, 0]
+    assert engine.memory.frames == [6, 5, 0]
 
 
 def test_re_anchoring_adds_a_reference_that_is_also_kept(model, video):
@@ -84,7 +84,7 @@ def test_re_anchoring_adds_a_reference_that_is_also_kept(model, video):
     engine.add_reference(frames[4], mask)
     for frame in frames[5:10]:
         engine.step(frame)
-    memory = engine.groups[0].memory
+    memory = engine.memory
     refs = [f in memory.reference_frames for f in memory.frames]
     assert refs.count(True) == 2 and len(refs) == 3
 
@@ -95,7 +95,7 @@ def test_capped_memory_is_allocated_once_and_written_in_place(model, video):
     frames, mask = video
     engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=1, cap=3)))
     engine.add_reference(frames[0], mask)
-    memory = engine.groups[0].memory
+    memory = engine.memory
     pointer, size = memory.attend()[0].long_key.data_ptr(), memory.nbytes()
     for frame in frames[1:9]:
         engine.step(frame)
@@ -110,7 +110,7 @@ def test_stored_keys_do_not_keep_the_projection_alive(video):
     frames, mask = video
     engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=1, cap=2)))
     engine.add_reference(frames[0], mask)
-    key = engine.groups[0].memory.long_term(0, 0)[0]
+    key = engine.memory.long_term(0, 0)[0]
     assert key.untyped_storage().nbytes() <= 2 * key.numel() * key.element_size()
 
 

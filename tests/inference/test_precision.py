@@ -112,7 +112,7 @@ def test_mixed_precision_keeps_memory_in_the_compute_dtype_and_probabilities_in_
     labels[10:30, 20:50] = 1
     engine.add_reference(Frame(frames[0]), labels)
     out = engine.step(Frame(frames[1]))
-    memory = engine.groups[0].memory.attend()[0]
+    memory = engine.memory.attend()[0]
     assert memory.long_key.dtype == torch.bfloat16 and memory.short_value.dtype == torch.bfloat16
     assert out.probs.dtype == torch.float32
     assert torch.allclose(out.probs.sum(0), torch.ones(64, 96), atol=1e-5)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from trek_tracker.errors import InputError
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
-from trek_tracker.inference.ensemble import EnsembleEngine
-from trek_tracker.inference.tta import TTAConfig, parse_scales, tta_engine, tta_views, view_configs
+from trek_tracker.inference.tta import TTAConfig, TTAEngine, parse_scales, tta_engine, tta_views, view_configs
 from trek_tracker.modeling.registry import build_model
 
 H, W = 129, 161  # already 16k + 1: no resize, so mirror symmetry is exact
@@ -40,7 +41,7 @@ def test_views_and_scale_parsing():
         with pytest.raises(InputError):
             parse_scales(bad)
     configs = view_configs(EngineConfig(), [1.2, 1.3, 1.4], True)
-    assert [(c.scale, c.flip) for c in configs] == tta_views([1.2, 1.3, 1.4], True)
+    assert [(c.scale, f) for c in configs for f in c.flips] == tta_views([1.2, 1.3, 1.4], True)
     assert all(c.max_short_edge == 624 for c in configs)  # official: multi-scale caps the short edge
     assert view_configs(EngineConfig(), [1.0], True)[0].max_short_edge is None
 
@@ -59,11 +60,11 @@ def test_official_sizes_for_1080p(model):
 def test_flip_view_mirrors_the_plain_view_on_a_symmetric_video(model):
     frames, mask = _symmetric_video()
     engine = tta_engine(model, EngineConfig(), TTAConfig((1.0,), flip=True))
-    assert isinstance(engine, EnsembleEngine) and len(engine.members) == 2
+    assert isinstance(engine, TTAEngine) and len(engine.engines) == 1 and engine.engines[0].views == 2
     engine.add_reference(frames[0], mask)
     for frame in frames[1:]:
         out = engine.predict(frame)
-        plain, flipped = engine.member_outputs
+        plain, flipped = engine.view_outputs
         # The flipped view sees the same pixels; un-flipped, its answer is the mirror of the plain view's.
         assert torch.allclose(flipped.probs, torch.flip(plain.probs, dims=[-1]), atol=1e-5)
         assert torch.allclose(out.probs, torch.flip(out.probs, dims=[-1]), atol=1e-5)
@@ -79,7 +80,9 @@ def test_average_of_independent_engines_with_their_own_memory(model):
     mask[80:110, 10:40] = 2
     base = EngineConfig(max_long_edge=None)
     engine = tta_engine(model, base, TTAConfig((1.0, 1.25), flip=True))
-    solo = [VOSEngine(model, c) for c in view_configs(base, [1.0, 1.25], True)]
+    # One engine per view, as the official evaluator runs them; the TTA engine batches each flip pair.
+    solo = [VOSEngine(model, replace(c, flips=(f,))) for c in view_configs(base, [1.0, 1.25], True)
+            for f in c.flips]
     engine.add_reference(frames[0], mask)
     for s in solo:
         s.add_reference(frames[0], mask)

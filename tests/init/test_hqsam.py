@@ -205,7 +205,7 @@ def test_the_tracker_refines_its_output_and_remembers_its_own_masks(hqsam, monke
         tracker = Tracker(TrackerConfig(init=InitConfig(method="box"), refine=refine, max_long_edge=120),
                           loaded=loaded)
         tracker.init(frames[0], [30, 20, 40, 30])
-        return [(tracker.step(f), tracker.engine.groups[0].memory.attend()[0].short_value.clone()) for f in frames[1:]]
+        return [(tracker.step(f), tracker.engine.memory.attend()[0].short_value.clone()) for f in frames[1:]]
 
     plain, refined = run(RefineConfig()), run(RefineConfig(checkpoint="sam_hq_vit_b", min_iou=0.0))
     for i, ((a, memory_a), (b, memory_b)) in enumerate(zip(plain, refined, strict=True)):

@@ -98,7 +98,7 @@ def test_engine_uses_per_layer_grids_and_dilated_8x_memory(tiny):
     engine = VOSEngine(tiny, EngineConfig(memory=MemoryConfig(gap=1)))
     engine.add_reference(frame, labels)
     (h16, w16), _, (h8, w8) = [layer.grid for layer in engine.layout]
-    memory = engine.groups[0].memory
+    memory = engine.memory
     assert memory.attend()[2].short_key.shape[-2:] == (h8, w8)  # short-term at full 8x resolution
     assert memory.long_term(0, 0)[0].shape[0] == h16 * w16
     assert memory.long_term(2, 0)[0].shape[0] == ((h8 + 1) // 2) * ((w8 + 1) // 2)  # long-term [::2, ::2]

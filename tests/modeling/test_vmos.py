@@ -272,14 +272,14 @@ class _Recorder:
 def _run(model: VMOS, gold, frames, mask, *, teacher_forcing: bool):
     engine = VOSEngine(model, EngineConfig(max_long_edge=float(gold["max_long_edge"])))
     engine.add_reference(frames[0], mask)
-    outputs, memory_log = [], [(engine.groups[0].memory.frames, engine.groups[0].memory.short_term_frame,
-                                [engine.groups[0].memory.long_term_tokens(i) for i in (0, 3)])]
+    outputs, memory_log = [], [(engine.memory.frames, engine.memory.short_term_frame,
+                                [engine.memory.long_term_tokens(i) for i in (0, 3)])]
     for t in range(1, len(frames)):
         out = engine.predict(frames[t])
         outputs.append(out)
         label = torch.from_numpy(gold["label"][t - 1].astype(np.int64)) if teacher_forcing else out.labels
         engine.commit(label)
-        memory = engine.groups[0].memory
+        memory = engine.memory
         memory_log.append((memory.frames, memory.short_term_frame, [memory.long_term_tokens(i) for i in (0, 3)]))
     return engine, outputs, memory_log
 
@@ -308,7 +308,7 @@ def test_car_shadow_matches_official(vmos_model, car_shadow) -> None:
     finally:
         rec.close()
     assert engine.input_size == tuple(gold["input_size"]) and engine.token_grid == tuple(gold["enc_size"])
-    assert (engine.num_objects, len(engine.groups)) == (int(gold["obj_num"]), int(gold["groups"]))
+    assert (engine.num_objects, len(engine.group_sizes)) == (int(gold["obj_num"]), int(gold["groups"]))
     assert tuple(outputs[0].logits[0].shape[-2:]) == tuple(gold["logits_size"])
     _check_frames(gold, outputs)
 
@@ -372,7 +372,7 @@ def test_tiny_vmos_tracks_with_its_memory_layout() -> None:
     for t in range(1, 8):
         out = engine.step(frames[t])
         assert out.logits[0].shape == (1, 11, 33, 49) and out.probs.shape == (3, 100, 150)
-    memory = engine.groups[0].memory
+    memory = engine.memory
     assert memory.frames == [6, 4, 0]  # gap 2, cap 3: the reference stays, the oldest other frame goes
     assert memory.long_term_tokens(2) == 3 * 17 * 25
 

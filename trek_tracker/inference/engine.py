@@ -9,11 +9,17 @@ The official evaluator's procedure (docs/inference.md), made explicit:
   nearest-resized to the network input, embedded, and fused into this frame's memory entries (no second
   network pass);
 * what enters the memory, when, and what leaves it is :mod:`trek_tracker.inference.memory`'s business.
+
+The official evaluator runs object groups one after another, and each TTA view as its own engine. Here the
+groups, and the plain and mirrored views of one scale (``EngineConfig.flips``), are one batch: batch item
+``v * G + g`` is view ``v``'s group ``g``, the encoder runs once per view, and one :class:`Memory` holds
+every item (they always store the same frames). Each item computes what it would alone.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,24 +41,22 @@ from trek_tracker.modeling.base import VOSModel
 
 @dataclass
 class EngineConfig:
-    """How frames are fed to the network: resolution caps, TTA scale and flip, memory settings, and the
-    compute precision (``fp32``: the official CPU preprocessing and float32 everywhere, the parity mode;
+    """How frames are fed to the network: resolution caps, TTA scale, the views of that scale (``flips``:
+    False = plain, True = mirrored; several are tracked as one batch), memory settings, and the compute
+    precision (``fp32``: the official CPU preprocessing and float32 everywhere, the parity mode;
     ``bf16``/``fp16``: preprocessing on the device and autocast; docs/inference.md#precision)."""
 
     max_long_edge: float | None = 1040
     max_short_edge: float | None = None
     scale: float = 1.0
-    flip: bool = False
+    flips: tuple[bool, ...] = (False,)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     precision: str = "fp32"
 
-
-@dataclass
-class _Group:
-    """One group of at most ``max_objects`` objects and its memory."""
-
-    num_objects: int
-    memory: Memory
+    def __post_init__(self) -> None:
+        self.flips = tuple(bool(f) for f in self.flips)
+        if not self.flips or len(set(self.flips)) != len(self.flips):
+            raise InputError(f"an engine's views must be distinct flips, e.g. (False, True); got {self.flips}")
 
 
 @dataclass
@@ -62,14 +66,15 @@ class FrameOutput:
     labels: torch.Tensor  # (H, W) int64 engine ids 0..N
     probs: torch.Tensor  # (1 + N, H, W) float32: background, then objects 1..N
     logits: list[torch.Tensor]  # raw logits per group (1, 1 + max_objects, h, w) at the model's output
-    # stride (4x for DeAOT, 8x for MSDeAOT), before masking
+    # stride (4x for DeAOT, 8x for MSDeAOT), before masking, in the view's own (possibly mirrored) frame
 
 
 class VOSEngine:
-    """Tracks the objects of one video. Create one per video (and per TTA view).
+    """Tracks the objects of one video. Create one per video (and per TTA scale).
 
     ``add_reference(frame, labels)`` starts the video from a label map with ids ``0..N`` (0 = background);
-    ``step(frame)`` predicts the next frame and updates the memories with its own prediction.
+    ``step(frame)`` predicts the next frame and updates the memory with its own prediction. An engine with
+    several views answers :meth:`predict_views` (one output per view) and :meth:`commit_views`.
     """
 
     def __init__(self, model: VOSModel, config: EngineConfig | None = None) -> None:
@@ -77,14 +82,15 @@ class VOSEngine:
         self.config = config or EngineConfig()
         self.schedule: MemorySchedule = self.config.memory.resolve(model.config)
         self.max_objects = model.config.max_objects
-        self.groups: list[_Group] = []
+        self.memory: Memory | None = None  # batch item v * G + g: view v, object group g
+        self.group_sizes: list[int] = []  # objects in each group (at most max_objects)
         self.num_objects = 0
         self.frame_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.token_grid: tuple[int, int] | None = None
         self.layout = []  # per GPM layer: grid and long-term subsampling (MSDeAOT layers differ in stride)
         self.frame_step = 0
-        self._pending: list[list] = []
+        self._pending: list | None = None  # the last predicted frame's memory entries, until committed
         # Variant-specific preprocessing (VMOS resizes the uint8 frame and enlarges small frames).
 
     @property
@@ -92,32 +98,43 @@ class VOSEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ inputs
+    @property
+    def views(self) -> int:
+        return len(self.config.flips)
+
     def _network_input(self, frame: Frame) -> torch.Tensor:
+        """(V, 3, h, w): the frame once per view. A mirrored view is the plain input flipped, which is what
+        flipping inside the preprocessing computes (the flip follows the resize; the rest is per pixel)."""
         if self.frame_size is None:
             raise RuntimeError("add_reference() must be called before step()")
         if tuple(frame.shape[:2]) != self.frame_size:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
                              f"{self.frame_size[1]}x{self.frame_size[0]}")
         if self.config.precision == "fp32":
-            x = to_network_input(frame.host, self.input_size, flip=self.config.flip,
-                                 resize=self.model.config.input_resize)
-            return x.to(self.device, non_blocking=True)
-        return device_network_input(frame.tensor().to(self.device), self.input_size, flip=self.config.flip,
-                                    resize=self.model.config.input_resize)
+            x = to_network_input(frame.host, self.input_size, resize=self.model.config.input_resize)
+            x = x.to(self.device, non_blocking=True)
+        else:
+            x = device_network_input(frame.tensor().to(self.device), self.input_size,
+                                     resize=self.model.config.input_resize)
+        return torch.cat([x.flip(-1) if f else x for f in self.config.flips])
 
     def _autocast(self):
         return autocast(self.device, self.config.precision)
 
-    def _labels_to_input(self, labels: torch.Tensor) -> torch.Tensor:
-        """Original-resolution labels -> (1, 1, h, w) at network input size (flipped like the image)."""
-        if self.config.flip:
-            labels = torch.flip(labels, dims=[-1])
-        return resize_labels(labels.float()[None, None], self.input_size)
+    def _per_item(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-view features (V, ...) -> per batch item (V·G, ...): each view's repeated for its groups."""
+        groups = len(self.group_sizes)
+        return feats if groups == 1 else [f.repeat_interleave(groups, dim=0) for f in feats]
 
-    def _group_one_hot(self, labels_in: torch.Tensor, group: int) -> torch.Tensor:
-        """One-hot (1, 1 + max_objects, h, w) of the group's objects renumbered 1..10."""
-        start = group * self.max_objects
-        ids = labels_in - start
+    def _one_hot(self, labels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each view's original-resolution labels -> one-hot (V·G, 1 + max_objects, h, w) at network input
+        size, flipped like the view's image, each group's objects renumbered 1..10."""
+        maps = torch.stack([torch.flip(lab, dims=[-1]) if f else lab
+                            for lab, f in zip(labels, self.config.flips, strict=True)])
+        ids = resize_labels(maps.to(self.device).float()[:, None], self.input_size)  # (V, 1, h, w)
+        groups = len(self.group_sizes)
+        start = torch.arange(groups, device=ids.device, dtype=ids.dtype).repeat(self.views) * self.max_objects
+        ids = ids.repeat_interleave(groups, dim=0) - start.view(-1, 1, 1, 1)
         ids = torch.where((ids >= 1) & (ids <= self.max_objects), ids, torch.zeros_like(ids))
         classes = torch.arange(self.max_objects + 1, device=ids.device, dtype=ids.dtype).view(1, -1, 1, 1)
         return (ids == classes).float()
@@ -141,69 +158,80 @@ class VOSEngine:
                                          max_short_edge=self.config.max_short_edge, scale=self.config.scale,
                                          align_corners=self.model.align_corners,
                                          min_short_edge=self.model.config.min_short_edge)
-        elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.groups):
+        elif num_objects > self.num_objects and math.ceil(num_objects / self.max_objects) > len(self.group_sizes):
             raise InputError("a later reference frame may not add object groups (at most "
-                             f"{len(self.groups) * self.max_objects} objects in this video)")
+                             f"{len(self.group_sizes) * self.max_objects} objects in this video)")
         with self._autocast():
             feats = self.model.encode(self._network_input(frame))
         self.token_grid = tuple(feats[-1].shape[-2:])
         self.layout = self.model.memory_layout(feats)
         self.num_objects = max(self.num_objects, num_objects)
-        n_groups = math.ceil(self.num_objects / self.max_objects)
-        while len(self.groups) < n_groups:
-            self.groups.append(_Group(0, Memory(self.layout, self.schedule)))
-        for g, group in enumerate(self.groups):
-            group.num_objects = min(self.max_objects, self.num_objects - g * self.max_objects)
-
-        labels_in = self._labels_to_input(labels_t.to(self.device))
-        for g, group in enumerate(self.groups):
-            with self._autocast():
-                id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
-                _, entries = self.model.propagate(feats, None, id_emb)
-            group.memory.remember(self.frame_step, entries, [e.id_value for e in entries], reference=True)
+        groups = math.ceil(self.num_objects / self.max_objects)
+        self.group_sizes = [min(self.max_objects, self.num_objects - g * self.max_objects) for g in range(groups)]
+        if self.memory is None:
+            self.memory = Memory(self.layout, self.schedule)
+        labels_t = labels_t.to(self.device)
+        with self._autocast():
+            id_emb = self.model.id_embedding(self._one_hot([labels_t] * self.views))
+            _, entries = self.model.propagate(self._per_item(feats), None, id_emb)
+        self.memory.remember(self.frame_step, entries, [e.id_value for e in entries], reference=True)
 
     # ------------------------------------------------------------------ propagation
     @torch.inference_mode()
     def step(self, frame: np.ndarray | Frame) -> FrameOutput:
-        """Predict ``frame`` and update the memories with the prediction."""
+        """Predict ``frame`` and update the memory with the prediction (a single-view engine)."""
         out = self.predict(frame)
         self.commit(out.labels)
         return out
 
     @torch.inference_mode()
     def predict(self, frame: np.ndarray | Frame) -> FrameOutput:
-        """Predict ``frame`` without touching the memories (call :meth:`commit` with the final labels).
+        """Predict ``frame`` without touching the memory (call :meth:`commit` with the final labels).
 
-        Split from :meth:`step` so that test-time augmentation and ensembles can decide the labels each
-        engine remembers.
+        Split from :meth:`step` so that test-time augmentation and ensembles can decide the labels the
+        engine remembers. A single-view engine; see :meth:`predict_views` for several.
         """
+        if self.views != 1:
+            raise RuntimeError(f"this engine tracks {self.views} views: use predict_views()")
+        return self.predict_views(frame)[0]
+
+    @torch.inference_mode()
+    def predict_views(self, frame: np.ndarray | Frame) -> list[FrameOutput]:
+        """Each view's prediction of ``frame`` at the frame's resolution (un-mirrored), memory untouched."""
+        if self.memory is None:
+            raise RuntimeError("add_reference() must be called before step()")
         frame = frame if isinstance(frame, Frame) else Frame(frame)
         self.frame_step += 1
         with self._autocast():
             feats = self.model.encode(self._network_input(frame))
-        self._pending = []
-        logits, upsampled = [], []
-        for group in self.groups:
-            with self._autocast():
-                tokens, entries = self.model.propagate(feats, group.memory.attend())
-                raw = self.model.decode(tokens, feats)
-            self._pending.append(entries)
-            logits.append(raw)
-            # Upsampling, softmax and arg-max in float32 whatever the compute precision: half-precision
-            # probabilities would quantise the labels at object boundaries.
-            upsampled.append(self._upsample(raw.float(), group.num_objects))
-        probs = self.merge_groups(upsampled)
-        labels = channel_argmax(probs)
-        return FrameOutput(labels=labels, probs=probs[: self.num_objects + 1], logits=logits)
+            tokens, entries = self.model.propagate(self._per_item(feats), self.memory.attend())
+            raw = self.model.decode(tokens, self._per_item(feats))
+        self._pending = entries
+        # Upsampling, softmax and arg-max in float32 whatever the compute precision: half-precision
+        # probabilities would quantise the labels at object boundaries.
+        upsampled = self._upsample(raw.float())
+        groups = len(self.group_sizes)
+        outputs = []
+        for v in range(self.views):
+            items = range(v * groups, (v + 1) * groups)
+            probs = self.merge_groups([upsampled[i:i + 1] for i in items])
+            outputs.append(FrameOutput(labels=channel_argmax(probs), probs=probs[: self.num_objects + 1],
+                                       logits=[raw[i:i + 1] for i in items]))
+        return outputs
 
-    def _upsample(self, raw: torch.Tensor, num_objects: int) -> torch.Tensor:
-        """Mask unused ids, resize the logits to the original frame, undo the flip: (1, 11, H, W)."""
-        logits = raw.clone()
-        logits[:, num_objects + 1:] = -1e10 if logits.dtype == torch.float32 else -1e4
+    def _upsample(self, raw: torch.Tensor) -> torch.Tensor:
+        """Mask each group's unused ids, resize the logits to the original frame, undo the mirroring:
+        (V·G, 1 + max_objects, H, W)."""
+        channels = torch.arange(raw.shape[1], device=raw.device)
+        sizes = torch.tensor(self.group_sizes * self.views, device=raw.device)
+        unused = channels[None, :] > sizes[:, None]  # (V·G, C)
+        logits = raw.masked_fill(unused[:, :, None, None], -1e10)
         logits = F.interpolate(logits, size=self.frame_size, mode="bilinear",
                                align_corners=self.model.align_corners)
-        if self.config.flip:
-            logits = torch.flip(logits, dims=[-1])
+        groups = len(self.group_sizes)
+        for v, mirrored in enumerate(self.config.flips):
+            if mirrored:
+                logits[v * groups:(v + 1) * groups] = logits[v * groups:(v + 1) * groups].flip(-1)
         return logits
 
     def merge_groups(self, logits: list[torch.Tensor]) -> torch.Tensor:
@@ -219,20 +247,25 @@ class VOSEngine:
 
     @torch.inference_mode()
     def commit(self, labels: torch.Tensor) -> None:
-        """Fuse the final ``labels`` (H, W) of the last predicted frame into its memory entries."""
-        if not self._pending:
+        """Fuse the final ``labels`` (H, W) of the last predicted frame into every view's memory entries."""
+        self.commit_views([labels] * self.views)
+
+    @torch.inference_mode()
+    def commit_views(self, labels: Sequence[torch.Tensor]) -> None:
+        """Fuse each view's final labels (H, W), in view order, into its memory entries."""
+        if self._pending is None:
             raise RuntimeError("commit() must follow predict()")
-        labels_in = self._labels_to_input(labels.to(self.device))
-        for g, (group, entries) in enumerate(zip(self.groups, self._pending, strict=True)):
-            with self._autocast():
-                id_emb = self.model.id_embedding(self._group_one_hot(labels_in, g))
-                id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(entries)]
-            group.memory.remember(self.frame_step, entries, id_values)
-        self._pending = []
+        if len(labels) != self.views:
+            raise ValueError(f"{len(labels)} label maps for {self.views} views")
+        with self._autocast():
+            id_emb = self.model.id_embedding(self._one_hot([lab.to(self.device) for lab in labels]))
+            id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(self._pending)]
+        self.memory.remember(self.frame_step, self._pending, id_values)
+        self._pending = None
 
     def long_term_tokens(self) -> int:
-        """Tokens in the (first group's) long-term memory, first layer."""
-        return self.groups[0].memory.long_term_tokens()
+        """Tokens in the long-term memory of one batch item, first layer."""
+        return self.memory.long_term_tokens()
 
 
 def merged_group_logits(logits: list[torch.Tensor], max_objects: int) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Test-time augmentation with the official evaluator's semantics (docs/inference.md#test-time-augmentation).
 
-Every (scale, flip) view is a separate :class:`~trek_tracker.inference.engine.VOSEngine` with its own memory.
-Per frame each view's probabilities come back at the original resolution, already un-flipped; they are
+Every (scale, flip) view tracks with its own memory, as in the official evaluator, where each view is an
+engine of its own; here the plain and mirrored views of a scale are one batch of one
+:class:`~trek_tracker.inference.engine.VOSEngine` (they share the input size), which computes the same. Per
+frame each view's probabilities come back at the original resolution, already un-flipped; they are
 averaged and the arg-max is the output. Each view's memory takes **its own** arg-max label (the official
 choice; ``memory_label='ensemble'`` feeds the averaged label instead). Views are ordered scale by scale,
 each followed by its flipped copy.
@@ -13,11 +15,14 @@ With more than one scale (or any scale other than 1) the official evaluator also
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
 
 from trek_tracker.errors import InputError
-from trek_tracker.inference.engine import EngineConfig, VOSEngine
-from trek_tracker.inference.ensemble import EnsembleEngine
+from trek_tracker.inference.engine import EngineConfig, FrameOutput, VOSEngine
+from trek_tracker.inference.ensemble import combine_outputs
 
 OFFICIAL_MAX_RESOLUTION = 624.0
 
@@ -64,22 +69,69 @@ def tta_views(scales: Sequence[float], flip: bool) -> list[tuple[float, bool]]:
 
 def view_configs(base: EngineConfig, scales: Sequence[float], flip: bool, *,
                  max_resolution: float = OFFICIAL_MAX_RESOLUTION) -> list[EngineConfig]:
-    """One engine config per view. Multi-scale TTA caps the short edge at ``max_resolution`` (official)."""
+    """One engine config per scale, holding that scale's views (plain, and mirrored with ``flip``).
+    Multi-scale TTA caps the short edge at ``max_resolution`` (official)."""
     multiscale = len(scales) > 1 or any(s != 1.0 for s in scales)
     short = base.max_short_edge
     if multiscale and short is None:
         short = max_resolution
-    return [replace(base, scale=s, flip=f, max_short_edge=short) for s, f in tta_views(scales, flip)]
+    flips = (False, True) if flip else (False,)
+    return [replace(base, scale=s, flips=flips, max_short_edge=short) for s in scales]
+
+
+@dataclass
+class TTAEngine:
+    """The views of one model tracking in lock-step: one engine per scale, its views batched.
+
+    Answers what an ensemble member answers (``add_reference``, ``predict``, ``commit``, ``step``).
+    """
+
+    engines: list[VOSEngine]
+    memory_label: str = "own"
+    _views: list[list[FrameOutput]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.memory_label not in ("own", "ensemble"):
+            raise InputError(f"memory_label must be 'own' or 'ensemble', got {self.memory_label!r}")
+
+    @property
+    def members(self) -> list[VOSEngine]:
+        return self.engines
+
+    def add_reference(self, frame: np.ndarray, labels: np.ndarray | torch.Tensor) -> None:
+        for e in self.engines:
+            e.add_reference(frame, labels)
+
+    def predict(self, frame: np.ndarray) -> FrameOutput:
+        self._views = [e.predict_views(frame) for e in self.engines]
+        return combine_outputs(self.view_outputs, "mean")
+
+    def commit(self, labels: torch.Tensor) -> None:
+        if not self._views:
+            raise RuntimeError("commit() must follow predict()")
+        for e, views in zip(self.engines, self._views, strict=True):
+            e.commit_views([v.labels for v in views] if self.memory_label == "own" else [labels] * len(views))
+        self._views = []
+
+    def step(self, frame: np.ndarray) -> FrameOutput:
+        out = self.predict(frame)
+        self.commit(out.labels)
+        return out
+
+    @property
+    def view_outputs(self) -> list[FrameOutput]:
+        """Every view's output for the last predicted frame, in view order (until :meth:`commit`)."""
+        return [v for views in self._views for v in views]
 
 
 def tta_engine(model, base: EngineConfig | None = None, tta: TTAConfig | None = None, *,
                memory_label: str = "own", max_resolution: float = OFFICIAL_MAX_RESOLUTION
-               ) -> VOSEngine | EnsembleEngine:
+               ) -> VOSEngine | TTAEngine:
     """An engine for ``model`` with TTA: a plain :class:`VOSEngine` for a single unflipped scale-1 view,
-    else an :class:`EnsembleEngine` (mean, equal weights) of one engine per view."""
+    else a :class:`TTAEngine` (mean, equal weights per view)."""
     base = base or EngineConfig()
     tta = tta or TTAConfig()
     if not tta.active:
         return VOSEngine(model, base)
     configs = view_configs(base, tta.scales, tta.flip, max_resolution=max_resolution)
-    return EnsembleEngine([VOSEngine(model, c) for c in configs], mode="mean", memory_label=memory_label)
+    return TTAEngine([VOSEngine(model, c) for c in configs], memory_label=memory_label)
