@@ -4,6 +4,7 @@ device, frames and weights in the same run, as a ratio.
 
     python benchmarks/gpu_speed.py --models r50_deaotl --precisions bf16 fp32 --inputs 480p 1080p
     python benchmarks/gpu_speed.py --models r50_deaotl --official /path/to/aot-benchmark --json speed.json
+    python benchmarks/gpu_speed.py --models r50_deaotl --precisions bf16 --compile both   # eager vs --compile
 
 Columns (medians over the frames after ``--warmup``):
 
@@ -13,6 +14,8 @@ Columns (medians over the frames after ``--warmup``):
   excluded);
 * ``network``: the model's own calls only (encode, ID embedding, propagation, decoding, ID fusion);
 * ``peak GPU``: ``torch.cuda.max_memory_allocated`` over the end-to-end run;
+* ``compile``: whether the run used ``--compile`` (its compilation falls in the untimed warm-up frames;
+  ``end_to_end_fps_with_start`` in the JSON includes it);
 * ``official`` (with ``--official``): the official engine driven as its evaluator drives it
   (``official_aot.py``), its network span and its span with its CPU preprocessing, and our end-to-end speed
   against the latter.
@@ -79,7 +82,7 @@ def official_state(shared: Path, model: str) -> tuple[dict, str]:
 
 
 def ours(video: Path, box, model: str, state: dict, device: torch.device, precision: str, out: Path,
-         warmup: int) -> dict:
+         warmup: int, compile: bool = False) -> dict:
     from trek_tracker.geometry import Box
     from trek_tracker.init.api import InitConfig
     from trek_tracker.loop import Start, track_video
@@ -93,9 +96,12 @@ def ours(video: Path, box, model: str, state: dict, device: torch.device, precis
     net = build_model(model)
     load_official_state_dict(net, state, model_name=model)
     net = net.to(device).eval()
+    if compile:
+        torch._dynamo.reset()
+        net.compile_inference()  # before the clock wraps the calls, so that the clock stays outside the graphs
     clock = NetworkClock()
     clock.attach(net)
-    tracker = Tracker(TrackerConfig(precision=precision, init=InitConfig(method="box")),
+    tracker = Tracker(TrackerConfig(precision=precision, init=InitConfig(method="box"), compile=compile),
                       loaded=LoadedModel(net, model, None, None, device))
     source = open_frames(video)
     folder = RunFolder.create(out, overwrite=True)
@@ -118,7 +124,8 @@ def ours(video: Path, box, model: str, state: dict, device: torch.device, precis
     return {"frames": len(per_frame), "end_to_end_fps": 1 / wall, "end_to_end_fps_with_start": len(per_frame) /
             (end - start), "tracker_fps": 1 / statistics.median(times[warmup:]), "network_fps": 1 / network,
             "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-            "input_size": tracker.describe().get("network_input_size"), "precision": tracker.precision}
+            "input_size": tracker.describe().get("network_input_size"), "precision": tracker.precision,
+            "compile": compile}
 
 
 def official(checkout: Path, video: Path, box, model: str, state: dict, device: torch.device, warmup: int) -> dict:
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed on a CPU)")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="run with --compile, without, or both side by side")
     parser.add_argument("--official", type=Path, default=None, help="an aot-benchmark checkout to compare with")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -159,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; {args.frames} frames per case, first {args.warmup} not timed")
-    head = (f"{'model':<13} {'input':<6} {'precision':<9} {'net input':>10} {'end-to-end':>10} {'tracker':>8} "
-            f"{'network':>8} {'peak GPU':>9}" + (f" {'official net':>12} {'official all':>12} {'x official':>10}"
-                                                 if args.official else ""))
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    head = (f"{'model':<13} {'input':<6} {'precision':<9} {'compile':<7} {'net input':>10} {'end-to-end':>10} "
+            f"{'tracker':>8} {'network':>8} {'peak GPU':>9}")
+    if args.official:
+        head += f" {'official net':>12} {'official all':>12} {'x official':>10}"
     print(head)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu-speed-") as tmp:
@@ -172,16 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                 state, source = official_state(args.shared, model)
                 baseline = official(args.official, video, box, model, state, device, args.warmup) \
                     if args.official else {}
-                for precision in args.precisions:
+                for precision, compile in [(p, c) for p in args.precisions for c in compiles]:
                     row = {"model": model, "input": which, "weights": source, "device": name,
-                           **ours(video, box, model, state, device, precision, Path(tmp) / "run", args.warmup),
-                           **baseline}
+                           **ours(video, box, model, state, device, precision, Path(tmp) / "run", args.warmup,
+                                  compile), **baseline}
                     if baseline:
                         row["speedup_vs_official"] = row["end_to_end_fps"] / baseline["official_total_fps"]
                     rows.append(row)
                     size = "x".join(map(str, row["input_size"] or []))
                     peak = "-" if row["peak_gpu_mib"] is None else f"{row['peak_gpu_mib']:.0f} MiB"
-                    line = (f"{model:<13} {which:<6} {row['precision']:<9} {size:>10} {row['end_to_end_fps']:>10.1f} "
+                    line = (f"{model:<13} {which:<6} {row['precision']:<9} {'yes' if compile else 'no':<7} {size:>10} "
+                            f"{row['end_to_end_fps']:>10.1f} "
                             f"{row['tracker_fps']:>8.1f} {row['network_fps']:>8.1f} {peak:>9}")
                     if baseline:
                         line += (f" {baseline['official_network_fps']:>12.1f} {baseline['official_total_fps']:>12.1f}"

@@ -73,3 +73,16 @@ def test_update_before_init_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="init"):
         fresh.update(_frames(1)[0])
     assert fresh.name == f"trek-track-{TINY}"
+
+
+def test_tracker_identity_ignores_how_fast_not_what():
+    """Resuming an eval may change the device or --compile, not a setting that changes results."""
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.pipeline import TrackerConfig, tracker_identity
+
+    base = TrackerConfig(model="test_deaot_tiny", random_weights=True)
+    same = TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cuda:1", compile=True, name="x")
+    other = TrackerConfig(model="test_deaot_tiny", random_weights=True, memory=MemoryConfig(cap=6))
+    assert tracker_identity(base, "cpu") == tracker_identity(same, "cpu")
+    assert tracker_identity(base, "cpu") != tracker_identity(other, "cpu")
+    assert tracker_identity(base, "cpu")["precision"] == "fp32" != tracker_identity(base, "cuda")["precision"]

@@ -45,6 +45,7 @@ class TrackerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on a GPU, fp32 on the CPU) | fp32 (the parity mode) | bf16 | fp16
     max_long_edge: int = 1040  # network input long edge (official default 1040)
+    compile: bool = False  # torch.compile the model's per-frame calls (a GPU speed-up; minutes of warm-up)
     init: InitConfig = field(default_factory=InitConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
@@ -139,17 +140,18 @@ def _resolve_model_checkpoint(spec: ModelSpec) -> Path:
 
 
 def tracker_identity(config: TrackerConfig, device_kind: str) -> dict[str, Any]:
-    """What decides a tracker's results, to tell two configurations apart: every setting but the device and
-    the name, the precision it resolves to on ``device_kind`` (cpu or cuda), and the sha256 of every
-    checkpoint it loads (so that a renamed file is the same tracker and a changed file is not)."""
+    """What decides a tracker's results, to tell two configurations apart: every setting but the device,
+    ``compile`` (how fast, not what: a run may be resumed with or without it) and the name; the precision
+    it resolves to on ``device_kind`` (cpu or cuda); and the sha256 of every checkpoint it loads (so that a
+    renamed file is the same tracker and a changed file is not)."""
     import torch
 
     from trek_tracker.inference.preprocess import resolve_precision
     from trek_tracker.weights import resolve_checkpoint
 
     settings = config.to_dict()
-    settings.pop("device")
-    settings.pop("name")
+    for key in ("device", "compile", "name"):
+        settings.pop(key)
     files = [] if config.random_weights else [_resolve_model_checkpoint(spec) for spec in config.models()]
     if config.init.method not in ("box", "grabcut"):
         files += [resolve_checkpoint(v, kind=k) for v, k in ((config.init.sam_checkpoint, "sam"),
@@ -249,6 +251,9 @@ class Tracker:
                          for spec in config.ensemble.members]
         self.loaded = self.members[0]
         self.device = device
+        if config.compile:
+            for member in self.members:
+                member.model.compile_inference()
         self.precision = resolve_precision(config.precision, device)
         set_tf32(device, self.precision != "fp32")  # fp32 is the parity mode: no TF32 either
         self._uploader = Uploader(device)

@@ -15,7 +15,7 @@ from trek_tracker.errors import UserError
 # A value for every flag, as a user would type it (repeated flags twice: an ensemble of two models).
 ARGS = {
     "--model": ["r50_deaotl", "deaott"], "--checkpoint": ["a.pth", "b.pth"], "--random-weights": [],
-    "--device": ["cpu"], "--precision": ["bf16"], "--max-long-edge": ["480"], "--init": ["grabcut"],
+    "--device": ["cpu"], "--precision": ["bf16"], "--compile": [], "--max-long-edge": ["480"], "--init": ["grabcut"],
     "--sam-checkpoint": ["sam_vit_b"], "--hqsam-checkpoint": ["sam_hq_vit_b"], "--refine-checkpoint": ["hq.pth"],
     "--refine-min-iou": ["0.2"],
     "--ar-checkpoint": ["ar_seg384"], "--memory-gap": ["7"], "--memory-skip": ["2"], "--memory-cap": ["none"],
@@ -24,6 +24,7 @@ ARGS = {
 }
 EXPECTED = {
     "model": "r50_deaotl", "checkpoint": "a.pth", "random_weights": True, "device": "cpu", "precision": "bf16",
+    "compile": True,
     "max_long_edge": 480,
     "init.method": "grabcut", "init.sam_checkpoint": "sam_vit_b", "init.hqsam_checkpoint": "sam_hq_vit_b",
     "refine.checkpoint": "hq.pth", "refine.min_iou": 0.2, "init.ar_checkpoint": "ar_seg384",

@@ -213,3 +213,19 @@ def test_run_on_cuda(cli, shared, tiny_checkpoint, tmp_path, precision):
         ours = np.loadtxt(tmp_path / "gpu" / "boxes.txt", delimiter=",")
         theirs = np.loadtxt(tmp_path / "cpu" / "boxes.txt", delimiter=",")
         assert np.abs(ours - theirs).max() <= 2.0
+
+
+@pytest.mark.cuda
+def test_run_on_cuda_compiled(cli, shared, tiny_checkpoint, tmp_path):
+    """`--compile` on a GPU: recorded, and the boxes of the eager run (fp32, no TF32) within 2 pixels."""
+    video = shared / "data/videos/blackswan.mp4"
+    args = ("--video", video, "--box", "300.5,120,200,150", "--checkpoint", tiny_checkpoint, "--model", TINY,
+            "--max-long-edge", "240", "--quiet", "--init", "box", "--device", "cuda", "--precision", "fp32")
+    assert cli("run", *args, "--out", tmp_path / "eager").exit_code == 0
+    compiled = cli("run", *args, "--out", tmp_path / "compiled", "--compile")
+    assert compiled.exit_code == 0, compiled.stderr
+    record = json.loads((tmp_path / "compiled" / "run.json").read_text())
+    assert record["tracker"]["settings"]["compile"] is True
+    ours = np.loadtxt(tmp_path / "compiled" / "boxes.txt", delimiter=",")
+    theirs = np.loadtxt(tmp_path / "eager" / "boxes.txt", delimiter=",")
+    assert np.abs(ours - theirs).max() <= 2.0

@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             show_default=True, help=(
                 "Compute precision: auto is bf16 on a GPU and fp32 on the CPU; fp32 is the parity mode (the "
                 "official preprocessing, no TF32); bf16/fp16 preprocess on the GPU and run under autocast."))),
+    Setting("--compile", "compile", dict(is_flag=True, help=(
+        "torch.compile the model's per-frame calls: faster on a GPU after a warm-up of minutes on the first "
+        "frames (and on each new input size); not worth it on a CPU."))),
     Setting("--max-long-edge", "max_long_edge", dict(type=click.IntRange(min=32), default=1040, show_default=True,
             help="Long edge of the network input in pixels (the official 1040; outputs stay at full size).")),
     Setting("--init", "init.method", dict(type=click.Choice(INIT_METHODS), default="auto", show_default=True, help=(

@@ -142,7 +142,9 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     outputs = []
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        index, valid, k0, kr = _window_index(h, w, y0, y1, max_dis, dilation, q.device)
+        # Under torch.compile the uncached function is traced (its result depends only on shapes).
+        window_index = _window_index.__wrapped__ if torch.compiler.is_compiling() else _window_index
+        index, valid, k0, kr = window_index(h, w, y0, y1, max_dis, dilation, q.device)
         qs = slice(y0 * w, y1 * w)
         ks = slice(k0 * w, (k0 + kr) * w)
         scores = torch.bmm(q_seq[:, qs], k_seq[:, ks].transpose(1, 2))  # (B, nq, kr*w)

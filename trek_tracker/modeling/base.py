@@ -30,6 +30,8 @@ from trek_tracker.modeling.encoders import build_encoder, encoder_spec
 from trek_tracker.modeling.gpm import FrameEntry, LayerMemory
 from trek_tracker.modeling.layout import map_to_tokens
 
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for --compile (tests use "eager": tracing only)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -189,6 +191,21 @@ class VOSModel(nn.Module):
     def output_stride(self) -> int:
         """Stride of :meth:`decode`'s logits."""
         return 4
+
+    def compile_inference(self, *, backend: str | None = None, mode: str | None = None,
+                          fullgraph: bool = False) -> bool:
+        """``torch.compile`` the per-frame entry points (:meth:`encode`, :meth:`propagate`, :meth:`decode`)
+        of this instance, in place; the weights and their names are untouched. Returns False when already
+        compiled. Shapes are fixed within a video, so each input size compiles once; the long-term memory's
+        length grows until its cap and is then made dynamic by PyTorch (docs/inference.md#compilation).
+        """
+        if getattr(self, "_compiled", False):
+            return False
+        for name in ("encode", "propagate", "decode"):
+            setattr(self, name, torch.compile(getattr(self, name), backend=backend or COMPILE_BACKEND, mode=mode,
+                                              fullgraph=fullgraph))
+        self._compiled = True
+        return True
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Normalised image (B, 3, H, W) -> ``[f4, f8, f16, x16]`` with ``x16`` projected to d_model."""
