@@ -3,6 +3,7 @@ is absent, so the suite still runs for users outside the project."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def golden(shared: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"goldens not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored():
+    """Every in-process CLI call points the package's logger at stderr and stops its propagation; restore
+    it after each test, so that later tests' ``caplog`` still sees the package's warnings."""
+    logger = logging.getLogger("trek_tracker")
+    state = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state
 
 
 def pytest_collection_modifyitems(config, items):
