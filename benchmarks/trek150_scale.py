@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length-scale", type=float, default=0.1,
                         help="tracked sequences are this fraction of their drawn length (the projection uses "
                              "the full lengths)")
+    parser.add_argument("--budget-frames", type=int, default=3000,
+                        help="track the sample's OPE runs, then its MSE and HOI runs in a seeded random order "
+                             "until this many frames (MSE frames grow with the square of the length)")
+    parser.add_argument("--max-long-edge", type=int, default=1040, help="network input long edge (as trek-track)")
     parser.add_argument("--anchor-spacing", type=int, default=100)
     parser.add_argument("--hoi", type=int, default=2, help="HOI intervals per sequence")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed, for stable timings)")
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     cap = args.memory_cap if args.memory_cap in (None, "none") else int(args.memory_cap)
     config = TrackerConfig(model=args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
                            device=args.device, precision=args.precision, init=InitConfig(method="box"),
-                           memory=MemoryConfig(cap=cap))
+                           memory=MemoryConfig(cap=cap), max_long_edge=args.max_long_edge)
     tracker = Tracker(config)
     clock = NetworkClock()
     for member in tracker.members:
@@ -203,7 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         build(root, sample_lengths, images, box, max(2, int(args.anchor_spacing * args.length_scale)), args.hoi)
         dataset = Trek150(root)
-        for run in plan(dataset, "all"):
+        runs = plan(dataset, "all")
+        ope = [r for r in runs if r.protocol == "ope"]
+        rest = [r for r in runs if r.protocol != "ope"]
+        rest = [rest[i] for i in rng.permutation(len(rest))]
+        chosen, budget = [], args.budget_frames
+        for run in ope + rest:
+            if run.protocol == "ope" or run.length <= budget:
+                chosen.append(run)
+                budget -= run.length
+        print(f"tracking {len(chosen)} of the sample's {len(runs)} runs ({sum(r.length for r in chosen)} frames)",
+              flush=True)
+        for run in chosen:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(tracker.device)
             clock.seconds = 0.0
@@ -214,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"protocol": run.protocol, "sequence": run.sequence, "frames": run.length, "seconds": wall,
                          "network_seconds": clock.seconds, "peak_rss_mib": rss.peak,
                          "peak_cuda_mib": torch.cuda.max_memory_allocated(tracker.device) / 2**20 if cuda else None})
+            print(f"  {run.protocol} {run.sequence} {run.length} frames: {wall:.1f} s, network {clock.seconds:.1f} s",
+                  flush=True)
 
     frames = sum(r["frames"] for r in rows)
     seconds = sum(r["seconds"] for r in rows)
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {tracker.device}, precision {tracker.precision}, model {tracker.loaded.name}, "
           f"memory {tracker.describe().get('memory') or config.memory}, {args.threads} CPU thread(s)")
     print(f"sample: {len(sample)} sequences at {args.length_scale:g} of their length, {len(rows)} runs, "
-          f"{frames} frames tracked")
+          f"{frames} frames tracked; network input long edge {args.max_long_edge}")
     print(f"{'protocol':<9} {'runs':>5} {'frames':>7} {'fps':>8} {'ms/frame':>9} {'network':>8} {'outside':>8}")
     for p in ("ope", "mse", "hoi", "all"):
         sel = [r for r in rows if p in ("all", r["protocol"])]
@@ -248,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({
             "device": str(tracker.device), "precision": tracker.precision, "model": tracker.loaded.name,
-            "threads": args.threads, "sample_runs": rows, "frames": frames, "seconds": seconds,
+            "threads": args.threads, "max_long_edge": args.max_long_edge, "sample_runs": rows, "frames": frames,
+            "seconds": seconds,
             "network_seconds": network, "ms_per_frame": 1000 * per_frame,
             "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
             "full_plan_frames": full_frames, "projected_hours": {p: v / 3600 for p, v in projected.items()},

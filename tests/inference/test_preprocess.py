@@ -154,6 +154,20 @@ def test_resize_labels_is_legacy_nearest(src, dst) -> None:
     assert np.array_equal(out.numpy(), label[rows][:, cols])
 
 
+def test_resize_labels_picks_what_interpolate_nearest_picks() -> None:
+    """Source indices computed as PyTorch computes them for a float32 map (the official code resizes its
+    labels as float32), over many size pairs, up and down, and for a mirrored map."""
+    rng = np.random.default_rng(3)
+    sizes = [(1080, 1920, 577, 1041), (1080, 1920, 705, 1249), (480, 854, 273, 481), (7, 9, 20, 3)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 400, 4)) for _ in range(60)]
+    for sh, sw, dh, dw in sizes:
+        label = torch.arange(sh * sw, dtype=torch.int64).view(1, 1, sh, sw)
+        expected = F.interpolate(label.float(), size=(dh, dw), mode="nearest").long()
+        assert torch.equal(resize_labels(label, (dh, dw)), expected), (sh, sw, dh, dw)
+        mirrored = F.interpolate(label.flip(-1).float(), size=(dh, dw), mode="nearest").long()
+        assert torch.equal(resize_labels(label, (dh, dw), flip=True), mirrored), (sh, sw, dh, dw)
+
+
 def test_resize_labels_differs_from_nearest_exact() -> None:
     label = torch.arange(480 * 854, dtype=torch.float32).view(1, 1, 480, 854)
     ours = resize_labels(label, (273, 481))

@@ -95,3 +95,22 @@ def test_average_of_independent_engines_with_their_own_memory(model):
         assert torch.allclose(out.probs, expected, atol=1e-6)
         assert torch.equal(out.labels, expected.argmax(0))
         assert not all(torch.equal(views[0].labels, v.labels) for v in views[1:])  # views really differ
+
+
+def test_one_group_resizes_only_its_live_channels_with_the_same_probabilities(model):
+    """The masked ids of a single group carry exactly zero probability, so resizing only the live channels
+    gives the probabilities of the official all-channel path, bit for bit."""
+    import torch.nn.functional as F
+
+    frames, mask = _symmetric_video(3)
+    engine = VOSEngine(model, EngineConfig(max_long_edge=None))
+    engine.add_reference(frames[0], mask)
+    out = engine.predict(frames[1])
+    (raw,) = out.logits
+    full = raw.clone()
+    full[:, 2:] = -1e10  # one object: ids 2..10 unused
+    full = F.interpolate(full, size=(H, W), mode="bilinear", align_corners=model.align_corners)
+    expected = torch.softmax(full, dim=1)[0]
+    assert out.probs.shape == (2, H, W)
+    assert torch.equal(out.probs, expected[:2]) and torch.equal(expected[2:], torch.zeros_like(expected[2:]))
+    assert torch.equal(out.labels, expected.argmax(0))

@@ -132,11 +132,14 @@ def _uint8_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: boo
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))[None]
 
 
-def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-resize a label map with PyTorch's legacy ``nearest`` (source index ``floor(i * in / out)``).
+def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """Nearest-resize a label map with PyTorch's legacy ``nearest`` (source index ``floor(i * in / out)``),
+    after mirroring it when ``flip`` (a flipped TTA view's labels).
 
     Accepts (H, W), (N, H, W) or (N, C, H, W); returns a tensor of the same rank and dtype (NumPy input
-    becomes a tensor). Values pass through float32, so they must be integers below 2**24, as object ids are.
+    becomes a tensor). The source rows and columns are picked directly, in the label's own dtype, with the
+    indices ``F.interpolate(mode="nearest")`` computes for a float32 map (``float32(i) * float32(in / out)``,
+    floored): the same values, without copying a full-resolution map to float or mirroring it first.
     """
     h, w = _check_size(*tuple(size), what="label size")
     t = torch.from_numpy(np.ascontiguousarray(label)) if isinstance(label, np.ndarray) else label
@@ -146,10 +149,21 @@ def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int]) -> to
         raise InputError(f"label must have shape (H, W), (N, H, W) or (N, C, H, W), got {tuple(t.shape)}")
     if t.dtype == torch.bool or t.is_complex():
         raise InputError(f"label must hold integer or float ids, got {t.dtype}")
-    x = t.reshape((1,) * (4 - t.ndim) + tuple(t.shape)).to(torch.float32)
-    if tuple(x.shape[-2:]) != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="nearest")
-    return x.reshape(tuple(t.shape[:-2]) + (h, w)).to(t.dtype)
+    if tuple(t.shape[-2:]) == (h, w) and not flip:
+        return t
+    rows = _nearest_index(t.shape[-2], h, t.device)
+    cols = _nearest_index(t.shape[-1], w, t.device)
+    if flip:
+        cols = t.shape[-1] - 1 - cols
+    return t.index_select(-2, rows).index_select(-1, cols)
+
+
+def _nearest_index(src: int, dst: int, device: torch.device) -> torch.Tensor:
+    """PyTorch's legacy nearest source index of each output position: ``floor(float32(i) * float32(src / dst))``,
+    clamped to the input."""
+    scale = torch.tensor(src, dtype=torch.float32) / dst
+    i = torch.arange(dst, dtype=torch.float32)
+    return (i * scale).floor().long().clamp_(max=src - 1).to(device)
 
 
 # --------------------------------------------------------------------------- on the device
