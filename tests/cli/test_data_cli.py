@@ -1,4 +1,4 @@
-"""``trek-track data check`` and ``trek-track data masks-from-boxes`` through the real CLI."""
+"""``trek-track train-data check`` and ``trek-track train-data masks-from-boxes`` through the real CLI."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ def run(*args):
 
 def test_check_prints_counts_and_problems(davis, tmp_path):
     replicas.youtubevos(davis, tmp_path)
-    res = run("data", "check", "youtubevos", tmp_path)
+    res = run("train-data", "check", "youtubevos", tmp_path)
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == (f"youtubevos {tmp_path}: 1 sequences, 4 annotated frames, "
                                                    "2 objects; 0 problem(s)")
     replicas.save_png(tmp_path / "train" / "Annotations" / "vid0" / "00010.png", np.zeros((72, 128), np.int64))
-    res = run("data", "check", "youtubevos", tmp_path)
+    res = run("train-data", "check", "youtubevos", tmp_path)
     assert res.exit_code == 1
     problems = [line for line in res.output.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 2, res.output  # empty, and meta.json lists object 1 there
@@ -33,41 +33,41 @@ def test_check_prints_counts_and_problems(davis, tmp_path):
 
 
 def test_check_user_mistakes_are_one_line(tmp_path):
-    res = run("data", "check", "lasott", tmp_path)
+    res = run("train-data", "check", "lasott", tmp_path)
     assert res.exit_code == 2 and "Traceback" not in res.output and "lasott" in res.output
-    res = run("data", "check", "lasot", tmp_path / "missing")
+    res = run("train-data", "check", "lasot", tmp_path / "missing")
     assert res.exit_code == 1 and "problem:" in res.output and "not found" in res.output
-    res = run("data", "check", "davis", tmp_path, "--option", "resolution")
+    res = run("train-data", "check", "davis", tmp_path, "--option", "resolution")
     assert res.exit_code == 2 and "key=value" in res.output
 
 
 def test_masks_from_boxes_cli_box_method_and_shards(davis, tmp_path):
     replicas.got10k(davis, tmp_path / "GOT")
     out = tmp_path / "out"
-    res = run("data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", out, "--method", "box",
+    res = run("train-data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", out, "--method", "box",
               "--shard", "0/1", "--no-progress", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "1 sequences (0 done before), 3 masks written" in res.output
     assert len(list((out / "Annotations" / "GOT-10k_Train_000001").glob("*.png"))) == 3  # frame 2 absent
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "box" and manifest["checkpoints"] == [] and manifest["root"].endswith("GOT")
-    res = run("data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", out, "--method", "box",
+    res = run("train-data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", out, "--method", "box",
               "--no-progress", "--device", "cpu")
     assert res.exit_code == 0 and "(1 done before), 0 masks written" in res.output
-    res = run("data", "check", "got10k", tmp_path / "GOT", "--mask-root", out)
+    res = run("train-data", "check", "got10k", tmp_path / "GOT", "--mask-root", out)
     assert res.exit_code == 0 and "1 sequences with masks" in res.output
     for bad in (("--shard", "2/2"), ("--sam-checkpoint", tmp_path / "nope.pth", "--method", "sam"),
                 ("--every", "0")):
-        res = run("data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", tmp_path / "o2", "--no-progress",
-                  "--device", "cpu", *bad)
+        res = run("train-data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", tmp_path / "o2",
+                  "--no-progress", "--device", "cpu", *bad)
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    res = run("data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", tmp_path / "o3", "--method", "sam",
+    res = run("train-data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", tmp_path / "o3", "--method", "sam",
               "--no-progress", "--device", "cpu")
     assert res.exit_code == 2 and "--sam-checkpoint" in res.output
 
 
 def test_data_command_is_registered_in_the_installed_entry_point(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(p) for p in sys.path if p]))
-    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "data", "--help"], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "train-data", "--help"], capture_output=True,
+                          text=True, env=env, timeout=60)
     assert proc.returncode == 0 and "masks-from-boxes" in proc.stdout and "check" in proc.stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.damaged import REPO
 from tests.train.conftest import TINY_VIDEO
 from trek_tracker.modeling.checkpoints import load_official_state_dict, read_checkpoint
 from trek_tracker.modeling.registry import build_model
@@ -118,7 +119,9 @@ def test_two_process_torchrun_matches_one_process(tiny_config, tmp_path):
             "--no-progress", "--no-resume", "--out", str(tmp_path / "ddp")]
     for item in (*common, f'data.0.root="{single.data[0].root}"'):
         args += ["--set", item]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # This checkout first on the path, so the workers run the code under test, not an installed copy.
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = _state(latest_state(single.out))

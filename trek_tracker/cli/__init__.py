@@ -26,7 +26,7 @@ _COMMANDS: dict[str, str] = {
     "dataset": "trek_tracker.cli.eval:dataset",
     "train": "trek_tracker.cli.train:train_cmd", "eval-vos": "trek_tracker.cli.eval_vos:eval_vos",
     "convert": "trek_tracker.cli.convert:convert", "ensemble": "trek_tracker.cli.ensemble:ensemble",
-    "data": "trek_tracker.cli.data:data",
+    "train-data": "trek_tracker.cli.data:data",
 }
 
 

@@ -1,4 +1,4 @@
-"""``trek-track data check KIND ROOT`` and ``trek-track data masks-from-boxes KIND ROOT --out DIR``."""
+"""``trek-track train-data check KIND ROOT`` and ``trek-track train-data masks-from-boxes KIND ROOT --out DIR``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _sequences(text: str | None) -> list[str] | None:
     return [s for s in text.split(",") if s] if text else None
 
 
-@click.group("data")
+@click.group("train-data")
 def data() -> None:
     """Check training datasets and turn box tracks into masks (docs/datasets.md)."""
 

@@ -1,7 +1,7 @@
 """Box tracks -> a mask dataset, with our own box -> mask stage (:class:`~trek_tracker.init.api.BoxToMask`).
 
 The TREK-150 report trains on LaSOT with masks from RTS and on EgoTracks with masks from SAM;
-``trek-track data masks-from-boxes`` makes such masks for any box dataset (LaSOT, GOT-10k, EgoTracks) with
+``trek-track train-data masks-from-boxes`` makes such masks for any box dataset (LaSOT, GOT-10k, EgoTracks) with
 SAM, Alpha-Refine or their fusion, on every frame or every k-th one. Output::
 
     <out>/manifest.json                       dataset, split, method, checkpoints (path + sha256), parameters

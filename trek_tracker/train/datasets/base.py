@@ -3,7 +3,7 @@
 - :class:`VideoItem`: the annotated frames of one video (or sub-sequence), with their real frame numbers, so a
   sparsely annotated video (VISOR, YouTube-VOS train) is sampled among its annotated frames while the clip
   still knows the true gaps between them.
-- :class:`BoxTrack`: one box track (LaSOT, GOT-10k, EgoTracks), the input of ``trek-track data masks-from-boxes``.
+- :class:`BoxTrack`: one box track (LaSOT, GOT-10k, EgoTracks), the input of ``trek-track train-data masks-from-boxes``.
 - :class:`StaticItem`: one image and its object masks (COCO, PASCAL VOC, saliency sets).
 
 Images are files or members of zip archives (VISOR ships its frames zipped); labels are id maps (H, W)

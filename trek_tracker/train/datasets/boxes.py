@@ -1,6 +1,6 @@
 """Box-track datasets in their published layouts: LaSOT, GOT-10k and EgoTracks.
 
-They have no masks. ``trek-track data masks-from-boxes`` turns their boxes into masks with our box -> mask
+They have no masks. ``trek-track train-data masks-from-boxes`` turns their boxes into masks with our box -> mask
 stage and writes ``<out>/Annotations/<sequence>/<frame>.png``; a training source then names that folder
 as ``mask_root`` (externally supplied masks, e.g. RTS's LaSOT masks, work the same way, laid out as
 ``<mask_root>/<sequence>/<frame>.png`` or ``<mask_root>/<class>/<sequence>/<frame>.png``). Only frames
@@ -199,7 +199,7 @@ def videos_from_masks(tracks: list[BoxTrack], src: DataSource) -> list[VideoItem
     """Training videos of a box dataset: its frames that have a mask under ``mask_root``."""
     if not src.mask_root:
         raise InputError(f"data source {src.root} ({src.kind}) has boxes only: set mask_root to the masks made by "
-                         f"'trek-track data masks-from-boxes {src.kind} {src.root} --out DIR' (or RTS's masks)")
+                         f"'trek-track train-data masks-from-boxes {src.kind} {src.root} --out DIR' (or RTS's masks)")
     mask_root = Path(src.mask_root)
     if not mask_root.is_dir():
         raise InputError(f"mask_root {mask_root} not found")

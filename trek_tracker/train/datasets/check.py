@@ -1,4 +1,4 @@
-"""``trek-track data check KIND ROOT``: find what would break or silently spoil a training run, before it
+"""``trek-track train-data check KIND ROOT``: find what would break or silently spoil a training run, before it
 starts. Each problem is one line naming the file; counts summarise what the reader found.
 
 Checked: the reader can list the root (layout, split lists, annotation files); every listed image and mask

@@ -27,7 +27,7 @@ class DataSource:
     max_sequences: int | None = None  # a fixed random subset of this many sequences (EgoTracks: 300)
     images: str = "images"  # static: folder names under root
     masks: str = "masks"
-    mask_root: str | None = None  # box datasets: masks made by `trek-track data masks-from-boxes` (or RTS's)
+    mask_root: str | None = None  # box datasets: masks made by `trek-track train-data masks-from-boxes` (or RTS's)
     options: dict = field(default_factory=dict)  # reader-specific settings (docs/datasets.md)
 
     def __post_init__(self) -> None:
