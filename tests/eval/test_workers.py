@@ -36,6 +36,12 @@ class SlowTracker(ConstantTracker):
         return super().update(image)
 
 
+class SlowerTracker(SlowTracker):
+    """100 ms per update: a run of 5+ frames outlasts the workers' 0.2 s progress interval whatever the machine."""
+
+    delay = 0.1
+
+
 class VerySlowTracker(SlowTracker):
     delay = 0.5
 
@@ -108,7 +114,7 @@ def test_the_progress_bar_counts_frames_from_every_worker(ds, tmp_path, monkeypa
 
     monkeypatch.setattr("tqdm.tqdm", Bar)
     runs = plan(ds, "ope")
-    summary = execute(ds, runs, tmp_path / "t", SlowTracker, workers=2, progress=True)
+    summary = execute(ds, runs, tmp_path / "t", SlowerTracker, workers=2, progress=True)
     assert sum(updates) == sum(r.length for r in runs) == summary.frames
     assert len(updates) > len(runs)  # frames arrive while runs go, not only when a run ends
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trek_tracker.errors import CheckpointError
-from trek_tracker.init.sam import SamBoxPredictor, load_sam, sam_model_from_state
+from trek_tracker.init.sam import SamBoxPredictor, load_sam, load_sam_state, read_sam_state, sam_model_from_state
 
 
 def tiny_sam(img_size: int = 128, dim: int = 32) -> torch.nn.Module:
@@ -106,3 +106,20 @@ def test_checkpoint_size_is_inferred_and_checked(tmp_path: Path) -> None:
         load_sam(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_sam(tmp_path / "missing.pth")
+
+
+def test_sam_family_state_is_read_safely_and_loaded_strictly(tmp_path: Path) -> None:
+    # one reader and one strict loader serve SAM and HQ-SAM
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="list.pth does not hold a state dict"):
+        read_sam_state(tmp_path / "list.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="junk.pth is not a loadable HQ-SAM state dict"):
+        read_sam_state(tmp_path / "junk.pth", "HQ-SAM")
+    module = torch.nn.Linear(2, 3)
+    state = {**module.state_dict(), "extra.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match=r"does not match SAM vit_b: missing \[\], unexpected \['extra.weight'\]"):
+        load_sam_state(module, state, "x.pth", "SAM vit_b")
+    state = {"weight": torch.ones(3, 2), "bias": torch.zeros(3)}
+    loaded = load_sam_state(torch.nn.Linear(2, 3).train(), state, "x.pth", "SAM vit_b")
+    assert not loaded.training and torch.equal(loaded.weight, torch.ones(3, 2))

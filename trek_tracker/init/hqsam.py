@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trek_tracker.errors import CheckpointError, InputError
-from trek_tracker.init.sam import SamBoxPredictor, stability_score
+from trek_tracker.init.sam import SamBoxPredictor, load_sam_state, read_sam_state, stability_score
 
 HQSAM_MODELS = ("vit_b", "vit_l", "vit_h")
 # (embed dim, depth, heads, global attention blocks) of SAM's ViTs (the official build_sam_vit_*).
@@ -102,25 +102,11 @@ def hqsam_model_from_state(state: dict[str, torch.Tensor]) -> str:
 def load_hqsam(checkpoint: str | Path, model: str | None = None, device: str = "cpu") -> torch.nn.Module:
     """Build HQ-SAM of size ``model`` (inferred when None) and load ``checkpoint`` strictly, without
     executing pickled code."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"HQ-SAM checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a loadable HQ-SAM state dict ({type(err).__name__}: {err})"[:300]) \
-            from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
+    state = read_sam_state(checkpoint, "HQ-SAM")
     inferred = hqsam_model_from_state(state)
     if model is not None and model != inferred:
-        raise CheckpointError(f"{path} holds an HQ-SAM {inferred}, not {model}")
-    sam = build_hqsam(inferred)
-    result = sam.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path} does not match HQ-SAM {inferred}: missing {result.missing_keys[:3]}, "
-                              f"unexpected {result.unexpected_keys[:3]}")
-    return sam.to(device).eval()
+        raise CheckpointError(f"{checkpoint} holds an HQ-SAM {inferred}, not {model}")
+    return load_sam_state(build_hqsam(inferred), state, checkpoint, f"HQ-SAM {inferred}", device)
 
 
 @dataclass

@@ -60,29 +60,40 @@ def sam_model_from_state(state: dict[str, torch.Tensor]) -> str:
     return model
 
 
-def load_sam(checkpoint: str | Path, model: str | None = None, device: str = "cpu") -> torch.nn.Module:
-    """Build the official SAM of size ``model`` (inferred when None) and load ``checkpoint`` strictly."""
+def read_sam_state(checkpoint: str | Path, what: str = "SAM") -> dict[str, torch.Tensor]:
+    """The state dict in a SAM-family ``checkpoint`` (SAM, HQ-SAM), read without executing pickled code."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"SAM checkpoint not found: {path}")
+        raise CheckpointError(f"{what} checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a loadable SAM state dict ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path} is not a loadable {what} state dict ({type(err).__name__}: {err})"[:300]) \
+            from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_sam_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str,
+                   device: str = "cpu") -> torch.nn.Module:
+    """``state`` into ``module`` strictly (every key on both sides), then to ``device`` in eval mode."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{path} does not match {what}: missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    return module.to(device).eval()
+
+
+def load_sam(checkpoint: str | Path, model: str | None = None, device: str = "cpu") -> torch.nn.Module:
+    """Build the official SAM of size ``model`` (inferred when None) and load ``checkpoint`` strictly."""
+    state = read_sam_state(checkpoint)
     inferred = sam_model_from_state(state)
     if model is not None and model != inferred:
-        raise CheckpointError(f"{path} holds a {inferred} SAM, but --sam-model {model} was given")
+        raise CheckpointError(f"{checkpoint} holds a {inferred} SAM, but --sam-model {model} was given")
     _, build_sam = _import_segment_anything()
-    sam = build_sam.sam_model_registry[inferred](checkpoint=None)
-    result = sam.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path} does not match SAM {inferred}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return sam.to(device).eval()
+    return load_sam_state(build_sam.sam_model_registry[inferred](checkpoint=None), state, checkpoint,
+                          f"SAM {inferred}", device)
 
 
 @dataclass
