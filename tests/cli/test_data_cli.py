@@ -71,3 +71,10 @@ def test_data_command_is_registered_in_the_installed_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "train-data", "--help"], capture_output=True,
                           text=True, env=env, timeout=60)
     assert proc.returncode == 0 and "masks-from-boxes" in proc.stdout and "check" in proc.stdout
+
+
+def test_data_is_an_unlisted_alias_of_train_data():
+    listed = CliRunner().invoke(main, ["--help"]).output
+    assert "train-data" in listed and not any(line.split()[:1] == ["data"] for line in listed.splitlines())
+    res = run("data", "check", "--help")
+    assert res.exit_code == 0 and "KIND" in res.output and "ROOT" in res.output

@@ -28,6 +28,9 @@ _COMMANDS: dict[str, str] = {
     "convert": "trek_tracker.cli.convert:convert", "ensemble": "trek_tracker.cli.ensemble:ensemble",
     "train-data": "trek_tracker.cli.data:data",
 }
+# Other spellings that work but are not listed: ``data`` was the training-data group's first name (too
+# close to ``dataset``, which is TREK-150's).
+_ALIASES: dict[str, str] = {"data": "train-data"}
 
 
 class _LazyGroup(click.Group):
@@ -35,7 +38,7 @@ class _LazyGroup(click.Group):
         return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = _COMMANDS.get(name)
+        target = _COMMANDS.get(_ALIASES.get(name, name))
         if target is None:
             return None
         module, attr = target.split(":")
