@@ -1,0 +1,78 @@
+"""The scale and memory benchmarks (``benchmarks/trek150_scale.py``, ``benchmarks/memory_long_video.py``): their
+workload is shaped as they say, and they run end to end on a CPU with the tiny model, reporting figures that
+add up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.damaged import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import memory_long_video  # noqa: E402
+import trek150_scale  # noqa: E402
+
+
+def _run(script: str, *args: str | os.PathLike, shared: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TREK_TRACK_SHARED=str(shared))
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_drawn_lengths_have_trek150s_summary():
+    lengths = trek150_scale.draw_lengths(0)
+    real = trek150_scale.REAL
+    assert len(lengths) == real["sequences"] and min(lengths) == real["min"] and max(lengths) == real["max"]
+    assert np.median(lengths) == real["median"]
+    assert abs(sum(lengths) - real["frames"]) <= len(lengths)  # rounding each length moves the total by < 1
+    assert lengths != trek150_scale.draw_lengths(1)
+
+
+def test_anchors_track_towards_the_longer_side_and_hoi_intervals_fit():
+    assert trek150_scale.anchors(10, 4) == [(0, 0), (4, 0), (8, 1)]
+    for n in (161, 484, 4640):
+        for start, end, kind in trek150_scale.hoi_intervals(n, 3):
+            assert 0 <= start < end < n and end - start + 1 == min(300, n // 4) and kind in (0, 1, 2)
+
+
+def test_ping_pong_plays_the_clip_back_and_forth_without_cuts():
+    seq = [memory_long_video._ping_pong(4, t) for t in range(10)]
+    assert seq == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert memory_long_video._ping_pong(1, 7) == 0
+
+
+def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
+    out = tmp_path / "scale.json"
+    proc = _run("trek150_scale.py", "--shared", shared, "--model", "test_deaot_tiny", "--random-weights",
+                "--device", "cpu", "--threads", "1", "--sequences", "1", "--length-scale", "0.02",
+                "--budget-frames", "12", "--max-long-edge", "64", "--json", out, shared=shared)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    runs = result["sample_runs"]
+    assert runs and runs[0]["protocol"] == "ope" and result["frames"] == sum(r["frames"] for r in runs)
+    assert 0 < result["network_seconds"] < result["seconds"]
+    assert 0 < result["ms_per_frame_outside_network"] < result["ms_per_frame"]
+    assert result["full_plan_frames"]["ope"] == sum(trek150_scale.draw_lengths(0))
+    assert result["full_plan_frames"]["mse"] > result["full_plan_frames"]["ope"]
+    assert "projected on this machine" in proc.stdout and "outside" in proc.stdout
+
+
+def test_memory_benchmark_shows_the_default_cap_and_the_official_growth(shared, tmp_path):
+    out = tmp_path / "memory.json"
+    proc = _run("memory_long_video.py", "--model", "test_deaot_tiny", "--lengths", "8,30", "--gap", "2",
+                "--clip-frames", "5", "--max-long-edge", "64", "--json", out, shared=shared)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(r["setting"], r["frames"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("default", 8), ("default", 30), ("official", 8), ("official", 30)}
+    # gap 2 from frame 0: frames 0, 2, 4, ... enter the long-term memory; the default keeps 10 of them
+    assert rows["official", 30]["lt_frames"] == 15 and rows["default", 30]["lt_frames"] == 10
+    assert rows["official", 8]["lt_frames"] == rows["default", 8]["lt_frames"] == 4
+    assert rows["default", 30]["lt_tokens"] < rows["official", 30]["lt_tokens"]
+    assert all(r["peak_rss_mb"] > 0 for r in rows.values())
