@@ -17,7 +17,9 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +38,12 @@ class OfficialEngine:
     def __init__(self, checkout: str | Path, model: str, state: dict, device: torch.device,
                  max_long_edge: float = 1040, long_term_gap: int | None = None) -> None:
         sys.path.insert(0, str(Path(checkout).resolve()))
-        config = importlib.import_module("configs.pre_ytb_dav").EngineConfig("bench", OFFICIAL_MODELS[model])
+        cwd = os.getcwd()
+        os.chdir(tempfile.gettempdir())  # the official config makes result folders under the working directory
+        try:
+            config = importlib.import_module("configs.pre_ytb_dav").EngineConfig("bench", OFFICIAL_MODELS[model])
+        finally:
+            os.chdir(cwd)
         config.TEST_MAX_LONG_EDGE = max_long_edge
         config.TEST_MAX_SHORT_EDGE = None
         config.TEST_FLIP, config.TEST_MULTISCALE = False, [1.0]
