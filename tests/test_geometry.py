@@ -12,6 +12,7 @@ from trek_tracker.geometry import (
     BoxFromMask,
     box_to_mask,
     iou,
+    kept_components_box,
     mask_to_box,
     remove_small_components,
 )
@@ -142,6 +143,27 @@ def test_remove_small_components() -> None:
     tiny[3:5, 3:5] = True
     np.testing.assert_array_equal(remove_small_components(tiny, 100), tiny)  # never removes everything
     np.testing.assert_array_equal(mask_to_box(remove_small_components(mask, 0, "largest")), [10, 10, 20, 20])
+
+
+@pytest.mark.parametrize("keep", ["all", "largest"])
+@pytest.mark.parametrize("min_px", [0, 1, 5, 40, 100])
+def test_kept_components_box_is_the_box_of_the_kept_mask(min_px: int, keep: str) -> None:
+    """The box read off the labelling's statistics equals the box of the mask with specks removed, on
+    random blob masks (several components, ties, empty masks, non-contiguous and uint8 inputs)."""
+    rng = np.random.default_rng(min_px + (keep == "largest"))
+    for trial in range(60):
+        mask = rng.random((37, 53)) < rng.choice([0.0, 0.02, 0.1, 0.4])
+        for _ in range(rng.integers(0, 3)):
+            y, x, h, w = rng.integers(0, 30), rng.integers(0, 45), rng.integers(1, 12), rng.integers(1, 12)
+            mask[y:y + h, x:x + w] = True
+        view = mask[:, ::-1] if trial % 3 == 0 else mask
+        view = view.astype(np.uint8) * 255 if trial % 4 == 0 else view
+        expected = mask_to_box(remove_small_components(view, min_px, keep))
+        got = kept_components_box(view, min_px, keep)
+        if expected is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, expected)
 
 
 # ---------------------------------------------------------------------------------- lost-target policy

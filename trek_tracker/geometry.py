@@ -28,6 +28,7 @@ __all__ = [
     "iou",
     "mask_to_box",
     "box_to_mask",
+    "kept_components_box",
     "remove_small_components",
     "BoxConfig",
     "BoxFromMask",
@@ -223,6 +224,29 @@ class BoxConfig:
             raise InputError(f"min_component_px must be >= 0, got {self.min_component_px}")
 
 
+def kept_components_box(mask: np.ndarray, min_px: int, keep: Literal["all", "largest"] = "all") -> np.ndarray | None:
+    """``mask_to_box(remove_small_components(mask, min_px, keep))`` from one labelling pass: the box of the
+    kept components is the union of their boxes, which the labelling already reports, so no pixel of the
+    kept mask is built (MB2 on every tracked frame, docs/boxes.md#mask-to-box-settings)."""
+    m = _check_mask(mask)
+    if min_px <= 1 and keep == "all":
+        return mask_to_box(m)
+    m = np.ascontiguousarray(m != 0).view(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n == 1:
+        return None
+    stats = stats[1:]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    if keep == "largest":
+        stats = stats[[int(np.argmax(areas))]]
+    elif (areas >= min_px).any():
+        stats = stats[areas >= min_px]
+    x0, y0 = stats[:, cv2.CC_STAT_LEFT].min(), stats[:, cv2.CC_STAT_TOP].min()
+    x1 = (stats[:, cv2.CC_STAT_LEFT] + stats[:, cv2.CC_STAT_WIDTH]).max()
+    y1 = (stats[:, cv2.CC_STAT_TOP] + stats[:, cv2.CC_STAT_HEIGHT]).max()
+    return np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.float64)
+
+
 class BoxFromMask:
     """Lost-target policy: per frame, the box of the mask, or the last box when the mask is empty.
 
@@ -256,10 +280,7 @@ class BoxFromMask:
         """
         box = None
         if mask is not None:
-            m = _check_mask(mask) != 0
-            if self.needs_pixels:
-                m = remove_small_components(m, self.config.min_component_px, self.config.components)
-            box = mask_to_box(m)
+            box = kept_components_box(mask, self.config.min_component_px, self.config.components)
             if box is not None:
                 box[:2] += origin
         return self.take(box)
