@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from benchdata import SHARED
 from PIL import Image
 
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
@@ -109,7 +110,7 @@ def run_case(shared: Path, name: str, case: str, long_edge: int, rounds: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from benchdata import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -148,7 +149,7 @@ def official(checkout: Path, video: Path, box, model: str, state: dict, device: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--models", nargs="+", default=["r50_deaotl"])
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--inputs", nargs="+", default=["480p", "1080p"], choices=sorted(INPUTS))

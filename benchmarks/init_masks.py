@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from benchdata import SHARED
 
 from trek_tracker.errors import UserError
 from trek_tracker.geometry import mask_to_box
@@ -67,7 +68,7 @@ def build_inits(args: argparse.Namespace) -> dict[str, BoxToMask]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--davis", type=Path, default=REPO.parent / "shared" / "data" / "davis")
+    parser.add_argument("--davis", type=Path, default=SHARED / "data" / "davis")
     parser.add_argument("--sam-checkpoint")
     parser.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"))
     parser.add_argument("--sam-second-pass", action="store_true")

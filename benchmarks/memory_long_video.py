@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from benchdata import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +101,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    shared = Path(os.environ.get("TREK_TRACK_SHARED", REPO.parent / "shared"))
-    davis = shared / "data" / "davis"
+    davis = SHARED / "data" / "davis"
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="deaotl", help="registry name (default: deaotl, MobileNetV2)")
     p.add_argument("--checkpoint", help="weights (optional: memory use does not depend on them)")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchdata import SHARED
 
 # our variant name -> the official config module under configs/models/
 OFFICIAL_MODELS = {"deaott": "deaott", "deaots": "deaots", "deaotb": "deaotb", "deaotl": "deaotl",
@@ -128,7 +129,7 @@ def check(checkout: Path, shared: Path) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, required=True, help="an aot-benchmark checkout")
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--check", action="store_true", help="compare with the DeAOT goldens")
     args = parser.parse_args()
     raise SystemExit(check(args.official, args.shared) if args.check else 0)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchdata import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,7 +60,7 @@ def track(model, device, frames, box, precision: str, max_long_edge: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--models", nargs="+", default=["deaott", "r50_deaotl"])
     parser.add_argument("--precisions", nargs="+", default=["bf16"])
     parser.add_argument("--clips", nargs="+", default=["car-shadow", "blackswan"])

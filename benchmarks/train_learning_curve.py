@@ -15,6 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
+from benchdata import SHARED
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="train.seed: model initialisation and clips.")
     parser.add_argument("--val-every", type=int, default=100)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "davis"))
+    parser.add_argument("--data", default=str(SHARED / "data" / "davis"))
     parser.add_argument("--out", default="runs/learning_curve")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

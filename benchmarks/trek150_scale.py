@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchdata import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -146,7 +147,7 @@ class PeakRSS:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--model", default="test_deaot_tiny")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--random-weights", action="store_true")

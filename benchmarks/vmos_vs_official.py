@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchdata import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -141,7 +142,7 @@ def run(tracker, frames, mask) -> tuple[list[float], list[torch.Tensor]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", type=Path, default=None, help="HQTrack checkout (omit: ours only)")
-    parser.add_argument("--clip", type=Path, default=ROOT.parent / "shared" / "data" / "davis",
+    parser.add_argument("--clip", type=Path, default=SHARED / "data" / "davis",
                         help="DAVIS root (JPEGImages/480p, Annotations/480p)")
     parser.add_argument("--sequence", default="car-shadow")
     parser.add_argument("--frames", type=int, default=7, help="frames including the reference")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,8 @@ from tests.conftest import REPO
 from trek_tracker.geometry import box_to_mask, mask_to_box
 
 
-def test_table_on_one_sequence(davis: Path, capsys) -> None:
+def test_table_on_one_sequence(davis: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "path", [str(REPO / "benchmarks"), *sys.path])  # as when run as a script
     spec = importlib.util.spec_from_file_location("init_masks", REPO / "benchmarks" / "init_masks.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
