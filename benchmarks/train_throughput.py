@@ -15,6 +15,8 @@ Hopper). On CPU it runs in fp32 for smoke tests only.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import time
 from pathlib import Path
 
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16")
     parser.add_argument("--predicted-memory", action="store_true", help="Second half of training.")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the device and every row here.")
     args = parser.parse_args()
 
     import torch
@@ -124,6 +127,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['config']:<36} {r['model']:<14} {r['size']:>5} {r['samples_per_s']:>10.2f} "
               f"{r['sec_per_step'] * 1000:>8.0f} {r['peak_gib']:>9.1f} {r['hours_8gpu']:>12.1f}")
+    if args.json:
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+        args.json.write_text(json.dumps({"device": gpu, "precision": precision, "batch": args.batch,
+                                         "frames": args.frames, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
