@@ -1,0 +1,232 @@
+"""Every GPU figure of the README in one command: the CUDA tests, then each GPU benchmark, each in its own
+process, into one folder with a ``summary.md`` to read (and paste) and a ``report.json``.
+
+    python benchmarks/gpu_report.py --out gpu-report                      # all stages, on the GPU
+    python benchmarks/gpu_report.py --out gpu-report --stages speed,scale  # some of them
+    python benchmarks/gpu_report.py --out gpu-report --resume              # the stages not yet done
+    python benchmarks/gpu_report.py --out gpu-report --official /path/to/aot-benchmark   # x official column
+
+A stage that fails or outruns ``--stage-timeout`` is recorded as such and the next one runs; ``--resume``
+runs again only what did not finish with exit status 0. The folder belongs to one report: a second report
+into it needs ``--resume``. ``--smoke`` runs the same stages and flags at sizes a CPU finishes in minutes
+(the tiny or MobileNet models, a few frames): it checks the commands, not the speed.
+
+Stages and what they measure (each benchmark's docstring says more):
+
+* ``tests``: ``pytest -m cuda`` (golden parity in fp32, ``trek-track run`` per precision and compiled,
+  AMP training steps, SAM and Alpha-Refine on CUDA);
+* ``speed``: R50-DeAOT-L end to end and network FPS, peak GPU memory, per precision and input size (and
+  the official evaluator's FPS with ``--official``);
+* ``compile``: the same at 1080p in bf16, eager against ``--compile``;
+* ``precision``: bf16 and fp16 boxes and masks against fp32 on DAVIS clips;
+* ``memory``: peak memory at 150, 600 and 4,640 frames with the default bounded memory, and the official
+  unbounded memory at 150 and 600 frames;
+* ``scale``: the TREK-150-shaped workload (10 sequences at full length, sampled) and its projected wall time;
+* ``train``: training throughput and projected hours of every ready config, in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchdata import REPO
+
+STAGES = ("tests", "speed", "compile", "precision", "memory", "scale", "train")
+
+
+def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official: Path | None) -> list[list[str]]:
+    """The command lines of one stage; ``smoke`` changes only sizes and models, never which flags are given."""
+    py, bench = sys.executable, REPO / "benchmarks"
+    threads = ["--threads", "1"] if smoke else []
+    if stage == "tests":
+        return [[py, "-m", "pytest", "-q", "-m", "cuda", "-rs", "-p", "no:cacheprovider",
+                 f"--junitxml={out / 'tests.xml'}", str(REPO / "tests")]]
+    if stage in ("speed", "compile"):
+        model = "deaott" if smoke else "r50_deaotl"
+        frames = ["--frames", "8", "--warmup", "2"] if smoke else ["--frames", "300", "--warmup", "20"]
+        if stage == "speed":
+            cases = ["--precisions", "fp32"] if smoke else ["--precisions", "bf16", "fp16", "fp32"]
+            cases += ["--inputs", "480p"] if smoke else ["--inputs", "480p", "1080p"]
+            cases += ["--official", str(official)] if official else []
+        else:
+            cases = ["--precisions", "fp32" if smoke else "bf16", "--inputs", "480p" if smoke else "1080p",
+                     "--compile", "both"]
+        return [[py, str(bench / "gpu_speed.py"), "--models", model, *cases, *frames, "--device", device, *threads,
+                 "--json", str(out / f"{stage}.json")]]
+    if stage == "precision":
+        models = ["deaott"] if smoke else ["deaott", "r50_deaotl"]
+        return [[py, str(bench / "precision_agreement.py"), "--models", *models, "--precisions", "bf16", "fp16",
+                 "--frames", "4" if smoke else "60", "--device", device, *threads,
+                 "--json", str(out / "precision.json")]]
+    if stage == "memory":
+        model = "deaott" if smoke else "r50_deaotl"
+        common = [py, str(bench / "memory_long_video.py"), "--model", model, "--device", device, *threads,
+                  "--precision", "fp32" if smoke else "bf16", "--max-long-edge", "240" if smoke else "1040"]
+        return [[*common, "--lengths", "8,16" if smoke else "150,600,4640", "--settings", "default",
+                 "--json", str(out / "memory.json")],
+                [*common, "--lengths", "8" if smoke else "150,600", "--settings", "official",
+                 "--json", str(out / "memory_official.json")]]
+    if stage == "scale":
+        sample = (["--model", "test_deaot_tiny", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "12"]
+                  if smoke else ["--model", "r50_deaotl", "--sequences", "10", "--length-scale", "1.0",
+                                 "--budget-frames", "20000"])
+        return [[py, str(bench / "trek150_scale.py"), *sample, "--random-weights", "--device", device, *threads,
+                 "--json", str(out / "scale.json")]]
+    if stage == "train":
+        which = ["--models", "test_deaot_tiny", "--size", "33", "--frames", "2", "--steps", "1", "--warmup", "0"] \
+            if smoke else ["--configs", "all", "--steps", "20"]
+        return [[py, str(bench / "train_throughput.py"), *which, "--precision", "bf16", *threads,
+                 "--json", str(out / "train.json")]]
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def device_info() -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), gpus=torch.cuda.device_count())
+    return info
+
+
+def _shown(cmd: list[str]) -> str:
+    """A command as a reader would type it: paths under the checkout relative to it."""
+    parts = [os.path.relpath(c, REPO) if c.startswith(str(REPO)) else c for c in cmd]
+    parts[0] = "python" if parts[0] == sys.executable else parts[0]
+    return shlex.join(parts)
+
+
+def run_command(cmd: list[str], log: Path, timeout: float | None) -> tuple[int, float]:
+    """Runs one command with its output appended to ``log``; (exit status, seconds). 124 when it outran
+    ``timeout``: its whole process group is stopped."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ {_shown(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = 124
+            f.write(f"\n[stopped after {timeout:.0f} s]\n")
+        except BaseException:  # Ctrl-C or a signal: the stage's processes go with the report
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    return rc, time.perf_counter() - start
+
+
+def summary(report: dict) -> str:
+    """``summary.md``: the device, then per stage its commands, status, time and the benchmark's own table."""
+    d = report["device"]
+    lines = [f"# GPU report ({'smoke run: commands checked, figures meaningless' if report['smoke'] else 'full'})",
+             "", f"device: {d.get('gpu', 'no GPU')}"
+             + (f" ({d['gpu_memory_gib']} GiB, {d['gpus']} visible)" if "gpu" in d else "")
+             + f"; {d['cpus']} CPUs; torch {d['torch']} (CUDA {d['cuda']}); python {d['python']}", ""]
+    for name, st in report["stages"].items():
+        status = "ok" if st["rc"] == 0 else f"FAILED (exit {st['rc']})"
+        lines += [f"## {name}: {status}, {st['seconds']:.0f} s",
+                  "", "```bash", *st["commands"], "```", "", "```", *st["tail"], "```", ""]
+    return "\n".join(lines)
+
+
+def _tail(log: Path, n: int = 40) -> list[str]:
+    text = log.read_text(errors="replace").splitlines()
+    return [line for line in text if not line.startswith("$ ")][-n:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the report's folder (new, or with --resume)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--official", type=Path, default=None, help="an aot-benchmark checkout (speed stage)")
+    parser.add_argument("--stage-timeout", type=float, default=None, help="seconds a stage may run")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized cases: checks the commands only")
+    parser.add_argument("--resume", action="store_true", help="run the stages not yet finished with status 0")
+    args = parser.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"gpu_report: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    saved = out / "report.json"
+    if saved.exists() and not args.resume:
+        print(f"gpu_report: {out} already holds a report; give --resume to finish it, or another --out",
+              file=sys.stderr)
+        return 2
+    if not saved.exists() and out.exists() and any(out.iterdir()):
+        print(f"gpu_report: {out} is not empty and holds no report; give an empty or new --out", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    report = json.loads(saved.read_text()) if saved.exists() else {"smoke": args.smoke, "stages": {}}
+    if report["smoke"] != args.smoke:
+        print(f"gpu_report: {out} holds a {'smoke' if report['smoke'] else 'full'} report; resume it the same way",
+              file=sys.stderr)
+        return 2
+    report["device"] = device_info()
+
+    def save() -> None:
+        tmp = out / "report.json.part"
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(saved)
+        (out / "summary.md").write_text(summary(report))
+
+    save()
+    failed = []
+    for stage in stages:
+        if report["stages"].get(stage, {}).get("rc") == 0:
+            print(f"{stage}: done before, kept", flush=True)
+            continue
+        cmds = stage_commands(stage, out, device=args.device, smoke=args.smoke, official=args.official)
+        log = out / f"{stage}.log"
+        log.write_text("")
+        rc, seconds = 0, 0.0
+        print(f"{stage}: running ({len(cmds)} command{'s' * (len(cmds) > 1)}; log {log})", flush=True)
+        try:
+            for cmd in cmds:
+                left = None if args.stage_timeout is None else max(1.0, args.stage_timeout - seconds)
+                rc, took = run_command(cmd, log, left)
+                seconds += took
+                if rc != 0:
+                    break
+        except KeyboardInterrupt:
+            report["stages"][stage] = {"rc": 130, "seconds": seconds, "commands": list(map(_shown, cmds)),
+                                       "tail": _tail(log)}
+            save()
+            print(f"gpu_report: interrupted during {stage}; what finished is in {out} (--resume goes on)",
+                  file=sys.stderr)
+            return 130
+        report["stages"][stage] = {"rc": rc, "seconds": round(seconds, 1), "commands": list(map(_shown, cmds)),
+                                   "tail": _tail(log)}
+        save()
+        print(f"{stage}: {'ok' if rc == 0 else f'FAILED (exit {rc}); see {log}'} in {seconds:.0f} s", flush=True)
+        if rc != 0:
+            failed.append(stage)
+    print(f"summary: {out / 'summary.md'}")
+    if failed:
+        print(f"gpu_report: {len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM ends the report like Ctrl-C
+    raise SystemExit(main())

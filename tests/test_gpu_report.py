@@ -1,0 +1,103 @@
+"""``benchmarks/gpu_report.py``: every stage's full-size command is one its benchmark accepts, and a smoke
+report runs, records failures, refuses to mix with another report and resumes what did not finish."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.damaged import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import gpu_report  # noqa: E402
+
+
+class Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", [s for s in gpu_report.STAGES if s != "tests"])
+def test_full_size_commands_parse(stage, tmp_path, monkeypatch):
+    """The commands a GPU session runs are checked here, where no GPU is: each benchmark's own parser
+    accepts them (stopped right after parsing)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    commands = gpu_report.stage_commands(stage, tmp_path, device="cuda", smoke=False, official=tmp_path / "aotb")
+    assert commands
+    for cmd in commands:
+        assert cmd[0] == sys.executable and Path(cmd[1]).parent == REPO / "benchmarks"
+        spec = importlib.util.spec_from_file_location(f"bench_{stage}", cmd[1])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(sys, "argv", cmd[1:])
+        with pytest.raises(Parsed) as parsed:
+            module.main()
+        ns = vars(parsed.value.args[0])
+        assert str(ns["json"]).startswith(str(tmp_path))  # every stage leaves its figures as JSON
+        if "device" in ns:
+            assert ns["device"] == "cuda"
+    if stage == "memory":
+        assert "4640" in commands[0][commands[0].index("--lengths") + 1]
+    if stage == "speed":
+        assert "--official" in commands[0]
+
+
+def _report(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_report.py"), "--out", str(out), "--smoke",
+                           *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_smoke_report_records_failures_refuses_mixing_and_resumes(tmp_path, shared):
+    out = tmp_path / "report"
+    # a device that is not there: the speed stage fails, the report goes on to the next stage
+    first = _report(out, "--stages", "speed,train", "--device", "cuda:7")
+    assert first.returncode == 1
+    assert first.stderr.strip().splitlines()[-1] == "gpu_report: 1 stage(s) failed: speed"
+    report = json.loads((out / "report.json").read_text())
+    assert report["smoke"] and report["stages"]["speed"]["rc"] != 0 and report["stages"]["train"]["rc"] == 0
+    assert "FAILED" in (out / "summary.md").read_text()
+
+    again = _report(out, "--stages", "train", "--device", "cpu")
+    assert again.returncode == 2 and "already holds a report" in again.stderr and again.stdout == ""
+
+    train_log = (out / "train.log").read_text()
+    resumed = _report(out, "--resume", "--stages", "speed,memory,train", "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "train: done before, kept" in resumed.stdout
+    assert (out / "train.log").read_text() == train_log  # not run again
+    report = json.loads((out / "report.json").read_text())
+    assert {k: v["rc"] for k, v in report["stages"].items()} == {"speed": 0, "train": 0, "memory": 0}
+    speed = json.loads((out / "speed.json").read_text())
+    assert [r["model"] for r in speed["rows"]] == ["deaott"] and speed["rows"][0]["end_to_end_fps"] > 0
+    memory = json.loads((out / "memory.json").read_text())
+    assert sorted(r["frames"] for r in memory["rows"]) == [8, 16]
+    text = (out / "summary.md").read_text()
+    assert "smoke run" in text and "\ndevice: " in text
+    for header in ("end-to-end", "peak RSS MiB", "samples/s"):  # each benchmark's own table is in the summary
+        assert header in text
+    assert "python benchmarks/memory_long_video.py --model deaott" in text  # commands as a reader types them
+
+
+def test_unknown_stage_and_foreign_folder_are_one_line_errors(tmp_path):
+    bad = _report(tmp_path / "r", "--stages", "speed,warp")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "gpu_report: unknown stage(s) warp; choose from " + ", ".join(gpu_report.STAGES))
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "results.txt").write_text("someone else's")
+    refused = _report(foreign, "--stages", "train")
+    assert refused.returncode == 2 and "not empty and holds no report" in refused.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["results.txt"]
