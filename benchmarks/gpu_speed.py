@@ -85,6 +85,7 @@ def official_state(shared: Path, model: str) -> tuple[dict, str]:
 def ours(video: Path, box, model: str, state: dict, device: torch.device, precision: str, out: Path,
          warmup: int, compile: bool = False) -> dict:
     from trek_tracker.geometry import Box
+    from trek_tracker.inference.preprocess import autocast_dtype, resolve_precision
     from trek_tracker.init.api import InitConfig
     from trek_tracker.loop import Start, track_video
     from trek_tracker.modeling.checkpoints import load_official_state_dict
@@ -97,6 +98,8 @@ def ours(video: Path, box, model: str, state: dict, device: torch.device, precis
     net = build_model(model)
     load_official_state_dict(net, state, model_name=model)
     net = net.to(device).eval()
+    if resolve_precision(precision, device) != "fp32":  # as trek-track run does with the models it loads
+        net.store_for_autocast(autocast_dtype(resolve_precision(precision, device)))
     if compile:
         torch._dynamo.reset()
         net.compile_inference()  # before the clock wraps the calls, so that the clock stays outside the graphs

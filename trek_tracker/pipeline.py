@@ -241,20 +241,24 @@ class Tracker:
 
     def __init__(self, config: TrackerConfig | None = None, *, loaded: LoadedModel | None = None) -> None:
         from trek_tracker.device import select_device, set_tf32
-        from trek_tracker.inference.preprocess import Uploader, resolve_precision
+        from trek_tracker.inference.preprocess import Uploader, autocast_dtype, resolve_precision
 
         self.config = config = config or TrackerConfig()
         self.name = config.tracker_name()
         device = loaded.device if loaded is not None else select_device(config.device)
-        self.members = [loaded or prepare_model(config.models()[0], device, random_weights=config.random_weights)]
-        self.members += [prepare_model(spec, device, random_weights=config.random_weights)
-                         for spec in config.ensemble.members]
+        self.precision = resolve_precision(config.precision, device)
+        owned = [prepare_model(spec, device, random_weights=config.random_weights)
+                 for spec in ([] if loaded is not None else config.models()[:1]) + list(config.ensemble.members)]
+        if self.precision != "fp32":  # models built here run only under this autocast: store their weights in it
+            for member in owned:
+                member.model.store_for_autocast(autocast_dtype(self.precision))
+                member.notes.append(f"convolution and linear weights stored in {self.precision} for autocast")
+        self.members = ([loaded] if loaded is not None else []) + owned
         self.loaded = self.members[0]
         self.device = device
         if config.compile:
             for member in self.members:
                 member.model.compile_inference()
-        self.precision = resolve_precision(config.precision, device)
         set_tf32(device, self.precision != "fp32")  # fp32 is the parity mode: no TF32 either
         self._uploader = Uploader(device)
         self.engine = None

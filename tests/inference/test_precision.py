@@ -117,3 +117,46 @@ def test_mixed_precision_keeps_memory_in_the_compute_dtype_and_probabilities_in_
     assert out.probs.dtype == torch.float32
     assert torch.allclose(out.probs.sum(0), torch.ones(64, 96), atol=1e-5)
     assert out.labels.shape == (64, 96)
+
+
+@pytest.mark.parametrize("name,precision", [("test_deaot_tiny", "bf16"), ("test_msdeaot_tiny", "fp16"),
+                                            ("test_vmos_tiny", "bf16")])
+def test_weights_stored_in_the_autocast_dtype_give_the_same_outputs_bit_for_bit(name, precision):
+    """Autocast casts a convolution's or linear layer's float32 weights on every call; storing them in that
+    dtype once changes nothing computed (every family, two objects, memory updates included)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    torch.manual_seed(0)
+    reference = build_model(name).eval()
+    torch.manual_seed(0)
+    stored = build_model(name).eval()
+    assert stored.store_for_autocast(dtype) > 0 and stored.store_for_autocast(dtype) == 0
+    convs = [m for m in stored.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(m.weight.dtype == dtype for m in convs)
+    assert all(p.dtype == torch.float32 for m in stored.modules() if isinstance(m, (torch.nn.LayerNorm,
+               torch.nn.GroupNorm, torch.nn.BatchNorm2d)) for p in m.parameters())
+    frames = _clip(5)
+    labels = np.zeros((64, 96), np.uint8)
+    labels[10:30, 20:50], labels[40:60, 60:90] = 1, 2
+    outs = []
+    for model in (reference, stored):
+        engine = VOSEngine(model, EngineConfig(max_long_edge=96, precision=precision))
+        engine.add_reference(Frame(frames[0]), labels)
+        outs.append([engine.step(Frame(f)) for f in frames[1:]])
+    for a, b in zip(*outs):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.probs, b.probs)
+        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        stored.store_for_autocast(torch.float32)
+
+
+def test_tracker_stores_its_own_models_weights_for_autocast_but_never_a_model_it_was_lent(tiny):
+    own = Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu", precision="bf16",
+                                max_long_edge=96, init=InitConfig(method="box")))
+    assert own.members[0].model.encoder_projector.weight.dtype == torch.bfloat16
+    assert any("stored in bf16" in note for note in own.describe()["notes"])
+    own.init(_clip()[0], [20, 10, 30, 20])
+    assert own.step(_clip()[1]).box.shape == (4,)
+    lent = _tracker(tiny, "bf16")  # e.g. the model being trained, validated with mixed precision
+    assert lent.members[0].model is tiny and tiny.encoder_projector.weight.dtype == torch.float32
+    fp32 = Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu", precision="fp32"))
+    assert fp32.members[0].model.encoder_projector.weight.dtype == torch.float32

@@ -180,9 +180,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def autocast_dtype(precision: str) -> torch.dtype:
+    """The compute dtype of a resolved precision (float32 for fp32)."""
+    return _DTYPES.get(precision, torch.float32)
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a resolved precision (disabled for fp32)."""
-    return torch.autocast(device.type, dtype=_DTYPES.get(precision, torch.float32), enabled=precision != "fp32")
+    return torch.autocast(device.type, dtype=autocast_dtype(precision), enabled=precision != "fp32")
 
 
 class Uploader:
