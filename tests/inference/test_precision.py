@@ -142,9 +142,9 @@ def test_weights_stored_in_the_autocast_dtype_give_the_same_outputs_bit_for_bit(
         engine = VOSEngine(model, EngineConfig(max_long_edge=96, precision=precision))
         engine.add_reference(Frame(frames[0]), labels)
         outs.append([engine.step(Frame(f)) for f in frames[1:]])
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         assert torch.equal(a.labels, b.labels) and torch.equal(a.probs, b.probs)
-        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits))
+        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits, strict=True))
     with pytest.raises(ValueError, match="bf16 or fp16"):
         stored.store_for_autocast(torch.float32)
 
