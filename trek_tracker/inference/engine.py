@@ -79,6 +79,7 @@ class VOSEngine:
 
     def __init__(self, model: VOSModel, config: EngineConfig | None = None) -> None:
         self.model = model
+        self.device: torch.device = next(model.parameters()).device  # read once: asked for several times a frame
         self.config = config or EngineConfig()
         self.schedule: MemorySchedule = self.config.memory.resolve(model.config)
         self.max_objects = model.config.max_objects
@@ -92,10 +93,6 @@ class VOSEngine:
         self.frame_step = 0
         self._pending: list | None = None  # the last predicted frame's memory entries, until committed
         # Variant-specific preprocessing (VMOS resizes the uint8 frame and enlarges small frames).
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ inputs
     @property
