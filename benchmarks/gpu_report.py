@@ -6,7 +6,8 @@ process, into one folder with a ``summary.md`` to read (and paste) and a ``repor
     python benchmarks/gpu_report.py --out gpu-report --resume              # the stages not yet done
     python benchmarks/gpu_report.py --out gpu-report --official /path/to/aot-benchmark   # x official column
 
-A stage that fails or outruns ``--stage-timeout`` is recorded as such and the next one runs; ``--resume``
+A stage that fails or outruns ``--stage-timeout`` is recorded as such and the next one runs (a CUDA test
+skipped on the report's machine fails the ``tests`` stage, outside ``--smoke``); ``--resume``
 runs again only what did not finish with exit status 0. The folder belongs to one report: a second report
 into it needs ``--resume``. ``--smoke`` runs the same stages and flags at sizes a CPU finishes in minutes
 (the tiny or MobileNet models, a few frames): it checks the commands, not the speed.
@@ -132,6 +133,17 @@ def run_command(cmd: list[str], log: Path, timeout: float | None) -> tuple[int, 
     return rc, time.perf_counter() - start
 
 
+def junit_counts(junit: Path) -> dict[str, int]:
+    """Passed, failed, errors and skipped of a pytest JUnit XML file."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    return {"passed": n["tests"] - n["failures"] - n["errors"] - n["skipped"], "failed": n["failures"],
+            "errors": n["errors"], "skipped": n["skipped"]}
+
+
 def summary(report: dict) -> str:
     """``summary.md``: the device, then per stage its commands, status, time and the benchmark's own table."""
     d = report["device"]
@@ -141,6 +153,8 @@ def summary(report: dict) -> str:
              + f"; {d['cpus']} CPUs; torch {d['torch']} (CUDA {d['cuda']}); python {d['python']}", ""]
     for name, st in report["stages"].items():
         status = "ok" if st["rc"] == 0 else f"FAILED (exit {st['rc']})"
+        if "tests" in st:
+            status += " (" + ", ".join(f"{v} {k}" for k, v in st["tests"].items()) + ")"
         lines += [f"## {name}: {status}, {st['seconds']:.0f} s",
                   "", "```bash", *st["commands"], "```", "", "```", *st["tail"], "```", ""]
     return "\n".join(lines)
@@ -216,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         report["stages"][stage] = {"rc": rc, "seconds": round(seconds, 1), "commands": list(map(_shown, cmds)),
                                    "tail": _tail(log)}
+        if stage == "tests" and (out / "tests.xml").exists():
+            counts = junit_counts(out / "tests.xml")
+            report["stages"][stage]["tests"] = counts
+            if rc == 0 and counts["skipped"] and not args.smoke:  # on a GPU machine every CUDA test must run
+                rc = 3
+                with open(log, "a") as f:
+                    f.write(f"\n{counts['skipped']} CUDA test(s) skipped on the report's machine (reasons above)\n")
+                report["stages"][stage].update(rc=rc, tail=_tail(log))
         save()
         print(f"{stage}: {'ok' if rc == 0 else f'FAILED (exit {rc}); see {log}'} in {seconds:.0f} s", flush=True)
         if rc != 0:

@@ -101,3 +101,15 @@ def test_unknown_stage_and_foreign_folder_are_one_line_errors(tmp_path):
     refused = _report(foreign, "--stages", "train")
     assert refused.returncode == 2 and "not empty and holds no report" in refused.stderr
     assert sorted(p.name for p in foreign.iterdir()) == ["results.txt"]
+
+
+def test_test_counts_read_pytests_junit_file(tmp_path):
+    """The ``tests`` stage's counts (a skipped CUDA test fails a full report: every one must run on a GPU)."""
+    junit = tmp_path / "tests.xml"
+    junit.write_text('<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" '
+                     'failures="2" skipped="3" tests="13" time="1.0"></testsuite></testsuites>')
+    assert gpu_report.junit_counts(junit) == {"passed": 7, "failed": 2, "errors": 1, "skipped": 3}
+    report = {"smoke": False, "device": {"cpus": 2, "torch": "2", "cuda": None, "python": "3"},
+              "stages": {"tests": {"rc": 3, "seconds": 5.0, "commands": ["python -m pytest -m cuda"], "tail": [],
+                                   "tests": gpu_report.junit_counts(junit)}}}
+    assert "## tests: FAILED (exit 3) (7 passed, 2 failed, 1 errors, 3 skipped), 5 s" in gpu_report.summary(report)
