@@ -103,7 +103,7 @@ def test_unknown_stage_and_foreign_folder_are_one_line_errors(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["results.txt"]
 
 
-def test_test_counts_read_pytests_junit_file(tmp_path):
+def test_junit_counts_read_pytests_junit_file(tmp_path):
     """The ``tests`` stage's counts (a skipped CUDA test fails a full report: every one must run on a GPU)."""
     junit = tmp_path / "tests.xml"
     junit.write_text('<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1" '
