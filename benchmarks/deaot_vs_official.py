@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from benchdata import SHARED
+from benchdata import SHARED, calibration_ms
 from PIL import Image
 
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
@@ -38,18 +38,6 @@ OFFICIAL_MS = {
     ("r50_deaotl", "aot_demo", 480): 4738,
 }
 OFFICIAL_CALIBRATION_MS = 18.0
-
-
-def calibration_ms(repeats: int = 15) -> float:
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    x, w = torch.randn(1, 64, 128, 128), torch.randn(64, 64, 3, 3)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        torch.nn.functional.conv2d(x, w, padding=1)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times[3:])
 
 
 def _rgb(path: Path) -> np.ndarray:

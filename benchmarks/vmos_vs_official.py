@@ -35,23 +35,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from benchdata import SHARED
+from benchdata import SHARED, calibration_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def calibration_ms(repeats: int = 7) -> float:
-    """The golden README's calibration workload: a 1024x1024 float32 matmul plus a 64->64 3x3 conv at 128x128."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    x, w = torch.randn(1, 64, 128, 128), torch.randn(64, 64, 3, 3)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        F.conv2d(x, w, padding=1)
-        times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
 
 
 def load_official(root: Path):
