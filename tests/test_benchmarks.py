@@ -62,6 +62,8 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     assert result["full_plan_frames"]["ope"] == sum(trek150_scale.draw_lengths(0))
     assert result["full_plan_frames"]["mse"] > result["full_plan_frames"]["ope"]
     assert "projected on this machine" in proc.stdout and "outside" in proc.stdout
+    decode = result["decode_fps_by_threads"]  # JSON keys are strings
+    assert "1" in decode and all(v > 0 for v in decode.values()) and "frames/s with 1 thread" in proc.stdout
 
 
 def test_memory_benchmark_shows_the_default_cap_and_the_official_growth(shared, tmp_path):

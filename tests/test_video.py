@@ -12,6 +12,7 @@ from trek_tracker.errors import InputError
 from trek_tracker.video import (
     ArraySource,
     ImageFolderSource,
+    IndexedFrames,
     OverlayWriter,
     VideoFileSource,
     draw_overlay,
@@ -223,6 +224,57 @@ def test_prefetch_stops_its_thread_on_break() -> None:
             break
     gen.close()
     assert not any(t.name == "frame-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+
+def test_parallel_decoding_keeps_order_bounds_lookahead_and_raises_where_a_frame_fails(tmp_path: Path) -> None:
+    """Frame files decoded by several threads (``IndexedFrames``): frames arrive in order even when later
+    ones finish first, at most ``depth`` are read ahead, a frame's error is raised at that frame, and the
+    decoding threads are gone when the loop stops."""
+    import threading
+    import time
+
+    read_so_far: list[int] = []
+    lock = threading.Lock()
+
+    def read(i: int) -> np.ndarray:
+        time.sleep(0.02 if i % 3 == 0 else 0.001)  # every third frame is slow: others overtake it
+        with lock:
+            read_so_far.append(i)
+        if i == 13:
+            raise InputError("frame 13 is damaged")
+        return np.full((2, 2, 3), i, np.uint8)
+
+    frames = IndexedFrames(read, range(20))
+    got, ahead = [], []
+    with pytest.raises(InputError, match="frame 13"):
+        for f in prefetch(frames, depth=4, threads=3):
+            got.append(int(f[0, 0, 0]))
+            with lock:
+                ahead.append(len(read_so_far) - len(got))
+    assert got == list(range(13))
+    assert read_so_far != sorted(read_so_far)  # really decoded out of order, by several threads
+    assert max(ahead) <= 4
+    assert not any(t.name.startswith("frame-decode") and t.is_alive() for t in threading.enumerate())
+    backwards = IndexedFrames(lambda i: np.full((1, 1, 3), i, np.uint8), range(9, -1, -1))  # an MSE run
+    assert [int(f[0, 0, 0]) for f in prefetch(backwards, depth=2, threads=2)] == list(range(9, -1, -1))
+    assert len(backwards) == 10 and [int(f[0, 0, 0]) for f in backwards] == list(range(9, -1, -1))
+
+
+def test_image_folder_decodes_in_parallel_and_records_damage_once(tmp_path: Path) -> None:
+    from tests.damaged import noise_frames, truncate
+
+    for i, frame in enumerate(noise_frames(8, size=(64, 96))):
+        _write_rgb(tmp_path / f"{i:03d}.jpg", frame)
+    truncate(tmp_path / "003.jpg", tmp_path / "003.jpg", 0.6)  # decoded as far as it goes, recorded as damage
+    src = open_frames(tmp_path)
+    frames = src.frames()
+    assert isinstance(frames, IndexedFrames) and len(frames) == 8
+    sequential = [f.copy() for f in open_frames(tmp_path)]
+    parallel = list(prefetch(frames, depth=4, threads=4))
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, parallel, strict=True))
+    assert [(d.frame, d.kind) for d in src.damage] == [(3, "truncated-image")]
+    assert open_frames(np.zeros((2, 4, 4, 3), np.uint8)).frames() is not None  # other sources: themselves
 
 
 # -------------------------------------------------------------------------------------------- overlay

@@ -5,10 +5,10 @@ folder's sinks), the TREK-150 runner and the toolkit adapter (result rows), VOS 
 scoring) and ``trek-track ensemble`` (a tracker that combines saved runs). A sink is anything that wants
 each frame's result: box files, times, masks, probabilities, an overlay video, metrics, result rows.
 
-Frames are decoded ahead in a thread (:func:`trek_tracker.video.prefetch`) and, with ``write_behind``,
-sinks run in a writer thread behind the tracker, so neither decoding nor writing holds the device up. Both
-queues are short, so memory stays bounded whatever the video's length. The time of a frame is the
-tracker's own call (:attr:`FrameResult.seconds`), as the TREK-150 toolkit defines speed.
+Frames are decoded ahead in a thread (several for frame files, :func:`trek_tracker.video.prefetch`) and,
+with ``write_behind``, sinks run in a writer thread behind the tracker, so neither decoding nor writing
+holds the device up. Both queues are short, so memory stays bounded whatever the video's length. The time
+of a frame is the tracker's own call (:attr:`FrameResult.seconds`), as the TREK-150 toolkit defines speed.
 
 When anything stops the loop (the end of the video, an error, Ctrl-C or a signal turned into
 :class:`KeyboardInterrupt`), every frame already tracked reaches the sinks, and each sink's ``close`` is
@@ -31,6 +31,7 @@ import numpy as np
 from trek_tracker.errors import InputError
 from trek_tracker.geometry import Box
 from trek_tracker.pipeline import FrameResult
+from trek_tracker.video import decode_threads as default_decode_threads
 from trek_tracker.video import prefetch
 
 COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
@@ -94,12 +95,14 @@ class LoopResult:
 def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks: Sequence[Sink], *,
                 total: int | None = None, progress: bool | str = False,
                 on_frame: Callable[[int], None] | None = None, prefetch_depth: int = 2,
-                write_behind: bool = True) -> LoopResult:
+                decode_threads: int | None = None, write_behind: bool = True) -> LoopResult:
     """Track ``frames`` from ``start`` and hand each frame's result to ``sinks``.
 
     ``progress``: a tqdm bar on stderr (a string names it); ``on_frame(index)`` is called after each frame
-    is tracked (e.g. a shared progress bar). Exceptions propagate after the sinks are closed; a
-    ``KeyboardInterrupt`` ends the loop as ``interrupted``, anything else as ``failed``.
+    is tracked (e.g. a shared progress bar). Frames given as :class:`~trek_tracker.video.IndexedFrames` are
+    decoded ahead by ``decode_threads`` threads (default :func:`~trek_tracker.video.decode_threads`), others
+    by one. Exceptions propagate after the sinks are closed; a ``KeyboardInterrupt`` ends the loop as
+    ``interrupted``, anything else as ``failed``.
     """
     keep = {"keep_probs": any(s.needs_probs for s in sinks), "keep_labels": any(s.needs_labels for s in sinks)}
     keep_image = any(s.needs_image for s in sinks)
@@ -114,7 +117,8 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
         bar = tqdm(total=total, unit="frame", desc=progress if isinstance(progress, str) else None,
                    file=sys.stderr, dynamic_ncols=True)
     try:
-        for index, image in enumerate(prefetch(frames, prefetch_depth) if prefetch_depth > 0 else frames):
+        threads = decode_threads or default_decode_threads()
+        for index, image in enumerate(prefetch(frames, prefetch_depth, threads) if prefetch_depth > 0 else frames):
             if index == 0:
                 result = tracker.init(image, start.box, mask=start.mask, **keep)
             else:

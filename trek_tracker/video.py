@@ -40,14 +40,16 @@ OpenCV reads it when its FFmpeg backend is first used. Our one line says what we
 
 from __future__ import annotations
 
+import collections
 import io
+import itertools
 import logging
 import os
 import queue
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -80,6 +82,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_REPORT_LOCK = threading.Lock()
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -296,12 +299,14 @@ class FrameSource:
         return any(d.kind.startswith("truncated") for d in self.damage)
 
     def _report(self, damage: InputDamage) -> None:
-        """Record ``damage`` once (warning on the module logger), or raise it when ``strict``."""
+        """Record ``damage`` once (warning on the module logger), or raise it when ``strict``. Frames may be
+        decoded by several threads (:func:`prefetch`), hence the lock."""
         if self.strict:
             raise DamagedInputError(damage)
-        if any(d.file == damage.file and d.kind == damage.kind for d in self.damage):
-            return
-        self.damage.append(damage)
+        with _REPORT_LOCK:
+            if any(d.file == damage.file and d.kind == damage.kind for d in self.damage):
+                return
+            self.damage.append(damage)
         log.warning("%s", damage.message)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -315,6 +320,11 @@ class FrameSource:
 
     def __getitem__(self, index: int) -> np.ndarray:
         raise NotImplementedError
+
+    def frames(self) -> Iterable[np.ndarray]:
+        """What the tracking loop iterates: the source itself (a video is one stream), or, for frame files,
+        an :class:`IndexedFrames` that several threads decode at once."""
+        return self
 
     def __repr__(self) -> str:
         h, w = self.size
@@ -403,6 +413,9 @@ class ImageFolderSource(FrameSource):
         if not -n <= index < n:
             raise IndexError(f"frame {index} out of range for {n} frames in {self.path}")
         return self._read(index % n)
+
+    def frames(self) -> IndexedFrames:
+        return IndexedFrames(self._read, range(len(self.files)))
 
 
 def _name_number_key(name: str) -> tuple:
@@ -822,15 +835,44 @@ _DONE = object()
 _Frame = TypeVar("_Frame")
 
 
-def prefetch(frames: Iterable[_Frame], depth: int = 2) -> Iterator[_Frame]:
-    """Iterate ``frames`` while a background thread decodes up to ``depth`` frames ahead.
+def decode_threads() -> int:
+    """Default threads for decoding frame files ahead (up to 4, at most the CPUs this process may use): a 1080p
+    JPEG takes about 12 ms to decode, so one thread caps a run near 60-80 frames per second."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
-    OpenCV releases the GIL while decoding, so decoding overlaps with tracking; the tracker's timed
+
+class IndexedFrames:
+    """Frames read one at a time by index, ``read(i)`` for each ``i`` of ``indices``: files (a TREK-150
+    sequence's JPEGs, an image folder), which several threads may decode at once (:func:`prefetch`),
+    unlike a video stream. ``read`` must be safe to call from several threads."""
+
+    def __init__(self, read: Callable[[int], _Frame], indices: Sequence[int]) -> None:
+        self.read, self.indices = read, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[_Frame]:
+        return (self.read(i) for i in self.indices)
+
+
+def prefetch(frames: Iterable[_Frame], depth: int = 2, threads: int = 1) -> Iterator[_Frame]:
+    """Iterate ``frames`` while background threads decode up to ``depth`` frames ahead.
+
+    OpenCV and PIL release the GIL while decoding, so decoding overlaps with tracking; the tracker's timed
     ``init``/``update`` calls then exclude decoding, as the toolkit's timing does (docs/trek150.md#timing). Memory
-    stays bounded by ``depth`` frames. Errors of the source are raised here, at the frame where they
-    occurred; stopping early (``break``) stops the thread. Any iterable works: the arrays of a
-    :class:`FrameSource`, or the ``PIL`` images the evaluation runner hands to trackers.
+    stays bounded by ``depth`` frames (and ``threads`` in flight). Errors of the source are raised here, at the
+    frame where they occurred; stopping early (``break``) stops the threads. Any iterable works: the arrays
+    of a :class:`FrameSource`, or the ``PIL`` images the evaluation runner hands to trackers. An
+    :class:`IndexedFrames` with ``threads > 1`` is decoded by that many threads, still in order.
     """
+    if threads > 1 and isinstance(frames, IndexedFrames):
+        yield from _prefetch_parallel(frames, max(depth, threads), threads)
+        return
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -866,3 +908,22 @@ def prefetch(frames: Iterable[_Frame], depth: int = 2) -> Iterator[_Frame]:
     finally:
         stop.set()
         thread.join()
+
+
+def _prefetch_parallel(frames: IndexedFrames, ahead: int, threads: int) -> Iterator[_Frame]:
+    """``frames`` in order, ``ahead`` of them submitted to a pool of ``threads`` decoders at any time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    indices = iter(frames.indices)
+    pending: collections.deque = collections.deque()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="frame-decode")
+    try:
+        for i in itertools.islice(indices, ahead):
+            pending.append(pool.submit(frames.read, i))
+        while pending:
+            frame = pending.popleft().result()  # a frame's error is raised here, at its place in the order
+            for i in itertools.islice(indices, 1):
+                pending.append(pool.submit(frames.read, i))
+            yield frame
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

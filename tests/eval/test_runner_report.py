@@ -186,3 +186,49 @@ def test_attribute_scores(tracked) -> None:
     assert att["POC"]["success_score"] == sw["P01-P01_01-2"]["success_score"]
     assert att["SC"]["success_score"] == pytest.approx(perf["overall"]["success_score"], abs=1e-15)
     assert "FM" in R.format_attribute_table(att, "t").splitlines()[3]
+
+
+def test_frames_reach_trackers_in_order_as_the_toolkit_hands_them(tracked) -> None:
+    """Frames are decoded by several threads but arrive in the run's order (backwards for a backward MSE
+    run); a toolkit tracker gets ``PIL`` images, as the toolkit hands them, and our pipeline gets arrays
+    converted by the decoding threads, outside its timed call."""
+    from PIL import Image
+
+    from trek_tracker.eval.runner import as_step_tracker, track_run
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.pipeline import Tracker, TrackerConfig
+
+    ds, _ = tracked
+    seq = ds["P01-P01_01-2"]
+    backward = next(r for r in plan(ds, "mse") if r.sequence == seq.name and r.frames.step < 0)
+
+    class Recording(ConstantTracker):
+        def init(self, image, box) -> None:
+            self.seen = [image]
+            super().init(image, box)
+
+        def update(self, image):
+            self.seen.append(image)
+            return super().update(image)
+
+    toolkit = Recording()
+    track_run(as_step_tracker(toolkit), seq, backward)
+    assert all(isinstance(im, Image.Image) for im in toolkit.seen)
+    expected = [np.asarray(seq.load_frame(i)) for i in backward.frames]
+    assert len(toolkit.seen) == len(expected) > 2
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(toolkit.seen, expected, strict=True))
+
+    class Ours(Tracker):
+        def init(self, image, box=None, **kwargs):
+            self.seen = [image]
+            return super().init(image, box, **kwargs)
+
+        def step(self, image, **kwargs):
+            self.seen.append(image)
+            return super().step(image, **kwargs)
+
+    ours = Ours(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu", max_long_edge=64,
+                              init=InitConfig(method="box")))
+    track_run(as_step_tracker(ours), seq, backward)
+    assert all(isinstance(im, np.ndarray) for im in ours.seen)
+    assert all(np.array_equal(a, b) for a, b in zip(ours.seen, expected, strict=True))

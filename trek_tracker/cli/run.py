@@ -79,7 +79,8 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
                          palette=palette if init_mask is not None else None, record=record, fps=source.fps,
                          size=source.size, describe=lambda: {"tracker": tracker.describe(),
                                                              "input_damage": [d.to_dict() for d in source.damage]})
-    result = track_video(tracker, source, start, sinks, total=len(source), progress=False if quiet else source.name)
+    result = track_video(tracker, source.frames(), start, sinks, total=len(source),
+                         progress=False if quiet else source.name)
     message = tracker.init_info.get("message")
     if message:
         click.echo(f"trek-track: {message}", err=True)

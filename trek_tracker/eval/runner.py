@@ -39,8 +39,9 @@ from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run
 from trek_tracker.files import read_json, write_json
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
-from trek_tracker.pipeline import FrameResult
+from trek_tracker.pipeline import FrameResult, Tracker, as_rgb
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
+from trek_tracker.video import IndexedFrames
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ class ResultRows(Sink):
 
 def as_step_tracker(tracker: Any) -> StepTracker:
     """Our pipeline as it is; any toolkit-style (``init``/``update``) tracker through a :class:`StepAdapter`."""
-    from trek_tracker.pipeline import Tracker
-
     return tracker if isinstance(tracker, Tracker | StepAdapter) else StepAdapter(tracker)
 
 
@@ -71,7 +70,10 @@ def track_run(tracker: StepTracker, seq: Sequence, run: Run, prefetch: int = 4,
               on_frame: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track one run; return boxes (L x 4, row 0 = the ground-truth init box) and per-call seconds."""
     rows = ResultRows(run.length)
-    frames = (seq.load_frame(i) for i in run.frames)
+    # toolkit trackers get PIL images, as the toolkit hands them; ours gets arrays, converted by the
+    # decoding threads rather than in its timed call (docs/trek150.md#timing)
+    read = (lambda i: as_rgb(seq.load_frame(i))) if isinstance(tracker, Tracker) else seq.load_frame
+    frames = IndexedFrames(read, run.frames)
     track_video(tracker, frames, Start(box=run.ground_truth(seq)[0].copy()), [rows], on_frame=on_frame,
                 prefetch_depth=prefetch, write_behind=False)
     return rows.boxes, rows.times

@@ -25,6 +25,7 @@ from trek_tracker.modeling.base import VOSModel
 from trek_tracker.pipeline import FrameResult, LoadedModel, Tracker, TrackerConfig
 from trek_tracker.results import ObjectIds, write_label_png
 from trek_tracker.train.data import IMAGE_SUFFIXES, read_image, read_label, video_dirs
+from trek_tracker.video import IndexedFrames
 
 # The DAVIS palette's first colours (saved masks look like DAVIS annotations).
 _PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128]
@@ -83,7 +84,8 @@ def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None 
     first = np.where(read_void(seq.labels[0]), 0, read_label(seq.labels[0])).astype(np.uint8)
     ids = ObjectIds.from_labels(first)
     sink = Predictions(seq, ids, save_dir)
-    track_video(tracker, (read_image(p) for p in seq.frames), Start(mask=ids.to_engine(first)), [sink],
+    frames = IndexedFrames(lambda i: read_image(seq.frames[i]), range(len(seq.frames)))
+    track_video(tracker, frames, Start(mask=ids.to_engine(first)), [sink],
                 write_behind=False)
     return sink
 
