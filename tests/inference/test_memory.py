@@ -206,3 +206,26 @@ def test_least_similar_eviction_drops_the_frame_least_like_the_new_one():
     for t in range(4):
         oldest.remember(t, *entries(t), reference=t == 0)
     assert oldest.frames == [3, 2, 0]
+
+
+def test_least_similar_eviction_matches_a_frame_by_frame_choice_with_several_batch_items():
+    """Random keys for two batch items (views or object groups): the frame evicted is, each time, the one
+    whose mean key (averaged over the batch) is least cosine-similar to the new frame's, computed here
+    frame by frame from what was stored."""
+    layout = [LayerLayout((2, 3))]
+    memory = Memory(layout, MemorySchedule(gap=1, cap=4, eviction="least-similar"))
+    g = torch.Generator().manual_seed(0)
+    keys = {t: torch.randn(6, 2, 8, generator=g) for t in range(12)}
+
+    def cos(a, b):
+        return float(torch.nn.functional.cosine_similarity(a.mean(0), b.mean(0), dim=-1).mean())
+
+    for t in range(12):
+        before = set(memory.frames)
+        if len(before) == 4:
+            expected = min((f for f in before if f != 0), key=lambda f: cos(keys[f], keys[t]))
+        memory.remember(t, [FrameEntry(keys[t], torch.zeros(6, 2, 3), None)], [torch.zeros(6, 2, 3)],
+                        reference=t == 0)
+        if len(before) == 4:
+            assert before - set(memory.frames) == {expected} and t in memory.frames
+    assert 0 in memory.frames and len(memory.frames) == 4

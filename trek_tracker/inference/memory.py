@@ -152,7 +152,7 @@ class Memory:
             victims = [i for i, s in enumerate(self._slots) if not s.reference]
             if victims:
                 if self.schedule.eviction == "least-similar":
-                    i = min(victims, key=lambda j: self._similarity(j, key))
+                    i = victims[int(self._similarities(key)[victims].argmin())]  # one read-back, not one per slot
                 else:  # the oldest non-reference frame
                     i = min(victims, key=lambda j: self._slots[j].frame)
                 self._slots[i] = _Slot(frame, reference)
@@ -161,12 +161,14 @@ class Memory:
         self._slots.append(_Slot(frame, reference))
         return len(self._slots) - 1
 
-    def _similarity(self, slot: int, key: torch.Tensor) -> float:
-        """Cosine similarity of a stored frame's mean first-layer key with a new frame's (full-resolution
-        keys of the new frame; stored keys after the layer's subsampling, which keeps the mean's scale)."""
+    def _similarities(self, key: torch.Tensor) -> torch.Tensor:
+        """Per long-term slot, the cosine similarity of its frame's mean first-layer key with a new frame's,
+        averaged over the batch (full-resolution keys of the new frame; stored keys after the layer's
+        subsampling, which keeps the mean's scale). One tensor, so choosing a victim reads back once."""
         t = self.layout[0].long_term_grid[0] * self.layout[0].long_term_grid[1]
-        stored = self._long_keys[0][slot * t:(slot + 1) * t].float().mean(0)
-        return float(torch.nn.functional.cosine_similarity(stored, key.float().mean(0), dim=-1).mean())
+        n = len(self._slots)
+        stored = self._long_keys[0][: n * t].unflatten(0, (n, t)).float().mean(1)  # (slots, B, C)
+        return torch.nn.functional.cosine_similarity(stored, key.float().mean(0)[None], dim=-1).mean(-1).cpu()
 
     def _short_term_slot(self, frame: int, reference: bool) -> int:
         skip = self.schedule.skip
