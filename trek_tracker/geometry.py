@@ -184,6 +184,20 @@ def box_to_mask(box: np.ndarray | list | tuple, size: tuple[int, int]) -> np.nda
     return mask
 
 
+def _kept_components(mask: np.ndarray, min_px: int, keep: Literal["all", "largest"]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One 8-connected labelling of a non-empty bool ``mask``: (labels, per-component stats, the ids of the
+    components MB2 keeps). The one home of the rule: the largest one, or every one of at least ``min_px``
+    pixels, and never none (all are kept when every one is small)."""
+    m = np.ascontiguousarray(mask).view(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    if keep == "largest":
+        return labels, stats, np.array([1 + int(np.argmax(areas))])
+    big = np.flatnonzero(areas >= min_px) + 1
+    return labels, stats, big if big.size else np.arange(1, n)
+
+
 def remove_small_components(
     mask: np.ndarray, min_px: int, keep: Literal["all", "largest"] = "all"
 ) -> np.ndarray:
@@ -194,14 +208,10 @@ def remove_small_components(
     m = _check_mask(mask) != 0
     if (min_px <= 1 and keep == "all") or not m.any():
         return m
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    if keep == "largest":
-        return labels == 1 + int(np.argmax(areas))
-    big = np.flatnonzero(areas >= min_px) + 1
-    if big.size == 0 or big.size == n - 1:
+    labels, stats, kept = _kept_components(m, min_px, keep)
+    if kept.size == len(stats) - 1:
         return m
-    return np.isin(labels, big)
+    return labels == kept[0] if kept.size == 1 else np.isin(labels, kept)
 
 
 @dataclass
@@ -231,16 +241,11 @@ def kept_components_box(mask: np.ndarray, min_px: int, keep: Literal["all", "lar
     m = _check_mask(mask)
     if min_px <= 1 and keep == "all":
         return mask_to_box(m)
-    m = np.ascontiguousarray(m != 0).view(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    if n == 1:
+    m = m != 0
+    if not m.any():
         return None
-    stats = stats[1:]
-    areas = stats[:, cv2.CC_STAT_AREA]
-    if keep == "largest":
-        stats = stats[[int(np.argmax(areas))]]
-    elif (areas >= min_px).any():
-        stats = stats[areas >= min_px]
+    _, stats, kept = _kept_components(m, min_px, keep)
+    stats = stats[kept]
     x0, y0 = stats[:, cv2.CC_STAT_LEFT].min(), stats[:, cv2.CC_STAT_TOP].min()
     x1 = (stats[:, cv2.CC_STAT_LEFT] + stats[:, cv2.CC_STAT_WIDTH]).max()
     y1 = (stats[:, cv2.CC_STAT_TOP] + stats[:, cv2.CC_STAT_HEIGHT]).max()
