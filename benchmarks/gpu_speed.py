@@ -98,8 +98,9 @@ def ours(video: Path, box, model: str, state: dict, device: torch.device, precis
     net = build_model(model)
     load_official_state_dict(net, state, model_name=model)
     net = net.to(device).eval()
-    if resolve_precision(precision, device) != "fp32":  # as trek-track run does with the models it loads
-        net.store_for_autocast(autocast_dtype(resolve_precision(precision, device)))
+    resolved = resolve_precision(precision, device)
+    if resolved != "fp32":  # as trek-track run does with the models it loads
+        net.store_for_autocast(autocast_dtype(resolved))
     if compile:
         torch._dynamo.reset()
         net.compile_inference()  # before the clock wraps the calls, so that the clock stays outside the graphs

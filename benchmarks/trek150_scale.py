@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 budget -= run.length
         longest = max(dataset, key=len)
         threads = decode_threads()
-        decode = {t: decode_rate(longest, t) for t in sorted({1, threads})}
+        decode = {t: decode_rate(tracker, longest, t) for t in sorted({1, threads})}
         print("decoding 1080p JPEG frames (PIL, to arrays): " + ", ".join(
             f"{fps:.0f} frames/s with {t} thread{'s' * (t > 1)}" for t, fps in decode.items()), flush=True)
         print(f"tracking {len(chosen)} of the sample's {len(runs)} runs ({sum(r.length for r in chosen)} frames)",
@@ -283,15 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def decode_rate(seq, threads: int, frames: int = 120) -> float:
-    """Frames per second the evaluation runner's decoding delivers for ``seq`` (PIL decode and conversion to
-    an array, as for our tracker) with ``threads`` decoding threads, nothing else running."""
-    from trek_tracker.pipeline import as_rgb
-    from trek_tracker.video import IndexedFrames, prefetch
+def decode_rate(tracker, seq, threads: int, frames: int = 120) -> float:
+    """Frames per second the evaluation runner's decoding delivers ``tracker`` for ``seq`` (for ours, PIL
+    decode and conversion to an array) with ``threads`` decoding threads, nothing else running."""
+    from trek_tracker.eval.runner import run_frames
+    from trek_tracker.video import prefetch
 
     n = min(frames, len(seq))
     start = time.perf_counter()
-    for _ in prefetch(IndexedFrames(lambda i: as_rgb(seq.load_frame(i)), range(n)), depth=4, threads=threads):
+    for _ in prefetch(run_frames(tracker, seq, range(n)), depth=4, threads=threads):
         pass
     return n / (time.perf_counter() - start)
 

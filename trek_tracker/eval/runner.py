@@ -66,16 +66,20 @@ def as_step_tracker(tracker: Any) -> StepTracker:
     return tracker if isinstance(tracker, Tracker | StepAdapter) else StepAdapter(tracker)
 
 
+def run_frames(tracker: StepTracker, seq: Sequence, indices: range) -> IndexedFrames:
+    """The frames of a run as ``tracker`` gets them: toolkit trackers get PIL images, as the toolkit hands
+    them; ours gets arrays, converted by the decoding threads rather than in its timed call
+    (docs/trek150.md#timing)."""
+    read = (lambda i: as_rgb(seq.load_frame(i))) if isinstance(tracker, Tracker) else seq.load_frame
+    return IndexedFrames(read, indices)
+
+
 def track_run(tracker: StepTracker, seq: Sequence, run: Run, prefetch: int = 4,
               on_frame: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track one run; return boxes (L x 4, row 0 = the ground-truth init box) and per-call seconds."""
     rows = ResultRows(run.length)
-    # toolkit trackers get PIL images, as the toolkit hands them; ours gets arrays, converted by the
-    # decoding threads rather than in its timed call (docs/trek150.md#timing)
-    read = (lambda i: as_rgb(seq.load_frame(i))) if isinstance(tracker, Tracker) else seq.load_frame
-    frames = IndexedFrames(read, run.frames)
-    track_video(tracker, frames, Start(box=run.ground_truth(seq)[0].copy()), [rows], on_frame=on_frame,
-                prefetch_depth=prefetch, write_behind=False)
+    track_video(tracker, run_frames(tracker, seq, run.frames), Start(box=run.ground_truth(seq)[0].copy()), [rows],
+                on_frame=on_frame, prefetch_depth=prefetch, write_behind=False)
     return rows.boxes, rows.times
 
 
