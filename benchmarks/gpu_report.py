@@ -189,7 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     if not saved.exists() and out.exists() and any(out.iterdir()):
         print(f"gpu_report: {out} is not empty and holds no report; give an empty or new --out", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".writable").touch()
+        (out / ".writable").unlink()
+    except OSError as err:
+        from trek_tracker.files import os_error_message
+
+        print(f"gpu_report: {os_error_message(err, out, 'create')}", file=sys.stderr)
+        return 2
     report = json.loads(saved.read_text()) if saved.exists() else {"smoke": args.smoke, "stages": {}}
     if report["smoke"] != args.smoke:
         print(f"gpu_report: {out} holds a {'smoke' if report['smoke'] else 'full'} report; resume it the same way",

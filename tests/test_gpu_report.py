@@ -91,7 +91,7 @@ def test_smoke_report_records_failures_refuses_mixing_and_resumes(tmp_path, shar
     assert "python benchmarks/memory_long_video.py --model deaott" in text  # commands as a reader types them
 
 
-def test_unknown_stage_and_foreign_folder_are_one_line_errors(tmp_path):
+def test_unknown_stage_foreign_or_unwritable_folder_are_one_line_errors(tmp_path):
     bad = _report(tmp_path / "r", "--stages", "speed,warp")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "gpu_report: unknown stage(s) warp; choose from " + ", ".join(gpu_report.STAGES))
@@ -101,6 +101,8 @@ def test_unknown_stage_and_foreign_folder_are_one_line_errors(tmp_path):
     refused = _report(foreign, "--stages", "train")
     assert refused.returncode == 2 and "not empty and holds no report" in refused.stderr
     assert sorted(p.name for p in foreign.iterdir()) == ["results.txt"]
+    blocked = _report(foreign / "results.txt" / "report", "--stages", "train")  # a file where a folder goes
+    assert blocked.returncode == 2 and blocked.stderr.count("\n") == 1 and "is a file, not a folder" in blocked.stderr
 
 
 def test_junit_counts_read_pytests_junit_file(tmp_path):
