@@ -206,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     report["device"] = device_info()
 
     def save() -> None:
-        tmp = out / "report.json.part"
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(saved)
-        (out / "summary.md").write_text(summary(report))
+        """The report so far, atomically (a full disk leaves the last complete one and ends the report)."""
+        from trek_tracker.files import os_error_message, write_json, write_text
+
+        try:
+            write_json(saved, report, indent=1)
+            write_text(out / "summary.md", summary(report))
+        except OSError as err:
+            print(f"gpu_report: {os_error_message(err, out)}; the stages finished so far are in report.json",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
 
     save()
     failed = []
