@@ -158,3 +158,58 @@ def failing_fs(tmp_path: Path, prefix: Path, code: int) -> dict[str, str]:
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_FAILING_FS)
     return {"PYTHONPATH": str(site), "FAILING_FS_PREFIX": str(Path(prefix).absolute()), "FAILING_FS_ERRNO": str(code)}
+
+
+# A CUDA allocator's message, as PyTorch words it (the one line quotes its numbers).
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+            "1.50 GiB is free. Including non-PyTorch memory, this process has 77.60 GiB memory in use.")
+
+
+def allocation_failure(kind: str) -> BaseException:
+    """What a failed allocation raises: ``gpu`` the CUDA allocator's error (simulated: no GPU needed), ``host``
+    PyTorch's CPU allocator's, from a real allocation of a pebibyte."""
+    import torch
+
+    if kind == "gpu":
+        return torch.OutOfMemoryError(CUDA_OOM)
+    try:
+        torch.empty(1 << 50, dtype=torch.uint8)
+    except RuntimeError as err:
+        return err
+    raise AssertionError("allocating a pebibyte succeeded")
+
+
+_FAILING_MEMORY = """
+import importlib, os
+
+_MODULE, _ATTR = os.environ["FAILING_MEMORY_TARGET"].split(":")
+_AFTER, _KIND = int(os.environ["FAILING_MEMORY_AFTER"]), os.environ["FAILING_MEMORY_KIND"]
+_owner = importlib.import_module(_MODULE)
+*_path, _method = _ATTR.split(".")
+for _name in _path:
+    _owner = getattr(_owner, _name)
+_original, _calls = getattr(_owner, _method), [0]
+
+
+def _failing(*args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] > _AFTER:
+        from tests.damaged import allocation_failure
+
+        raise allocation_failure(_KIND)
+    return _original(*args, **kwargs)
+
+
+setattr(_owner, _method, _failing)
+"""
+
+
+def failing_memory(tmp_path: Path, target: str, after: int, kind: str = "gpu") -> dict[str, str]:
+    """Environment for :func:`run_cli` in which ``target`` (``module:function`` or ``module:Class.method``) runs
+    ``after`` times and then fails as an allocation does (:func:`allocation_failure`), in the process and in
+    its workers."""
+    site = tmp_path / "failing-memory-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_FAILING_MEMORY)
+    return {"PYTHONPATH": str(site), "FAILING_MEMORY_TARGET": target, "FAILING_MEMORY_AFTER": str(after),
+            "FAILING_MEMORY_KIND": kind}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+
 
 class UserError(Exception):
     """A problem with the user's input (file, option, checkpoint, device).
@@ -25,3 +29,67 @@ def listing(items: list[str], limit: int = 10) -> str:
     """Up to ``limit`` items, one per indented line, and how many more there are (for error messages)."""
     more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
     return "\n  " + "\n  ".join(items[:limit]) + more
+
+
+class OutOfMemory(UserError):
+    """The GPU or the machine ran out of memory: a setting or the machine to change, not a bug."""
+
+
+# What lowers the memory a tracked frame needs (the flags of ``run`` and ``eval``).
+TRACKING_MEMORY_HINT = ("a smaller --memory-cap, --precision bf16, a smaller --max-long-edge, or fewer TTA views "
+                        "or ensemble members")
+
+_CUDA_DETAIL = re.compile(r"Tried to allocate ([\d.]+ \w+)\. GPU (\d+) has a total capacity of ([\d.]+ \w+) "
+                          r"of which ([\d.]+ \w+) is free")
+
+
+def memory_shortage(err: BaseException) -> str | None:
+    """``"gpu"`` or ``"host"`` when ``err`` is a failed allocation, else None.
+
+    PyTorch raises ``torch.OutOfMemoryError`` for a device allocator and a plain ``RuntimeError`` for its
+    CPU allocator; NumPy and Python raise ``MemoryError``. Recognised without importing torch.
+    """
+    if isinstance(err, MemoryError):
+        return "host"
+    if not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    if (type(err).__name__ == "OutOfMemoryError" and type(err).__module__.startswith("torch")) or \
+            "CUDA out of memory" in text:
+        return "gpu"
+    if "DefaultCPUAllocator: can't allocate memory" in text:
+        return "host"
+    return None
+
+
+def out_of_memory_message(err: BaseException, during: str | None = None, hint: str = TRACKING_MEMORY_HINT,
+                          kept: str | None = None) -> str | None:
+    """One line for a failed allocation (None for any other error): what ran out, while doing what, how
+    much was asked for (from PyTorch's message), what was kept (``kept``) and what needs less memory
+    (``hint``)."""
+    kind = memory_shortage(err)
+    if kind is None:
+        return None
+    where = f" {during}" if during else ""
+    after = f"; {kept}" if kept else ""
+    if kind == "host":
+        return f"the machine ran out of memory (RAM){where}{after}; use {hint}, or a machine with more memory"
+    found = _CUDA_DETAIL.search(str(err))
+    detail = f" (GPU {found[2]}: asked for {found[1]} with {found[4]} of {found[3]} free)" if found else ""
+    return (f"the GPU ran out of memory{where}{detail}{after}; use {hint}, or free the GPU (another process may "
+            "hold its memory: see nvidia-smi)")
+
+
+@contextlib.contextmanager
+def memory_errors(during: str | Callable[[], str] | None = None, hint: str = TRACKING_MEMORY_HINT,
+                  kept: str | None = None) -> Iterator[None]:
+    """Turn a failed allocation in the block into :class:`OutOfMemory` (one line, exit code 2); any other
+    error passes through unchanged. ``during`` may be a function, called only on failure (e.g. to name
+    the step reached)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        message = out_of_memory_message(err, during() if callable(during) else during, hint, kept)
+        if message is None:
+            raise
+        raise OutOfMemory(message) from err

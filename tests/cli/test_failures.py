@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from tests.cli.conftest import TINY
-from tests.damaged import assert_one_line_error, failing_fs, run_cli
+from tests.damaged import assert_one_line_error, failing_fs, failing_memory, run_cli
 
 FAST = ("--model", TINY, "--max-long-edge", "120", "--quiet", "--device", "cpu", "--init", "box")
 
@@ -114,3 +114,28 @@ def test_ensemble_on_a_damaged_member_ends_failed_not_complete(clip, tiny_checkp
     assert_one_line_error(proc, "00002.npz")
     record = json.loads((tmp_path / "ab" / "run.json").read_text())
     assert record["status"] == "failed" and not (tmp_path / "ab" / "boxes.txt").exists()
+
+
+@pytest.mark.parametrize("kind, fragment", [("gpu", "the GPU ran out of memory while tracking"),
+                                            ("host", "the machine ran out of memory (RAM) while tracking")])
+def test_running_out_of_memory_is_one_line_and_keeps_the_frames_tracked(clip, tiny_checkpoint, tmp_path, kind,
+                                                                        fragment):
+    """A GPU (or the machine) out of memory at frame 3: one line naming what ran out and what needs less, the
+    frames before kept, the manifest saying failed."""
+    out = tmp_path / "run"
+    env = failing_memory(tmp_path, "trek_tracker.pipeline:Tracker.step", after=2, kind=kind)
+    line = assert_one_line_error(_run(clip, tiny_checkpoint, out, env=env), fragment, "--memory-cap",
+                                 f"the frames tracked before are kept in {out}/")
+    assert ("asked for 2.00 GiB with 1.50 GiB of 79.19 GiB free" in line) == (kind == "gpu")
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "failed" and record["video"]["frames"] == 3
+    assert ("OutOfMemoryError" if kind == "gpu" else "can't allocate memory") in record["error"]
+    assert len((out / "boxes.txt.part").read_text().splitlines()) == 3
+
+
+def test_running_out_of_memory_before_tracking_is_one_line(clip, tiny_checkpoint, tmp_path):
+    """Loading the model onto a full GPU: the command's own one line, and no run folder yet."""
+    env = failing_memory(tmp_path, "trek_tracker.pipeline:prepare_model", after=0)
+    assert_one_line_error(_run(clip, tiny_checkpoint, tmp_path / "run", env=env), "the GPU ran out of memory (GPU 0:",
+                          "settings that need less memory")
+    assert not (tmp_path / "run").exists()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.damaged import allocation_failure, assert_one_line_error
 from tests.eval.helpers import ConstantTracker, build_synthetic
-from trek_tracker.errors import UserError
+from trek_tracker.errors import OutOfMemory, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import plan
 from trek_tracker.eval.runner import execute, launcher_shard, run_done
@@ -51,6 +52,19 @@ class BrokenTracker(ConstantTracker):
 
     def __init__(self):
         raise UserError("checkpoint /nope.pth not found (simulated)")
+
+
+class GreedyTracker(ConstantTracker):
+    """Runs out of GPU memory on the second frame of sequence P01-P01_01-10 (the one starting at box 40,20)."""
+
+    def init(self, image, box) -> None:
+        super().init(image, box)
+        self.greedy = tuple(self.box[:2]) == (40, 20)
+
+    def update(self, image):
+        if self.greedy:
+            raise allocation_failure("gpu")
+        return super().update(image)
 
 
 @pytest.fixture()
@@ -131,6 +145,23 @@ def test_cli_worker_error_is_one_line_without_traceback(ds, tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == ["trek-track: error: checkpoint /nope.pth not found (simulated)"]
+
+
+def test_running_out_of_memory_names_the_run_and_keeps_the_finished_ones(ds, tmp_path):
+    runs = sorted(plan(ds, "ope"), key=lambda r: r.sequence == "P01-P01_01-10")  # the greedy one last
+    with pytest.raises(OutOfMemory, match=r"^the GPU ran out of memory while tracking ope P01-P01_01-10 \(GPU 0: "
+                                          r"asked for 2.00 GiB .*; 1 run finished and is kept: run the same command"):
+        execute(ds, runs, tmp_path / "t", GreedyTracker, progress=False)
+    assert [run_done(tmp_path / "t", r) for r in runs] == [True, False]
+
+
+def test_a_worker_out_of_memory_is_one_line(ds, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "eval", "--root", str(ds.root), "--tracker",
+                           "g", "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device", "cpu",
+                           "--protocol", "ope", "--tracker-class", "tests.eval.test_workers:GreedyTracker"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert_one_line_error(proc, "the GPU ran out of memory while tracking ope P01-P01_01-10", "fewer --workers",
+                          "finished and", "run the same command again to resume")
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc to see the workers")

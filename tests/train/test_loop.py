@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.damaged import REPO
+from tests.damaged import REPO, allocation_failure
 from tests.train.conftest import TINY_VIDEO
+from trek_tracker.errors import OutOfMemory
 from trek_tracker.modeling.checkpoints import load_official_state_dict, read_checkpoint
 from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.loop import Trainer, latest_state, train
@@ -67,6 +68,25 @@ def test_interrupted_run_resumes_to_the_same_state(tiny_config):
     for key in ("model", "optimizer", "ema", "rng"):
         _assert_same_tree(a[key], b[key], key)
     assert _losses(Path(straight.out)) == _losses(Path(broken.out))
+
+
+def test_running_out_of_memory_names_the_step_and_keeps_the_saved_state(tiny_config, monkeypatch):
+    """A step that cannot allocate is one line (the step, what needs less memory); the states saved before
+    stay, and the same command resumes from them."""
+    trainer = Trainer(tiny_config("oom", *FAST, "train.steps=6"), resume=False, progress=False)
+    forward, calls = trainer.step_module.forward, [0]
+
+    def greedy(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 3:  # micro-batch 4 = step 4 (batch 2, no accumulation)
+            raise allocation_failure("gpu")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.step_module, "forward", greedy)
+    with pytest.raises(OutOfMemory, match=r"^the GPU ran out of memory at training step 4 .*the last saved state "
+                                          r"is kept: the same command resumes from it; use a larger train\.accumulate"):
+        trainer.run()
+    assert latest_state(trainer.out).name == "step_0000002.state.pth"
 
 
 def test_checkpoints_are_pruned_and_ema_loads_for_inference(tiny_config, tmp_path):

@@ -16,7 +16,7 @@ import threading
 import click
 
 from trek_tracker import __version__
-from trek_tracker.errors import UserError
+from trek_tracker.errors import UserError, out_of_memory_message
 
 # name -> "module:attribute" of a click command or group.
 _COMMANDS: dict[str, str] = {
@@ -68,6 +68,11 @@ class _LazyGroup(click.Group):
             from trek_tracker.files import os_error_message
 
             _fail(os_error_message(err, action="use"), 2)
+        except (MemoryError, RuntimeError) as err:  # out of memory is the machine's limit, said in one line
+            message = out_of_memory_message(err, hint="settings that need less memory (see the command's --help)")
+            if message is None:
+                raise
+            _fail(message, 2)
         except (_Stopped, Interrupted) as err:
             if err.signum is None:
                 _fail("interrupted; finished work was kept", 130)

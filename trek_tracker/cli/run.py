@@ -32,7 +32,7 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
     Example:
       trek-track run --video clip.mp4 --box 313,88,342,194 --checkpoint r50_deaotl --out runs/clip
     """
-    from trek_tracker.errors import UserError
+    from trek_tracker.errors import UserError, memory_errors
     from trek_tracker.geometry import Box
     from trek_tracker.loop import Start, track_video
     from trek_tracker.pipeline import Tracker
@@ -79,8 +79,9 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
                          palette=palette if init_mask is not None else None, record=record, fps=source.fps,
                          size=source.size, describe=lambda: {"tracker": tracker.describe(),
                                                              "input_damage": [d.to_dict() for d in source.damage]})
-    result = track_video(tracker, source.frames(), start, sinks, total=len(source),
-                         progress=False if quiet else source.name)
+    with memory_errors(f"while tracking {source.name}", kept=f"the frames tracked before are kept in {folder.path}/"):
+        result = track_video(tracker, source.frames(), start, sinks, total=len(source),
+                             progress=False if quiet else source.name)
     message = tracker.init_info.get("message")
     if message:
         click.echo(f"trek-track: {message}", err=True)

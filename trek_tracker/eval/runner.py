@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from trek_tracker.errors import CheckpointError, InputError, UserError
+from trek_tracker.errors import TRACKING_MEMORY_HINT, CheckpointError, InputError, OutOfMemory, UserError, memory_errors
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run
@@ -152,6 +152,16 @@ def launcher_shard(environ: dict[str, str] | None = None) -> tuple[int, int] | N
 
 
 # --------------------------------------------------------------------------- worker processes
+# Several workers: each may share its GPU (or the machine's memory) with others.
+_SHARED_HINT = f"{TRACKING_MEMORY_HINT}, fewer --workers"
+
+
+def _kept(summary: RunSummary) -> str:
+    n = len(summary.done)
+    return f"{n} run{'' if n == 1 else 's'} finished and {'is' if n == 1 else 'are'} kept: run the same command " \
+           "again to resume"
+
+
 def _make_tracker(factory: TrackerFactory, device: str | None):
     return as_step_tracker(factory(device=device) if device is not None else factory())
 
@@ -205,11 +215,13 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
 
     torch.set_num_threads(threads)  # N workers with torch's default threads each would oversubscribe the CPU
     try:
-        tracker = _make_tracker(factory, device)
+        with memory_errors("while loading the tracker", _SHARED_HINT):
+            tracker = _make_tracker(factory, device)
         dataset = Trek150(root, names=names)
         while (run := tasks.get()) is not None:
             progress = _Progress(messages)
-            boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch, on_frame=progress)
+            with memory_errors(f"while tracking {run.label}", _SHARED_HINT):
+                boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch, on_frame=progress)
             write_run(Path(tracker_dir), run, boxes, times)
             progress.flush()
             messages.put(("done", run))
@@ -260,8 +272,9 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
             tracker = _make_tracker(factory, devices[0] if devices else None)
             for run in todo:
                 bar.set_description(run.label)
-                boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch,
-                                         on_frame=lambda _: bar.update(1))
+                with memory_errors(f"while tracking {run.label}", kept=_kept(summary)):
+                    boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch,
+                                             on_frame=lambda _: bar.update(1))
                 write_run(tracker_dir, run, boxes, times)
                 summary.done.append(run)
         else:
@@ -303,8 +316,7 @@ def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: 
                     p = dead[0]
                     how = (f"was killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
                            else f"exited with code {p.exitcode}")
-                    raise UserError(f"a worker process {how} (out of memory?); {len(summary.done)} runs finished "
-                                    "and are kept: run the same command again to resume") from None
+                    raise UserError(f"a worker process {how} (out of memory?); {_kept(summary)}") from None
                 if all(p.exitcode is not None for p in procs):
                     raise UserError("the worker processes stopped before every run was done; run the same "
                                     "command again to resume") from None
@@ -316,8 +328,10 @@ def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: 
                 summary.done.append(message[1])
                 bar.set_description(message[1].label)
             elif kind == "user-error":
-                error = {"InputError": InputError, "CheckpointError": CheckpointError}.get(message[1], UserError)
-                raise error(message[2])
+                error = {"InputError": InputError, "CheckpointError": CheckpointError,
+                         "OutOfMemory": OutOfMemory}.get(message[1], UserError)
+                kept = f"; {_kept(summary)}" if error is OutOfMemory else ""  # what the other workers finished
+                raise error(message[2] + kept)
             else:
                 raise RuntimeError(f"a worker failed: {message[1]}\n{message[2]}")
     finally:

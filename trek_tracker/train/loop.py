@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from trek_tracker.device import select_device
-from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.errors import CheckpointError, InputError, memory_errors
 from trek_tracker.files import atomic_write, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
@@ -73,6 +73,11 @@ def setup_distributed(device_kind: str) -> DistInfo:
         # Rank 0 validates and writes checkpoints while the others wait in the next all-reduce: allow it time.
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=timedelta(hours=2))
     return info
+
+
+# What lowers the memory of a training step (as --set overrides).
+TRAIN_MEMORY_HINT = ("a larger train.accumulate (the same global batch in smaller pieces; --set train.accumulate=2), "
+                     "mixed precision (--set train.amp=true), or a smaller train.clip_length or augment.crop")
 
 
 def aux_weight(step: int, total: int, ratio: float) -> float:
@@ -273,7 +278,13 @@ class Trainer:
         return float(value)
 
     def run(self, until: int | None = None) -> list[dict]:
-        """Train to step ``until`` (default: ``train.steps``); returns the logged records."""
+        """Train to step ``until`` (default: ``train.steps``); returns the logged records. Running out of
+        memory is one line that names the step and what needs less (:class:`~trek_tracker.errors.OutOfMemory`)."""
+        with memory_errors(lambda: f"at training step {self.step + 1}", TRAIN_MEMORY_HINT,
+                           kept="the last saved state is kept: the same command resumes from it"):
+            return self._run(until)
+
+    def _run(self, until: int | None) -> list[dict]:
         t = self.cfg.train
         until = t.steps if until is None else min(until, t.steps)
         main = self.dist.main
