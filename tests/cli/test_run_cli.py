@@ -43,6 +43,7 @@ def test_blackswan_mp4_writes_50_boxes_and_times(cli, shared, tiny_checkpoint, t
     assert record["tracker"]["checkpoint_sha256"] == sha256_of(tiny_checkpoint)
     assert record["tracker"]["model"] == TINY
     assert set(record["lost_frames"]) == {"255"}
+    assert record["peak_memory"]["host_rss_mib"] > 50 and record["peak_memory"]["gpu_mib"] is None  # torch alone
     assert not list(out.glob("*.part"))
     # Each box is the tight box of its saved mask, or the held box on a lost frame.
     lost = set(record["lost_frames"]["255"])
@@ -208,6 +209,7 @@ def test_run_on_cuda(cli, shared, tiny_checkpoint, tmp_path, precision):
     record = json.loads((tmp_path / "gpu" / "run.json").read_text())
     assert record["status"] == "complete" and record["tracker"]["device"].startswith("cuda")
     assert record["tracker"]["precision"] == precision and record["video"]["frames"] == 50
+    assert record["peak_memory"]["gpu_mib"] > 0 and "peak GPU memory" in gpu.stdout
     if precision == "fp32":
         assert cli("run", "--video", video, "--out", tmp_path / "cpu", "--device", "cpu", *args).exit_code == 0
         ours = np.loadtxt(tmp_path / "gpu" / "boxes.txt", delimiter=",")

@@ -3,6 +3,7 @@ launcher shards, a progress bar fed by every worker, one line for a worker's use
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -153,6 +154,16 @@ def test_running_out_of_memory_names_the_run_and_keeps_the_finished_ones(ds, tmp
                                           r"asked for 2.00 GiB .*; 1 run finished and is kept: run the same command"):
         execute(ds, runs, tmp_path / "t", GreedyTracker, progress=False)
     assert [run_done(tmp_path / "t", r) for r in runs] == [True, False]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_summary_holds_the_peak_memory_of_the_largest_worker(ds, tmp_path, workers, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("INFO", logger="trek_tracker")
+    summary = execute(ds, plan(ds, "ope"), tmp_path / "t", ConstantTracker, workers=workers, progress=False)
+    assert len(summary.done) == 2
+    assert summary.peak_memory["host_rss_mib"] > 50 and "gpu_mib" not in summary.peak_memory  # torch is loaded
+    assert "peak memory of a worker: RAM" in caplog.text
 
 
 def test_a_worker_out_of_memory_is_one_line(ds, tmp_path):

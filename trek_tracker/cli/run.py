@@ -32,6 +32,7 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
     Example:
       trek-track run --video clip.mp4 --box 313,88,342,194 --checkpoint r50_deaotl --out runs/clip
     """
+    from trek_tracker.device import peak_memory
     from trek_tracker.errors import UserError, memory_errors
     from trek_tracker.geometry import Box
     from trek_tracker.loop import Start, track_video
@@ -78,7 +79,8 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
     sinks = folder.sinks(Outputs(masks=save_masks, probs=save_probs, overlay=overlay), ids=ids,
                          palette=palette if init_mask is not None else None, record=record, fps=source.fps,
                          size=source.size, describe=lambda: {"tracker": tracker.describe(),
-                                                             "input_damage": [d.to_dict() for d in source.damage]})
+                                                             "input_damage": [d.to_dict() for d in source.damage],
+                                                             "peak_memory": peak_memory(tracker.device)})
     with memory_errors(f"while tracking {source.name}", kept=f"the frames tracked before are kept in {folder.path}/"):
         result = track_video(tracker, source.frames(), start, sinks, total=len(source),
                              progress=False if quiet else source.name)
@@ -90,5 +92,7 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
                    f"{folder.manifest_file} under input_damage); the results cover only what could be read",
                    err=True)
     lost = sum(len(v) for v in result.lost.values())
+    peak = peak_memory(tracker.device)
+    gpu = "" if peak["gpu_mib"] is None else f", peak GPU memory {peak['gpu_mib'] / 1024:.2f} GiB"
     click.echo(f"{result.frames} frames in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.2f} "
-               f"fps), {lost} lost; results in {folder.path}/")
+               f"fps), {lost} lost{gpu}; results in {folder.path}/")

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from trek_tracker.device import peak_memory
 from trek_tracker.errors import TRACKING_MEMORY_HINT, CheckpointError, InputError, OutOfMemory, UserError, memory_errors
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
@@ -108,6 +109,13 @@ class RunSummary:
     done: list[Run] = field(default_factory=list)
     skipped: list[Run] = field(default_factory=list)
     seconds: float = 0.0
+    peak_memory: dict[str, float | None] = field(default_factory=dict)  # the largest of any worker, MiB
+
+    def saw(self, peak: dict[str, float | None]) -> None:
+        """Fold one worker's :func:`~trek_tracker.device.peak_memory` into :attr:`peak_memory`."""
+        for key, value in peak.items():
+            if value is not None:
+                self.peak_memory[key] = max(value, self.peak_memory.get(key) or 0.0)
 
     @property
     def frames(self) -> int:
@@ -154,6 +162,13 @@ def launcher_shard(environ: dict[str, str] | None = None) -> tuple[int, int] | N
 # --------------------------------------------------------------------------- worker processes
 # Several workers: each may share its GPU (or the machine's memory) with others.
 _SHARED_HINT = f"{TRACKING_MEMORY_HINT}, fewer --workers"
+
+
+def _peak(tracker: StepTracker) -> dict[str, float | None]:
+    """The worker's peak memory; on its GPU only for trackers that say where they run (ours)."""
+    import torch
+
+    return peak_memory(getattr(tracker, "device", None) or torch.device("cpu"))
 
 
 def _kept(summary: RunSummary) -> str:
@@ -224,7 +239,7 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
                 boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch, on_frame=progress)
             write_run(Path(tracker_dir), run, boxes, times)
             progress.flush()
-            messages.put(("done", run))
+            messages.put(("done", run, _peak(tracker)))
     except UserError as err:
         messages.put(("user-error", type(err).__name__, str(err)))
     except OSError as err:
@@ -277,6 +292,7 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
                                              on_frame=lambda _: bar.update(1))
                 write_run(tracker_dir, run, boxes, times)
                 summary.done.append(run)
+            summary.saw(_peak(tracker))
         else:
             _run_workers(dataset, sorted(todo, key=lambda r: -r.length), tracker_dir, factory, workers,
                          devices, prefetch, bar, summary)
@@ -284,8 +300,11 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
         bar.close()
     summary.seconds = time.perf_counter() - start
     if summary.done and summary.seconds > 0:
-        log.info("tracked %d frames in %.1f s (%.1f fps wall clock)", summary.frames, summary.seconds,
-                 summary.frames / summary.seconds)
+        peak = summary.peak_memory
+        gpu = f"GPU {peak['gpu_mib'] / 1024:.2f} GiB, " if peak.get("gpu_mib") is not None else ""
+        log.info("tracked %d frames in %.1f s (%.1f fps wall clock); peak memory of a worker: %sRAM %.2f GiB",
+                 summary.frames, summary.seconds, summary.frames / summary.seconds, gpu,
+                 peak.get("host_rss_mib", 0.0) / 1024)
     return summary
 
 
@@ -326,6 +345,7 @@ def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: 
                 bar.update(message[1])
             elif kind == "done":
                 summary.done.append(message[1])
+                summary.saw(message[2])
                 bar.set_description(message[1].label)
             elif kind == "user-error":
                 error = {"InputError": InputError, "CheckpointError": CheckpointError,
