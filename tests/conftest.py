@@ -11,6 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# OpenCV resizes uint8 images through Intel IPP where it can, and IPP's AVX-512 kernels round a few near-tie
+# pixels of a bicubic resize differently from its AVX2 kernels, which computed the VMOS goldens
+# (docs/vmos.md#resizing-uint8-frames). Every test process, and every process a test starts, uses the goldens'
+# kernels; this must be set before OpenCV is first imported.
+os.environ.setdefault("OPENCV_IPP", "avx2")
+
 
 def _shared_root() -> Path:
     env = os.environ.get("TREK_TRACK_SHARED")
