@@ -78,3 +78,21 @@ def test_memory_benchmark_shows_the_default_cap_and_the_official_growth(shared, 
     assert rows["official", 8]["lt_frames"] == rows["default", 8]["lt_frames"] == 4
     assert rows["default", 30]["lt_tokens"] < rows["official", 30]["lt_tokens"]
     assert all(r["peak_rss_mb"] > 0 for r in rows.values())
+
+
+def test_outputs_benchmark_measures_every_output_with_one_thread_and_the_pool(tmp_path):
+    out = tmp_path / "outputs.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_outputs.py"), "--frames", "6", "--size",
+                           "160x90", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert {r["outputs"] for r in rows} == {"boxes", "masks", "probs", "masks+probs", "overlay"}
+    assert {r["writer_threads"] for r in rows} == {1, result["writer_pool"]}
+    assert all(r["frames"] == 6 and r["fps"] > 0 and abs(r["ms_per_frame"] * r["fps"] - 1000) < 1e-6 for r in rows)
+    assert proc.stdout.count("| masks |") == len({1, result["writer_pool"]})
+    for r in rows:  # each row really wrote its files
+        assert r["mask_files"] == (6 if "masks" in r["outputs"] else 0)
+        assert r["probs_files"] == (6 if "probs" in r["outputs"] else 0)
+        assert (r["overlay_bytes"] > 0) == (r["outputs"] == "overlay")

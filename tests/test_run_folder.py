@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import threading
 
 import numpy as np
 import pytest
 import torch
 
+from trek_tracker import run_folder
 from trek_tracker.errors import InputError, UserError
 from trek_tracker.loop import Start, track_video
 from trek_tracker.pipeline import FrameResult
-from trek_tracker.results import ObjectIds
+from trek_tracker.results import ObjectIds, write_label_png
 from trek_tracker.run_folder import Outputs, RunFolder, load_probs, quantise, save_probs
 
 
@@ -72,6 +75,27 @@ def test_a_stopped_run_keeps_finished_frames_and_says_so(tmp_path, stop, status)
     assert len(list((tmp_path / "run" / "masks").glob("*.png"))) == 3
     with pytest.raises(InputError, match="did not complete"):
         RunFolder.open(tmp_path / "run")
+
+
+def test_masks_are_written_in_threads_and_the_last_ones_error_still_fails_the_run(tmp_path, monkeypatch):
+    """Per-frame files go to a pool of threads; an error in writing the very last one (after the loop has
+    handed over every frame) still ends the run as failed, never complete."""
+    threads = set()
+
+    def write(path, labels, palette=None):
+        threads.add(threading.current_thread().name)
+        if path.name == "00004.png":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_label_png(path, labels, palette)
+
+    monkeypatch.setattr(run_folder, "write_label_png", write)
+    folder = RunFolder.create(tmp_path / "run")
+    with pytest.raises(OSError, match="No space"):
+        _run(folder, _Scripted(), outputs=Outputs(masks=True))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and "No space" in record["error"] and record["video"]["frames"] == 5
+    assert sorted(p.name for p in (tmp_path / "run" / "masks").glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
+    assert threads and all(name.startswith("run-files") for name in threads)
 
 
 def test_the_manifest_says_running_while_the_run_goes(tmp_path):

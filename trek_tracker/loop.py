@@ -52,6 +52,11 @@ class Sink:
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         """Frame ``index``'s result (index 0 is the start frame)."""
 
+    def flush(self) -> None:
+        """Block until every frame handed over is stored, and raise the first error in storing one: the loop
+        calls it after the last frame, before it declares the video complete (for sinks that write in
+        threads of their own)."""
+
     def close(self, status: str, error: str | None = None) -> None:
         """The loop ended with ``status`` (``complete``, ``interrupted`` or ``failed``, then with ``error``)."""
 
@@ -175,7 +180,8 @@ class _Direct:
             sink.frame(index, image, result)
 
     def drain(self) -> None:
-        pass
+        for sink in self.sinks:
+            sink.flush()
 
     def finish(self) -> None:
         pass
@@ -221,9 +227,11 @@ class _Writer:
         self.queue.put((index, image if self.keep_image else None, result))
 
     def drain(self) -> None:
-        """Wait until every queued frame is written; raise a sink's error."""
+        """Wait until every queued frame is written (and each sink has stored it); raise a sink's error."""
         self.finish()
         self._raise()
+        for sink in self.sinks:
+            sink.flush()
 
     def finish(self) -> None:
         if self.thread.is_alive():

@@ -362,7 +362,7 @@ class ObjectIds:
         if arr.size and (arr.min() < 0 or arr.max() > len(self.values)):
             raise ValueError(f"engine ids must be in 0..{len(self.values)}, got {arr.min()}..{arr.max()}")
         lut = np.array((0, *self.values), dtype=np.uint8)
-        return lut[arr.astype(np.intp)]
+        return lut[arr if arr.dtype == np.uint8 else arr.astype(np.intp)]
 
 
 def _label_values(labels: np.ndarray) -> list[int]:

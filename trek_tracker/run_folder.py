@@ -23,6 +23,8 @@ manifest says the run wrote: a complete status, the frame count, the object valu
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import platform
 import time
@@ -291,21 +293,82 @@ class TimesFile(Sink):
             self.writer.close()
 
 
+class FileWriters:
+    """Per-frame outputs prepared and written by a few threads. A frame's mask or probabilities file stands
+    alone, and most of its cost (PNG or zlib compression, the atomic write's fsync, drawing an overlay)
+    releases the GIL: one thread writes a 1080p mask in about 12 ms, probabilities in about 26 ms and draws
+    an overlay frame in about 10, which would cap a GPU run well below 100 frames per second.
+
+    ``submit(work, *args, then=...)`` runs ``work`` in the pool; ``then(result)`` runs in the submitting
+    thread in submission order (e.g. appending drawn frames to one video). At most ``2 x threads`` frames
+    wait, so memory stays bounded; an error is raised at a later frame, or by :meth:`wait`.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from trek_tracker.video import decode_threads
+
+        self.threads = threads or decode_threads()
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="run-files")
+        self.pending: collections.deque = collections.deque()
+
+    def submit(self, work, *args, then=None) -> None:
+        self._collect(2 * self.threads - 1)
+        self.pending.append((self.pool.submit(work, *args), then))
+
+    def _collect(self, keep: int) -> None:
+        """Finish the oldest submissions, in order: those done, then any beyond ``keep`` still running."""
+        while self.pending and (self.pending[0][0].done() or len(self.pending) > keep):
+            future, then = self.pending.popleft()
+            result = future.result()  # raises that frame's error
+            if then is not None:
+                then(result)
+
+    def wait(self) -> None:
+        """Everything submitted done (and handed to its ``then``); the first error raised."""
+        self._collect(0)
+
+    def close(self, status: str) -> None:
+        """Finish the work (frames already tracked are kept whatever ended the loop) and stop the threads;
+        an error is raised only for a complete run (otherwise the loop's own error is the story)."""
+        try:
+            if status == COMPLETE:
+                self.wait()
+            else:
+                with contextlib.suppress(Exception):
+                    self.wait()
+                self.pending.clear()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 class MaskFiles(Sink):
-    """``masks/<index>.png``: label maps with the init mask's values (and palette)."""
+    """``masks/<index>.png``: label maps with the init mask's values (and palette), written in threads."""
 
     needs_labels = True
 
     def __init__(self, folder: RunFolder, ids: ObjectIds, palette: np.ndarray | None) -> None:
         self.folder, self.ids, self.palette = folder, ids, palette
         self.names = [f"{MASKS}/"]
+        self.writers = FileWriters()
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
-        write_label_png(self.folder.mask_file(index), self.ids.to_original(result.labels), self.palette)
+        self.writers.submit(self._write, index, result.labels)
+
+    def _write(self, index: int, labels: np.ndarray) -> None:
+        write_label_png(self.folder.mask_file(index), self.ids.to_original(labels), self.palette)
+
+    def flush(self) -> None:
+        self.writers.wait()
+
+    def close(self, status: str, error: str | None = None) -> None:
+        self.writers.close(status)
 
 
 class ProbsFiles(Sink):
-    """``probs/<index>.npz`` (uint8-quantised probabilities) and ``probs/objects.json`` (object values)."""
+    """``probs/<index>.npz`` (uint8-quantised probabilities, written in threads) and ``probs/objects.json``
+    (object values)."""
 
     needs_probs = True
 
@@ -313,9 +376,16 @@ class ProbsFiles(Sink):
         self.folder = folder
         write_json(folder.path / PROBS / OBJECTS, {"values": list(ids.values)})
         self.names = [f"{PROBS}/"]
+        self.writers = FileWriters()
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
-        save_probs(self.folder.probs_file(index), result.probs)
+        self.writers.submit(save_probs, self.folder.probs_file(index), result.probs)
+
+    def flush(self) -> None:
+        self.writers.wait()
+
+    def close(self, status: str, error: str | None = None) -> None:
+        self.writers.close(status)
 
 
 class OverlayFile(Sink):
@@ -330,11 +400,23 @@ class OverlayFile(Sink):
 
         self.writer = OverlayWriter(folder.overlay_file, fps, size)
         self.names: list[str] = []
+        self.drawers = FileWriters()  # frames drawn in threads, appended to the video in order
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
-        self.writer.write(image, result.labels, result.boxes)
+        from trek_tracker.video import draw_overlay
+
+        self.writer.check(image)
+        self.drawers.submit(draw_overlay, image, result.labels, result.boxes, then=self.writer.append)
+
+    def flush(self) -> None:
+        self.drawers.wait()
 
     def close(self, status: str, error: str | None = None) -> None:
+        try:
+            self.drawers.close(status)
+        except BaseException:
+            self.writer.abort()
+            raise
         if status == COMPLETE:
             self.writer.close()
             self.names.append(OVERLAY)

@@ -735,13 +735,16 @@ def draw_overlay(
         labels = np.asarray(mask)
         if labels.shape != out.shape[:2]:
             raise InputError(f"mask of shape {labels.shape} does not match the frame {out.shape[:2]}")
-        labels = labels.astype(np.int64)
-        ids = np.unique(labels)
-        lut = np.zeros((int(ids.max()) + 1, 3), dtype=np.float32)
-        for i in ids[ids > 0]:
-            lut[i] = id_color(int(i))
-        fg = labels > 0
-        out[fg] = np.round((1 - alpha) * out[fg] + alpha * lut[labels[fg]]).astype(np.uint8)
+        rows, cols = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
+        if rows.size:  # tint inside the objects' extent only: a 1080p frame is mostly background
+            crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            labels = labels[crop].astype(np.uint8 if labels.dtype in (bool, np.uint8) else np.int64)
+            ids = np.flatnonzero(np.bincount(labels.ravel()))
+            lut = np.zeros((int(ids.max()) + 1, 3), dtype=np.float32)
+            for i in ids[ids > 0]:
+                lut[i] = id_color(int(i))
+            fg, region = labels > 0, out[crop]
+            region[fg] = np.round((1 - alpha) * region[fg] + alpha * lut[labels[fg]]).astype(np.uint8)
     if boxes is not None:
         items = boxes.items() if isinstance(boxes, Mapping) else [(1, boxes)]
         for obj_id, box in items:
@@ -798,12 +801,20 @@ class OverlayWriter:
         boxes: np.ndarray | Mapping[int, np.ndarray] | None = None,
     ) -> None:
         """Append one RGB frame with its overlay (see :func:`draw_overlay`)."""
-        if self._writer is None:
-            raise RuntimeError("OverlayWriter is closed")
+        self.check(frame)
+        self.append(draw_overlay(frame, mask, boxes))
+
+    def check(self, frame: np.ndarray) -> None:
+        """An :class:`InputError` unless ``frame`` has the video's size."""
         if tuple(frame.shape[:2]) != self.size:
             raise InputError(f"frame of size {frame.shape[:2]} does not match the overlay's size {self.size}")
-        img = draw_overlay(frame, mask, boxes)
-        self._writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+    def append(self, drawn: np.ndarray) -> None:
+        """Append an RGB frame already drawn (:func:`draw_overlay` may run in other threads)."""
+        if self._writer is None:
+            raise RuntimeError("OverlayWriter is closed")
+        self.check(drawn)
+        self._writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
     def close(self) -> None:
