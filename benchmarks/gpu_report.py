@@ -23,6 +23,8 @@ Stages and what they measure (each benchmark's docstring says more):
 * ``memory``: peak memory at 150, 600 and 4,640 frames with the default bounded memory, and the official
   unbounded memory at 150 and 600 frames;
 * ``scale``: the TREK-150-shaped workload (10 sequences at full length, sampled) and its projected wall time;
+* ``outputs``: how fast ``trek-track run`` writes masks, probabilities and overlays at 1080p with the
+  machine's CPUs (one writer thread against the pool);
 * ``train``: training throughput and projected hours of every ready config, in bf16.
 """
 
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from benchdata import REPO
 
-STAGES = ("tests", "speed", "compile", "precision", "memory", "scale", "train")
+STAGES = ("tests", "speed", "compile", "precision", "memory", "scale", "outputs", "train")
 
 
 def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official: Path | None) -> list[list[str]]:
@@ -82,6 +84,9 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
                                  "--budget-frames", "20000"])
         return [[py, str(bench / "trek150_scale.py"), *sample, "--random-weights", "--device", device, *threads,
                  "--json", str(out / "scale.json")]]
+    if stage == "outputs":
+        size = ["--size", "160x90", "--frames", "6"] if smoke else ["--size", "1920x1080", "--frames", "200"]
+        return [[py, str(bench / "run_outputs.py"), *size, "--json", str(out / "outputs.json")]]
     if stage == "train":
         which = ["--models", "test_deaot_tiny", "--size", "33", "--frames", "2", "--steps", "1", "--warmup", "0"] \
             if smoke else ["--configs", "all", "--steps", "20"]

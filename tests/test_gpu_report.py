@@ -74,19 +74,20 @@ def test_smoke_report_records_failures_refuses_mixing_and_resumes(tmp_path, shar
     assert again.returncode == 2 and "already holds a report" in again.stderr and again.stdout == ""
 
     train_log = (out / "train.log").read_text()
-    resumed = _report(out, "--resume", "--stages", "speed,memory,train", "--device", "cpu")
+    resumed = _report(out, "--resume", "--stages", "speed,memory,outputs,train", "--device", "cpu")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "train: done before, kept" in resumed.stdout
     assert (out / "train.log").read_text() == train_log  # not run again
     report = json.loads((out / "report.json").read_text())
-    assert {k: v["rc"] for k, v in report["stages"].items()} == {"speed": 0, "train": 0, "memory": 0}
+    assert {k: v["rc"] for k, v in report["stages"].items()} == {"speed": 0, "train": 0, "memory": 0, "outputs": 0}
     speed = json.loads((out / "speed.json").read_text())
     assert [r["model"] for r in speed["rows"]] == ["deaott"] and speed["rows"][0]["end_to_end_fps"] > 0
     memory = json.loads((out / "memory.json").read_text())
     assert sorted(r["frames"] for r in memory["rows"]) == [8, 16]
     text = (out / "summary.md").read_text()
     assert "smoke run" in text and "\ndevice: " in text
-    for header in ("end-to-end", "peak RSS MiB", "samples/s"):  # each benchmark's own table is in the summary
+    # each benchmark's own table is in the summary
+    for header in ("end-to-end", "peak RSS MiB", "samples/s", "file-writer threads"):
         assert header in text
     assert "python benchmarks/memory_long_video.py --model deaott" in text  # commands as a reader types them
 
