@@ -22,7 +22,8 @@ Stages and what they measure (each benchmark's docstring says more):
 * ``precision``: bf16 and fp16 boxes and masks against fp32 on DAVIS clips;
 * ``memory``: peak memory at 150, 600 and 4,640 frames with the default bounded memory, and the official
   unbounded memory at 150 and 600 frames;
-* ``scale``: the TREK-150-shaped workload (10 sequences at full length, sampled) and its projected wall time;
+* ``scale``: the TREK-150-shaped workload (10 sequences at full length, sampled) and its projected wall time,
+  then the same runs through ``trek-track eval``'s runner with 1 and 2 processes on the GPU;
 * ``outputs``: how fast ``trek-track run`` writes masks, probabilities and overlays at 1080p with the
   machine's CPUs (one writer thread against the pool);
 * ``train``: training throughput and projected hours of every ready config, in bf16.
@@ -81,9 +82,9 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
     if stage == "scale":
         sample = (["--model", "test_deaot_tiny", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "12"]
                   if smoke else ["--model", "r50_deaotl", "--sequences", "10", "--length-scale", "1.0",
-                                 "--budget-frames", "20000"])
+                                 "--budget-frames", "6000"])
         return [[py, str(bench / "trek150_scale.py"), *sample, "--random-weights", "--device", device, *threads,
-                 "--json", str(out / "scale.json")]]
+                 "--workers", "1,2", "--json", str(out / "scale.json")]]
     if stage == "outputs":
         size = ["--size", "160x90", "--frames", "6"] if smoke else ["--size", "1920x1080", "--frames", "200"]
         return [[py, str(bench / "run_outputs.py"), *size, "--json", str(out / "outputs.json")]]

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hoi", type=int, default=2, help="HOI intervals per sequence")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed, for stable timings)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", default=None, metavar="N[,N...]",
+                        help="also run the same sample through `trek-track eval`'s runner with N processes on the "
+                             "device (e.g. 1,2: does a second process per GPU raise throughput?)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -237,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                          "peak_cuda_mib": torch.cuda.max_memory_allocated(tracker.device) / 2**20 if cuda else None})
             print(f"  {run.protocol} {run.sequence} {run.length} frames: {wall:.1f} s, network {clock.seconds:.1f} s",
                   flush=True)
+        parallel = []
+        for n in (int(v) for v in args.workers.split(",")) if args.workers else ():
+            parallel.append(runner_rate(dataset, chosen, root / f"results-{n}", config, str(tracker.device), n))
+            print(f"  the runner with {n} process{'es' * (n > 1)} on {tracker.device}: "
+                  f"{parallel[-1]['fps']:.1f} frames/s ({parallel[-1]['seconds']:.1f} s, model loading included)",
+                  flush=True)
 
     frames = sum(r["frames"] for r in rows)
     seconds = sum(r["seconds"] for r in rows)
@@ -275,12 +284,35 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": seconds,
             "network_seconds": network, "ms_per_frame": 1000 * per_frame,
             "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
-            "decode_fps_by_threads": decode,
+            "decode_fps_by_threads": decode, "runner_by_workers": parallel,
             "full_plan_frames": full_frames, "projected_hours": {p: v / 3600 for p, v in projected.items()},
             "assumptions": {"lengths": "drawn to TREK-150's min/median/max/total", "anchor_spacing":
                             args.anchor_spacing, "hoi_intervals_per_sequence": args.hoi,
                             "frames": "1920x1080 JPEG (aot_demo)"}}, indent=2))
     return 0
+
+
+def build_tracker(config, device: str | None = None):
+    """A worker's tracker (module level, so that spawned worker processes can build it)."""
+    import dataclasses
+
+    from trek_tracker.pipeline import Tracker
+
+    return Tracker(dataclasses.replace(config, device=device or config.device))
+
+
+def runner_rate(dataset, runs, results: Path, config, device: str, workers: int) -> dict:
+    """Frames per second of the evaluation runner (``trek-track eval``'s) over ``runs`` with ``workers``
+    processes on ``device``, wall clock from start to the last result file (each process loads its model)."""
+    import functools
+
+    from trek_tracker.eval.runner import execute
+
+    start = time.perf_counter()
+    summary = execute(dataset, runs, results, functools.partial(build_tracker, config), workers=workers,
+                      progress=False, devices=[device])
+    seconds = time.perf_counter() - start
+    return {"workers": workers, "frames": summary.frames, "seconds": seconds, "fps": summary.frames / seconds}
 
 
 def decode_rate(tracker, seq, threads: int, frames: int = 120) -> float:

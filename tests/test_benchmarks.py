@@ -52,7 +52,7 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     out = tmp_path / "scale.json"
     proc = _run("trek150_scale.py", "--shared", shared, "--model", "test_deaot_tiny", "--random-weights",
                 "--device", "cpu", "--threads", "1", "--sequences", "1", "--length-scale", "0.02",
-                "--budget-frames", "12", "--max-long-edge", "64", "--json", out, shared=shared)
+                "--budget-frames", "12", "--max-long-edge", "64", "--workers", "1,2", "--json", out, shared=shared)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     runs = result["sample_runs"]
@@ -62,6 +62,9 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     assert result["full_plan_frames"]["ope"] == sum(trek150_scale.draw_lengths(0))
     assert result["full_plan_frames"]["mse"] > result["full_plan_frames"]["ope"]
     assert "projected on this machine" in proc.stdout and "outside" in proc.stdout
+    parallel = result["runner_by_workers"]  # the same sample again, through eval's runner
+    assert [r["workers"] for r in parallel] == [1, 2] and all(r["frames"] == result["frames"] for r in parallel)
+    assert "the runner with 2 processes on cpu" in proc.stdout
     decode = result["decode_fps_by_threads"]  # JSON keys are strings
     assert "1" in decode and all(v > 0 for v in decode.values()) and "frames/s with 1 thread" in proc.stdout
 
