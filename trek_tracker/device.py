@@ -62,11 +62,15 @@ def set_tf32(device, enabled: bool) -> None:
 def peak_memory(device) -> dict[str, float | None]:
     """This process's peak memory so far, in MiB: resident host memory, and what PyTorch allocated on
     ``device`` when it is a GPU (None on a CPU). Recorded in ``run.json`` and logged by ``eval``."""
-    import resource
     import sys
 
     import torch
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    except ImportError:  # not on this system (Windows)
+        rss = None
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"host_rss_mib": round(rss, 1), "gpu_mib": None if gpu is None else round(gpu, 1)}
+    return {"host_rss_mib": None if rss is None else round(rss, 1), "gpu_mib": None if gpu is None else round(gpu, 1)}

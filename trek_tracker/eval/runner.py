@@ -301,10 +301,10 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     summary.seconds = time.perf_counter() - start
     if summary.done and summary.seconds > 0:
         peak = summary.peak_memory
-        gpu = f"GPU {peak['gpu_mib'] / 1024:.2f} GiB, " if peak.get("gpu_mib") is not None else ""
-        log.info("tracked %d frames in %.1f s (%.1f fps wall clock); peak memory of a worker: %sRAM %.2f GiB",
-                 summary.frames, summary.seconds, summary.frames / summary.seconds, gpu,
-                 peak.get("host_rss_mib", 0.0) / 1024)
+        sizes = [f"{name} {peak[key] / 1024:.2f} GiB" for key, name in (("gpu_mib", "GPU"), ("host_rss_mib", "RAM"))
+                 if peak.get(key) is not None]
+        log.info("tracked %d frames in %.1f s (%.1f fps wall clock); peak memory of a worker: %s", summary.frames,
+                 summary.seconds, summary.frames / summary.seconds, ", ".join(sizes) or "not measured")
     return summary
 
 
