@@ -50,13 +50,17 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def set_tf32(device, enabled: bool) -> None:
-    """Allow TensorFloat-32 in float32 matrix products and convolutions on a GPU, or forbid it (parity)."""
+def set_fast_kernels(device, enabled: bool) -> None:
+    """On a GPU, allow TensorFloat-32 in float32 matrix products and convolutions and let cuDNN time its
+    convolution algorithms for each input shape (``cudnn.benchmark``: TREK-150's frames all have one size,
+    so the encoder's and decoder's convolutions are tuned once per process) -- or forbid both, for the
+    parity mode, whose results must not depend on which algorithm wins a timing."""
     import torch
 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cudnn.benchmark = enabled
 
 
 def peak_memory(device) -> dict[str, float | None]:

@@ -240,7 +240,7 @@ class Tracker:
     """
 
     def __init__(self, config: TrackerConfig | None = None, *, loaded: LoadedModel | None = None) -> None:
-        from trek_tracker.device import select_device, set_tf32
+        from trek_tracker.device import select_device, set_fast_kernels
         from trek_tracker.inference.preprocess import Uploader, autocast_dtype, resolve_precision
 
         self.config = config = config or TrackerConfig()
@@ -259,7 +259,7 @@ class Tracker:
         if config.compile:
             for member in self.members:
                 member.model.compile_inference()
-        set_tf32(device, self.precision != "fp32")  # fp32 is the parity mode: no TF32 either
+        set_fast_kernels(device, self.precision != "fp32")  # fp32 is the parity mode: no TF32, no autotuning
         self._uploader = Uploader(device)
         self.engine = None
         self.init_info: dict[str, Any] = {}

@@ -1,0 +1,46 @@
+"""Device choice and GPU kernel settings: the parity mode forbids what makes results depend on the kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trek_tracker.device import peak_memory, select_device, set_fast_kernels
+from trek_tracker.errors import UserError
+
+FLAGS = (("cuda", "matmul", "allow_tf32"), ("cudnn", "allow_tf32"), ("cudnn", "benchmark"))
+
+
+def _flags() -> list[bool]:
+    values = []
+    for path in FLAGS:
+        obj = torch.backends
+        for name in path:
+            obj = getattr(obj, name)
+        values.append(bool(obj))
+    return values
+
+
+@pytest.fixture()
+def restored_flags():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
+
+
+def test_fast_kernels_on_a_gpu_and_none_in_the_parity_mode(restored_flags):
+    """Setting the flags needs no GPU: a CUDA device object is enough."""
+    set_fast_kernels(torch.device("cuda", 0), True)
+    assert _flags() == [True, True, True]
+    set_fast_kernels(torch.device("cuda", 0), False)
+    assert _flags() == [False, False, False]
+    set_fast_kernels(torch.device("cpu"), True)  # a CPU run leaves the process's GPU settings alone
+    assert _flags() == [False, False, False]
+
+
+def test_devices():
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
+        select_device("tpu")
+    peak = peak_memory(torch.device("cpu"))
+    assert peak["gpu_mib"] is None and peak["host_rss_mib"] > 50  # this process holds torch
