@@ -4,6 +4,7 @@ process, into one folder with a ``summary.md`` to read (and paste) and a ``repor
     python benchmarks/gpu_report.py --out gpu-report                      # all stages, on the GPU
     python benchmarks/gpu_report.py --out gpu-report --stages speed,scale  # some of them
     python benchmarks/gpu_report.py --out gpu-report --resume              # the stages not yet done
+    python benchmarks/gpu_report.py --out gpu-report --quick               # the targets in ~10 GPU minutes
     python benchmarks/gpu_report.py --out gpu-report --official /path/to/aot-benchmark   # x official column
 
 A stage that fails or outruns ``--stage-timeout`` is recorded as such and the next one runs (a CUDA test
@@ -47,8 +48,14 @@ from benchdata import REPO
 STAGES = ("tests", "speed", "compile", "precision", "memory", "scale", "outputs", "train")
 
 
-def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official: Path | None) -> list[list[str]]:
-    """The command lines of one stage; ``smoke`` changes only sizes and models, never which flags are given."""
+# --quick: the issue's targets only, at sizes that fit a short lease of one GPU (about 10 minutes).
+QUICK_STAGES = ("tests", "speed", "precision", "memory", "scale")
+
+
+def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official: Path | None,
+                   quick: bool = False) -> list[list[str]]:
+    """The command lines of one stage; ``smoke`` and ``quick`` change only sizes and cases, never which
+    flags are given."""
     py, bench = sys.executable, REPO / "benchmarks"
     threads = ["--threads", "1"] if smoke else []
     if stage == "tests":
@@ -56,10 +63,13 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
                  f"--junitxml={out / 'tests.xml'}", str(REPO / "tests")]]
     if stage in ("speed", "compile"):
         model = "deaott" if smoke else "r50_deaotl"
-        frames = ["--frames", "8", "--warmup", "2"] if smoke else ["--frames", "300", "--warmup", "20"]
+        frames = (["--frames", "8", "--warmup", "2"] if smoke else ["--frames", "150", "--warmup", "10"] if quick
+                  else ["--frames", "300", "--warmup", "20"])
         if stage == "speed":
-            cases = ["--precisions", "fp32"] if smoke else ["--precisions", "bf16", "fp16", "fp32"]
-            cases += ["--inputs", "480p"] if smoke else ["--inputs", "480p", "1080p"]
+            cases = (["--precisions", "fp32"] if smoke else ["--precisions", "bf16", "fp32"] if quick
+                     else ["--precisions", "bf16", "fp16", "fp32"])
+            inputs = ["480p"] if smoke else ["1080p"] if quick else ["480p", "1080p"]
+            cases += ["--inputs", *inputs]
             cases += ["--official", str(official)] if official else []
         else:
             cases = ["--precisions", "fp32" if smoke else "bf16", "--inputs", "480p" if smoke else "1080p",
@@ -67,30 +77,32 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
         return [[py, str(bench / "gpu_speed.py"), "--models", model, *cases, *frames, "--device", device, *threads,
                  "--json", str(out / f"{stage}.json")]]
     if stage == "precision":
-        models = ["deaott"] if smoke else ["deaott", "r50_deaotl"]
+        models = ["deaott"] if smoke else ["r50_deaotl"] if quick else ["deaott", "r50_deaotl"]
         return [[py, str(bench / "precision_agreement.py"), "--models", *models, "--precisions", "bf16", "fp16",
-                 "--frames", "4" if smoke else "60", "--device", device, *threads,
+                 "--frames", "4" if smoke else "30" if quick else "60", "--device", device, *threads,
                  "--json", str(out / "precision.json")]]
     if stage == "memory":
         model = "deaott" if smoke else "r50_deaotl"
         common = [py, str(bench / "memory_long_video.py"), "--model", model, "--device", device, *threads,
                   "--precision", "fp32" if smoke else "bf16", "--max-long-edge", "240" if smoke else "1040"]
-        return [[*common, "--lengths", "8,16" if smoke else "150,600,4640", "--settings", "default",
+        return [[*common, "--lengths", "8,16" if smoke else "150,4640" if quick else "150,600,4640", "--settings",
+                 "default",
                  "--json", str(out / "memory.json")],
                 [*common, "--lengths", "8" if smoke else "150,600", "--settings", "official",
                  "--json", str(out / "memory_official.json")]]
     if stage == "scale":
         sample = (["--model", "test_deaot_tiny", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "12"]
                   if smoke else ["--model", "r50_deaotl", "--sequences", "10", "--length-scale", "1.0",
-                                 "--budget-frames", "6000"])
+                                 "--budget-frames", "2000" if quick else "6000"])
         return [[py, str(bench / "trek150_scale.py"), *sample, "--random-weights", "--device", device, *threads,
                  "--workers", "1,2", "--json", str(out / "scale.json")]]
     if stage == "outputs":
-        size = ["--size", "160x90", "--frames", "6"] if smoke else ["--size", "1920x1080", "--frames", "200"]
+        size = ["--size", "160x90", "--frames", "6"] if smoke else ["--size", "1920x1080", "--frames",
+                                                                   "60" if quick else "200"]
         return [[py, str(bench / "run_outputs.py"), *size, "--json", str(out / "outputs.json")]]
     if stage == "train":
         which = ["--models", "test_deaot_tiny", "--size", "33", "--frames", "2", "--steps", "1", "--warmup", "0"] \
-            if smoke else ["--configs", "all", "--steps", "20"]
+            if smoke else ["--configs", "all", "--steps", "10" if quick else "20"]
         return [[py, str(bench / "train_throughput.py"), *which, "--precision", "bf16", *threads,
                  "--json", str(out / "train.json")]]
     raise ValueError(f"unknown stage {stage!r}")
@@ -153,7 +165,9 @@ def junit_counts(junit: Path) -> dict[str, int]:
 def summary(report: dict) -> str:
     """``summary.md``: the device, then per stage its commands, status, time and the benchmark's own table."""
     d = report["device"]
-    lines = [f"# GPU report ({'smoke run: commands checked, figures meaningless' if report['smoke'] else 'full'})",
+    size = {"smoke": "smoke run: commands checked, figures meaningless", "quick": "quick: the targets, fewer frames",
+            "full": "full"}[report.get("size", "smoke" if report["smoke"] else "full")]
+    lines = [f"# GPU report ({size})",
              "", f"device: {d.get('gpu', 'no GPU')}"
              + (f" ({d['gpu_memory_gib']} GiB, {d['gpus']} visible)" if "gpu" in d else "")
              + f"; {d['cpus']} CPUs; torch {d['torch']} (CUDA {d['cuda']}); python {d['python']}", ""]
@@ -174,14 +188,19 @@ def _tail(log: Path, n: int = 40) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the report's folder (new, or with --resume)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument("--stages", default=None,
+                        help=f"comma-separated, of: {', '.join(STAGES)} (default: all; with --quick "
+                             f"{','.join(QUICK_STAGES)})")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--official", type=Path, default=None, help="an aot-benchmark checkout (speed stage)")
     parser.add_argument("--stage-timeout", type=float, default=None, help="seconds a stage may run")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized cases: checks the commands only")
+    parser.add_argument("--quick", action="store_true",
+                        help="the issue's targets only, on fewer frames and cases (about 10 minutes of one GPU)")
     parser.add_argument("--resume", action="store_true", help="run the stages not yet finished with status 0")
     args = parser.parse_args(argv)
-    stages = [s for s in args.stages.split(",") if s]
+    chosen = args.stages if args.stages is not None else ",".join(QUICK_STAGES if args.quick else STAGES)
+    stages = [s for s in chosen.split(",") if s]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         print(f"gpu_report: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}", file=sys.stderr)
@@ -204,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"gpu_report: {os_error_message(err, out, 'create')}", file=sys.stderr)
         return 2
-    report = json.loads(saved.read_text()) if saved.exists() else {"smoke": args.smoke, "stages": {}}
-    if report["smoke"] != args.smoke:
-        print(f"gpu_report: {out} holds a {'smoke' if report['smoke'] else 'full'} report; resume it the same way",
-              file=sys.stderr)
+    kind = "smoke" if args.smoke else "quick" if args.quick else "full"
+    report = json.loads(saved.read_text()) if saved.exists() else {"smoke": args.smoke, "size": kind, "stages": {}}
+    if report.get("size", "smoke" if report["smoke"] else "full") != kind:
+        print(f"gpu_report: {out} holds a {report.get('size')} report; resume it the same way", file=sys.stderr)
         return 2
     report["device"] = device_info()
 
@@ -229,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         if report["stages"].get(stage, {}).get("rc") == 0:
             print(f"{stage}: done before, kept", flush=True)
             continue
-        cmds = stage_commands(stage, out, device=args.device, smoke=args.smoke, official=args.official)
+        cmds = stage_commands(stage, out, device=args.device, smoke=args.smoke, official=args.official,
+                              quick=args.quick)
         log = out / f"{stage}.log"
         log.write_text("")
         rc, seconds = 0, 0.0

@@ -24,8 +24,9 @@ class Parsed(Exception):
     pass
 
 
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
 @pytest.mark.parametrize("stage", [s for s in gpu_report.STAGES if s != "tests"])
-def test_full_size_commands_parse(stage, tmp_path, monkeypatch):
+def test_full_size_commands_parse(stage, quick, tmp_path, monkeypatch):
     """The commands a GPU session runs are checked here, where no GPU is: each benchmark's own parser
     accepts them (stopped right after parsing)."""
     original = argparse.ArgumentParser.parse_args
@@ -34,7 +35,8 @@ def test_full_size_commands_parse(stage, tmp_path, monkeypatch):
         raise Parsed(original(self, args, namespace))
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    commands = gpu_report.stage_commands(stage, tmp_path, device="cuda", smoke=False, official=tmp_path / "aotb")
+    commands = gpu_report.stage_commands(stage, tmp_path, device="cuda", smoke=False, official=tmp_path / "aotb",
+                                         quick=quick)
     assert commands
     for cmd in commands:
         assert cmd[0] == sys.executable and Path(cmd[1]).parent == REPO / "benchmarks"
@@ -50,8 +52,13 @@ def test_full_size_commands_parse(stage, tmp_path, monkeypatch):
             assert ns["device"] == "cuda"
     if stage == "memory":
         assert "4640" in commands[0][commands[0].index("--lengths") + 1]
-    if stage == "speed":
-        assert "--official" in commands[0]
+    if stage == "speed":  # the targets: 1080p, the default precision and the official evaluator's
+        assert "--official" in commands[0] and "1080p" in commands[0] and "bf16" in commands[0]
+    if quick:  # fewer frames than the full report, never more
+        full = gpu_report.stage_commands(stage, tmp_path, device="cuda", smoke=False, official=tmp_path / "aotb")
+        for option in ("--frames", "--budget-frames", "--steps"):
+            if option in full[0]:
+                assert int(commands[0][commands[0].index(option) + 1]) < int(full[0][full[0].index(option) + 1])
 
 
 def _report(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -104,6 +111,19 @@ def test_unknown_stage_foreign_or_unwritable_folder_are_one_line_errors(tmp_path
     assert sorted(p.name for p in foreign.iterdir()) == ["results.txt"]
     blocked = _report(foreign / "results.txt" / "report", "--stages", "train")  # a file where a folder goes
     assert blocked.returncode == 2 and blocked.stderr.count("\n") == 1 and "is a file, not a folder" in blocked.stderr
+
+
+def test_quick_picks_the_targets_stages_and_a_report_is_resumed_at_its_own_size(tmp_path):
+    out = tmp_path / "r"
+    smoke = _report(out, "--stages", "outputs", "--device", "cpu")
+    assert smoke.returncode == 0, smoke.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["size"] == "smoke" and list(report["stages"]) == ["outputs"]
+    quick = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_report.py"), "--out", str(out), "--quick",
+                            "--resume", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert quick.returncode == 2 and quick.stderr.strip() == f"gpu_report: {out} holds a smoke report; resume it the " \
+                                                               "same way"
+    assert set(gpu_report.QUICK_STAGES) < set(gpu_report.STAGES) and gpu_report.QUICK_STAGES[0] == "tests"
 
 
 def test_junit_counts_read_pytests_junit_file(tmp_path):
