@@ -6,14 +6,18 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.eval.helpers import build_synthetic
+from tests.conftest import REPO
+from tests.eval.helpers import SYN_A, build_synthetic
 from trek_tracker.errors import InputError, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.prepare import PrepareConfig, prepare
@@ -175,3 +179,77 @@ def test_unwritable_root_is_one_line(sources, tmp_path: Path, code: int, reason:
     proc = run_cli("dataset", "prepare", "--root", root, "--annotations", zpath, "--videos", videos,
                    "--ffmpeg", ffmpeg, env=failing_fs(tmp_path, root, code))
     assert_one_line_error(proc, f"cannot write {root / 'TREK-150-annotations'}", reason, "choose another --root")
+
+
+@pytest.fixture()
+def two_videos(sources, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """The sources with a second video: sequence P02-P02_03-7 (the frames of P01-P01_01-10) in P02_03.MP4."""
+    zpath, videos, ffmpeg, log = sources
+    src = build_synthetic(tmp_path / "src2")
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as z:
+        z.writestr("TREK-150-annotations/sequences.txt", "P01-P01_01-2\nP02-P02_03-7\n")
+        for name, folder in (("P01-P01_01-2", "P01-P01_01-2"), ("P02-P02_03-7", "P01-P01_01-10")):
+            inner = tmp_path / f"{name}.zip"
+            with zipfile.ZipFile(inner, "w") as zs:
+                for f in sorted((src / folder).iterdir()):
+                    if f.is_file():
+                        zs.write(f, f.name)
+            z.write(inner, f"TREK-150-annotations/{name}.zip")
+    (videos / "P02").mkdir()
+    (videos / "P02" / "P02_03.MP4").write_text("200")
+    return two, videos, ffmpeg, log
+
+
+def test_several_videos_at_once_and_frames_are_links_not_copies(two_videos, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, log = two_videos
+    root = tmp_path / "trek"
+    cfg = PrepareConfig(root=root, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg), jobs=2, keep_frames=True)
+    echoed: list[str] = []
+    prepare(cfg, echo=echoed.append)
+    assert sorted(line.split()[1] for line in log.read_text().splitlines()) == [
+        str(videos / "P01" / "P01_01.MP4"), str(videos / "P02" / "P02_03.MP4")]
+    assert {line.split(" ", 1)[0] for line in echoed if "extracting" in line} == {"[1/2]", "[2/2]"}
+    seq = Trek150(root)["P02-P02_03-7"]
+    first = seq.img_files[0]
+    assert first.read_bytes() == f"jpeg {int(first.stem.split('_')[1])}".encode()
+    assert os.path.samefile(first, root / ".frames-P02_03" / first.name)  # a hard link: no copy
+    assert not list(root.rglob(".*.part"))
+
+
+def test_a_failing_video_leaves_the_others_done(two_videos, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = two_videos
+    script = ffmpeg.read_text()
+    ffmpeg.write_text(script.replace("n = int(", "sys.exit(3) if 'P02_03' in sys.argv[2] else None\nn = int("))
+    root = tmp_path / "trek"
+    with pytest.raises(UserError, match=r"ffmpeg failed on .*P02_03.MP4 \(exit 3\)"):
+        prepare(PrepareConfig(root=root, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg), jobs=2),
+                echo=lambda s: None)
+    assert len(list((root / "P01-P01_01-2" / "img").glob("*.jpg"))) == len(SYN_A)
+    assert not (root / "P02-P02_03-7" / "img").exists() or not list((root / "P02-P02_03-7" / "img").iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc to see the ffmpeg processes")
+def test_a_signal_stops_every_running_ffmpeg(two_videos, tmp_path: Path) -> None:
+    """SIGTERM while two videos extract at once: the command ends as interrupted and no ffmpeg is left running."""
+    zpath, videos, ffmpeg, _ = two_videos
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    ffmpeg.write_text(ffmpeg.read_text().replace(
+        "n = int(", f"import os, time; pathlib.Path({str(pids)!r}, str(os.getpid())).touch(); time.sleep(60)\n"
+                    "n = int("))
+    proc = subprocess.Popen([sys.executable, "-m", "trek_tracker.cli", "dataset", "prepare", "--root",
+                             str(tmp_path / "trek"), "--annotations", str(zpath), "--videos", str(videos), "--ffmpeg",
+                             str(ffmpeg), "--jobs", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(list(pids.iterdir())) == 2, "both ffmpeg processes should be running"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    time.sleep(0.5)
+    for pid in (int(p.name) for p in pids.iterdir()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -279,7 +279,10 @@ def check(root: Path, no_images: bool, decode: bool, workers: int | None) -> Non
               help="Folder with the EK-55 videos (<video>.MP4 or <participant>/<video>.MP4).")
 @click.option("--ffmpeg", default="ffmpeg", show_default=True, help="ffmpeg executable.")
 @click.option("--keep-frames", is_flag=True, help="Keep the per-video 60 fps frame folders.")
-def prepare_cmd(root: Path, annotations: Path | None, videos: Path | None, ffmpeg: str, keep_frames: bool) -> None:
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Videos extracted at once (one ffmpeg each; each needs its whole video's frames on disk).")
+def prepare_cmd(root: Path, annotations: Path | None, videos: Path | None, ffmpeg: str, keep_frames: bool,
+                jobs: int) -> None:
     """Build the official layout from the annotations zip and local EK-55 videos (resumable).
 
     Frames are extracted as the official toolkit does: `ffmpeg -i <video>.MP4 -r 60 frame_%010d.jpg`.
@@ -288,4 +291,4 @@ def prepare_cmd(root: Path, annotations: Path | None, videos: Path | None, ffmpe
     from trek_tracker.eval.prepare import PrepareConfig, prepare
 
     prepare(PrepareConfig(root=root, annotations_zip=annotations, videos=videos, ffmpeg=ffmpeg,
-                          keep_frames=keep_frames), echo=click.echo)
+                          keep_frames=keep_frames, jobs=jobs), echo=click.echo)

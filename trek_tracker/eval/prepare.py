@@ -17,6 +17,7 @@ one line naming the path (:func:`trek_tracker.files.os_errors`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,9 +25,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -58,6 +61,8 @@ class PrepareConfig:
     ffmpeg: str = "ffmpeg"
     #: Keep the per-video 60 fps frame folders (they are large; the toolkit deletes them).
     keep_frames: bool = False
+    #: Videos extracted at once (one ffmpeg each; each holds its whole video's frames on disk meanwhile).
+    jobs: int = 1
 
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError)
@@ -207,44 +212,27 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
         raise InputError(f"{len(missing)} EK-55 video(s) needed for frames are not in {cfg.videos}; download them "
                          f"(as <video>.MP4 or <participant>/<video>.MP4) from:\n  {urls}{more}")
     version = ffmpeg_version(cfg.ffmpeg) if by_video else None
-    for k, ((participant, video), seqs) in enumerate(sorted(by_video.items()), 1):
-        src = find_video(cfg.videos, participant, video)
-        tmp = root / f".frames-{video}"
-        echo(f"[{k}/{len(by_video)}] {video}: extracting frames at 60 fps for {len(seqs)} sequence(s)")
-        if not (tmp / ".complete").is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-            with os_errors(tmp, "create", hint="choose another --root"):
-                tmp.mkdir()
-            cmd = [cfg.ffmpeg, "-i", str(src), "-r", "60", str(tmp / "frame_%010d.jpg")]
-            try:
-                proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                      errors="replace")
-            except OSError as err:
-                raise UserError(f"cannot run {cfg.ffmpeg!r} ({err.strerror}); install ffmpeg or pass --ffmpeg PATH"
-                                ) from None
-            if proc.returncode != 0:
-                raise UserError(f"ffmpeg failed on {src} (exit {proc.returncode}): {_last_lines(proc.stderr)}")
-            errors = _decoding_errors(proc.stderr)
-            if errors:
-                echo(f"warning: ffmpeg reported {len(errors)} decoding error(s) on {src} (first: {errors[0]}); "
-                     "the video may be damaged, and frames after the error may be wrong: check the video, and "
-                     "the frames with `trek-track dataset check --decode`")
-            with os_errors(tmp, "write", hint="choose another --root"):
-                (tmp / ".complete").touch()
-        for name in seqs:
-            img = root / name / "img"
-            with os_errors(img, "write", hint="choose another --root"):
-                img.mkdir(parents=True, exist_ok=True)
-                for fid in frame_ids[name]:
-                    f = frame_file_name(fid)
-                    if not (tmp / f).is_file():
-                        raise InputError(f"{src} gave no frame {f} at 60 fps (sequence {name}); the video is "
-                                         "shorter than frames.txt needs: is it the full EK-55 video?")
-                    part = img / f".{f}.part"
-                    shutil.copyfile(tmp / f, part)
-                    os.replace(part, img / f)
-        if not cfg.keep_frames:
-            shutil.rmtree(tmp, ignore_errors=True)
+    videos = sorted(by_video.items())
+    children = _Children()
+    jobs = [functools.partial(_extract_video, cfg, root, participant, video, seqs, frame_ids, children,
+                              lambda line, k=k: echo(_numbered(line, f"[{k}/{len(videos)}]")))
+            for k, ((participant, video), seqs) in enumerate(videos, 1)]
+    if cfg.jobs <= 1:
+        for job in jobs:
+            job()
+    else:  # every video is tried (each is resumable on its own); the first failure is raised at the end
+        pool = ThreadPoolExecutor(cfg.jobs, thread_name_prefix="prepare")
+        try:
+            futures = [pool.submit(job) for job in jobs]
+            for future in futures:
+                future.exception()  # waits
+        except BaseException:  # Ctrl-C or a signal: stop every ffmpeg, start no other
+            pool.shutdown(wait=False, cancel_futures=True)
+            children.kill()
+            raise
+        pool.shutdown()
+        for future in futures:
+            future.result()
 
     ds = Trek150(root)
     counts = ds.check(images=True)
@@ -259,6 +247,92 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
     echo(f"{counts['sequences']} sequences, {counts['frames']} frames; {counts['with_anchors']} with "
          f"anchors.txt, {counts['with_hoi']} with anchors_hoi.txt")
     return manifest
+
+
+def _numbered(line: str, tag: str) -> str:
+    """A video's line with its ``[k/n]`` tag (after ``warning:``, which stays first)."""
+    warning = "warning: "
+    return f"{warning}{tag} {line[len(warning):]}" if line.startswith(warning) else f"{tag} {line}"
+
+
+class _Children:
+    """The ffmpeg processes running now, so that an interrupt in the main thread can stop those that other
+    threads wait for (``subprocess.run`` stops only its own thread's)."""
+
+    def __init__(self) -> None:
+        self.lock, self.running = threading.Lock(), set()
+
+    def run(self, cmd: list[str]) -> subprocess.CompletedProcess:
+        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              errors="replace") as proc:
+            with self.lock:
+                self.running.add(proc)
+            try:
+                _, stderr = proc.communicate()
+            except BaseException:
+                proc.kill()
+                raise
+            finally:
+                with self.lock:
+                    self.running.discard(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, None, stderr)
+
+    def kill(self) -> None:
+        with self.lock:
+            for proc in self.running:
+                proc.kill()
+
+
+def _extract_video(cfg: PrepareConfig, root: Path, participant: str, video: str, seqs: list[str],
+                   frame_ids: dict[str, list[int]], children: _Children, echo: Callable[[str], None]) -> None:
+    """Extract one video's frames at 60 fps and give each of its sequences the frames it lists (hard links
+    to the extracted files where the file system allows, copies elsewhere); resumable."""
+    src = find_video(cfg.videos, participant, video)
+    tmp = root / f".frames-{video}"
+    echo(f"{video}: extracting frames at 60 fps for {len(seqs)} sequence(s)")
+    if not (tmp / ".complete").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        with os_errors(tmp, "create", hint="choose another --root"):
+            tmp.mkdir()
+        cmd = [cfg.ffmpeg, "-i", str(src), "-r", "60", str(tmp / "frame_%010d.jpg")]
+        try:
+            proc = children.run(cmd)
+        except OSError as err:
+            raise UserError(f"cannot run {cfg.ffmpeg!r} ({err.strerror}); install ffmpeg or pass --ffmpeg PATH"
+                            ) from None
+        if proc.returncode != 0:
+            raise UserError(f"ffmpeg failed on {src} (exit {proc.returncode}): {_last_lines(proc.stderr)}")
+        errors = _decoding_errors(proc.stderr)
+        if errors:
+            echo(f"warning: ffmpeg reported {len(errors)} decoding error(s) on {src} (first: {errors[0]}); "
+                 "the video may be damaged, and frames after the error may be wrong: check the video, and "
+                 "the frames with `trek-track dataset check --decode`")
+        with os_errors(tmp, "write", hint="choose another --root"):
+            (tmp / ".complete").touch()
+    for name in seqs:
+        img = root / name / "img"
+        with os_errors(img, "write", hint="choose another --root"):
+            img.mkdir(parents=True, exist_ok=True)
+            for fid in frame_ids[name]:
+                f = frame_file_name(fid)
+                if not (tmp / f).is_file():
+                    raise InputError(f"{src} gave no frame {f} at 60 fps (sequence {name}); the video is "
+                                     "shorter than frames.txt needs: is it the full EK-55 video?")
+                _place(tmp / f, img / f)
+    if not cfg.keep_frames:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _place(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content, whole or not at all: a hard link (no copy of a 1080p JPEG, and the
+    extracted folder can be deleted after) or, across file systems, a copy; through a hidden name."""
+    part = dst.with_name(f".{dst.name}.part")
+    part.unlink(missing_ok=True)
+    try:
+        os.link(src, part)
+    except OSError:
+        shutil.copyfile(src, part)
+    os.replace(part, dst)
 
 
 _FFMPEG_ERROR = re.compile(r"error|corrupt|invalid|truncat|premature", re.IGNORECASE)
