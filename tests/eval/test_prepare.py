@@ -35,20 +35,28 @@ for i in range(1, n + 1):
 '''
 
 
+def _annotations_zip(path: Path, src: Path, sequences: dict[str, str]) -> Path:
+    """An annotations zip in the official layout: ``sequences.txt`` and, per sequence ``name``, an inner
+    ``<name>.zip`` holding the files of ``src / folder``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("TREK-150-annotations/sequences.txt", "".join(f"{name}\n" for name in sequences))
+        for name, folder in sequences.items():
+            inner = path.with_name(f"{name}.zip")
+            with zipfile.ZipFile(inner, "w") as zs:
+                for f in sorted((src / folder).iterdir()):
+                    if f.is_file():
+                        zs.write(f, f.name)
+            z.write(inner, f"TREK-150-annotations/{name}.zip")
+    return path
+
+
 @pytest.fixture()
 def sources(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     """The annotations zip (layout of the official one), a videos folder and a fake ffmpeg."""
     src = build_synthetic(tmp_path / "src")
-    zpath = tmp_path / "TREK-150-annotations.zip"
-    with zipfile.ZipFile(zpath, "w") as z:
-        z.write(src / "TREK-150-annotations" / "sequences.txt", "TREK-150-annotations/sequences.txt")
-        for seq in ("P01-P01_01-2", "P01-P01_01-10"):
-            inner = tmp_path / f"{seq}.zip"
-            with zipfile.ZipFile(inner, "w") as zs:
-                for f in sorted((src / seq).iterdir()):
-                    if f.is_file():
-                        zs.write(f, f.name)
-            z.write(inner, f"TREK-150-annotations/{seq}.zip")
+    zpath = _annotations_zip(tmp_path / "TREK-150-annotations.zip", src,
+                             {"P01-P01_01-2": "P01-P01_01-2", "P01-P01_01-10": "P01-P01_01-10"})
     videos = tmp_path / "videos" / "P01"
     videos.mkdir(parents=True)
     (videos / "P01_01.MP4").write_text("200")  # "a video" with 200 frames at 60 fps
@@ -185,17 +193,8 @@ def test_unwritable_root_is_one_line(sources, tmp_path: Path, code: int, reason:
 def two_videos(sources, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     """The sources with a second video: sequence P02-P02_03-7 (the frames of P01-P01_01-10) in P02_03.MP4."""
     zpath, videos, ffmpeg, log = sources
-    src = build_synthetic(tmp_path / "src2")
-    two = tmp_path / "two.zip"
-    with zipfile.ZipFile(two, "w") as z:
-        z.writestr("TREK-150-annotations/sequences.txt", "P01-P01_01-2\nP02-P02_03-7\n")
-        for name, folder in (("P01-P01_01-2", "P01-P01_01-2"), ("P02-P02_03-7", "P01-P01_01-10")):
-            inner = tmp_path / f"{name}.zip"
-            with zipfile.ZipFile(inner, "w") as zs:
-                for f in sorted((src / folder).iterdir()):
-                    if f.is_file():
-                        zs.write(f, f.name)
-            z.write(inner, f"TREK-150-annotations/{name}.zip")
+    two = _annotations_zip(tmp_path / "two" / "TREK-150-annotations.zip", build_synthetic(tmp_path / "src2"),
+                           {"P01-P01_01-2": "P01-P01_01-2", "P02-P02_03-7": "P01-P01_01-10"})
     (videos / "P02").mkdir()
     (videos / "P02" / "P02_03.MP4").write_text("200")
     return two, videos, ffmpeg, log
