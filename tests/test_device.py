@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trek_tracker.device import peak_memory, select_device, set_fast_kernels
+from trek_tracker.device import constant_tensors, peak_memory, select_device, set_fast_kernels
 from trek_tracker.errors import UserError
 
 FLAGS = (("cuda", "matmul", "allow_tf32"), ("cudnn", "allow_tf32"), ("cudnn", "benchmark"))
@@ -44,3 +44,22 @@ def test_devices():
         select_device("tpu")
     peak = peak_memory(torch.device("cpu"))
     assert peak["gpu_mib"] is None and peak["host_rss_mib"] > 50  # this process holds torch
+
+
+def test_constant_tensors_are_built_once_per_arguments_and_usable_in_training():
+    built = []
+
+    @constant_tensors
+    def ramp(n: int, device: torch.device) -> torch.Tensor:
+        built.append(n)
+        return torch.arange(n, dtype=torch.float32, device=device)
+
+    cpu = torch.device("cpu")
+    with torch.inference_mode():  # first asked for by the tracker
+        a = ramp(3, cpu)
+        assert ramp(3, cpu) is a and built == [3]
+    assert ramp(4, cpu) is not a and built == [3, 4]
+    assert not a.is_inference()  # an inference tensor could not be saved for backward
+    w = torch.ones(3, requires_grad=True)
+    (w / (a + 1)).sum().backward()  # the division saves the constant for backward
+    assert torch.allclose(w.grad, 1 / (a + 1))

@@ -9,12 +9,16 @@ nothing later creates a context on (or synchronises) another card.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from trek_tracker.errors import UserError
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
+F = TypeVar("F", bound=Callable)
 
 
 def select_device(requested: str = "auto"):
@@ -78,3 +82,23 @@ def peak_memory(device) -> dict[str, float | None]:
         rss = None
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"host_rss_mib": None if rss is None else round(rss, 1), "gpu_mib": None if gpu is None else round(gpu, 1)}
+
+
+def constant_tensors(build: F) -> F:
+    """Memoise ``build``, a function of hashable arguments (a device among them) that returns small constant
+    tensors: per-frame code then neither rebuilds them nor copies them from the host, and a blocking upload
+    (``torch.tensor(..., device=cuda)``) would wait for every kernel queued before it, stalling the GPU in
+    the middle of a frame. Built outside inference mode, so that training may use them too; under
+    ``torch.compile`` traced as they are (the graph holds them). Callers never modify them in place."""
+    import torch
+
+    @functools.lru_cache(maxsize=64)
+    def cached(*args):
+        with torch.inference_mode(False), torch.no_grad():
+            return build(*args)
+
+    @functools.wraps(build)
+    def constant(*args):
+        return build(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    return constant

@@ -4,13 +4,19 @@ memory in the compute precision and the probabilities in float32."""
 
 from __future__ import annotations
 
+import traceback
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from trek_tracker.errors import InputError
 from trek_tracker.geometry import BoxConfig
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
+from trek_tracker.inference.ensemble import EnsembleConfig, ModelSpec
 from trek_tracker.inference.preprocess import (
     Frame,
     device_network_input,
@@ -18,6 +24,7 @@ from trek_tracker.inference.preprocess import (
     resolve_precision,
     to_network_input,
 )
+from trek_tracker.inference.tta import TTAConfig
 from trek_tracker.init.api import InitConfig
 from trek_tracker.modeling.registry import build_model
 from trek_tracker.pipeline import LoadedModel, ObjectBoxes, Tracker, TrackerConfig
@@ -160,3 +167,61 @@ def test_tracker_stores_its_own_models_weights_for_autocast_but_never_a_model_it
     assert lent.members[0].model is tiny and tiny.encoder_projector.weight.dtype == torch.float32
     fp32 = Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu", precision="fp32"))
     assert fp32.members[0].model.encoder_projector.weight.dtype == torch.float32
+
+
+class HostTransfers(TorchFunctionMode):
+    """Records every call that, on a GPU, moves data between host and device, by the trek_tracker function
+    that made it: downloads (``cpu``, ``numpy``, ``item``, ``tolist``, a tensor's truth value or number,
+    data-dependent shapes) and tensors built from host data (``tensor``, ``as_tensor``), which a GPU run
+    uploads with a blocking copy. On a CPU each is a no-op, so the count is the same there."""
+
+    CALLS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero",
+             "unique", "masked_select", "argwhere", "tensor", "as_tensor"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.CALLS:
+            ours = [f.name for f in traceback.extract_stack()[:-1] if "trek_tracker" in f.filename]
+            self.seen[(name, ours[-1] if ours else "?")] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,tta,members,specks,objects", [
+    ("test_deaot_tiny", TTAConfig(), 0, 100, 1),
+    ("test_deaot_tiny", TTAConfig(), 0, 0, 1),
+    ("test_msdeaot_tiny", TTAConfig(scales=(1.0, 0.75), flip=True), 0, 100, 1),
+    ("test_vmos_tiny", TTAConfig(flip=True), 0, 100, 1),
+    ("test_deaot_tiny", TTAConfig(), 1, 100, 1),
+    ("test_deaot_tiny", TTAConfig(flip=True), 0, 0, 12),  # two object groups
+])
+def test_a_mixed_precision_frame_crosses_to_the_host_only_for_its_boxes(davis, name, tta, members, specks,
+                                                                         objects):
+    """After warm-up, a tracked frame's only transfers are the objects' extents and, when speck removal
+    needs them, their crops: no blocking upload of a constant, no hidden download in the network, the
+    views or the memory (each would stall the GPU's queue in the middle of the frame)."""
+    paths = sorted((davis / "JPEGImages/480p/car-shadow").glob("*.jpg"))[:7]
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    mask = (np.asarray(Image.open(davis / "Annotations/480p/car-shadow/00000.png")) > 0).astype(np.uint8)
+    if objects > 1:  # the car cut into vertical strips, one object each
+        xs = np.nonzero(mask.any(0))[0]
+        strip = np.minimum((np.arange(mask.shape[1]) - xs[0]) * objects // (xs[-1] + 1 - xs[0]), objects - 1)
+        mask = mask * (1 + strip[None, :]).astype(np.uint8)
+        assert set(np.unique(mask)) == set(range(objects + 1))
+    ensemble = EnsembleConfig(members=[ModelSpec(name, None)] * members)
+    tracker = Tracker(TrackerConfig(model=name, random_weights=True, device="cpu", precision="bf16",
+                                    max_long_edge=160, tta=tta, ensemble=ensemble,
+                                    box=BoxConfig(min_component_px=specks), init=InitConfig(method="box")))
+    tracker.init(frames[0], mask=mask)
+    tracker.step(frames[1], keep_labels=False)  # warm-up: constants are built once per size and device
+    transfers = HostTransfers()
+    with transfers:
+        for frame in frames[2:]:
+            tracker.step(frame, keep_labels=False)
+    expected = {("cpu", "object_extents"): 5, ("numpy", "object_extents"): 5}
+    if specks:
+        expected.update({("cpu", "update"): 5, ("numpy", "update"): 5})
+    assert dict(transfers.seen) == expected

@@ -34,7 +34,7 @@ def _track(model, frames, mask) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("name", ["test_deaot_tiny", "test_msdeaot_tiny"])
+@pytest.mark.parametrize("name", ["test_deaot_tiny", "test_msdeaot_tiny", "test_vmos_tiny"])
 def test_traced_calls_have_no_graph_break_and_match_eager(name):
     """``fullgraph=True`` fails on any graph break; the eager backend runs the traced graphs as they are."""
     torch.manual_seed(0)

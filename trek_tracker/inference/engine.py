@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trek_tracker.device import constant_tensors
 from trek_tracker.errors import InputError
 from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
 from trek_tracker.inference.preprocess import (
@@ -226,10 +227,8 @@ class VOSEngine:
         """
         if len(self.group_sizes) == 1:
             return self._resize_and_unmirror(raw[:, : self.num_objects + 1])
-        channels = torch.arange(raw.shape[1], device=raw.device)
-        sizes = torch.tensor(self.group_sizes * self.views, device=raw.device)
-        unused = channels[None, :] > sizes[:, None]  # (V·G, C)
-        return self._resize_and_unmirror(raw.masked_fill(unused[:, :, None, None], -1e10))
+        unused = _unused_channels(tuple(self.group_sizes * self.views), raw.shape[1], raw.device)
+        return self._resize_and_unmirror(raw.masked_fill(unused, -1e10))
 
     def _resize_and_unmirror(self, logits: torch.Tensor) -> torch.Tensor:
         logits = F.interpolate(logits, size=self.frame_size, mode="bilinear",
@@ -293,3 +292,9 @@ def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
     reduction dominated a tiny model's frame time at 480p.
     """
     return probs.max(dim=0).indices
+
+
+@constant_tensors
+def _unused_channels(sizes: tuple[int, ...], channels: int, device: torch.device) -> torch.Tensor:
+    """(len(sizes), channels, 1, 1) bool: each batch item's channels above its object count (unused ids)."""
+    return (torch.arange(channels)[None, :] > torch.tensor(sizes)[:, None]).to(device)[:, :, None, None]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trek_tracker.device import constant_tensors
 from trek_tracker.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -158,9 +159,10 @@ def resize_labels(label: torch.Tensor | np.ndarray, size: tuple[int, int], flip:
     return t.index_select(-2, rows).index_select(-1, cols)
 
 
+@constant_tensors
 def _nearest_index(src: int, dst: int, device: torch.device) -> torch.Tensor:
     """PyTorch's legacy nearest source index of each output position: ``floor(float32(i) * float32(src / dst))``,
-    clamped to the input."""
+    clamped to the input (built once per size and device)."""
     scale = torch.tensor(src, dtype=torch.float32) / dst
     i = torch.arange(dst, dtype=torch.float32)
     return (i * scale).floor().long().clamp_(max=src - 1).to(device)
@@ -202,7 +204,7 @@ class Uploader:
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         if self.device.type != "cuda":
-            return torch.from_numpy(image)
+            return _wrap(image)
         if not self._buffers or tuple(self._buffers[0].shape) != image.shape:
             self._buffers = [torch.empty(image.shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
             self._events = [None, None]
@@ -213,9 +215,15 @@ class Uploader:
         self._buffers[slot].numpy()[...] = image
         tensor = self._buffers[slot].to(self.device, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the stream the copy went to, whatever GPU is current
         self._events[slot] = event
         return tensor
+
+
+def _wrap(image: np.ndarray) -> torch.Tensor:
+    """The frame as a CPU tensor without a copy, unless it is read-only (``np.asarray`` of a PIL image), which
+    torch cannot wrap."""
+    return torch.from_numpy(image if image.flags.writeable else image.copy())
 
 
 class Frame:
@@ -234,7 +242,7 @@ class Frame:
     def tensor(self) -> torch.Tensor:
         """The frame as (H, W, 3) uint8 on the uploader's device."""
         if self._tensor is None:
-            self._tensor = self._uploader(self.host) if self._uploader is not None else torch.from_numpy(self.host)
+            self._tensor = self._uploader(self.host) if self._uploader is not None else _wrap(self.host)
         return self._tensor
 
 
@@ -256,6 +264,12 @@ def device_network_input(frame: torch.Tensor, size: tuple[int, int], flip: bool 
             x = x.round().clamp(0, 255)
     if flip:
         x = x.flip(-1)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _normalisation(x.device)
     return (x / 255.0 - mean) / std
+
+
+@constant_tensors
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as (1, 3, 1, 1) float32 tensors on ``device`` (uploaded once per device)."""
+    return (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).to(device),
+            torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).to(device))

@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trek_tracker.device import constant_tensors
 
+
+@constant_tensors
 def _reference_points(h_in: int, w_in: int, h_out: int, w_out: int, kernel: int, dilation: int,
                       device: torch.device) -> torch.Tensor:
     """Normalised centre of every output pixel's kernel in the padded input: (1, H_out, W_out, 1, 2) (x, y).
@@ -32,6 +35,7 @@ def _reference_points(h_in: int, w_in: int, h_out: int, w_out: int, kernel: int,
         1, h_out, w_out, 1, 2)
 
 
+@constant_tensors
 def _kernel_grid(h_in: int, w_in: int, kernel: int, dilation: int, group: int,
                  device: torch.device) -> torch.Tensor:
     """Normalised kernel offsets, x-major (point ``p = kernel * ix + iy``), repeated per group:
@@ -41,6 +45,13 @@ def _kernel_grid(h_in: int, w_in: int, kernel: int, dilation: int, group: int,
     gx, gy = torch.meshgrid(steps, steps, indexing="ij")  # gx varies along the first axis: x-major
     grid = torch.stack([gx / w_in, gy / h_in], -1).reshape(-1, 1, 2).repeat(1, group, 1).permute(1, 0, 2)
     return grid.reshape(1, 1, 1, group * kernel * kernel, 2)
+
+
+@constant_tensors
+def _input_size(w_in: int, h_in: int, points: int, device: torch.device) -> torch.Tensor:
+    """The padded input's ``(w, h)`` as int64, repeated for every sampling point: (1, 1, 1, 2 * points), what
+    the official core divides the offsets by."""
+    return torch.tensor([w_in, h_in]).to(device).reshape(1, 1, 1, 2).repeat(1, 1, 1, points)
 
 
 def dcnv3_sample_grid(value: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, *, group: int,
@@ -62,7 +73,7 @@ def dcnv3_sample_grid(value: torch.Tensor, offset: torch.Tensor, mask: torch.Ten
     cg = c // group
     ref = _reference_points(h_in, w_in, h_out, w_out, kernel, dilation, value.device)
     grid = _kernel_grid(h_in, w_in, kernel, dilation, group, value.device)
-    norm = torch.tensor([w_in, h_in], device=value.device).reshape(1, 1, 1, 2).repeat(1, 1, 1, group * k)
+    norm = _input_size(w_in, h_in, group * k, value.device)
     loc = (ref + grid * offset_scale).repeat(n, 1, 1, 1, 1).flatten(3, 4) + offset * offset_scale / norm
     grids = (2 * loc - 1).view(n, h_out * w_out, group, k, 2).transpose(1, 2).flatten(0, 1)
     planes = value.view(n, h_in * w_in, c).transpose(1, 2).reshape(n * group, cg, h_in, w_in)
