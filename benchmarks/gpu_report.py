@@ -17,8 +17,8 @@ Stages and what they measure (each benchmark's docstring says more):
 
 * ``tests``: ``pytest -m cuda`` (golden parity in fp32, ``trek-track run`` per precision and compiled,
   AMP training steps, SAM and Alpha-Refine on CUDA);
-* ``speed``: R50-DeAOT-L end to end and network FPS, peak GPU memory, per precision and input size (and
-  the official evaluator's FPS with ``--official``);
+* ``speed``: R50-DeAOT-L end to end and network FPS, how busy the GPU is, peak GPU memory, per precision
+  and input size (and the official evaluator's FPS with ``--official``);
 * ``compile``: the same at 1080p in bf16, eager against ``--compile``;
 * ``precision``: bf16 and fp16 boxes and masks against fp32 on DAVIS clips;
 * ``memory``: peak memory at 150, 600 and 4,640 frames with the default bounded memory, and the official

@@ -12,7 +12,11 @@ Columns (medians over the frames after ``--warmup``):
   ``run.json`` (wall clock, frames / seconds);
 * ``tracker``: the tracker's own call per frame (the TREK-150 toolkit's speed: decoding and writing
   excluded);
-* ``network``: the model's own calls only (encode, ID embedding, propagation, decoding, ID fusion);
+* ``network``: the model's own calls only (encode, ID embedding, propagation, decoding, ID fusion), timed
+  between CUDA events on a GPU (no synchronisation added to the run);
+* ``GPU busy``: the GPU's kernel and copy time per frame (CUDA's profiler, over 20 further frames) against
+  the end-to-end time per frame: near 100 % the GPU is the limit, well below it the host is (launching
+  kernels, or the work between frames); ``gpu_kernel_ms`` in the JSON;
 * ``peak GPU``: ``torch.cuda.max_memory_allocated`` over the end-to-end run;
 * ``compile``: whether the run used ``--compile`` (its compilation falls in the untimed warm-up frames;
   ``end_to_end_fps_with_start`` in the JSON includes it);
@@ -34,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -115,7 +120,7 @@ def ours(video: Path, box, model: str, state: dict, device: torch.device, precis
     per_frame = []
 
     def on_frame(index: int) -> None:
-        per_frame.append((time.perf_counter(), clock.seconds))
+        per_frame.append((time.perf_counter(), len(clock)))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -125,12 +130,39 @@ def ours(video: Path, box, model: str, state: dict, device: torch.device, precis
     times = np.loadtxt(folder.times_file)
     steady = per_frame[warmup:]
     wall = (steady[-1][0] - steady[0][0]) / max(1, len(steady) - 1)
-    network = (steady[-1][1] - steady[0][1]) / max(1, len(steady) - 1)
+    network = clock.seconds(steady[0][1], steady[-1][1]) / max(1, len(steady) - 1)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    kernels = kernel_seconds(tracker, video, skip=warmup)
     return {"frames": len(per_frame), "end_to_end_fps": 1 / wall, "end_to_end_fps_with_start": len(per_frame) /
             (end - start), "tracker_fps": 1 / statistics.median(times[warmup:]), "network_fps": 1 / network,
-            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "gpu_kernel_ms": None if kernels is None else 1000 * kernels,
+            "gpu_busy": None if kernels is None else kernels / wall, "peak_gpu_mib": peak,
             "input_size": tracker.describe().get("network_input_size"), "precision": tracker.precision,
             "compile": compile}
+
+
+def kernel_seconds(tracker, video: Path, skip: int, count: int = 20) -> float | None:
+    """The GPU's own time per frame: the kernels and copies CUDA's profiler sees while ``tracker`` tracks
+    ``count`` more frames (the video's, from ``skip``), per frame. Against the unprofiled wall time per
+    frame it says how busy the GPU is (1.0: the GPU is the limit; much less: the host is, launching kernels
+    or between frames). None on a CPU, or where the profiler cannot see the GPU (said on stderr)."""
+    if tracker.device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from trek_tracker.video import open_frames
+
+    frames = list(islice(open_frames(video), skip, skip + count))
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for frame in frames:
+                tracker.step(frame, keep_labels=False)
+        busy = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    except Exception as err:  # noqa: BLE001 - a missing profiler costs this column, not the benchmark
+        print(f"GPU kernel time not measured: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+    return busy / 1e6 / len(frames) or None
 
 
 def official(checkout: Path, video: Path, box, model: str, state: dict, device: torch.device, warmup: int) -> dict:
@@ -175,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}; torch {torch.__version__}; {args.frames} frames per case, first {args.warmup} not timed")
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     head = (f"{'model':<13} {'input':<6} {'precision':<9} {'compile':<7} {'net input':>10} {'end-to-end':>10} "
-            f"{'tracker':>8} {'network':>8} {'peak GPU':>9}")
+            f"{'tracker':>8} {'network':>8} {'GPU busy':>8} {'peak GPU':>9}")
     if args.official:
         head += f" {'official net':>12} {'official all':>12} {'x official':>10}"
     print(head)
@@ -197,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     size = "x".join(map(str, row["input_size"] or []))
                     peak = "-" if row["peak_gpu_mib"] is None else f"{row['peak_gpu_mib']:.0f} MiB"
+                    busy = "-" if row["gpu_busy"] is None else f"{100 * row['gpu_busy']:.0f} %"
                     line = (f"{model:<13} {which:<6} {row['precision']:<9} {'yes' if compile else 'no':<7} {size:>10} "
                             f"{row['end_to_end_fps']:>10.1f} "
-                            f"{row['tracker_fps']:>8.1f} {row['network_fps']:>8.1f} {peak:>9}")
+                            f"{row['tracker_fps']:>8.1f} {row['network_fps']:>8.1f} {busy:>8} {peak:>9}")
                     if baseline:
                         line += (f" {baseline['official_network_fps']:>12.1f} {baseline['official_total_fps']:>12.1f}"
                                  f" {row['speedup_vs_official']:>9.2f}x")

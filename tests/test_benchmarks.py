@@ -99,3 +99,34 @@ def test_outputs_benchmark_measures_every_output_with_one_thread_and_the_pool(tm
         assert r["mask_files"] == (6 if "masks" in r["outputs"] else 0)
         assert r["probs_files"] == (6 if "probs" in r["outputs"] else 0)
         assert (r["overlay_bytes"] > 0) == (r["outputs"] == "overlay")
+
+
+def test_network_clock_counts_the_time_inside_the_models_calls_only():
+    import time
+
+    import torch
+
+    from trek_tracker.modeling.registry import build_model
+
+    model = build_model("test_deaot_tiny").eval()
+    original = model.encode
+
+    def slow_encode(*args, **kwargs):
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    model.encode = slow_encode
+    clock = trek150_scale.NetworkClock()
+    clock.attach(model)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.encode(torch.zeros(1, 3, 64, 96))
+        time.sleep(0.05)  # between calls: not the network's time
+        model.encode(torch.zeros(1, 3, 64, 96))
+    wall = time.perf_counter() - start
+    assert len(clock) == 2
+    assert 0.1 <= clock.seconds() <= wall - 0.05
+    assert clock.seconds(0, 1) >= 0.05 and clock.seconds(1) >= 0.05
+    assert abs(clock.seconds() - clock.seconds(0, 1) - clock.seconds(1)) < 1e-9
+    clock.reset()
+    assert len(clock) == 0 and clock.seconds() == 0
