@@ -86,3 +86,63 @@ def test_tracker_identity_ignores_how_fast_not_what():
     assert tracker_identity(base, "cpu") == tracker_identity(same, "cpu")
     assert tracker_identity(base, "cpu") != tracker_identity(other, "cpu")
     assert tracker_identity(base, "cpu")["precision"] == "fp32" != tracker_identity(base, "cuda")["precision"]
+
+
+def _label_maps() -> list:
+    """Object 1 present, absent (lost: the box of the frame before is held), then present with a speck."""
+    import torch
+
+    maps = [np.zeros((40, 60), np.uint8) for _ in range(4)]
+    maps[0][5:20, 10:30] = 1
+    maps[2][10:30, 20:50] = 1
+    maps[3][12:32, 22:52] = 1
+    maps[3][0, 0] = 1  # a speck: removed, the box is the object's
+    return [torch.from_numpy(m) for m in maps]
+
+
+def test_deferred_boxes_are_computed_in_frame_order_whoever_asks_first():
+    from trek_tracker.geometry import BoxConfig
+    from trek_tracker.pipeline import FrameResult, ObjectBoxes
+
+    start = {1: np.array([0, 0, 4, 4.0])}
+    eager = ObjectBoxes(start, BoxConfig(min_component_px=10))
+    expected = [eager.update(m) for m in _label_maps()]
+    deferred = ObjectBoxes(start, BoxConfig(min_component_px=10))
+    results = [FrameResult.deferred(deferred.measure(m), None, 0.5) for m in _label_maps()]
+    assert results[3].box.tolist() == [22, 12, 30, 20]  # the last frame read first: every earlier one computed
+    for result, (boxes, lost) in zip(results, expected, strict=True):
+        assert result.box.tolist() == boxes[1].tolist() and result.lost == lost
+        assert result.seconds >= 0.5
+    assert [r.lost[1] for r in results] == [False, True, False, False]
+    assert results[1].box.tolist() == [10, 5, 20, 15]  # held from frame 0
+
+
+@pytest.mark.parametrize("behind", [True, False])
+def test_a_frames_boxes_are_computed_behind_the_tracker_and_counted_in_its_time(tracker, monkeypatch, behind):
+    import threading
+    import time
+
+    from trek_tracker import geometry
+    from trek_tracker.loop import Sink, Start, track_video
+
+    labelled = []
+    original = geometry.kept_components_box
+
+    def slow(mask, min_px, keep="all"):
+        labelled.append(threading.current_thread().name)
+        time.sleep(0.05)
+        return original(mask, min_px, keep)
+
+    monkeypatch.setattr(geometry, "kept_components_box", slow)
+
+    class Times(Sink):
+        def __init__(self):
+            self.seconds = []
+
+        def frame(self, index, image, result):
+            self.seconds.append(result.seconds)
+
+    sink = Times()
+    track_video(tracker, _frames(4), Start(box=np.array([20, 20, 40, 30.0])), [sink], write_behind=behind)
+    assert len(labelled) == 3 and set(labelled) == {"sink-writer" if behind else "MainThread"}
+    assert len(sink.seconds) == 4 and min(sink.seconds[1:]) >= 0.05  # the toolkit's speed includes the boxes

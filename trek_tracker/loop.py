@@ -7,8 +7,10 @@ each frame's result: box files, times, masks, probabilities, an overlay video, m
 
 Frames are decoded ahead in a thread (several for frame files, :func:`trek_tracker.video.prefetch`) and,
 with ``write_behind``, sinks run in a writer thread behind the tracker, so neither decoding nor writing
-holds the device up. Both queues are short, so memory stays bounded whatever the video's length. The time
-of a frame is the tracker's own call (:attr:`FrameResult.seconds`), as the TREK-150 toolkit defines speed.
+holds the device up; so does the computation of a frame's boxes from its mask, where the tracker defers it
+(:meth:`FrameResult.deferred`). Both queues are short, so memory stays bounded whatever the video's length.
+The time of a frame is the tracker's own (:attr:`FrameResult.seconds`: its call, and its boxes), as the
+TREK-150 toolkit defines speed.
 
 When anything stops the loop (the end of the video, an error, Ctrl-C or a signal turned into
 :class:`KeyboardInterrupt`), every frame already tracked reaches the sinks, and each sink's ``close`` is
@@ -111,8 +113,8 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
     """
     keep = {"keep_probs": any(s.needs_probs for s in sinks), "keep_labels": any(s.needs_labels for s in sinks)}
     keep_image = any(s.needs_image for s in sinks)
-    writer = _Writer(sinks, keep_image) if write_behind else _Direct(sinks, keep_image)
-    lost: dict[int, list[int]] = {}
+    lost = _LostFrames()  # first: it reads every frame's boxes, so they are computed behind the tracker
+    writer = _Writer([lost, *sinks], keep_image) if write_behind else _Direct([lost, *sinks], keep_image)
     status, error, n = FAILED, None, 0
     began = time.perf_counter()
     bar = None
@@ -128,9 +130,6 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
                 result = tracker.init(image, start.box, mask=start.mask, **keep)
             else:
                 result = tracker.step(image, **keep)
-            for obj, is_lost in result.lost.items():
-                if is_lost:
-                    lost.setdefault(obj, []).append(index)
             writer.put(index, image, result)
             n = index + 1
             if bar is not None:
@@ -153,7 +152,19 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
         except BaseException:  # noqa: BLE001 - a sink failed too; the exception in flight is the one to report
             pass
         _close(sinks, status, error)
-    return LoopResult(n, status, time.perf_counter() - began, lost, error)
+    return LoopResult(n, status, time.perf_counter() - began, lost.frames, error)
+
+
+class _LostFrames(Sink):
+    """The frames each object was lost on, for :class:`LoopResult`."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, list[int]] = {}
+
+    def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
+        for obj, is_lost in result.lost.items():
+            if is_lost:
+                self.frames.setdefault(obj, []).append(index)
 
 
 def _close(sinks: Sequence[Sink], status: str, error: str | None) -> None:

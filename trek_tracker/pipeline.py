@@ -14,7 +14,9 @@ probabilities) through :meth:`Tracker.step`. Walking a whole video, and writing 
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,15 +67,54 @@ class TrackerConfig:
         return asdict(self)
 
 
-@dataclass
 class FrameResult:
-    """One frame's output. ``boxes`` maps object index (1..N) to its box; ``box`` is object 1's."""
+    """One frame's output. ``boxes`` maps object index (1..N) to its box; ``box`` is object 1's; ``lost``
+    whether each object was lost; ``labels`` the (H, W) uint8 ids 0..N (None unless asked for, or for
+    box-only trackers); ``probs`` the (1 + N, H, W) float tensor when asked for (``keep_probs``);
+    ``seconds`` the tracker's own time for the frame (decoding and writing excluded).
 
-    boxes: dict[int, np.ndarray]
-    lost: dict[int, bool]
-    labels: np.ndarray | None  # (H, W) uint8 ids 0..N (None unless asked for, or for box-only trackers)
-    seconds: float  # time of the tracker's own call (decoding and writing excluded)
-    probs: Any = None  # (1 + N, H, W) float tensor when asked for (``keep_probs``)
+    A tracker may hand the result over before its boxes are computed (:meth:`deferred`): whoever first
+    reads ``boxes``, ``lost`` or ``seconds`` computes them (the loop's writer thread, so that speck removal's
+    labelling runs beside the next frame's network, not before it), and that time is part of ``seconds``.
+    """
+
+    def __init__(self, boxes: dict[int, np.ndarray], lost: dict[int, bool], labels: np.ndarray | None,
+                 seconds: float, probs: Any = None) -> None:
+        self._boxes, self._lost, self._seconds = boxes, lost, seconds
+        self._step_seconds = seconds
+        self._pending: PendingBoxes | None = None
+        self.labels = labels
+        self.probs = probs
+
+    @classmethod
+    def deferred(cls, pending: PendingBoxes, labels: np.ndarray | None, seconds: float,
+                 probs: Any = None) -> FrameResult:
+        """A result whose boxes ``pending`` computes when first asked for."""
+        result = cls({}, {}, labels, seconds, probs)
+        result._pending = pending
+        return result
+
+    def _resolve(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            self._boxes, self._lost = pending.result()
+            self._seconds = self._step_seconds + pending.seconds
+            self._pending = None
+
+    @property
+    def boxes(self) -> dict[int, np.ndarray]:
+        self._resolve()
+        return self._boxes
+
+    @property
+    def lost(self) -> dict[int, bool]:
+        self._resolve()
+        return self._lost
+
+    @property
+    def seconds(self) -> float:
+        self._resolve()
+        return self._seconds
 
     @property
     def box(self) -> np.ndarray:
@@ -187,33 +228,80 @@ class ObjectBoxes:
     """The lost-target policy of every object: one :class:`BoxFromMask` per object id 1..N.
 
     Label maps still on the device are reduced there to each object's extent; only an object's crop
-    travels to the host, and only when the box depends on its pixels (speck removal).
+    travels to the host, and only when the box depends on its pixels (speck removal). What a frame's boxes
+    need is taken from its label map at once (:meth:`measure`); the boxes themselves may be computed later,
+    always in frame order, since a lost object holds the box of the frame before.
     """
 
     def __init__(self, boxes: dict[int, np.ndarray], config: BoxConfig) -> None:
         self.policies = {i: BoxFromMask(b, config) for i, b in boxes.items()}
+        self._queue: deque[PendingBoxes] = deque()
+        self._lock = threading.Lock()
 
     def update(self, labels: Any) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
         """Boxes and lost flags from a label map: a numpy array, or a tensor on any device."""
-        boxes, lost = {}, {}
+        return self.measure(labels).result()
+
+    def measure(self, labels: Any) -> PendingBoxes:
+        """What each object's box needs from ``labels``, taken now (its extent, or the mask or crop whose
+        components speck removal labels); the boxes are computed by :meth:`PendingBoxes.result`."""
+        inputs: dict[int, tuple[np.ndarray | None, tuple[int, int] | None]] = {}
         if isinstance(labels, np.ndarray):
+            inputs = {i: (labels == i, (0, 0)) for i in self.policies}
+        else:
+            extents = object_extents(labels, max(self.policies))
             for i, policy in self.policies.items():
-                boxes[i], lost[i] = policy.update(labels == i)
-            return boxes, lost
-        extents = object_extents(labels, max(self.policies))
-        for i, policy in self.policies.items():
-            x0, y0, x1, y1 = (int(v) for v in extents[i - 1])
-            if x0 < 0:
-                boxes[i], lost[i] = policy.take(None)
-            elif policy.needs_pixels:
-                crop = (labels[y0:y1 + 1, x0:x1 + 1] == i).cpu().numpy()
-                boxes[i], lost[i] = policy.update(crop, origin=(x0, y0))
-            else:
-                boxes[i], lost[i] = policy.take(np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64))
-        return boxes, lost
+                x0, y0, x1, y1 = (int(v) for v in extents[i - 1])
+                if x0 < 0:
+                    inputs[i] = (None, None)
+                elif policy.needs_pixels:
+                    inputs[i] = ((labels[y0:y1 + 1, x0:x1 + 1] == i).cpu().numpy(), (x0, y0))
+                else:
+                    inputs[i] = (np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64), None)
+        pending = PendingBoxes(self, inputs)
+        with self._lock:
+            self._queue.append(pending)
+        return pending
+
+    def _compute_until(self, pending: PendingBoxes) -> None:
+        with self._lock:
+            while pending.done is None:
+                self._queue.popleft()._compute(self.policies)
 
     def last(self) -> dict[int, np.ndarray]:
         return {i: p.last_box for i, p in self.policies.items()}
+
+
+class PendingBoxes:
+    """One frame's boxes, to be computed from what :meth:`ObjectBoxes.measure` took: a mask or crop with
+    its origin (speck removal), a ready extent box (origin None), or nothing (the object is absent)."""
+
+    def __init__(self, owner: ObjectBoxes, inputs: dict[int, tuple[np.ndarray | None, tuple[int, int] | None]]
+                 ) -> None:
+        self._owner, self._inputs = owner, inputs
+        self.done: tuple[dict[int, np.ndarray], dict[int, bool]] | None = None
+        self.seconds = 0.0  # the time computing them took
+
+    def result(self) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
+        """The boxes and lost flags, computed now if need be (with every earlier frame's, first)."""
+        if self.done is None:
+            self._owner._compute_until(self)
+        return self.done
+
+    def _compute(self, policies: dict[int, BoxFromMask]) -> None:
+        start = time.perf_counter()
+        boxes, lost = {}, {}
+        for i, (value, origin) in self._inputs.items():
+            policy = policies[i]
+            if value is None:
+                boxes[i], lost[i] = policy.take(None)
+            elif origin is None:
+                boxes[i], lost[i] = policy.take(value)
+            else:
+                boxes[i], lost[i] = policy.update(value, origin=origin)
+        self._inputs = {}
+        self.seconds = time.perf_counter() - start
+        self.done = boxes, lost
 
 
 def object_extents(labels: Any, n: int) -> np.ndarray:
@@ -349,7 +437,8 @@ class Tracker:
     def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         """Track one more frame: boxes, lost flags, the label map (``keep_labels``) and the time it took.
 
-        The label map stays on the device unless asked for: the boxes need only each object's extent.
+        The label map stays on the device unless asked for: the boxes need only each object's extent (and,
+        for speck removal, its crop). The boxes are computed when first read (:meth:`FrameResult.deferred`).
         """
         import torch
 
@@ -363,12 +452,12 @@ class Tracker:
         labels = out.labels.to(torch.uint8)
         if self._refiner is not None:  # HQTrack: the output is refined, the memory keeps its own labels
             labels = torch.from_numpy(self._refiner(frame, labels.cpu().numpy()).labels)
-        boxes, lost = self._boxes.update(labels)
+        boxes = self._boxes.measure(labels)
         self._labels_device, self._labels = labels, None
         host = self.labels if keep_labels else None
         probs = out.probs.to("cpu") if keep_probs else None
         synchronize(self.device)
-        return FrameResult(boxes, lost, host, time.perf_counter() - start, probs)
+        return FrameResult.deferred(boxes, host, time.perf_counter() - start, probs)
 
     def update(self, image: Any) -> np.ndarray:
         """The toolkit interface: the next frame's box ``[x, y, w, h]`` (object 1)."""

@@ -223,5 +223,5 @@ def test_a_mixed_precision_frame_crosses_to_the_host_only_for_its_boxes(davis, n
             tracker.step(frame, keep_labels=False)
     expected = {("cpu", "object_extents"): 5, ("numpy", "object_extents"): 5}
     if specks:
-        expected.update({("cpu", "update"): 5, ("numpy", "update"): 5})
+        expected.update({("cpu", "measure"): 5, ("numpy", "measure"): 5})
     assert dict(transfers.seen) == expected
