@@ -24,7 +24,8 @@ Stages and what they measure (each benchmark's docstring says more):
 * ``memory``: peak memory at 150, 600 and 4,640 frames with the default bounded memory, and the official
   unbounded memory at 150 and 600 frames;
 * ``scale``: the TREK-150-shaped workload (10 sequences at full length, sampled) and its projected wall time,
-  then the same runs through ``trek-track eval``'s runner with 1 and 2 processes on the GPU;
+  each run's box-to-mask init (fused SAM ViT-B and Alpha-Refine) included, then the same runs through
+  ``trek-track eval``'s runner with 1 and 2 processes on the GPU;
 * ``outputs``: how fast ``trek-track run`` writes masks, probabilities and overlays at 1080p with the
   machine's CPUs (one writer thread against the pool);
 * ``train``: training throughput and projected hours of every ready config, in bf16.
@@ -91,9 +92,10 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
                 [*common, "--lengths", "8" if smoke else "150,600", "--settings", "official",
                  "--json", str(out / "memory_official.json")]]
     if stage == "scale":
-        sample = (["--model", "test_deaot_tiny", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "12"]
+        sample = (["--model", "test_deaot_tiny", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "12",
+                   "--init-sam", "none"]
                   if smoke else ["--model", "r50_deaotl", "--sequences", "10", "--length-scale", "1.0",
-                                 "--budget-frames", "2000" if quick else "6000"])
+                                 "--budget-frames", "2000" if quick else "6000", "--init-sam", "vit_b"])
         return [[py, str(bench / "trek150_scale.py"), *sample, "--random-weights", "--device", device, *threads,
                  "--workers", "1,2", "--json", str(out / "scale.json")]]
     if stage == "outputs":

@@ -7,9 +7,11 @@ the shared 1920x1080 ``aot_demo`` images, so every frame is really decoded), OPE
 anchors every ``--anchor-spacing`` frames tracked towards the longer side (the VOT2020 style the IJCV
 paper describes; the real ``anchors.txt`` decides), and ``--hoi`` intervals per sequence. A sample of that
 plan is tracked (``--sequences``, ``--length-scale``) with any model, and the per-frame figures project the
-full plan.
+full plan. Every run of the real evaluation starts with a box-to-mask init; its time (fused SAM and
+Alpha-Refine, ``--init-sam``) is measured on a 1080p frame and added once per run of the plan.
 
-    python benchmarks/trek150_scale.py --model test_deaot_tiny --random-weights --device cpu --threads 1
+    python benchmarks/trek150_scale.py --model test_deaot_tiny --random-weights --device cpu --threads 1 \
+        --init-sam none
     python benchmarks/trek150_scale.py --model r50_deaotl --checkpoint r50_deaotl --device cuda --sequences 10
 
 "Outside the network" is each frame's wall time minus the time spent in the model's own calls (encode,
@@ -197,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default=None, metavar="N[,N...]",
                         help="also run the same sample through `trek-track eval`'s runner with N processes on the "
                              "device (e.g. 1,2: does a second process per GPU raise throughput?)")
+    parser.add_argument("--init-sam", choices=("none", *INIT_SAMS), default="vit_b",
+                        help="time the box-to-mask init every run starts with (fused SAM of this size and "
+                             "Alpha-Refine seg384, as the README's eval command; random weights) and add it to the "
+                             "projection; none leaves it out")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -269,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                          "peak_cuda_mib": torch.cuda.max_memory_allocated(tracker.device) / 2**20 if cuda else None})
             print(f"  {run.protocol} {run.sequence} {run.length} frames: {wall:.1f} s, network {network:.1f} s",
                   flush=True)
+        init = None if args.init_sam == "none" else init_seconds(fused_init(args.init_sam, tracker.device), frame, box)
+        if init is not None:
+            print(f"box-to-mask init (fused SAM {args.init_sam} + Alpha-Refine seg384, random weights) on a 1080p "
+                  f"frame: {init:.2f} s per run", flush=True)
         parallel = []
         for n in (int(v) for v in args.workers.split(",")) if args.workers else ():
             parallel.append(runner_rate(dataset, chosen, root / f"results-{n}", config, str(tracker.device), n))
@@ -301,11 +311,14 @@ def main(argv: list[str] | None = None) -> int:
             rss = max(r["peak_rss_mib"] for r in sel)
             print(f"  {lo:>5}-{hi if hi < 10**9 else '':<5} {len(sel):>4} runs  RSS {rss:8.0f} MiB"
                   + (f"  CUDA {cuda_peak:8.0f} MiB" if cuda else ""))
-    projected = {p: n * per_frame for p, n in full_frames.items()}
+    full_runs = {p: sum(r.protocol == p for r in full) for p in full_frames}
+    projected = project(full, per_frame, init or 0.0)
     print(f"full plan: {sum(full_frames.values())} frames (OPE {full_frames['ope']}, MSE {full_frames['mse']}, "
-          f"HOI {full_frames['hoi']}); projected on this machine at {1000 * per_frame:.1f} ms/frame: "
+          f"HOI {full_frames['hoi']}) in {len(full)} runs; projected on this machine at {1000 * per_frame:.1f} "
+          f"ms/frame" + ("" if init is None else f" and {init:.2f} s of init per run") + ": "
           f"{sum(projected.values()) / 3600:.1f} h (OPE {projected['ope'] / 3600:.1f} h, MSE "
-          f"{projected['mse'] / 3600:.1f} h, HOI {projected['hoi'] / 3600:.1f} h)")
+          f"{projected['mse'] / 3600:.1f} h, HOI {projected['hoi'] / 3600:.1f} h)"
+          + (" without the box-to-mask init (--init-sam none)" if init is None else ""))
     if args.json is not None:
         args.json.write_text(json.dumps({
             "device": str(tracker.device), "precision": tracker.precision, "model": tracker.loaded.name,
@@ -314,11 +327,52 @@ def main(argv: list[str] | None = None) -> int:
             "network_seconds": network, "ms_per_frame": 1000 * per_frame,
             "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
             "decode_fps_by_threads": decode, "runner_by_workers": parallel,
-            "full_plan_frames": full_frames, "projected_hours": {p: v / 3600 for p, v in projected.items()},
+            "full_plan_frames": full_frames, "full_plan_runs": full_runs, "init_seconds_per_run": init,
+            "init_sam": args.init_sam, "projected_hours": {p: v / 3600 for p, v in projected.items()},
             "assumptions": {"lengths": "drawn to TREK-150's min/median/max/total", "anchor_spacing":
                             args.anchor_spacing, "hoi_intervals_per_sequence": args.hoi,
                             "frames": "1920x1080 JPEG (aot_demo)"}}, indent=2))
     return 0
+
+
+INIT_SAMS = ("vit_b", "vit_l", "vit_h")
+
+
+def project(full: list, per_frame: float, init: float) -> dict[str, float]:
+    """Projected seconds of the full plan, per protocol: every frame at ``per_frame`` seconds, and every run's
+    box-to-mask init at ``init`` seconds (a sample run's own start, from the box, is in ``per_frame``)."""
+    return {p: sum(r.length * per_frame + init for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
+
+
+def fused_init(sam: str, device):
+    """The fused box-to-mask init ``trek-track eval`` runs at the start of every run, with a SAM of size
+    ``sam`` and Alpha-Refine seg384, at random (seeded) weights: its time does not depend on their values."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    from trek_tracker.init.alpha_refine.seg384 import ARSegMask
+    from trek_tracker.init.api import BoxToMask, InitConfig
+
+    torch.manual_seed(0)
+    return BoxToMask(InitConfig(method="fused"), str(device), sam_model=sam_model_registry[sam]().to(device).eval(),
+                     ar_network=ARSegMask().to(device).eval())
+
+
+def init_seconds(init, frame: np.ndarray, box, calls: int = 3) -> float:
+    """Median seconds of ``calls`` box-to-mask inits on ``frame`` (after one untimed call), synchronised."""
+    import torch
+
+    from trek_tracker.device import synchronize
+
+    device = torch.device(init.device)
+    times = []
+    for i in range(calls + 1):
+        start = time.perf_counter()
+        init(frame, np.asarray(box, dtype=np.float64))
+        synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def build_tracker(config, device: str | None = None):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.damaged import REPO
 
@@ -52,7 +53,8 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     out = tmp_path / "scale.json"
     proc = _run("trek150_scale.py", "--shared", shared, "--model", "test_deaot_tiny", "--random-weights",
                 "--device", "cpu", "--threads", "1", "--sequences", "1", "--length-scale", "0.02",
-                "--budget-frames", "12", "--max-long-edge", "64", "--workers", "1,2", "--json", out, shared=shared)
+                "--budget-frames", "12", "--max-long-edge", "64", "--workers", "1,2", "--init-sam", "none",
+                "--json", out, shared=shared)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     runs = result["sample_runs"]
@@ -62,6 +64,10 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     assert result["full_plan_frames"]["ope"] == sum(trek150_scale.draw_lengths(0))
     assert result["full_plan_frames"]["mse"] > result["full_plan_frames"]["ope"]
     assert "projected on this machine" in proc.stdout and "outside" in proc.stdout
+    assert result["init_seconds_per_run"] is None and "without the box-to-mask init" in proc.stdout
+    assert sum(result["full_plan_runs"].values()) > 150 and result["full_plan_runs"]["ope"] == 150
+    per_frame = result["ms_per_frame"] / 1000
+    assert result["projected_hours"]["mse"] * 3600 == pytest.approx(result["full_plan_frames"]["mse"] * per_frame)
     parallel = result["runner_by_workers"]  # the same sample again, through eval's runner
     assert [r["workers"] for r in parallel] == [1, 2] and all(r["frames"] == result["frames"] for r in parallel)
     assert "the runner with 2 processes on cpu" in proc.stdout
@@ -130,3 +136,36 @@ def test_network_clock_counts_the_time_inside_the_models_calls_only():
     assert abs(clock.seconds() - clock.seconds(0, 1) - clock.seconds(1)) < 1e-9
     clock.reset()
     assert len(clock) == 0 and clock.seconds() == 0
+
+
+def test_the_projection_adds_one_init_per_run_and_the_init_is_timed_as_eval_runs_it():
+    from tests.init.test_sam import tiny_sam
+    from trek_tracker.init.alpha_refine.secm import SEcm
+    from trek_tracker.init.api import BoxToMask, InitConfig
+
+    full = [r for n in (161, 484) for r in trek150_scale._plan_of(n, 100, 2, *_planners())]
+    plain, with_init = trek150_scale.project(full, 0.01, 0.0), trek150_scale.project(full, 0.01, 0.5)
+    for p in ("ope", "mse", "hoi"):
+        runs = [r for r in full if r.protocol == p]
+        assert plain[p] == pytest.approx(0.01 * sum(r.length for r in runs))
+        assert with_init[p] - plain[p] == pytest.approx(0.5 * len(runs))
+    calls = []
+    init = BoxToMask(InitConfig(method="fused"), "cpu", sam_model=tiny_sam(), ar_network=SEcm().eval())
+    original = init.__call__
+
+    class Counted:
+        device = init.device
+
+        def __call__(self, image, box):
+            calls.append(box.tolist())
+            return original(image, box)
+
+    frame = np.random.default_rng(0).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    seconds = trek150_scale.init_seconds(Counted(), frame, (40, 20, 50, 30), calls=2)
+    assert seconds > 0 and calls == [[40.0, 20.0, 50.0, 30.0]] * 3  # one untimed call, then the timed ones
+
+
+def _planners():
+    from trek_tracker.eval.protocols import Run, hoi_runs, mse_runs, ope_runs
+
+    return Run, ope_runs, mse_runs, hoi_runs
