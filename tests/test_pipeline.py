@@ -117,6 +117,22 @@ def test_deferred_boxes_are_computed_in_frame_order_whoever_asks_first():
     assert results[1].box.tolist() == [10, 5, 20, 15]  # held from frame 0
 
 
+def test_boxes_nobody_reads_do_not_pile_up():
+    from trek_tracker.geometry import BoxConfig
+    from trek_tracker.pipeline import ObjectBoxes
+
+    maps = _label_maps() * 10
+    start = {1: np.array([0, 0, 4, 4.0])}
+    eager = ObjectBoxes(start, BoxConfig(min_component_px=10))
+    expected = [eager.update(m) for m in maps]
+    deferred = ObjectBoxes(start, BoxConfig(min_component_px=10))
+    pending = [deferred.measure(m) for m in maps]  # a caller that reads only masks
+    first_waiting = len(maps) - ObjectBoxes.PENDING
+    assert len(deferred._queue) == ObjectBoxes.PENDING
+    assert pending[first_waiting - 1].done is not None and pending[first_waiting].done is None
+    assert [p.result()[0][1].tolist() for p in pending] == [b[1].tolist() for b, _ in expected]
+
+
 @pytest.mark.parametrize("behind", [True, False])
 def test_a_frames_boxes_are_computed_behind_the_tracker_and_counted_in_its_time(tracker, monkeypatch, behind):
     import threading

@@ -233,6 +233,9 @@ class ObjectBoxes:
     always in frame order, since a lost object holds the box of the frame before.
     """
 
+    PENDING = 16  # frames whose boxes may wait (the loop's writer is at most 5 behind): a caller that never
+    # reads them (masks only) does not accumulate crops
+
     def __init__(self, boxes: dict[int, np.ndarray], config: BoxConfig) -> None:
         self.policies = {i: BoxFromMask(b, config) for i, b in boxes.items()}
         self._queue: deque[PendingBoxes] = deque()
@@ -261,6 +264,8 @@ class ObjectBoxes:
         pending = PendingBoxes(self, inputs)
         with self._lock:
             self._queue.append(pending)
+            while len(self._queue) > self.PENDING:
+                self._queue.popleft()._compute(self.policies)
         return pending
 
     def _compute_until(self, pending: PendingBoxes) -> None:
