@@ -320,7 +320,7 @@ def object_extents(labels: Any, n: int) -> np.ndarray:
     rows, cols = mask.any(dim=2).to(torch.uint8), mask.any(dim=1).to(torch.uint8)
     out = torch.stack([cols.argmax(1), rows.argmax(1), w - 1 - cols.flip(1).argmax(1),
                        h - 1 - rows.flip(1).argmax(1)], dim=1)
-    out[rows.amax(1) == 0] = -1
+    out = out.masked_fill((rows.amax(1) == 0)[:, None], -1)  # not out[mask] = -1: that counts the mask (a sync)
     return out.cpu().numpy()
 
 

@@ -172,8 +172,9 @@ def test_tracker_stores_its_own_models_weights_for_autocast_but_never_a_model_it
 class HostTransfers(TorchFunctionMode):
     """Records every call that, on a GPU, moves data between host and device, by the trek_tracker function
     that made it: downloads (``cpu``, ``numpy``, ``item``, ``tolist``, a tensor's truth value or number,
-    data-dependent shapes) and tensors built from host data (``tensor``, ``as_tensor``), which a GPU run
-    uploads with a blocking copy. On a CPU each is a no-op, so the count is the same there."""
+    data-dependent shapes, boolean-mask indexing) and tensors built from host data (``tensor``,
+    ``as_tensor``), which a GPU run uploads with a blocking copy. On a CPU each is a no-op, so the count is
+    the same there."""
 
     CALLS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero",
              "unique", "masked_select", "argwhere", "tensor", "as_tensor"}
@@ -184,10 +185,17 @@ class HostTransfers(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in self.CALLS:
+        if name in ("__getitem__", "__setitem__") and _bool_index(args[1]):
+            name = "bool-index"  # a boolean mask as an index counts its elements on the host (nonzero)
+        if name in self.CALLS or name == "bool-index":
             ours = [f.name for f in traceback.extract_stack()[:-1] if "trek_tracker" in f.filename]
             self.seen[(name, ours[-1] if ours else "?")] += 1
         return func(*args, **(kwargs or {}))
+
+
+def _bool_index(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
 
 
 @pytest.mark.parametrize("name,tta,members,specks,objects", [
@@ -225,3 +233,30 @@ def test_a_mixed_precision_frame_crosses_to_the_host_only_for_its_boxes(davis, n
     if specks:
         expected.update({("cpu", "measure"): 5, ("numpy", "measure"): 5})
     assert dict(transfers.seen) == expected
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_a_frame_synchronises_only_to_hand_over_its_boxes(davis):
+    """The host-transfer count above, checked by CUDA itself: in sync-debug mode every synchronising call
+    warns. A steady-state bf16 frame of one object may synchronise for its extents, its crop (speck
+    removal) and the end of the tracker's call, and must not do more (a constant uploaded with a blocking
+    copy, a hidden download)."""
+    import warnings
+
+    paths = sorted((davis / "JPEGImages/480p/car-shadow").glob("*.jpg"))[:8]
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    mask = (np.asarray(Image.open(davis / "Annotations/480p/car-shadow/00000.png")) > 0).astype(np.uint8)
+    tracker = Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cuda", precision="bf16",
+                                    max_long_edge=160, tta=TTAConfig(flip=True), init=InitConfig(method="box")))
+    tracker.init(frames[0], mask=mask)
+    assert tracker.step(frames[1], keep_labels=False).box.shape == (4,)  # warm-up: constants are built
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for frame in frames[2:]:
+                assert tracker.step(frame, keep_labels=False).box.shape == (4,)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(frames[2:]) <= len(syncs) <= 3 * len(frames[2:]), [f"{w.filename}:{w.lineno}" for w in syncs]
