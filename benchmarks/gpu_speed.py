@@ -154,6 +154,8 @@ def kernel_seconds(tracker, video: Path, skip: int, count: int = 20) -> float | 
     from trek_tracker.video import open_frames
 
     frames = list(islice(open_frames(video), skip, skip + count))
+    if not frames:
+        return None
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for frame in frames:
@@ -162,7 +164,7 @@ def kernel_seconds(tracker, video: Path, skip: int, count: int = 20) -> float | 
     except Exception as err:  # noqa: BLE001 - a missing profiler costs this column, not the benchmark
         print(f"GPU kernel time not measured: {type(err).__name__}: {err}", file=sys.stderr)
         return None
-    return busy / 1e6 / len(frames) or None
+    return busy / 1e6 / len(frames) or None  # 0: the profiler saw no GPU work
 
 
 def official(checkout: Path, video: Path, box, model: str, state: dict, device: torch.device, warmup: int) -> dict:

@@ -109,8 +109,6 @@ class NetworkClock:
         self._cuda = False
 
     def attach(self, model) -> None:
-        import torch
-
         self._cuda = next(model.parameters()).is_cuda
         for name in self.METHODS:
             original = getattr(model, name)
@@ -122,12 +120,13 @@ class NetworkClock:
                 return out
 
             setattr(model, name, timed)
-        self._torch = torch
 
     def _mark(self):
         if not self._cuda:
             return time.perf_counter()
-        event = self._torch.cuda.Event(enable_timing=True)
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
 
@@ -140,7 +139,9 @@ class NetworkClock:
         spans = self._spans[begin:end]
         if not self._cuda:
             return sum(b - a for a, b in spans)
-        self._torch.cuda.synchronize()
+        import torch
+
+        torch.cuda.synchronize()
         return sum(a.elapsed_time(b) for a, b in spans) / 1000
 
     def reset(self) -> None:
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {lo:>5}-{hi if hi < 10**9 else '':<5} {len(sel):>4} runs  RSS {rss:8.0f} MiB"
                   + (f"  CUDA {cuda_peak:8.0f} MiB" if cuda else ""))
     full_runs = {p: sum(r.protocol == p for r in full) for p in full_frames}
-    projected = project(full, per_frame, init or 0.0)
+    projected = project(full_frames, full_runs, per_frame, init or 0.0)
     print(f"full plan: {sum(full_frames.values())} frames (OPE {full_frames['ope']}, MSE {full_frames['mse']}, "
           f"HOI {full_frames['hoi']}) in {len(full)} runs; projected on this machine at {1000 * per_frame:.1f} "
           f"ms/frame" + ("" if init is None else f" and {init:.2f} s of init per run") + ": "
@@ -338,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
 INIT_SAMS = ("vit_b", "vit_l", "vit_h")
 
 
-def project(full: list, per_frame: float, init: float) -> dict[str, float]:
-    """Projected seconds of the full plan, per protocol: every frame at ``per_frame`` seconds, and every run's
-    box-to-mask init at ``init`` seconds (a sample run's own start, from the box, is in ``per_frame``)."""
-    return {p: sum(r.length * per_frame + init for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
+def project(frames: dict[str, int], runs: dict[str, int], per_frame: float, init: float) -> dict[str, float]:
+    """Projected seconds of the full plan, per protocol: its ``frames`` at ``per_frame`` seconds each, and
+    each of its ``runs``' box-to-mask init at ``init`` seconds (a sample run's own start, from the box, is in
+    ``per_frame``)."""
+    return {p: frames[p] * per_frame + runs[p] * init for p in frames}
 
 
 def fused_init(sam: str, device):

@@ -144,11 +144,14 @@ def test_the_projection_adds_one_init_per_run_and_the_init_is_timed_as_eval_runs
     from trek_tracker.init.api import BoxToMask, InitConfig
 
     full = [r for n in (161, 484) for r in trek150_scale._plan_of(n, 100, 2, *_planners())]
-    plain, with_init = trek150_scale.project(full, 0.01, 0.0), trek150_scale.project(full, 0.01, 0.5)
+    frames = {p: sum(r.length for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
+    runs = {p: sum(r.protocol == p for r in full) for p in frames}
+    plain = trek150_scale.project(frames, runs, 0.01, 0.0)
+    with_init = trek150_scale.project(frames, runs, 0.01, 0.5)
     for p in ("ope", "mse", "hoi"):
-        runs = [r for r in full if r.protocol == p]
-        assert plain[p] == pytest.approx(0.01 * sum(r.length for r in runs))
-        assert with_init[p] - plain[p] == pytest.approx(0.5 * len(runs))
+        planned = [r for r in full if r.protocol == p]
+        assert plain[p] == pytest.approx(0.01 * sum(r.length for r in planned))
+        assert with_init[p] - plain[p] == pytest.approx(0.5 * len(planned))
     calls = []
     init = BoxToMask(InitConfig(method="fused"), "cpu", sam_model=tiny_sam(), ar_network=SEcm().eval())
     original = init.__call__
