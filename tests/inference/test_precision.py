@@ -193,6 +193,13 @@ class HostTransfers(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def _car_shadow(davis, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """DAVIS car-shadow's first ``n`` frames and its first-frame mask (one object)."""
+    paths = sorted((davis / "JPEGImages/480p/car-shadow").glob("*.jpg"))[:n]
+    mask = np.asarray(Image.open(davis / "Annotations/480p/car-shadow/00000.png")) > 0
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths], mask.astype(np.uint8)
+
+
 def _bool_index(index) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
     return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
@@ -211,9 +218,7 @@ def test_a_mixed_precision_frame_crosses_to_the_host_only_for_its_boxes(davis, n
     """After warm-up, a tracked frame's only transfers are the objects' extents and, when speck removal
     needs them, their crops: no blocking upload of a constant, no hidden download in the network, the
     views or the memory (each would stall the GPU's queue in the middle of the frame)."""
-    paths = sorted((davis / "JPEGImages/480p/car-shadow").glob("*.jpg"))[:7]
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    mask = (np.asarray(Image.open(davis / "Annotations/480p/car-shadow/00000.png")) > 0).astype(np.uint8)
+    frames, mask = _car_shadow(davis, 7)
     if objects > 1:  # the car cut into vertical strips, one object each
         xs = np.nonzero(mask.any(0))[0]
         strip = np.minimum((np.arange(mask.shape[1]) - xs[0]) * objects // (xs[-1] + 1 - xs[0]), objects - 1)
@@ -243,9 +248,7 @@ def test_on_a_gpu_a_frame_synchronises_only_to_hand_over_its_boxes(davis):
     copy, a hidden download)."""
     import warnings
 
-    paths = sorted((davis / "JPEGImages/480p/car-shadow").glob("*.jpg"))[:8]
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    mask = (np.asarray(Image.open(davis / "Annotations/480p/car-shadow/00000.png")) > 0).astype(np.uint8)
+    frames, mask = _car_shadow(davis, 8)
     tracker = Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cuda", precision="bf16",
                                     max_long_edge=160, tta=TTAConfig(flip=True), init=InitConfig(method="box")))
     tracker.init(frames[0], mask=mask)
