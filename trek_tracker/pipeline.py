@@ -80,8 +80,8 @@ class FrameResult:
 
     def __init__(self, boxes: dict[int, np.ndarray], lost: dict[int, bool], labels: np.ndarray | None,
                  seconds: float, probs: Any = None) -> None:
-        self._boxes, self._lost, self._seconds = boxes, lost, seconds
-        self._step_seconds = seconds
+        self._boxes, self._lost = boxes, lost
+        self._step_seconds, self._box_seconds = seconds, 0.0
         self._pending: PendingBoxes | None = None
         self.labels = labels
         self.probs = probs
@@ -98,7 +98,7 @@ class FrameResult:
         pending = self._pending
         if pending is not None:
             self._boxes, self._lost = pending.result()
-            self._seconds = self._step_seconds + pending.seconds
+            self._box_seconds = pending.seconds
             self._pending = None
 
     @property
@@ -114,7 +114,7 @@ class FrameResult:
     @property
     def seconds(self) -> float:
         self._resolve()
-        return self._seconds
+        return self._step_seconds + self._box_seconds
 
     @property
     def box(self) -> np.ndarray:
