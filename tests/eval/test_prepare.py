@@ -27,7 +27,8 @@ import sys, pathlib
 log = pathlib.Path({log!r})
 if sys.argv[1:] == ["-version"]:
     print("ffmpeg version 9.9-fake"); sys.exit(0)
-log.write_text(log.read_text() + " ".join(sys.argv[1:]) + "\\n" if log.exists() else " ".join(sys.argv[1:]) + "\\n")
+with open(log, "a") as f:  # one append: two of these may run at once (--jobs)
+    f.write(" ".join(sys.argv[1:]) + "\\n")
 n = int(pathlib.Path(sys.argv[2]).read_text())
 out = sys.argv[5]
 for i in range(1, n + 1):
