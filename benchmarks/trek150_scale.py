@@ -257,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 budget -= run.length
         longest = max(dataset, key=len)
         threads = decode_threads()
-        decode = {t: decode_rate(tracker, longest, t) for t in sorted({1, threads})}
-        print("decoding 1080p JPEG frames (PIL, to arrays): " + ", ".join(
-            f"{fps:.0f} frames/s with {t} thread{'s' * (t > 1)}" for t, fps in decode.items()), flush=True)
+        decode, toolkit_decode = ({t: decode_rate(reader, longest, t) for t in sorted({1, threads})}
+                                  for reader in (tracker, None))
+        for what, rates in (("for ours (OpenCV, into arrays)", decode), ("for toolkit trackers (PIL images)",
+                                                                          toolkit_decode)):
+            print(f"decoding 1080p JPEG frames {what}: " + ", ".join(
+                f"{fps:.0f} frames/s with {t} thread{'s' * (t > 1)}" for t, fps in rates.items()), flush=True)
         print(f"tracking {len(chosen)} of the sample's {len(runs)} runs ({sum(r.length for r in chosen)} frames)",
               flush=True)
         for run in chosen:
@@ -327,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": seconds,
             "network_seconds": network, "ms_per_frame": 1000 * per_frame,
             "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
-            "decode_fps_by_threads": decode, "runner_by_workers": parallel,
+            "decode_fps_by_threads": decode, "toolkit_decode_fps_by_threads": toolkit_decode,
+            "runner_by_workers": parallel,
             "full_plan_frames": full_frames, "full_plan_runs": full_runs, "init_seconds_per_run": init,
             "init_sam": args.init_sam, "projected_hours": {p: v / 3600 for p, v in projected.items()},
             "assumptions": {"lengths": "drawn to TREK-150's min/median/max/total", "anchor_spacing":
@@ -401,12 +405,14 @@ def runner_rate(dataset, runs, results: Path, config, device: str, workers: int)
 
 
 def decode_rate(tracker, seq, threads: int, frames: int = 120) -> float:
-    """Frames per second the evaluation runner's decoding delivers ``tracker`` for ``seq`` (for ours, PIL
-    decode and conversion to an array) with ``threads`` decoding threads, nothing else running."""
+    """Frames per second the evaluation runner's decoding delivers ``tracker`` for ``seq`` with ``threads``
+    decoding threads, nothing else running: for ours, arrays decoded by OpenCV; for anything else (None: a
+    toolkit tracker), PIL images."""
     from trek_tracker.eval.runner import run_frames
     from trek_tracker.video import prefetch
 
     n = min(frames, len(seq))
+    next(iter(run_frames(tracker, seq, range(1))))  # the decoder's own first-use set-up is not a frame's cost
     start = time.perf_counter()
     for _ in prefetch(run_frames(tracker, seq, range(n)), depth=4, threads=threads):
         pass

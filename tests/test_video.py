@@ -15,6 +15,7 @@ from trek_tracker.video import (
     IndexedFrames,
     OverlayWriter,
     VideoFileSource,
+    decode_rgb,
     draw_overlay,
     id_color,
     natural_key,
@@ -278,6 +279,56 @@ def test_image_folder_decodes_in_parallel_and_records_damage_once(tmp_path: Path
 
 
 # -------------------------------------------------------------------------------------------- overlay
+
+
+def _encodings(rgb: np.ndarray) -> dict[str, bytes]:
+    """One picture in the encodings frames come in: baseline JPEG at each chroma subsampling, progressive,
+    grey, EXIF-rotated, and PNG (8-bit RGBA, 16-bit)."""
+    import io
+
+    from PIL import Image
+
+    def save(image, **kwargs) -> bytes:
+        out = io.BytesIO()
+        image.save(out, **kwargs)
+        return out.getvalue()
+
+    im = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    return {
+        **{f"jpeg 4:{s}": save(im, format="JPEG", quality=90, subsampling=i)
+           for i, s in enumerate(("4:4", "2:2", "2:0"))},
+        "progressive": save(im, format="JPEG", quality=85, progressive=True),
+        "grey jpeg": save(im.convert("L"), format="JPEG", quality=90),
+        "exif rotated": save(im, format="JPEG", quality=90, exif=exif.tobytes()),
+        "png rgba": save(im.convert("RGBA"), format="PNG"),
+        "png 16-bit": save(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), format="PNG"),
+    }
+
+
+def test_decode_rgb_gives_pil_pixels_for_every_encoding(shared: Path) -> None:
+    """OpenCV straight into RGB (the fast decoder of frames) gives what PIL gives, colour order and EXIF
+    orientation included; the dataset's toolkit-like reading ignores EXIF, as PIL does."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from trek_tracker.video import pil_to_rgb
+
+    first = sorted((shared / "data/aot_demo/images").glob("*.jpg"))[0]
+    picture = decode_rgb(first.read_bytes())[:237, 100:513]  # odd sizes: edges of the chroma upsampling
+    for name, data in _encodings(np.ascontiguousarray(picture)).items():
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            plain = np.asarray(pil_to_rgb(im))
+            rotated = np.asarray(pil_to_rgb(ImageOps.exif_transpose(im)))
+        got, unrotated = decode_rgb(data), decode_rgb(data, orientation=False)
+        assert got.dtype == np.uint8 and got.flags.writeable, name
+        np.testing.assert_array_equal(got, rotated, err_msg=name)
+        np.testing.assert_array_equal(unrotated, plain, err_msg=name)
+        assert (got.shape != unrotated.shape) == (name == "exif rotated")
+    assert decode_rgb(b"not an image at all") is None
 
 
 def test_id_colors_distinct() -> None:

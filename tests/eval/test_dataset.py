@@ -133,8 +133,10 @@ def test_non_integer_anchors_name_the_line(root: Path, row: str) -> None:
         _ = Trek150(root)["P01-P01_01-2"].frame_ids
 
 
-def test_damaged_frames_are_errors_when_loaded(root: Path) -> None:
+@pytest.mark.parametrize("load", ["load_frame", "load_array"])
+def test_damaged_frames_are_errors_when_loaded(root: Path, load: str) -> None:
     seq = Trek150(root)["P01-P01_01-2"]
+    load_frame = getattr(seq, load)
     files = _frames(root)
     files[1].write_bytes(b"")
     _cut(files[2])
@@ -142,21 +144,21 @@ def test_damaged_frames_are_errors_when_loaded(root: Path) -> None:
     ihdr = b"IHDR" + (96).to_bytes(4, "big") + (64).to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
     files[4].write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + b"\x00\x00\x00\x00"  # bad CRC
                          + (0).to_bytes(4, "big") + b"IEND\xaeB`\x82")
-    assert seq.load_frame(0).size == (96, 64)
+    assert np.asarray(load_frame(0)).shape == (64, 96, 3)
     with pytest.raises(InputError, match=r"frame_0000000103.jpg is empty \(0 bytes\)"):
-        seq.load_frame(1)
+        load_frame(1)
     with pytest.raises(InputError, match=r"frame_0000000105.jpg is truncated .*dataset check --decode"):
-        seq.load_frame(2)
+        load_frame(2)
     with pytest.raises(InputError, match=r"frame_0000000107.jpg is damaged \(no JPEG marker at byte 20\)"):
-        seq.load_frame(3)
-    with pytest.raises(InputError, match=r"cannot decode frame .*frame_0000000109.jpg"):
-        seq.load_frame(4)
+        load_frame(3)
+    with pytest.raises(InputError, match=r"cannot decode frame .*frame_0000000109.jpg.*dataset check --decode"):
+        load_frame(4)
 
 
 def test_sixteen_bit_frame_is_scaled_not_white(root: Path) -> None:
     from PIL import Image
 
-    from trek_tracker.eval.dataset import load_image
+    from trek_tracker.eval.dataset import load_array, load_image
 
     wide = (np.arange(64 * 96).reshape(64, 96) * 7).astype(np.uint16)
     path = _frames(root)[0]
@@ -164,6 +166,25 @@ def test_sixteen_bit_frame_is_scaled_not_white(root: Path) -> None:
     loaded = np.asarray(load_image(path))
     assert loaded.shape == (64, 96, 3) and loaded.dtype == np.uint8
     np.testing.assert_array_equal(loaded[..., 1], (wide >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(load_array(path), loaded)
+
+
+def test_our_tracker_gets_the_toolkit_pixels_as_arrays(shared: Path, tmp_path: Path) -> None:
+    """TREK-150 frames reach our tracker decoded straight into arrays (``load_array``) and toolkit trackers
+    as PIL images (``load_image``): the same pixels, on every JPEG of the shared clips (1080p EPIC-like
+    frames, DAVIS, VOT) and on an EXIF-rotated one, which the toolkit does not rotate."""
+    from PIL import Image
+
+    from trek_tracker.eval.dataset import load_array, load_image
+
+    files = sorted((shared / "data").rglob("*.jpg"))
+    assert len(files) > 400
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    with Image.open(files[0]) as im:
+        im.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    for path in [*files, tmp_path / "rotated.jpg"]:
+        np.testing.assert_array_equal(load_array(path), np.asarray(load_image(path)), err_msg=str(path))
 
 
 def test_validate_lists_every_problem_and_decode_finds_damaged_frames(root: Path) -> None:

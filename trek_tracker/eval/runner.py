@@ -40,7 +40,7 @@ from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run
 from trek_tracker.files import read_json, write_json
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
-from trek_tracker.pipeline import FrameResult, Tracker, as_rgb
+from trek_tracker.pipeline import FrameResult, Tracker
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
 from trek_tracker.video import IndexedFrames
 
@@ -69,9 +69,9 @@ def as_step_tracker(tracker: Any) -> StepTracker:
 
 def run_frames(tracker: StepTracker, seq: Sequence, indices: range) -> IndexedFrames:
     """The frames of a run as ``tracker`` gets them: toolkit trackers get PIL images, as the toolkit hands
-    them; ours gets arrays, converted by the decoding threads rather than in its timed call
-    (docs/trek150.md#timing)."""
-    read = (lambda i: as_rgb(seq.load_frame(i))) if isinstance(tracker, Tracker) else seq.load_frame
+    them; ours gets the same pixels as arrays, decoded straight into one by the decoding threads, outside
+    its timed call (docs/trek150.md#timing)."""
+    read = seq.load_array if isinstance(tracker, Tracker) else seq.load_frame
     return IndexedFrames(read, indices)
 
 

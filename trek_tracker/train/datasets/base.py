@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 from trek_tracker.errors import InputError
+from trek_tracker.files import os_error_message
+from trek_tracker.video import decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -73,14 +75,16 @@ def read_bytes(ref: ImageRef) -> bytes:
 
 
 def read_image(ref: ImageRef) -> np.ndarray:
-    """An RGB uint8 image from a file or a zip member."""
-    if isinstance(ref, ZipMember):
-        img = cv2.imdecode(np.frombuffer(read_bytes(ref), np.uint8), cv2.IMREAD_COLOR)
-    else:
-        img = cv2.imread(str(ref), cv2.IMREAD_COLOR)
+    """An RGB uint8 image from a file or a zip member (:func:`~trek_tracker.video.decode_rgb`)."""
+    try:
+        data = read_bytes(ref)
+    except OSError as err:
+        where = ref.archive if isinstance(ref, ZipMember) else ref
+        raise InputError(os_error_message(err, where, "read image")) from None
+    img = decode_rgb(data) if data else None
     if img is None:
         raise InputError(f"cannot read image {ref}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
 def image_size(ref: ImageRef) -> tuple[int, int]:
