@@ -101,4 +101,16 @@ def constant_tensors(build: F) -> F:
     def constant(*args):
         return build(*args) if torch.compiler.is_compiling() else cached(*args)
 
+    constant.cache_clear = cached.cache_clear
+    _KEPT.append(cached)
     return constant
+
+
+_KEPT: list = []  # every constant_tensors cache
+
+
+def forget_constant_tensors() -> None:
+    """Drop every constant kept by :func:`constant_tensors`: a test that fakes a device (tensors without
+    values) must not leave its tensors for later code on that device."""
+    for cached in _KEPT:
+        cached.cache_clear()

@@ -141,11 +141,12 @@ class VOSEngine:
     def add_reference(self, frame: np.ndarray | Frame, labels: np.ndarray | torch.Tensor) -> None:
         """Start (or re-anchor) tracking from ``labels`` (H, W) with ids 0..N on ``frame`` (H, W, 3 RGB)."""
         frame = frame if isinstance(frame, Frame) else Frame(frame)
-        labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-        if labels_t.ndim != 2 or tuple(labels_t.shape) != tuple(frame.shape[:2]):
-            raise InputError(f"mask size {tuple(labels_t.shape[::-1])} differs from the frame size "
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or tuple(labels.shape) != tuple(frame.shape[:2]):
+            raise InputError(f"mask size {tuple(labels.shape[::-1])} differs from the frame size "
                              f"{tuple(frame.shape[1::-1])}")
-        num_objects = int(labels_t.max())
+        num_objects = int(labels.max())  # on the host, where the map is
+        labels_t = torch.as_tensor(labels, dtype=torch.int64)
         if num_objects < 1:
             raise InputError("the initial mask is empty: it must mark at least one object")
         if self.frame_size is None:

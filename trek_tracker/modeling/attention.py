@@ -14,13 +14,13 @@ mathematics (window positions outside the image get weight exactly 0) at a fract
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trek_tracker.device import constant_tensors
 from trek_tracker.modeling.layout import map_to_tokens, tokens_to_map
 
 
@@ -85,23 +85,16 @@ class GlobalGatedPropagation(nn.Module):
         return self.projection(self.dw_conv(out, size_2d))
 
 
-@functools.lru_cache(maxsize=64)
+@constant_tensors
 def _window_index(h: int, w: int, y0: int, y1: int, max_dis: int, dilation: int,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """For query rows ``[y0, y1)``: the index of each window position in the key band, and validity.
 
     Returns ``(index (nq, K), valid (nq, K), band_start_row, band_rows)`` with ``K = (2*max_dis+1)**2``
     window positions in row-major (dy, dx) order, the order of the official relative-position channels.
-    Invalid positions (outside the image) point at the dummy column ``band_rows * w``.
-    Built outside inference mode: the cache outlives the call, and an index made under
-    ``torch.inference_mode`` (validation) could not be used by a later training step.
+    Invalid positions (outside the image) point at the dummy column ``band_rows * w``. Built once per shape
+    and device (``constant_tensors``); under ``torch.compile`` traced, as it depends only on shapes.
     """
-    with torch.inference_mode(False):
-        return _build_window_index(h, w, y0, y1, max_dis, dilation, device)
-
-
-def _build_window_index(h: int, w: int, y0: int, y1: int, max_dis: int, dilation: int,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     reach = max_dis * dilation
     k0, k1 = max(0, y0 - reach), min(h, y1 + reach)
     offsets = torch.arange(-max_dis, max_dis + 1, device=device) * dilation
@@ -142,9 +135,7 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     outputs = []
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        # Under torch.compile the uncached function is traced (its result depends only on shapes).
-        window_index = _window_index.__wrapped__ if torch.compiler.is_compiling() else _window_index
-        index, valid, k0, kr = window_index(h, w, y0, y1, max_dis, dilation, q.device)
+        index, valid, k0, kr = _window_index(h, w, y0, y1, max_dis, dilation, q.device)
         qs = slice(y0 * w, y1 * w)
         ks = slice(k0 * w, (k0 + kr) * w)
         scores = torch.bmm(q_seq[:, qs], k_seq[:, ks].transpose(1, 2))  # (B, nq, kr*w)
