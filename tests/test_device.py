@@ -63,3 +63,22 @@ def test_constant_tensors_are_built_once_per_arguments_and_usable_in_training():
     w = torch.ones(3, requires_grad=True)
     (w / (a + 1)).sum().backward()  # the division saves the constant for backward
     assert torch.allclose(w.grad, 1 / (a + 1))
+
+
+def test_thread_counts_follow_the_cpus_this_process_may_use(monkeypatch):
+    """On a shared node (Slurm, taskset, a container) the process may use 6 of the machine's 128 CPUs:
+    decoding threads, evaluation workers' torch threads and the dataset check are sized by the 6."""
+    import os
+
+    from trek_tracker.device import usable_cpus
+    from trek_tracker.eval.runner import worker_threads
+    from trek_tracker.video import decode_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert usable_cpus() == 6 and decode_threads() == 4
+    assert [worker_threads(n) for n in (1, 2, 4, 8)] == [6, 3, 1, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert usable_cpus() == 1 and decode_threads() == 1 and worker_threads(2) == 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: the machine's count
+    assert usable_cpus() == 128

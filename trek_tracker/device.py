@@ -46,6 +46,16 @@ def select_device(requested: str = "auto"):
     return torch.device("cuda", index)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what ``taskset``, Slurm or a container grant),
+    not the machine's count, which on a shared node can be many times more (``os.cpu_count()`` there would
+    start one thread per core of the node, and threads that wait on each other run many times slower)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def synchronize(device) -> None:
     """Wait for the work queued on ``device`` (a no-op on the CPU); never touches another GPU."""
     import torch

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 from collections.abc import Iterator
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
@@ -710,7 +709,9 @@ def _validate(ds: Trek150, images: bool, decode: bool, progress: bool, workers: 
         from tqdm import tqdm
 
         first_size: dict[Path, tuple[int, int]] = {}
-        n_workers = workers or min(8, os.cpu_count() or 1)
+        from trek_tracker.device import usable_cpus
+
+        n_workers = workers or min(8, usable_cpus())
         with ThreadPoolExecutor(n_workers) as pool, tqdm(total=len(to_decode), unit="frame", desc="decoding",
                                                           disable=None if progress else True, leave=False) as bar:
             for path, (problem, detail, size) in zip(to_decode, pool.map(_frame_problem, to_decode), strict=True):

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from trek_tracker.device import peak_memory
+from trek_tracker.device import peak_memory, usable_cpus
 from trek_tracker.errors import TRACKING_MEMORY_HINT, CheckpointError, InputError, OutOfMemory, UserError, memory_errors
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
@@ -226,9 +226,11 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
     goes to ``messages``; a user error is passed on as its one line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     _die_with_parent(parent)
+    import cv2
     import torch
 
-    torch.set_num_threads(threads)  # N workers with torch's default threads each would oversubscribe the CPU
+    torch.set_num_threads(threads)  # N workers with torch's and OpenCV's default threads each would
+    cv2.setNumThreads(threads)  # oversubscribe the CPU N times
     try:
         with memory_errors("while loading the tracker", _SHARED_HINT):
             tracker = _make_tracker(factory, device)
@@ -308,6 +310,12 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     return summary
 
 
+def worker_threads(workers: int) -> int:
+    """torch's and OpenCV's CPU threads for each of ``workers`` processes: the CPUs this process may use,
+    shared out (the default in each would be all of them, and N workers would oversubscribe them N times)."""
+    return max(1, usable_cpus() // workers)
+
+
 def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: TrackerFactory, workers: int,
                  devices: list[str] | None, prefetch: int, bar, summary: RunSummary) -> None:
     ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
@@ -318,7 +326,7 @@ def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: 
     for _ in range(n):
         tasks.put(None)
     names = sorted({r.sequence for r in todo})
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = worker_threads(n)
     procs = [ctx.Process(target=_worker, daemon=True, name=f"trek-track-worker-{i}",
                          args=(factory, devices[i % len(devices)] if devices else None, str(dataset.root), names,
                                str(tracker_dir), prefetch, threads, tasks, messages, os.getpid()))
