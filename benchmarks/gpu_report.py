@@ -114,8 +114,10 @@ def device_info() -> dict:
     """What the figures were measured on."""
     import torch
 
+    from trek_tracker.device import usable_cpus
+
     info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "cuda": torch.version.cuda}
+            "cpus": usable_cpus(), "cuda": torch.version.cuda}  # the CPUs the benchmarks could use
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), gpus=torch.cuda.device_count())
