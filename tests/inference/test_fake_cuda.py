@@ -3,7 +3,7 @@
 PyTorch's fake tensors carry a device, a shape and a dtype but no values, and run every operator's shape and
 dtype rules: on a machine without a GPU they can stand on the ``cuda`` device and run under CUDA autocast.
 So these tests run what a GPU runs (device preprocessing, CUDA autocast's per-operator precisions, memory
-written in the compute dtype, object groups and mirrored views as one batch, a training step's backward)
+written in the compute dtype, object groups and mirrored views as one batch, a training step's forward)
 and fail where a GPU would fail for a reason other than values: a tensor made on the host and used beside
 device tensors, or two dtypes that CUDA autocast produces meeting in one operator (the short-term
 attention's scatter crashed GPU training that way, and no CPU run showed it, since CPU autocast keeps
@@ -75,8 +75,8 @@ def test_fake_cuda_tensors_refuse_host_tensors_and_run_cuda_autocast():
 @pytest.mark.parametrize("model_name", ["test_deaot_tiny", "test_msdeaot_tiny", "test_vmos_tiny"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_an_engine_tracks_on_the_gpu(model_name: str, precision: str):
-    """Reference, then frames past the memory's cap, with 12 objects (two object groups) and the plain and
-    mirrored views as one batch: outputs on the GPU, logits and memory in the compute dtype, probabilities
+    """Reference, then frames past the memory's cap, with object ids 1 and 12 (two object groups) and the
+    plain and mirrored views as one batch: outputs on the GPU, logits and memory in the compute dtype, probabilities
     in float32, the long-term memory held at its cap."""
     model = build_model(model_name).eval()
     dtype = autocast_dtype(precision)
