@@ -256,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                 chosen.append(run)
                 budget -= run.length
         longest = max(dataset, key=len)
-        threads = decode_threads()
-        decode, toolkit_decode = ({t: decode_rate(reader, longest, t) for t in sorted({1, threads})}
-                                  for reader in (tracker, None))
+        counts = sorted({1, decode_threads()})
+        decode = {t: decode_rate(tracker, longest, t) for t in counts}
+        toolkit_decode = {t: decode_rate(None, longest, t) for t in counts}
         for what, rates in (("for ours (OpenCV, into arrays)", decode), ("for toolkit trackers (PIL images)",
                                                                           toolkit_decode)):
             print(f"decoding 1080p JPEG frames {what}: " + ", ".join(

@@ -328,7 +328,7 @@ def test_decode_rgb_gives_pil_pixels_for_every_encoding(shared: Path) -> None:
         np.testing.assert_array_equal(got, rotated, err_msg=name)
         np.testing.assert_array_equal(unrotated, plain, err_msg=name)
         assert (got.shape != unrotated.shape) == (name == "exif rotated")
-    assert decode_rgb(b"not an image at all") is None
+    assert decode_rgb(b"not an image at all") is None and decode_rgb(b"") is None
 
 
 def test_id_colors_distinct() -> None:

@@ -81,7 +81,7 @@ def read_image(ref: ImageRef) -> np.ndarray:
     except OSError as err:
         where = ref.archive if isinstance(ref, ZipMember) else ref
         raise InputError(os_error_message(err, where, "read image")) from None
-    img = decode_rgb(data) if data else None
+    img = decode_rgb(data)
     if img is None:
         raise InputError(f"cannot read image {ref}")
     return img
