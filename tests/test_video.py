@@ -278,7 +278,7 @@ def test_image_folder_decodes_in_parallel_and_records_damage_once(tmp_path: Path
     assert open_frames(np.zeros((2, 4, 4, 3), np.uint8)).frames() is not None  # other sources: themselves
 
 
-# -------------------------------------------------------------------------------------------- overlay
+# ------------------------------------------------------------------------------------- image decoding
 
 
 def _encodings(rgb: np.ndarray) -> dict[str, bytes]:
@@ -329,6 +329,9 @@ def test_decode_rgb_gives_pil_pixels_for_every_encoding(shared: Path) -> None:
         np.testing.assert_array_equal(unrotated, plain, err_msg=name)
         assert (got.shape != unrotated.shape) == (name == "exif rotated")
     assert decode_rgb(b"not an image at all") is None and decode_rgb(b"") is None
+
+
+# -------------------------------------------------------------------------------------------- overlay
 
 
 def test_id_colors_distinct() -> None:
