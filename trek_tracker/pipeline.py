@@ -457,12 +457,12 @@ class Tracker:
         labels = out.labels.to(torch.uint8)
         if self._refiner is not None:  # HQTrack: the output is refined, the memory keeps its own labels
             labels = torch.from_numpy(self._refiner(frame, labels.cpu().numpy()).labels)
-        boxes = self._boxes.measure(labels)
+        pending = self._boxes.measure(labels)
         self._labels_device, self._labels = labels, None
         host = self.labels if keep_labels else None
         probs = out.probs.to("cpu") if keep_probs else None
         synchronize(self.device)
-        return FrameResult.deferred(boxes, host, time.perf_counter() - start, probs)
+        return FrameResult.deferred(pending, host, time.perf_counter() - start, probs)
 
     def update(self, image: Any) -> np.ndarray:
         """The toolkit interface: the next frame's box ``[x, y, w, h]`` (object 1)."""

@@ -146,7 +146,6 @@ class VOSEngine:
             raise InputError(f"mask size {tuple(labels.shape[::-1])} differs from the frame size "
                              f"{tuple(frame.shape[1::-1])}")
         num_objects = int(labels.max())  # on the host, where the map is
-        labels_t = torch.as_tensor(labels, dtype=torch.int64)
         if num_objects < 1:
             raise InputError("the initial mask is empty: it must mark at least one object")
         if self.frame_size is None:
@@ -168,7 +167,7 @@ class VOSEngine:
         self.group_sizes = [min(self.max_objects, self.num_objects - g * self.max_objects) for g in range(groups)]
         if self.memory is None:
             self.memory = Memory(self.layout, self.schedule)
-        labels_t = labels_t.to(self.device)
+        labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
         with self._autocast():
             id_emb = self.model.id_embedding(self._one_hot([labels_t] * self.views))
             _, entries = self.model.propagate(self._per_item(feats), None, id_emb)
