@@ -180,6 +180,63 @@ def test_mp4_and_jpeg_folder_agree(shared: Path) -> None:
     assert n == 50 and video.len_is_exact and len(video) == 50
 
 
+# ------------------------------------------------------------------------------------ a range of frames
+
+
+@pytest.mark.parametrize("clip", ["videos/blackswan.mp4", "videos/bedroom.mp4", "davis/JPEGImages/480p/blackswan"])
+def test_a_range_of_frames_is_exactly_those_frames(shared: Path, clip: str) -> None:
+    """``frames(start, stop)`` gives frames ``start`` .. ``stop - 1`` of a whole iteration, pixel for pixel:
+    a video reaches ``start`` by decoding the frames before it, so the index is the decoding order's."""
+    every = list(open_frames(shared / "data" / clip))
+    n = len(every)
+    for start, stop in [(0, 3), (17, 29), (n - 4, None), (n - 1, n)]:
+        src = open_frames(shared / "data" / clip)
+        got = list(src.frames(start, stop))
+        want = every[start:stop]
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    ranged = open_frames(shared / "data" / clip)
+    assert isinstance(ranged.frames(5, 8), IndexedFrames) == ranged.path.is_dir()
+    with pytest.raises(InputError, match=f"cannot start at frame {n}: .* has {n} frames \\(0-{n - 1}\\)"):
+        ranged.frames(n)
+    with pytest.raises(InputError, match=f"cannot track up to frame {n}: .*leave the last frame out"):
+        ranged.frames(0, n + 1)
+    with pytest.raises(InputError, match="must not come before the first"):
+        ranged.frames(10, 10)
+    with pytest.raises(InputError, match="start at 0"):
+        ranged.frames(-1)
+
+
+def test_reaching_a_far_start_frame_shows_a_bar(shared: Path, monkeypatch, capsys) -> None:
+    """Decoding up to a start frame far into a video shows a bar with ``progress`` (from 1000 frames; 40 here)
+    and nothing without it."""
+    import trek_tracker.video as video
+
+    monkeypatch.setattr(video, "_SKIP_BAR_FRAMES", 40)
+    src = open_frames(shared / "data/videos/blackswan.mp4")
+    assert len(list(src.frames(39, progress=True))) == 11 and "to frame" not in capsys.readouterr().err
+    assert len(list(src.frames(40, progress=True))) == 10 and "blackswan: to frame 40" in capsys.readouterr().err
+    assert len(list(src.frames(40))) == 10 and capsys.readouterr().err == ""
+
+
+def test_an_array_range_and_a_range_past_a_truncated_videos_end(shared: Path, tmp_path: Path) -> None:
+    """Arrays slice like the rest; a cut MP4 lists 50 frames but decodes fewer: starting past the last
+    decodable one is an error that says how many there are, and records the damage."""
+    from tests.damaged import faststart, truncate
+
+    src = open_frames(np.stack([_frame(v) for v in (5, 6, 7, 8)]))
+    assert [int(f[0, 0, 0]) for f in src.frames(1, 3)] == [6, 7]
+    whole = faststart((shared / "data/videos/blackswan.mp4").read_bytes())
+    cut = truncate(whole, tmp_path / "cut.mp4", 0.6)
+    n = sum(1 for _ in open_frames(cut))
+    assert n < 50
+    late = open_frames(cut)
+    with pytest.raises(InputError, match=f"cannot start at frame 49: .* has {n} decodable frames \\(0-{n - 1}\\)"):
+        late.frames(49)
+    assert late.truncated and late.len_is_exact and len(late) == n
+    tail = open_frames(cut)
+    assert len(list(tail.frames(n - 2))) == 2 and tail.truncated  # the range ends where decoding does
+
+
 # ------------------------------------------------------------------------------ arrays and prefetching
 
 

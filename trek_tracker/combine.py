@@ -1,11 +1,12 @@
 """``trek-track ensemble``: combine saved runs of one video into a new run, through the one loop.
 
 Each member is read back through its manifest (:meth:`RunFolder.open`), and the runs must agree on what
-they tracked: the same video (name, size and frame count) and the same objects. :class:`SavedRunsTracker`
-then plays the tracker: at frame ``i`` it reads every run's probabilities (``mean``) or masks (``vote``),
-combines them (:mod:`trek_tracker.inference.ensemble`, docs/inference.md#ensembles) in the engine's object
-ids, so that a vote costs memory in proportion to the objects, and takes each object's box through the
-same lost-target policy as a live run. The new run is written by the same sinks as ``trek-track run``.
+they tracked: the same video (name, size), the same frames of it (start frame and count) and the same
+objects. :class:`SavedRunsTracker` then plays the tracker: at frame ``i`` it reads every run's
+probabilities (``mean``) or masks (``vote``), combines them (:mod:`trek_tracker.inference.ensemble`,
+docs/inference.md#ensembles) in the engine's object ids, so that a vote costs memory in proportion to the
+objects, and takes each object's box through the same lost-target policy as a live run. The new run is
+written by the same sinks as ``trek-track run``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def _check_same(runs: list[RunFolder], mode: str) -> None:
         if a.get("name") != b.get("name") or a.get("size") != b.get("size"):
             raise InputError(f"runs {first.path} and {run.path} are of different videos ({a.get('name')} "
                              f"{a.get('size')} and {b.get('name')} {b.get('size')})")
+        if a.get("start_frame", 0) != b.get("start_frame", 0):  # runs written before --start-frame began at 0
+            raise InputError(f"runs {first.path} and {run.path} start at different frames of {a.get('name')} "
+                             f"({a.get('start_frame', 0)} and {b.get('start_frame', 0)}); combine runs of the same "
+                             "frames")
         if run.ids != first.ids:
             raise InputError(f"runs {first.path} and {run.path} track different objects ({list(first.ids.values)} "
                              f"and {list(run.ids.values)})")

@@ -101,6 +101,11 @@ def test_ensemble_errors(cli, mean_runs, tmp_path):
     write_json(a / "run.json", {**record, "files": ["boxes.txt", "times.txt", "masks/", "run.json"]})
     result = cli("ensemble", a, b, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "--save-probs" in result.stderr
+    later = _fake_run(tmp_path / "later", [_rect(5, 15, 10, 30), _halves(0.3, 0.4)], [0.25, 0.2])
+    record = json.loads((later / "run.json").read_text())
+    write_json(later / "run.json", {**record, "video": {**record["video"], "start_frame": 7}})
+    result = cli("ensemble", b, later, "--out", tmp_path / "x")  # as many frames, but not the same ones
+    assert result.exit_code == 2 and "start at different frames of clip (0 and 7)" in result.stderr, result.stderr
 
 
 # ----------------------------------------------------------------------------- end to end with `run`

@@ -88,6 +88,51 @@ def test_init_mask_with_two_palette_objects(cli, davis, tiny_checkpoint, tmp_pat
     assert (first == labels).all()
 
 
+def test_a_range_of_frames_tracks_as_a_video_of_those_frames_would(cli, davis, tiny_checkpoint, tmp_path):
+    """--start-frame/--last-frame on a folder give the run of a folder holding only those frames: the same
+    boxes and masks, numbered from the start frame, with the range in run.json; a range outside the video is
+    one line before anything is written."""
+    folder = davis / "JPEGImages/480p/blackswan"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for i in range(20, 35):
+        shutil.copy(folder / f"{i:05d}.jpg", alone / f"{i:05d}.jpg")
+    args = ("--box", "360,150,220,140", "--checkpoint", tiny_checkpoint, "--save-masks", *FAST)
+    ranged, whole = tmp_path / "ranged", tmp_path / "whole"
+    result = cli("run", "--video", folder, "--start-frame", "20", "--last-frame", "34", "--out", ranged, *args)
+    assert result.exit_code == 0, result.stderr
+    assert cli("run", "--video", alone, "--out", whole, *args).exit_code == 0
+    assert (ranged / "boxes.txt").read_text() == (whole / "boxes.txt").read_text()
+    assert len((ranged / "boxes.txt").read_text().splitlines()) == 15
+    masks = sorted(p.name for p in (ranged / "masks").glob("*.png"))
+    assert masks[0] == "00000.png" and len(masks) == 15
+    for name in (masks[0], masks[-1]):
+        np.testing.assert_array_equal(read_label_png(ranged / "masks" / name)[0],
+                                      read_label_png(whole / "masks" / name)[0])
+    video = json.loads((ranged / "run.json").read_text())["video"]
+    assert (video["start_frame"], video["last_frame"], video["frames"]) == (20, 34, 15)
+    assert json.loads((whole / "run.json").read_text())["video"]["start_frame"] == 0
+
+    out = tmp_path / "bad"
+    for flags, pattern in [(("--start-frame", "50"), r"cannot start at frame 50: .* has 50 frames \(0-49\)"),
+                           (("--last-frame", "50"), r"cannot track up to frame 50"),
+                           (("--start-frame", "9", "--last-frame", "8"), r"--last-frame 8 comes before --start")]:
+        _expect_user_error(cli("run", "--video", folder, *flags, "--out", out, *args), out, pattern)
+
+
+def test_a_video_file_starts_at_its_start_frame(cli, shared, tiny_checkpoint, tmp_path):
+    """In a video file the start frame is reached by decoding: the run from frame 45 of blackswan.mp4 tracks
+    its last 5 frames, from the box given on frame 45."""
+    out = tmp_path / "run"
+    result = cli("run", "--video", shared / "data/videos/blackswan.mp4", "--start-frame", "45", "--box",
+                 "400,160,200,140", "--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    boxes = (out / "boxes.txt").read_text().splitlines()
+    assert len(boxes) == 5 and boxes[0] == "400.000,160.000,200.000,140.000"
+    video = json.loads((out / "run.json").read_text())["video"]
+    assert (video["start_frame"], video["last_frame"], video["frames"]) == (45, None, 5)
+
+
 def _frames_dir(davis, tmp_path, n=2):
     d = tmp_path / "few"
     d.mkdir(exist_ok=True)

@@ -11,9 +11,15 @@ from trek_tracker.cli.options import tracker_config_from_options, tracker_option
 
 @click.command("run")
 @click.option("--video", required=True, help="A video file (anything OpenCV decodes) or a folder of jpg/png frames.")
-@click.option("--box", default=None, help="First-frame box x,y,w,h in pixels (top-left corner, width, height).")
+@click.option("--box", default=None, help=("The box x,y,w,h in pixels (top-left corner, width, height) on the first "
+                                          "frame, or on --start-frame."))
 @click.option("--init-mask", type=click.Path(dir_okay=False), default=None,
-              help="First-frame mask PNG (grayscale or palette); each distinct non-zero value is one object.")
+              help="The mask PNG (grayscale or palette) of the first frame, or of --start-frame; each distinct "
+                   "non-zero value is one object.")
+@click.option("--start-frame", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The frame the box or mask is on, where tracking starts (0 is the first frame).")
+@click.option("--last-frame", type=click.IntRange(min=0), default=None,
+              help="The last frame to track (default: the video's last).")
 @tracker_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: runs/<video name>); it must be new or empty unless --overwrite.")
@@ -24,13 +30,17 @@ from trek_tracker.cli.options import tracker_config_from_options, tracker_option
               help="Write per-frame probabilities (uint8, compressed) to <out>/probs/ for `trek-track ensemble`.")
 @click.option("--overlay", is_flag=True, help="Write <out>/overlay.mp4 with masks and boxes drawn.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run(video: str, box: str | None, init_mask: str | None, out: str | None, overwrite: bool, save_masks: bool,
-        save_probs: bool, overlay: bool, quiet: bool, **options) -> None:
-    """Track from a first-frame box (or mask) and write boxes.txt, times.txt and run.json.
+def run(video: str, box: str | None, init_mask: str | None, start_frame: int, last_frame: int | None,
+        out: str | None, overwrite: bool, save_masks: bool, save_probs: bool, overlay: bool, quiet: bool,
+        **options) -> None:
+    """Track from a box (or mask) on the first frame, or on --start-frame, and write boxes.txt, times.txt and
+    run.json. Frame numbers in the outputs count from the start frame.
 
     \b
-    Example:
+    Examples:
       trek-track run --video clip.mp4 --box 313,88,342,194 --checkpoint r50_deaotl --out runs/clip
+      trek-track run --video P01_01.MP4 --start-frame 50000 --last-frame 54639 --box 313,88,342,194 \\
+          --checkpoint r50_deaotl --out runs/P01_01_50000
     """
     from trek_tracker.device import peak_memory
     from trek_tracker.errors import UserError, memory_errors
@@ -44,6 +54,8 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
     # Everything that can be checked is checked before anything is written.
     if (box is None) == (init_mask is None):
         raise UserError("give exactly one of --box x,y,w,h or --init-mask PNG")
+    if last_frame is not None and last_frame < start_frame:
+        raise UserError(f"--last-frame {last_frame} comes before --start-frame {start_frame}")
     given = Box.parse(box) if box is not None else None
     labels = palette = None
     if init_mask is not None:
@@ -72,9 +84,13 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
             click.echo(f"trek-track: warning: {note}", err=True)
     if overlay:
         check_overlay_encoder()
+    # A video reaches the start frame by decoding the frames before it: before the run folder exists.
+    stop = None if last_frame is None else last_frame + 1
+    frames = source.frames(start_frame, stop, progress=not quiet)
     folder = RunFolder.create(Path(out) if out else Path("runs") / source.name, overwrite=overwrite)
 
-    record = {"video": {"path": str(source.path), "name": source.name, "size": [h, w], "fps": source.fps},
+    record = {"video": {"path": str(source.path), "name": source.name, "size": [h, w], "fps": source.fps,
+                        "start_frame": start_frame, "last_frame": last_frame},
               "start": start_record, "tracker": tracker.describe()}
     sinks = folder.sinks(Outputs(masks=save_masks, probs=save_probs, overlay=overlay), ids=ids,
                          palette=palette if init_mask is not None else None, record=record, fps=source.fps,
@@ -82,7 +98,7 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
                                                              "input_damage": [d.to_dict() for d in source.damage],
                                                              "peak_memory": peak_memory(tracker.device)})
     with memory_errors(f"while tracking {source.name}", kept=f"the frames tracked before are kept in {folder.path}/"):
-        result = track_video(tracker, source.frames(), start, sinks, total=len(source),
+        result = track_video(tracker, frames, start, sinks, total=(stop or len(source)) - start_frame,
                              progress=False if quiet else source.name)
     message = tracker.init_info.get("message")
     if message:
@@ -91,6 +107,9 @@ def run(video: str, box: str | None, init_mask: str | None, out: str | None, ove
         click.echo(f"trek-track: warning: the input is damaged ({len(source.damage)} problem(s), recorded in "
                    f"{folder.manifest_file} under input_damage); the results cover only what could be read",
                    err=True)
+    if last_frame is not None and start_frame + result.frames <= last_frame:
+        click.echo(f"trek-track: warning: the video ended at frame {start_frame + result.frames - 1}, before "
+                   f"--last-frame {last_frame}", err=True)
     lost = sum(len(v) for v in result.lost.values())
     peak = peak_memory(tracker.device)
     gpu = "" if peak["gpu_mib"] is None else f", peak GPU memory {peak['gpu_mib'] / 1024:.2f} GiB"
