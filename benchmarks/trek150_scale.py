@@ -7,8 +7,10 @@ the shared 1920x1080 ``aot_demo`` images, so every frame is really decoded), OPE
 anchors every ``--anchor-spacing`` frames tracked towards the longer side (the VOT2020 style the IJCV
 paper describes; the real ``anchors.txt`` decides), and ``--hoi`` intervals per sequence. A sample of that
 plan is tracked (``--sequences``, ``--length-scale``) with any model, and the per-frame figures project the
-full plan. Every run of the real evaluation starts with a box-to-mask init; its time (fused SAM and
-Alpha-Refine, ``--init-sam``) is measured on a 1080p frame and added once per run of the plan.
+full plan as ``trek-track eval`` runs it: each group of runs that are the first frames of a longer one
+tracked once, as that run (docs/trek150.md#shared-runs). Every tracked run starts with a box-to-mask init;
+its time (fused SAM and Alpha-Refine, ``--init-sam``) is measured on a 1080p frame and added once per
+tracked run.
 
     python benchmarks/trek150_scale.py --model test_deaot_tiny --random-weights --device cpu --threads 1 \
         --init-sam none
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trek_tracker.eval.dataset import Trek150
-    from trek_tracker.eval.protocols import Run, hoi_runs, mse_runs, ope_runs, plan
+    from trek_tracker.eval.protocols import Run, group_runs, hoi_runs, mse_runs, ope_runs, plan
     from trek_tracker.eval.runner import as_step_tracker, track_run
     from trek_tracker.inference.memory import MemoryConfig
     from trek_tracker.init.api import InitConfig
@@ -239,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     cuda = tracker.device.type == "cuda"
 
     # the full plan (projection) and the sample (tracked)
-    full = [r for n in lengths for r in _plan_of(n, args.anchor_spacing, args.hoi, Run, ope_runs, mse_runs,
-                                                  hoi_runs)]
+    full = [r for i, n in enumerate(lengths) for r in _plan_of(n, args.anchor_spacing, args.hoi, Run, ope_runs,
+                                                                mse_runs, hoi_runs, name=f"s{i}")]
+    tracked = [g.carrier for g in group_runs(full)]  # what eval tracks: the rest are first frames of these
     rows = []
     with tempfile.TemporaryDirectory(prefix="trek150-scale-") as tmp:
         root = Path(tmp)
@@ -316,9 +319,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {lo:>5}-{hi if hi < 10**9 else '':<5} {len(sel):>4} runs  RSS {rss:8.0f} MiB"
                   + (f"  CUDA {cuda_peak:8.0f} MiB" if cuda else ""))
     full_runs = {p: sum(r.protocol == p for r in full) for p in full_frames}
-    projected = project(full_frames, full_runs, per_frame, init or 0.0)
+    tracked_frames = {p: sum(r.length for r in tracked if r.protocol == p) for p in full_frames}
+    tracked_runs = {p: sum(r.protocol == p for r in tracked) for p in full_frames}
+    projected = project(tracked_frames, tracked_runs, per_frame, init or 0.0)
     print(f"full plan: {sum(full_frames.values())} frames (OPE {full_frames['ope']}, MSE {full_frames['mse']}, "
-          f"HOI {full_frames['hoi']}) in {len(full)} runs; projected on this machine at {1000 * per_frame:.1f} "
+          f"HOI {full_frames['hoi']}) in {len(full)} runs, of which eval tracks {sum(tracked_frames.values())} "
+          f"frames in {len(tracked)} runs (OPE {tracked_frames['ope']}, MSE {tracked_frames['mse']}, HOI "
+          f"{tracked_frames['hoi']}; the others are the first frames of one of these: MSE's forward run from "
+          f"frame 0 is OPE's)")
+    print(f"projected on this machine at {1000 * per_frame:.1f} "
           f"ms/frame" + ("" if init is None else f" and {init:.2f} s of init per run") + ": "
           f"{sum(projected.values()) / 3600:.1f} h (OPE {projected['ope'] / 3600:.1f} h, MSE "
           f"{projected['mse'] / 3600:.1f} h, HOI {projected['hoi'] / 3600:.1f} h)"
@@ -332,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
             "decode_fps_by_threads": decode, "toolkit_decode_fps_by_threads": toolkit_decode,
             "runner_by_workers": parallel,
-            "full_plan_frames": full_frames, "full_plan_runs": full_runs, "init_seconds_per_run": init,
+            "full_plan_frames": full_frames, "full_plan_runs": full_runs, "tracked_plan_frames": tracked_frames,
+            "tracked_plan_runs": tracked_runs, "init_seconds_per_run": init,
             "init_sam": args.init_sam, "projected_hours": {p: v / 3600 for p, v in projected.items()},
             "assumptions": {"lengths": "drawn to TREK-150's min/median/max/total", "anchor_spacing":
                             args.anchor_spacing, "hoi_intervals_per_sequence": args.hoi,
@@ -422,17 +432,17 @@ def decode_rate(tracker, seq, threads: int, frames: int = 120) -> float:
 class _Planned:
     """A sequence as the protocol planners see it (no files): name, length, anchors, HOI intervals."""
 
-    def __init__(self, n: int, spacing: int, hoi: int) -> None:
-        self.name, self.n = "s", n
+    def __init__(self, n: int, spacing: int, hoi: int, name: str = "s") -> None:
+        self.name, self.n = name, n
         self.anchors, self.hoi = anchors(n, spacing), hoi_intervals(n, hoi)
 
     def __len__(self) -> int:
         return self.n
 
 
-def _plan_of(n, spacing, hoi, Run, ope_runs, mse_runs, hoi_runs):
-    """The runs of one sequence of ``n`` frames under this benchmark's assumptions."""
-    seq = _Planned(n, spacing, hoi)
+def _plan_of(n, spacing, hoi, Run, ope_runs, mse_runs, hoi_runs, name: str = "s"):
+    """The runs of sequence ``name`` of ``n`` frames under this benchmark's assumptions."""
+    seq = _Planned(n, spacing, hoi, name)
     return ope_runs(seq) + mse_runs(seq) + hoi_runs(seq)
 
 

@@ -66,8 +66,13 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     assert "projected on this machine" in proc.stdout and "outside" in proc.stdout
     assert result["init_seconds_per_run"] is None and "without the box-to-mask init" in proc.stdout
     assert sum(result["full_plan_runs"].values()) > 150 and result["full_plan_runs"]["ope"] == 150
+    # eval tracks MSE's forward run from frame 0 once, as OPE; so does the projection
+    full, tracked = result["full_plan_frames"], result["tracked_plan_frames"]
+    assert tracked["ope"] == full["ope"] and tracked["mse"] == full["mse"] - full["ope"]
+    assert tracked["hoi"] <= full["hoi"]
+    assert result["tracked_plan_runs"]["mse"] == result["full_plan_runs"]["mse"] - 150
     per_frame = result["ms_per_frame"] / 1000
-    assert result["projected_hours"]["mse"] * 3600 == pytest.approx(result["full_plan_frames"]["mse"] * per_frame)
+    assert result["projected_hours"]["mse"] * 3600 == pytest.approx(tracked["mse"] * per_frame)
     parallel = result["runner_by_workers"]  # the same sample again, through eval's runner
     assert [r["workers"] for r in parallel] == [1, 2] and all(r["frames"] == result["frames"] for r in parallel)
     assert "the runner with 2 processes on cpu" in proc.stdout

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.eval.helpers import build_synthetic
+from tests.cli.conftest import TINY
+from tests.eval.helpers import build_shared_starts, build_synthetic
 from trek_tracker.cli import main
 
 ORACLE = "tests.eval.helpers:OracleTracker"
@@ -41,6 +42,26 @@ def test_eval_runs_scores_and_reports(root: Path, tmp_path: Path) -> None:
         assert (rep / f"performance-{p}.json").read_text() == (tmp_path / f"perf-{p}.json").read_text()
     assert (rep / "success_plots.png").is_file()
     assert (rep / "generalized_success_robustness_plots.png").is_file()
+
+
+def test_our_tracker_tracks_a_run_that_starts_a_longer_one_once(tiny_checkpoint, tmp_path: Path) -> None:
+    """Our tracker is causal and deterministic, so eval writes a run that is the first frames of a longer run
+    from that run's rows: the same result files as with --track-every-run, for 5 of 9 runs tracked. A
+    toolkit tracker (--tracker-class) tracks every run."""
+    root, res = build_shared_starts(tmp_path / "trek"), tmp_path / "results"
+    ours = ("--root", root, "--results", res, "--report-dir", tmp_path / "reports", "--no-plots", "--model", TINY,
+            "--checkpoint", tiny_checkpoint, "--max-long-edge", "96", "--init", "box", "--device", "cpu")
+    shared = run("eval", "--tracker", "shared", *ours)
+    assert shared.exit_code == 0, shared.output
+    assert "5 runs tracked, 4 written from a longer run's first rows, 0 already finished" in shared.stderr
+    every = run("eval", "--tracker", "every", "--track-every-run", *ours)
+    assert every.exit_code == 0 and "9 runs tracked, 0 already finished" in every.stderr, every.output
+    files = sorted(p.relative_to(res / "every") for p in (res / "every").rglob("*.txt") if "times" not in p.parts)
+    assert len(files) == 9
+    assert all((res / "shared" / f).read_bytes() == (res / "every" / f).read_bytes() for f in files)
+    toolkit = run("eval", "--root", root, "--tracker", "constant", "--tracker-class", CONSTANT, "--results", res,
+                  "--report-dir", tmp_path / "reports", "--no-plots")
+    assert toolkit.exit_code == 0 and "9 runs tracked, 0 already finished" in toolkit.stderr, toolkit.output
 
 
 def test_report_only_compares_trackers(root: Path, tmp_path: Path) -> None:

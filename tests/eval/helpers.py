@@ -61,6 +61,18 @@ def build_synthetic(root: Path) -> Path:
     return root
 
 
+def build_shared_starts(root: Path) -> Path:
+    """One sequence whose runs start alike: OPE, MSE's forward run from frame 0 and HOI 0-2 are one run and
+    its first frames; HOI 3-5 is the first frames of MSE's run forward from 3; HOI 7-7 is the first frame of
+    MSE's run backward from 7; MSE's run backward from 6 and HOI 1-4 share nothing."""
+    ann = root / "TREK-150-annotations"
+    ann.mkdir(parents=True)
+    (ann / "sequences.txt").write_text("P01-P01_01-2\n")
+    write_sequence(root, "P01-P01_01-2", SYN_A, anchors=[(0, 0), (7, 1), (3, 0), (6, 1)],
+                   hoi=[(3, 5, 1), (0, 2, 0), (1, 4, 2), (7, 7, 0)])
+    return root
+
+
 class OracleTracker:
     """Finds the white box in the synthetic frames (holds the last box when there is none)."""
 

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval.helpers import build_synthetic
+from tests.eval.helpers import build_shared_starts, build_synthetic
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150
-from trek_tracker.eval.protocols import Run, balanced_shard, expand_protocols, expected_cost, plan
+from trek_tracker.eval.protocols import (
+    Run,
+    balanced_shard,
+    expand_protocols,
+    expected_cost,
+    group_runs,
+    plan,
+    starts_with,
+)
 
 
 @pytest.fixture()
@@ -61,6 +69,31 @@ def test_all_and_shards(ds: Trek150) -> None:
     assert max(loads) - min(loads) <= max(expected_cost(r) for r in runs)
     with pytest.raises(InputError):
         balanced_shard(runs, 3, 3)
+
+
+def test_runs_that_are_the_first_frames_of_a_longer_run_are_grouped_with_it(tmp_path: Path) -> None:
+    """OPE and MSE from frame 0 forward are one run (OPE carries it: it records times); a HOI interval on an
+    anchor is the first frames of that anchor's run, in either direction for a single frame; runs from other
+    frames, or the other way, are groups of their own. Shards keep each group whole."""
+    runs = plan(Trek150(build_shared_starts(tmp_path / "trek")), "all")
+    groups = {g.carrier.label: sorted(r.label for r in g.runs) for g in group_runs(runs)}
+    seq = "P01-P01_01-2"
+    assert groups == {
+        f"ope {seq}": sorted([f"ope {seq}", f"mse {seq} anchor-0", f"hoi {seq} hoi-0-2-0"]),
+        f"mse {seq} anchor-7": sorted([f"mse {seq} anchor-7", f"hoi {seq} hoi-7-7-0"]),
+        f"mse {seq} anchor-3": sorted([f"mse {seq} anchor-3", f"hoi {seq} hoi-3-5-1"]),
+        f"mse {seq} anchor-6": [f"mse {seq} anchor-6"],
+        f"hoi {seq} hoi-1-4-2": [f"hoi {seq} hoi-1-4-2"],
+    }
+    assert all(g.runs[0] == g.carrier and all(starts_with(g.carrier, r) for r in g.runs) for g in group_runs(runs))
+    backward, forward = (next(r for r in runs if r.key == k) for k in ("anchor-6", "anchor-3"))
+    assert not starts_with(backward, Run("hoi", seq, "x", range(6, 8), "x.txt"))  # from 6, but the other way
+    assert not starts_with(forward, Run("hoi", "other", "x", range(3, 5), "x.txt"))
+    for n in (2, 3):
+        parts = [balanced_shard(runs, i, n, share=True) for i in range(n)]
+        assert sorted(r.label for p in parts for r in p) == sorted(r.label for r in runs)
+        for group in group_runs(runs):
+            assert sum(set(group.runs) <= set(p) for p in parts) == 1, group.carrier.label
 
 
 def test_shards_balance_cost_not_run_count() -> None:

@@ -14,13 +14,14 @@ from tests.eval.helpers import (
     ConstantTracker,
     FailingTracker,
     OracleTracker,
+    build_shared_starts,
     build_synthetic,
     hand_scores,
 )
 from trek_tracker.errors import InputError
 from trek_tracker.eval import report as R
 from trek_tracker.eval.dataset import Trek150
-from trek_tracker.eval.protocols import plan
+from trek_tracker.eval.protocols import group_runs, plan
 from trek_tracker.eval.runner import execute, run_done
 
 
@@ -161,6 +162,55 @@ def test_parallel_workers_write_the_same_files(tracked, tmp_path: Path) -> None:
     for r in runs:
         ours = (tmp_path / "constant" / r.relpath).read_text()
         assert ours == (results / "constant" / r.relpath).read_text()
+
+
+class CountingOracle(OracleTracker):
+    """The oracle (causal and deterministic, as ours is), counting the runs and frames it tracks."""
+
+    def __init__(self) -> None:
+        self.inits = self.updates = 0
+
+    def init(self, image, box) -> None:
+        self.inits += 1
+        super().init(image, box)
+
+    def update(self, image):
+        self.updates += 1
+        return super().update(image)
+
+
+def _result_files(folder: Path) -> dict[str, bytes]:
+    """Every result file under ``folder`` (times files hold wall times, which differ from run to run)."""
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*.txt") if "times" not in f.parts}
+
+
+def test_shared_runs_write_what_tracking_every_run_writes(tmp_path: Path) -> None:
+    """With ``share`` each group is tracked once and its runs written from the carrier's rows: the same
+    files as tracking every run, for 5 of the 9 runs' tracking; a run whose carrier finished before is
+    written from the carrier's file without tracking anything; workers write the same."""
+    ds = Trek150(build_shared_starts(tmp_path / "trek"))
+    runs = plan(ds, "all")
+    carriers = [g.carrier for g in group_runs(runs)]
+    each, once = CountingOracle(), CountingOracle()
+    execute(ds, runs, tmp_path / "every", lambda: each, progress=False)
+    summary = execute(ds, runs, tmp_path / "shared", lambda: once, progress=False, share=True)
+    expected = _result_files(tmp_path / "every")
+    assert len(expected) == len(runs) == 9 and _result_files(tmp_path / "shared") == expected
+    assert (each.inits, once.inits) == (9, 5) and once.updates == sum(r.length - 1 for r in carriers)
+    assert set(summary.done) == set(carriers) and len(summary.shared) == 4
+    assert summary.frames == sum(r.length for r in carriers) < sum(r.length for r in runs)
+    assert all(run_done(tmp_path / "shared", r) for r in runs)  # OPE's times file too
+
+    for run in runs:
+        if run.key in ("anchor-0", "hoi-3-5-1"):
+            (tmp_path / "shared" / run.relpath).unlink()
+    again = CountingOracle()
+    summary = execute(ds, runs, tmp_path / "shared", lambda: again, progress=False, share=True)
+    assert again.inits == 0 and sorted(r.key for r in summary.shared) == ["anchor-0", "hoi-3-5-1"]
+    assert len(summary.skipped) == 7 and _result_files(tmp_path / "shared") == expected
+
+    execute(ds, runs, tmp_path / "workers", CountingOracle, workers=2, progress=False, share=True)
+    assert _result_files(tmp_path / "workers") == expected
 
 
 def test_bad_tracker_output_is_reported(tmp_path: Path) -> None:

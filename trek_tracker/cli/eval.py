@@ -138,13 +138,17 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
               help="Run only shard I (0-based) of N of the plan, balanced by cost (under torchrun or Slurm "
                    "the shard comes from RANK/WORLD_SIZE or SLURM_* by itself).")
 @click.option("--overwrite", is_flag=True, help="Re-run finished runs instead of resuming.")
+@click.option("--track-every-run", is_flag=True,
+              help="Track every run itself, also one that is the first frames of a longer run (as MSE's forward "
+                   "run from frame 0 is OPE's), which by default is written from that run's rows. Toolkit "
+                   "trackers (--tracker-class) always track every run.")
 @click.option("--tracker-class", default=None, metavar="MODULE:CLASS",
               help="Run a toolkit-style tracker class (init/update) instead of our pipeline.")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 @tracker_options
 def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path, report_only: bool,
              json_path: Path | None, report_dir: Path | None, no_plots: bool, per_sequence: bool, attributes: bool,
-             sequences: str | None, workers: int, shard: str | None, overwrite: bool,
+             sequences: str | None, workers: int, shard: str | None, overwrite: bool, track_every_run: bool,
              tracker_class: str | None, quiet: bool, **tracker_kw: Any) -> None:
     """Run a tracker on TREK-150 (OPE, MSE, HOI; resumable) and score it exactly like the official toolkit.
 
@@ -173,11 +177,15 @@ def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path
         else:
             factory = functools.partial(_pipeline_tracker, tracker_kw)
             identity, cost = _pipeline_identity(tracker_kw, devices)
-        runs = P.balanced_shard(P.plan(dataset, protos), shard_i, shard_n, cost)
+        # Ours is causal and deterministic: a run that is the first frames of a longer one is that run's rows.
+        share = not (tracker_class or track_every_run)
+        runs = P.balanced_shard(P.plan(dataset, protos), shard_i, shard_n, cost, share=share)
         summary = execute(dataset, runs, results / trackers[0], factory, workers=workers or len(devices or [1]),
-                          progress=not quiet, overwrite=overwrite, devices=devices, identity=identity)
+                          progress=not quiet, overwrite=overwrite, devices=devices, identity=identity, share=share)
         if not quiet:
-            click.echo(f"{len(summary.done)} runs tracked, {len(summary.skipped)} already finished", err=True)
+            shared = f", {len(summary.shared)} written from a longer run's first rows" if summary.shared else ""
+            click.echo(f"{len(summary.done)} runs tracked{shared}, {len(summary.skipped)} already finished",
+                       err=True)
         if shard_n > 1:
             click.echo(f"shard {shard_i}/{shard_n} finished; score with --report-only once every shard "
                        "is done", err=True)

@@ -8,6 +8,11 @@ submission keys match the official ones.
 - MSE: one run per anchor ``(a, d)``: forward ``a..N-1`` when ``d < 1``, else backward ``a..0``;
   results are stored in tracking order.
 - HOI: one run per interval ``(s, e, type)`` of sequences with ``anchors_hoi.txt``: forward ``s..e``.
+
+Runs that start on one frame of one sequence and go one way are prefixes of the longest of them (OPE and
+MSE's forward run from frame 0 are one run; a HOI interval starting on an anchor is the first frames of that
+anchor's forward run). :func:`group_runs` finds them, so that a causal, deterministic tracker tracks each
+group once (docs/trek150.md#shared-runs).
 """
 
 from __future__ import annotations
@@ -86,6 +91,42 @@ def hoi_runs(seq: Sequence) -> list[Run]:
 _BUILDERS = {"ope": ope_runs, "mse": mse_runs, "hoi": hoi_runs}
 
 
+def starts_with(run: Run, prefix: Run) -> bool:
+    """Whether ``prefix`` tracks the first frames of ``run``, in the same order, from the same box (the
+    ground truth of the same first frame of the same sequence)."""
+    return (run.sequence == prefix.sequence and prefix.length <= run.length
+            and prefix.frames == run.frames[:prefix.length])
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs answered by tracking one of them, the ``carrier``: every run of ``runs`` (the carrier first)
+    is its first frames. A run that records times is only ever answered by a carrier that records them."""
+
+    carrier: Run
+    runs: tuple[Run, ...]
+
+
+def group_runs(runs: list[Run]) -> list[RunGroup]:
+    """``runs`` in groups, each the prefixes of its longest run (ties: the one that records times, then the
+    first in ``runs``), in the order of their carriers in ``runs``; a run no other run starts with is a
+    group of its own."""
+    order = sorted(range(len(runs)), key=lambda i: (-runs[i].length, not runs[i].records_times, i))
+    members: dict[int, list[Run]] = {}
+    by_start: dict[tuple[str, int], list[int]] = {}  # carriers by their first frame
+    for i in order:
+        run = runs[i]
+        carriers = by_start.setdefault((run.sequence, run.frames[0]), [])
+        c = next((c for c in carriers if starts_with(runs[c], run) and (runs[c].records_times
+                                                                         or not run.records_times)), None)
+        if c is None:
+            carriers.append(i)
+            members[i] = [run]
+        else:
+            members[c].append(run)
+    return [RunGroup(runs[i], tuple(members[i])) for i in sorted(members)]
+
+
 def expand_protocols(protocol: str | Iterable[str]) -> list[str]:
     """``"all"`` or one name or several names -> list of protocol names in canonical order."""
     names = [protocol] if isinstance(protocol, str) else list(protocol)
@@ -120,18 +161,21 @@ def expected_cost(run: Run, gap: int = 5, cap: int | None = 10) -> float:
     return float(run.length + MEMORY_FRAME_COST * memory.sum())
 
 
-def balanced_shard(runs: list[Run], index: int, count: int, cost: Callable[[Run], float] = expected_cost
-                   ) -> list[Run]:
+def balanced_shard(runs: list[Run], index: int, count: int, cost: Callable[[Run], float] = expected_cost,
+                   share: bool = False) -> list[Run]:
     """Runs of shard ``index`` (0-based) of ``count``, balanced by expected cost: runs by decreasing cost,
     each to the least-loaded shard (ties to the lowest index). Deterministic, so every machine computes the
-    same split from the same plan; the shard's runs keep the plan's order."""
+    same split from the same plan; the shard's runs keep the plan's order. ``share``: each
+    :func:`group_runs` group goes to one shard whole, at its carrier's cost (the one run tracked)."""
     if count < 1 or not 0 <= index < count:
         raise InputError(f"bad shard {index}/{count}: use i/n with 0 <= i < n")
-    costs = [cost(r) for r in runs]
+    groups = group_runs(runs) if share else [RunGroup(r, (r,)) for r in runs]
+    costs = [cost(g.carrier) for g in groups]
     loads = [0.0] * count
-    owner: dict[int, int] = {}
-    for i in sorted(range(len(runs)), key=lambda i: (-costs[i], i)):
+    mine: set[Run] = set()
+    for i in sorted(range(len(groups)), key=lambda i: (-costs[i], i)):
         k = min(range(count), key=lambda s: (loads[s], s))
         loads[k] += costs[i]
-        owner[i] = k
-    return [r for i, r in enumerate(runs) if owner[i] == index]
+        if k == index:
+            mine.update(groups[i].runs)
+    return [r for r in runs if r in mine]

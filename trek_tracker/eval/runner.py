@@ -11,7 +11,10 @@
   the file exists); every file is written atomically; results under one tracker name come from one
   configuration (:func:`check_identity`);
 - runs in parallel, one worker process per GPU (or as many as asked for), and splits across machines or
-  launcher processes by expected cost (:func:`balanced_shard`, :func:`launcher_shard`).
+  launcher processes by expected cost (:func:`balanced_shard`, :func:`launcher_shard`);
+- with ``share``, tracks each group of runs that are the first frames of one longer run once, and writes
+  every run of the group from its rows (:func:`~trek_tracker.eval.protocols.group_runs`; for our tracker,
+  which is causal and deterministic: docs/trek150.md#shared-runs).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from trek_tracker.device import peak_memory, usable_cpus
 from trek_tracker.errors import TRACKING_MEMORY_HINT, CheckpointError, InputError, OutOfMemory, UserError, memory_errors
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
-from trek_tracker.eval.protocols import Run
+from trek_tracker.eval.protocols import Run, RunGroup, group_runs
 from trek_tracker.files import read_json, write_json
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
 from trek_tracker.pipeline import FrameResult, Tracker
@@ -91,6 +94,24 @@ def write_run(tracker_dir: Path, run: Run, boxes: np.ndarray, times: np.ndarray 
     write_boxes(tracker_dir / run.relpath, boxes)
 
 
+def write_group(tracker_dir: Path, group: RunGroup, boxes: np.ndarray, times: np.ndarray | None) -> None:
+    """Write every run of ``group`` from its carrier's rows (each run's first rows of them), the carrier
+    last: a finished carrier means a finished group."""
+    for run in group.runs:
+        if run != group.carrier:
+            write_run(tracker_dir, run, boxes[:run.length], None if times is None else times[:run.length])
+    write_run(tracker_dir, group.carrier, boxes, times)
+
+
+def _answer_from_carrier(tracker_dir: Path, group: RunGroup) -> None:
+    """Write ``group``'s runs from the result files of its carrier, finished before."""
+    carrier = group.carrier
+    boxes = read_result(tracker_dir / carrier.relpath, carrier.length)
+    times = read_times(tracker_dir / carrier.times_relpath, carrier.length) if carrier.records_times else None
+    for run in group.runs:
+        write_run(tracker_dir, run, boxes[:run.length], None if times is None else times[:run.length])
+
+
 def run_done(tracker_dir: Path, run: Run) -> bool:
     """A run is done when its result file parses with the right number of rows, all finite (and, for OPE,
     its times file has one finite time per frame). A file with NaN rows is not a finished run."""
@@ -104,10 +125,12 @@ def run_done(tracker_dir: Path, run: Run) -> bool:
 
 @dataclass
 class RunSummary:
-    """What :func:`execute` did."""
+    """What :func:`execute` did: the runs it tracked (``done``), the runs it wrote from the first rows of a
+    longer run's (``shared``), and those already finished (``skipped``)."""
 
     done: list[Run] = field(default_factory=list)
     skipped: list[Run] = field(default_factory=list)
+    shared: list[Run] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory: dict[str, float | None] = field(default_factory=dict)  # the largest of any worker, MiB
 
@@ -119,7 +142,13 @@ class RunSummary:
 
     @property
     def frames(self) -> int:
+        """Frames tracked."""
         return sum(r.length for r in self.done)
+
+    def finished(self, group: RunGroup) -> None:
+        """``group`` was tracked and written."""
+        self.done.append(group.carrier)
+        self.shared.extend(r for r in group.runs if r != group.carrier)
 
 
 # --------------------------------------------------------------------------- the tracker's identity
@@ -172,7 +201,7 @@ def _peak(tracker: StepTracker) -> dict[str, float | None]:
 
 
 def _kept(summary: RunSummary) -> str:
-    n = len(summary.done)
+    n = len(summary.done) + len(summary.shared)
     return f"{n} run{'' if n == 1 else 's'} finished and {'is' if n == 1 else 'are'} kept: run the same command " \
            "again to resume"
 
@@ -235,13 +264,14 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
         with memory_errors("while loading the tracker", _SHARED_HINT):
             tracker = _make_tracker(factory, device)
         dataset = Trek150(root, names=names)
-        while (run := tasks.get()) is not None:
+        while (group := tasks.get()) is not None:
+            run = group.carrier
             progress = _Progress(messages)
             with memory_errors(f"while tracking {run.label}", _SHARED_HINT):
                 boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch, on_frame=progress)
-            write_run(Path(tracker_dir), run, boxes, times)
+            write_group(Path(tracker_dir), group, boxes, times)
             progress.flush()
-            messages.put(("done", run, _peak(tracker)))
+            messages.put(("done", group, _peak(tracker)))
     except UserError as err:
         messages.put(("user-error", type(err).__name__, str(err)))
     except OSError as err:
@@ -252,9 +282,15 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
 
 def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory: TrackerFactory,
             workers: int = 1, progress: bool = True, overwrite: bool = False, prefetch: int = 4,
-            devices: list[str] | None = None, identity: dict[str, Any] | None = None) -> RunSummary:
+            devices: list[str] | None = None, identity: dict[str, Any] | None = None, share: bool = False
+            ) -> RunSummary:
     """Execute ``runs`` (skipping finished ones unless ``overwrite``) and write their results under
     ``tracker_dir`` (``<results>/<tracker name>``).
+
+    ``share``: a run that is the first frames of a longer one (:func:`~trek_tracker.eval.protocols.group_runs`)
+    is not tracked itself but written from the longer run's rows, tracked now or finished before. Only for
+    trackers whose output at a frame depends on nothing that follows it, and that give the same output for
+    the same input (ours).
 
     With ``workers > 1`` runs are spread over that many processes, each building one tracker with
     ``factory`` (then picklable: a module-level function or class, or a ``functools.partial`` of one), on
@@ -269,34 +305,45 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     tracker_dir = Path(tracker_dir)
     check_identity(tracker_dir, identity, overwrite)
     summary = RunSummary()
-    todo = []
+    pending = set()
     for run in runs:
         if not overwrite and run_done(tracker_dir, run):
             summary.skipped.append(run)
         else:
-            todo.append(run)
+            pending.add(run)
     if summary.skipped:
         log.info("%d of %d runs already finished, skipped", len(summary.skipped), len(runs))
+    todo: list[RunGroup] = []  # what to track: each group's carrier, and the runs its rows answer
+    for group in group_runs(runs) if share else [RunGroup(r, (r,)) for r in runs]:
+        wanted = tuple(r for r in group.runs if r in pending)
+        if group.carrier in pending:
+            todo.append(RunGroup(group.carrier, wanted))
+        elif wanted:  # the carrier finished before: its rows answer the rest now
+            _answer_from_carrier(tracker_dir, RunGroup(group.carrier, wanted))
+            summary.shared.extend(wanted)
+    if summary.shared:
+        log.info("%d runs written from the first rows of a longer run finished before", len(summary.shared))
     if not todo:
         return summary
-    for run in todo:  # check the images of every sequence before spending time tracking
-        dataset[run.sequence].img_files  # noqa: B018
+    for group in todo:  # check the images of every sequence before spending time tracking
+        dataset[group.carrier.sequence].img_files  # noqa: B018
     start = time.perf_counter()
-    bar = tqdm(total=sum(r.length for r in todo), unit="frame", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=sum(g.carrier.length for g in todo), unit="frame", disable=not progress, dynamic_ncols=True,
                smoothing=0.05)
     try:
         if workers <= 1:
             tracker = _make_tracker(factory, devices[0] if devices else None)
-            for run in todo:
+            for group in todo:
+                run = group.carrier
                 bar.set_description(run.label)
                 with memory_errors(f"while tracking {run.label}", kept=_kept(summary)):
                     boxes, times = track_run(tracker, dataset[run.sequence], run, prefetch,
                                              on_frame=lambda _: bar.update(1))
-                write_run(tracker_dir, run, boxes, times)
-                summary.done.append(run)
+                write_group(tracker_dir, group, boxes, times)
+                summary.finished(group)
             summary.saw(_peak(tracker))
         else:
-            _run_workers(dataset, sorted(todo, key=lambda r: -r.length), tracker_dir, factory, workers,
+            _run_workers(dataset, sorted(todo, key=lambda g: -g.carrier.length), tracker_dir, factory, workers,
                          devices, prefetch, bar, summary)
     finally:
         bar.close()
@@ -316,16 +363,16 @@ def worker_threads(workers: int) -> int:
     return max(1, usable_cpus() // workers)
 
 
-def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: TrackerFactory, workers: int,
+def _run_workers(dataset: Trek150, todo: list[RunGroup], tracker_dir: Path, factory: TrackerFactory, workers: int,
                  devices: list[str] | None, prefetch: int, bar, summary: RunSummary) -> None:
     ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
     n = min(workers, len(todo))
     tasks, messages = ctx.Queue(), ctx.Queue()
-    for run in todo:
-        tasks.put(run)
+    for group in todo:
+        tasks.put(group)
     for _ in range(n):
         tasks.put(None)
-    names = sorted({r.sequence for r in todo})
+    names = sorted({g.carrier.sequence for g in todo})
     threads = worker_threads(n)
     procs = [ctx.Process(target=_worker, daemon=True, name=f"trek-track-worker-{i}",
                          args=(factory, devices[i % len(devices)] if devices else None, str(dataset.root), names,
@@ -334,7 +381,8 @@ def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: 
     for proc in procs:
         proc.start()
     try:
-        while len(summary.done) < len(todo):
+        finished = 0
+        while finished < len(todo):
             try:
                 message = messages.get(timeout=1.0)
             except queue.Empty:
@@ -352,9 +400,10 @@ def _run_workers(dataset: Trek150, todo: list[Run], tracker_dir: Path, factory: 
             if kind == "frames":
                 bar.update(message[1])
             elif kind == "done":
-                summary.done.append(message[1])
+                summary.finished(message[1])
                 summary.saw(message[2])
-                bar.set_description(message[1].label)
+                finished += 1
+                bar.set_description(message[1].carrier.label)
             elif kind == "user-error":
                 error = {"InputError": InputError, "CheckpointError": CheckpointError,
                          "OutOfMemory": OutOfMemory}.get(message[1], UserError)
