@@ -59,6 +59,12 @@ def test_our_tracker_tracks_a_run_that_starts_a_longer_one_once(tiny_checkpoint,
     files = sorted(p.relative_to(res / "every") for p in (res / "every").rglob("*.txt") if "times" not in p.parts)
     assert len(files) == 9
     assert all((res / "shared" / f).read_bytes() == (res / "every" / f).read_bytes() for f in files)
+    first = run("eval", "--tracker", "split", "--protocol", "ope", *ours)
+    later = run("eval", "--tracker", "split", "--protocol", "mse", *ours)  # the run from frame 0 is OPE's
+    assert first.exit_code == 0 and later.exit_code == 0, later.output
+    assert "3 runs tracked, 1 written from a longer run's first rows, 0 already finished" in later.stderr
+    from_ope = (res / "split/mse/P01-P01_01-2-anchor-0.txt").read_bytes()
+    assert from_ope == (res / "every/ope/P01-P01_01-2.txt").read_bytes()
     toolkit = run("eval", "--root", root, "--tracker", "constant", "--tracker-class", CONSTANT, "--results", res,
                   "--report-dir", tmp_path / "reports", "--no-plots")
     assert toolkit.exit_code == 0 and "9 runs tracked, 0 already finished" in toolkit.stderr, toolkit.output

@@ -213,6 +213,24 @@ def test_shared_runs_write_what_tracking_every_run_writes(tmp_path: Path) -> Non
     assert _result_files(tmp_path / "workers") == expected
 
 
+def test_finished_runs_of_other_protocols_answer_shared_runs(tmp_path: Path) -> None:
+    """OPE first, then MSE and HOI with OPE's runs as ``others``: MSE's run from frame 0 and HOI 0-2 are
+    written from OPE's file, not tracked; with ``overwrite`` every run asked for is tracked afresh."""
+    ds = Trek150(build_shared_starts(tmp_path / "trek"))
+    ope, rest = plan(ds, "ope"), plan(ds, ["mse", "hoi"])
+    execute(ds, ope, tmp_path / "every", OracleTracker, progress=False)
+    execute(ds, rest, tmp_path / "every", OracleTracker, progress=False)
+    execute(ds, ope, tmp_path / "split", OracleTracker, progress=False, share=True)
+    later = CountingOracle()
+    summary = execute(ds, rest, tmp_path / "split", lambda: later, progress=False, share=True, others=ope)
+    assert sorted(r.key for r in summary.shared) == ["anchor-0", "hoi-0-2-0", "hoi-3-5-1", "hoi-7-7-0"]
+    assert later.inits == 4 and _result_files(tmp_path / "split") == _result_files(tmp_path / "every")
+    fresh = CountingOracle()
+    summary = execute(ds, rest, tmp_path / "split", lambda: fresh, progress=False, share=True, others=ope,
+                      overwrite=True)
+    assert fresh.inits == 5 and "anchor-0" in {r.key for r in summary.done}
+
+
 def test_bad_tracker_output_is_reported(tmp_path: Path) -> None:
     class Bad(ConstantTracker):
         def update(self, image):

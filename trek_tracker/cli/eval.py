@@ -67,6 +67,17 @@ def _class_tracker(spec: str, device: str | None = None):
     return cls()
 
 
+def _plan_if_any(dataset, protocol: str) -> list:
+    """The runs of ``protocol``, or none where the dataset cannot plan it (MSE without anchors files): for
+    finished runs of the protocols not asked for, which may answer the runs asked for."""
+    from trek_tracker.eval import protocols as P
+
+    try:
+        return P.plan(dataset, protocol)
+    except InputError:
+        return []
+
+
 def _parse_shard(text: str | None) -> tuple[int, int]:
     if not text:
         return 0, 1
@@ -180,8 +191,10 @@ def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path
         # Ours is causal and deterministic: a run that is the first frames of a longer one is that run's rows.
         share = not (tracker_class or track_every_run)
         runs = P.balanced_shard(P.plan(dataset, protos), shard_i, shard_n, cost, share=share)
+        others = [r for p in P.PROTOCOLS if share and p not in protos for r in _plan_if_any(dataset, p)]
         summary = execute(dataset, runs, results / trackers[0], factory, workers=workers or len(devices or [1]),
-                          progress=not quiet, overwrite=overwrite, devices=devices, identity=identity, share=share)
+                          progress=not quiet, overwrite=overwrite, devices=devices, identity=identity, share=share,
+                          others=others)
         if not quiet:
             shared = f", {len(summary.shared)} written from a longer run's first rows" if summary.shared else ""
             click.echo(f"{len(summary.done)} runs tracked{shared}, {len(summary.skipped)} already finished",

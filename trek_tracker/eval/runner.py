@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -282,15 +282,16 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
 
 def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory: TrackerFactory,
             workers: int = 1, progress: bool = True, overwrite: bool = False, prefetch: int = 4,
-            devices: list[str] | None = None, identity: dict[str, Any] | None = None, share: bool = False
-            ) -> RunSummary:
+            devices: list[str] | None = None, identity: dict[str, Any] | None = None, share: bool = False,
+            others: Iterable[Run] = ()) -> RunSummary:
     """Execute ``runs`` (skipping finished ones unless ``overwrite``) and write their results under
     ``tracker_dir`` (``<results>/<tracker name>``).
 
     ``share``: a run that is the first frames of a longer one (:func:`~trek_tracker.eval.protocols.group_runs`)
     is not tracked itself but written from the longer run's rows, tracked now or finished before. Only for
     trackers whose output at a frame depends on nothing that follows it, and that give the same output for
-    the same input (ours).
+    the same input (ours). ``others`` (e.g. the other protocols' runs): finished ones among them may answer
+    ``runs`` too (they are read, never tracked; not with ``overwrite``, which asks for every run afresh).
 
     With ``workers > 1`` runs are spread over that many processes, each building one tracker with
     ``factory`` (then picklable: a module-level function or class, or a ``functools.partial`` of one), on
@@ -314,7 +315,14 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     if summary.skipped:
         log.info("%d of %d runs already finished, skipped", len(summary.skipped), len(runs))
     todo: list[RunGroup] = []  # what to track: each group's carrier, and the runs its rows answer
-    for group in group_runs(runs) if share else [RunGroup(r, (r,)) for r in runs]:
+    groups = [RunGroup(r, (r,)) for r in runs]
+    if share:
+        starts = {(r.sequence, r.frames[0]) for r in pending}
+        planned = set(runs)
+        finished = [] if overwrite else [o for o in others if (o.sequence, o.frames[0]) in starts
+                                         and o not in planned and run_done(tracker_dir, o)]
+        groups = group_runs([*runs, *finished])
+    for group in groups:
         wanted = tuple(r for r in group.runs if r in pending)
         if group.carrier in pending:
             todo.append(RunGroup(group.carrier, wanted))
