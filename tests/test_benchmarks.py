@@ -1,6 +1,6 @@
-"""The scale and memory benchmarks (``benchmarks/trek150_scale.py``, ``benchmarks/memory_long_video.py``): their
-workload is shaped as they say, and they run end to end on a CPU with the tiny model, reporting figures that
-add up."""
+"""The scale, memory and start-frame benchmarks (``benchmarks/trek150_scale.py``, ``memory_long_video.py``,
+``start_frame.py``): their workload is shaped as they say, and they run end to end on a CPU with the tiny
+model, reporting figures that add up."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def _run(script: str, *args: str | os.PathLike, shared: Path) -> subprocess.Comp
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TREK_TRACK_SHARED=str(shared))
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300)
+
+
+def test_start_frame_benchmark_measures_every_shared_clip_and_a_1080p_one(shared, tmp_path):
+    out = tmp_path / "start.json"
+    proc = _run("start_frame.py", "--shared", shared, "--repeats", "1", "--frames-1080p", "24", "--json", out,
+                shared=shared)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    clips = sorted(p.name for p in (shared / "data/videos").glob("*.mp4"))
+    assert [r["video"] for r in rows[:-1]] == clips and rows[-1]["size"] == "1920x1080" and rows[-1]["frames"] == 24
+    assert next(r for r in rows if r["video"] == "blackswan.mp4")["frames"] == 50
+    assert all(r["skip_fps"] > 0 and r["read_fps"] > 0 for r in rows) and "reaching the last" in proc.stdout
 
 
 def test_drawn_lengths_have_trek150s_summary():

@@ -535,7 +535,7 @@ class VideoFileSource(FrameSource):
     ``source[i]`` is exact but sequential: moving forward decodes and skips frames, moving backward reopens
     the file and decodes from the start, so it costs up to O(i) decodes. Read frames in order (``iter``, or
     ``frames(start, stop)`` for a part of the video, which decodes the frames before ``start`` without
-    converting them: about 1,000 frames per second at 960x540 here) wherever possible; for random access over
+    converting them: ``benchmarks/start_frame.py``) wherever possible; for random access over
     a long video, extract the frames to a folder.
     """
 
