@@ -17,7 +17,8 @@ from trek_tracker.cli.options import tracker_config_from_options, tracker_option
               help="The mask PNG (grayscale or palette) of the first frame, or of --start-frame; each distinct "
                    "non-zero value is one object.")
 @click.option("--start-frame", type=click.IntRange(min=0), default=0, show_default=True,
-              help="The frame the box or mask is on, where tracking starts (0 is the first frame).")
+              help="The frame the box or mask is on, where tracking starts (0 is the first frame). A video file "
+                   "decodes the frames before it (exact on any video); a folder starts there at once.")
 @click.option("--last-frame", type=click.IntRange(min=0), default=None,
               help="The last frame to track (default: the video's last).")
 @tracker_options
