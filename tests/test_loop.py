@@ -4,6 +4,7 @@ ended reaches every sink; a failing sink fails the run; signals stop a real run 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from tests.cli.conftest import TINY, official_checkpoint
 from trek_tracker.errors import InputError
-from trek_tracker.loop import Sink, Start, track_video
+from trek_tracker.loop import Resumed, Sink, Start, track_video
 from trek_tracker.pipeline import FrameResult
 
 
@@ -120,3 +121,88 @@ def test_a_signal_stops_a_real_run_as_interrupted(shared, tmp_path, sig):
     assert len(kept) == record["video"]["frames"] >= 5
     assert len(list((out / "masks").glob("*.png"))) == len(kept)
     assert not (out / "overlay.mp4").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- resuming
+class Stateful(Counter):
+    """A Counter whose state is the last frame it saw (what a restored tracker must continue from); ``kill``
+    maps a frame to the signals it sends itself while tracking that frame."""
+
+    def __init__(self, kill=None, **kw):
+        super().__init__(**kw)
+        self.last, self.kill = None, kill or {}
+
+    def init(self, image, box=None, **kw):
+        self.last = 0
+        return super().init(image, box, **kw)
+
+    def step(self, image, **kw):
+        assert self.last == image - 1, "a frame was skipped or repeated"
+        for sig in self.kill.get(image, ()):
+            os.kill(os.getpid(), sig)
+        time.sleep(0.01)  # the handler runs here, inside the frame
+        self.last = image
+        return super().step(image, **kw)
+
+    def state(self):
+        return {"last": self.last}
+
+    def restore(self, state):
+        self.last = state["last"]
+
+
+class Saver:
+    def __init__(self, every=3, sinks=()):
+        self.every, self.sinks, self.saved = every, sinks, []
+
+    def due(self, index):
+        return (index + 1) % self.every == 0
+
+    def save(self, index, state):
+        for sink in self.sinks:  # every frame up to the state's is stored before it is saved
+            assert sink.seen[-1][0] == index, (sink.seen[-1], index)
+        self.saved.append((index, state))
+
+
+@pytest.mark.parametrize("behind", [True, False])
+def test_a_resumed_loop_continues_from_the_saved_state(behind):
+    sink = Recorder()
+    saver = Saver(sinks=[sink])
+    track_video(Stateful(), range(10), START, [sink], saver=saver, write_behind=behind)
+    assert [i for i, _ in saver.saved] == [2, 5, 8]
+    index, state = saver.saved[1]
+    assert state == {"tracker": {"last": 5}, "lost": {1: [2, 5]}}
+    again = Recorder()
+    result = track_video(Stateful(), range(6, 10), None, [again], resume=Resumed(index, state), write_behind=behind)
+    assert again.seen == sink.seen[6:] and again.closed == [("complete", None)]
+    assert (result.frames, result.first, result.tracked) == (10, 6, 4) and result.lost == {1: [2, 5, 8]}
+
+
+def test_a_signal_during_a_frame_takes_effect_after_it_and_that_state_is_saved():
+    sink = Recorder()
+    saver = Saver(every=100, sinks=[sink])
+    with pytest.raises(KeyboardInterrupt):
+        track_video(Stateful(kill={5: [signal.SIGINT]}), range(10), START, [sink], saver=saver)
+    assert [i for i, _ in sink.seen] == [0, 1, 2, 3, 4, 5] and sink.closed[0][0] == "interrupted"
+    assert saver.saved == [(5, {"tracker": {"last": 5}, "lost": {1: [2, 5]}})]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the loop's handlers are gone
+
+
+def test_a_second_signal_stops_a_frame_at_once_and_no_state_of_it_is_saved():
+    """A hung frame can still be stopped; what it leaves is not a state between frames, so the last one
+    saved stays the one to resume from."""
+    sink = Recorder()
+    saver = Saver(every=3, sinks=[sink])
+    with pytest.raises(KeyboardInterrupt):
+        track_video(Stateful(kill={7: [signal.SIGINT, signal.SIGINT]}), range(10), START, [sink], saver=saver)
+    assert [i for i, _ in saver.saved] == [2, 5]
+    assert [i for i, _ in sink.seen] == list(range(7))
+
+
+def test_an_error_inside_a_frame_saves_no_state_of_it():
+    saver = Saver(every=3)
+    with pytest.raises(RuntimeError):
+        track_video(Stateful(fail_at=4), range(10), START, [], saver=saver)
+    with pytest.raises(KeyboardInterrupt):  # raised, not signalled: the frame may be half done
+        track_video(Stateful(fail_at=7, error=KeyboardInterrupt), range(10), START, [], saver=saver)
+    assert [i for i, _ in saver.saved] == [2, 2, 5]

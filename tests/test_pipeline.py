@@ -9,6 +9,9 @@ from PIL import Image
 from tests.cli.conftest import TINY, official_checkpoint
 from trek_tracker import Tracker
 from trek_tracker.errors import InputError
+from trek_tracker.inference.ensemble import EnsembleConfig, ModelSpec
+from trek_tracker.inference.memory import MemoryConfig
+from trek_tracker.inference.tta import TTAConfig
 from trek_tracker.init.api import InitConfig
 from trek_tracker.pipeline import TrackerConfig
 
@@ -162,3 +165,58 @@ def test_a_frames_boxes_are_computed_behind_the_tracker_and_counted_in_its_time(
     track_video(tracker, _frames(4), Start(box=np.array([20, 20, 40, 30.0])), [sink], write_behind=behind)
     assert len(labelled) == 3 and set(labelled) == {"sink-writer" if behind else "MainThread"}
     assert len(sink.seconds) == 4 and min(sink.seconds[1:]) >= 0.05  # the toolkit's speed includes the boxes
+
+
+def _run(tracker, frames, start=None):
+    """Labels and boxes of ``frames`` after ``start`` (or from an init on the first frame)."""
+    out = []
+    if start is None:
+        tracker.init(frames[0], [20, 30, 40, 25])
+        frames = frames[1:]
+    for f in frames:
+        r = tracker.step(f)
+        out.append((r.labels.copy(), {i: b.tolist() for i, b in r.boxes.items()}, dict(r.lost)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bounded", "unbounded-tta", "ensemble"])
+def test_a_restored_tracker_continues_exactly_where_the_saved_one_stood(tmp_path, kind):
+    """state() between frames, saved to a file and read back (weights_only), then restore() on a new
+    tracker: the following frames' labels, boxes and lost flags are those of the uninterrupted tracker."""
+    import io
+
+    import torch
+
+    ckpt = official_checkpoint(tmp_path / "tiny.pth")
+    other = torch.load(ckpt, weights_only=False)  # a second member with weights of its own
+    other["state_dict"] = {k: v * 1.1 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    torch.save(other, tmp_path / "other.pth")
+    settings = {
+        # a full long-term memory and a wrapped short-term ring
+        "bounded": dict(memory=MemoryConfig(gap=1, skip=2, cap=2)),
+        "unbounded-tta": dict(memory=MemoryConfig(gap=2, cap="none"), tta=TTAConfig(scales=(1.0, 0.75), flip=True)),
+        "ensemble": dict(memory=MemoryConfig(gap=3, cap=2, eviction="least-similar"), ensemble=EnsembleConfig(
+            members=(ModelSpec(TINY, str(tmp_path / "other.pth")),), weights=(1.0, 2.0)), tta=TTAConfig(flip=True)),
+    }[kind]
+    config = TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init=InitConfig(method="box"),
+                           max_long_edge=128, **settings)
+    frames = _frames(12)
+    frames[7][:] = 0  # a blank frame: the object may be lost there, and a lost box is held
+    uninterrupted = _run(Tracker(config), frames)
+    first = Tracker(config)
+    head = _run(first, frames[:5])  # saved after frame 4: the short-term ring half-way round
+    buf = io.BytesIO()
+    torch.save(first.state(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    _assert_same(head, uninterrupted[:4])
+    second = Tracker(config)
+    second.restore(state)
+    _assert_same(_run(second, frames[5:], start=True), uninterrupted[4:])
+    _assert_same(_run(first, frames[5:], start=True), uninterrupted[4:])  # saving left the tracker as it was
+
+
+def _assert_same(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for (labels, boxes, lost), (labels_w, boxes_w, lost_w) in zip(got, want, strict=True):
+        assert np.array_equal(labels, labels_w) and boxes == boxes_w and lost == lost_w

@@ -169,3 +169,31 @@ def test_saved_probabilities_round_trip_within_quantisation(tmp_path):
     assert not list((tmp_path / "probs").glob(".*"))  # no temporary left behind
     with pytest.raises(InputError, match="not found"):
         load_probs(tmp_path / "missing.npz")
+
+
+def test_a_state_that_cannot_be_saved_is_said_once_and_the_last_one_stays(tmp_path, monkeypatch, caplog):
+    folder = RunFolder.create(tmp_path / "run")
+    saver = run_folder.StateFile(folder, every=0, context={"command": {}})
+    saver.save(4, {"tracker": {"t": torch.arange(3)}})
+    before = folder.resume_file.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder.resume_file))
+
+    monkeypatch.setattr(run_folder, "atomic_write", full)
+    with caplog.at_level("WARNING"):
+        saver.save(9, {"tracker": {}})
+        saver.save(14, {"tracker": {}})
+    said = [r.getMessage() for r in caplog.records if "could not save the state" in r.getMessage()]
+    assert len(said) == 1 and "no space left" in said[0]
+    assert folder.resume_file.read_bytes() == before
+    saved = run_folder.load_state_file(folder.resume_file)
+    assert saved["frames"] == 5 and saved["state"]["tracker"]["t"].tolist() == [0, 1, 2]
+
+
+def test_a_folder_is_locked_while_its_run_writes_it(tmp_path):
+    first = RunFolder.create(tmp_path / "run")
+    with pytest.raises(UserError, match="being written by another trek-track process"):
+        RunFolder.create(tmp_path / "run", overwrite=True)
+    first.release()
+    RunFolder.create(tmp_path / "run").release()

@@ -101,6 +101,12 @@ def _to_json(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON holds it: nested dicts, lists, strings, numbers, booleans and None (converted like
+    :func:`write_json` converts)."""
+    return json.loads(json.dumps(obj, default=_to_json))
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Write ``obj`` as JSON atomically; numpy scalars/arrays, paths, dataclasses and sets are converted.
 

@@ -16,15 +16,25 @@ When anything stops the loop (the end of the video, an error, Ctrl-C or a signal
 :class:`KeyboardInterrupt`), every frame already tracked reaches the sinks, and each sink's ``close`` is
 told how the loop ended (``complete``, ``interrupted`` or ``failed``), so it can keep what is finished and
 say what is not.
+
+A loop given a :class:`StateSaver` can be resumed (``trek-track run --resume``): now and then, and when a
+signal stops it, the tracker's state is handed to the saver once every frame before it is stored, and a
+signal that arrives while a frame is tracked takes effect when that frame is done (a second one at once),
+so the state saved is always the state between two frames. :class:`Resumed` starts a loop from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import os
 import queue
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -37,6 +47,7 @@ from trek_tracker.video import decode_threads as default_decode_threads
 from trek_tracker.video import prefetch
 
 COMPLETE, INTERRUPTED, FAILED = "complete", "interrupted", "failed"
+log = logging.getLogger(__name__)
 
 
 class Sink:
@@ -88,21 +99,48 @@ class Start:
             raise InputError("give exactly one of a first-frame box or an init mask")
 
 
+class StateSaver(Protocol):
+    """Keeps what a loop needs to resume: asked after each frame whether a state is due, and handed one
+    (``{"tracker": ..., "lost": ...}``, plain values and CPU tensors) once every frame up to ``index`` has
+    reached the sinks and each sink has stored it (:meth:`Sink.flush`)."""
+
+    def due(self, index: int) -> bool: ...
+
+    def save(self, index: int, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a resumed loop starts: ``state`` is what a :class:`StateSaver` was given after frame ``index``;
+    the loop's frames then begin at frame ``index + 1``."""
+
+    index: int
+    state: dict[str, Any]
+
+
 @dataclass
 class LoopResult:
-    """How a loop went: frames handed to the sinks, how it ended, wall time, lost frames per object."""
+    """How a loop went: frames handed to the sinks (a resumed loop's count includes those before
+    ``first``, the frame it began with), how it ended, wall time, lost frames per object."""
 
     frames: int
     status: str
     seconds: float
     lost: dict[int, list[int]] = field(default_factory=dict)
     error: str | None = None
+    first: int = 0
+
+    @property
+    def tracked(self) -> int:
+        """Frames this loop tracked itself."""
+        return self.frames - self.first
 
 
-def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks: Sequence[Sink], *,
+def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start | None, sinks: Sequence[Sink], *,
                 total: int | None = None, progress: bool | str = False,
                 on_frame: Callable[[int], None] | None = None, prefetch_depth: int = 2,
-                decode_threads: int | None = None, write_behind: bool = True) -> LoopResult:
+                decode_threads: int | None = None, write_behind: bool = True,
+                saver: StateSaver | None = None, resume: Resumed | None = None) -> LoopResult:
     """Track ``frames`` from ``start`` and hand each frame's result to ``sinks``.
 
     ``progress``: a tqdm bar on stderr (a string names it); ``on_frame(index)`` is called after each frame
@@ -110,33 +148,58 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
     decoded ahead by ``decode_threads`` threads (default :func:`~trek_tracker.video.decode_threads`), others
     by one. Exceptions propagate after the sinks are closed; a ``KeyboardInterrupt`` ends the loop as
     ``interrupted``, anything else as ``failed``.
+
+    ``saver`` makes the loop resumable (the tracker must answer ``state()`` and ``restore()``); ``resume``
+    continues one from a saved state (``start`` is then not used; ``frames`` begin after the state's frame
+    and indices continue from it). :attr:`LoopResult.frames` counts every frame, those before it included.
     """
     keep = {"keep_probs": any(s.needs_probs for s in sinks), "keep_labels": any(s.needs_labels for s in sinks)}
     keep_image = any(s.needs_image for s in sinks)
     lost = _LostFrames()  # first: it reads every frame's boxes, so they are computed behind the tracker
     writer = _Writer([lost, *sinks], keep_image) if write_behind else _Direct([lost, *sinks], keep_image)
-    status, error, n = FAILED, None, 0
+    first = 0
+    if resume is not None:
+        tracker.restore(resume.state["tracker"])
+        lost.frames = {int(k): [int(i) for i in v] for k, v in resume.state["lost"].items()}
+        first = resume.index + 1
+    elif start is None:
+        raise ValueError("track_video needs a start (or a resume)")
+    status, error, n = FAILED, None, first
+    saved = first - 1  # the last frame a saved state follows
     began = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="frame", desc=progress if isinstance(progress, str) else None,
+        bar = tqdm(total=total, initial=first, unit="frame", desc=progress if isinstance(progress, str) else None,
                    file=sys.stderr, dynamic_ncols=True)
+
+    def save(index: int, state: dict[str, Any]) -> None:  # where every frame up to index is stored
+        for sink in writer.sinks:
+            sink.flush()
+        saver.save(index, {"tracker": state, "lost": copy.deepcopy(lost.frames)})
+
+    boundary = _FrameBoundary() if saver is not None else None
     try:
         threads = decode_threads or default_decode_threads()
-        for index, image in enumerate(prefetch(frames, prefetch_depth, threads) if prefetch_depth > 0 else frames):
-            if index == 0:
-                result = tracker.init(image, start.box, mask=start.mask, **keep)
-            else:
-                result = tracker.step(image, **keep)
-            writer.put(index, image, result)
-            n = index + 1
-            if bar is not None:
-                bar.update(1)
-            if on_frame is not None:
-                on_frame(index)
-        writer.drain()
+        with boundary or contextlib.nullcontext():
+            for index, image in enumerate(prefetch(frames, prefetch_depth, threads) if prefetch_depth > 0 else frames,
+                                          start=first):
+                with boundary.frame() if boundary else contextlib.nullcontext():
+                    if index == 0:
+                        result = tracker.init(image, start.box, mask=start.mask, **keep)
+                    else:
+                        result = tracker.step(image, **keep)
+                    writer.put(index, image, result)
+                    n = index + 1
+                    if saver is not None and saver.due(index):
+                        writer.call(save, index, tracker.state())
+                        saved = index
+                if bar is not None:
+                    bar.update(1)
+                if on_frame is not None:
+                    on_frame(index)
+            writer.drain()
         status = COMPLETE
     except KeyboardInterrupt:
         status, error = INTERRUPTED, "interrupted"
@@ -149,10 +212,69 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start, sinks
             bar.close()
         try:
             writer.finish()  # frames already tracked reach the sinks whatever stopped the loop
-        except BaseException:  # noqa: BLE001 - a sink failed too; the exception in flight is the one to report
-            pass
+            if status == INTERRUPTED and boundary is not None and not boundary.torn and n - 1 > saved:
+                save(n - 1, tracker.state())  # a signal stopped the loop between frames: keep that state
+        except BaseException as err:  # noqa: BLE001 - the exception in flight is the one to report
+            log.warning("could not save the state to resume from (%s); an earlier one is kept if any", err)
         _close(sinks, status, error)
-    return LoopResult(n, status, time.perf_counter() - began, lost.frames, error)
+    return LoopResult(n, status, time.perf_counter() - began, lost.frames, error, first)
+
+
+class _FrameBoundary:
+    """While a loop runs (in the main thread), a SIGINT, SIGTERM or SIGHUP that arrives while a frame is
+    tracked is held until the frame is finished and handed over, then handled as it would have been; a
+    second one while the frame is still running is handled at once (a hung frame can still be stopped),
+    and the state is then :attr:`torn`."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.held: int | None = None
+        self.torn = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _FrameBoundary:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._arrived) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    @contextlib.contextmanager
+    def frame(self) -> Iterator[None]:
+        self.inside = True
+        try:
+            yield
+        except BaseException:
+            self.torn = True  # whatever stopped the frame half-way, its state is not one to save
+            raise
+        finally:
+            self.inside = False
+        if self.held is not None:
+            signum, self.held = self.held, None
+            self._handle(signum)
+
+    def _arrived(self, signum: int, frame: Any) -> None:
+        if self.inside and self.held is None:
+            self.held = signum
+            return
+        if self.inside:
+            self.torn = True
+        self._handle(signum, frame)
+
+    def _handle(self, signum: int, frame: Any = None) -> None:
+        handler = self.previous.get(signum, signal.SIG_DFL)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)  # what the signal would have done: end the process
+            os.kill(os.getpid(), signum)
 
 
 class _LostFrames(Sink):
@@ -190,6 +312,9 @@ class _Direct:
         for sink in self.sinks:
             sink.frame(index, image, result)
 
+    def call(self, work: Callable[..., None], *args: Any) -> None:
+        work(*args)
+
     def drain(self) -> None:
         for sink in self.sinks:
             sink.flush()
@@ -199,6 +324,12 @@ class _Direct:
 
 
 _STOP = object()
+
+
+@dataclass(frozen=True)
+class _Call:
+    work: Callable[..., None]
+    args: tuple
 
 
 class _Writer:
@@ -221,8 +352,11 @@ class _Writer:
                 return
             if self.error is not None:
                 continue  # drop what comes after a failure; the loop raises it
-            index, image, result = item
             try:
+                if isinstance(item, _Call):
+                    item.work(*item.args)
+                    continue
+                index, image, result = item
                 for sink in self.sinks:
                     sink.frame(index, image, result)
             except BaseException as err:  # noqa: BLE001 - handed to the loop's thread
@@ -236,6 +370,11 @@ class _Writer:
     def put(self, index: int, image: Any, result: FrameResult) -> None:
         self._raise()
         self.queue.put((index, image if self.keep_image else None, result))
+
+    def call(self, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work(*args)`` in the writer thread once every frame queued before it is written."""
+        self._raise()
+        self.queue.put(_Call(work, args))
 
     def drain(self) -> None:
         """Wait until every queued frame is written (and each sink has stored it); raise a sink's error."""

@@ -276,6 +276,13 @@ class ObjectBoxes:
     def last(self) -> dict[int, np.ndarray]:
         return {i: p.last_box for i, p in self.policies.items()}
 
+    def settle(self) -> dict[int, np.ndarray]:
+        """Compute every measured frame's boxes now; the last box of each object (the policies' state)."""
+        with self._lock:
+            while self._queue:
+                self._queue.popleft()._compute(self.policies)
+        return self.last()
+
 
 class PendingBoxes:
     """One frame's boxes, to be computed from what :meth:`ObjectBoxes.measure` took: a mask or crop with
@@ -463,6 +470,28 @@ class Tracker:
         probs = out.probs.to("cpu") if keep_probs else None
         synchronize(self.device)
         return FrameResult.deferred(pending, host, time.perf_counter() - start, probs)
+
+    # ------------------------------------------------------------------ saving and restoring
+    def state(self) -> dict[str, Any]:
+        """Everything the tracker carries from one frame to the next (each engine's memory, each object's
+        last box, the init details), as plain values and CPU tensors: :meth:`restore` on a tracker with the
+        same settings continues exactly where this one stands. Called between frames."""
+        if self.engine is None:
+            raise RuntimeError("Tracker.init() must be called before state()")
+        from trek_tracker.files import plain
+
+        last = self._boxes.settle()
+        return {"engine": self.engine.state(), "boxes": {int(i): [float(v) for v in b] for i, b in last.items()},
+                "init_info": plain(self.init_info)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from what :meth:`state` saved: the next :meth:`step` predicts the frame after it."""
+        self.engine = self._build_engine()
+        self.engine.load_state(state["engine"])
+        self._boxes = ObjectBoxes({int(i): np.asarray(b, dtype=np.float64) for i, b in state["boxes"].items()},
+                                  self.config.box)
+        self.init_info = dict(state["init_info"])
+        self._labels = self._labels_device = None
 
     def update(self, image: Any) -> np.ndarray:
         """The toolkit interface: the next frame's box ``[x, y, w, h]`` (object 1)."""

@@ -388,25 +388,31 @@ class StreamingTextWriter:
     :meth:`commit` moves the file to ``path``; until then only the ``.part`` file exists, which the toolkit
     and our runner never take for a result. As a context manager it commits on success and leaves the
     ``.part`` file on error. ``resume=True`` keeps the complete lines of an existing ``.part`` file (a torn
-    last line is dropped) and appends after them; :attr:`lines` counts all lines, old ones included.
+    last line is dropped) and appends after them; ``keep=n`` keeps exactly the first ``n`` (a resumed run,
+    whose later lines are tracked again); :attr:`lines` counts all lines, old ones included.
 
     >>> with StreamingTextWriter("out/boxes.txt") as w:
     ...     for box in boxes:
     ...         w.write_box(box)
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, resume: bool = False, *, keep: int | None = None) -> None:
         self.path = Path(path)
         self.part_path = self.path.with_name(self.path.name + ".part")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines = 0
-        if resume and self.part_path.exists():
-            data = self.part_path.read_bytes()
-            keep = data[: data.rfind(b"\n") + 1]
-            self.lines = keep.count(b"\n")
-            self._file: IO[str] | None = open(self.part_path, "r+", encoding="utf-8", newline="\n")
-            self._file.truncate(len(keep))
-            self._file.seek(len(keep))
+        if keep is not None or (resume and self.part_path.exists()):
+            data = self.part_path.read_bytes() if self.part_path.exists() else b""
+            pieces = data.split(b"\n")[:-1]  # the complete lines (a torn last one is dropped)
+            if keep is not None and len(pieces) < keep:
+                raise InputError(f"{self.part_path} holds {len(pieces)} finished lines, fewer than the {keep} "
+                                 "expected")
+            end = sum(len(line) + 1 for line in pieces[:keep])
+            self.lines = data[:end].count(b"\n")
+            mode = "r+" if self.part_path.exists() else "w"
+            self._file: IO[str] | None = open(self.part_path, mode, encoding="utf-8", newline="\n")
+            self._file.truncate(end)
+            self._file.seek(end)
         else:
             self._file = open(self.part_path, "w", encoding="utf-8", newline="\n")
         self.committed = False
@@ -428,6 +434,12 @@ class StreamingTextWriter:
     def write_time(self, seconds: float) -> None:
         """Append one time in the exact :func:`write_times` format."""
         self.write_line(f"{float(seconds):.8f}")
+
+    def sync(self) -> None:
+        """Make every line written so far durable (flushed and synced to the disk)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Close without committing: the ``.part`` file stays as an unfinished result."""

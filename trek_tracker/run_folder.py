@@ -17,6 +17,11 @@ manifest is written at once with status ``running``, so a run that is killed nev
 ``complete`` manifest beside its own files. Text outputs stream to ``<name>.part`` and are renamed only
 when the run completes; the manifest ends as ``complete``, ``interrupted`` or ``failed``.
 
+**Resuming.** A run saves the tracker's state to ``resume.pt`` now and then and when a signal stops it
+(:class:`StateFile`); :meth:`RunFolder.reopen` hands it back to ``trek-track run --resume``, whose text
+files keep exactly the frames the state follows. The file is removed when the run completes. A process
+holds a lock on the folder while it writes it, so two runs never write one folder.
+
 **Reading back** (``trek-track ensemble``) goes through :meth:`RunFolder.open`, which trusts only what the
 manifest says the run wrote: a complete status, the frame count, the object values and the files.
 """
@@ -26,6 +31,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import logging
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -37,7 +44,7 @@ import numpy as np
 
 from trek_tracker import __version__
 from trek_tracker.errors import InputError, UserError
-from trek_tracker.files import os_errors, read_json, write_bytes, write_json
+from trek_tracker.files import atomic_write, os_error_message, os_errors, read_json, write_bytes, write_json
 from trek_tracker.loop import COMPLETE, Sink
 from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import ObjectIds, StreamingTextWriter, read_boxes, read_label_png, read_times, write_label_png
@@ -46,6 +53,9 @@ FORMAT = "trek-track-run/1"
 MANIFEST = "run.json"
 MASKS, PROBS, OVERLAY, TIMES = "masks", "probs", "overlay.mp4", "times.txt"
 OBJECTS = "objects.json"
+RESUME = "resume.pt"
+STATE_FORMAT = "trek-track-state/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +73,7 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.manifest: dict[str, Any] = {}
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ names
     @property
@@ -91,6 +102,10 @@ class RunFolder:
     def overlay_file(self) -> Path:
         return self.path / OVERLAY
 
+    @property
+    def resume_file(self) -> Path:
+        return self.path / RESUME
+
     # ------------------------------------------------------------------ one run per folder
     @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False) -> RunFolder:
@@ -100,12 +115,17 @@ class RunFolder:
         """
         folder = cls(path)
         folder._check_writable()
-        contents = sorted(p for p in folder.path.iterdir()) if folder.path.is_dir() else []
-        if contents:
-            if not overwrite:
-                raise UserError(f"{folder.path} is not empty (it holds {_names(contents)}); choose a new --out "
-                                "folder, or add --overwrite to replace the run in it")
-            folder._remove_previous_run(contents)
+        folder._lock()
+        try:
+            contents = sorted(p for p in folder.path.iterdir()) if folder.path.is_dir() else []
+            if contents:
+                if not overwrite:
+                    raise UserError(f"{folder.path} is not empty (it holds {_names(contents)}); choose a new --out "
+                                    "folder, or add --overwrite to replace the run in it")
+                folder._remove_previous_run(contents)
+        except BaseException:
+            folder.release()
+            raise
         return folder
 
     def _check_writable(self) -> None:
@@ -114,6 +134,53 @@ class RunFolder:
             probe = self.path / f".trek-track-probe-{time.monotonic_ns()}"
             probe.write_bytes(b"")
             probe.unlink()
+
+    def _lock(self) -> None:
+        """Hold the folder for this process (released when it exits, however it ends)."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.path} is being written by another trek-track process; wait for it to end, or "
+                            "choose another --out folder") from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Let other processes (or a later run of this one) write the folder: called when the run ends."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops its lock
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> tuple[RunFolder, dict[str, Any]]:
+        """An unfinished run to continue: the folder (locked, its manifest read) and the state it saved last."""
+        folder = cls(path)
+        if not folder.manifest_file.is_file():
+            raise UserError(f"{folder.path} is not a run folder (no {MANIFEST}); give the --out folder of an "
+                            "interrupted `trek-track run`")
+        folder._check_writable()
+        folder._lock()
+        try:
+            record = read_json(folder.manifest_file)
+            status = record.get("status") if isinstance(record, dict) else None
+            if status == COMPLETE:
+                raise UserError(f"run {folder.path} is complete: there is nothing to resume")
+            if not folder.resume_file.is_file():
+                raise UserError(f"{folder.path} holds no saved state to resume from (the run stopped before it "
+                                "saved one, or it ran with --overlay, --memory-cap none or --save-state-every 0); "
+                                "start it again with --overwrite")
+            folder.manifest = record
+            return folder, load_state_file(folder.resume_file)
+        except BaseException:
+            folder.release()
+            raise
 
     def _remove_previous_run(self, contents: list[Path]) -> None:
         previous = self._previous_files()
@@ -152,19 +219,24 @@ class RunFolder:
 
     # ------------------------------------------------------------------ writing a run
     def sinks(self, outputs: Outputs, *, ids: ObjectIds, palette: np.ndarray | None, record: dict[str, Any],
-              fps: float | None, size: tuple[int, int], describe=None) -> list[Sink]:
+              fps: float | None, size: tuple[int, int], describe=None, kept: int = 0,
+              lost: dict[int, list[int]] | None = None) -> list[Sink]:
         """The sinks that write this run: boxes and times always, masks, probabilities and the overlay on
         request, and the manifest last (it lists what the others wrote). ``record`` is what the manifest
         knows before the first frame (``video``, ``start``, ...); ``describe()`` adds what is known at the
-        end (the tracker's details)."""
-        files: list[Sink] = [BoxFiles(self, ids), TimesFile(self)]
+        end (the tracker's details). A resumed run keeps the first ``kept`` frames of its text files, and
+        the objects' ``lost`` frames among them (by engine id)."""
+        if outputs.overlay and kept:
+            raise UserError("a run with --overlay cannot be resumed (its video is written in one pass); start it "
+                            "again with --overwrite")
+        files: list[Sink] = [BoxFiles(self, ids, kept), TimesFile(self, kept)]
         if outputs.masks:
             files.append(MaskFiles(self, ids, palette))
         if outputs.probs:
             files.append(ProbsFiles(self, ids))
         if outputs.overlay:
             files.append(OverlayFile(self, fps, size))
-        return [*files, Manifest(self, record, files, ids, describe)]
+        return [*files, Manifest(self, record, files, ids, describe, kept, lost or {})]
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, record: dict[str, Any]) -> None:
@@ -216,8 +288,59 @@ class RunFolder:
 
 
 def _ours(name: str) -> bool:
-    """Names our writers use for unfinished or temporary files."""
-    return name.endswith((".part", ".tmp")) or name.startswith(".")
+    """Names our writers use for unfinished or temporary files (and the state a run resumes from)."""
+    return name.endswith((".part", ".tmp")) or name.startswith(".") or name == RESUME
+
+
+# --------------------------------------------------------------------------- the state a run resumes from
+class StateFile:
+    """``resume.pt``: the :class:`~trek_tracker.loop.StateSaver` of a run folder. A state is due every
+    ``every`` seconds (and the loop saves one when a signal stops it); each replaces the last atomically,
+    with ``context`` beside it (what ``--resume`` needs to rebuild the run and check it is the same).
+
+    Its size is that of the tracker's memory buffers: 354 MiB in float32 for R50-DeAOT-L at 1080p with the
+    default cap of 10 (half in bf16), about a megabyte for the tiny test models.
+    """
+
+    def __init__(self, folder: RunFolder, every: float, context: dict[str, Any]) -> None:
+        self.folder, self.every, self.context = folder, every, context
+        self.last = time.monotonic()
+        self.failed = False
+
+    def due(self, index: int) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def save(self, index: int, state: dict[str, Any]) -> None:
+        """Replace the saved state. A state that cannot be written (a full disk: it is the run's largest file)
+        does not stop the run: it is said once, the last state saved stays, and the next one is tried."""
+        import torch
+
+        try:
+            with atomic_write(self.folder.resume_file, "wb") as f:
+                torch.save({"format": STATE_FORMAT, "frames": index + 1, **self.context, "state": state}, f)
+        except OSError as err:
+            if not self.failed:
+                log.warning("could not save the state to resume from (%s); the run goes on, and --resume would "
+                            "continue from the state saved before, if any", os_error_message(err, action="write"))
+            self.failed = True
+        self.last = time.monotonic()
+
+
+def load_state_file(path: Path) -> dict[str, Any]:
+    """What :class:`StateFile` saved (tensors on the CPU); a damaged or foreign file is an :class:`UserError`."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read the saved state {path} ({err}); start the run again with --overwrite") from None
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+        raise UserError(f"{path} is not a state saved by this version of trek-track; start the run again with "
+                        "--overwrite")
+    return saved
 
 
 def _names(paths: Sequence[Path]) -> str:
@@ -260,13 +383,18 @@ def load_probs(path: str | Path):
 class BoxFiles(Sink):
     """One streaming ``x,y,w,h`` file per object; renamed from ``.part`` when the run completes."""
 
-    def __init__(self, folder: RunFolder, ids: ObjectIds) -> None:
-        self.writers = {i + 1: StreamingTextWriter(p) for i, p in enumerate(folder.box_files(ids).values())}
+    def __init__(self, folder: RunFolder, ids: ObjectIds, kept: int = 0) -> None:
+        self.writers = {i + 1: StreamingTextWriter(p, keep=kept or None)
+                        for i, p in enumerate(folder.box_files(ids).values())}
         self.names: list[str] = []
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         for obj, writer in self.writers.items():
             writer.write_box(result.boxes[obj])
+
+    def flush(self) -> None:
+        for writer in self.writers.values():
+            writer.sync()
 
     def close(self, status: str, error: str | None = None) -> None:
         for writer in self.writers.values():
@@ -279,12 +407,15 @@ class BoxFiles(Sink):
 class TimesFile(Sink):
     """``times.txt``: the tracker's seconds per frame."""
 
-    def __init__(self, folder: RunFolder) -> None:
-        self.writer = StreamingTextWriter(folder.times_file)
+    def __init__(self, folder: RunFolder, kept: int = 0) -> None:
+        self.writer = StreamingTextWriter(folder.times_file, keep=kept or None)
         self.names: list[str] = []
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         self.writer.write_time(result.seconds)
+
+    def flush(self) -> None:
+        self.writer.sync()
 
     def close(self, status: str, error: str | None = None) -> None:
         if status == COMPLETE:
@@ -432,10 +563,12 @@ class Manifest(Sink):
     """
 
     def __init__(self, folder: RunFolder, record: dict[str, Any], file_sinks: Sequence[Sink], ids: ObjectIds,
-                 describe=None) -> None:
+                 describe=None, kept: int = 0, lost: dict[int, list[int]] | None = None) -> None:
         self.folder, self.record, self.file_sinks, self.ids, self.describe = folder, record, file_sinks, ids, describe
-        self.frames = 0
+        self.frames = kept
         self.lost: dict[str, list[int]] = {str(v): [] for v in ids.values}
+        for obj, frames in (lost or {}).items():
+            self.lost[str(ids.values[obj - 1])] = [i for i in frames if i < kept]
         self.started = time.perf_counter()
         folder.write_manifest({"status": "running", **self._base(), "files": []})
 
@@ -453,10 +586,15 @@ class Manifest(Sink):
         seconds = time.perf_counter() - self.started
         files = [name for sink in self.file_sinks for name in getattr(sink, "names", [])]
         extra = self.describe() if self.describe is not None else {}
+        kept = [RESUME] if status != COMPLETE and self.folder.resume_file.is_file() else []
+        tracked = self.frames - (self.record.get("resume", {}).get("resumed_at") or [0])[-1]  # in this process
         self.folder.write_manifest({"status": status, "error": error, **self._base(), **extra,
                                     "lost_frames": self.lost, "seconds": round(seconds, 3),
-                                    "fps": round(self.frames / seconds, 3) if seconds > 0 else None,
-                                    "files": files + [MANIFEST]})
+                                    "fps": round(tracked / seconds, 3) if seconds > 0 else None,
+                                    "files": files + kept + [MANIFEST]})
+        if status == COMPLETE:  # the state is of no more use once the run is complete
+            self.folder.resume_file.unlink(missing_ok=True)
+        self.folder.release()
 
 
 def _software() -> dict[str, str | None]:

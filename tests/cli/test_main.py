@@ -39,5 +39,10 @@ def test_usage_errors_are_one_line(cli):
     result = cli("run")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "trek-track: error: Missing option '--video'. (see 'trek-track run --help')"]
+        "trek-track: error: give --video (a video file or a folder of frames), or --resume RUN_FOLDER"]
+    result = cli("run", "--start-frame", "-1")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "trek-track: error: Invalid value for '--start-frame': -1 is not in the range x>=0. "
+        "(see 'trek-track run --help')"]
     assert main.name == "trek-track"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from trek_tracker.cli.options import tracker_config_from_options, tracker_options
 
+# What --resume may change: how fast or where the run continues, never what it computes (the tracker's
+# identity is checked against the saved one).
+RESUME_OVERRIDES = ("resume", "device", "precision", "compile", "quiet", "save_state_every")
+STATE_EVERY = 300.0
+PATHS = ("video", "init_mask", "checkpoint", "sam_checkpoint", "hqsam_checkpoint", "ar_checkpoint", "refine_checkpoint")
+
 
 @click.command("run")
-@click.option("--video", required=True, help="A video file (anything OpenCV decodes) or a folder of jpg/png frames.")
+@click.option("--video", default=None, help="A video file (anything OpenCV decodes) or a folder of jpg/png frames.")
 @click.option("--box", default=None, help=("The box x,y,w,h in pixels (top-left corner, width, height) on the first "
                                           "frame, or on --start-frame."))
 @click.option("--init-mask", type=click.Path(dir_okay=False), default=None,
@@ -29,80 +36,135 @@ from trek_tracker.cli.options import tracker_config_from_options, tracker_option
 @click.option("--save-masks", is_flag=True, help="Write one label PNG per frame to <out>/masks/.")
 @click.option("--save-probs", is_flag=True,
               help="Write per-frame probabilities (uint8, compressed) to <out>/probs/ for `trek-track ensemble`.")
-@click.option("--overlay", is_flag=True, help="Write <out>/overlay.mp4 with masks and boxes drawn.")
+@click.option("--overlay", is_flag=True, help="Write <out>/overlay.mp4 with masks and boxes drawn (such a run cannot "
+                                             "be resumed).")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the interrupted run in this folder where its saved state stands, with its own "
+                   "settings (only --device, --precision, --compile, --quiet and --save-state-every may be given). "
+                   "The result is the one an uninterrupted run writes.")
+@click.option("--save-state-every", type=click.FloatRange(min=0), default=STATE_EVERY, show_default=True,
+              help="Seconds between saves of the tracker's state to <out>/resume.pt, for --resume (also saved "
+                   "when Ctrl-C or a signal stops the run; removed when it completes). 0: never save it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run(video: str, box: str | None, init_mask: str | None, start_frame: int, last_frame: int | None,
-        out: str | None, overwrite: bool, save_masks: bool, save_probs: bool, overlay: bool, quiet: bool,
-        **options) -> None:
+def run(**params) -> None:
     """Track from a box (or mask) on the first frame, or on --start-frame, and write boxes.txt, times.txt and
-    run.json. Frame numbers in the outputs count from the start frame.
+    run.json. Frame numbers in the outputs count from the start frame. An interrupted run continues with
+    --resume.
 
     \b
     Examples:
       trek-track run --video clip.mp4 --box 313,88,342,194 --checkpoint r50_deaotl --out runs/clip
       trek-track run --video P01_01.MP4 --start-frame 50000 --last-frame 54639 --box 313,88,342,194 \\
           --checkpoint r50_deaotl --out runs/P01_01_50000
+      trek-track run --resume runs/P01_01_50000
     """
+    if params["resume"] is not None:
+        _resume(params)
+    else:
+        _track(params)
+
+
+def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = None) -> None:
+    """A run from its first frame, or (``resumed``: the reopened folder and its saved state) from a state."""
+    import numpy as np
+
     from trek_tracker.device import peak_memory
-    from trek_tracker.errors import UserError, memory_errors
+    from trek_tracker.errors import InputError, UserError, memory_errors
+    from trek_tracker.files import plain
     from trek_tracker.geometry import Box
-    from trek_tracker.loop import Start, track_video
-    from trek_tracker.pipeline import Tracker
+    from trek_tracker.loop import Resumed, Start, track_video
+    from trek_tracker.pipeline import Tracker, tracker_identity
     from trek_tracker.results import ObjectIds, read_label_png
-    from trek_tracker.run_folder import Outputs, RunFolder
+    from trek_tracker.run_folder import Outputs, RunFolder, StateFile
     from trek_tracker.video import check_overlay_encoder, open_frames
 
+    p = {k: _absolute(v) if k in PATHS else v for k, v in params.items()}  # a run may resume from elsewhere
+    video, box, init_mask, start_frame, last_frame = (p["video"], p["box"], p["init_mask"], p["start_frame"],
+                                                      p["last_frame"])
     # Everything that can be checked is checked before anything is written.
-    if (box is None) == (init_mask is None):
+    if video is None:
+        raise UserError("give --video (a video file or a folder of frames), or --resume RUN_FOLDER")
+    if resumed is None and (box is None) == (init_mask is None):
         raise UserError("give exactly one of --box x,y,w,h or --init-mask PNG")
     if last_frame is not None and last_frame < start_frame:
         raise UserError(f"--last-frame {last_frame} comes before --start-frame {start_frame}")
-    given = Box.parse(box) if box is not None else None
-    labels = palette = None
-    if init_mask is not None:
-        if not Path(init_mask).is_file():
-            raise UserError(f"init mask not found: {init_mask}")
-        labels, palette = read_label_png(init_mask)
-        if not labels.any():
-            raise UserError(f"init mask {init_mask} is empty: mark the object(s) with non-zero values")
     source = open_frames(video)
     h, w = source.size
-    if given is not None:
+    start = start_record = palette = None
+    if resumed is not None:
+        folder, saved = resumed
+        ids, palette = ObjectIds(tuple(folder.manifest["objects"])), saved["palette"]
+        if saved["video"] != _fingerprint(source):
+            raise UserError(f"{video} is not the video run {folder.path} tracked (it changed, or another file has its "
+                            "name); resume with the same video, or start again with --overwrite")
+    elif box is not None:
+        given = Box.parse(box)
         start = Start(box=given.in_frame(source.size))
         if start.box != given:
             click.echo(f"trek-track: warning: the box {given} reaches outside the {w}x{h} frame; tracking "
                        f"starts from its part inside the frame, {start.box}", err=True)
         ids, start_record = ObjectIds((255,)), {"box": list(start.box), "init_mask_ids": None}
     else:
+        if not Path(init_mask).is_file():
+            raise UserError(f"init mask not found: {init_mask}")
+        labels, palette = read_label_png(init_mask)
+        if not labels.any():
+            raise UserError(f"init mask {init_mask} is empty: mark the object(s) with non-zero values")
         if labels.shape != (h, w):
             raise UserError(f"init mask is {labels.shape[1]}x{labels.shape[0]} but the video is {w}x{h}; give a "
                             "mask of the frame size")
         ids = ObjectIds.from_labels(labels)
         start, start_record = Start(mask=ids.to_engine(labels)), {"box": None, "init_mask_ids": list(ids.values)}
-    tracker = Tracker(tracker_config_from_options(**options))
+    tracker = Tracker(tracker_config_from_options(**p))
+    identity = plain(tracker_identity(tracker.config, tracker.device.type))
+    if resumed is not None:
+        _check_same_tracker(folder.path, identity, saved["identity"])
     for member in tracker.members:
         for note in member.notes:
             click.echo(f"trek-track: warning: {note}", err=True)
-    if overlay:
+    if p["overlay"]:
         check_overlay_encoder()
-    # A video reaches the start frame by decoding the frames before it: before the run folder exists.
+    kept = 0 if resumed is None else int(saved["frames"])
+    # A video reaches the start frame by decoding the frames before it: before the run folder is written.
     stop = None if last_frame is None else last_frame + 1
-    frames = source.frames(start_frame, stop, progress=not quiet)
-    folder = RunFolder.create(Path(out) if out else Path("runs") / source.name, overwrite=overwrite)
-
-    record = {"video": {"path": str(source.path), "name": source.name, "size": [h, w], "fps": source.fps,
-                        "start_frame": start_frame, "last_frame": last_frame},
-              "start": start_record, "tracker": tracker.describe()}
-    sinks = folder.sinks(Outputs(masks=save_masks, probs=save_probs, overlay=overlay), ids=ids,
-                         palette=palette if init_mask is not None else None, record=record, fps=source.fps,
-                         size=source.size, describe=lambda: {"tracker": tracker.describe(),
-                                                             "input_damage": [d.to_dict() for d in source.damage],
-                                                             "peak_memory": peak_memory(tracker.device)})
+    try:
+        frames: Any = source.frames(start_frame + kept, stop, progress=not p["quiet"])
+    except InputError:
+        if not kept or start_frame + kept < min(stop or len(source), len(source)):
+            raise
+        frames = iter(())  # stopped after its last frame was tracked: nothing is left but to complete
+    # An unbounded memory (the parity option) grows with the video, and so would each saved state; an
+    # overlay video is written in one pass. Neither can be resumed.
+    bounded = tracker.config.memory.resolve(tracker.loaded.model.config).cap is not None
+    every = p["save_state_every"] if bounded and not p["overlay"] else 0
+    if resumed is None:
+        folder = RunFolder.create(Path(p["out"]) if p["out"] else Path("runs") / source.name, overwrite=p["overwrite"])
+        record = {"video": {"path": str(source.path), "name": source.name, "size": [h, w], "fps": source.fps,
+                            "start_frame": start_frame, "last_frame": last_frame},
+                  "start": start_record, "tracker": tracker.describe(),
+                  "resume": {"save_state_every": every or None, "resumed_at": []}}
+    else:
+        record = {k: folder.manifest[k] for k in ("video", "start", "tracker", "resume")}
+        record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
+    saver = None
+    if every:
+        command = {k: v for k, v in p.items() if k not in ("resume", "quiet")}
+        saver = StateFile(folder, every, {"command": plain(command), "identity": identity,
+                                          "video": _fingerprint(source),
+                                          "palette": None if palette is None else np.asarray(palette).tolist()})
+    sinks = folder.sinks(Outputs(masks=p["save_masks"], probs=p["save_probs"], overlay=p["overlay"]), ids=ids,
+                         palette=None if palette is None else np.asarray(palette, dtype=np.uint8),
+                         record=record, fps=source.fps, size=source.size, kept=kept,
+                         lost=None if resumed is None else {int(k): v for k, v in saved["state"]["lost"].items()},
+                         describe=lambda: {"tracker": tracker.describe(),
+                                           "input_damage": [d.to_dict() for d in source.damage],
+                                           "peak_memory": peak_memory(tracker.device)})
     with memory_errors(f"while tracking {source.name}", kept=f"the frames tracked before are kept in {folder.path}/"):
         result = track_video(tracker, frames, start, sinks, total=(stop or len(source)) - start_frame,
-                             progress=False if quiet else source.name)
+                             progress=False if p["quiet"] else source.name, saver=saver,
+                             resume=None if resumed is None else Resumed(kept - 1, saved["state"]))
     message = tracker.init_info.get("message")
-    if message:
+    if message and resumed is None:
         click.echo(f"trek-track: {message}", err=True)
     if source.damage:
         click.echo(f"trek-track: warning: the input is damaged ({len(source.damage)} problem(s), recorded in "
@@ -114,5 +176,56 @@ def run(video: str, box: str | None, init_mask: str | None, start_frame: int, la
     lost = sum(len(v) for v in result.lost.values())
     peak = peak_memory(tracker.device)
     gpu = "" if peak["gpu_mib"] is None else f", peak GPU memory {peak['gpu_mib'] / 1024:.2f} GiB"
-    click.echo(f"{result.frames} frames in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.2f} "
-               f"fps), {lost} lost{gpu}; results in {folder.path}/")
+    after = "" if resumed is None else f" after the {kept} tracked before"
+    click.echo(f"{result.tracked} frames{after} in {result.seconds:.1f} s "
+               f"({result.tracked / max(result.seconds, 1e-9):.2f} fps), {lost} lost{gpu}; results in {folder.path}/")
+
+
+def _resume(params: dict[str, Any]) -> None:
+    """``--resume FOLDER``: the saved command, with only the options that cannot change the result."""
+    from click.core import ParameterSource
+
+    from trek_tracker.errors import UserError
+    from trek_tracker.run_folder import RunFolder
+
+    ctx = click.get_current_context()
+    given = {name for name in params
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    extra = sorted(given - set(RESUME_OVERRIDES))
+    if extra:
+        flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+        raise UserError(f"--resume continues a run with the settings it started with; leave out {flags}")
+    folder, saved = RunFolder.reopen(params["resume"])
+    command = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["command"].items()}
+    command.update({k: params[k] for k in RESUME_OVERRIDES if k in given or k == "quiet"})
+    _track(command, (folder, saved))
+
+
+def _check_same_tracker(path: Path, now: dict[str, Any], saved: dict[str, Any]) -> None:
+    """A resumed run computes what it started computing: the same settings and checkpoint files, and the same
+    precision once resolved (``--precision auto`` may resolve otherwise on another device)."""
+    from trek_tracker.errors import UserError
+
+    if now["precision"] != saved["precision"]:
+        raise UserError(f"run {path} computed in {saved['precision']}, which {now['precision']} would not continue "
+                        f"exactly; add --precision {saved['precision']}")
+    now, saved = ({**identity, "settings": {k: v for k, v in identity["settings"].items() if k != "precision"}}
+                  for identity in (now, saved))
+    changed = sorted(k for k in now if now[k] != saved.get(k))
+    if changed:
+        raise UserError(f"run {path} was tracked by another configuration ({' and '.join(changed)} differ: a "
+                        "checkpoint file or a setting changed since); restore it, or start again with --overwrite")
+
+
+def _absolute(value: Any) -> Any:
+    """Paths that exist, made absolute (a run may be resumed from another folder); registry names as they are."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_absolute(v) for v in value)
+    return str(Path(value).resolve()) if isinstance(value, str) and Path(value).exists() else value
+
+
+def _fingerprint(source) -> dict[str, Any]:
+    """What tells a video apart cheaply: its path, frame size and count, and for a file its size in bytes."""
+    path = Path(source.path)
+    return {"path": str(path.resolve()), "size": list(source.size), "frames": len(source),
+            "bytes": path.stat().st_size if path.is_file() else None}

@@ -37,7 +37,7 @@ from trek_tracker.inference.preprocess import (
     resize_labels,
     to_network_input,
 )
-from trek_tracker.modeling.base import VOSModel
+from trek_tracker.modeling.base import LayerLayout, VOSModel
 
 
 @dataclass
@@ -267,6 +267,28 @@ class VOSEngine:
             id_emb = self.model.id_embedding(self._one_hot([lab.to(self.device) for lab in labels]))
             id_values = [self.model.fuse_id(i, e, id_emb) for i, e in enumerate(self._pending)]
         self.memory.remember(self.frame_step, self._pending, id_values)
+        self._pending = None
+
+    # ------------------------------------------------------------------ saving and restoring
+    def state(self) -> dict:
+        """The engine between two frames (sizes, object groups, frame count, memory) as plain values and CPU
+        tensors; :meth:`load_state` continues from it exactly."""
+        if self.memory is None or self._pending is not None:
+            raise RuntimeError("an engine's state is saved between frames, after add_reference()")
+        return {"frame_size": self.frame_size, "input_size": self.input_size, "token_grid": self.token_grid,
+                "layout": [(tuple(layer.grid), layer.long_term_dilation) for layer in self.layout],
+                "frame_step": self.frame_step, "num_objects": self.num_objects, "group_sizes": list(self.group_sizes),
+                "memory": self.memory.state()}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from what :meth:`state` saved (on this engine's device, in its precision)."""
+        self.frame_size, self.input_size = tuple(state["frame_size"]), tuple(state["input_size"])
+        self.token_grid = tuple(state["token_grid"])
+        self.layout = [LayerLayout(tuple(grid), int(d)) for grid, d in state["layout"]]
+        self.frame_step, self.num_objects = int(state["frame_step"]), int(state["num_objects"])
+        self.group_sizes = [int(n) for n in state["group_sizes"]]
+        self.memory = Memory(self.layout, self.schedule)
+        self.memory.load_state(state["memory"], self.device)
         self._pending = None
 
     def long_term_tokens(self) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -64,6 +64,10 @@ class Member(Protocol):
     def predict(self, frame: np.ndarray) -> FrameOutput: ...
 
     def commit(self, labels: torch.Tensor) -> None: ...
+
+    def state(self) -> Any: ...
+
+    def load_state(self, state: Any) -> None: ...
 
 
 def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -195,6 +199,15 @@ class EnsembleEngine:
         out = self.predict(frame)
         self.commit(out.labels)
         return out
+
+    def state(self) -> list:
+        return [m.state() for m in self.members]
+
+    def load_state(self, state: list) -> None:
+        if len(state) != len(self.members):
+            raise ValueError(f"saved state has {len(state)} ensemble members, this ensemble {len(self.members)}")
+        for member, saved in zip(self.members, state, strict=True):
+            member.load_state(saved)
 
     @property
     def member_outputs(self) -> list[FrameOutput]:

@@ -230,6 +230,32 @@ class Memory:
         t = grid[0] * grid[1]
         return (self._long_keys[layer][slot * t:(slot + 1) * t], self._long_values[layer][slot * t:(slot + 1) * t])
 
+    # ------------------------------------------------------------------ saving and restoring
+    def state(self) -> dict:
+        """Everything the memory holds, as plain values and CPU tensors (copies): what ``trek-track run
+        --resume`` saves so that a resumed run computes what an uninterrupted one would."""
+        def copy(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            return [None if t is None else t.detach().to("cpu", copy=True) for t in tensors]
+
+        return {"long_keys": copy(self._long_keys), "long_values": copy(self._long_values),
+                "short_keys": copy(self._short_keys), "short_values": copy(self._short_values),
+                "slots": [(s.frame, s.reference) for s in self._slots], "short_frames": list(self._short_frames),
+                "short_next": self._short_next, "last_long_term": self._last_long_term}
+
+    def load_state(self, state: dict, device: torch.device) -> None:
+        """Hold exactly what :meth:`state` saved (its buffers, capacity included, moved to ``device``)."""
+        def move(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            if len(tensors) != len(self.layout):
+                raise ValueError(f"saved memory has {len(tensors)} layers, this model {len(self.layout)}")
+            return [None if t is None else t.to(device) for t in tensors]
+
+        self._long_keys, self._long_values = move(state["long_keys"]), move(state["long_values"])
+        self._short_keys, self._short_values = move(state["short_keys"]), move(state["short_values"])
+        self._slots = [_Slot(int(f), bool(r)) for f, r in state["slots"]]
+        self._short_frames = [int(f) for f in state["short_frames"]]
+        self._short_next = int(state["short_next"])
+        self._last_long_term = state["last_long_term"]
+
     def nbytes(self) -> int:
         """Bytes held by the memory's buffers (allocated capacity, not only the valid part)."""
         tensors = [*self._long_keys, *self._long_values, *self._short_keys, *self._short_values]

@@ -118,6 +118,15 @@ class TTAEngine:
         self.commit(out.labels)
         return out
 
+    def state(self) -> list[dict]:
+        return [e.state() for e in self.engines]
+
+    def load_state(self, state: list[dict]) -> None:
+        if len(state) != len(self.engines):
+            raise ValueError(f"saved state has {len(state)} TTA scales, this engine {len(self.engines)}")
+        for engine, saved in zip(self.engines, state, strict=True):
+            engine.load_state(saved)
+
     @property
     def view_outputs(self) -> list[FrameOutput]:
         """Every view's output for the last predicted frame, in view order (until :meth:`commit`)."""

@@ -1,0 +1,200 @@
+"""``trek-track run --resume``: a run stopped by a signal, or killed outright, continues from its saved state
+to the files an uninterrupted run writes; what cannot be resumed exactly is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.cli.conftest import TINY
+from tests.damaged import REPO, assert_one_line_error, run_cli
+from trek_tracker.pipeline import Tracker
+
+FAST = ("--model", TINY, "--max-long-edge", "160", "--quiet", "--device", "cpu", "--init", "box",
+        "--memory-cap", "3", "--memory-gap", "4")  # a full long-term memory, evicting, by the time it stops
+
+
+def _outputs(folder):
+    """Every result file of a run (what an uninterrupted run and a resumed one must share), times aside."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("run.json", "times.txt")}
+
+
+def _stop_at(monkeypatch, frame: int) -> None:
+    """Ctrl-C while the tracker computes ``frame`` (counted from the start frame)."""
+    step, calls = Tracker.step, []
+
+    def stepped(self, image, **kw):
+        calls.append(1)
+        if len(calls) == frame:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, image, **kw)
+
+    monkeypatch.setattr(Tracker, "step", stepped)
+
+
+def _two_objects(davis, tmp_path):
+    gt = np.array(Image.open(davis / "Annotations/480p/dog/00000.png")) > 0
+    labels = np.zeros(gt.shape, np.uint8)
+    labels[:, :420][gt[:, :420]] = 3
+    labels[:, 420:][gt[:, 420:]] = 7
+    Image.fromarray(labels).save(tmp_path / "init.png")
+    return ("--init-mask", tmp_path / "init.png")
+
+
+@pytest.mark.parametrize("start", ["box", "mask"])
+def test_a_run_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result(cli, davis, tiny_checkpoint, tmp_path,
+                                                                    monkeypatch, start):
+    """Stopped during frame 23: that frame is finished, its state saved; --resume tracks the rest and the
+    boxes, masks and probabilities are byte for byte those of a run never stopped."""
+    video = davis / "JPEGImages/480p/dog"
+    first = ("--box", "130,60,260,260") if start == "box" else _two_objects(davis, tmp_path)
+    args = ("run", "--video", video, *first, "--checkpoint", tiny_checkpoint, "--save-masks", "--save-probs",
+            "--start-frame", "5", *FAST)
+    assert cli(*args, "--out", tmp_path / "full").exit_code == 0
+    out = tmp_path / "part"
+    with monkeypatch.context() as m:
+        _stop_at(m, 23)
+        stopped = cli(*args, "--out", out)
+    assert stopped.exit_code == 130, stopped.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["video"]["frames"] == 24
+    assert "resume.pt" in record["files"] and record["resume"] == {"save_state_every": 300.0, "resumed_at": []}
+    assert torch.load(out / "resume.pt", weights_only=True)["frames"] == 24
+
+    resumed = cli("run", "--resume", out, "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "31 frames after the 24 tracked before" in resumed.stdout
+    assert _outputs(out) == _outputs(tmp_path / "full") and len(_outputs(out)) > 100
+    assert len((out / "times.txt").read_text().splitlines()) == 55
+    record, full = (json.loads((f / "run.json").read_text()) for f in (out, tmp_path / "full"))
+    assert record["status"] == "complete" and record["resume"]["resumed_at"] == [24]
+    assert record["lost_frames"] == full["lost_frames"] and record["video"] == full["video"]
+    assert record["tracker"]["init"] == full["tracker"]["init"]
+    assert not (out / "resume.pt").exists() and "resume.pt" not in record["files"]
+
+
+def test_a_killed_run_resumes_from_its_last_saved_state(cli, shared, tiny_checkpoint, tmp_path):
+    """SIGKILL (out of memory, a lost node): the last periodic state is a few frames behind the files; those
+    frames are tracked again, to the same result. While the run lives, its folder is nobody else's."""
+    args = ("run", "--video", shared / "data/videos/bedroom.mp4", "--box", "300,200,200,150", "--checkpoint",
+            tiny_checkpoint, "--save-masks", *FAST)
+    assert cli(*args, "--out", tmp_path / "full").exit_code == 0
+    out = tmp_path / "part"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "trek_tracker.cli", *map(str, args), "--out", str(out),
+                             "--save-state-every", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "resume.pt").is_file() and len((out / "boxes.txt.part").read_bytes().splitlines()) >= 40:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert_one_line_error(run_cli("run", "--resume", out), "being written by another trek-track process")
+        assert_one_line_error(run_cli(*args, "--out", out, "--overwrite"), "being written by another")
+    finally:
+        proc.kill()
+        proc.communicate()
+    saved = torch.load(out / "resume.pt", weights_only=True)["frames"]
+    assert 0 < saved <= len((out / "boxes.txt.part").read_bytes().splitlines())
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    resumed = cli("run", "--resume", out, "--quiet", "--precision", "fp32")  # fp32 is what auto gave on the CPU
+    assert resumed.exit_code == 0, resumed.stderr
+    assert _outputs(out) == _outputs(tmp_path / "full")
+
+
+@pytest.fixture()
+def stopped(cli, davis, tiny_checkpoint, tmp_path, monkeypatch):
+    """A run of 12 frames stopped at frame 6, on a copy of its frames and checkpoint (so both can change)."""
+    video = tmp_path / "frames"
+    video.mkdir()
+    for i in range(12):
+        shutil.copy(davis / f"JPEGImages/480p/car-shadow/{i:05d}.jpg", video / f"{i:05d}.jpg")
+    checkpoint = shutil.copy(tiny_checkpoint, tmp_path / "weights.pth")
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as m:
+        _stop_at(m, 6)
+        m.chdir(tmp_path)  # relative paths: a run may be resumed from anywhere
+        assert cli("run", "--video", "frames", "--box", "313,88,342,194", "--checkpoint", "weights.pth", "--out",
+                   "stopped", *FAST).exit_code == 130
+    return out, video, checkpoint
+
+
+def _refused(out, *fragments, extra=()):
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert_one_line_error(run_cli("run", "--resume", out, *extra), *fragments)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # a refused resume changes nothing
+
+
+def test_resume_keeps_the_runs_own_settings(stopped, tmp_path):
+    out, _, _ = stopped
+    _refused(out, "leave out --box, --memory-cap", extra=("--box", "1,2,3,4", "--memory-cap", "5"))
+    done = run_cli("run", "--resume", out.name, "--quiet", "--save-state-every", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["video"]["frames"] == 12
+    assert record["resume"] == {"save_state_every": None, "resumed_at": [7]}
+
+
+def test_resume_refuses_a_changed_checkpoint_or_video(stopped, tiny_checkpoint):
+    out, video, checkpoint = stopped
+    state = torch.load(checkpoint, weights_only=False)
+    state["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, checkpoint)  # the same file name, other weights
+    _refused(out, "another configuration", "checkpoint_sha256")
+    shutil.copy(tiny_checkpoint, checkpoint)
+    (video / "00011.jpg").unlink()
+    _refused(out, "is not the video")
+
+
+def test_resume_refuses_a_run_without_a_state_a_complete_run_and_a_damaged_state(stopped, cli, tmp_path):
+    out, _, _ = stopped
+    (out / "resume.pt").write_bytes(b"not a state")
+    _refused(out, "cannot read the saved state")
+    (out / "resume.pt").unlink()
+    _refused(out, "holds no saved state", "--overwrite")
+    assert_one_line_error(run_cli("run", "--resume", tmp_path), "not a run folder")
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "status": "complete"}))
+    _refused(out, "is complete")
+
+
+def test_a_run_with_save_state_every_0_or_an_overlay_saves_no_state(cli, davis, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
+    for extra in (("--save-state-every", "0"), ("--overlay",)):
+        out = tmp_path / extra[0].strip("-")
+        with monkeypatch.context() as m:
+            _stop_at(m, 3)
+            assert cli("run", "--video", davis / "JPEGImages/480p/car-shadow", "--box", "313,88,342,194",
+                       "--checkpoint", tiny_checkpoint, "--out", out, *FAST, *extra).exit_code == 130
+        assert not (out / "resume.pt").exists()
+        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.cuda
+def test_a_run_on_cuda_resumes_on_cuda(cli, davis, tiny_checkpoint, tmp_path, monkeypatch):
+    """The state of a GPU run (bf16 memories) continues on the GPU: the boxes of the uninterrupted run, within
+    2 pixels (kernels may be chosen differently in another process)."""
+    args = ("run", "--video", davis / "JPEGImages/480p/dog", "--box", "130,60,260,260", "--checkpoint",
+            tiny_checkpoint, *FAST, "--device", "cuda")
+    assert cli(*args, "--out", tmp_path / "full").exit_code == 0
+    with monkeypatch.context() as m:
+        _stop_at(m, 20)
+        assert cli(*args, "--out", tmp_path / "part").exit_code == 130
+    resumed = cli("run", "--resume", tmp_path / "part", "--device", "cuda")
+    assert resumed.exit_code == 0, resumed.stderr
+    record = json.loads((tmp_path / "part" / "run.json").read_text())
+    assert record["tracker"]["precision"] == "bf16" and record["resume"]["resumed_at"] == [21]
+    ours, theirs = (np.loadtxt(tmp_path / f / "boxes.txt", delimiter=",") for f in ("part", "full"))
+    assert ours.shape == theirs.shape == (60, 4) and np.abs(ours - theirs).max() <= 2.0
