@@ -22,7 +22,8 @@ Stages and what they measure (each benchmark's docstring says more):
 * ``compile``: the same at 1080p in bf16, eager against ``--compile``;
 * ``precision``: bf16 and fp16 boxes and masks against fp32 on DAVIS clips;
 * ``memory``: peak memory at 150, 600 and 4,640 frames with the default bounded memory, and the official
-  unbounded memory at 150 and 600 frames;
+  unbounded memory at 150 and 600 frames; the size of ``trek-track run``'s saved state (``resume.pt``) and
+  the time to take, write and restore it;
 * ``scale``: the TREK-150-shaped workload (10 sequences at full length, sampled) and its projected wall time,
   each run's box-to-mask init (fused SAM ViT-B and Alpha-Refine) included, then the same runs through
   ``trek-track eval``'s runner with 1 and 2 processes on the GPU;
@@ -90,7 +91,10 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
                  "default",
                  "--json", str(out / "memory.json")],
                 [*common, "--lengths", "8" if smoke else "150,600", "--settings", "official",
-                 "--json", str(out / "memory_official.json")]]
+                 "--json", str(out / "memory_official.json")],
+                [py, str(bench / "resume_state.py"), "--models", model, "--size", "90x160" if smoke else "1080x1920",
+                 "--device", device, "--precision", *(["fp32"] if smoke else ["fp32", "bf16"]), "--repeats", "3",
+                 "--dir", str(out), "--json", str(out / "resume_state.json")]]
     if stage == "scale":
         sample = (["--model", "test_deaot_tiny", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "12",
                    "--init-sam", "none"]

@@ -191,3 +191,15 @@ def _planners():
     from trek_tracker.eval.protocols import Run, hoi_runs, mse_runs, ope_runs
 
     return Run, ope_runs, mse_runs, hoi_runs
+
+
+def test_resume_state_benchmark_reports_the_state_its_memory_holds(tmp_path):
+    out = tmp_path / "state.json"
+    proc = _run("resume_state.py", "--models", "test_deaot_tiny", "--size", "240x320", "--repeats", "1",
+                "--dir", tmp_path, "--json", out, shared=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == "test_deaot_tiny" and row["frame"] == "320x240" and row["memory_cap"] == 10
+    assert 0 < row["memory_mib"] <= row["state_mib"] < row["memory_mib"] * 1.05  # the buffers, and little else
+    assert row["take_s"] > 0 and row["write_s"] > 0 and row["restore_s"] > 0 and "state" in proc.stdout
+    assert not list(tmp_path.glob("resume-state-*"))  # its files are removed

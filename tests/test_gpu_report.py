@@ -91,6 +91,8 @@ def test_smoke_report_records_failures_refuses_mixing_and_resumes(tmp_path, shar
     assert [r["model"] for r in speed["rows"]] == ["deaott"] and speed["rows"][0]["end_to_end_fps"] > 0
     memory = json.loads((out / "memory.json").read_text())
     assert sorted(r["frames"] for r in memory["rows"]) == [8, 16]
+    (state,) = json.loads((out / "resume_state.json").read_text())["rows"]
+    assert state["model"] == "deaott" and state["state_mib"] > 0 and not list(out.glob("resume-state-*"))
     text = (out / "summary.md").read_text()
     assert "smoke run" in text and "\ndevice: " in text
     # each benchmark's own table is in the summary
