@@ -177,10 +177,22 @@ class RunFolder:
                                 "saved one, or it ran with --overlay, --memory-cap none or --save-state-every 0); "
                                 "start it again with --overwrite")
             folder.manifest = record
-            return folder, load_state_file(folder.resume_file)
+            saved = load_state_file(folder.resume_file)
+            folder._check_kept(int(saved["frames"]))
+            return folder, saved
         except BaseException:
             folder.release()
             raise
+
+    def _check_kept(self, frames: int) -> None:
+        """Each unfinished text file holds at least the ``frames`` a saved state follows."""
+        ids = ObjectIds(tuple(int(v) for v in self.manifest.get("objects", [])))
+        for path in [*self.box_files(ids).values(), self.times_file]:
+            part = path.with_name(path.name + ".part")
+            lines = part.read_bytes().count(b"\n") if part.is_file() else 0
+            if lines < frames:
+                raise UserError(f"{part} holds {lines} frame{'s' * (lines != 1)}, fewer than the {frames} the saved "
+                                "state follows (the run's files were changed); start the run again with --overwrite")
 
     def _remove_previous_run(self, contents: list[Path]) -> None:
         previous = self._previous_files()

@@ -160,6 +160,10 @@ def test_resume_refuses_a_changed_checkpoint_or_video(stopped, tiny_checkpoint):
 
 def test_resume_refuses_a_run_without_a_state_a_complete_run_and_a_damaged_state(stopped, cli, tmp_path):
     out, _, _ = stopped
+    part = (out / "boxes.txt.part").read_bytes()
+    (out / "boxes.txt.part").write_bytes(part[: part.index(b"\n") + 1])
+    _refused(out, "boxes.txt.part holds 1 frame, fewer than the 7 the saved state follows", "--overwrite")
+    (out / "boxes.txt.part").write_bytes(part)
     (out / "resume.pt").write_bytes(b"not a state")
     _refused(out, "cannot read the saved state")
     (out / "resume.pt").unlink()
