@@ -67,6 +67,8 @@ def test_a_run_stopped_by_ctrl_c_resumes_to_the_uninterrupted_result(cli, davis,
         _stop_at(m, 23)
         stopped = cli(*args, "--out", out)
     assert stopped.exit_code == 130, stopped.stderr
+    assert stopped.stderr.splitlines() == [f"trek-track: error: interrupted; finished work was kept (continue with: "
+                                           f"trek-track run --resume {out})"]
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "interrupted" and record["video"]["frames"] == 24
     assert "resume.pt" in record["files"] and record["resume"] == {"save_state_every": 300.0, "resumed_at": []}

@@ -49,7 +49,7 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as err:
-            raise _Stopped(getattr(err, "signum", None)) from None
+            raise _Stopped(getattr(err, "signum", None), getattr(err, "hint", None)) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Every user mistake, ours or click's, ends as one line on stderr and a non-zero exit code."""
@@ -74,16 +74,19 @@ class _LazyGroup(click.Group):
                 raise
             _fail(message, 2)
         except (_Stopped, Interrupted) as err:
-            if err.signum is None:
-                _fail("interrupted; finished work was kept", 130)
-            _fail(f"interrupted by {signal.Signals(err.signum).name}; finished work was kept", 128 + err.signum)
+            how = "" if err.signum is None else f" by {signal.Signals(err.signum).name}"
+            hint = getattr(err, "hint", None)
+            _fail(f"interrupted{how}; finished work was kept" + (f" ({hint})" if hint else ""),
+                  128 + (err.signum or signal.SIGINT))
         except (KeyboardInterrupt, click.Abort):
             _fail("interrupted; finished work was kept", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
 class Interrupted(KeyboardInterrupt):
-    """A termination signal, handled like Ctrl-C: whatever runs stops as interrupted and keeps what is done."""
+    """A termination signal, handled like Ctrl-C: whatever runs stops as interrupted and keeps what is done.
+
+    A command may set ``hint`` on any interrupt it lets through (how to continue); the line says it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -93,9 +96,9 @@ class Interrupted(KeyboardInterrupt):
 class _Stopped(Exception):
     """An interrupt on its way out of click (which would otherwise make it an ``Abort``)."""
 
-    def __init__(self, signum: int | None) -> None:
+    def __init__(self, signum: int | None, hint: str | None = None) -> None:
         super().__init__(signum)
-        self.signum = signum
+        self.signum, self.hint = signum, hint
 
 
 def _raise_interrupted(signum: int, frame) -> None:

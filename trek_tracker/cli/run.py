@@ -159,10 +159,16 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                          describe=lambda: {"tracker": tracker.describe(),
                                            "input_damage": [d.to_dict() for d in source.damage],
                                            "peak_memory": peak_memory(tracker.device)})
-    with memory_errors(f"while tracking {source.name}", kept=f"the frames tracked before are kept in {folder.path}/"):
-        result = track_video(tracker, frames, start, sinks, total=(stop or len(source)) - start_frame,
-                             progress=False if p["quiet"] else source.name, saver=saver,
-                             resume=None if resumed is None else Resumed(kept - 1, saved["state"]))
+    try:
+        with memory_errors(f"while tracking {source.name}",
+                           kept=f"the frames tracked before are kept in {folder.path}/"):
+            result = track_video(tracker, frames, start, sinks, total=(stop or len(source)) - start_frame,
+                                 progress=False if p["quiet"] else source.name, saver=saver,
+                                 resume=None if resumed is None else Resumed(kept - 1, saved["state"]))
+    except KeyboardInterrupt as err:
+        if folder.resume_file.is_file():
+            err.hint = f"continue with: trek-track run --resume {folder.path}"
+        raise
     message = tracker.init_info.get("message")
     if message and resumed is None:
         click.echo(f"trek-track: {message}", err=True)
