@@ -70,6 +70,14 @@ class Member(Protocol):
     def load_state(self, state: Any) -> None: ...
 
 
+def load_each(parts: Sequence[Any], state: Sequence[Any], what: str) -> None:
+    """Give each of an engine's parts (TTA scales, ensemble members) its saved state, in order."""
+    if len(state) != len(parts):
+        raise ValueError(f"the saved state has {len(state)} {what}, this engine {len(parts)}")
+    for part, saved in zip(parts, state, strict=True):
+        part.load_state(saved)
+
+
 def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     """``n`` positive finite weights (all 1 when None); an :class:`InputError` otherwise."""
     if weights is None:
@@ -204,10 +212,7 @@ class EnsembleEngine:
         return [m.state() for m in self.members]
 
     def load_state(self, state: list) -> None:
-        if len(state) != len(self.members):
-            raise ValueError(f"saved state has {len(state)} ensemble members, this ensemble {len(self.members)}")
-        for member, saved in zip(self.members, state, strict=True):
-            member.load_state(saved)
+        load_each(self.members, state, "ensemble members")
 
     @property
     def member_outputs(self) -> list[FrameOutput]:

@@ -22,7 +22,7 @@ import torch
 
 from trek_tracker.errors import InputError
 from trek_tracker.inference.engine import EngineConfig, FrameOutput, VOSEngine
-from trek_tracker.inference.ensemble import combine_outputs
+from trek_tracker.inference.ensemble import combine_outputs, load_each
 
 OFFICIAL_MAX_RESOLUTION = 624.0
 
@@ -122,10 +122,7 @@ class TTAEngine:
         return [e.state() for e in self.engines]
 
     def load_state(self, state: list[dict]) -> None:
-        if len(state) != len(self.engines):
-            raise ValueError(f"saved state has {len(state)} TTA scales, this engine {len(self.engines)}")
-        for engine, saved in zip(self.engines, state, strict=True):
-            engine.load_state(saved)
+        load_each(self.engines, state, "TTA scales")
 
     @property
     def view_outputs(self) -> list[FrameOutput]:
