@@ -179,10 +179,20 @@ class RunFolder:
             folder.manifest = record
             saved = load_state_file(folder.resume_file)
             folder._check_kept(int(saved["frames"]))
+            folder._remove_temporaries()
             return folder, saved
         except BaseException:
             folder.release()
             raise
+
+    def _remove_temporaries(self) -> None:
+        """The half-written temporary files of a process killed while writing (atomic writes that never
+        finished), in the folder and its mask and probability folders: nobody else writes here (the lock)."""
+        for folder in (self.path, self.path / MASKS, self.path / PROBS):
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+                        entry.unlink()
 
     def _check_kept(self, frames: int) -> None:
         """Each unfinished text file holds at least the ``frames`` a saved state follows."""

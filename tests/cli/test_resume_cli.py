@@ -142,11 +142,13 @@ def _refused(out, *fragments, extra=()):
 def test_resume_keeps_the_runs_own_settings(stopped, tmp_path):
     out, _, _ = stopped
     _refused(out, "leave out --box, --memory-cap", extra=("--box", "1,2,3,4", "--memory-cap", "5"))
+    (out / ".resume.pt.k1ll3d.tmp").write_bytes(b"half a state")  # what a process killed while saving leaves
     done = run_cli("run", "--resume", out.name, "--quiet", "--save-state-every", "0", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["video"]["frames"] == 12
     assert record["resume"] == {"save_state_every": None, "resumed_at": [7]}
+    assert sorted(p.name for p in out.iterdir()) == ["boxes.txt", "run.json", "times.txt"]
 
 
 def test_resume_refuses_a_changed_checkpoint_or_video(stopped, tiny_checkpoint):
@@ -158,6 +160,18 @@ def test_resume_refuses_a_changed_checkpoint_or_video(stopped, tiny_checkpoint):
     shutil.copy(tiny_checkpoint, checkpoint)
     (video / "00011.jpg").unlink()
     _refused(out, "is not the video")
+
+
+def test_a_video_that_moved_is_given_with_video_and_checked(stopped, davis, tmp_path):
+    out, video, _ = stopped
+    moved = video.rename(tmp_path / "moved")
+    _refused(out, "is not there any more", "give --video where it is now")
+    _refused(out, "is not the video run", str(video), extra=("--video", davis / "JPEGImages/480p/car-shadow"))
+    done = run_cli("run", "--resume", out, "--video", moved, "--quiet")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["video"]["path"] == str(moved)
+    assert len((out / "boxes.txt").read_text().splitlines()) == 12
 
 
 def test_resume_refuses_a_run_without_a_state_a_complete_run_and_a_damaged_state(stopped, cli, tmp_path):

@@ -11,7 +11,7 @@ from trek_tracker.cli.options import tracker_config_from_options, tracker_option
 
 # What --resume may change: how fast or where the run continues, never what it computes (the tracker's
 # identity is checked against the saved one).
-RESUME_OVERRIDES = ("resume", "device", "precision", "compile", "quiet", "save_state_every")
+RESUME_OVERRIDES = ("resume", "video", "device", "precision", "compile", "quiet", "save_state_every")
 STATE_EVERY = 300.0
 PATHS = ("video", "init_mask", "checkpoint", "sam_checkpoint", "hqsam_checkpoint", "ar_checkpoint", "refine_checkpoint")
 
@@ -40,8 +40,8 @@ PATHS = ("video", "init_mask", "checkpoint", "sam_checkpoint", "hqsam_checkpoint
                                              "be resumed).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the interrupted run in this folder where its saved state stands, with its own "
-                   "settings (only --device, --precision, --compile, --quiet and --save-state-every may be given). "
-                   "The result is the one an uninterrupted run writes.")
+                   "settings (only --video, for a video that moved, --device, --precision, --compile, --quiet and "
+                   "--save-state-every may be given). The result is the one an uninterrupted run writes.")
 @click.option("--save-state-every", type=click.FloatRange(min=0), default=STATE_EVERY, show_default=True,
               help="Seconds between saves of the tracker's state to <out>/resume.pt, for --resume (also saved "
                    "when Ctrl-C or a signal stops the run; removed when it completes). 0: never save it.")
@@ -88,15 +88,19 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         raise UserError("give exactly one of --box x,y,w,h or --init-mask PNG")
     if last_frame is not None and last_frame < start_frame:
         raise UserError(f"--last-frame {last_frame} comes before --start-frame {start_frame}")
+    if resumed is not None and not Path(video).exists():
+        raise UserError(f"the video of run {resumed[0].path}, {video}, is not there any more; if it moved, give "
+                        "--video where it is now")
     source = open_frames(video)
     h, w = source.size
     start = start_record = palette = None
     if resumed is not None:
         folder, saved = resumed
         ids, palette = ObjectIds(tuple(folder.manifest["objects"])), saved["palette"]
-        if saved["video"] != _fingerprint(source):
-            raise UserError(f"{video} is not the video run {folder.path} tracked (it changed, or another file has its "
-                            "name); resume with the same video, or start again with --overwrite")
+        now, before = _fingerprint(source), saved["video"]
+        if {k: v for k, v in now.items() if k != "path"} != {k: v for k, v in before.items() if k != "path"}:
+            raise UserError(f"{video} is not the video run {folder.path} tracked ({before['path']}, as it was then): "
+                            "give that video (--video where it is now), or start again with --overwrite")
     elif box is not None:
         given = Box.parse(box)
         start = Start(box=given.in_frame(source.size))
@@ -145,6 +149,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                   "resume": {"save_state_every": every or None, "resumed_at": []}}
     else:
         record = {k: folder.manifest[k] for k in ("video", "start", "tracker", "resume")}
+        record["video"] = {**record["video"], "path": str(source.path)}  # where it is now (it may have moved)
         record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
     saver = None
     if every:
@@ -231,7 +236,12 @@ def _absolute(value: Any) -> Any:
 
 
 def _fingerprint(source) -> dict[str, Any]:
-    """What tells a video apart cheaply: its path, frame size and count, and for a file its size in bytes."""
+    """What tells a video apart cheaply, wherever it is: frame size and count, bytes (of the file, or of the
+    folder's frames), and a folder's first and last frame names; its path, to say where it was."""
     path = Path(source.path)
-    return {"path": str(path.resolve()), "size": list(source.size), "frames": len(source),
-            "bytes": path.stat().st_size if path.is_file() else None}
+    files = getattr(source, "files", None)
+    if files is None:
+        return {"path": str(path.resolve()), "size": list(source.size), "frames": len(source),
+                "bytes": path.stat().st_size}
+    return {"path": str(path.resolve()), "size": list(source.size), "frames": len(files),
+            "bytes": sum(f.stat().st_size for f in files), "names": [files[0].name, files[-1].name]}
