@@ -179,15 +179,15 @@ class RunFolder:
             folder.manifest = record
             saved = load_state_file(folder.resume_file)
             folder._check_kept(int(saved["frames"]))
-            folder._remove_temporaries()
             return folder, saved
         except BaseException:
             folder.release()
             raise
 
-    def _remove_temporaries(self) -> None:
-        """The half-written temporary files of a process killed while writing (atomic writes that never
-        finished), in the folder and its mask and probability folders: nobody else writes here (the lock)."""
+    def remove_temporaries(self) -> None:
+        """Remove the half-written temporary files of a process killed while writing (atomic writes that never
+        finished) from the folder and its mask and probability folders, before a resumed run writes: nobody
+        else writes here (the lock)."""
         for folder in (self.path, self.path / MASKS, self.path / PROBS):
             if folder.is_dir():
                 for entry in folder.iterdir():

@@ -141,8 +141,8 @@ def _refused(out, *fragments, extra=()):
 
 def test_resume_keeps_the_runs_own_settings(stopped, tmp_path):
     out, _, _ = stopped
-    _refused(out, "leave out --box, --memory-cap", extra=("--box", "1,2,3,4", "--memory-cap", "5"))
     (out / ".resume.pt.k1ll3d.tmp").write_bytes(b"half a state")  # what a process killed while saving leaves
+    _refused(out, "leave out --box, --memory-cap", extra=("--box", "1,2,3,4", "--memory-cap", "5"))
     done = run_cli("run", "--resume", out.name, "--quiet", "--save-state-every", "0", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "run.json").read_text())

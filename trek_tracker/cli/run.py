@@ -148,6 +148,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                   "start": start_record, "tracker": tracker.describe(),
                   "resume": {"save_state_every": every or None, "resumed_at": []}}
     else:
+        folder.remove_temporaries()
         record = {k: folder.manifest[k] for k in ("video", "start", "tracker", "resume")}
         record["video"] = {**record["video"], "path": str(source.path)}  # where it is now (it may have moved)
         record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
