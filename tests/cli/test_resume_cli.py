@@ -18,7 +18,9 @@ from PIL import Image
 
 from tests.cli.conftest import TINY
 from tests.damaged import REPO, assert_one_line_error, run_cli
+from trek_tracker.errors import UserError
 from trek_tracker.pipeline import Tracker
+from trek_tracker.run_folder import RunFolder
 
 FAST = ("--model", TINY, "--max-long-edge", "160", "--quiet", "--device", "cpu", "--init", "box",
         "--memory-cap", "3", "--memory-gap", "4")  # a full long-term memory, evicting, by the time it stops
@@ -103,8 +105,10 @@ def test_a_killed_run_resumes_from_its_last_saved_state(cli, shared, tiny_checkp
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert_one_line_error(run_cli("run", "--resume", out), "being written by another trek-track process")
-        assert_one_line_error(run_cli(*args, "--out", out, "--overwrite"), "being written by another")
+        for take in (RunFolder.reopen, lambda path: RunFolder.create(path, overwrite=True)):  # --resume, --overwrite
+            with pytest.raises(UserError, match="being written by another trek-track process"):
+                take(out)
+        assert proc.poll() is None, "the run ended before it could be killed"
     finally:
         proc.kill()
         proc.communicate()
