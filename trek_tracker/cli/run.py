@@ -71,10 +71,9 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
     from trek_tracker.device import peak_memory
     from trek_tracker.errors import InputError, UserError, memory_errors
     from trek_tracker.files import plain
-    from trek_tracker.geometry import Box
-    from trek_tracker.loop import Resumed, Start, track_video
+    from trek_tracker.loop import Resumed, track_video
     from trek_tracker.pipeline import Tracker, tracker_identity
-    from trek_tracker.results import ObjectIds, read_label_png
+    from trek_tracker.results import ObjectIds
     from trek_tracker.run_folder import Outputs, RunFolder, StateFile
     from trek_tracker.video import check_overlay_encoder, open_frames
 
@@ -101,24 +100,8 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         if {k: v for k, v in now.items() if k != "path"} != {k: v for k, v in before.items() if k != "path"}:
             raise UserError(f"{video} is not the video run {folder.path} tracked ({before['path']}, as it was then): "
                             "give that video (--video where it is now), or start again with --overwrite")
-    elif box is not None:
-        given = Box.parse(box)
-        start = Start(box=given.in_frame(source.size))
-        if start.box != given:
-            click.echo(f"trek-track: warning: the box {given} reaches outside the {w}x{h} frame; tracking "
-                       f"starts from its part inside the frame, {start.box}", err=True)
-        ids, start_record = ObjectIds((255,)), {"box": list(start.box), "init_mask_ids": None}
     else:
-        if not Path(init_mask).is_file():
-            raise UserError(f"init mask not found: {init_mask}")
-        labels, palette = read_label_png(init_mask)
-        if not labels.any():
-            raise UserError(f"init mask {init_mask} is empty: mark the object(s) with non-zero values")
-        if labels.shape != (h, w):
-            raise UserError(f"init mask is {labels.shape[1]}x{labels.shape[0]} but the video is {w}x{h}; give a "
-                            "mask of the frame size")
-        ids = ObjectIds.from_labels(labels)
-        start, start_record = Start(mask=ids.to_engine(labels)), {"box": None, "init_mask_ids": list(ids.values)}
+        start, start_record, ids, palette = _start_of(box, init_mask, source.size)
     tracker = Tracker(tracker_config_from_options(**p))
     identity = plain(tracker_identity(tracker.config, tracker.device.type))
     if resumed is not None:
@@ -175,9 +158,44 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         if folder.resume_file.is_file():
             err.hint = f"continue with: trek-track run --resume {folder.path}"
         raise
-    message = tracker.init_info.get("message")
-    if message and resumed is None:
-        click.echo(f"trek-track: {message}", err=True)
+    if resumed is None and tracker.init_info.get("message"):
+        click.echo(f"trek-track: {tracker.init_info['message']}", err=True)
+    _say_how_it_went(result, tracker, source, folder, start_frame, last_frame)
+
+
+def _start_of(box: str | None, init_mask: str | None, size: tuple[int, int]) -> tuple[Any, dict, Any, Any]:
+    """How a new run starts, from --box or --init-mask on a frame of ``size``: the loop's start, what
+    ``run.json`` records of it, the object ids and the mask's palette (None for a box or a grayscale mask)."""
+    from trek_tracker.errors import UserError
+    from trek_tracker.geometry import Box
+    from trek_tracker.loop import Start
+    from trek_tracker.results import ObjectIds, read_label_png
+
+    h, w = size
+    if box is not None:
+        given = Box.parse(box)
+        start = Start(box=given.in_frame(size))
+        if start.box != given:
+            click.echo(f"trek-track: warning: the box {given} reaches outside the {w}x{h} frame; tracking "
+                       f"starts from its part inside the frame, {start.box}", err=True)
+        return start, {"box": list(start.box), "init_mask_ids": None}, ObjectIds((255,)), None
+    if not Path(init_mask).is_file():
+        raise UserError(f"init mask not found: {init_mask}")
+    labels, palette = read_label_png(init_mask)
+    if not labels.any():
+        raise UserError(f"init mask {init_mask} is empty: mark the object(s) with non-zero values")
+    if labels.shape != (h, w):
+        raise UserError(f"init mask is {labels.shape[1]}x{labels.shape[0]} but the video is {w}x{h}; give a "
+                        "mask of the frame size")
+    ids = ObjectIds.from_labels(labels)
+    return Start(mask=ids.to_engine(labels)), {"box": None, "init_mask_ids": list(ids.values)}, ids, palette
+
+
+def _say_how_it_went(result: Any, tracker: Any, source: Any, folder: Any, start_frame: int,
+                     last_frame: int | None) -> None:
+    """The warnings a finished run owes (damaged input, a video shorter than asked) and its summary line."""
+    from trek_tracker.device import peak_memory
+
     if source.damage:
         click.echo(f"trek-track: warning: the input is damaged ({len(source.damage)} problem(s), recorded in "
                    f"{folder.manifest_file} under input_damage); the results cover only what could be read",
@@ -188,7 +206,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
     lost = sum(len(v) for v in result.lost.values())
     peak = peak_memory(tracker.device)
     gpu = "" if peak["gpu_mib"] is None else f", peak GPU memory {peak['gpu_mib'] / 1024:.2f} GiB"
-    after = "" if resumed is None else f" after the {kept} tracked before"
+    after = f" after the {result.first} tracked before" if result.first else ""
     click.echo(f"{result.tracked} frames{after} in {result.seconds:.1f} s "
                f"({result.tracked / max(result.seconds, 1e-9):.2f} fps), {lost} lost{gpu}; results in {folder.path}/")
 
