@@ -212,10 +212,14 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start | None
             bar.close()
         try:
             writer.finish()  # frames already tracked reach the sinks whatever stopped the loop
+        except BaseException:  # noqa: BLE001 - a sink failed too; the exception in flight is the one to report
+            pass
+        else:
             if status == INTERRUPTED and boundary is not None and not boundary.torn and n - 1 > saved:
-                save(n - 1, tracker.state())  # a signal stopped the loop between frames: keep that state
-        except BaseException as err:  # noqa: BLE001 - the exception in flight is the one to report
-            log.warning("could not save the state to resume from (%s); an earlier one is kept if any", err)
+                try:  # a signal stopped the loop between frames: keep that state
+                    save(n - 1, tracker.state())
+                except BaseException as err:  # noqa: BLE001 - the interrupt in flight is the one to report
+                    log.warning("could not save the state to resume from (%s); an earlier one is kept if any", err)
         _close(sinks, status, error)
     return LoopResult(n, status, time.perf_counter() - began, lost.frames, error, first)
 

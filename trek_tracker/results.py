@@ -407,8 +407,9 @@ class StreamingTextWriter:
             if keep is not None and len(pieces) < keep:
                 raise InputError(f"{self.part_path} holds {len(pieces)} finished lines, fewer than the {keep} "
                                  "expected")
-            end = sum(len(line) + 1 for line in pieces[:keep])
-            self.lines = data[:end].count(b"\n")
+            kept = pieces[:keep]
+            end = sum(len(line) + 1 for line in kept)
+            self.lines = len(kept)
             mode = "r+" if self.part_path.exists() else "w"
             self._file: IO[str] | None = open(self.part_path, mode, encoding="utf-8", newline="\n")
             self._file.truncate(end)
@@ -453,8 +454,7 @@ class StreamingTextWriter:
             return self.path
         if self._file is None:
             raise RuntimeError(f"{self.part_path} was closed without commit")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self.sync()
         self.close()
         os.replace(self.part_path, self.path)
         self.committed = True

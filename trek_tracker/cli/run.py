@@ -92,12 +92,13 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                         "--video where it is now")
     source = open_frames(video)
     h, w = source.size
+    fingerprint = _fingerprint(source)
     start = start_record = palette = None
     if resumed is not None:
         folder, saved = resumed
         ids, palette = ObjectIds(tuple(folder.manifest["objects"])), saved["palette"]
-        now, before = _fingerprint(source), saved["video"]
-        if {k: v for k, v in now.items() if k != "path"} != {k: v for k, v in before.items() if k != "path"}:
+        before = saved["video"]
+        if {k: v for k, v in fingerprint.items() if k != "path"} != {k: v for k, v in before.items() if k != "path"}:
             raise UserError(f"{video} is not the video run {folder.path} tracked ({before['path']}, as it was then): "
                             "give that video (--video where it is now), or start again with --overwrite")
     else:
@@ -139,7 +140,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
     if every:
         command = {k: v for k, v in p.items() if k not in ("resume", "quiet")}
         saver = StateFile(folder, every, {"command": plain(command), "identity": identity,
-                                          "video": _fingerprint(source),
+                                          "video": fingerprint,
                                           "palette": None if palette is None else np.asarray(palette).tolist()})
     sinks = folder.sinks(Outputs(masks=p["save_masks"], probs=p["save_probs"], overlay=p["overlay"]), ids=ids,
                          palette=None if palette is None else np.asarray(palette, dtype=np.uint8),
