@@ -8,10 +8,12 @@ process, into one folder with a ``summary.md`` to read (and paste) and a ``repor
     python benchmarks/gpu_report.py --out gpu-report --official /path/to/aot-benchmark   # x official column
 
 A stage that fails or outruns ``--stage-timeout`` is recorded as such and the next one runs (a CUDA test
-skipped on the report's machine fails the ``tests`` stage, outside ``--smoke``); ``--resume``
-runs again only what did not finish with exit status 0. The folder belongs to one report: a second report
-into it needs ``--resume``. ``--smoke`` runs the same stages and flags at sizes a CPU finishes in minutes
-(the tiny or MobileNet models, a few frames): it checks the commands, not the speed.
+skipped on the report's machine fails the ``tests`` stage, outside ``--smoke``). ``--deadline`` bounds the
+whole report (a lease of a GPU ends at a fixed time): each command is stopped when it passes, and the stages
+it leaves are recorded as not run. ``--resume`` runs again only what did not finish with exit status 0.
+The folder belongs to one report: a second report into it needs ``--resume``. ``--smoke`` runs the same
+stages and flags at sizes a CPU finishes in minutes (the tiny or MobileNet models, a few frames): it checks
+the commands, not the speed.
 
 Stages and what they measure (each benchmark's docstring says more):
 
@@ -49,6 +51,9 @@ from benchdata import REPO
 
 STAGES = ("tests", "speed", "compile", "precision", "memory", "scale", "outputs", "train")
 
+
+# --deadline: a stage is started only with at least this many seconds left.
+MIN_STAGE_SECONDS = 10.0
 
 # --quick: the targets only, at sizes that fit a short lease of one GPU (about 10 minutes).
 QUICK_STAGES = ("tests", "speed", "precision", "memory", "scale")
@@ -180,7 +185,8 @@ def summary(report: dict) -> str:
              + (f" ({d['gpu_memory_gib']} GiB, {d['gpus']} visible)" if "gpu" in d else "")
              + f"; {d['cpus']} CPUs; torch {d['torch']} (CUDA {d['cuda']}); python {d['python']}", ""]
     for name, st in report["stages"].items():
-        status = "ok" if st["rc"] == 0 else f"FAILED (exit {st['rc']})"
+        status = ("ok" if st["rc"] == 0 else "not run (the --deadline had passed)" if st["rc"] is None
+                  else f"FAILED (exit {st['rc']})")
         if "tests" in st:
             status += " (" + ", ".join(f"{v} {k}" for k, v in st["tests"].items()) + ")"
         lines += [f"## {name}: {status}, {st['seconds']:.0f} s",
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--official", type=Path, default=None, help="an aot-benchmark checkout (speed stage)")
     parser.add_argument("--stage-timeout", type=float, default=None, help="seconds a stage may run")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds the whole report may run; the stages it leaves are recorded as not run")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized cases: checks the commands only")
     parser.add_argument("--quick", action="store_true",
                         help="the issue's targets only, on fewer frames and cases (about 10 minutes of one GPU)")
@@ -251,10 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(2) from None
 
     save()
-    failed = []
+    failed, not_run = [], []
+    ends = None if args.deadline is None else time.perf_counter() + args.deadline
     for stage in stages:
         if report["stages"].get(stage, {}).get("rc") == 0:
             print(f"{stage}: done before, kept", flush=True)
+            continue
+        if ends is not None and ends - time.perf_counter() < MIN_STAGE_SECONDS:
+            report["stages"][stage] = {"rc": None, "seconds": 0.0, "commands": [], "tail": []}
+            save()
+            print(f"{stage}: not run (the --deadline has passed)", flush=True)
+            not_run.append(stage)
             continue
         cmds = stage_commands(stage, out, device=args.device, smoke=args.smoke, official=args.official,
                               quick=args.quick)
@@ -264,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stage}: running ({len(cmds)} command{'s' * (len(cmds) > 1)}; log {log})", flush=True)
         try:
             for cmd in cmds:
-                left = None if args.stage_timeout is None else max(1.0, args.stage_timeout - seconds)
+                limits = [] if args.stage_timeout is None else [args.stage_timeout - seconds]
+                limits += [] if ends is None else [ends - time.perf_counter()]
+                left = max(0.1, min(limits)) if limits else None
                 rc, took = run_command(cmd, log, left)
                 seconds += took
                 if rc != 0:
@@ -291,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             failed.append(stage)
     print(f"summary: {out / 'summary.md'}")
-    if failed:
-        print(f"gpu_report: {len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
+    if failed or not_run:
+        said = []
+        if failed:
+            said.append(f"{len(failed)} stage(s) failed: {', '.join(failed)}")
+        if not_run:
+            said.append(f"{len(not_run)} not run before the deadline: {', '.join(not_run)} (--resume runs them)")
+        print(f"gpu_report: {'; '.join(said)}", file=sys.stderr)
         return 1
     return 0
 

@@ -128,6 +128,38 @@ def test_quick_picks_the_targets_stages_and_a_report_is_resumed_at_its_own_size(
     assert set(gpu_report.QUICK_STAGES) < set(gpu_report.STAGES) and gpu_report.QUICK_STAGES[0] == "tests"
 
 
+def test_a_deadline_bounds_the_report_and_leaves_the_rest_to_resume(tmp_path, monkeypatch, capsys):
+    """A lease of a GPU ends at a fixed time: no command runs past ``--deadline``, a stage with too little
+    time left is recorded as not run (and said so), and ``--resume`` runs exactly those stages."""
+    import time
+
+    timeouts = {}
+
+    def fake_run(cmd, log, timeout):
+        stage = log.stem
+        timeouts[stage] = timeout
+        time.sleep(0.4)
+        return 0, 0.4
+
+    monkeypatch.setattr(gpu_report, "run_command", fake_run)
+    monkeypatch.setattr(gpu_report, "MIN_STAGE_SECONDS", 0.2)
+    out = tmp_path / "r"
+    args = ["--out", str(out), "--smoke", "--device", "cpu", "--stages", "outputs,train"]
+    assert gpu_report.main([*args, "--deadline", "0.5"]) == 1
+    assert list(timeouts) == ["outputs"] and timeouts["outputs"] <= 0.5
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert stages["outputs"]["rc"] == 0 and stages["train"]["rc"] is None
+    assert "## train: not run (the --deadline had passed)" in (out / "summary.md").read_text()
+    err = capsys.readouterr().err.strip()
+    assert err == "gpu_report: 1 not run before the deadline: train (--resume runs them)"
+
+    timeouts.clear()
+    assert gpu_report.main([*args, "--resume"]) == 0
+    assert list(timeouts) == ["train"] and timeouts["train"] is None  # no deadline, no stage timeout
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert {name: st["rc"] for name, st in stages.items()} == {"outputs": 0, "train": 0}
+
+
 def test_junit_counts_read_pytests_junit_file(tmp_path):
     """The ``tests`` stage's counts (a skipped CUDA test fails a full report: every one must run on a GPU)."""
     junit = tmp_path / "tests.xml"
