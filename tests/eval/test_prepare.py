@@ -91,6 +91,73 @@ def test_prepare_builds_the_official_layout_and_resumes(sources, tmp_path: Path)
     assert Trek150(root)["P01-P01_01-2"].hoi == [(1, 4, 0), (5, 7, 2)]
 
 
+def _used_frames(tmp_path: Path) -> set[int]:
+    """The frame numbers the fixture's two sequences list (the video's frames a preparation keeps)."""
+    return {int(line) for name in ("P01-P01_01-2", "P01-P01_01-10")
+            for line in (tmp_path / "src" / name / "frames.txt").read_text().split()}
+
+
+def test_frames_no_sequence_uses_are_deleted_while_ffmpeg_writes(sources, tmp_path: Path) -> None:
+    """An hour of EK-55 at 60 fps is 216,000 JPEGs: the extraction folder must not hold them all. The fake
+    ffmpeg, once it has written its 200 frames, waits (up to 20 s) for the folder to shrink and records
+    what it saw, so the deletion is shown to happen while ffmpeg runs; ``--keep-frames`` keeps every one."""
+    zpath, videos, ffmpeg, log = sources
+    used = _used_frames(tmp_path)
+    assert 0 < len(used) < 200
+    seen = tmp_path / "seen.txt"
+    ffmpeg.write_text(ffmpeg.read_text() + f"""
+import glob, os, time
+folder = os.path.dirname(out)
+for _ in range(400):
+    left = len(glob.glob(os.path.join(folder, "frame_*.jpg")))
+    if left <= {len(used)}:
+        break
+    time.sleep(0.05)
+pathlib.Path({str(seen)!r}).write_text(str(left))
+""")
+    root = tmp_path / "trek"
+    prepare(PrepareConfig(root=root, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg)), echo=lambda s: None)
+    assert int(seen.read_text()) == len(used)
+    ds = Trek150(root)
+    assert ds["P01-P01_01-2"].img_files[1].read_bytes() == b"jpeg 103"
+    assert {int(p.stem.split("_")[1]) for n in ds.names for p in ds[n].img_files} == used
+
+    kept = tmp_path / "kept"
+    prepare(PrepareConfig(root=kept, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg), keep_frames=True),
+            echo=lambda s: None)
+    frames = kept / ".frames-P01_01"
+    assert len(list(frames.glob("frame_*.jpg"))) == 200 and int(seen.read_text()) == 200
+    assert json.loads((frames / ".complete").read_text()) == {"frames": "all"}
+
+
+def test_a_kept_extraction_is_reused_only_when_it_holds_every_frame_needed(sources, tmp_path: Path) -> None:
+    """A finished extraction left behind (an interrupt after ffmpeg, or ``--keep-frames``) is reused when its
+    marker covers the frames now needed (an old empty marker: all of them); one extracted for other
+    sequences is extracted again."""
+    zpath, videos, ffmpeg, log = sources
+    used = sorted(_used_frames(tmp_path))
+    root = tmp_path / "trek"
+    frames = root / ".frames-P01_01"
+    frames.mkdir(parents=True)
+    for fid in used:
+        (frames / f"frame_{fid:010d}.jpg").write_bytes(b"kept %d" % fid)
+    (frames / ".complete").write_text("")  # a marker from before frames were deleted: every frame
+    cfg = PrepareConfig(root=root, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg))
+    prepare(cfg, echo=lambda s: None)
+    assert not log.exists()  # no ffmpeg run
+    assert Trek150(root)["P01-P01_01-2"].img_files[1].read_bytes() == b"kept 103"
+
+    other = tmp_path / "other"
+    frames = other / ".frames-P01_01"
+    frames.mkdir(parents=True)
+    (frames / f"frame_{used[0]:010d}.jpg").write_bytes(b"kept")
+    (frames / ".complete").write_text(json.dumps({"frames": used[:1]}))  # extracted for one frame only
+    prepare(PrepareConfig(root=other, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg)),
+            echo=lambda s: None)
+    assert len(log.read_text().splitlines()) == 1
+    assert Trek150(other)["P01-P01_01-2"].img_files[1].read_bytes() == b"jpeg 103"
+
+
 def test_missing_video_lists_official_urls(sources, tmp_path: Path) -> None:
     zpath, _, ffmpeg, _ = sources
     with pytest.raises(InputError, match=r"videos/train/P01/P01_01.MP4"):

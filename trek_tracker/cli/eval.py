@@ -299,9 +299,11 @@ def check(root: Path, no_images: bool, decode: bool, workers: int | None) -> Non
 @click.option("--videos", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder with the EK-55 videos (<video>.MP4 or <participant>/<video>.MP4).")
 @click.option("--ffmpeg", default="ffmpeg", show_default=True, help="ffmpeg executable.")
-@click.option("--keep-frames", is_flag=True, help="Keep the per-video 60 fps frame folders.")
+@click.option("--keep-frames", is_flag=True,
+              help="Keep every frame of the per-video 60 fps folders (by default frames no sequence uses are "
+                   "deleted as ffmpeg writes them).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Videos extracted at once (one ffmpeg each; each needs its whole video's frames on disk).")
+              help="Videos extracted at once (one ffmpeg each).")
 def prepare_cmd(root: Path, annotations: Path | None, videos: Path | None, ffmpeg: str, keep_frames: bool,
                 jobs: int) -> None:
     """Build the official layout from the annotations zip and local EK-55 videos (resumable).

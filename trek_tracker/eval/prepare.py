@@ -2,7 +2,8 @@
 
 This reproduces the official preparation (same file names, ``ffmpeg -i <video>.MP4 -r 60
 frame_%010d.jpg``: full resolution, ffmpeg's default JPEG quality, frames renumbered at a constant 60 fps)
-but, unlike the toolkit, it is an explicit step that never runs while evaluating, it resumes per sequence,
+but, unlike the toolkit, it is an explicit step that never runs while evaluating, it deletes the frames no
+sequence uses while ffmpeg writes them (a whole video at 60 fps is never on disk), it resumes per sequence,
 it re-extracts a sequence whose folder lacks any file of its zip or holds one of another size (an old
 extraction without ``anchors_hoi.txt`` would otherwise silently skip HOI), it never downloads, and it
 records the ffmpeg version and frame counts in ``trek-track-prepare.json`` (frame pixels depend on the
@@ -59,9 +60,10 @@ class PrepareConfig:
     #: Folder with the EK-55 videos, as ``<video>.MP4`` or ``<participant>/<video>.MP4``.
     videos: Path | None = None
     ffmpeg: str = "ffmpeg"
-    #: Keep the per-video 60 fps frame folders (they are large; the toolkit deletes them).
+    #: Keep the per-video 60 fps frame folders whole (they are large; the toolkit deletes them). Without
+    #: it, the frames no sequence uses are deleted while ffmpeg writes them.
     keep_frames: bool = False
-    #: Videos extracted at once (one ffmpeg each; each holds its whole video's frames on disk meanwhile).
+    #: Videos extracted at once (one ffmpeg each).
     jobs: int = 1
 
 
@@ -289,17 +291,23 @@ def _extract_video(cfg: PrepareConfig, root: Path, participant: str, video: str,
     to the extracted files where the file system allows, copies elsewhere); resumable."""
     src = find_video(cfg.videos, participant, video)
     tmp = root / f".frames-{video}"
-    echo(f"{video}: extracting frames at 60 fps for {len(seqs)} sequence(s)")
-    if not (tmp / ".complete").is_file():
+    used = sorted({fid for name in seqs for fid in frame_ids[name]})
+    echo(f"{video}: extracting frames at 60 fps for {len(seqs)} sequence(s)"
+         + ("" if cfg.keep_frames else f", keeping the {len(used)} they use"))
+    if not _extracted(tmp, used):
         shutil.rmtree(tmp, ignore_errors=True)
         with os_errors(tmp, "create", hint="choose another --root"):
             tmp.mkdir()
         cmd = [cfg.ffmpeg, "-i", str(src), "-r", "60", str(tmp / "frame_%010d.jpg")]
+        pruner = None if cfg.keep_frames else _Pruner(tmp, {frame_file_name(fid) for fid in used})
         try:
             proc = children.run(cmd)
         except OSError as err:
             raise UserError(f"cannot run {cfg.ffmpeg!r} ({err.strerror}); install ffmpeg or pass --ffmpeg PATH"
                             ) from None
+        finally:
+            if pruner is not None:
+                pruner.stop()
         if proc.returncode != 0:
             raise UserError(f"ffmpeg failed on {src} (exit {proc.returncode}): {_last_lines(proc.stderr)}")
         errors = _decoding_errors(proc.stderr)
@@ -308,7 +316,7 @@ def _extract_video(cfg: PrepareConfig, root: Path, participant: str, video: str,
                  "the video may be damaged, and frames after the error may be wrong: check the video, and "
                  "the frames with `trek-track dataset check --decode`")
         with os_errors(tmp, "write", hint="choose another --root"):
-            (tmp / ".complete").touch()
+            write_json(tmp / COMPLETE, {"frames": "all" if pruner is None else used})
     for name in seqs:
         img = root / name / "img"
         with os_errors(img, "write", hint="choose another --root"):
@@ -321,6 +329,59 @@ def _extract_video(cfg: PrepareConfig, root: Path, participant: str, video: str,
                 _place(tmp / f, img / f)
     if not cfg.keep_frames:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+COMPLETE = ".complete"  # in a video's frame folder: ffmpeg finished; which frames the folder holds
+
+
+def _extracted(tmp: Path, used: list[int]) -> bool:
+    """Whether ``tmp`` holds a finished extraction with every frame in ``used``: all of the video's frames
+    (``--keep-frames``, or a marker from before frames were deleted), or those of the sequences it was
+    extracted for, which must include ``used``."""
+    try:
+        text = (tmp / COMPLETE).read_text()
+    except OSError:
+        return False
+    try:
+        frames = json.loads(text)["frames"] if text.strip() else "all"
+    except (ValueError, KeyError, TypeError):
+        return False
+    return frames == "all" or (isinstance(frames, list) and set(used) <= set(frames))
+
+
+class _Pruner:
+    """Deletes the frames no sequence uses from ffmpeg's output folder while ffmpeg writes it, every
+    ``every`` seconds and once more at :meth:`stop`: an extraction then holds about its sequences' frames on
+    disk, not the whole video at 60 fps (an hour of EK-55 is 216,000 1080p JPEGs). ffmpeg runs with the
+    official arguments, and the frames kept are its own files; a file it is still writing may be deleted
+    (Linux frees it when ffmpeg closes it)."""
+
+    def __init__(self, folder: Path, keep: set[str], every: float = 0.5) -> None:
+        self.folder, self.keep, self.every = folder, keep, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"prune-{folder.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.prune()
+
+    def prune(self) -> None:
+        try:
+            with os.scandir(self.folder) as entries:
+                names = [e.name for e in entries if e.name.startswith("frame_") and e.name not in self.keep]
+        except OSError:  # the folder cannot be listed: nothing to delete now
+            return
+        for name in names:
+            try:
+                os.unlink(self.folder / name)
+            except OSError:  # gone already, or not ours to delete: it only costs disk space
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.prune()
 
 
 def _place(src: Path, dst: Path) -> None:
