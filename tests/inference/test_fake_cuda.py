@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trek_tracker.device import forget_constant_tensors
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
@@ -125,6 +126,50 @@ def test_an_ensemble_with_test_time_augmentation_tracks_on_the_gpu(mode_name: st
             out = ensemble.step(_frame(h, w))
         assert out.labels.device == CUDA and out.labels.shape == (h, w)
         assert out.probs.device == CUDA and out.probs.dtype == torch.float32 and out.probs.shape == (3, h, w)
+
+
+class _OperatorCount(TorchDispatchMode):
+    """How many operators reach the (fake) device: on a GPU, about one kernel launch each, which is what a
+    frame costs the host in eager mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _operators_per_frame(model_name: str, flips: tuple[bool, ...], objects: int) -> int:
+    """Operators of one steady-state bf16 frame (predict and commit; the memory full) on the GPU."""
+    model = build_model(model_name).eval()
+    h, w = 60, 80
+    labels = np.zeros((h, w), np.int64)
+    for k in range(objects):
+        labels[4 * k:4 * k + 3, 10:40] = k + 1
+    with fake_cuda() as mode:
+        on_fake_cuda(model, mode).store_for_autocast(torch.bfloat16)
+        engine = VOSEngine(model, EngineConfig(max_long_edge=96, precision="bf16", flips=flips,
+                                               memory=MemoryConfig(cap=2, gap=1)))
+        engine.add_reference(_frame(h, w), labels)
+        for _ in range(4):
+            engine.commit_views([out.labels for out in engine.predict_views(_frame(h, w))])
+        with _OperatorCount() as count:
+            engine.commit_views([out.labels for out in engine.predict_views(_frame(h, w))])
+    assert len(engine.group_sizes) == (objects + 9) // 10
+    return count.n
+
+
+@pytest.mark.parametrize("model_name", ["test_deaot_tiny", "test_msdeaot_tiny", "test_vmos_tiny"])
+def test_mirrored_views_and_object_groups_share_one_network_pass(model_name: str):
+    """A frame's views (plain and mirrored) and object groups (12 objects: two groups of at most 10) run
+    through the network as one batch: together they add the mirroring and the groups' merge, a few percent
+    of a frame's operators, where a pass per view or group would double them (a GPU at 1080p is bound by
+    the host's kernel launches, so this is the frame's cost)."""
+    one = _operators_per_frame(model_name, (False,), 1)
+    both = _operators_per_frame(model_name, (False, True), 12)
+    assert one < both <= 1.15 * one, (one, both)
 
 
 @pytest.mark.parametrize("model_name", ["test_deaot_tiny", "test_msdeaot_tiny"])
