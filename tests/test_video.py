@@ -1,4 +1,4 @@
-"""Frame sources and the overlay writer (trek_tracker.video)."""
+"""Frame sources and decoding ahead (trek_tracker.video)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,8 @@ from trek_tracker.video import (
     ArraySource,
     ImageFolderSource,
     IndexedFrames,
-    OverlayWriter,
     VideoFileSource,
     decode_rgb,
-    draw_overlay,
-    id_color,
     natural_key,
     open_frames,
     prefetch,
@@ -386,56 +383,3 @@ def test_decode_rgb_gives_pil_pixels_for_every_encoding(shared: Path) -> None:
         np.testing.assert_array_equal(unrotated, plain, err_msg=name)
         assert (got.shape != unrotated.shape) == (name == "exif rotated")
     assert decode_rgb(b"not an image at all") is None and decode_rgb(b"") is None
-
-
-# -------------------------------------------------------------------------------------------- overlay
-
-
-def test_id_colors_distinct() -> None:
-    assert id_color(1) == (128, 0, 0) and id_color(2) == (0, 128, 0)
-    assert len({id_color(i) for i in range(1, 60)}) == 59
-
-
-def test_draw_overlay_tints_per_object() -> None:
-    frame = np.full((20, 30, 3), 100, np.uint8)
-    labels = np.zeros((20, 30), np.uint8)
-    labels[2:6, 2:6] = 1
-    labels[10:15, 20:25] = 2
-    out = draw_overlay(frame, labels)
-    np.testing.assert_array_equal(out[3, 3], [114, 50, 50])  # halfway to (128, 0, 0)
-    np.testing.assert_array_equal(out[12, 22], [50, 114, 50])
-    np.testing.assert_array_equal(out[18, 2], [100, 100, 100])
-    np.testing.assert_array_equal(frame[3, 3], [100, 100, 100])  # input untouched
-    boxed = draw_overlay(frame, None, {2: [5, 5, 10, 8]}, thickness=1)
-    assert tuple(boxed[5, 10]) != (100, 100, 100) and tuple(boxed[9, 10]) == (100, 100, 100)
-
-
-def test_overlay_writer_writes_on_close(tmp_path: Path) -> None:
-    path = tmp_path / "out" / "overlay.mp4"
-    frame = _frame(50, size=(32, 48))
-    mask = np.zeros((32, 48), bool)
-    mask[8:24, 8:24] = True
-    with OverlayWriter(path, 10, (32, 48)) as writer:
-        for _ in range(3):
-            writer.write(frame, mask, np.array([8, 8, 16, 16]))
-        assert not path.exists()
-    assert path.exists()
-    back = list(open_frames(path))
-    assert len(back) == 3
-    assert abs(float(back[0][16, 16, 0]) - (0.5 * 50 + 0.5 * 128)) < 12  # tinted red inside the mask
-    assert list(tmp_path.glob("out/.*")) == []
-
-
-def test_overlay_writer_removes_temp_on_error(tmp_path: Path) -> None:
-    path = tmp_path / "overlay.mp4"
-    with pytest.raises(RuntimeError, match="boom"):
-        with OverlayWriter(path, 10, (32, 48)) as writer:
-            writer.write(_frame(1, size=(32, 48)))
-            raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_overlay_writer_rejects_wrong_size(tmp_path: Path) -> None:
-    with OverlayWriter(tmp_path / "o.mp4", 10, (32, 48)) as writer:
-        with pytest.raises(InputError, match="size"):
-            writer.write(_frame(1, size=(30, 48)))

@@ -549,14 +549,14 @@ class OverlayFile(Sink):
     needs_image = True
 
     def __init__(self, folder: RunFolder, fps: float | None, size: tuple[int, int]) -> None:
-        from trek_tracker.video import OverlayWriter
+        from trek_tracker.overlay import OverlayWriter
 
         self.writer = OverlayWriter(folder.overlay_file, fps, size)
         self.names: list[str] = []
         self.drawers = FileWriters()  # frames drawn in threads, appended to the video in order
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
-        from trek_tracker.video import draw_overlay
+        from trek_tracker.overlay import draw_overlay
 
         self.writer.check(image)
         self.drawers.submit(draw_overlay, image, result.labels, result.boxes, then=self.writer.append)

@@ -72,10 +72,11 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
     from trek_tracker.errors import InputError, UserError, memory_errors
     from trek_tracker.files import plain
     from trek_tracker.loop import Resumed, track_video
+    from trek_tracker.overlay import check_overlay_encoder
     from trek_tracker.pipeline import Tracker, tracker_identity
     from trek_tracker.results import ObjectIds
     from trek_tracker.run_folder import Outputs, RunFolder, StateFile
-    from trek_tracker.video import check_overlay_encoder, open_frames
+    from trek_tracker.video import open_frames
 
     p = {k: _absolute(v) if k in PATHS else v for k, v in params.items()}  # a run may resume from elsewhere
     video, box, init_mask, start_frame, last_frame = (p["video"], p["box"], p["init_mask"], p["start_frame"],
