@@ -35,6 +35,19 @@ def test_reads_official_layout(root: Path) -> None:
                           "hoi_runs": 2}
 
 
+def test_hand_boxes_and_contact_labels_are_read_when_present(root: Path) -> None:
+    """The hand annotations of a sequence (``lh_rect.txt``/``rh_rect.txt``, ``{l,r,b}hi_labels.txt``), with -1
+    rows where the hand is not visible; None for files the sequence does not have."""
+    folder = root / "P01-P01_01-10"
+    (folder / "lh_rect.txt").write_text("1,2,3,4\n-1,-1,-1,-1\n5,6,7,8\n9,9,9,9\n1,1,2,2\n")
+    (folder / "bhi_labels.txt").write_text("0\n1\n1\n0\n0\n")
+    seq = Trek150(root)["P01-P01_01-10"]
+    np.testing.assert_array_equal(seq.hand_boxes("left"), [[1, 2, 3, 4], [-1, -1, -1, -1], [5, 6, 7, 8],
+                                                           [9, 9, 9, 9], [1, 1, 2, 2]])
+    np.testing.assert_array_equal(seq.contact_labels("BHI"), [0, 1, 1, 0, 0])
+    assert seq.hand_boxes("r") is None and seq.contact_labels("lhi") is None
+
+
 def test_order_rule_matches_path_sort() -> None:
     names = ["a", "a-b", "a0"]
     # the toolkit sorts "<name>/groundtruth_rect.txt": "a-b/" < "a/" < "a0/"

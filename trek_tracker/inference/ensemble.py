@@ -214,7 +214,3 @@ class EnsembleEngine:
     def load_state(self, state: list) -> None:
         load_each(self.members, state, "ensemble members")
 
-    @property
-    def member_outputs(self) -> list[FrameOutput]:
-        """The members' own outputs for the last predicted frame (until :meth:`commit`)."""
-        return list(self._last)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trek_tracker.errors import CheckpointError, InputError
-from trek_tracker.init.sam import SamBoxPredictor, load_sam_state, read_sam_state, stability_score
+from trek_tracker.init.sam import SamBoxPredictor, load_sam_state, read_sam_state
 
 HQSAM_MODELS = ("vit_b", "vit_l", "vit_h")
 # (embed dim, depth, heads, global attention blocks) of SAM's ViTs (the official build_sam_vit_*).
@@ -180,6 +180,3 @@ class HQSamBoxPredictor(SamBoxPredictor):
         raise NotImplementedError("HQ-SAM: use predict_box_hq")
 
 
-def hqsam_stability(logits: np.ndarray) -> float:
-    """SAM's stability score (IoU at thresholds +1 and -1) of one logit map."""
-    return float(stability_score(torch.from_numpy(logits)[None]).item())

@@ -236,7 +236,3 @@ def read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def need_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise InputError(f"{what}: folder {path} not found")
-    return path
