@@ -19,7 +19,11 @@ tracked run.
 "Outside the network" is each frame's wall time minus the time spent in the model's own calls (encode,
 ID embedding, propagation, decoding, ID fusion; on a GPU their spans between CUDA events, so that timing
 adds no synchronisation): decoding, preprocessing, upsampling and arg-max, boxes, memory writes and result
-files. With the tiny test model on a CPU this is the pipeline's own overhead.
+files. With the tiny test model on a CPU this is the pipeline's own overhead. It is split in two: "work",
+the tensor work around the network that a GPU run does on the device (:class:`FrameWorkClock`: network
+input, upsampling, soft-max and arg-max, the labels' one-hot and the memory's writes, the objects'
+extents), and "host", the rest (waiting for decoded frames, boxes, result files, Python): on a GPU the
+host's share.
 """
 
 from __future__ import annotations
@@ -95,33 +99,40 @@ def build(root: Path, lengths: list[int], images: list[Path], box: tuple[int, in
             (seq / "anchors_hoi.txt").write_text("".join(f"{s},{e},{t}\n" for s, e, t in hoi_intervals(n, hoi)))
 
 
-class NetworkClock:
-    """Adds up the time spent in a model's own calls, without changing how the run goes.
+class SpanClock:
+    """Adds up the time spent in chosen calls, without changing how the run goes.
 
     On a GPU each call is bracketed by two CUDA events on the current stream, read once at the end
     (:meth:`seconds` synchronises then): synchronising around every call would drain the GPU's queue five
     times a frame and slow down the very run being measured. A span is then the GPU's time from the call's
     first kernel to its last (idle gaps inside the call included). On a CPU it is the call's wall time.
+    A call made inside another timed call of the same clock counts once, in the outer one.
     """
-
-    METHODS = ("encode", "id_embedding", "propagate", "decode", "fuse_id")
 
     def __init__(self) -> None:
         self._spans: list = []  # (start, end): CUDA events, or perf_counter readings
         self._cuda = False
+        self._depth = 0
 
-    def attach(self, model) -> None:
-        self._cuda = next(model.parameters()).is_cuda
-        for name in self.METHODS:
-            original = getattr(model, name)
+    def wrap(self, owner: object, names: tuple[str, ...], *, cuda: bool) -> None:
+        """Time the calls ``owner.<name>`` from now on (an instance, a class or a module)."""
+        self._cuda = cuda
+        for name in names:
+            original = getattr(owner, name)
 
             def timed(*args, _original=original, **kwargs):
-                start = self._mark()
-                out = _original(*args, **kwargs)
-                self._spans.append((start, self._mark()))
+                if self._depth:
+                    return _original(*args, **kwargs)
+                self._depth += 1
+                try:
+                    start = self._mark()
+                    out = _original(*args, **kwargs)
+                    self._spans.append((start, self._mark()))
+                finally:
+                    self._depth -= 1
                 return out
 
-            setattr(model, name, timed)
+            setattr(owner, name, timed)
 
     def _mark(self):
         if not self._cuda:
@@ -148,6 +159,32 @@ class NetworkClock:
 
     def reset(self) -> None:
         self._spans.clear()
+
+
+class NetworkClock(SpanClock):
+    """The model's own calls: encoding, ID embedding, propagation, decoding, ID fusion."""
+
+    METHODS = ("encode", "id_embedding", "propagate", "decode", "fuse_id")
+
+    def attach(self, model) -> None:
+        self.wrap(model, self.METHODS, cuda=next(model.parameters()).is_cuda)
+
+
+class FrameWorkClock(SpanClock):
+    """The rest of a frame's tensor work, on the device of a GPU run: the network input (upload, resize,
+    normalise, mirror), the logits' upsampling to the frame, the soft-max and arg-max, the label map's
+    resize and one-hot for the memory, the memory's writes, and the objects' extents for their boxes. Every
+    engine of this process is timed (their class's methods are wrapped): with :class:`NetworkClock`, what is
+    left of a frame's wall time is the host's own work (decoding waits, boxes, results, Python)."""
+
+    def attach(self, cuda: bool) -> None:
+        from trek_tracker import pipeline
+        from trek_tracker.inference import engine, memory
+
+        self.wrap(engine.VOSEngine, ("_network_input", "_upsample", "merge_groups", "_one_hot"), cuda=cuda)
+        self.wrap(memory.Memory, ("remember",), cuda=cuda)
+        self.wrap(engine, ("channel_argmax",), cuda=cuda)
+        self.wrap(pipeline, ("object_extents",), cuda=cuda)
 
 
 class PeakRSS:
@@ -239,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         clock.attach(member.model)
     step = as_step_tracker(tracker)
     cuda = tracker.device.type == "cuda"
+    work = FrameWorkClock()
+    work.attach(cuda)
 
     # the full plan (projection) and the sample (tracked)
     full = [r for i, n in enumerate(lengths) for r in _plan_of(n, args.anchor_spacing, args.hoi, Run, ope_runs,
@@ -272,13 +311,14 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(tracker.device)
             clock.reset()
+            work.reset()
             with PeakRSS() as rss:
                 start = time.perf_counter()
                 track_run(step, dataset[run.sequence], run)
                 wall = time.perf_counter() - start
             network = clock.seconds()
             rows.append({"protocol": run.protocol, "sequence": run.sequence, "frames": run.length, "seconds": wall,
-                         "network_seconds": network, "peak_rss_mib": rss.peak,
+                         "network_seconds": network, "frame_work_seconds": work.seconds(), "peak_rss_mib": rss.peak,
                          "peak_cuda_mib": torch.cuda.max_memory_allocated(tracker.device) / 2**20 if cuda else None})
             print(f"  {run.protocol} {run.sequence} {run.length} frames: {wall:.1f} s, network {network:.1f} s",
                   flush=True)
@@ -296,20 +336,24 @@ def main(argv: list[str] | None = None) -> int:
     frames = sum(r["frames"] for r in rows)
     seconds = sum(r["seconds"] for r in rows)
     network = sum(r["network_seconds"] for r in rows)
+    frame_work = sum(r["frame_work_seconds"] for r in rows)
     per_frame = seconds / frames
     full_frames = {p: sum(r.length for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
     print(f"device {tracker.device}, precision {tracker.precision}, model {tracker.loaded.name}, "
           f"memory {tracker.describe().get('memory') or config.memory}, {args.threads} CPU thread(s)")
     print(f"sample: {len(sample)} sequences at {args.length_scale:g} of their length, {len(rows)} runs, "
           f"{frames} frames tracked; network input long edge {args.max_long_edge}")
-    print(f"{'protocol':<9} {'runs':>5} {'frames':>7} {'fps':>8} {'ms/frame':>9} {'network':>8} {'outside':>8}")
+    print("ms per frame; outside = frame work (the tensor work around the network: on the device on a GPU) + host")
+    print(f"{'protocol':<9} {'runs':>5} {'frames':>7} {'fps':>8} {'ms/frame':>9} {'network':>8} {'outside':>8} "
+          f"{'work':>8} {'host':>8}")
     for p in ("ope", "mse", "hoi", "all"):
         sel = [r for r in rows if p in ("all", r["protocol"])]
         if not sel:
             continue
         f, s, n = sum(r["frames"] for r in sel), sum(r["seconds"] for r in sel), sum(r["network_seconds"] for r in sel)
+        w = sum(r["frame_work_seconds"] for r in sel)
         print(f"{p:<9} {len(sel):>5} {f:>7} {f / s:>8.1f} {1000 * s / f:>9.2f} {1000 * n / f:>8.2f} "
-              f"{1000 * (s - n) / f:>8.2f}")
+              f"{1000 * (s - n) / f:>8.2f} {1000 * w / f:>8.2f} {1000 * (s - n - w) / f:>8.2f}")
     print("peak memory by run length (frames):")
     for lo, hi in ((0, 100), (100, 300), (300, 1000), (1000, 10**9)):
         sel = [r for r in rows if lo <= r["frames"] < hi]
@@ -339,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": seconds,
             "network_seconds": network, "ms_per_frame": 1000 * per_frame,
             "ms_per_frame_outside_network": 1000 * (seconds - network) / frames,
+            "ms_per_frame_frame_work": 1000 * frame_work / frames,
+            "ms_per_frame_host": 1000 * (seconds - network - frame_work) / frames,
             "decode_fps_by_threads": decode, "toolkit_decode_fps_by_threads": toolkit_decode,
             "runner_by_workers": parallel,
             "full_plan_frames": full_frames, "full_plan_runs": full_runs, "tracked_plan_frames": tracked_frames,

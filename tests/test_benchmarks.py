@@ -73,6 +73,11 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     assert runs and runs[0]["protocol"] == "ope" and result["frames"] == sum(r["frames"] for r in runs)
     assert 0 < result["network_seconds"] < result["seconds"]
     assert 0 < result["ms_per_frame_outside_network"] < result["ms_per_frame"]
+    # outside the network = the tensor work around it (a GPU's) + the host's
+    assert 0 < result["ms_per_frame_frame_work"] < result["ms_per_frame_outside_network"]
+    assert result["ms_per_frame_host"] == pytest.approx(
+        result["ms_per_frame_outside_network"] - result["ms_per_frame_frame_work"])
+    assert "work     host" in proc.stdout
     assert result["full_plan_frames"]["ope"] == sum(trek150_scale.draw_lengths(0))
     assert result["full_plan_frames"]["mse"] > result["full_plan_frames"]["ope"]
     assert "projected on this machine" in proc.stdout and "outside" in proc.stdout
@@ -155,6 +160,20 @@ def test_network_clock_counts_the_time_inside_the_models_calls_only():
     assert abs(clock.seconds() - clock.seconds(0, 1) - clock.seconds(1)) < 1e-9
     clock.reset()
     assert len(clock) == 0 and clock.seconds() == 0
+
+    class Work:  # a timed call made inside another timed call counts once, in the outer one
+        def outer(self):
+            time.sleep(0.02)
+            return self.inner()
+
+        def inner(self):
+            time.sleep(0.02)
+            return 7
+
+    work, spans = Work(), trek150_scale.SpanClock()
+    spans.wrap(work, ("outer", "inner"), cuda=False)
+    assert work.outer() == 7 and len(spans) == 1 and 0.04 <= spans.seconds() < 0.5
+    assert work.inner() == 7 and len(spans) == 2
 
 
 def test_the_projection_adds_one_init_per_run_and_the_init_is_timed_as_eval_runs_it():

@@ -300,3 +300,41 @@ def test_frames_reach_trackers_in_order_as_the_toolkit_hands_them(tracked) -> No
     track_run(as_step_tracker(ours), seq, backward)
     assert all(isinstance(im, np.ndarray) for im in ours.seen)
     assert all(np.array_equal(a, b) for a, b in zip(ours.seen, expected, strict=True))
+
+
+def test_our_trackers_boxes_are_computed_behind_it_as_stepping_it_gives_them(tmp_path: Path, monkeypatch) -> None:
+    """In a TREK-150 run our tracker hands each frame over with its boxes still to compute (speck removal
+    labels the object's crop): they are computed in the writer thread, beside the next frame's network, and
+    are those of stepping the tracker by hand, with every frame's time including its boxes'."""
+    import threading
+
+    import torch
+
+    from trek_tracker.eval.runner import track_run
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.pipeline import PendingBoxes, Tracker, TrackerConfig
+
+    ds = Trek150(build_synthetic(tmp_path / "trek"))
+    run = plan(ds, "ope")[0]
+    seq = ds[run.sequence]
+
+    def tracker() -> Tracker:
+        torch.manual_seed(0)  # the same random weights for both
+        return Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu", max_long_edge=64,
+                                     init=InitConfig(method="box")))
+
+    by_hand = tracker()
+    by_hand.init(seq.load_array(0), run.ground_truth(seq)[0])
+    expected = [by_hand.step(seq.load_array(i)).box for i in run.frames[1:]]
+
+    threads, compute = [], PendingBoxes._compute
+
+    def recorded(self, policies):
+        threads.append(threading.current_thread().name)
+        return compute(self, policies)
+
+    monkeypatch.setattr(PendingBoxes, "_compute", recorded)
+    boxes, times = track_run(tracker(), seq, run)
+    np.testing.assert_array_equal(boxes[1:], np.array(expected))
+    assert len(threads) >= len(expected) and set(threads[-len(expected):]) == {"sink-writer"}
+    assert np.all(times > 0)

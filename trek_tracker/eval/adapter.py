@@ -111,5 +111,5 @@ class ToolkitTracker:
                 yield load_image(path)
 
         rows = ResultRows(len(img_files))
-        track_video(self.tracker, frames(), Start(box=Box.of(box)), [rows], write_behind=False)
+        track_video(self.tracker, frames(), Start(box=Box.of(box)), [rows])
         return rows.boxes, rows.times

@@ -83,7 +83,7 @@ def track_run(tracker: StepTracker, seq: Sequence, run: Run, prefetch: int = 4,
     """Track one run; return boxes (L x 4, row 0 = the ground-truth init box) and per-call seconds."""
     rows = ResultRows(run.length)
     track_video(tracker, run_frames(tracker, seq, run.frames), Start(box=run.ground_truth(seq)[0].copy()), [rows],
-                on_frame=on_frame, prefetch_depth=prefetch, write_behind=False)
+                on_frame=on_frame, prefetch_depth=prefetch)
     return rows.boxes, rows.times
 
 
