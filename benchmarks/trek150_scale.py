@@ -112,7 +112,7 @@ class SpanClock:
     def __init__(self) -> None:
         self._spans: list = []  # (start, end): CUDA events, or perf_counter readings
         self._cuda = False
-        self._depth = 0
+        self._inside = threading.local()  # per thread: whether a timed call is under way
 
     def wrap(self, owner: object, names: tuple[str, ...], *, cuda: bool) -> None:
         """Time the calls ``owner.<name>`` from now on (an instance, a class or a module)."""
@@ -121,15 +121,15 @@ class SpanClock:
             original = getattr(owner, name)
 
             def timed(*args, _original=original, **kwargs):
-                if self._depth:
+                if getattr(self._inside, "now", False):
                     return _original(*args, **kwargs)
-                self._depth += 1
+                self._inside.now = True
                 try:
                     start = self._mark()
                     out = _original(*args, **kwargs)
                     self._spans.append((start, self._mark()))
                 finally:
-                    self._depth -= 1
+                    self._inside.now = False
                 return out
 
             setattr(owner, name, timed)
@@ -175,7 +175,8 @@ class FrameWorkClock(SpanClock):
     normalise, mirror), the logits' upsampling to the frame, the soft-max and arg-max, the label map's
     resize and one-hot for the memory, the memory's writes, and the objects' extents for their boxes. Every
     engine of this process is timed (their class's methods are wrapped): with :class:`NetworkClock`, what is
-    left of a frame's wall time is the host's own work (decoding waits, boxes, results, Python)."""
+    left of a frame's wall time is the host's own work (decoding waits, boxes, results, Python). In fp32, the
+    parity mode, the network input is prepared on the host (the official CPU path), and counts here."""
 
     def attach(self, cuda: bool) -> None:
         from trek_tracker import pipeline
