@@ -85,7 +85,7 @@ def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None 
     ids = ObjectIds.from_labels(first)
     sink = Predictions(seq, ids, save_dir)
     frames = IndexedFrames(lambda i: read_image(seq.frames[i]), range(len(seq.frames)))
-    track_video(tracker, frames, Start(mask=ids.to_engine(first)), [sink], write_behind=False)
+    track_video(tracker, frames, Start(mask=ids.to_engine(first)), [sink])
     return sink
 
 
