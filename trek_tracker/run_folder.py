@@ -587,7 +587,7 @@ class Manifest(Sink):
     def __init__(self, folder: RunFolder, record: dict[str, Any], file_sinks: Sequence[Sink], ids: ObjectIds,
                  describe=None, kept: int = 0, lost: dict[int, list[int]] | None = None) -> None:
         self.folder, self.record, self.file_sinks, self.ids, self.describe = folder, record, file_sinks, ids, describe
-        self.frames = kept
+        self.frames = self.kept = kept  # a resumed run's frames count those tracked before it
         self.lost: dict[str, list[int]] = {str(v): [] for v in ids.values}
         for obj, frames in (lost or {}).items():
             self.lost[str(ids.values[obj - 1])] = [i for i in frames if i < kept]
@@ -609,7 +609,7 @@ class Manifest(Sink):
         files = [name for sink in self.file_sinks for name in getattr(sink, "names", [])]
         extra = self.describe() if self.describe is not None else {}
         kept = [RESUME] if status != COMPLETE and self.folder.resume_file.is_file() else []
-        tracked = self.frames - (self.record.get("resume", {}).get("resumed_at") or [0])[-1]  # in this process
+        tracked = self.frames - self.kept  # in this process
         self.folder.write_manifest({"status": status, "error": error, **self._base(), **extra,
                                     "lost_frames": self.lost, "seconds": round(seconds, 3),
                                     "fps": round(tracked / seconds, 3) if seconds > 0 else None,

@@ -93,7 +93,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                         "--video where it is now")
     source = open_frames(video)
     h, w = source.size
-    fingerprint = _fingerprint(source)
+    fingerprint = _fingerprint(source) if resumed is not None else None  # taken again only for a saved state
     start = start_record = palette = None
     if resumed is not None:
         folder, saved = resumed
@@ -139,6 +139,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
     saver = None
     if every:
+        fingerprint = fingerprint or _fingerprint(source)
         command = {k: v for k, v in p.items() if k not in ("resume", "quiet")}
         saver = StateFile(folder, every, {"command": plain(command), "identity": identity,
                                           "video": fingerprint,
