@@ -52,7 +52,7 @@ def measure(model: str, size: tuple[int, int], device: str, precision: str, repe
         saver.save(0, {"tracker": state, "lost": {}})
         write.append(time.perf_counter() - start)
         start = time.perf_counter()
-        Tracker.restore(tracker, load_state_file(saver.folder.resume_file)["state"]["tracker"])
+        tracker.restore(load_state_file(saver.folder.resume_file)["state"]["tracker"])
         if tracker.device.type == "cuda":
             torch.cuda.synchronize(tracker.device)
         restore.append(time.perf_counter() - start)
