@@ -142,8 +142,9 @@ def test_dcnv3_samples_where_the_spec_says() -> None:
 
 
 def test_dcnv3_module_in_float64_agrees_with_float32() -> None:
-    """The sampling locations are built in float32 (as the official core does) but cast to the value's dtype,
-    so the module also runs in float64 (a numerical reference), within float32 noise of the float32 result."""
+    """The sampling locations are built in float32 (as the official core does) and sampled in the wider of
+    their dtype and the value's, so the module also runs in float64 (a numerical reference), within float32
+    noise of the float32 result."""
     from trek_tracker.modeling.dcnv3 import DCNv3
 
     torch.manual_seed(0)
@@ -155,6 +156,21 @@ def test_dcnv3_module_in_float64_agrees_with_float32() -> None:
         single, double = module(x), module.double()(x.double())
     assert double.dtype == torch.float64
     assert (single.double() - double).abs().max() < 1e-5 < (single.double() - double).abs().max() * 1e6
+
+
+def test_dcnv3_samples_a_half_precision_value_at_float32_locations() -> None:
+    """Under mixed precision the value is bf16 but the locations stay float32, as CUDA autocast runs the
+    official core's grid_sample (it promotes): on InternImage's widest map (262 columns at a 1040 input) a
+    bf16 location would be up to 1/4 pixel off. So a bf16 value samples exactly as its float32 copy does."""
+    gen = torch.Generator().manual_seed(0)
+    n, h, w, group, cg = 1, 6, 262, 2, 4
+    value = torch.randn(n, h, w, group * cg, generator=gen).to(torch.bfloat16)
+    offset = 3.0 * torch.randn(n, h, w, group * 9 * 2, generator=gen)
+    mask = torch.softmax(torch.randn(n, h, w, group, 9, generator=gen), -1).reshape(n, h, w, -1)
+    half = dcnv3_sample_grid(value, offset, mask, group=group)
+    full = dcnv3_sample_grid(value.float(), offset, mask, group=group)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 1e-6  # sampling at bf16 locations differs by about 2 here
 
 
 # --------------------------------------------------------------------------- preprocessing

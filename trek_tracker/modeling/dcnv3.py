@@ -77,8 +77,12 @@ def dcnv3_sample_grid(value: torch.Tensor, offset: torch.Tensor, mask: torch.Ten
     loc = (ref + grid * offset_scale).repeat(n, 1, 1, 1, 1).flatten(3, 4) + offset * offset_scale / norm
     grids = (2 * loc - 1).view(n, h_out * w_out, group, k, 2).transpose(1, 2).flatten(0, 1)
     planes = value.view(n, h_in * w_in, c).transpose(1, 2).reshape(n * group, cg, h_in, w_in)
-    sampled = F.grid_sample(planes, grids.to(planes.dtype), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # locations are built in float32 whatever the value dtype
+    # Sampled in the wider of the two dtypes, as CUDA autocast runs grid_sample (a "promote" op) and the
+    # official core therefore samples under mixed precision: the locations, built in float32, are never
+    # rounded to a half-precision value's dtype (bf16 would move them by up to 1/4 pixel on a 262-wide map).
+    dtype = torch.promote_types(planes.dtype, grids.dtype)
+    sampled = F.grid_sample(planes.to(dtype), grids.to(dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
     weights = mask.view(n, h_out * w_out, group, k).transpose(1, 2).reshape(n * group, 1, h_out * w_out, k)
     out = (sampled * weights).sum(-1).view(n, c, h_out * w_out)
     return out.transpose(1, 2).reshape(n, h_out, w_out, c).contiguous()
