@@ -55,6 +55,17 @@ def _package_logger_restored():
     logger.handlers[:], logger.level, logger.propagate = state
 
 
+@pytest.fixture(autouse=True)
+def _kernel_flags_restored():
+    """A test that builds a mixed-precision Tracker on a GPU turns TF32 and cuDNN autotuning on for the
+    process (as a command should); restore them after each test, so a later float32 parity test runs with
+    the kernels it asks for."""
+    from trek_tracker.device import kernel_flags_kept
+
+    with kernel_flags_kept():
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` run on a machine with a CUDA GPU and skip, saying so, everywhere else."""
     import torch

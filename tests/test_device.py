@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trek_tracker.device import constant_tensors, peak_memory, select_device, set_fast_kernels
+from trek_tracker.device import (
+    constant_tensors,
+    kernel_flags_kept,
+    parse_device,
+    peak_memory,
+    select_device,
+    set_fast_kernels,
+)
 from trek_tracker.errors import UserError
 
 FLAGS = (("cuda", "matmul", "allow_tf32"), ("cudnn", "allow_tf32"), ("cudnn", "benchmark"))
@@ -23,9 +30,8 @@ def _flags() -> list[bool]:
 
 @pytest.fixture()
 def restored_flags():
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
+    with kernel_flags_kept():
+        yield
 
 
 def test_fast_kernels_on_a_gpu_and_none_in_the_parity_mode(restored_flags):
@@ -36,6 +42,64 @@ def test_fast_kernels_on_a_gpu_and_none_in_the_parity_mode(restored_flags):
     assert _flags() == [False, False, False]
     set_fast_kernels(torch.device("cpu"), True)  # a CPU run leaves the process's GPU settings alone
     assert _flags() == [False, False, False]
+
+
+def test_kept_kernel_flags_are_restored_whatever_was_set_inside():
+    before = _flags()
+    for enabled in (True, False):
+        with kernel_flags_kept():
+            set_fast_kernels(torch.device("cuda", 0), enabled)
+            assert _flags() == [enabled] * 3
+        assert _flags() == before
+    with pytest.raises(RuntimeError), kernel_flags_kept():
+        set_fast_kernels(torch.device("cuda", 0), not before[0])
+        raise RuntimeError
+    assert _flags() == before
+
+
+def test_validation_during_training_leaves_the_kernel_flags_as_training_had_them(tmp_path, monkeypatch,
+                                                                                   restored_flags):
+    """Validation (rank 0 only) builds a Tracker, which on a GPU in bf16 turns TF32 and autotuning on for
+    the process: afterwards the ranks must still train with the same kernels. Here the Tracker is made to
+    set the flags as it would on a GPU."""
+    import numpy as np
+    from PIL import Image
+
+    import trek_tracker.device as device_module
+    from trek_tracker.modeling.registry import build_model
+    from trek_tracker.train.validate import evaluate_model
+
+    real = device_module.set_fast_kernels
+    calls = []
+    monkeypatch.setattr(device_module, "set_fast_kernels",
+                        lambda device, enabled: calls.append(enabled) or real(torch.device("cuda", 0), True))
+    for i in range(2):
+        path = tmp_path / "JPEGImages" / "seq" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    label = tmp_path / "Annotations" / "seq" / "00000.png"
+    label.parent.mkdir(parents=True)
+    Image.fromarray(np.pad(np.ones((8, 8), np.uint8), 4)).save(label)
+    set_fast_kernels(torch.device("cuda", 0), False)
+    torch.manual_seed(0)
+    evaluate_model(build_model("test_deaot_tiny"), tmp_path, max_long_edge=None)
+    assert calls and _flags() == [False, False, False]
+
+
+def test_a_parent_checks_the_gpus_it_hands_out_without_opening_a_context_on_them(monkeypatch):
+    """`eval --device cuda:0,cuda:2` checks both exist in the parent; making each current there would hold a
+    CUDA context (about 0.5 GB) on every listed GPU beside its worker's for the whole evaluation."""
+    from trek_tracker.cli.eval import _devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert _devices("cuda:0,cuda:2") == ["cuda:0", "cuda:2"]
+    assert parse_device("cuda:1") == torch.device("cuda", 1) and made_current == []
+    with pytest.raises(UserError, match="3 CUDA GPU"):
+        _devices("cuda:0,cuda:3")
+    assert select_device("cuda:2") == torch.device("cuda", 2) and made_current == [2]
 
 
 def test_devices():

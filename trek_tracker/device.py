@@ -9,10 +9,11 @@ nothing later creates a context on (or synchronises) another card.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from trek_tracker.errors import UserError
@@ -22,7 +23,19 @@ F = TypeVar("F", bound=Callable)
 
 
 def select_device(requested: str = "auto"):
-    """The ``torch.device`` for ``requested`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)."""
+    """The ``torch.device`` for ``requested`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``), made this process's
+    current device."""
+    import torch
+
+    device = parse_device(requested)
+    if device.type == "cuda":
+        torch.cuda.set_device(device.index)
+    return device
+
+
+def parse_device(requested: str = "auto"):
+    """The ``torch.device`` for ``requested``, checked to exist, without touching it: making a GPU current
+    opens a context on it (about 0.5 GB), which a parent that only hands GPUs to its workers must not hold."""
     import torch
 
     value = (requested or "auto").strip().lower()
@@ -42,7 +55,6 @@ def select_device(requested: str = "auto"):
     count = torch.cuda.device_count()
     if index >= count:
         raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s), numbered 0..{count - 1}")
-    torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
 
@@ -75,6 +87,22 @@ def set_fast_kernels(device, enabled: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
         torch.backends.cudnn.benchmark = enabled
+
+
+@contextlib.contextmanager
+def kernel_flags_kept() -> Iterator[None]:
+    """Restore the process's TF32 and cuDNN autotuning flags on exit. A :class:`~trek_tracker.pipeline.Tracker`
+    sets them for its precision (:func:`set_fast_kernels`), as a command that owns its process should; one
+    built inside another's process (VOS validation during training, on one rank only) must not leave them
+    changed behind it."""
+    import torch
+
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = flags
 
 
 def peak_memory(device) -> dict[str, float | None]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from trek_tracker.device import set_fast_kernels
 from trek_tracker.inference.engine import EngineConfig, VOSEngine, merged_group_logits
 from trek_tracker.modeling.checkpoints import load_official_state_dict
 from trek_tracker.modeling.registry import build_model
@@ -29,9 +30,7 @@ def _rgb(path: Path) -> np.ndarray:
 def _model(name: str, seeded_state, device: str = "cpu"):
     model = build_model(name).eval()
     load_official_state_dict(model, seeded_state(name), model_name=name)
-    if device == "cuda":  # the parity mode on a GPU: float32 without TF32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    set_fast_kernels(torch.device(device), False)  # the parity mode on a GPU: float32, no TF32, no autotuning
     return model.to(device)
 
 

@@ -47,10 +47,10 @@ def _devices(value: str) -> list[str] | None:
             return None
         return None if launcher_shard() else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     devices = [d.strip() for d in value.split(",") if d.strip()]
-    from trek_tracker.device import select_device
+    from trek_tracker.device import parse_device
 
     for d in devices:
-        select_device(d)  # one line for a GPU that is not there
+        parse_device(d)  # one line for a GPU that is not there (the workers make it current, not this process)
     return devices
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trek_tracker.device import kernel_flags_kept
 from trek_tracker.errors import InputError
 from trek_tracker.eval.metrics import RunScore, score_run
 from trek_tracker.eval.vos_metrics import ObjectScore, score_sequence, summarise
@@ -103,15 +104,16 @@ def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | 
     scores: list[ObjectScore] = []
     runs: list[RunScore] = []
     try:
-        for seq in list_sequences(root, sequences, max_frames):
-            pred = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None)
-            idx = sorted(seq.labels)
-            gts = [read_label(seq.labels[i]) for i in idx]
-            scores += score_sequence(seq.name, [pred.labels[i] for i in idx], gts,
-                                     [read_void(seq.labels[i]) for i in idx])
-            if box_metrics:
-                boxes = {obj: np.stack([pred.boxes[i][obj] for i in idx]) for obj in pred.ids.values}
-                runs += score_boxes(boxes, gts)
+        with kernel_flags_kept():  # the tracker's precision must not change the kernels training goes on with
+            for seq in list_sequences(root, sequences, max_frames):
+                pred = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None)
+                idx = sorted(seq.labels)
+                gts = [read_label(seq.labels[i]) for i in idx]
+                scores += score_sequence(seq.name, [pred.labels[i] for i in idx], gts,
+                                         [read_void(seq.labels[i]) for i in idx])
+                if box_metrics:
+                    boxes = {obj: np.stack([pred.boxes[i][obj] for i in idx]) for obj in pred.ids.values}
+                    runs += score_boxes(boxes, gts)
     finally:
         model.train(was_training)
     result = summarise(scores)

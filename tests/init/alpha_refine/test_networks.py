@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trek_tracker.device import set_fast_kernels
 from trek_tracker.errors import CheckpointError
 from trek_tracker.init.alpha_refine.checkpoint import KEY_MAPS, build_model, map_state_dict, pool_size_of
 from trek_tracker.init.alpha_refine.refiner import AlphaRefine
@@ -101,9 +102,7 @@ def _seeded(golden: Path, name: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", ["secm", "seg384"])
 def test_parity_with_official_outputs(golden: Path, davis: Path, name: str, device: str) -> None:
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    if device == "cuda":  # float32 without TF32, as the goldens were made
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    set_fast_kernels(torch.device(device), False)  # float32 without TF32 or autotuning, as the goldens were made
     ref = np.load(golden / "alpha_refine" / name / "car-shadow.npz")
     ar = AlphaRefine(build_model(_seeded(golden, name), name), device)
     frame = cv2.imread(str(davis / "JPEGImages" / "480p" / "car-shadow" / "00000.jpg"))[..., ::-1].copy()
