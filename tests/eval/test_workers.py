@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.damaged import allocation_failure, assert_one_line_error
-from tests.eval.helpers import ConstantTracker, build_synthetic
+from tests.eval.helpers import ConstantTracker, build_synthetic, write_sequence
 from trek_tracker.errors import OutOfMemory, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import plan
@@ -144,6 +144,24 @@ def test_cli_worker_error_is_one_line_without_traceback(ds, tmp_path):
                            "b", "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device", "cpu",
                            "--tracker-class", "tests.eval.test_workers:BrokenTracker"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["trek-track: error: checkpoint /nope.pth not found (simulated)"]
+
+
+def test_a_worker_error_on_a_plan_larger_than_a_pipe_still_exits(tmp_path):
+    """TREK-150's plan is about 1,500 runs, queued for the workers at once: more than a pipe holds. When the
+    workers stop early (here at once, on a user error), the parent must still exit after its one line
+    instead of waiting for ever to hand the rest of the queue over."""
+    root = tmp_path / "root"
+    (root / "TREK-150-annotations").mkdir(parents=True)
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("P01-P01_01-1\n")
+    gt = [(10 + i % 5, 10, 16, 8) for i in range(40)]
+    intervals = [(s, e, 0) for s in range(39) for e in range(s + 1, 40)][:600]
+    write_sequence(root, "P01-P01_01-1", gt, anchors=[(0, 0)], hoi=intervals)
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "eval", "--root", str(root), "--tracker", "b",
+                           "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device", "cpu",
+                           "--protocol", "hoi", "--tracker-class", "tests.eval.test_workers:BrokenTracker"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == ["trek-track: error: checkpoint /nope.pth not found (simulated)"]
 

@@ -420,6 +420,9 @@ def _run_workers(dataset: Trek150, todo: list[RunGroup], tracker_dir: Path, fact
             else:
                 raise RuntimeError(f"a worker failed: {message[1]}\n{message[2]}")
     finally:
+        # Tasks no worker will take may still wait in this process's feeder thread (the whole plan is queued
+        # at once: far more than a pipe holds); at exit Python would wait for it to hand them over, forever.
+        tasks.cancel_join_thread()
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
