@@ -91,6 +91,30 @@ def test_prepare_builds_the_official_layout_and_resumes(sources, tmp_path: Path)
     assert Trek150(root)["P01-P01_01-2"].hoi == [(1, 4, 0), (5, 7, 2)]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd/0").exists(), reason="needs Linux /proc to see ffmpeg's stdin")
+def test_ffmpeg_gets_no_terminal_input(sources, tmp_path: Path) -> None:
+    """ffmpeg reads keys from its stdin: one that inherits a terminal stops a `prepare ... &` in the
+    background (SIGTTIN) for as long as nobody looks. Here the test's stdin is a pipe, which ffmpeg must
+    not inherit either."""
+    zpath, videos, ffmpeg, log = sources
+    stdin_seen = tmp_path / "stdin.txt"
+    ffmpeg.write_text(ffmpeg.read_text() + f"""
+import os
+pathlib.Path({str(stdin_seen)!r}).write_text(os.path.realpath("/proc/self/fd/0"))
+""")
+    read, write = os.pipe()
+    saved = os.dup(0)
+    try:
+        os.dup2(read, 0)
+        prepare(PrepareConfig(root=tmp_path / "trek", annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg)),
+                echo=lambda s: None)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read, write):
+            os.close(fd)
+    assert stdin_seen.read_text() == "/dev/null"
+
+
 def _used_frames(tmp_path: Path) -> set[int]:
     """The frame numbers the fixture's two sequences list (the video's frames a preparation keeps)."""
     return {int(line) for name in ("P01-P01_01-2", "P01-P01_01-10")

@@ -265,8 +265,9 @@ class _Children:
         self.lock, self.running = threading.Lock(), set()
 
     def run(self, cmd: list[str]) -> subprocess.CompletedProcess:
-        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              errors="replace") as proc:
+        # stdin closed: ffmpeg reads keys from it, so a `prepare ... &` would stop on the terminal (SIGTTIN)
+        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, errors="replace") as proc:
             with self.lock:
                 self.running.add(proc)
             try:
