@@ -43,3 +43,21 @@ def test_track_matches_the_toolkit_contract(tmp_path: Path) -> None:
     visible = ~seq.absent
     np.testing.assert_array_equal(boxes[visible], seq.gt[visible])
     np.testing.assert_array_equal(boxes[2], boxes[1])  # absent frame: no white box, last box held
+
+
+def test_track_writes_the_start_box_as_given_where_ours_starts_from_it_clipped(tmp_path: Path) -> None:
+    """The toolkit's ``track`` writes its init box as row 0; our tracker clips a box that reaches outside
+    the frame before it starts, but the row stays the toolkit's."""
+    import torch
+
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.pipeline import TrackerConfig
+
+    seq = Trek150(build_synthetic(tmp_path / "trek"))["P01-P01_01-2"]
+    torch.manual_seed(0)
+    t = ToolkitTracker(config=TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu",
+                                            max_long_edge=64, init=InitConfig(method="box")))
+    start = [-6.0, 3.0, 30.0, 20.0]
+    boxes, _ = t.track([str(p) for p in seq.img_files[:3]], start)
+    assert boxes[0].tolist() == start
+    assert boxes[1][0] >= 0  # tracking itself went on from the clipped box

@@ -338,3 +338,44 @@ def test_our_trackers_boxes_are_computed_behind_it_as_stepping_it_gives_them(tmp
     np.testing.assert_array_equal(boxes[1:], np.array(expected))
     assert len(threads) >= len(expected) and set(threads[-len(expected):]) == {"sink-writer"}
     assert np.all(times > 0)
+
+
+def _tiny_tracker():
+    import torch
+
+    from trek_tracker.init.api import InitConfig
+    from trek_tracker.pipeline import Tracker, TrackerConfig
+
+    torch.manual_seed(0)
+    return Tracker(TrackerConfig(model="test_deaot_tiny", random_weights=True, device="cpu", max_long_edge=64,
+                                 init=InitConfig(method="box")))
+
+
+def test_our_tracker_writes_the_ground_truth_start_box_and_goes_past_a_run_with_no_start_box(
+        tmp_path: Path, caplog, monkeypatch) -> None:
+    """Row 0 of a result file is the ground-truth box as the file gives it (as the toolkit writes it), also
+    where it reaches outside the frame and our tracker starts from it clipped. A HOI interval starting on a
+    frame where the target is absent (`dataset check` warns of it) gives our tracker no box to start from:
+    that run is written as lost from its first row, with a warning, and the evaluation goes on."""
+    import logging
+
+    from tests.eval.helpers import ABSENT, write_sequence
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    root = tmp_path / "root"
+    (root / "TREK-150-annotations").mkdir(parents=True)
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("P01-P01_01-1\n")
+    gt = [(-4, 10, 20, 8), (0, 10, 16, 8), ABSENT, (10, 10, 16, 8), (12, 10, 16, 8)]
+    write_sequence(root, "P01-P01_01-1", gt, anchors=[(0, 0)], hoi=[(2, 4, 1), (3, 4, 0)])
+    ds = Trek150(root)
+    out = tmp_path / "res" / "ours"
+    execute(ds, plan(ds, "ope"), out, _tiny_tracker, progress=False)
+    assert (out / "ope" / "P01-P01_01-1.txt").read_text().splitlines()[0] == "-4.000,10.000,20.000,8.000"
+    caplog.set_level("WARNING", logger="trek_tracker")
+    runs = plan(ds, "hoi")
+    execute(ds, runs, out, _tiny_tracker, progress=False)
+    assert all(run_done(out, r) for r in runs)
+    lost = (out / runs[0].relpath).read_text().splitlines()
+    assert lost == ["-1.000,-1.000,-1.000,-1.000"] * 3
+    assert f"{runs[0].label} starts on a frame without a target box" in caplog.text
+    assert (out / runs[1].relpath).read_text().splitlines()[0] == "10.000,10.000,16.000,8.000"

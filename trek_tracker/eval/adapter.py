@@ -112,4 +112,5 @@ class ToolkitTracker:
 
         rows = ResultRows(len(img_files))
         track_video(self.tracker, frames(), Start(box=Box.of(box)), [rows])
+        rows.boxes[0] = np.asarray(box, dtype=np.float64)  # as given, even where tracking starts from it clipped
         return rows.boxes, rows.times

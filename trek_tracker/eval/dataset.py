@@ -152,7 +152,7 @@ def _anchor_problems(rows: list[tuple[int, list[int]]], n: int, absent: np.ndarr
                                 f"toolkit runs it {'forward' if direction < 1 else 'backward'}", False))
         if absent[idx]:
             out.append((lineno, f"anchor {idx} is on a frame where the target is absent, so the run starts from "
-                                "no box", False))
+                                "no box (our tracker writes it as lost from its first frame)", False))
     return out
 
 
@@ -167,7 +167,7 @@ def _hoi_problems(rows: list[tuple[int, list[int]]], n: int, absent: np.ndarray)
             out.append((lineno, f"interval {start}-{end} has type {kind}, not 0 (LHI), 1 (RHI) or 2 (BHI)", False))
         if absent[start]:
             out.append((lineno, f"interval {start}-{end} starts on a frame where the target is absent, so the run "
-                                "starts from no box", False))
+                                "starts from no box (our tracker writes it as lost from its first frame)", False))
     return out
 
 

@@ -80,10 +80,24 @@ def run_frames(tracker: StepTracker, seq: Sequence, indices: range) -> IndexedFr
 
 def track_run(tracker: StepTracker, seq: Sequence, run: Run, prefetch: int = 4,
               on_frame: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Track one run; return boxes (L x 4, row 0 = the ground-truth init box) and per-call seconds."""
+    """Track one run; return boxes (L x 4) and per-call seconds. Row 0 is the ground-truth init box as the
+    file gives it, as the toolkit writes it, even where the tracker starts from it clipped to the frame.
+
+    A run whose first frame has no box (the target is absent there: `dataset check` warns of such anchors and
+    intervals) gives our tracker nothing to start from: it is not tracked, and every row holds that box, with
+    no time, so that one such run neither stops an evaluation of hours nor scores as anything but lost."""
+    first = run.ground_truth(seq)[0].copy()
+    if isinstance(tracker, Tracker) and not (first[2] > 0 and first[3] > 0):
+        log.warning("%s starts on a frame without a target box (%s): not tracked, every row holds that box",
+                    run.label, ",".join(f"{v:g}" for v in first))
+        for _ in range(run.length):
+            if on_frame is not None:
+                on_frame(0)
+        return np.tile(first, (run.length, 1)), np.zeros(run.length)
     rows = ResultRows(run.length)
-    track_video(tracker, run_frames(tracker, seq, run.frames), Start(box=run.ground_truth(seq)[0].copy()), [rows],
+    track_video(tracker, run_frames(tracker, seq, run.frames), Start(box=first.copy()), [rows],
                 on_frame=on_frame, prefetch_depth=prefetch)
+    rows.boxes[0] = first
     return rows.boxes, rows.times
 
 
