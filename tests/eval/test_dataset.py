@@ -101,6 +101,12 @@ def test_bad_and_duplicate_anchors(root: Path) -> None:
     anchors.write_text("5,x\n")
     with pytest.raises(InputError, match="anchors.txt:1: malformed"):
         _ = Trek150(root)["P01-P01_01-2"].anchors
+    anchors.write_text("\n")  # a truncated extraction: MSE would have no run to score the sequence by
+    with pytest.raises(InputError, match="anchors.txt:1: holds no anchor, and MSE needs at least one"):
+        _ = Trek150(root)["P01-P01_01-2"].anchors
+    problems = [f.line() for f in Trek150(root).validate(images=False).problems]
+    assert f"{anchors}: line 1: holds no anchor, and MSE needs at least one for every sequence; extract the " \
+           "sequence's annotations again (trek-track dataset prepare)" in problems
 
 
 def test_missing_root_and_empty_root(tmp_path: Path) -> None:

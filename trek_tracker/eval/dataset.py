@@ -136,6 +136,9 @@ _Finding = tuple[int, str, bool]
 
 def _anchor_problems(rows: list[tuple[int, list[int]]], n: int, absent: np.ndarray) -> list[_Finding]:
     """Findings for MSE anchor rows ``(index, direction)`` of a sequence of ``n`` frames."""
+    if not rows:  # MSE scores a sequence as its runs' mean weighted by length: with none, there is no score
+        return [(1, "holds no anchor, and MSE needs at least one for every sequence; extract the sequence's "
+                    "annotations again (trek-track dataset prepare)", True)]
     out: list[_Finding] = []
     seen: set[int] = set()
     for lineno, (idx, direction) in rows:

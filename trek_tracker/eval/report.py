@@ -132,8 +132,9 @@ def evaluate_hoi(dataset: Trek150, tracker_dir: str | Path) -> dict:
     frames = 0
     runs = plan(dataset, "hoi")
     if not runs:
-        raise InputError(f"no sequence under {dataset.root} has anchors_hoi.txt, so there is nothing to "
-                         "score for HOI; re-extract the annotations (older extractions lack the HOI files)")
+        raise InputError(f"no sequence under {dataset.root} has an HOI interval (anchors_hoi.txt missing or "
+                         "empty), so there is nothing to score for HOI; re-extract the annotations (older "
+                         "extractions lack the HOI files)")
     for run in runs:
         sc = _score(dataset, tracker_dir, run)
         values = (sc.success_score, sc.normalized_precision_score, sc.robustness_score, sc.recall_score)
