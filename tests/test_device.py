@@ -146,3 +146,19 @@ def test_thread_counts_follow_the_cpus_this_process_may_use(monkeypatch):
     assert usable_cpus() == 1 and decode_threads() == 1 and worker_threads(2) == 1
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: the machine's count
     assert usable_cpus() == 128
+
+
+@pytest.mark.parametrize("env, count, expected", [
+    ({"LOCAL_RANK": "1", "SLURM_LOCALID": "3"}, 4, 1),  # torchrun's rank wins
+    ({"SLURM_LOCALID": "3"}, 4, 3),  # srun tasks sharing a node's 4 GPUs: one each
+    ({"SLURM_LOCALID": "3"}, 1, 0),  # a task bound to its own GPU sees only that one
+    ({}, 4, 0),
+])
+def test_the_local_gpu_under_a_launcher(monkeypatch, env, count, expected):
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert parse_device("auto") == parse_device("cuda") == torch.device("cuda", expected)

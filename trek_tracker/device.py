@@ -1,7 +1,8 @@
 """Choosing the torch device from a user's ``--device`` value: the one rule for tracking, evaluation and
 training.
 
-``auto`` is the local process's GPU when CUDA is there (``LOCAL_RANK`` under ``torchrun``, else GPU 0) and
+``auto`` is the local process's GPU when CUDA is there (``LOCAL_RANK`` under ``torchrun``, the task's place on
+the node under ``srun`` when its tasks share the GPUs, else GPU 0) and
 the CPU otherwise; ``cuda`` means that same GPU; ``cuda:N`` a given one; ``cpu`` the CPU. Asking for a GPU
 that is not there is a user error, said in one line. The chosen GPU becomes the current CUDA device, so
 nothing later creates a context on (or synchronises) another card.
@@ -51,11 +52,22 @@ def parse_device(requested: str = "auto"):
     if not torch.cuda.is_available():
         raise UserError(f"--device {requested} was asked for but no CUDA GPU is available to PyTorch; "
                         "use --device cpu (or auto)")
-    index = int(match.group(1)) if match.group(1) is not None else int(os.environ.get("LOCAL_RANK", "0"))
     count = torch.cuda.device_count()
+    index = int(match.group(1)) if match.group(1) is not None else _local_gpu(count)
     if index >= count:
         raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s), numbered 0..{count - 1}")
     return torch.device("cuda", index)
+
+
+def _local_gpu(count: int) -> int:
+    """The GPU of this process among the ``count`` it sees: ``LOCAL_RANK`` under ``torchrun``; its task's
+    place on the node under ``srun`` (``SLURM_LOCALID``) when the tasks share the node's GPUs (a task bound
+    to its own GPU sees only that one); else the first."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    if count > 1 and "SLURM_LOCALID" in os.environ:
+        return int(os.environ["SLURM_LOCALID"])
+    return 0
 
 
 def usable_cpus() -> int:

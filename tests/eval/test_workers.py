@@ -105,10 +105,23 @@ def test_one_configuration_per_tracker_name(ds, tmp_path):
     ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, (2, 4)),
     ({"SLURM_PROCID": "1", "SLURM_NTASKS": "3"}, (1, 3)),
     ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "8"}, (1, 8)),
+    ({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "8",
+      "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "5"}, (3, 5)),  # --array=0-9:2
     ({"RANK": "0", "WORLD_SIZE": "1"}, None),
 ])
 def test_launcher_shard(env, expected):
     assert launcher_shard(env) == expected
+
+
+def test_every_task_of_a_stepped_slurm_array_has_its_own_shard_and_an_uneven_one_is_refused():
+    base = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "13", "SLURM_ARRAY_TASK_STEP": "3",
+            "SLURM_ARRAY_TASK_COUNT": "5"}  # --array=1-13:3
+    shards = [launcher_shard({**base, "SLURM_ARRAY_TASK_ID": str(t)}) for t in range(1, 14, 3)]
+    assert shards == [(i, 5) for i in range(5)]
+    uneven = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "7", "SLURM_ARRAY_TASK_COUNT": "3",
+              "SLURM_ARRAY_TASK_ID": "3"}  # --array=1,3,7
+    with pytest.raises(UserError, match="not an evenly spaced range.*--array=0-N.*--shard I/N"):
+        launcher_shard(uneven)
 
 
 def test_the_progress_bar_counts_frames_from_every_worker(ds, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ def _devices(value: str) -> list[str] | None:
     takes its own from LOCAL_RANK), the listed ones for cuda:0,cuda:2; None on the CPU."""
     import torch
 
-    from trek_tracker.eval.runner import launcher_shard
+    from trek_tracker.eval.runner import under_launcher
 
     value = (value or "auto").strip().lower()
     if value == "cpu":
@@ -45,7 +45,7 @@ def _devices(value: str) -> list[str] | None:
                 raise UserError("--device cuda was asked for but no CUDA GPU is available to PyTorch; use "
                                 "--device cpu (or auto)")
             return None
-        return None if launcher_shard() else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return None if under_launcher() else [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     devices = [d.strip() for d in value.split(",") if d.strip()]
     from trek_tracker.device import parse_device
 

@@ -188,6 +188,12 @@ def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite
 
 
 # --------------------------------------------------------------------------- launchers
+def under_launcher(environ: dict[str, str] | None = None) -> bool:
+    """Whether a launcher started this process as one of several (``torchrun``, Slurm tasks or an array)."""
+    env = os.environ if environ is None else environ
+    return any(int(env.get(k, "1")) > 1 for k in ("WORLD_SIZE", "SLURM_NTASKS", "SLURM_ARRAY_TASK_COUNT"))
+
+
 def launcher_shard(environ: dict[str, str] | None = None) -> tuple[int, int] | None:
     """This process's share when a launcher started several: ``torchrun`` (``RANK``/``WORLD_SIZE``), Slurm
     tasks (``SLURM_PROCID``/``SLURM_NTASKS``) or a Slurm array (``SLURM_ARRAY_TASK_ID`` with
@@ -196,9 +202,16 @@ def launcher_shard(environ: dict[str, str] | None = None) -> tuple[int, int] | N
     for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if int(env.get(world, "1")) > 1:
             return int(env[rank]), int(env[world])
-    if int(env.get("SLURM_ARRAY_TASK_COUNT", "1")) > 1:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    count = int(env.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    if count > 1:  # a task's shard is its place in the array: --array=0-9:2 is tasks 0, 2, ... 8, shards 0..4
+        first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+        last = int(env.get("SLURM_ARRAY_TASK_MAX", str(first + step * (count - 1))))
+        place, off = divmod(int(env["SLURM_ARRAY_TASK_ID"]) - first, max(step, 1))
+        if off or not 0 <= place < count or first + step * (count - 1) != last:
+            raise UserError(f"this Slurm array's task ids (min {first}, max {last}, step {step}, {count} tasks) "
+                            "are not an evenly spaced range, so a task cannot tell its shard; submit it as "
+                            "--array=0-N (a step is fine), or give each task --shard I/N")
+        return place, count
     return None
 
 
