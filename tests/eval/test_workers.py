@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.damaged import allocation_failure, assert_one_line_error
-from tests.eval.helpers import ConstantTracker, build_synthetic, write_sequence
+from tests.eval.helpers import ConstantTracker, OracleTracker, build_synthetic, write_sequence
 from trek_tracker.errors import OutOfMemory, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import plan
@@ -98,6 +98,27 @@ def test_one_configuration_per_tracker_name(ds, tmp_path):
     summary = execute(ds, runs, out, ConstantTracker, progress=False, overwrite=True,
                       identity={"settings": {"memory": {"cap": 6}}})
     assert len(summary.done) == len(runs)
+
+
+def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_results(ds, tmp_path):
+    """`--overwrite --protocol ope` under a new configuration must not leave the old configuration's MSE and
+    HOI results to be read (and scored, and reused for shorter runs) as the new one's; a result of the same
+    configuration is kept."""
+    out = tmp_path / "res" / "t"
+    old, new = {"settings": {"memory": {"cap": 10}}}, {"settings": {"memory": {"cap": 6}}}
+    execute(ds, plan(ds, "all"), out, ConstantTracker, progress=False, identity=old)
+    stray = out / "notes.txt"
+    stray.write_text("mine")
+    execute(ds, plan(ds, "ope"), out, OracleTracker, progress=False, overwrite=True, identity=new)
+    assert all(run_done(out, r) for r in plan(ds, "ope"))
+    assert not any(run_done(out, r) for r in [*plan(ds, "mse"), *plan(ds, "hoi")])
+    assert stray.read_text() == "mine"  # only the runner's own files are removed
+    summary = execute(ds, plan(ds, "all"), out, OracleTracker, progress=False, identity=new, share=True)
+    assert len(summary.skipped) == len(plan(ds, "ope"))  # the same configuration's results are kept
+    fresh = tmp_path / "res" / "fresh"
+    execute(ds, plan(ds, "all"), fresh, OracleTracker, progress=False, identity=new, share=True)
+    runs = plan(ds, "all")
+    assert [(out / r.relpath).read_text() for r in runs] == [(fresh / r.relpath).read_text() for r in runs]
 
 
 @pytest.mark.parametrize("env,expected", [

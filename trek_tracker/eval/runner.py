@@ -171,20 +171,37 @@ IDENTITY_FILE = "trek-track-tracker.json"
 
 def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite: bool) -> None:
     """Results under one tracker name come from one tracker configuration: the first run records it in
-    ``<tracker_dir>/trek-track-tracker.json``; a later run with another configuration is refused (with
-    ``overwrite`` it replaces the record and every run is redone)."""
+    ``<tracker_dir>/trek-track-tracker.json``; a later run with another configuration is refused. With
+    ``overwrite`` the new configuration replaces the old one: every result file of the old one is removed
+    first (the runs of other protocols and sequences too, which this command may not redo), so that none
+    is ever read as the new configuration's; the record is written once they are gone."""
     if identity is None:
         return
     path = tracker_dir / IDENTITY_FILE
-    if path.is_file() and not overwrite:
+    if path.is_file():
         recorded = read_json(path)
-        if recorded != json.loads(json.dumps(identity)):
+        if recorded == json.loads(json.dumps(identity)):
+            return
+        if not overwrite:
             changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
             raise UserError(f"the results in {tracker_dir} were made by another configuration of tracker "
                             f"{tracker_dir.name!r} (differs in: {', '.join(changed)}; see {path}); use another "
                             "--tracker name, or --overwrite to redo every run with this configuration")
-        return
+        removed = _remove_results(tracker_dir)
+        if removed:
+            log.info("removed %d result files of the previous configuration of tracker %r", removed,
+                     tracker_dir.name)
     write_json(path, identity)
+
+
+def _remove_results(tracker_dir: Path) -> int:
+    """Remove the result and times files of every protocol under ``tracker_dir`` (the runner's layout; nothing
+    else); returns how many."""
+    files = [f for pattern in ("ope/*.txt", "ope/times/*_time.txt", "mse/*.txt", "hoi/*.txt")
+             for f in tracker_dir.glob(pattern) if f.is_file()]
+    for f in files:
+        f.unlink()
+    return len(files)
 
 
 # --------------------------------------------------------------------------- launchers
