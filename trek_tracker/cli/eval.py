@@ -148,7 +148,9 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only shard I (0-based) of N of the plan, balanced by cost (under torchrun or Slurm "
                    "the shard comes from RANK/WORLD_SIZE or SLURM_* by itself).")
-@click.option("--overwrite", is_flag=True, help="Re-run finished runs instead of resuming.")
+@click.option("--overwrite", is_flag=True, help=(
+    "Re-run finished runs instead of resuming; under another configuration of the tracker, first remove "
+    "every result of the old one under that name (all protocols)."))
 @click.option("--track-every-run", is_flag=True,
               help="Track every run itself, also one that is the first frames of a longer run (as MSE's forward "
                    "run from frame 0 is OPE's), which by default is written from that run's rows. Toolkit "
