@@ -65,8 +65,10 @@ def worker(args: argparse.Namespace) -> None:
     """One setting: track and print a JSON line per checkpoint."""
     import torch
 
+    from trek_tracker.device import synchronize
     from trek_tracker.inference.engine import EngineConfig, VOSEngine
     from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.inference.preprocess import Frame, Uploader
     from trek_tracker.modeling.checkpoints import load_model
     from trek_tracker.modeling.registry import build_model
 
@@ -84,10 +86,12 @@ def worker(args: argparse.Namespace) -> None:
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    engine.add_reference(frames[0], mask)
+    upload = Uploader(device)  # frames reach the GPU as the tracker sends them: from pinned memory, once
+    engine.add_reference(Frame(frames[0], upload), mask)
     start = time.perf_counter()
     for t in range(1, args.frames):
-        engine.step(frames[_ping_pong(len(frames), t)])
+        engine.step(Frame(frames[_ping_pong(len(frames), t)], upload))
+    synchronize(device)
     rss, peak = _rss_mb()
     row = {"setting": args.worker, "frames": args.frames, "lt_frames": len(engine.memory.frames),
            "lt_tokens": engine.long_term_tokens(), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1),
