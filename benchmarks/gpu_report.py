@@ -84,7 +84,8 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
         return [[py, str(bench / "gpu_speed.py"), "--models", model, *cases, *frames, "--device", device, *threads,
                  "--json", str(out / f"{stage}.json")]]
     if stage == "precision":
-        models = ["deaott"] if smoke else ["r50_deaotl"] if quick else ["deaott", "r50_deaotl"]
+        # VMOS too: its DCNv3 sampling is where half precision would move positions, not only values
+        models = ["deaott"] if smoke else ["r50_deaotl", "vmos"] if quick else ["deaott", "r50_deaotl", "vmos"]
         return [[py, str(bench / "precision_agreement.py"), "--models", *models, "--precisions", "bf16", "fp16",
                  "--frames", "4" if smoke else "30" if quick else "60", "--device", device, *threads,
                  "--json", str(out / "precision.json")]]

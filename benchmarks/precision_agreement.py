@@ -39,7 +39,8 @@ def seeded_model(shared: Path, name: str, device: torch.device):
     spec = importlib.util.spec_from_file_location("seeded_weights", shared / "golden/seeded_weights.py")
     sw = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sw)
-    keys = json.loads((shared / "golden/deaot" / name / "keys.json").read_text())
+    keys_file = shared / "golden/deaot" / name / "keys.json"  # the DeAOT variants; VMOS has its own golden
+    keys = json.loads((keys_file if keys_file.is_file() else shared / "golden" / name / "keys.json").read_text())
     model = build_model(name)
     load_official_state_dict(model, sw.seeded_state_dict(keys), model_name=name)
     return model.to(device).eval()
