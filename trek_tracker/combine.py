@@ -1,12 +1,12 @@
 """``trek-track ensemble``: combine saved runs of one video into a new run, through the one loop.
 
 Each member is read back through its manifest (:meth:`RunFolder.open`), and the runs must agree on what
-they tracked: the same video (name, size), the same frames of it (start frame and count) and the same
-objects. :class:`SavedRunsTracker` then plays the tracker: at frame ``i`` it reads every run's
-probabilities (``mean``) or masks (``vote``), combines them (:mod:`trek_tracker.inference.ensemble`,
-docs/inference.md#ensembles) in the engine's object ids, so that a vote costs memory in proportion to the
-objects, and takes each object's box through the same lost-target policy as a live run. The new run is
-written by the same sinks as ``trek-track run``.
+they tracked: the same video (name, size, and the content it recorded), the same frames of it (start frame
+and count), the same start (box or init mask) and the same objects. :class:`SavedRunsTracker` then plays
+the tracker: at frame ``i`` it reads every run's probabilities (``mean``) or masks (``vote``), combines
+them (:mod:`trek_tracker.inference.ensemble`, docs/inference.md#ensembles) in the engine's object ids, so
+that a vote costs memory in proportion to the objects, and takes each object's box through the same
+lost-target policy as a live run. The new run is written by the same sinks as ``trek-track run``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,39 @@ def _check_same(runs: list[RunFolder], mode: str) -> None:
         if run.ids != first.ids:
             raise InputError(f"runs {first.path} and {run.path} track different objects ({list(first.ids.values)} "
                              f"and {list(run.ids.values)})")
+        _check_same_video(first, run)
+        _check_same_start(first, run, mode)
+
+
+def _check_same_video(first: RunFolder, run: RunFolder) -> None:
+    """The same frames, not only a video of the same name and size (every TREK-150 sequence's frames are in
+    a folder named ``img``): the content each run recorded (bytes, first and last frame names), or, for runs
+    that recorded none, the same place."""
+    a, b = first.manifest["video"], run.manifest["video"]
+    if a.get("content") is not None and b.get("content") is not None:
+        if a["content"] != b["content"]:
+            raise InputError(f"runs {first.path} and {run.path} are of different videos ({a.get('path')} and "
+                             f"{b.get('path')} differ in content); combine runs of the same video")
+    elif Path(a.get("path", "")).resolve() != Path(b.get("path", "")).resolve():
+        raise InputError(f"runs {first.path} and {run.path} are of videos at different places ({a.get('path')} and "
+                         f"{b.get('path')}), and one of them records no content to compare (an older run): "
+                         "combine runs of the same video, run again from one place")
+
+
+def _check_same_start(first: RunFolder, run: RunFolder, mode: str) -> None:
+    """The same first box, or the same init mask: runs of one video from different starts follow different
+    objects, whatever ids they give them."""
+    a, b = first.manifest.get("start") or {}, run.manifest.get("start") or {}
+    if a.get("box") is not None or b.get("box") is not None:
+        if a.get("box") != b.get("box"):
+            raise InputError(f"runs {first.path} and {run.path} start from different boxes ({a.get('box')} and "
+                             f"{b.get('box')}); combine runs of the same start")
+        return
+    read = ((lambda r: r.read_mask(0)[0]) if mode == "vote" else
+            (lambda r: r.read_probs(0).argmax(dim=0).numpy()))  # frame 0 is the init mask, in either output
+    if not np.array_equal(read(first), read(run)):
+        raise InputError(f"runs {first.path} and {run.path} start from different init masks; combine runs of the "
+                         "same start")
 
 
 class SavedRunsTracker:

@@ -108,6 +108,44 @@ def test_ensemble_errors(cli, mean_runs, tmp_path):
     assert result.exit_code == 2 and "start at different frames of clip (0 and 7)" in result.stderr, result.stderr
 
 
+def _edit(run, **changes):
+    record = json.loads((run / "run.json").read_text())
+    for key, value in changes.items():
+        record[key] = {**record[key], **value}
+    write_json(run / "run.json", record)
+    return run
+
+
+def test_ensemble_refuses_runs_of_other_frames_or_other_starts_under_the_same_name(cli, tmp_path):
+    """Every TREK-150 sequence's frames are in a folder named img of one size: a name and a size do not make
+    two runs the same video; nor do two runs of one video from different boxes follow the same object."""
+    first = [_rect(5, 15, 10, 30), _halves(0.3, 0.4)]
+
+    def pair(name, a_video, b_video, b_start=None):
+        a = _edit(_fake_run(tmp_path / name / "a", first, [0.1, 0.1]), video=a_video)
+        b = _edit(_fake_run(tmp_path / name / "b", first, [0.1, 0.1]), video=b_video, start=b_start or {})
+        return cli("ensemble", a, b, "--mode", "vote", "--out", tmp_path / name / "ab")
+
+    seq_a = {"path": str(tmp_path / "seqA" / "img"), "content": {"bytes": 1000, "names": ["00000.jpg", "00001.jpg"]}}
+    seq_b = {"path": str(tmp_path / "seqB" / "img"), "content": {"bytes": 1001, "names": ["00000.jpg", "00001.jpg"]}}
+    result = pair("content", seq_a, seq_b)
+    assert result.exit_code == 2 and "are of different videos" in result.stderr and "differ in content" in \
+        result.stderr, result.stderr
+    moved = {**seq_a, "path": str(tmp_path / "moved" / "img")}  # the same frames in another place: accepted
+    assert pair("moved", seq_a, moved).exit_code == 0
+    old = {"path": str(tmp_path / "seqB" / "img")}  # a run that recorded no content: only its place can tell
+    result = pair("old", seq_a, old)
+    assert result.exit_code == 2 and "videos at different places" in result.stderr, result.stderr
+    result = pair("box", seq_a, seq_a, {"box": [11.0, 5.0, 20.0, 10.0]})
+    assert result.exit_code == 2 and "start from different boxes" in result.stderr, result.stderr
+    a = _edit(_fake_run(tmp_path / "mask" / "a", first, [0.1, 0.1]), start={"box": None, "init_mask_ids": [255]})
+    b = _edit(_fake_run(tmp_path / "mask" / "b", [_rect(5, 15, 12, 30), first[1]], [0.1, 0.1]),
+              start={"box": None, "init_mask_ids": [255]})
+    for mode in ("vote", "mean"):
+        result = cli("ensemble", a, b, "--mode", mode, "--out", tmp_path / "mask" / mode)
+        assert result.exit_code == 2 and "start from different init masks" in result.stderr, result.stderr
+
+
 # ----------------------------------------------------------------------------- end to end with `run`
 FAST = ("--model", TINY, "--max-long-edge", "120", "--quiet", "--device", "cpu", "--init", "box")
 BOX = "20,15,40,30"
