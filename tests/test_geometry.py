@@ -88,6 +88,9 @@ def test_box_in_frame() -> None:
     for outside in ([200, 10, 5, 5], [10, 100, 5, 5], [-5, 10, 5, 5], [10, -30, 5, 29.5]):
         with pytest.raises(InputError, match="outside"):
             Box.of(outside).in_frame((100, 200))
+    for fractional in ([330.1, 130.7, 250.3, 170.9], [0.2, 0.3, 0.5, 0.5]):  # (x + w) - x != w in floats
+        assert list(Box.of(fractional).in_frame((480, 854))) == fractional  # so not "clipped" to itself
+    assert list(Box.of([-0.5, 130.7, 250.3, 170.9]).in_frame((480, 854))) == [0, 130.7, 249.8, 170.9]
 
 
 # ----------------------------------------------------------------------------------------- mask → box

@@ -120,9 +120,11 @@ class Box:
         if self.x >= w or self.y >= h or self.x + self.w <= 0 or self.y + self.h <= 0:
             raise InputError(f"box {self} (x,y,w,h) lies wholly outside the {w}x{h} frame; "
                              "check the box and that it is in pixels of this video")
-        x0, y0 = max(self.x, 0.0), max(self.y, 0.0)
-        x1, y1 = min(self.x + self.w, float(w)), min(self.y + self.h, float(h))
-        return Box(x0, y0, x1 - x0, y1 - y0, frame=size)
+        # A side inside the frame keeps its numbers: (x + w) - x is not always w in floating point, and a box
+        # that changed by rounding would be reported as clipped.
+        bw = self.w if 0 <= self.x and self.x + self.w <= w else min(self.x + self.w, float(w)) - max(self.x, 0.0)
+        bh = self.h if 0 <= self.y and self.y + self.h <= h else min(self.y + self.h, float(h)) - max(self.y, 0.0)
+        return Box(max(self.x, 0.0), max(self.y, 0.0), bw, bh, frame=size)
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.x, self.y, self.w, self.h))
