@@ -220,3 +220,28 @@ def _assert_same(got: list, want: list) -> None:
     assert len(got) == len(want)
     for (labels, boxes, lost), (labels_w, boxes_w, lost_w) in zip(got, want, strict=True):
         assert np.array_equal(labels, labels_w) and boxes == boxes_w and lost == lost_w
+
+
+def test_random_weights_are_the_same_network_every_time_and_leave_the_callers_random_state():
+    """A smoke run with --random-weights is reproducible, and its --resume continues with the network it
+    began with; the members of a random ensemble still differ from each other."""
+    import torch
+
+    def weights(tracker: Tracker) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in tracker.members[0].model.parameters()]
+
+    config = TrackerConfig(model=TINY, random_weights=True, device="cpu")
+    torch.manual_seed(1)
+    first = weights(Tracker(config))
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    torch.rand(7)  # another random state before the second build
+    second = weights(Tracker(config))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    torch.manual_seed(1)
+    Tracker(config)
+    assert torch.equal(torch.rand(3), after)  # building drew nothing from the caller's generator
+    pair = Tracker(TrackerConfig(model=TINY, random_weights=True, device="cpu",
+                                 ensemble=EnsembleConfig(members=(ModelSpec(TINY),))))
+    a, b = (list(m.model.parameters()) for m in pair.members)
+    assert any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))

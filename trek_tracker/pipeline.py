@@ -138,8 +138,12 @@ class LoadedModel:
                 "checkpoint_sha256": self.checkpoint_sha256, "partial_init": self.partial_init, "notes": self.notes}
 
 
-def prepare_model(spec: ModelSpec, device: Any, *, random_weights: bool = False) -> LoadedModel:
-    """Build ``spec``'s model on ``device`` and load its weights strictly (or seed them at random)."""
+def prepare_model(spec: ModelSpec, device: Any, *, random_weights: bool = False, seed: int = 0) -> LoadedModel:
+    """Build ``spec``'s model on ``device`` and load its weights strictly (or draw them at random from
+    ``seed``: the same command then tracks with the same network, so a smoke run is reproducible and a
+    ``--resume`` of one continues with the network it began with; the caller's random state is untouched)."""
+    import torch
+
     from trek_tracker.modeling.checkpoints import load_model
     from trek_tracker.modeling.registry import build_model
 
@@ -148,7 +152,9 @@ def prepare_model(spec: ModelSpec, device: Any, *, random_weights: bool = False)
     if random_weights:
         if spec.checkpoint:
             raise InputError("--random-weights and --checkpoint exclude each other")
-        model = build_model(spec.model or DEFAULT_MODEL)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(spec.model or DEFAULT_MODEL)
         notes.append("random weights: the output is meaningless (smoke test only)")
     else:
         path = _resolve_model_checkpoint(spec)
@@ -347,8 +353,9 @@ class Tracker:
         self.name = config.tracker_name()
         device = loaded.device if loaded is not None else select_device(config.device)
         self.precision = resolve_precision(config.precision, device)
-        owned = [prepare_model(spec, device, random_weights=config.random_weights)
-                 for spec in ([] if loaded is not None else config.models()[:1]) + list(config.ensemble.members)]
+        specs = ([] if loaded is not None else config.models()[:1]) + list(config.ensemble.members)
+        owned = [prepare_model(spec, device, random_weights=config.random_weights, seed=i)  # members differ
+                 for i, spec in enumerate(specs)]
         if self.precision != "fp32":  # models built here run only under this autocast: store their weights in it
             for member in owned:
                 member.model.store_for_autocast(autocast_dtype(self.precision))
