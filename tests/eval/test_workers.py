@@ -3,6 +3,7 @@ launcher shards, a progress bar fed by every worker, one line for a worker's use
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -98,6 +99,23 @@ def test_one_configuration_per_tracker_name(ds, tmp_path):
     summary = execute(ds, runs, out, ConstantTracker, progress=False, overwrite=True,
                       identity={"settings": {"memory": {"cap": 6}}})
     assert len(summary.done) == len(runs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_configuration_whose_tracker_never_loaded_is_not_recorded(ds, tmp_path, workers):
+    """A command that fails before its tracker tracks anything (a misspelt class, a missing checkpoint)
+    leaves no record under the tracker's name, so the corrected command is not refused as another
+    configuration; a record that results stand on stays."""
+    out = tmp_path / "res" / "t"
+    with pytest.raises(UserError, match="simulated"):
+        execute(ds, plan(ds, "ope"), out, BrokenTracker, workers=workers, progress=False,
+                identity={"tracker_class": "x:Broken"})
+    assert not (out / "trek-track-tracker.json").exists()
+    execute(ds, plan(ds, "ope"), out, ConstantTracker, progress=False, identity={"tracker_class": "x:Constant"})
+    with pytest.raises(UserError, match="simulated"):  # the same configuration, failing now: its record stays
+        execute(ds, plan(ds, "mse"), out, BrokenTracker, workers=workers, progress=False,
+                identity={"tracker_class": "x:Constant"})
+    assert json.loads((out / "trek-track-tracker.json").read_text()) == {"tracker_class": "x:Constant"}
 
 
 def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_results(ds, tmp_path):

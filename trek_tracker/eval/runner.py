@@ -169,39 +169,39 @@ class RunSummary:
 IDENTITY_FILE = "trek-track-tracker.json"
 
 
-def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite: bool) -> None:
+def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite: bool) -> bool:
     """Results under one tracker name come from one tracker configuration: the first run records it in
     ``<tracker_dir>/trek-track-tracker.json``; a later run with another configuration is refused. With
     ``overwrite`` the new configuration replaces the old one: every result file of the old one is removed
     first (the runs of other protocols and sequences too, which this command may not redo), so that none
-    is ever read as the new configuration's; the record is written once they are gone."""
+    is ever read as the new configuration's; the record is written once they are gone. Returns whether
+    it wrote the record."""
     if identity is None:
-        return
+        return False
     path = tracker_dir / IDENTITY_FILE
     if path.is_file():
         recorded = read_json(path)
         if recorded == json.loads(json.dumps(identity)):
-            return
+            return False
         if not overwrite:
             changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
             raise UserError(f"the results in {tracker_dir} were made by another configuration of tracker "
                             f"{tracker_dir.name!r} (differs in: {', '.join(changed)}; see {path}); use another "
                             "--tracker name, or --overwrite to redo every run with this configuration")
-        removed = _remove_results(tracker_dir)
-        if removed:
-            log.info("removed %d result files of the previous configuration of tracker %r", removed,
+        old = _result_files(tracker_dir)
+        for f in old:
+            f.unlink()
+        if old:
+            log.info("removed %d result files of the previous configuration of tracker %r", len(old),
                      tracker_dir.name)
     write_json(path, identity)
+    return True
 
 
-def _remove_results(tracker_dir: Path) -> int:
-    """Remove the result and times files of every protocol under ``tracker_dir`` (the runner's layout; nothing
-    else); returns how many."""
-    files = [f for pattern in ("ope/*.txt", "ope/times/*_time.txt", "mse/*.txt", "hoi/*.txt")
-             for f in tracker_dir.glob(pattern) if f.is_file()]
-    for f in files:
-        f.unlink()
-    return len(files)
+def _result_files(tracker_dir: Path) -> list[Path]:
+    """The result and times files of every protocol under ``tracker_dir`` (the runner's layout; nothing else)."""
+    return [f for pattern in ("ope/*.txt", "ope/times/*_time.txt", "mse/*.txt", "hoi/*.txt")
+            for f in tracker_dir.glob(pattern) if f.is_file()]
 
 
 # --------------------------------------------------------------------------- launchers
@@ -345,10 +345,22 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     ``identity`` (the tracker's configuration) is checked against the results already there
     (:func:`check_identity`).
     """
+    tracker_dir = Path(tracker_dir)
+    recorded = check_identity(tracker_dir, identity, overwrite)
+    try:
+        return _execute(dataset, runs, tracker_dir, factory, workers, progress, overwrite, prefetch, devices, share,
+                        others)
+    except BaseException:
+        if recorded and not _result_files(tracker_dir):  # nothing came of this configuration (its tracker did
+            (tracker_dir / IDENTITY_FILE).unlink(missing_ok=True)  # not load): a corrected command may differ
+        raise
+
+
+def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: TrackerFactory, workers: int,
+             progress: bool, overwrite: bool, prefetch: int, devices: list[str] | None, share: bool,
+             others: Iterable[Run]) -> RunSummary:
     from tqdm import tqdm
 
-    tracker_dir = Path(tracker_dir)
-    check_identity(tracker_dir, identity, overwrite)
     summary = RunSummary()
     pending = set()
     for run in runs:
