@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.eval.helpers import OracleTracker, build_synthetic
+from trek_tracker.errors import InputError
 from trek_tracker.eval.adapter import ToolkitTracker
 from trek_tracker.eval.dataset import Trek150
 
@@ -61,3 +63,37 @@ def test_track_writes_the_start_box_as_given_where_ours_starts_from_it_clipped(t
     boxes, _ = t.track([str(p) for p in seq.img_files[:3]], start)
     assert boxes[0].tolist() == start
     assert boxes[1][0] >= 0  # tracking itself went on from the clipped box
+
+
+class NeedsArguments:
+    def __init__(self, model_path):
+        self.model_path = model_path
+
+
+class RaisesInUpdate:
+    name = "raiser"
+
+    def init(self, image, box) -> None:
+        self.box = box
+
+    def update(self, image):
+        return self.box[7]  # an IndexError in the user's own code
+
+
+def test_a_toolkit_trackers_own_errors_are_one_line_naming_its_code(tmp_path: Path) -> None:
+    """--tracker-class runs code that is not ours: a name that is not a class, a constructor that needs
+    arguments, an exception in update() -- each one line saying which call raised what, where in that
+    code, and what to do (never a traceback from inside the runner)."""
+    from trek_tracker.cli.eval import _class_tracker
+    from trek_tracker.errors import UserError
+    from trek_tracker.eval.protocols import plan
+    from trek_tracker.eval.runner import execute
+
+    with pytest.raises(InputError, match=r"'os:path' is a module, not a class"):
+        _class_tracker("os:path")
+    with pytest.raises(UserError, match=r"NeedsArguments\(\) raised TypeError: .*model_path.*give it defaults"):
+        _class_tracker("tests.eval.test_adapter:NeedsArguments")
+    ds = Trek150(build_synthetic(tmp_path / "trek"))
+    with pytest.raises(UserError, match=r"^raiser.update\(\) raised IndexError: .* at test_adapter.py:\d+; fix the "
+                                        r"tracker$"):
+        execute(ds, plan(ds, "ope")[:1], tmp_path / "r", RaisesInUpdate, progress=False)

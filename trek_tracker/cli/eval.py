@@ -64,7 +64,14 @@ def _class_tracker(spec: str, device: str | None = None):
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise InputError(f"--tracker-class {spec!r}: cannot import it ({err})") from None
-    return cls()
+    if not isinstance(cls, type):
+        raise InputError(f"--tracker-class {spec!r} is a {type(cls).__name__}, not a class; give a tracker class "
+                         "with init(image, box) and update(image)")
+    from trek_tracker.eval.adapter import tracker_code
+
+    with tracker_code(f"{spec}()", "give it defaults for every constructor argument, or wrap it in a class "
+                                   "that needs none"):
+        return cls()
 
 
 def _plan_if_any(dataset, protocol: str) -> list:

@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trek_tracker.errors import InputError
+from trek_tracker.errors import InputError, UserError, out_of_memory_message
 from trek_tracker.geometry import Box
 from trek_tracker.pipeline import FrameResult
 
@@ -38,6 +42,22 @@ def _pil(image: Any):
     return image
 
 
+@contextlib.contextmanager
+def tracker_code(call: str, advice: str = "fix the tracker") -> Iterator[None]:
+    """An exception raised by a toolkit tracker's own code becomes one line naming the call, the error and
+    the line of the tracker's code that raised it (the last frame of its traceback), with what to do."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - any error of code that is not ours
+        if out_of_memory_message(err, None, "") is not None:
+            raise  # a failed allocation: said as such by the runner, with what to do
+        tb = traceback.extract_tb(err.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        raise UserError(f"{call} raised {type(err).__name__}: {err}{where}; {advice}") from None
+
+
 class StepAdapter:
     """A toolkit-style tracker as the loop's tracker (boxes only; no masks)."""
 
@@ -55,13 +75,15 @@ class StepAdapter:
         self.held = 0
         image = _pil(image)
         start = time.perf_counter()
-        self.tracker.init(image, self.last_box.copy())
+        with tracker_code(f"{self.name}.init()"):
+            self.tracker.init(image, self.last_box.copy())
         return FrameResult({1: self.last_box.copy()}, {1: False}, None, time.perf_counter() - start)
 
     def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         image = _pil(image)
         start = time.perf_counter()
-        out = self.tracker.update(image)
+        with tracker_code(f"{self.name}.update()"):
+            out = self.tracker.update(image)
         seconds = time.perf_counter() - start
         box = np.asarray(out, dtype=np.float64).reshape(-1)
         if box.shape != (4,):
