@@ -14,6 +14,7 @@ from trek_tracker.video import (
     ImageFolderSource,
     IndexedFrames,
     VideoFileSource,
+    _check_frame_names,
     decode_rgb,
     natural_key,
     open_frames,
@@ -75,6 +76,28 @@ def test_folder_natural_order_extensions_and_values(tmp_path: Path) -> None:
     np.testing.assert_array_equal(src[1], frames[1])
     with pytest.raises(IndexError):
         src[3]
+
+
+def test_a_gap_in_a_folders_numbering_is_warned_of_and_a_constant_step_is_not(tmp_path: Path, caplog,
+                                                                              monkeypatch) -> None:
+    """Frames are taken in name order: with 00010-00019 deleted, frame 10 of the run is file 00020, which the
+    user must hear of. An extraction that keeps every other frame numbers with a constant step: no gap."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    for name, numbers in (("gaps", [*range(10), *range(20, 30)]), ("every_other", range(0, 40, 2)),
+                          ("whole", range(20))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in numbers:
+            (folder / f"{i:05d}.png").touch()
+        caplog.clear()
+        _check_frame_names(folder, sorted(p.name for p in folder.iterdir()))
+        if name == "gaps":
+            assert "numbering skips after 00009.png (next: 00020.png), 10 frame(s) missing" in caplog.text
+        else:
+            assert caplog.text == "", name
 
 
 def test_folder_jpeg_count_and_random_access(davis: Path) -> None:

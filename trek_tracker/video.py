@@ -490,6 +490,28 @@ def _check_frame_names(folder: Path, files: list[str]) -> None:
         log.warning("frame folder %s: %d file(s) do not follow the numbering of the other %d (%s%s); they are "
                     "taken as frames in name order: move them out if they are not frames", folder, len(odd),
                     len(main), ", ".join(odd[:3]), ", ..." if len(odd) > 3 else "")
+    _warn_of_gaps(folder, main)
+
+
+def _warn_of_gaps(folder: Path, names: list[str]) -> None:
+    """Warn where a folder's numbering skips frames (``00010`` to ``00019`` deleted, an extraction cut short):
+    frames are taken in name order, so every frame after a gap is tracked as an earlier one. A numbering
+    with a constant step (every other frame, as extractions at a lower rate name them) is not a gap."""
+    numbers = [key[-1] if key and isinstance(key[-1], int) else None for key in map(_name_number_key, names)]
+    if len(numbers) < 3 or None in numbers or sum(isinstance(k, int) for k in _name_number_key(names[0])) != 1:
+        return
+    steps = np.diff(np.asarray(numbers, dtype=np.int64))
+    values, counts = np.unique(steps, return_counts=True)
+    step = int(values[counts.argmax()])
+    gaps = np.flatnonzero(steps > step)
+    if step <= 0 or not len(gaps) or (steps < step).any():  # no gap, or no regular numbering to tell one by
+        return
+    missing = int(sum((steps[g] - 1) // step for g in gaps))
+    first = int(gaps[0])
+    log.warning("frame folder %s: its numbering skips after %s (next: %s)%s, %d frame(s) missing in all; frames "
+                "are taken in name order, so every frame after a gap counts as an earlier one: restore the missing "
+                "frames if the numbers matter", folder, names[first], names[first + 1],
+                f" and at {len(gaps) - 1} more place(s)" if len(gaps) > 1 else "", missing)
 
 
 def _mp4_without_index(path: Path) -> bool:
