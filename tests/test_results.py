@@ -305,6 +305,14 @@ def test_ambiguous_jpeg_masks_are_refused(shared: Path, tmp_path: Path) -> None:
         read_label_png(grey)
 
 
+def test_a_file_that_is_no_image_is_named_as_such(tmp_path: Path) -> None:
+    garbage = tmp_path / "first.png"
+    garbage.write_bytes(b"this is not an image at all, only text that happens to end in .png" * 4)
+    with pytest.raises(InputError, match=r"^cannot read mask .*first.png: it is not an image PIL knows") as err:
+        read_label_png(garbage)
+    assert "BytesIO" not in str(err.value)
+
+
 def test_sixteen_bit_masks(tmp_path: Path, caplog) -> None:
     wide = np.zeros((6, 8), np.uint16)
     wide[1:3, 1:3], wide[4, 4] = 65535, 257 * 7  # an 8-bit mask saved with 16 bits

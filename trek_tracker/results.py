@@ -190,6 +190,8 @@ def read_label_png(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             lossy = im.format in _LOSSY_FORMATS
+    except Image.UnidentifiedImageError:  # PIL's message names its in-memory buffer, not the file
+        raise InputError(f"cannot read mask {path}: it is not an image PIL knows (a PNG is expected)") from None
     except OSError as err:
         raise InputError(f"cannot read mask {path}: {err}") from None
     except (ValueError, SyntaxError) as err:  # malformed headers some PIL plugins report this way
