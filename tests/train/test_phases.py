@@ -3,18 +3,22 @@ image/mask folders, and the video phase starts from its EMA weights."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from tests.train.conftest import REPO
+from trek_tracker.cli import main
 from trek_tracker.errors import InputError
 from trek_tracker.modeling.checkpoints import read_checkpoint
-from trek_tracker.train.config import load_config
-from trek_tracker.train.data import ClipDataset
+from trek_tracker.train.config import TrainConfig, config_from_dict, load_config, read_config_file
+from trek_tracker.train.data import ClipDataset, DataSource
 from trek_tracker.train.loop import train
+from trek_tracker.train.schedule import OptimConfig
 
 CONFIGS = REPO / "configs" / "train"
 
@@ -47,6 +51,95 @@ def test_overrides_and_yaml(tmp_path):
         load_config(yaml_cfg, ["data=[]"])
     with pytest.raises(InputError, match="unknown config section"):
         load_config(yaml_cfg, ["trian.steps=3"])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")))
+def test_every_ready_config_loads_with_checked_values(name):
+    cfg = load_config(CONFIGS / name)
+    assert isinstance(cfg.augment.crop, tuple) and len(cfg.augment.crop) == 2
+    assert isinstance(cfg.optim.lr, float) and cfg.train.steps >= 1
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.steps=abc"], "train.steps must be an integer, got 'abc'"),
+    (["train.steps=true"], "train.steps must be an integer, got True"),  # a bool is not an int
+    (["train.steps=1e3"], "train.steps must be an integer, got 1000.0"),
+    (["train.amp=maybe"], "train.amp must be true or false, got 'maybe'"),
+    (['train.amp="true"'], "train.amp must be true or false, got 'true' (write true or false without quotes)"),
+    (["optim.lr=-1"], "optim.lr must be at least 0, got -1"),
+    (['optim.lr="2e-4"'], "optim.lr must be a number, got '2e-4' (write the number without quotes"),
+    (["optim.betas=[0.9, 1]"], "optim.betas must be two values [beta1, beta2] in [0, 1), got [0.9, 1]"),
+    (["optim.betas=[0.9]"], "optim.betas must be a list of 2 numbers, got [0.9]"),
+    (["augment.crop=[0, 97]"], "augment.crop must be two positive sizes [height, width], got [0, 97]"),
+    (["augment.scale_range=[1.3, 0.7]"], "augment.scale_range must be [low, high] with 0 < low <= high"),
+    (["augment.resized_crop_scale=[0.8, 1.2]"], "augment.resized_crop_scale must be [low, high] with 0 < low"),
+    (["train.merge_p=1.5"], "train.merge_p must be a probability between 0 and 1, got 1.5"),
+    (["train.long_term_gap=x"], "train.long_term_gap must be an integer or null, got 'x'"),
+    (["train.ema_decay=1"], "train.ema_decay must be in [0, 1), got 1"),
+    (["val.max_frames=0"], "val.max_frames must be at least 1, got 0"),
+    (["val.sequences=[1]"], "val.sequences must be a list of strings or null, got [1]"),
+    (["model.calibrate_bn=1"], "model.calibrate_bn must be true, false or a string, got 1"),
+    (["model.overrides=3"], "model.overrides must be a table, got 3"),
+    (["data.0.max_gap=two"], "data.0.max_gap must be an integer, got 'two'"),
+    (["data.0.sequences=dog"], "data.0.sequences must be a list of strings or null, got 'dog'"),
+    # what was checked before keeps its message
+    (["train.steps=-5"], "train.steps, train.batch_size and train.accumulate must be at least 1"),
+    (["model.calibrate_bn=maybe"], "model.calibrate_bn must be true, false or \"auto\", got 'maybe'"),
+])
+def test_wrong_types_and_ranges_name_the_key(overrides, message):
+    with pytest.raises(InputError) as err:
+        load_config(CONFIGS / "tiny_cpu_video.toml", overrides)
+    assert message in str(err.value)
+
+
+def test_config_values_are_checked_against_the_field_types():
+    raw = read_config_file(CONFIGS / "tiny_cpu_video.toml")
+    for section, key, value, message in [
+            ("optim", "lr", "fast", "optim.lr must be a number, got 'fast'"),
+            ("augment", "crop", [97], "augment.crop must be a list of 2 integers, got [97]"),
+            ("train", "batch_size", 2.0, "train.batch_size must be an integer, got 2.0")]:
+        bad = copy.deepcopy(raw)
+        bad[section][key] = value
+        with pytest.raises(InputError) as err:
+            config_from_dict(bad)
+        assert str(err.value) == message
+    # An int where a float is expected is fine (and becomes a float), TOML lists become tuples, null is
+    # the default of an optional field (YAML), and a config built in Python is checked by check().
+    good = copy.deepcopy(raw)
+    good["optim"].update(lr=1, betas=[0.8, 0.9])
+    good["train"].update(long_term_gap=None, ema_decay=0)
+    cfg = config_from_dict(good)
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.train.long_term_gap is None and cfg.train.ema_decay == 0.0
+    built = TrainConfig(data=[DataSource("/x")], optim=OptimConfig(lr="fast"))
+    with pytest.raises(InputError, match="optim.lr must be a number, got 'fast'"):
+        built.check()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "train.steps=abc"], "train.steps must be an integer, got 'abc'"),
+    (["--set", "train.amp=maybe"], "train.amp must be true or false, got 'maybe'"),
+    (["--set", "optim.lr=-1"], "optim.lr must be at least 0, got -1"),
+])
+def test_train_cli_reports_a_bad_value_in_one_line(tmp_path, args, message):
+    res = CliRunner().invoke(main, ["train", str(CONFIGS / "tiny_cpu_video.toml"), "--out", str(tmp_path / "o"),
+                                    *args])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [f"trek-track: error: {message}"]
+    assert not (tmp_path / "o").exists()  # nothing trained, no config.json recorded
+
+
+def test_train_cli_reports_a_bad_file_value_in_one_line(tmp_path):
+    text = (CONFIGS / "tiny_cpu_video.toml").read_text()
+    for old, new, message in [
+            ("lr = 2e-3", 'lr = "fast"', "optim.lr must be a number, got 'fast'"),
+            ("crop = [97, 97]", "crop = [97]", "augment.crop must be a list of 2 integers, got [97]")]:
+        assert old in text
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text.replace(old, new, 1))
+        res = CliRunner().invoke(main, ["train", str(bad), "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        assert res.output.strip() == f"trek-track: error: {message}"
 
 
 @pytest.fixture()
