@@ -691,6 +691,9 @@ def _validate(ds: Trek150, images: bool, decode: bool, progress: bool, workers: 
     for name in ds.names:
         counts["sequences"] += 1
         found.sequence = name
+        has_anchors, has_hoi = ((ds.root / name / f).is_file() for f in ("anchors.txt", "anchors_hoi.txt"))
+        counts["with_anchors"] += has_anchors  # counted whether or not the sequence can be read (a problem)
+        counts["with_hoi"] += has_hoi
         try:
             seq = ds[name]
         except InputError as err:
@@ -698,12 +701,8 @@ def _validate(ds: Trek150, images: bool, decode: bool, progress: bool, workers: 
             continue
         counts["frames"] += len(seq)
         files, mse, hoi = _validate_sequence(found, seq, images)
-        if (seq.path / "anchors.txt").is_file():
-            counts["with_anchors"] += 1
-            counts["mse_runs"] += mse
-        if (seq.path / "anchors_hoi.txt").is_file():
-            counts["with_hoi"] += 1
-            counts["hoi_runs"] += hoi
+        counts["mse_runs"] += mse if has_anchors else 0
+        counts["hoi_runs"] += hoi if has_hoi else 0
         to_decode.extend(files)
     decoded = 0
     if decode and to_decode:
