@@ -109,6 +109,14 @@ def test_bad_and_duplicate_anchors(root: Path) -> None:
            "sequence's annotations again (trek-track dataset prepare)" in problems
 
 
+def test_check_counts_the_anchors_of_a_sequence_it_cannot_read(root: Path) -> None:
+    """A sequence whose ground truth is broken is a problem; its anchors file is still there, and the
+    counts must not send the user looking for a missing one."""
+    (root / "P01-P01_01-10" / "groundtruth_rect.txt").write_text("1,1,1,1\n1,2\n")
+    report = Trek150(root).validate(images=False)
+    assert not report.ok and report.counts["with_anchors"] == 2 == report.counts["sequences"]
+
+
 def test_missing_root_and_empty_root(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         Trek150(tmp_path / "nope")
