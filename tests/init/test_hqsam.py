@@ -91,6 +91,9 @@ def test_loading_refuses_plain_sam_and_foreign_files(tmp_path) -> None:
         load_hqsam(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_hqsam(tmp_path / "missing.pth")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: not a SAM checkpoint"):
+        load_hqsam(tmp_path / "other.pth")
 
 
 # --------------------------------------------------------------------------- box -> mask

@@ -106,6 +106,9 @@ def test_checkpoint_size_is_inferred_and_checked(tmp_path: Path) -> None:
         load_sam(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_sam(tmp_path / "missing.pth")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")  # a state dict, but not SAM's: say which file
+    with pytest.raises(CheckpointError, match=r"other.pth: not a SAM checkpoint.*trek-track weights list"):
+        load_sam(tmp_path / "other.pth")
 
 
 def test_sam_family_state_is_read_safely_and_loaded_strictly(tmp_path: Path) -> None:

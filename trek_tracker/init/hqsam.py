@@ -103,7 +103,10 @@ def load_hqsam(checkpoint: str | Path, model: str | None = None, device: str = "
     """Build HQ-SAM of size ``model`` (inferred when None) and load ``checkpoint`` strictly, without
     executing pickled code."""
     state = read_sam_state(checkpoint, "HQ-SAM")
-    inferred = hqsam_model_from_state(state)
+    try:
+        inferred = hqsam_model_from_state(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint}: {err}") from None
     if model is not None and model != inferred:
         raise CheckpointError(f"{checkpoint} holds an HQ-SAM {inferred}, not {model}")
     return load_sam_state(build_hqsam(inferred), state, checkpoint, f"HQ-SAM {inferred}", device)

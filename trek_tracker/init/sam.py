@@ -88,7 +88,10 @@ def load_sam_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path
 def load_sam(checkpoint: str | Path, model: str | None = None, device: str = "cpu") -> torch.nn.Module:
     """Build the official SAM of size ``model`` (inferred when None) and load ``checkpoint`` strictly."""
     state = read_sam_state(checkpoint)
-    inferred = sam_model_from_state(state)
+    try:
+        inferred = sam_model_from_state(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint}: {err} (give SAM's own .pth: trek-track weights list)") from None
     if model is not None and model != inferred:
         raise CheckpointError(f"{checkpoint} holds a {inferred} SAM, but --sam-model {model} was given")
     _, build_sam = _import_segment_anything()

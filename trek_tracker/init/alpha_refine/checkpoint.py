@@ -109,7 +109,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} cannot be loaded safely: {err}") from None
+        if str(err).startswith("refusing to load global"):  # our unpickler's refusal, not a damaged file
+            raise CheckpointError(f"{path} cannot be loaded safely: {err}") from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (UnpicklingError: {err}); give the "
+                              "official Alpha-Refine .pth.tar (trek-track weights list)") from None
     except Exception as err:  # corrupt or truncated file
         raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {err})") from None
     if isinstance(obj, dict) and "net" not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
