@@ -670,6 +670,8 @@ class VideoFileSource(FrameSource):
                                      f"{'s' if n != 1 else ''} (0-{n - 1})")
                 if bar is not None and n % 256 == 255:
                     bar.update(256)
+            if bar is not None:
+                bar.update(start - bar.n)  # the last partial block: the bar ends full, not where it was last fed
         finally:
             if bar is not None:
                 bar.close()
