@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trek_tracker.errors import CheckpointError, UserError
-from trek_tracker.files import os_error_message, os_errors, write_text
+from trek_tracker.files import atomic_write, naming, os_error_message, os_errors, write_text
 
 
 def _message(func, path=None, action="write", hint=None) -> str:
@@ -73,3 +73,39 @@ def test_unknown_errno_keeps_the_system_reason_and_other_errors_pass(tmp_path: P
         raise KeyError("not an OSError")
     with pytest.raises(CheckpointError, match="no such file"), os_errors(tmp_path / "x", "read", error=CheckpointError):
         open(tmp_path / "x")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_the_os_did_not_name(tmp_path: Path, monkeypatch) -> None:
+    """Data written to an open file on a full disk fails with ENOSPC and no file name; the line names the file
+    written (never "it", nor the hidden temporary file of an atomic write), with no temporary left behind."""
+    target = tmp_path / "out" / "boxes.txt"
+    with pytest.raises(OSError) as info, naming(target):
+        with open("/dev/full", "w") as f:  # a real full device
+            f.write("x" * 100_000)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os_error_message(info.value) == f"cannot write {target}: no space left on the device; free some space"
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a full disk says it: no file name
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert _message(lambda: write_text(target, "x"), action="use") == (f"cannot use {target}: no space left on "
+                                                                       "the device; free some space")
+    assert list(target.parent.iterdir()) == []
+
+
+def test_an_atomic_write_onto_a_folder_names_the_folder_not_its_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    msg = _message(lambda: write_text(tmp_path / "results", "x"))
+    assert msg == f"cannot write {tmp_path / 'results'}: it is a folder, not a file; remove or rename the folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+    with pytest.raises(OSError) as info, atomic_write(tmp_path / "results"):
+        pass
+    assert info.value.filename == str(tmp_path / "results") and info.value.filename2 is None
+
+
+def test_an_error_that_names_nothing_never_says_it() -> None:
+    msg = os_error_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), action="use")
+    assert msg == ("cannot use a file or folder (the system did not say which): no space left on the device; "
+                   "free some space")

@@ -197,3 +197,70 @@ def test_a_folder_is_locked_while_its_run_writes_it(tmp_path):
         RunFolder.create(tmp_path / "run", overwrite=True)
     first.release()
     RunFolder.create(tmp_path / "run").release()
+
+
+def _killed(out, outputs: Outputs, frames: int = 3) -> None:
+    """The folder a run killed outright (SIGKILL, a full disk) leaves: its files written so far, its manifest
+    still ``running``, no sink closed."""
+    folder = RunFolder.create(out, overwrite=True)
+    ids = ObjectIds((3, 7))
+    sinks = folder.sinks(outputs, ids=ids, palette=None, record={"video": {"name": "v", "size": [20, 30]}},
+                         fps=None, size=(20, 30))
+    labels = np.zeros((20, 30), np.uint8)
+    probs = torch.zeros(3, 20, 30)
+    for i in range(frames):
+        result = FrameResult({1: np.array([i, 5, 4, 4], float), 2: np.array([i, 9, 4, 4], float)},
+                             {1: False, 2: False}, labels, 0.01, probs)
+        for sink in sinks:
+            sink.frame(i, None, result)
+    for sink in sinks:
+        sink.flush()
+    folder.release()  # the process is gone, and its lock with it
+
+
+def test_a_run_killed_outright_is_replaced_whole_by_overwrite(tmp_path):
+    """Its manifest lists no ``files`` yet, but says from the start what the run writes: --overwrite removes
+    exactly that (unfinished and temporary files included), and nothing when anything else is there."""
+    out = tmp_path / "run"
+    _killed(out, Outputs(masks=True, probs=True))
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "running" and record["files"] == []
+    assert {"boxes_3.txt.part", "boxes_7.txt.part", "times.txt.part", "masks/", "masks/*.png", "probs/",
+            "probs/objects.json", "run.json"} <= set(record["writes"])
+    assert len(list((out / "masks").glob("*.png"))) == 3 and (out / "boxes_7.txt.part").is_file()
+    for name in ("masks/.00003.png.abcd1234.tmp", "probs/.00003.npz.abcd1234.tmp", ".run.json.abcd1234.tmp",
+                 ".resume.pt.abcd1234.tmp"):
+        (out / name).write_bytes(b"cut short")
+    for stranger, shown in (("notes.txt", "notes.txt"), ("masks/notes.txt", "masks/notes.txt"),
+                            ("probs/mine/x.npz", "probs/mine/"), ("masks.bak/00000.png", "masks.bak/")):
+        (out / stranger).parent.mkdir(parents=True, exist_ok=True)
+        (out / stranger).write_text("mine")
+        before = sorted(out.rglob("*"))
+        with pytest.raises(UserError, match=f"previous run did not write \\({shown}\\)"):
+            RunFolder.create(out, overwrite=True)
+        assert sorted(out.rglob("*")) == before  # refused before anything was removed
+        (out / stranger).unlink()
+        if (out / stranger).parent.name in ("mine", "masks.bak"):
+            (out / stranger).parent.rmdir()
+    RunFolder.create(out, overwrite=True).release()
+    assert list(out.iterdir()) == []
+
+
+def test_an_older_manifest_without_writes_is_still_read(tmp_path):
+    """A manifest written before ``writes`` existed: a finished run's ``files`` (and the unfinished files beside
+    them) are replaced as before; an unfinished one lists no files, so its folders are not taken for its own."""
+    out = tmp_path / "run"
+    _run(RunFolder.create(out), _Scripted(), n=3)
+    record = json.loads((out / "run.json").read_text())
+    del record["writes"]
+    (out / "run.json").write_text(json.dumps(record))
+    (out / "boxes.txt.part").write_text("0,0,1,1\n")
+    RunFolder.create(out, overwrite=True).release()
+    assert list(out.iterdir()) == []
+    _killed(out, Outputs(masks=True))
+    record = json.loads((out / "run.json").read_text())
+    del record["writes"]
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"previous run did not write \(masks/\)"):
+        RunFolder.create(out, overwrite=True)
+    assert (out / "masks").is_dir()

@@ -54,22 +54,47 @@ def normal_permissions(path: str | os.PathLike) -> None:
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed.
 
-    Parent folders are created. The file gets the usual permissions (0666 minus umask).
+    Parent folders are created. The file gets the usual permissions (0666 minus umask). An ``OSError`` that
+    names no file (a write or sync that fails on a full disk) or names the temporary file is made to name
+    ``path``, the file the caller asked for.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
     try:
-        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        normal_permissions(tmp)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    except OSError as err:  # it names the temporary file it tried
+        if err.filename is None or Path(os.fsdecode(err.filename)).name.startswith(prefix):
+            err.filename, err.filename2 = os.fspath(path), None
+        raise
+    try:
+        with naming(path, instead_of=tmp):
+            kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+            with os.fdopen(fd, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            normal_permissions(tmp)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike, instead_of: str | os.PathLike | None = None) -> Iterator[None]:
+    """Make an ``OSError`` raised in the block that names no file (or names ``instead_of``, e.g. a hidden
+    temporary file) name ``path``, so that its one line says which file or folder failed: writing to an open
+    file on a full disk raises ``ENOSPC`` with no file name."""
+    try:
+        yield
+    except OSError as err:
+        hidden = {os.fspath(instead_of)} if instead_of is not None else set()
+        if err.filename is None or os.fspath(err.filename) in hidden:
+            err.filename, err.filename2 = os.fspath(path), None
+        elif err.filename2 is not None and os.fspath(err.filename2) in hidden:
+            err.filename2 = os.fspath(path)
         raise
 
 
@@ -166,7 +191,7 @@ def os_error_message(err: OSError, path: str | os.PathLike | None = None, action
     folder is needed (``EEXIST`` from ``mkdir``) names the file in the way.
     """
     where = Path(path) if path is not None else Path(err.filename) if err.filename is not None else None
-    shown = str(where) if where is not None else "it"
+    shown = str(where) if where is not None else "a file or folder (the system did not say which)"
     code = err.errno
     if code in (errno.ENOTDIR, errno.EEXIST):
         blocker = None

@@ -11,11 +11,15 @@ Layout (with ``<id>`` an object's value in the init mask, ``<index>`` the frame 
     run.json                        the manifest
 
 **One run per folder.** :meth:`RunFolder.create` refuses a folder that holds anything unless the caller
-asks to overwrite; overwriting first removes every file the previous manifest lists (and the unfinished
-``.part`` files of an interrupted run), and refuses when the folder holds files no run wrote. The new
-manifest is written at once with status ``running``, so a run that is killed never leaves an older
-``complete`` manifest beside its own files. Text outputs stream to ``<name>.part`` and are renamed only
-when the run completes; the manifest ends as ``complete``, ``interrupted`` or ``failed``.
+asks to overwrite; overwriting removes exactly the files the previous run wrote, and refuses, before it
+removes anything, when the folder holds any other. The new manifest is written at once, before any other
+file, with status ``running`` (so a run that is killed never leaves an older ``complete`` manifest beside
+its own files) and ``writes``: the names, as ``/``-separated glob patterns (``masks/*.png``), of everything
+the run may write, its ``.part`` and temporary files included. ``files``, what it did write, is known only
+when it ends, so ``writes`` is what lets ``--overwrite`` replace a run killed outright (SIGKILL, a full
+disk). A manifest without ``writes`` (an older version's) is read by its ``files`` and the ``.part`` and
+temporary files beside them. Text outputs stream to ``<name>.part`` and are renamed only when the run
+completes; the manifest ends as ``complete``, ``interrupted`` or ``failed``.
 
 **Resuming.** A run saves the tracker's state to ``resume.pt`` now and then and when a signal stops it
 (:class:`StateFile`); :meth:`RunFolder.reopen` hands it back to ``trek-track run --resume``, whose text
@@ -30,12 +34,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fnmatch
 import io
 import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +49,8 @@ import numpy as np
 
 from trek_tracker import __version__
 from trek_tracker.errors import InputError, UserError
-from trek_tracker.files import atomic_write, os_error_message, os_errors, read_json, write_bytes, write_json
-from trek_tracker.loop import COMPLETE, Sink
+from trek_tracker.files import atomic_write, naming, os_error_message, os_errors, read_json, write_bytes, write_json
+from trek_tracker.loop import COMPLETE, FAILED, Sink
 from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import ObjectIds, StreamingTextWriter, read_boxes, read_label_png, read_times, write_label_png
 
@@ -54,6 +59,7 @@ MANIFEST = "run.json"
 MASKS, PROBS, OVERLAY, TIMES = "masks", "probs", "overlay.mp4", "times.txt"
 OBJECTS = "objects.json"
 RESUME = "resume.pt"
+PROBE = ".trek-track-probe-*"  # the empty file that checks a folder can be written
 STATE_FORMAT = "trek-track-state/1"
 log = logging.getLogger(__name__)
 
@@ -131,7 +137,7 @@ class RunFolder:
     def _check_writable(self) -> None:
         with os_errors(self.path, hint="choose another --out folder"):
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".trek-track-probe-{time.monotonic_ns()}"
+            probe = self.path / PROBE.replace("*", str(time.monotonic_ns()))
             probe.write_bytes(b"")
             probe.unlink()
 
@@ -205,29 +211,42 @@ class RunFolder:
                                 "state follows (the run's files were changed); start the run again with --overwrite")
 
     def _remove_previous_run(self, contents: list[Path]) -> None:
-        previous = self._previous_files()
-        if previous is None:
+        """Remove what the previous run wrote; refuse, before anything is removed, if anything else is here."""
+        claimed = self._previous_claims()
+        if claimed is None:
             raise UserError(f"{self.path} holds files that no trek-track run wrote ({_names(contents)}); choose "
                             "another --out folder (--overwrite only replaces a previous run)")
-        strangers = [p for p in contents if p.name not in previous and not _ours(p.name)]
-        if strangers:
-            raise UserError(f"{self.path} holds files that its previous run did not write ({_names(strangers)}); "
-                            "choose another --out folder")
+        doomed: list[Path] = []
+        folders: list[Path] = []
+        strangers: list[Path] = []
         for entry in contents:
-            if entry.is_dir():
-                for child in entry.iterdir():
-                    if child.is_file() and (_ours(child.name) or child.suffix in (".png", ".npz", ".json")):
-                        child.unlink()
-                if not any(entry.iterdir()):
-                    entry.rmdir()
-                else:
-                    raise UserError(f"{entry} holds files that its previous run did not write; choose another "
-                                    "--out folder")
+            if entry.is_dir() and not entry.is_symlink():
+                if not claimed(entry.name + "/"):
+                    strangers.append(entry)
+                    continue
+                for child in sorted(entry.iterdir()):
+                    rel = f"{entry.name}/{child.name}"
+                    is_file = child.is_symlink() or not child.is_dir()
+                    (doomed if is_file and claimed(rel) else strangers).append(child)
+                folders.append(entry)
+            elif claimed(entry.name):
+                doomed.append(entry)
             else:
+                strangers.append(entry)
+        if strangers:
+            raise UserError(f"{self.path} holds files that its previous run did not write "
+                            f"({_names(strangers, self.path)}); choose another --out folder")
+        # the manifest last: a removal cut short leaves a folder that --overwrite still knows as a run's
+        with os_errors(self.path, "remove the previous run in", hint="choose another --out folder"):
+            for entry in sorted(doomed, key=lambda p: p == self.manifest_file):
                 entry.unlink()
+            for entry in folders:
+                entry.rmdir()
 
-    def _previous_files(self) -> set[str] | None:
-        """Top-level names the previous run's manifest lists (None without a readable manifest)."""
+    def _previous_claims(self) -> Callable[[str], bool] | None:
+        """Whether the previous run wrote a path (relative, ``/``-separated, a folder's ending in ``/``): by the
+        ``writes`` of its manifest, or, for an older manifest, its ``files`` and the ``.part`` and temporary
+        files of a run beside them. None without a readable manifest."""
         if not self.manifest_file.is_file():
             return None
         try:
@@ -237,7 +256,21 @@ class RunFolder:
         files = record.get("files") if isinstance(record, dict) else None
         if not isinstance(files, list):
             return None
-        return {str(f).rstrip("/").split("/")[0] for f in files} | {MANIFEST}
+        writes = record.get("writes")
+        if isinstance(writes, list):
+            patterns = [str(p) for p in [*writes, *files, MANIFEST, PROBE]]
+            return lambda rel: any(_match(rel, pattern) for pattern in patterns)
+        top = {str(f).rstrip("/").split("/")[0] for f in files} | {MANIFEST}
+
+        def older(rel: str) -> bool:
+            if rel.endswith("/"):
+                return rel[:-1] in top
+            if "/" not in rel:
+                return rel in top or _ours(rel)
+            child = rel.split("/", 1)[1]
+            return _ours(child) or Path(child).suffix in (".png", ".npz", ".json")
+
+        return older
 
     # ------------------------------------------------------------------ writing a run
     def sinks(self, outputs: Outputs, *, ids: ObjectIds, palette: np.ndarray | None, record: dict[str, Any],
@@ -251,14 +284,26 @@ class RunFolder:
         if outputs.overlay and kept:
             raise UserError("a run with --overlay cannot be resumed (its video is written in one pass); start it "
                             "again with --overwrite")
-        files: list[Sink] = [BoxFiles(self, ids, kept), TimesFile(self, kept)]
+        makers = [(BoxFiles, lambda: BoxFiles(self, ids, kept)), (TimesFile, lambda: TimesFile(self, kept))]
         if outputs.masks:
-            files.append(MaskFiles(self, ids, palette))
+            makers.append((MaskFiles, lambda: MaskFiles(self, ids, palette)))
         if outputs.probs:
-            files.append(ProbsFiles(self, ids))
+            makers.append((ProbsFiles, lambda: ProbsFiles(self, ids)))
         if outputs.overlay:
-            files.append(OverlayFile(self, fps, size))
-        return [*files, Manifest(self, record, files, ids, describe, kept, lost or {})]
+            makers.append((OverlayFile, lambda: OverlayFile(self, fps, size)))
+        # The manifest first, saying what the run writes, then the files (it lists those they wrote at the end).
+        files: list[Sink] = []
+        manifest = Manifest(self, record, files, ids, describe, kept, lost or {},
+                            writes=[name for kind, _ in makers for name in kind.writes(self, ids)])
+        try:
+            for _, make in makers:
+                files.append(make())
+        except BaseException as err:
+            for sink in (*files, manifest):  # a run that never started tracking failed
+                with contextlib.suppress(Exception):
+                    sink.close(FAILED, f"{type(err).__name__}: {err}")
+            raise
+        return [*files, manifest]
 
     # ------------------------------------------------------------------ manifest
     def write_manifest(self, record: dict[str, Any]) -> None:
@@ -310,8 +355,25 @@ class RunFolder:
 
 
 def _ours(name: str) -> bool:
-    """Names our writers use for unfinished or temporary files (and the state a run resumes from)."""
+    """Names our writers use for unfinished or temporary files (and the state a run resumes from): what a
+    manifest without ``writes`` (an older version's) is taken to own beside its ``files``."""
     return name.endswith((".part", ".tmp")) or name.startswith(".") or name == RESUME
+
+
+def _match(rel: str, pattern: str) -> bool:
+    """``rel`` matches the ``writes`` pattern component by component (a ``*`` never crosses a ``/``); a
+    folder (ending in ``/``) matches only a folder's pattern."""
+    if rel.endswith("/") != pattern.endswith("/"):
+        return False
+    parts, wanted = rel.rstrip("/").split("/"), pattern.rstrip("/").split("/")
+    return len(parts) == len(wanted) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, wanted, strict=True))
+
+
+def _temporary(name: str) -> str:
+    """The pattern of :func:`~trek_tracker.files.atomic_write`'s temporary files for ``name`` (``a/b.png``
+    -> ``a/.b.png.*.tmp``)."""
+    folder, _, base = name.rpartition("/")
+    return f"{folder}/" * bool(folder) + f".{base}.*.tmp"
 
 
 # --------------------------------------------------------------------------- the state a run resumes from
@@ -343,7 +405,8 @@ class StateFile:
         except OSError as err:
             if not self.failed:
                 log.warning("could not save the state to resume from (%s); the run goes on, and --resume would "
-                            "continue from the state saved before, if any", os_error_message(err, action="write"))
+                            "continue from the state saved before, if any",
+                            os_error_message(err, self.folder.resume_file, "write"))
             self.failed = True
         self.last = time.monotonic()
 
@@ -365,8 +428,11 @@ def load_state_file(path: Path) -> dict[str, Any]:
     return saved
 
 
-def _names(paths: Sequence[Path]) -> str:
-    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths[:4])
+def _names(paths: Sequence[Path], base: Path | None = None) -> str:
+    def name(p: Path) -> str:
+        return (p.relative_to(base).as_posix() if base is not None else p.name) + ("/" if p.is_dir() else "")
+
+    shown = ", ".join(name(p) for p in paths[:4])
     return shown + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
 
 
@@ -410,20 +476,28 @@ class BoxFiles(Sink):
                         for i, p in enumerate(folder.box_files(ids).values())}
         self.names: list[str] = []
 
+    @staticmethod
+    def writes(folder: RunFolder, ids: ObjectIds) -> list[str]:
+        """The names it writes (``writes`` of the manifest), its unfinished ones included."""
+        return [name for p in folder.box_files(ids).values() for name in (p.name, p.name + ".part")]
+
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         for obj, writer in self.writers.items():
-            writer.write_box(result.boxes[obj])
+            with naming(writer.part_path):  # a full disk names no file
+                writer.write_box(result.boxes[obj])
 
     def flush(self) -> None:
         for writer in self.writers.values():
-            writer.sync()
+            with naming(writer.part_path):
+                writer.sync()
 
     def close(self, status: str, error: str | None = None) -> None:
         for writer in self.writers.values():
-            if status == COMPLETE:
-                self.names.append(writer.commit().name)
-            else:
-                writer.close()
+            with naming(writer.part_path):
+                if status == COMPLETE:
+                    self.names.append(writer.commit().name)
+                else:
+                    writer.close()
 
 
 class TimesFile(Sink):
@@ -433,17 +507,24 @@ class TimesFile(Sink):
         self.writer = StreamingTextWriter(folder.times_file, keep=kept or None)
         self.names: list[str] = []
 
+    @staticmethod
+    def writes(folder: RunFolder, ids: ObjectIds) -> list[str]:
+        return [TIMES, TIMES + ".part"]
+
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
-        self.writer.write_time(result.seconds)
+        with naming(self.writer.part_path):  # a full disk names no file
+            self.writer.write_time(result.seconds)
 
     def flush(self) -> None:
-        self.writer.sync()
+        with naming(self.writer.part_path):
+            self.writer.sync()
 
     def close(self, status: str, error: str | None = None) -> None:
-        if status == COMPLETE:
-            self.names.append(self.writer.commit().name)
-        else:
-            self.writer.close()
+        with naming(self.writer.part_path):
+            if status == COMPLETE:
+                self.names.append(self.writer.commit().name)
+            else:
+                self.writer.close()
 
 
 class FileWriters:
@@ -506,6 +587,10 @@ class MaskFiles(Sink):
         self.names = [f"{MASKS}/"]
         self.writers = FileWriters()
 
+    @staticmethod
+    def writes(folder: RunFolder, ids: ObjectIds) -> list[str]:
+        return [f"{MASKS}/", f"{MASKS}/*.png", _temporary(f"{MASKS}/*.png")]
+
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         self.writers.submit(self._write, index, result.labels)
 
@@ -527,9 +612,14 @@ class ProbsFiles(Sink):
 
     def __init__(self, folder: RunFolder, ids: ObjectIds) -> None:
         self.folder = folder
-        write_json(folder.path / PROBS / OBJECTS, {"values": list(ids.values)})
         self.names = [f"{PROBS}/"]
+        write_json(folder.path / PROBS / OBJECTS, {"values": list(ids.values)})
         self.writers = FileWriters()
+
+    @staticmethod
+    def writes(folder: RunFolder, ids: ObjectIds) -> list[str]:
+        return [f"{PROBS}/", f"{PROBS}/*.npz", f"{PROBS}/{OBJECTS}", _temporary(f"{PROBS}/*.npz"),
+                _temporary(f"{PROBS}/{OBJECTS}")]
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         self.writers.submit(save_probs, self.folder.probs_file(index), result.probs)
@@ -554,6 +644,11 @@ class OverlayFile(Sink):
         self.writer = OverlayWriter(folder.overlay_file, fps, size)
         self.names: list[str] = []
         self.drawers = FileWriters()  # frames drawn in threads, appended to the video in order
+
+    @staticmethod
+    def writes(folder: RunFolder, ids: ObjectIds) -> list[str]:
+        stem, suffix = Path(OVERLAY).stem, Path(OVERLAY).suffix
+        return [OVERLAY, f".{stem}.*.tmp{suffix}"]  # OverlayWriter's temporary file
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         from trek_tracker.overlay import draw_overlay
@@ -585,14 +680,18 @@ class Manifest(Sink):
     """
 
     def __init__(self, folder: RunFolder, record: dict[str, Any], file_sinks: Sequence[Sink], ids: ObjectIds,
-                 describe=None, kept: int = 0, lost: dict[int, list[int]] | None = None) -> None:
+                 describe=None, kept: int = 0, lost: dict[int, list[int]] | None = None,
+                 writes: Sequence[str] = ()) -> None:
         self.folder, self.record, self.file_sinks, self.ids, self.describe = folder, record, file_sinks, ids, describe
         self.frames = self.kept = kept  # a resumed run's frames count those tracked before it
         self.lost: dict[str, list[int]] = {str(v): [] for v in ids.values}
         for obj, frames in (lost or {}).items():
             self.lost[str(ids.values[obj - 1])] = [i for i in frames if i < kept]
         self.started = time.perf_counter()
-        folder.write_manifest({"status": "running", **self._base(), "files": []})
+        # What --overwrite may remove, said before the first file is written: a run killed outright never
+        # gets to list its ``files``.
+        self.writes = [*writes, RESUME, _temporary(RESUME), MANIFEST, _temporary(MANIFEST)]
+        folder.write_manifest({"status": "running", **self._base(), "writes": self.writes, "files": []})
 
     def _base(self) -> dict[str, Any]:
         video = {**self.record.get("video", {}), "frames": self.frames}
@@ -613,7 +712,7 @@ class Manifest(Sink):
         self.folder.write_manifest({"status": status, "error": error, **self._base(), **extra,
                                     "lost_frames": self.lost, "seconds": round(seconds, 3),
                                     "fps": round(tracked / seconds, 3) if seconds > 0 else None,
-                                    "files": files + kept + [MANIFEST]})
+                                    "writes": self.writes, "files": files + kept + [MANIFEST]})
         if status == COMPLETE:  # the state is of no more use once the run is complete
             self.folder.resume_file.unlink(missing_ok=True)
         self.folder.release()

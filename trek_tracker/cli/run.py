@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,16 +146,17 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         saver = StateFile(folder, every, {"command": plain(command), "identity": identity,
                                           "video": fingerprint,
                                           "palette": None if palette is None else np.asarray(palette).tolist()})
-    sinks = folder.sinks(Outputs(masks=p["save_masks"], probs=p["save_probs"], overlay=p["overlay"]), ids=ids,
-                         palette=None if palette is None else np.asarray(palette, dtype=np.uint8),
-                         record=record, fps=source.fps, size=source.size, kept=kept,
-                         lost=None if resumed is None else {int(k): v for k, v in saved["state"]["lost"].items()},
-                         describe=lambda: {"tracker": tracker.describe(),
-                                           "input_damage": [d.to_dict() for d in source.damage],
-                                           "peak_memory": peak_memory(tracker.device)})
+    with _writing(folder.path, new=resumed is None):
+        sinks = folder.sinks(Outputs(masks=p["save_masks"], probs=p["save_probs"], overlay=p["overlay"]), ids=ids,
+                             palette=None if palette is None else np.asarray(palette, dtype=np.uint8),
+                             record=record, fps=source.fps, size=source.size, kept=kept,
+                             lost=None if resumed is None else {int(k): v for k, v in saved["state"]["lost"].items()},
+                             describe=lambda: {"tracker": tracker.describe(),
+                                               "input_damage": [d.to_dict() for d in source.damage],
+                                               "peak_memory": peak_memory(tracker.device)})
+    kept_note = f"the frames tracked before are kept in {folder.path}/"
     try:
-        with memory_errors(f"while tracking {source.name}",
-                           kept=f"the frames tracked before are kept in {folder.path}/"):
+        with _writing(folder.path, new=resumed is None), memory_errors(f"while tracking {source.name}", kept=kept_note):
             result = track_video(tracker, frames, start, sinks, total=(stop or len(source)) - start_frame,
                                  progress=False if p["quiet"] else source.name, saver=saver,
                                  resume=None if resumed is None else Resumed(kept - 1, saved["state"]))
@@ -248,6 +251,25 @@ def _check_same_tracker(path: Path, now: dict[str, Any], saved: dict[str, Any]) 
     if changed:
         raise UserError(f"run {path} was tracked by another configuration ({' and '.join(changed)} differ: a "
                         "checkpoint file or a setting changed since); restore it, or start again with --overwrite")
+
+
+@contextlib.contextmanager
+def _writing(folder: Path, new: bool) -> Iterator[None]:
+    """An ``OSError`` in writing the run's own files (a full disk) becomes one line that names the file;
+    others (reading the video, say) pass."""
+    import os
+
+    from trek_tracker.errors import UserError
+    from trek_tracker.files import os_error_message
+
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or not Path(os.path.abspath(os.fsdecode(err.filename))).is_relative_to(
+                os.path.abspath(folder)):
+            raise
+        raise UserError(os_error_message(err, action="write", hint="choose another --out folder" if new else None)) \
+            from err
 
 
 def _absolute(value: Any) -> Any:

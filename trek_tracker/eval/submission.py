@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trek_tracker.errors import InputError, listing
+from trek_tracker.errors import InputError, UserError, listing
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import hoi_runs, mse_runs, ope_runs
-from trek_tracker.files import atomic_write
+from trek_tracker.files import atomic_write, os_errors
 from trek_tracker.results import read_result
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,12 @@ def submission_json(submission: dict) -> str:
 def write_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: str, out: str | Path,
                      sls: tuple[int, int, int] = (-1, -1, -1)) -> Path:
     """Check, build and write ``out`` (a ``.zip`` holding only ``challenge-submission.json``, or the JSON
-    itself when ``out`` ends in ``.json``). Returns ``out``."""
+    itself when ``out`` ends in ``.json``). Returns ``out``. A folder for ``out``, or an ``out`` that cannot be
+    written, is a :class:`UserError` naming ``--out``."""
     out = Path(out)
+    if out.is_dir():  # refused before the results are read
+        raise UserError(f"--out {out} is a folder; give the file to write, e.g. --out "
+                        f"{out / 'challenge-submission.zip'} (or --out {out / JSON_NAME} for the bare JSON)")
     text = submission_json(build_submission(dataset, tracker_dir, tracker_name, sls))
     data = text.encode("utf-8")
     if out.suffix.lower() != ".json":
@@ -104,6 +108,6 @@ def write_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: st
         with zipfile.ZipFile(buf, "w") as z:
             z.writestr(JSON_NAME, data)
         data = buf.getvalue()
-    with atomic_write(out, "wb") as f:
+    with os_errors(out, hint="choose another --out"), atomic_write(out, "wb") as f:
         f.write(data)
     return out
