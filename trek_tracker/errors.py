@@ -26,9 +26,10 @@ class CheckpointError(UserError):
 
 
 def listing(items: list[str], limit: int = 10) -> str:
-    """Up to ``limit`` items, one per indented line, and how many more there are (for error messages)."""
-    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-    return "\n  " + "\n  ".join(items[:limit]) + more
+    """Up to ``limit`` items and how many more there are, for a one-line error message: `` a; b; ... and
+    N more;`` (the CLI prints every error as one line, so items need a separator of their own)."""
+    more = f"; ... and {len(items) - limit} more" if len(items) > limit else ""
+    return " " + "; ".join(items[:limit]) + more + ";"
 
 
 class OutOfMemory(UserError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,11 @@ def test_report_json_table_and_plots(tracked, tmp_path: Path) -> None:
 
 def test_missing_results_are_listed(tracked, tmp_path: Path) -> None:
     ds, results = tracked
-    with pytest.raises(InputError, match=r"2 OPE result file\(s\) of nobody are missing"):
+    with pytest.raises(InputError, match=r"2 OPE result file\(s\) of nobody are missing") as err:
         R.evaluate(ds, tmp_path, ["nobody"], "ope")
+    # the CLI prints one line: each missing file is told apart from the next and from the advice
+    assert re.search(r"missing or invalid: [^;]+\.txt[^;]*; [^;]+\.txt[^;]*; run the tracker first",
+                     " ".join(str(err.value).split())), str(err.value)
 
 
 def test_resume_after_interruption(tmp_path: Path) -> None:

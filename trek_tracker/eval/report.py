@@ -46,7 +46,7 @@ def _require(dataset: Trek150, tracker_dir: Path, protocol: str) -> None:
     problems = check_results(dataset, tracker_dir, protocol)
     if problems:
         raise InputError(f"{len(problems)} {protocol.upper()} result file(s) of {tracker_dir.name} are "
-                         f"missing or invalid:{listing(problems)}\nrun the tracker first "
+                         f"missing or invalid:{listing(problems)} run the tracker first "
                          "(trek-track eval without --report-only resumes where it stopped)")
 
 

@@ -59,7 +59,7 @@ def build_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: st
     problems = check_submission(dataset, tracker_dir)
     if problems:
         raise InputError(f"the results in {tracker_dir} are not complete for a submission "
-                         f"({len(problems)} problem(s)):{listing(problems, 20)}\n"
+                         f"({len(problems)} problem(s)):{listing(problems, 20)} "
                          "run the missing protocols first (trek-track eval --protocol all resumes)")
     results: dict = {"ope": {}, "mse": {}, "hoi": {}}
     for seq in dataset:
