@@ -160,6 +160,30 @@ def small_video(shared, tmp_path_factory):
     return out
 
 
+def test_runs_of_two_folders_of_one_name_are_told_apart_by_their_frames(cli, small_video, tiny_checkpoint,
+                                                                         tmp_path):
+    """Each TREK-150 sequence's frames are in a folder named img: a run records its frames' content, so an
+    ensemble of runs of two such folders is refused unless they hold the same frames."""
+    import shutil
+
+    first, same, other = (tmp_path / name / "img" for name in ("first", "same", "other"))
+    for folder in (first, same, other):
+        shutil.copytree(small_video, folder)
+    frame = cv2.imread(str(other / "00003.jpg"))
+    cv2.imwrite(str(other / "00003.jpg"), 255 - frame)
+    runs = {}
+    for name, video in (("a", first), ("same", same), ("other", other)):
+        runs[name] = tmp_path / f"run_{name}"
+        result = cli("run", "--video", video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--out", runs[name],
+                     "--save-masks", *FAST)
+        assert result.exit_code == 0, result.stderr
+    content = json.loads((runs["a"] / "run.json").read_text())["video"]["content"]
+    assert content["names"] == ["00000.jpg", "00005.jpg"] and content["bytes"] > 0
+    assert cli("ensemble", runs["a"], runs["same"], "--mode", "vote", "--out", tmp_path / "ok").exit_code == 0
+    result = cli("ensemble", runs["a"], runs["other"], "--mode", "vote", "--out", tmp_path / "no")
+    assert result.exit_code == 2 and "differ in content" in result.stderr, result.stderr
+
+
 def test_run_saves_probs_and_offline_mean_of_identical_runs_is_the_run(cli, small_video, tiny_checkpoint, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):

@@ -95,7 +95,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                         "--video where it is now")
     source = open_frames(video)
     h, w = source.size
-    fingerprint = _fingerprint(source) if resumed is not None else None  # taken again only for a saved state
+    fingerprint = _fingerprint(source)  # a stat per frame file at most: recorded, and checked by --resume
     start = start_record = palette = None
     if resumed is not None:
         folder, saved = resumed
@@ -130,8 +130,9 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
     every = p["save_state_every"] if bounded and not p["overlay"] else 0
     if resumed is None:
         folder = RunFolder.create(Path(p["out"]) if p["out"] else Path("runs") / source.name, overwrite=p["overwrite"])
+        content = {k: v for k, v in fingerprint.items() if k not in ("path", "size", "frames")}
         record = {"video": {"path": str(source.path), "name": source.name, "size": [h, w], "fps": source.fps,
-                            "start_frame": start_frame, "last_frame": last_frame},
+                            "start_frame": start_frame, "last_frame": last_frame, "content": content},
                   "start": start_record, "tracker": tracker.describe(),
                   "resume": {"save_state_every": every or None, "resumed_at": []}}
     else:
@@ -141,7 +142,6 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
     saver = None
     if every:
-        fingerprint = fingerprint or _fingerprint(source)
         command = {k: v for k, v in p.items() if k not in ("resume", "quiet")}
         saver = StateFile(folder, every, {"command": plain(command), "identity": identity,
                                           "video": fingerprint,
