@@ -670,8 +670,9 @@ class VideoFileSource(FrameSource):
                                      f"{'s' if n != 1 else ''} (0-{n - 1})")
                 if bar is not None and n % 256 == 255:
                     bar.update(256)
-            if bar is not None:
-                bar.update(start - bar.n)  # the last partial block: the bar ends full, not where it was last fed
+            if bar is not None:  # the last partial block: the bar ends full, not where it was last fed (or drawn)
+                bar.update(start - bar.n)
+                bar.refresh()
         finally:
             if bar is not None:
                 bar.close()
