@@ -36,6 +36,23 @@ def test_train_config_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and "DAVIS / YouTube-VOS layout" in res.output
 
 
+def test_train_failures_found_at_the_start_or_on_the_way_are_one_line(davis, tmp_path):
+    """An override through a value, more objects per clip than the model identifies, and a run that
+    diverges: each one line and exit 2, the diverging run stopping before its weights take the NaN."""
+    res = run("train", TINY, "--set", "train.steps.x=1")
+    assert res.exit_code == 2 and "train.steps is a value, not a section" in res.output, res.output
+    common = ("--no-progress", "--set", f'data.0.root="{davis}"', "--set", "val.every=0", "--set",
+              'val.root=""', "--set", "train.batch_size=2")
+    res = run("train", TINY, "--out", tmp_path / "many", *common, "--set", "augment.max_objects=20")
+    assert res.exit_code == 2 and "augment.max_objects 20 is more objects per clip than test_deaot_tiny " \
+        "identifies (10)" in " ".join(res.output.split()), res.output
+    out = tmp_path / "nan"
+    res = run("train", TINY, "--out", out, *common, "--set", "train.steps=2", "--set", "optim.lr=1e12",
+              "--set", "optim.warmup_ratio=0.0", "--set", "optim.grad_clip=1e30")
+    assert res.exit_code == 2 and "training diverged at step" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
 def test_train_then_eval_vos_reproduces_the_logged_validation(davis, tmp_path):
     out = tmp_path / "run"
     res = run("train", TINY, "--out", out, "--no-progress", "--set", f'data.0.root="{davis}"',

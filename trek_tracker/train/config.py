@@ -362,13 +362,16 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
         node: Any = raw
-        for k in keys[:-1]:
+        for depth, k in enumerate(keys[:-1]):
             if isinstance(node, list):
                 if not k.isdigit() or int(k) >= len(node):
                     raise InputError(f"override {item!r}: no list entry {k}")
                 node = node[int(k)]
             else:
                 node = node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
+                raise InputError(f"override {item!r}: {'.'.join(keys[:depth + 1])} is a value, not a section; "
+                                 "give section.key=value")
         last = keys[-1]
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):

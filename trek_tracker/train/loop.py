@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from trek_tracker.device import select_device
-from trek_tracker.errors import CheckpointError, InputError, memory_errors
+from trek_tracker.errors import CheckpointError, InputError, UserError, memory_errors
 from trek_tracker.files import atomic_write, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
@@ -140,6 +140,10 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model.name, **cfg.model.overrides)
+        if cfg.augment.max_objects > self.model.config.max_objects:  # the loss could not score the extra ids
+            raise InputError(f"augment.max_objects {cfg.augment.max_objects} is more objects per clip than "
+                             f"{cfg.model.name} identifies ({self.model.config.max_objects}); lower it to at most "
+                             f"{self.model.config.max_objects}")
         self.init_report = self._initialise(cfg.model.init) if cfg.model.init else None
         self.dataset = ClipDataset(cfg.data, length=t.clip_length, augment=cfg.augment, merge_p=t.merge_p,
                                    seed=t.seed, id_classes=self.model.config.max_objects + 1 if t.id_shuffle else None)
@@ -161,6 +165,14 @@ class Trainer:
             self.step_module = torch.nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.seq_training_start_ratio < 1.0)
+
+    def _all_finite(self, totals: torch.Tensor) -> bool:
+        """Whether every process's losses are finite: all stop together (their gradients were averaged, so
+        one process's NaN reaches every model)."""
+        finite = torch.isfinite(totals).all().to(torch.float32)
+        if self.dist.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
 
     def _calibrate(self) -> dict:
         """Frozen-BN statistics from the first training clips, for an encoder that starts untrained
@@ -327,6 +339,10 @@ class Trainer:
                                            id_perm=batch["id_perm"].to(self.device) if "id_perm" in batch else None)
                     self.scaler.scale(out.loss / t.accumulate).backward()
                 totals += torch.stack([out.loss.detach(), out.aux_loss, out.frame_losses.mean()]) / t.accumulate
+            if not self.scaler.is_enabled() and not self._all_finite(totals):  # (fp16's scaler skips such steps)
+                raise UserError(f"training diverged at step {step}: the loss is not finite ({totals.tolist()}); the "
+                                "weights were not updated. Lower optim.lr (or raise optim.warmup_ratio) and run again: "
+                                "it resumes from the last saved state")
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             self.scaler.step(self.optimizer)
@@ -334,8 +350,6 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.model)
             self.step += 1
-            if not torch.isfinite(totals).all():
-                raise FloatingPointError(f"loss is not finite at step {step}: {totals.tolist()}")
 
             log_now = self.step % max(1, t.log_every) == 0 or self.step == until
             if log_now:
