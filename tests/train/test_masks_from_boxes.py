@@ -99,3 +99,21 @@ def test_shards_split_the_sequences_and_box_masks_match_the_boxes(davis, tmp_pat
     with pytest.raises(InputError, match="box-track"):
         make_masks(MaskJob("davis", str(tmp_path), str(out)), BoxToMask(InitConfig(method="box")),
                    progress=False, log=_quiet)
+
+
+def test_a_box_outside_its_frame_is_skipped_with_a_warning_and_the_job_finishes(davis, tmp_path):
+    """One wrong box in a dataset of thousands must not stop the job for good (a rerun would meet it
+    again): that frame gets no mask, as a sparse annotation, and the job says so."""
+    replicas.lasot(davis, tmp_path / "LaSOT")
+    gt = tmp_path / "LaSOT" / "dog" / "dog-2" / "groundtruth.txt"
+    rows = gt.read_text().splitlines()
+    rows[1] = "5000,5000,10,10"  # wholly outside the frame, yet marked visible
+    gt.write_text("\n".join(rows) + "\n")
+    said: list[str] = []
+    stats = make_masks(MaskJob("lasot", str(tmp_path / "LaSOT"), str(tmp_path / "masks"), method="box"),
+                       BoxToMask(InitConfig(method="box")), progress=False, log=said.append)
+    assert stats["boxes_skipped"] == 1 and stats["masks_written"] == 3 + 3
+    assert any("dog-2 frame 1" in s and "outside" in s for s in said) and "1 boxes skipped" in said[-1]
+    done = json.loads((tmp_path / "masks" / "done" / "dog-2.json").read_text())
+    assert [s["frame"] for s in done["skipped"]] == [1]
+    assert len(list((tmp_path / "masks" / "Annotations" / "dog-2").glob("*.png"))) == 3

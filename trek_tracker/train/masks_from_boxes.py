@@ -123,7 +123,8 @@ def make_masks(job: MaskJob, box_to_mask, *, manifest_extra: dict | None = None,
         {"format": MANIFEST_FORMAT, "kind": job.kind, "method": job.method, "every": job.every}
     manifest.update(manifest_extra or {})
     _claim_manifest(out, manifest)
-    stats = {"sequences": len(mine), "done_before": 0, "masks_written": 0, "masks_kept": 0, "fallbacks": 0}
+    stats = {"sequences": len(mine), "done_before": 0, "masks_written": 0, "masks_kept": 0, "fallbacks": 0,
+             "boxes_skipped": 0}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -136,13 +137,18 @@ def make_masks(job: MaskJob, box_to_mask, *, manifest_extra: dict | None = None,
         else:
             t0 = time.perf_counter()
             folder = out / "Annotations" / track.name
-            written, methods = 0, {}
+            written, methods, skipped = 0, {}, []
             for i in frames_to_mask(track, job.every):
                 path = folder / f"{Path(str(track.images[i])).stem}.png"
                 if path.is_file():
                     stats["masks_kept"] += 1
                     continue
-                result = box_to_mask(read_image(track.images[i]), track.boxes[i])
+                try:
+                    result = box_to_mask(read_image(track.images[i]), track.boxes[i])
+                except InputError as err:  # a box the dataset got wrong (wholly outside its frame): that frame
+                    skipped.append({"frame": i, "problem": str(err)})  # has no mask, as a sparse annotation
+                    log(f"warning: {track.name} frame {i}: {err}; no mask for it")
+                    continue
                 used = getattr(result, "method", job.method)
                 methods[used] = methods.get(used, 0) + 1
                 if used != job.method:
@@ -150,8 +156,9 @@ def make_masks(job: MaskJob, box_to_mask, *, manifest_extra: dict | None = None,
                 write_mask(path, result.mask)
                 written += 1
             stats["masks_written"] += written
+            stats["boxes_skipped"] += len(skipped)
             write_json(done, {"sequence": track.name, "frames": len(track), "masks": len(frames_to_mask(
-                track, job.every)), "written_now": written, "methods_used": methods,
+                track, job.every)), "written_now": written, "methods_used": methods, "skipped": skipped,
                 "seconds": round(time.perf_counter() - t0, 3)})
         if bar is not None:
             bar.update(1)
@@ -159,5 +166,6 @@ def make_masks(job: MaskJob, box_to_mask, *, manifest_extra: dict | None = None,
         bar.close()
     log(f"{job.kind} shard {index}/{count}: {stats['sequences']} sequences ({stats['done_before']} done before), "
         f"{stats['masks_written']} masks written, {stats['masks_kept']} kept"
-        + (f", {stats['fallbacks']} fell back to another method" if stats["fallbacks"] else ""))
+        + (f", {stats['fallbacks']} fell back to another method" if stats["fallbacks"] else "")
+        + (f", {stats['boxes_skipped']} boxes skipped (see the warnings)" if stats["boxes_skipped"] else ""))
     return stats
