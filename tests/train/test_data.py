@@ -45,12 +45,34 @@ def test_sample_frame_indices(n, length, gap):
     assert seen_reversed
 
 
+def test_static_clips_follow_the_official_static_train():
+    """Frame 0 is the image (perhaps flipped, as the whole clip is with p = 0.5) under a resized crop only;
+    later frames get an affine each (and a flip of their own with p = 0.3); a crop covers at least 80 % of
+    the image. A horizontal ramp shows it: frame 0's columns keep their order and its rows stay equal."""
+    ramp = np.tile(np.linspace(0, 255, 200).astype(np.uint8)[None, :, None], (150, 1, 3))
+    label = np.zeros((150, 200), np.int64)
+    label[50:100, 60:140] = 1
+    cfg = AugmentConfig(crop=(97, 97))
+    flipped, later_moved = 0, 0
+    for seed in range(40):
+        frames, labels = static_clip(ramp, label, 3, np.random.default_rng(seed), cfg)
+        first = frames[0][..., 0].astype(int)
+        assert np.abs(first - first[:1]).max() <= 2  # no rotation or shear on frame 0
+        steps = np.diff(first[48])
+        assert (steps >= -2).all() or (steps <= 2).all()  # monotone: resized, maybe flipped, not warped
+        flipped += int(first[48, 0] > first[48, -1])
+        later_moved += int(np.abs(frames[1][..., 0].astype(int) - frames[1][:1, :, 0]).max() > 8)
+        assert labels[0][48, 48] == 1  # the centre of a crop of 80 %+ of the image stays on the object
+    assert 10 <= flipped <= 30 and later_moved >= 30  # about half the clips flipped; later frames warped
+
+
 def test_static_clip_moves_mask_with_image():
     image = np.zeros((120, 160, 3), np.uint8)
     label = np.zeros((120, 160), np.int64)
     image[40:80, 50:110] = (255, 0, 0)
     label[40:80, 50:110] = 1
-    frames, labels = static_clip(image, label, 4, np.random.default_rng(3), AugmentConfig())
+    frames, labels = static_clip(image, label, 4, np.random.default_rng(3), AugmentConfig(crop=(97, 129)))
+    assert all(f.shape == (97, 129, 3) and lb.shape == (97, 129) for f, lb in zip(frames, labels, strict=True))
     assert not all(np.array_equal(labels[0], lb) for lb in labels[1:])  # each frame its own warp
     for f, lb in zip(frames, labels, strict=True):
         obj = lb == 1

@@ -2,7 +2,7 @@
 
 Geometry (scale, crop, flip) is drawn once per clip so the frames stay consistent; photometric changes
 (colour jitter, grayscale, blur) are drawn per frame, which also teaches the model to ignore lighting
-flicker. Static images become clips through a random affine and resized crop per frame. All randomness
+flicker. Static images become clips as the official ``StaticTrain`` makes them (:func:`static_clip`). All randomness
 comes from the ``numpy.random.Generator`` passed in, so a clip is a pure function of its seed.
 """
 
@@ -126,7 +126,8 @@ def photometric(frame: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
 
 def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation, translation, scale and shear about the image centre (torchvision ``RandomAffine`` ranges)."""
+    """Rotation, translation, scale and shear about the image centre (torchvision ``RandomAffine`` ranges);
+    the image bicubic, as the official ``StaticTrain`` resamples it, the label nearest."""
     h, w = image.shape[:2]
     angle = np.deg2rad(rng.uniform(-cfg.affine_degrees, cfg.affine_degrees))
     shear = np.deg2rad(rng.uniform(-cfg.affine_shear, cfg.affine_shear))
@@ -138,7 +139,7 @@ def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     centre = np.array([w / 2, h / 2])
     offset = centre + np.array([tx, ty]) - m @ centre
     mat = np.hstack([m, offset[:, None]]).astype(np.float64)
-    img = cv2.warpAffine(image, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+    img = cv2.warpAffine(image, mat, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
                          borderValue=tuple(int(v) for v in cfg.pad_fill))
     lab = cv2.warpAffine(label.astype(np.uint8), mat, (w, h), flags=cv2.INTER_NEAREST,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -147,26 +148,63 @@ def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
 
 def random_resized_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
                         cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A window of ``U(resized_crop_scale)`` of the area (aspect kept) resized back to the image size."""
+    """A window of ``U(resized_crop_scale)`` of the area, its aspect ratio within [3/4, 4/3] of the crop's
+    (log-uniform), resized to ``cfg.crop`` (the image bicubic, the label nearest): the official
+    ``RandomResizedCrop`` of ``StaticTrain``, with its central-crop fallback after 10 tries."""
     h, w = image.shape[:2]
-    side = np.sqrt(rng.uniform(*cfg.resized_crop_scale))
-    ch, cw = max(1, int(h * side)), max(1, int(w * side))
-    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    img = cv2.resize(image[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR)
-    lab = cv2.resize(label[y:y + ch, x:x + cw].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    base = cfg.crop[1] / cfg.crop[0]
+    box = None
+    for _ in range(10):
+        area = rng.uniform(*cfg.resized_crop_scale) * h * w
+        aspect = np.exp(rng.uniform(np.log(base * 3 / 4), np.log(base * 4 / 3)))
+        cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            box = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+            break
+    if box is None:  # the official fallback: the central crop of the nearest allowed aspect ratio
+        cw, ch = w, h
+        if w / h < base * 3 / 4:
+            ch = int(round(w / (base * 3 / 4)))
+        elif w / h > base * 4 / 3:
+            cw = int(round(h * base * 4 / 3))
+        box = (h - ch) // 2, (w - cw) // 2, ch, cw
+    y, x, ch, cw = box
+    size = (cfg.crop[1], cfg.crop[0])
+    img = cv2.resize(image[y:y + ch, x:x + cw], size, interpolation=cv2.INTER_CUBIC)
+    lab = cv2.resize(label[y:y + ch, x:x + cw].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     return img, lab.astype(np.int64)
+
+
+# The official StaticTrain's flips: the image once for the whole clip, then each frame after the first.
+STATIC_CLIP_FLIP_P, STATIC_FRAME_FLIP_P = 0.5, 0.3
 
 
 def static_clip(image: np.ndarray, label: np.ndarray, length: int, rng: np.random.Generator,
                 cfg: AugmentConfig) -> Clip:
-    """A synthetic clip of ``length`` frames from one image: each frame its own affine + resized crop."""
+    """A synthetic clip of ``length`` frames of ``cfg.crop`` from one image, as the official ``StaticTrain``
+    makes it: the image flipped (p = 0.5); frame 0 the image itself, each later frame flipped (p = 0.3)
+    and given its own affine; every frame its own resized crop. Photometry and object selection follow
+    (:func:`augment_static`); a video clip's scale, balanced crop and flip do not apply."""
+    if rng.random() < STATIC_CLIP_FLIP_P:
+        image, label = image[:, ::-1], label[:, ::-1]
     frames, labels = [], []
-    for _ in range(length):
-        img, lab = random_affine(image, label, rng, cfg)
+    for i in range(length):
+        img, lab = np.ascontiguousarray(image), np.ascontiguousarray(label)
+        if i > 0:
+            if rng.random() < STATIC_FRAME_FLIP_P:
+                img, lab = np.ascontiguousarray(img[:, ::-1]), np.ascontiguousarray(lab[:, ::-1])
+            img, lab = random_affine(img, lab, rng, cfg)
         img, lab = random_resized_crop(img, lab, rng, cfg)
         frames.append(img)
         labels.append(lab)
     return frames, labels
+
+
+def augment_static(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,
+                   cfg: AugmentConfig) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """What follows :func:`static_clip` (already of ``cfg.crop``): object selection and per-frame photometry."""
+    labels, num_objects = select_objects(labels, rng, cfg)
+    return [photometric(f, rng, cfg) for f in frames], labels, num_objects
 
 
 def augment_clip(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,

@@ -17,7 +17,14 @@ from torch.utils.data import Dataset, Sampler
 from trek_tracker.errors import InputError
 from trek_tracker.inference.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from trek_tracker.train import datasets
-from trek_tracker.train.augment import AugmentConfig, augment_clip, paste_clip, select_objects, static_clip
+from trek_tracker.train.augment import (
+    AugmentConfig,
+    augment_clip,
+    augment_static,
+    paste_clip,
+    select_objects,
+    static_clip,
+)
 from trek_tracker.train.datasets.base import IMAGE_SUFFIXES, read_image, read_label  # noqa: F401 (re-exported)
 from trek_tracker.train.datasets.folders import video_dirs  # noqa: F401 (re-exported)
 from trek_tracker.train.datasets.source import DataSource
@@ -121,16 +128,24 @@ class ClipDataset(Dataset):
         return ([item.image(i) for i in idx], labels,
                 {"source": s, "item": item.name, "frames": [item.numbers[i] for i in idx]})
 
+    def _augment(self, s: int, frames: list, labels: list, rng: np.random.Generator) -> tuple[list, list, int]:
+        """A static source's clip is made at the crop size (the official ``StaticTrain``); a video's is scaled,
+        cropped and flipped here (the official video pipeline)."""
+        if datasets.is_static(self.sources[s].kind):
+            return augment_static(frames, labels, rng, self.augment)
+        return augment_clip(frames, labels, rng, self.augment)
+
     def sample(self, g: int) -> tuple[list[np.ndarray], list[np.ndarray], int, dict]:
         """The augmented clip number ``g``: frames, labels, object count and where it came from
         (``source`` index, ``item`` name, real frame numbers)."""
         rng = np.random.default_rng([self.seed, g])
-        frames, labels, meta = self._raw_clip(*self.locate(g), rng)
-        frames, labels, n = augment_clip(frames, labels, rng, self.augment)
+        where = self.locate(g)
+        frames, labels, meta = self._raw_clip(*where, rng)
+        frames, labels, n = self._augment(where[0], frames, labels, rng)
         merge = rng.random() < self.merge_p
         if merge or n == 0:  # an empty clip always gets a second clip's objects (official dynamic merge)
             other = self.mixture.random(rng)
-            of, ol, _ = augment_clip(*self._raw_clip(*other, rng)[:2], rng, self.augment)
+            of, ol, _ = self._augment(other[0], *self._raw_clip(*other, rng)[:2], rng)
             frames, labels = paste_clip((frames, labels), (of, ol), self.augment.max_objects)
             labels, n = select_objects(labels, rng, self.augment)
         return frames, labels, n, meta
