@@ -87,6 +87,38 @@ def test_a_failing_sink_fails_the_run_and_stops_tracking():
     assert tracker.calls < 20  # at most a writer queue's worth of frames past the failure
 
 
+def test_no_frame_after_a_sinks_failure_reaches_any_sink():
+    """The writer's failure is raised once in the loop's thread, but it stays failed: frames queued after the
+    failed one must not reach the other sinks, whose files would then skip a frame. The race needs the
+    threads to switch often; every trial must hold."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(150):
+            failing, after = Recorder(fail_at=5), Recorder()
+            with pytest.raises(OSError):
+                track_video(Counter(), range(40), START, [failing, after])
+            assert [i for i, _ in after.seen] == list(range(len(after.seen))) and len(after.seen) <= 5
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_a_sink_that_fails_to_close_fails_the_sinks_closed_after_it():
+    """A box file that cannot be committed (a full disk at the very end) must not leave the manifest, closed
+    after it, saying the run is complete."""
+
+    class FailsToClose(Recorder):
+        def close(self, status, error=None):
+            super().close(status, error)
+            raise OSError(28, "No space left on device")
+
+    first, manifest = FailsToClose(), Recorder()
+    with pytest.raises(OSError, match="No space"):
+        track_video(Counter(), range(4), START, [first, manifest])
+    assert first.closed == [("complete", None)]
+    assert manifest.closed == [("failed", "OSError: [Errno 28] No space left on device")]
+
+
 def test_start_needs_exactly_one_of_box_and_mask():
     with pytest.raises(InputError, match="exactly one"):
         Start()

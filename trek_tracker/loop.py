@@ -294,11 +294,16 @@ class _LostFrames(Sink):
 
 
 def _close(sinks: Sequence[Sink], status: str, error: str | None) -> None:
-    """Close every sink, in order; the first error is raised after all were closed."""
+    """Close every sink, in order; the first error is raised after all were closed. Once one sink fails to
+    close, the rest are told the loop failed with that error: a run whose box file could not be committed
+    must not have its manifest say it is complete."""
     first: BaseException | None = None
     for sink in sinks:
         try:
-            sink.close(status, error)
+            if first is None:
+                sink.close(status, error)
+            else:
+                sink.close(FAILED, f"{type(first).__name__}: {first}")
         except BaseException as err:  # noqa: BLE001 - re-raised below
             first = first or err
     if first is not None:
@@ -339,13 +344,15 @@ class _Call:
 class _Writer:
     """Sinks called in order by one background thread, at most ``depth`` frames behind the tracker.
 
-    A sink's error stops the writer and is raised in the loop's thread at the next frame (or at the end).
+    A sink's error stops the writer for good: it is raised in the loop's thread at the next frame (or at
+    the end), and no frame or call queued after it reaches any sink, so the files never skip a frame.
     """
 
     def __init__(self, sinks: Sequence[Sink], keep_image: bool, depth: int = 4) -> None:
         self.sinks, self.keep_image = sinks, keep_image
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # to raise in the loop's thread (once)
+        self.failed = False  # stays set: what comes after a failure is dropped
         self.thread = threading.Thread(target=self._run, name="sink-writer", daemon=True)
         self.thread.start()
 
@@ -354,7 +361,7 @@ class _Writer:
             item = self.queue.get()
             if item is _STOP:
                 return
-            if self.error is not None:
+            if self.failed:
                 continue  # drop what comes after a failure; the loop raises it
             try:
                 if isinstance(item, _Call):
@@ -364,7 +371,7 @@ class _Writer:
                 for sink in self.sinks:
                     sink.frame(index, image, result)
             except BaseException as err:  # noqa: BLE001 - handed to the loop's thread
-                self.error = err
+                self.error, self.failed = err, True
 
     def _raise(self) -> None:
         if self.error is not None:
