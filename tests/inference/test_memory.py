@@ -52,6 +52,23 @@ def test_uncapped_memory_grows_with_the_gap(model, video):
     assert engine.memory.frames == [10, 8, 6, 4, 2, 0]
 
 
+def test_a_refused_frame_leaves_the_memory_schedule_as_it_was(model, video):
+    """A frame of the wrong size is refused before it is predicted; the frames after it enter the long-term
+    memory on the same schedule as if it had never been offered."""
+    frames, mask = video
+    outputs = []
+    for offer_a_wrong_frame in (False, True):
+        engine = VOSEngine(model, EngineConfig(memory=MemoryConfig(gap=2, cap="none")))
+        engine.add_reference(frames[0], mask)
+        for i, frame in enumerate(frames[1:8], 1):
+            if i == 3 and offer_a_wrong_frame:
+                with pytest.raises(InputError):
+                    engine.step(np.zeros((H + 2, W, 3), np.uint8))
+            out = engine.step(frame)
+        outputs.append(out.probs)
+    assert torch.equal(outputs[0], outputs[1])  # the same frames entered the memory
+
+
 def test_cap_bounds_tokens_and_keeps_the_reference(model, video):
     engine, ref_keys, counts = _run(model, video, MemoryConfig(gap=1, cap=3))
     assert counts == [2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]

@@ -198,11 +198,11 @@ class VOSEngine:
         if self.memory is None:
             raise RuntimeError("add_reference() must be called before step()")
         frame = frame if isinstance(frame, Frame) else Frame(frame)
-        self.frame_step += 1
         with self._autocast():
             feats = self.model.encode(self._network_input(frame))
             tokens, entries = self.model.propagate(self._per_item(feats), self.memory.attend())
             raw = self.model.decode(tokens, self._per_item(feats))
+        self.frame_step += 1  # counted once predicted: a frame refused (wrong size) leaves the schedule as it was
         self._pending = entries
         # Upsampling, softmax and arg-max in float32 whatever the compute precision: half-precision
         # probabilities would quantise the labels at object boundaries.
