@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from trek_tracker.errors import InputError
-from trek_tracker.files import atomic_write, os_error_message, write_text
+from trek_tracker.files import atomic_write, naming, os_error_message, write_text
 
 log = logging.getLogger(__name__)
 
@@ -426,8 +426,9 @@ class StreamingTextWriter:
             raise RuntimeError(f"{self.part_path} is closed")
         if "\n" in text or "\r" in text:
             raise ValueError("a line must not contain a newline")
-        self._file.write(text + "\n")
-        self._file.flush()
+        with naming(self.part_path):  # a full disk's error names no file
+            self._file.write(text + "\n")
+            self._file.flush()
         self.lines += 1
 
     def write_box(self, box: Iterable[float]) -> None:
@@ -441,14 +442,16 @@ class StreamingTextWriter:
     def sync(self) -> None:
         """Make every line written so far durable (flushed and synced to the disk)."""
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with naming(self.part_path):
+                self._file.flush()
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Close without committing: the ``.part`` file stays as an unfinished result."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with naming(self.part_path):  # closing flushes what is buffered
+                file.close()
 
     def commit(self) -> Path:
         """Sync, close and rename ``<path>.part`` to ``path``; returns ``path``."""

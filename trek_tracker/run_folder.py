@@ -49,7 +49,7 @@ import numpy as np
 
 from trek_tracker import __version__
 from trek_tracker.errors import InputError, UserError
-from trek_tracker.files import atomic_write, naming, os_error_message, os_errors, read_json, write_bytes, write_json
+from trek_tracker.files import atomic_write, os_error_message, os_errors, read_json, write_bytes, write_json
 from trek_tracker.loop import COMPLETE, FAILED, Sink
 from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import ObjectIds, StreamingTextWriter, read_boxes, read_label_png, read_times, write_label_png
@@ -483,21 +483,18 @@ class BoxFiles(Sink):
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
         for obj, writer in self.writers.items():
-            with naming(writer.part_path):  # a full disk names no file
-                writer.write_box(result.boxes[obj])
+            writer.write_box(result.boxes[obj])
 
     def flush(self) -> None:
         for writer in self.writers.values():
-            with naming(writer.part_path):
-                writer.sync()
+            writer.sync()
 
     def close(self, status: str, error: str | None = None) -> None:
         for writer in self.writers.values():
-            with naming(writer.part_path):
-                if status == COMPLETE:
-                    self.names.append(writer.commit().name)
-                else:
-                    writer.close()
+            if status == COMPLETE:
+                self.names.append(writer.commit().name)
+            else:
+                writer.close()
 
 
 class TimesFile(Sink):
@@ -512,19 +509,16 @@ class TimesFile(Sink):
         return [TIMES, TIMES + ".part"]
 
     def frame(self, index: int, image: np.ndarray | None, result: FrameResult) -> None:
-        with naming(self.writer.part_path):  # a full disk names no file
-            self.writer.write_time(result.seconds)
+        self.writer.write_time(result.seconds)
 
     def flush(self) -> None:
-        with naming(self.writer.part_path):
-            self.writer.sync()
+        self.writer.sync()
 
     def close(self, status: str, error: str | None = None) -> None:
-        with naming(self.writer.part_path):
-            if status == COMPLETE:
-                self.names.append(self.writer.commit().name)
-            else:
-                self.writer.close()
+        if status == COMPLETE:
+            self.names.append(self.writer.commit().name)
+        else:
+            self.writer.close()
 
 
 class FileWriters:
