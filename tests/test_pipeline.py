@@ -111,7 +111,7 @@ def test_deferred_boxes_are_computed_in_frame_order_whoever_asks_first():
     eager = ObjectBoxes(start, BoxConfig(min_component_px=10))
     expected = [eager.update(m) for m in _label_maps()]
     deferred = ObjectBoxes(start, BoxConfig(min_component_px=10))
-    results = [FrameResult.deferred(deferred.measure(m), None, 0.5) for m in _label_maps()]
+    results = [FrameResult.deferred(deferred.measure(m), 0.5) for m in _label_maps()]
     assert results[3].box.tolist() == [22, 12, 30, 20]  # the last frame read first: every earlier one computed
     for result, (boxes, lost) in zip(results, expected, strict=True):
         assert result.box.tolist() == boxes[1].tolist() and result.lost == lost

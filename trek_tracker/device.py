@@ -14,8 +14,9 @@ import contextlib
 import functools
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from trek_tracker.errors import UserError
 
@@ -86,6 +87,64 @@ def synchronize(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_clock(device):
+    """An event marking "now" in ``device``'s queue, for :class:`Readback`'s ``since`` (None on the CPU)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+class Readback:
+    """Tensors on their way to the host, without waiting for the device.
+
+    On a GPU each copy is queued behind the work that computes it, into pinned memory, and one event marks
+    the copies done: the caller goes on queueing the next frame's work while the GPU finishes this one, and
+    whoever reads the values (:meth:`get`, the loop's writer thread) waits for them then. On the CPU the
+    tensors are the values. With ``since`` (a :func:`device_clock` event recorded when the caller began),
+    :attr:`seconds` is the GPU's time from then until the copies were done: the frame's own time in a
+    pipeline whose host runs ahead, excluding the previous frame's work still queued when it began.
+    """
+
+    def __init__(self, tensors: dict[str, Any], since: Any = None) -> None:
+        import torch
+
+        self._tensors = tensors
+        self._since = since
+        self._event = None
+        self._seconds: float | None = None
+        self._lock = threading.Lock()  # the writer thread and a state being saved may both wait
+        cuda = [t.device for t in tensors.values() if t.device.type == "cuda"]
+        if cuda:
+            stream = torch.cuda.current_stream(cuda[0])
+            host = {}
+            for name, tensor in tensors.items():
+                host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                host[name].copy_(tensor, non_blocking=True)
+            self._tensors = host
+            self._event = torch.cuda.Event(enable_timing=since is not None)
+            self._event.record(stream)
+
+    def get(self) -> dict[str, Any]:
+        """The tensors on the host (CPU tensors), once their copies are done."""
+        with self._lock:
+            if self._event is not None:
+                self._event.synchronize()
+                if self._since is not None:
+                    self._seconds = self._since.elapsed_time(self._event) / 1000
+                self._event = self._since = None
+        return self._tensors
+
+    @property
+    def seconds(self) -> float | None:
+        """The device's time from ``since`` to the copies' end (None on the CPU or without ``since``)."""
+        self.get()
+        return self._seconds
 
 
 def set_fast_kernels(device, enabled: bool) -> None:

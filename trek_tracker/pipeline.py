@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from trek_tracker.inference.preprocess import Frame
 from trek_tracker.inference.tta import TTAConfig
 from trek_tracker.init.api import InitConfig
 from trek_tracker.init.refine import RefineConfig
+
+if TYPE_CHECKING:
+    from trek_tracker.device import Readback
 
 DEFAULT_MODEL = "r50_deaotl"
 
@@ -73,9 +76,11 @@ class FrameResult:
     box-only trackers); ``probs`` the (1 + N, H, W) float tensor when asked for (``keep_probs``);
     ``seconds`` the tracker's own time for the frame (decoding and writing excluded).
 
-    A tracker may hand the result over before its boxes are computed (:meth:`deferred`): whoever first
-    reads ``boxes``, ``lost`` or ``seconds`` computes them (the loop's writer thread, so that speck removal's
-    labelling runs beside the next frame's network, not before it), and that time is part of ``seconds``.
+    A tracker may hand the result over before it is computed (:meth:`deferred`): the boxes from what
+    :meth:`ObjectBoxes.read` took, the label map and probabilities still on their way from the GPU
+    (a :class:`~trek_tracker.device.Readback`). Whoever first reads them waits for them: the loop's writer
+    thread, so that the GPU works on the next frame meanwhile and speck removal's labelling runs beside it.
+    The boxes' own time is part of ``seconds``.
     """
 
     def __init__(self, boxes: dict[int, np.ndarray], lost: dict[int, bool], labels: np.ndarray | None,
@@ -83,15 +88,18 @@ class FrameResult:
         self._boxes, self._lost = boxes, lost
         self._step_seconds, self._box_seconds = seconds, 0.0
         self._pending: PendingBoxes | None = None
-        self.labels = labels
-        self.probs = probs
+        self._readback: Readback | None = None
+        self._keep_labels = False
+        self._labels, self._probs = labels, probs
 
     @classmethod
-    def deferred(cls, pending: PendingBoxes, labels: np.ndarray | None, seconds: float,
-                 probs: Any = None) -> FrameResult:
-        """A result whose boxes ``pending`` computes when first asked for."""
-        result = cls({}, {}, labels, seconds, probs)
-        result._pending = pending
+    def deferred(cls, pending: PendingBoxes, seconds: float, readback: Readback | None = None, *,
+                 keep_labels: bool = False) -> FrameResult:
+        """A result whose boxes ``pending`` computes when first asked for, and whose ``probs`` (and ``labels``
+        with ``keep_labels``) are ``readback``'s. ``seconds`` is the host's time for the frame, replaced by the
+        device's (:attr:`Readback.seconds`) when the readback measured it."""
+        result = cls({}, {}, None, seconds)
+        result._pending, result._readback, result._keep_labels = pending, readback, keep_labels
         return result
 
     def _resolve(self) -> None:
@@ -100,6 +108,17 @@ class FrameResult:
             self._boxes, self._lost = pending.result()
             self._box_seconds = pending.seconds
             self._pending = None
+
+    def _received(self) -> None:
+        readback = self._readback
+        if readback is not None:
+            values = readback.get()
+            if self._keep_labels:
+                self._labels = values["labels"].numpy()
+            self._probs = values.get("probs")
+            if readback.seconds is not None:
+                self._step_seconds = readback.seconds
+            self._readback = None
 
     @property
     def boxes(self) -> dict[int, np.ndarray]:
@@ -112,8 +131,19 @@ class FrameResult:
         return self._lost
 
     @property
+    def labels(self) -> np.ndarray | None:
+        self._received()
+        return self._labels
+
+    @property
+    def probs(self) -> Any:
+        self._received()
+        return self._probs
+
+    @property
     def seconds(self) -> float:
         self._resolve()
+        self._received()
         return self._step_seconds + self._box_seconds
 
     @property
@@ -233,41 +263,51 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 class ObjectBoxes:
     """The lost-target policy of every object: one :class:`BoxFromMask` per object id 1..N.
 
-    Label maps still on the device are reduced there to each object's extent; only an object's crop
-    travels to the host, and only when the box depends on its pixels (speck removal). What a frame's boxes
-    need is taken from its label map at once (:meth:`measure`); the boxes themselves may be computed later,
-    always in frame order, since a lost object holds the box of the frame before.
+    Label maps still on the device are reduced there to each object's extent (:meth:`wanted`); those
+    extents, and the map itself only when a box depends on its pixels (speck removal), travel to the host
+    without the caller waiting (:meth:`read`). The boxes are computed later, always in frame order, since a
+    lost object holds the box of the frame before.
     """
 
     PENDING = 16  # frames whose boxes may wait (the loop's writer is at most 5 behind): a caller that never
-    # reads them (masks only) does not accumulate crops
+    # reads them (masks only) does not accumulate frames
 
     def __init__(self, boxes: dict[int, np.ndarray], config: BoxConfig) -> None:
         self.policies = {i: BoxFromMask(b, config) for i, b in boxes.items()}
         self._queue: deque[PendingBoxes] = deque()
         self._lock = threading.Lock()
 
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether some object's box depends on more than its extent (speck removal)."""
+        return any(policy.needs_pixels for policy in self.policies.values())
+
     def update(self, labels: Any) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
         """Boxes and lost flags from a label map: a numpy array, or a tensor on any device."""
         return self.measure(labels).result()
 
     def measure(self, labels: Any) -> PendingBoxes:
-        """What each object's box needs from ``labels``, taken now (its extent, or the mask or crop whose
-        components speck removal labels); the boxes are computed by :meth:`PendingBoxes.result`."""
-        inputs: dict[int, tuple[np.ndarray | None, tuple[int, int] | None]] = {}
+        """The boxes of ``labels`` (a numpy array, or a tensor on any device), computed by
+        :meth:`PendingBoxes.result`; a tensor is read by :meth:`wanted` and :meth:`read`."""
+        from trek_tracker.device import Readback
+
         if isinstance(labels, np.ndarray):
-            inputs = {i: (labels == i, (0, 0)) for i in self.policies}
-        else:
-            extents = object_extents(labels, max(self.policies))
-            for i, policy in self.policies.items():
-                x0, y0, x1, y1 = (int(v) for v in extents[i - 1])
-                if x0 < 0:
-                    inputs[i] = (None, None)
-                elif policy.needs_pixels:
-                    inputs[i] = ((labels[y0:y1 + 1, x0:x1 + 1] == i).cpu().numpy(), (x0, y0))
-                else:
-                    inputs[i] = (np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64), None)
-        pending = PendingBoxes(self, inputs)
+            return self._queued(PendingBoxes(self, labels=labels))
+        return self.read(Readback(self.wanted(labels)))
+
+    def wanted(self, labels: Any) -> dict[str, Any]:
+        """What the boxes of a label tensor need on the host, computed where the tensor is: the objects'
+        extents (``"extents"``), and the map (``"labels"``) when speck removal labels the objects' pixels."""
+        wanted = {"extents": object_extents(labels, max(self.policies))}
+        if self.needs_pixels:
+            wanted["labels"] = labels
+        return wanted
+
+    def read(self, readback: Readback) -> PendingBoxes:
+        """The boxes of the frame whose :meth:`wanted` tensors ``readback`` carries."""
+        return self._queued(PendingBoxes(self, readback=readback))
+
+    def _queued(self, pending: PendingBoxes) -> PendingBoxes:
         with self._lock:
             self._queue.append(pending)
             while len(self._queue) > self.PENDING:
@@ -275,6 +315,7 @@ class ObjectBoxes:
         return pending
 
     def _compute_until(self, pending: PendingBoxes) -> None:
+        pending.receive()  # outside the lock: the tracking thread queues the next frame meanwhile
         with self._lock:
             while pending.done is None:
                 self._queue.popleft()._compute(self.policies)
@@ -291,14 +332,15 @@ class ObjectBoxes:
 
 
 class PendingBoxes:
-    """One frame's boxes, to be computed from what :meth:`ObjectBoxes.measure` took: a mask or crop with
-    its origin (speck removal), a ready extent box (origin None), or nothing (the object is absent)."""
+    """One frame's boxes, to be computed from its label map on the host (``labels``), or from what
+    :meth:`ObjectBoxes.wanted` sent on its way (``readback``): each object's extent, and the map when speck
+    removal needs the object's crop."""
 
-    def __init__(self, owner: ObjectBoxes, inputs: dict[int, tuple[np.ndarray | None, tuple[int, int] | None]]
-                 ) -> None:
-        self._owner, self._inputs = owner, inputs
+    def __init__(self, owner: ObjectBoxes, *, labels: np.ndarray | None = None,
+                 readback: Readback | None = None) -> None:
+        self._owner, self._labels, self._readback = owner, labels, readback
         self.done: tuple[dict[int, np.ndarray], dict[int, bool]] | None = None
-        self.seconds = 0.0  # the time computing them took
+        self.seconds = 0.0  # the time computing them took (waiting for the device excluded)
 
     def result(self) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
         """The boxes and lost flags, computed now if need be (with every earlier frame's, first)."""
@@ -306,25 +348,39 @@ class PendingBoxes:
             self._owner._compute_until(self)
         return self.done
 
+    def receive(self) -> None:
+        """Wait until what the boxes need is on the host."""
+        readback = self._readback
+        if readback is not None:
+            readback.get()
+
     def _compute(self, policies: dict[int, BoxFromMask]) -> None:
+        self.receive()
         start = time.perf_counter()
         boxes, lost = {}, {}
-        for i, (value, origin) in self._inputs.items():
-            policy = policies[i]
-            if value is None:
-                boxes[i], lost[i] = policy.take(None)
-            elif origin is None:
-                boxes[i], lost[i] = policy.take(value)
-            else:
-                boxes[i], lost[i] = policy.update(value, origin=origin)
-        self._inputs = {}
+        if self._readback is None:
+            for i, policy in policies.items():
+                boxes[i], lost[i] = policy.update(self._labels == i)
+        else:
+            values = self._readback.get()
+            extents = values["extents"].numpy()
+            labels = values["labels"].numpy() if "labels" in values else None
+            for i, policy in policies.items():
+                x0, y0, x1, y1 = (int(v) for v in extents[i - 1])
+                if x0 < 0:
+                    boxes[i], lost[i] = policy.take(None)
+                elif policy.needs_pixels:
+                    boxes[i], lost[i] = policy.update(labels[y0:y1 + 1, x0:x1 + 1] == i, origin=(x0, y0))
+                else:
+                    boxes[i], lost[i] = policy.take(np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dtype=np.float64))
+        self._labels = self._readback = None
         self.seconds = time.perf_counter() - start
         self.done = boxes, lost
 
 
-def object_extents(labels: Any, n: int) -> np.ndarray:
-    """(n, 4) inclusive pixel extents ``x0, y0, x1, y1`` of objects 1..n in a label tensor, computed where the
-    tensor is; -1 for an absent object. One small download instead of the whole map."""
+def object_extents(labels: Any, n: int) -> Any:
+    """(n, 4) inclusive pixel extents ``x0, y0, x1, y1`` of objects 1..n in a label tensor, as a tensor where
+    the label tensor is; -1 for an absent object. One small download instead of the whole map."""
     import torch
 
     h, w = labels.shape
@@ -333,8 +389,7 @@ def object_extents(labels: Any, n: int) -> np.ndarray:
     rows, cols = mask.any(dim=2).to(torch.uint8), mask.any(dim=1).to(torch.uint8)
     out = torch.stack([cols.argmax(1), rows.argmax(1), w - 1 - cols.flip(1).argmax(1),
                        h - 1 - rows.flip(1).argmax(1)], dim=1)
-    out = out.masked_fill((rows.amax(1) == 0)[:, None], -1)  # not out[mask] = -1: that counts the mask (a sync)
-    return out.cpu().numpy()
+    return out.masked_fill((rows.amax(1) == 0)[:, None], -1)  # not out[mask] = -1: that counts the mask (a sync)
 
 
 class Tracker:
@@ -423,6 +478,8 @@ class Tracker:
         A box is checked against the frame here (clipped when it overlaps the frame partly); the result's
         box of object 1 is the box the tracker started from.
         """
+        from trek_tracker.device import synchronize
+
         start = time.perf_counter()
         frame = as_rgb(image)
         size = frame.shape[:2]
@@ -447,6 +504,7 @@ class Tracker:
             self.init_info = {"requested": "mask", "method": "mask"}
         self.engine = self._build_engine()
         self.engine.add_reference(Frame(frame, self._uploader), labels)
+        synchronize(self.device)  # the reference frame's time is its own, not the first step's
         self._boxes = ObjectBoxes(boxes, self.config.box)
         self._labels, self._labels_device = labels, None
         return FrameResult(self._boxes.last(), {i: False for i in boxes}, labels, time.perf_counter() - start,
@@ -456,27 +514,33 @@ class Tracker:
     def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         """Track one more frame: boxes, lost flags, the label map (``keep_labels``) and the time it took.
 
-        The label map stays on the device unless asked for: the boxes need only each object's extent (and,
-        for speck removal, its crop). The boxes are computed when first read (:meth:`FrameResult.deferred`).
+        On a GPU the call returns once the frame's work is queued, without waiting for it: the label map
+        stays on the device, reduced there to what the boxes need, and that (with the map when asked for)
+        comes back to the host while the caller queues the next frame. The result's values are waited for
+        when first read (:meth:`FrameResult.deferred`); ``update`` reads the box at once.
         """
         import torch
 
-        from trek_tracker.device import synchronize
+        from trek_tracker.device import Readback, device_clock
 
         if self.engine is None:
             raise RuntimeError("Tracker.init() must be called before step()/update()")
         start = time.perf_counter()
+        began = device_clock(self.device)
         frame = as_rgb(image)
         out = self.engine.step(Frame(frame, self._uploader))
         labels = out.labels.to(torch.uint8)
         if self._refiner is not None:  # HQTrack: the output is refined, the memory keeps its own labels
             labels = torch.from_numpy(self._refiner(frame, labels.cpu().numpy()).labels)
-        pending = self._boxes.measure(labels)
+        wanted = self._boxes.wanted(labels)
+        if keep_labels:
+            wanted["labels"] = labels
+        if keep_probs:
+            wanted["probs"] = out.probs
+        readback = Readback(wanted, since=began)
         self._labels_device, self._labels = labels, None
-        host = self.labels if keep_labels else None
-        probs = out.probs.to("cpu") if keep_probs else None
-        synchronize(self.device)
-        return FrameResult.deferred(pending, host, time.perf_counter() - start, probs)
+        return FrameResult.deferred(self._boxes.read(readback), time.perf_counter() - start, readback,
+                                    keep_labels=keep_labels)
 
     # ------------------------------------------------------------------ saving and restoring
     def state(self) -> dict[str, Any]:
