@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -408,3 +409,55 @@ def test_decode_rgb_gives_pil_pixels_for_every_encoding(shared: Path) -> None:
         np.testing.assert_array_equal(unrotated, plain, err_msg=name)
         assert (got.shape != unrotated.shape) == (name == "exif rotated")
     assert decode_rgb(b"not an image at all") is None and decode_rgb(b"") is None
+
+
+def test_stopping_prefetch_early_closes_the_source_generator() -> None:
+    # The worker left the generator it iterated suspended, so a video's capture (file, decoder threads,
+    # buffers) stayed open after an error or Ctrl-C in the loop, for as long as the caller kept the generator.
+    closed = threading.Event()
+
+    def source():
+        try:
+            for i in range(1000):
+                yield np.full((2, 2, 3), i % 256, np.uint8)
+        finally:
+            closed.set()
+
+    frames = source()
+    ahead = prefetch(frames, depth=2)
+    for k, _ in enumerate(ahead):
+        if k == 2:
+            break
+    ahead.close()
+    assert closed.is_set() and frames.gi_frame is None
+
+
+def test_stopping_prefetch_early_releases_a_videos_capture(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [_frame(10 * i) for i in range(12)])
+    frames = open_frames(path).frames(2)
+    ahead = prefetch(frames, depth=2)
+    assert int(next(ahead)[0, 0, 0]) in range(15, 26)  # frame 2 (red ~20 after lossy coding)
+    ahead.close()
+    assert frames.gi_frame is None  # the stream's finally (cap.release()) has run
+
+
+@pytest.mark.parametrize("ext", [".bmp", ".tif", ".tiff", ".webp"])
+def test_a_single_image_of_another_format_is_refused_not_tracked_as_a_one_frame_video(tmp_path: Path,
+                                                                                         ext: str) -> None:
+    # OpenCV's FFmpeg backend opens a BMP/TIFF/WebP as a video of one frame: the run "succeeded" on 1 frame
+    path = tmp_path / f"frame{ext}"
+    assert cv2.imwrite(str(path), _frame(50))
+    with pytest.raises(InputError, match=r"frame\.\w+ is a single image; pass a video file or the folder"):
+        open_frames(path)
+
+
+def test_a_video_that_changes_frame_size_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [_frame(10 * i) for i in range(3)])
+    source = open_frames(path)
+    smaller = np.zeros((8, 16, 3), np.uint8)  # what a stream whose resolution changes mid-way decodes to
+    with pytest.raises(InputError, match=r"frame 5 of .*clip\.mp4 changes size to 16x8 \(frame 0 is 16x12\); "
+                                         r"re-encode the video at one frame size") as info:
+        source._check(smaller, 5)
+    assert "\n" not in str(info.value)

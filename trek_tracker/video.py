@@ -41,6 +41,7 @@ OpenCV reads it when its FFmpeg backend is first used. Our one line says what we
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import itertools
 import logging
@@ -80,6 +81,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Still-image formats that OpenCV's FFmpeg backend would otherwise open as a one-frame "video".
+_STILL_IMAGE_EXTENSIONS = (".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".jpe", ".jfif", ".pbm", ".pgm",
+                           ".ppm", ".pnm", ".exr", ".hdr")
 _REPORT_LOCK = threading.Lock()
 
 _DIGITS = re.compile(r"(\d+)")
@@ -618,7 +622,9 @@ class VideoFileSource(FrameSource):
     def _check(self, frame: np.ndarray, index: int) -> np.ndarray:
         if frame.shape[:2] != self.size:
             h, w = frame.shape[:2]
-            raise InputError(f"frame {index} of {self.path} changes size to {w}x{h}")
+            raise InputError(f"frame {index} of {self.path} changes size to {w}x{h} (frame 0 is {self.size[1]}x"
+                             f"{self.size[0]}); re-encode the video at one frame size (e.g. ffmpeg -i IN -vf "
+                             f"scale={self.size[1]}:{self.size[0]} OUT.mp4)")
         return _bgr_to_rgb(frame)
 
     def _short(self, decoded: int) -> bool:
@@ -807,6 +813,9 @@ def open_frames(path: str | os.PathLike | np.ndarray | Sequence[np.ndarray], str
                          "folder")
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         raise InputError(f"{p} is a single image; pass the folder that holds the video's frames")
+    if p.suffix.lower() in _STILL_IMAGE_EXTENSIONS:
+        raise InputError(f"{p} is a single image; pass a video file or the folder that holds the video's frames "
+                         "as .jpg/.png files")
     return VideoFileSource(p, strict=strict)
 
 
@@ -843,7 +852,8 @@ def prefetch(frames: Iterable[_Frame], depth: int = 2, threads: int = 1) -> Iter
     OpenCV and PIL release the GIL while decoding, so decoding overlaps with tracking; the tracker's timed
     ``init``/``update`` calls then exclude decoding, as the toolkit's timing does (docs/trek150.md#timing). Memory
     stays bounded by ``depth`` frames (and ``threads`` in flight). Errors of the source are raised here, at the
-    frame where they occurred; stopping early (``break``) stops the threads. Any iterable works: the arrays
+    frame where they occurred; stopping early (``break``) stops the threads and closes ``frames`` when it is
+    a generator (a video stream then releases its decoder). Any iterable works: the arrays
     of a :class:`FrameSource`, or the ``PIL`` images the evaluation runner hands to trackers. An
     :class:`IndexedFrames` with ``threads > 1`` is decoded by that many threads, still in order.
     """
@@ -863,13 +873,19 @@ def prefetch(frames: Iterable[_Frame], depth: int = 2, threads: int = 1) -> Iter
         return False
 
     def work() -> None:
+        it = None
         try:
-            for frame in frames:
+            it = iter(frames)
+            for frame in it:
                 if not put(frame):
                     return
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
             put(err)
             return
+        finally:
+            if stop.is_set() and hasattr(it, "close"):  # stopped early: a video stream releases its decoder now,
+                with contextlib.suppress(Exception):  # not when the caller drops the generator
+                    it.close()
         put(_DONE)
 
     thread = threading.Thread(target=work, name="frame-prefetch", daemon=True)
