@@ -15,7 +15,8 @@ from tests.weights.server import sha, write_registry
 from trek_tracker.errors import CheckpointError
 from trek_tracker.weights import import_file, registry_entry, verify
 from trek_tracker.weights.cache import write_record
-from trek_tracker.weights.content import check_content
+from trek_tracker.weights.content import _CHECKS, check_content
+from trek_tracker.weights.registry import KINDS
 
 TINY = "test_deaot_tiny"
 
@@ -120,3 +121,44 @@ def test_verify_rechecks_a_file_an_older_version_let_in(home, reg, tmp_path) -> 
     result = verify(registry_entry("tiny"))
     assert not result.ok and result.against == "recorded"
     assert "not a usable test_deaot_tiny checkpoint" in result.message
+
+
+@pytest.fixture
+def hq_reg(registry_file: Path) -> Path:
+    write_registry(registry_file, {
+        "hq": {"kind": "hqsam", "variant": "sam_hq_vit_b", "file_name": "sam_hq_vit_b.pth",
+               "urls": ["http://127.0.0.1:9/h"]},
+    })
+    return registry_file
+
+
+def _hqsam_shaped(path: Path, drop: str | None = None) -> Path:
+    """A file with exactly the keys and shapes of HQ-SAM ViT-B, each tensor one stored zero (a few kB)."""
+    from trek_tracker.init.hqsam import build_hqsam
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build_hqsam("vit_b").state_dict().items()}
+    zero = torch.zeros(1)
+    torch.save({k: zero.expand(s) if len(s) else zero[0] for k, s in shapes.items()
+                if drop is None or not k.startswith(drop)}, path)
+    return path
+
+
+def test_every_registry_kind_has_a_content_check() -> None:
+    # a kind without one made `weights import` / `download` of its unpinned files a KeyError traceback
+    assert set(KINDS) <= set(_CHECKS)
+
+
+def test_an_hqsam_checkpoint_without_a_pinned_hash_is_imported_and_verified(home, hq_reg, tmp_path) -> None:
+    path = import_file(_hqsam_shaped(tmp_path / "sam_hq_vit_b.pth"))
+    assert path == home / "weights" / "sam_hq_vit_b.pth"
+    result = verify(registry_entry("hq"))
+    assert result.ok and "tensors match sam_hq_vit_b" in result.message
+
+
+def test_a_plain_sam_file_is_refused_as_hqsam_in_one_line(home, hq_reg, tmp_path) -> None:
+    plain = _hqsam_shaped(tmp_path / "plain.pth", drop="mask_decoder.hf_")
+    with pytest.raises(CheckpointError, match=r"plain.pth is not a sam_hq_vit_b checkpoint: \d+ missing keys "
+                                              r"\(first: mask_decoder\.hf_"):
+        import_file(plain, "hq")
+    assert not (home / "weights" / "sam_hq_vit_b.pth").exists()

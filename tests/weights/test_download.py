@@ -200,3 +200,37 @@ def test_a_second_concurrent_download_is_refused(home, registry_file, server, pa
             download(registry_entry("ckpt"), progress=False)
     assert server.state.log == []
     assert download(registry_entry("ckpt"), progress=False).path.read_bytes() == payload
+
+
+def test_an_interrupt_while_a_download_is_verified_keeps_the_bytes(home, registry_file, server, payload,
+                                                                     monkeypatch) -> None:
+    # Ctrl-C while a complete multi-GB download was hashed deleted its .part: everything had to be fetched again
+    from tests.weights.server import sha
+    from trek_tracker.weights import cache, download
+
+    server.state.files["a.pth"] = payload
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(cache, "sha256_of", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            download(registry_entry("ckpt"), progress=False)
+    part = home / "weights" / "ckpt.pth.part"
+    assert part.read_bytes() == payload and not (home / "weights" / "ckpt.pth").exists()
+    result = download(registry_entry("ckpt"), progress=False)
+    assert result.resumed_from == len(payload) and result.path.read_bytes() == payload and not part.exists()
+
+
+def test_a_second_concurrent_download_says_what_to_do(home, registry_file) -> None:
+    from trek_tracker.weights import download
+    from trek_tracker.weights.cache import download_lock
+
+    write_registry(registry_file, {"ckpt": {"urls": ["http://127.0.0.1:9/a"]}})
+    with download_lock(registry_entry("ckpt")):
+        with pytest.raises(CheckpointError, match=r"already downloading ckpt .*; wait for it to finish, then run "
+                                                  r"`trek-track weights download ckpt` again") as info:
+            download(registry_entry("ckpt"), progress=False)
+    assert "\n" not in str(info.value)

@@ -96,3 +96,26 @@ def test_every_model_entry_feeds_a_registered_model_and_states_its_data(official
     assert "LaSOT" in official.get("swinb_deaotl_dmaot").training_data
     assert registry_entry("vmos", kind="deaot").file_name == "save_step_42000.pth"
     assert [official.get(f"sam_hq_vit_{s}").kind for s in "blh"] == ["hqsam"] * 3
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("checkpoints = 3", r"has checkpoints = 3; it must be a table of \[checkpoints\.NAME\] entries"),
+    ('checkpoints.x = "y"', r"entry 'x' must be a table \(\[checkpoints\.x\]\), not str"),
+    ('[checkpoints.x]\nsha256 = 5', r"entry 'x' has sha256 = 5, not a string; write it in quotes"),
+    ("[checkpoints.x]\nfile_name = 5", r"entry 'x' has file_name = 5, not a string"),
+    ('[checkpoints.x]\nfile_name = "../../elsewhere/a.pth"', r"entry 'x' has file_name '\.\./\.\./elsewhere/a\.pth'; "
+                                                             r"give a plain file name"),
+    ("[checkpoints.x]\nsize = true", r"entry 'x' has a bad size True"),
+])
+def test_a_malformed_user_registry_is_one_line_naming_the_field(registry_file, body, message) -> None:
+    # $TREK_TRACK_REGISTRY may point at the user's own registry: wrong types were AttributeError/TypeError
+    # tracebacks, and a file_name with a path escaped the cache folder
+    defaults = {"kind": '"sam"', "variant": '"sam_vit_b"', "file_name": '"a.pth"', "urls": '["http://127.0.0.1:9/a"]',
+                "licence": '"test"'}
+    if body.startswith("[checkpoints.x]"):
+        given = {line.split(" = ")[0] for line in body.splitlines()[1:]}
+        body += "".join(f"\n{k} = {v}" for k, v in defaults.items() if k not in given)
+    registry_file.write_text(body + "\n")
+    with pytest.raises(CheckpointError, match=message) as info:
+        default_registry()
+    assert "\n" not in str(info.value)

@@ -133,7 +133,9 @@ def download_lock(entry: CheckpointEntry) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise CheckpointError(f"another process is already downloading {entry.name} ({lock})") from err
+            raise CheckpointError(f"another process is already downloading {entry.name} ({lock}); wait for it to "
+                                  f"finish, then run `{entry.download_command}` again (it is then in the cache)"
+                                  ) from err
         try:
             yield
         finally:
@@ -142,12 +144,16 @@ def download_lock(entry: CheckpointEntry) -> Iterator[None]:
 
 
 def install_verified(entry: CheckpointEntry, tmp: Path, what: str) -> Path:
-    """Check ``tmp`` against ``entry`` and move it to its cache name; delete it when it fails."""
+    """Check ``tmp`` against ``entry`` and move it to its cache name; delete it when it fails the check.
+
+    An interrupt (Ctrl-C or a signal while a large file is hashed or loaded) or a read error keeps ``tmp``:
+    it is not known to be bad, and the next download resumes from it instead of fetching it all again.
+    """
+    with cache_errors("read"):
+        digest = sha256_of(tmp)
     try:
-        with cache_errors("read"):
-            digest = sha256_of(tmp)
         check_file(entry, tmp, digest, what)
-    except BaseException:
+    except Exception:  # not KeyboardInterrupt / SystemExit
         tmp.unlink(missing_ok=True)
         raise
     final = cached_path(entry)

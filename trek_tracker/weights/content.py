@@ -8,6 +8,7 @@ shapes are exactly those of the model it feeds:
   official keys mapped through the family's key map (``our_key``) and compared with the variant's model
   built from ``trek_tracker.modeling.registry``;
 * ``sam``: a ``weights_only`` state dict compared with the ``segment_anything`` model of that size;
+* ``hqsam``: the same, compared with the HQ-SAM model of that size (``trek_tracker.init.hqsam``);
 * ``alpha_refine``: read by the restricted unpickler of ``init/alpha_refine/checkpoint.py`` (tensors and
   containers only; training objects become inert records) and compared through its key map.
 
@@ -64,12 +65,10 @@ def _deaot(entry: CheckpointEntry, path: Path) -> tuple[int, str | None]:
     return len(state), _compare(ours, model.state_dict(), model.official_key)
 
 
-def _sam(entry: CheckpointEntry, path: Path) -> tuple[int, str | None]:
+def _tensor_dict(path: Path, what: str) -> dict:
+    """The ``weights_only`` state dict of a SAM-family file (``what``: ``"a SAM"``, ``"an HQ-SAM"``)."""
     import torch
 
-    from trek_tracker.init.sam import _import_segment_anything
-
-    size = entry.variant.removeprefix("sam_")
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -80,12 +79,32 @@ def _sam(entry: CheckpointEntry, path: Path) -> tuple[int, str | None]:
         raise CheckpointError(f"{path} does not load as a tensor-only checkpoint ({type(err).__name__}: "
                               f"{first[:200]})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a SAM state dict (expected a dict of tensors)")
+        raise CheckpointError(f"{path} is not {what} state dict (expected a dict of tensors)")
+    return state
+
+
+def _sam(entry: CheckpointEntry, path: Path) -> tuple[int, str | None]:
+    from trek_tracker.init.sam import _import_segment_anything
+
+    size = entry.variant.removeprefix("sam_")
+    state = _tensor_dict(path, "a SAM")
     _, build_sam = _import_segment_anything()
     if size not in build_sam.sam_model_registry:
         raise CheckpointError(f"registry entry {entry.name} names SAM size {size!r}, which segment_anything does "
                               "not know; fix the registry entry")
     model = _build(lambda: build_sam.sam_model_registry[size](checkpoint=None))
+    return len(state), _compare(state, model.state_dict())
+
+
+def _hqsam(entry: CheckpointEntry, path: Path) -> tuple[int, str | None]:
+    from trek_tracker.init.hqsam import HQSAM_MODELS, build_hqsam
+
+    size = entry.variant.removeprefix("sam_hq_")
+    state = _tensor_dict(path, "an HQ-SAM")
+    if size not in HQSAM_MODELS:
+        raise CheckpointError(f"registry entry {entry.name} names HQ-SAM size {size!r}, which this version does not "
+                              f"know ({', '.join(HQSAM_MODELS)}); fix the registry entry")
+    model = _build(lambda: build_hqsam(size))
     return len(state), _compare(state, model.state_dict())
 
 
@@ -111,7 +130,7 @@ def _alpha_refine(entry: CheckpointEntry, path: Path) -> tuple[int, str | None]:
     return len(state), None
 
 
-_CHECKS = {"deaot": _deaot, "sam": _sam, "alpha_refine": _alpha_refine}
+_CHECKS = {"deaot": _deaot, "sam": _sam, "hqsam": _hqsam, "alpha_refine": _alpha_refine}
 
 
 def _reason(message: str, path: Path) -> str:

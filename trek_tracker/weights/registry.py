@@ -69,10 +69,25 @@ _REQUIRED = ("kind", "variant", "file_name", "urls", "licence")
 _OPTIONAL = ("size", "sha256", "approx_size", "stage", "manual_url", "description", "source", "training_data")
 
 
+_TEXT = ("kind", "variant", "file_name", "licence", "sha256", "stage", "manual_url", "description", "source",
+         "training_data")
+
+
 def _parse_entry(name: str, raw: dict, origin: Path) -> CheckpointEntry:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"registry {origin}: entry {name!r} must be a table ([checkpoints.{name}]), not "
+                              f"{type(raw).__name__}")
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise CheckpointError(f"registry {origin}: entry {name!r} lacks {', '.join(missing)}")
+    for key in _TEXT:
+        if key in raw and not isinstance(raw[key], str):
+            raise CheckpointError(f"registry {origin}: entry {name!r} has {key} = {raw[key]!r}, not a string; "
+                                  "write it in quotes")
+    file_name = raw["file_name"]
+    if not file_name or file_name in (".", "..") or "/" in file_name or "\\" in file_name:
+        raise CheckpointError(f"registry {origin}: entry {name!r} has file_name {file_name!r}; give a plain file "
+                              "name (the file is kept in the cache folder under it)")
     if raw["kind"] not in KINDS:
         raise CheckpointError(
             f"registry {origin}: entry {name!r} has kind {raw['kind']!r}, not one of {KINDS}"
@@ -84,7 +99,7 @@ def _parse_entry(name: str, raw: dict, origin: Path) -> CheckpointEntry:
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise CheckpointError(f"registry {origin}: entry {name!r} has a malformed sha256 {sha!r}")
     for key in ("size", "approx_size"):
-        if key in raw and (not isinstance(raw[key], int) or raw[key] <= 0):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] <= 0):
             raise CheckpointError(f"registry {origin}: entry {name!r} has a bad {key} {raw[key]!r}")
     known = set(_REQUIRED) | set(_OPTIONAL)
     return CheckpointEntry(
@@ -124,6 +139,9 @@ class Registry:
         except ValueError as err:  # tomllib.TOMLDecodeError
             raise CheckpointError(f"the weights registry {path} is not valid TOML: {err}") from err
         table = data.get("checkpoints", {})
+        if not isinstance(table, dict):
+            raise CheckpointError(f"the weights registry {path} has checkpoints = {table!r}; it must be a table of "
+                                  "[checkpoints.NAME] entries")
         return cls([_parse_entry(name, raw, path) for name, raw in table.items()], origin=path)
 
     def __iter__(self) -> Iterator[CheckpointEntry]:
