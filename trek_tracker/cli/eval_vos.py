@@ -30,15 +30,27 @@ def _fmt(v: float) -> str:
 def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predictions: Path | None,
              sequences: str | None, max_long_edge: int, max_frames: int | None, save_masks: Path | None,
              json_path: Path | None, device: str) -> None:
-    """J and F, as the DAVIS benchmark computes them, on a DAVIS-layout folder DATA."""
+    """J and F, as the DAVIS benchmark computes them, on a DAVIS-layout folder DATA.
+
+    Each sequence's objects are printed as soon as the sequence is scored; the dataset's means come last.
+    """
     from trek_tracker.errors import InputError
+    from trek_tracker.eval.vos_metrics import summarise_rows
     from trek_tracker.train import validate
 
     seqs = [s for s in sequences.split(",") if s] if sequences else None
     if predictions is not None:
         if checkpoint is not None or model_name is not None:
             raise InputError("give either --predictions or a model (--model/--checkpoint), not both")
-        res = validate.evaluate_folder(predictions, data, sequences=seqs)
+        given = [name for name, value in (("--max-frames", max_frames), ("--save-masks", save_masks))
+                 if value is not None]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise InputError(f"{' and '.join(given)} {verb} to a model's run, not to --predictions (which scores "
+                             "every annotated frame of the saved masks): leave them out")
+
+        def score(name: str) -> dict:
+            return validate.evaluate_folder(predictions, data, sequences=[name])
     else:
         from trek_tracker.device import select_device
         from trek_tracker.modeling.checkpoints import load_model
@@ -48,12 +60,31 @@ def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predic
         dev = select_device(device)
         model, _ = load_model(checkpoint, model_name)
         model.to(dev)
-        res = validate.evaluate_model(model, data, sequences=seqs, max_long_edge=max_long_edge,
-                                      max_frames=max_frames, save_dir=save_masks)
-    for row in res["objects"]:
-        click.echo(f"{row['sequence']:<24} obj {row['object']:<3} J {_fmt(row['J_mean'])}  F {_fmt(row['F_mean'])}")
+
+        def score(name: str) -> dict:
+            return validate.evaluate_model(model, data, sequences=[name], max_long_edge=max_long_edge,
+                                           max_frames=max_frames, save_dir=save_masks)
+    names = [seq.name for seq in validate.list_sequences(data, seqs, max_frames)]
+    if save_masks is not None:  # never mix this model's masks with those of an earlier evaluation
+        taken = [n for n in names if (save_masks / n).is_dir() and any((save_masks / n).iterdir())]
+        if taken:
+            raise InputError(f"--save-masks {save_masks} already holds masks of {', '.join(taken[:5])}"
+                             f"{' and more' if len(taken) > 5 else ''}; choose a new folder (or remove them)")
+    rows: list[dict] = []
+    for k, name in enumerate(names, 1):
+        found = score(name)["objects"]
+        if not found:
+            click.echo(f"{name:<24} no object in its annotations ({k}/{len(names)})")
+        for row in found:
+            click.echo(f"{row['sequence']:<24} obj {row['object']:<3} J {_fmt(row['J_mean'])}  "
+                       f"F {_fmt(row['F_mean'])}  ({k}/{len(names)})")
+        rows += found
+    if not rows:
+        raise InputError(f"no annotation in {data} holds an object (every mask is background): nothing to score")
+    res = summarise_rows(rows)
     click.echo(f"J&F {_fmt(res['J&F'])}  J {_fmt(res['J_mean'])}  F {_fmt(res['F_mean'])}  "
-               f"J-recall {_fmt(res['J_recall'])}  F-recall {_fmt(res['F_recall'])}")
+               f"J-recall {_fmt(res['J_recall'])}  F-recall {_fmt(res['F_recall'])}  "
+               f"J-decay {_fmt(res['J_decay'])}  F-decay {_fmt(res['F_decay'])}")
     if json_path is not None:
         from trek_tracker.files import write_json
 

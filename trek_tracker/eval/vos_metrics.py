@@ -5,7 +5,8 @@
   other boundary lies within ``ceil(0.008 * image diagonal)`` pixels (a disk); F = 2PR / (P + R), with the
   benchmark's conventions for empty boundaries.
 * Per object: mean (M), recall (fraction of frames above 0.5, O) and decay (D, first quarter minus last
-  quarter of the frames). Semi-supervised evaluation skips the first and last frame of every sequence.
+  quarter of the frames). Semi-supervised evaluation skips the first and last frame of every sequence (the
+  first is the given annotation: it is never scored, even in a sequence of one or two annotated frames).
 * Dataset J&F = mean over all objects of all sequences of (J-mean + F-mean) / 2.
 
 Void pixels (DAVIS-2017 palette index 255) are ignored when a void mask is given.
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from trek_tracker.errors import InputError
 
 BOUND_TH = 0.008
 
@@ -113,11 +116,19 @@ def score_sequence(name: str, preds: list[np.ndarray], gts: list[np.ndarray],
                    ) -> list[ObjectScore]:
     """Per-object J and F of a sequence; ``preds`` and ``gts`` are id maps (H, W), frame by frame.
 
-    Objects are the ids present anywhere in the ground truth.
+    Objects are the ids present anywhere in the ground truth. A prediction whose size is not its
+    annotation's is an :class:`InputError`.
     """
     if len(preds) != len(gts):
         raise ValueError(f"{name}: {len(preds)} predicted frames for {len(gts)} annotated frames")
-    frames = range(1, len(gts) - 1) if skip_first_last and len(gts) > 2 else range(len(gts))
+    for k, (p, g) in enumerate(zip(preds, gts, strict=True)):
+        if p.shape != g.shape:
+            raise InputError(f"{name}: annotation {k + 1} of {len(gts)} is {g.shape[1]}x{g.shape[0]} but its "
+                             f"prediction is {p.shape[1]}x{p.shape[0]}; annotations must have the frames' size")
+    if skip_first_last:  # the first frame is the given annotation; the last is kept when nothing else is left
+        frames = range(1, len(gts) - 1) if len(gts) > 2 else range(1, len(gts))
+    else:
+        frames = range(len(gts))
     ids = sorted(set(np.unique(np.concatenate([g.ravel() for g in gts]))) - {0})
     scores = []
     for obj in ids:
@@ -133,11 +144,17 @@ def score_sequence(name: str, preds: list[np.ndarray], gts: list[np.ndarray],
 
 def summarise(scores: list[ObjectScore]) -> dict:
     """Dataset-level J&F, J and F means/recalls/decays over all objects, and the per-object table."""
-    rows = [s.summary() for s in scores]
-    if not rows:
-        return {"J&F": math.nan, "objects": []}
-    out = {k: float(np.nanmean([r[k] for r in rows])) for k in
-           ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")}
+    return summarise_rows([s.summary() for s in scores])
+
+
+def summarise_rows(rows: list[dict]) -> dict:
+    """:func:`summarise` of per-object rows (:meth:`ObjectScore.summary`); every key is there, NaN without
+    rows (or where every object is NaN)."""
+    keys = ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")
+    out = {}
+    for k in keys:
+        values = np.array([r[k] for r in rows], dtype=np.float64)
+        out[k] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
     out["J&F"] = (out["J_mean"] + out["F_mean"]) / 2
     out["objects"] = rows
     return out
