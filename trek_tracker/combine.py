@@ -119,9 +119,10 @@ class SavedRunsTracker:
 
 def combine_runs(run_dirs: Sequence[str | Path], out: str | Path, *, mode: str = "mean",
                  weights: Sequence[float] | None = None, save_probs: bool = False,
-                 overwrite: bool = False) -> LoopResult:
+                 overwrite: bool = False, progress: bool | str = False) -> LoopResult:
     """Merge saved runs of one video into a new run folder ``out`` (boxes, times as the members' sum,
-    masks, run.json; probabilities too with ``save_probs``, mean only)."""
+    masks, run.json; probabilities too with ``save_probs``, mean only). ``progress``: a bar on stderr, as
+    :func:`~trek_tracker.loop.track_video` draws it."""
     check_mode(mode)
     if len(run_dirs) < 2:
         raise InputError("an ensemble needs at least two run folders")
@@ -129,10 +130,20 @@ def combine_runs(run_dirs: Sequence[str | Path], out: str | Path, *, mode: str =
     if save_probs and mode != "mean":
         raise UserError("--save-probs writes combined probabilities, which only --mode mean has")
     runs = [RunFolder.open(p) for p in run_dirs]
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        where = run.path.resolve()
+        if where in seen:
+            raise InputError(f"run {run.path} is given twice (also as {seen[where]}); give each run once (use "
+                             "--weights to count one more)")
+        seen[where] = run.path
     _check_same(runs, mode)
     target = Path(out).resolve()
     if any(target == r.path.resolve() for r in runs):
         raise InputError(f"--out {out} is one of the input runs; choose a new folder")
+    inside = next((r for r in runs if r.path.resolve() in target.parents), None)
+    if inside is not None:  # the ensemble would be written among that run's own files
+        raise InputError(f"--out {out} is inside the input run {inside.path}; choose a folder outside the runs")
     settings = (runs[0].manifest.get("tracker") or {}).get("settings") or {}
     box_config = BoxConfig(**(settings.get("box") or {}))
     tracker = SavedRunsTracker(runs, mode, w, box_config)
@@ -146,4 +157,5 @@ def combine_runs(run_dirs: Sequence[str | Path], out: str | Path, *, mode: str =
     sinks = folder.sinks(Outputs(masks=True, probs=save_probs), ids=tracker.ids, palette=palette, record=record,
                          fps=first["video"].get("fps"), size=tuple(first["video"]["size"]))
     start = Start(box=Box.of(tracker.first_boxes[1]))
-    return track_video(tracker, range(runs[0].frames), start, sinks, prefetch_depth=0)
+    return track_video(tracker, range(runs[0].frames), start, sinks, prefetch_depth=0, total=runs[0].frames,
+                       progress=progress)

@@ -42,3 +42,22 @@ def test_convert_errors_are_one_line(cli, tiny_checkpoint, tmp_path):
     result = cli("convert", tiny_checkpoint, "--model", "deaott", "--out", tmp_path / "x.pth")
     assert result.exit_code == 2 and "does not match model 'deaott'" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x.pth").exists()
+
+
+def test_convert_never_replaces_its_source(cli, tiny_checkpoint, tmp_path):
+    source = tmp_path / "official.pth"
+    source.write_bytes(tiny_checkpoint.read_bytes())
+    result = cli("convert", source, "--model", TINY, "--out", source)
+    assert result.exit_code == 2 and "is SOURCE itself" in result.stderr, result.output
+    assert source.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_convert_our_own_file_without_model(cli, tiny_checkpoint, tmp_path):
+    ours = tmp_path / "ours.pth"
+    assert cli("convert", tiny_checkpoint, "--model", TINY, "--out", ours).exit_code == 0
+    result = cli("convert", ours, "--out", tmp_path / "again.pth")
+    assert result.exit_code == 0, result.output
+    a, b = torch.load(ours, weights_only=True), torch.load(tmp_path / "again.pth", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    result = cli("convert", tiny_checkpoint, "--out", tmp_path / "x.pth")  # an official file needs --model
+    assert result.exit_code == 2 and "name its model (--model)" in result.stderr, result.output

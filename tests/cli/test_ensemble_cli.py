@@ -234,3 +234,33 @@ def test_run_with_tta_and_a_lock_step_ensemble(cli, small_video, tiny_checkpoint
     bad = cli("run", "--video", small_video, "--box", BOX, "--checkpoint", tiny_checkpoint, "--tta-scales", "0",
               "--out", tmp_path / "bad", *FAST)
     assert bad.exit_code == 2 and "TTA scales" in bad.stderr
+
+
+def _runs(tmp_path):
+    first = _rect(5, 15, 10, 30)
+    return (_fake_run(tmp_path / "a", [first, _halves(0.9, 0.2)], [0.5, 0.1]),
+            _fake_run(tmp_path / "b", [first, _halves(0.3, 0.4)], [0.25, 0.2]))
+
+
+def test_ensemble_out_inside_an_input_run_is_refused(cli, tmp_path):
+    a, b = _runs(tmp_path)
+    before = sorted(p.name for p in a.iterdir())
+    result = cli("ensemble", a, b, "--out", a / "ens")
+    assert result.exit_code == 2 and "is inside the input run" in result.stderr, result.output
+    assert sorted(p.name for p in a.iterdir()) == before
+
+
+def test_ensemble_refuses_a_run_given_twice(cli, tmp_path):
+    a, b = _runs(tmp_path)
+    result = cli("ensemble", a, f"{a}/", b, "--out", tmp_path / "e")
+    assert result.exit_code == 2 and "is given twice" in result.stderr, result.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_ensemble_shows_progress_unless_quiet(cli, tmp_path):
+    a, b = _runs(tmp_path)
+    result = cli("ensemble", a, b, "--out", tmp_path / "e1")
+    assert result.exit_code == 0, result.output
+    assert "ensemble: 100%" in result.stderr and "2/2" in result.stderr
+    result = cli("ensemble", a, b, "--out", tmp_path / "e2", "--quiet")
+    assert result.exit_code == 0 and "ensemble:" not in result.stderr, result.output

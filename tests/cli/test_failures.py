@@ -110,7 +110,7 @@ def test_ensemble_on_a_damaged_member_ends_failed_not_complete(clip, tiny_checkp
     for name in ("a", "b"):
         assert _run(clip, tiny_checkpoint, tmp_path / name, "--save-probs").returncode == 0
     (tmp_path / "b" / "probs" / "00002.npz").write_bytes(b"not an npz")
-    proc = run_cli("ensemble", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "ab")
+    proc = run_cli("ensemble", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "ab", "--quiet")
     assert_one_line_error(proc, "00002.npz")
     record = json.loads((tmp_path / "ab" / "run.json").read_text())
     assert record["status"] == "failed" and not (tmp_path / "ab" / "boxes.txt").exists()

@@ -7,11 +7,12 @@ import click
 
 @click.command("convert")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--model", required=True,
-              help="The model the file is for (e.g. r50_deaotl). An MSDeAOT name with a DeAOT file starts the "
-                   "MSDeAOT from it: shared parts load, new parts keep their random initialisation.")
+@click.option("--model", default=None,
+              help="The model the file is for (e.g. r50_deaotl); needed for an official file, optional for one of "
+                   "ours (its own model). An MSDeAOT name with a DeAOT file starts the MSDeAOT from it: shared parts "
+                   "load, new parts keep their random initialisation.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file (.pth).")
-def convert(source: str, model: str, out: str) -> None:
+def convert(source: str, model: str | None, out: str) -> None:
     """Write SOURCE (an official aot-benchmark .pth, or one of ours) as OUT in our format.
 
     Our format is the official container ({'state_dict': ...}, official key names, so the official code
@@ -25,8 +26,11 @@ def convert(source: str, model: str, out: str) -> None:
     """
     from pathlib import Path
 
+    from trek_tracker.errors import UserError
     from trek_tracker.modeling.checkpoints import load_model, save_checkpoint
 
+    if Path(out).resolve() == Path(source).resolve():
+        raise UserError(f"--out {out} is SOURCE itself, which would be replaced; choose another --out file")
     net, init = load_model(source, model)
     extra = {"converted_from": Path(source).name}
     if init is not None:

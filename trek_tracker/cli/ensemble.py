@@ -14,8 +14,9 @@ import click
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (a new run folder).")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--save-probs", is_flag=True, help="With --mode mean, also write the combined probabilities.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str, overwrite: bool,
-             save_probs: bool) -> None:
+             save_probs: bool, quiet: bool) -> None:
     """Combine RUN_DIRS (folders written by `trek-track run`) into the same outputs as a run.
 
     \b
@@ -34,6 +35,7 @@ def ensemble(run_dirs: tuple[str, ...], mode: str, weights: str | None, out: str
             parsed = [float(v) for v in weights.split(",")]
         except ValueError:
             raise UserError(f"--weights must be numbers separated by commas, e.g. 1,2; got {weights!r}") from None
-    result = combine_runs(run_dirs, out, mode=mode, weights=parsed, save_probs=save_probs, overwrite=overwrite)
+    result = combine_runs(run_dirs, out, mode=mode, weights=parsed, save_probs=save_probs, overwrite=overwrite,
+                          progress=False if quiet else "ensemble")
     lost = sum(len(v) for v in result.lost.values())
     click.echo(f"{result.frames} frames combined from {len(run_dirs)} runs ({mode}), {lost} lost; results in {out}/")
