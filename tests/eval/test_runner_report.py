@@ -130,11 +130,27 @@ def test_report_json_table_and_plots(tracked, tmp_path: Path) -> None:
 
 def test_missing_results_are_listed(tracked, tmp_path: Path) -> None:
     ds, results = tracked
+    (tmp_path / "nobody").mkdir()  # tracked nothing yet (a folder that does not exist is told apart)
     with pytest.raises(InputError, match=r"2 OPE result file\(s\) of nobody are missing") as err:
         R.evaluate(ds, tmp_path, ["nobody"], "ope")
     # the CLI prints one line: each missing file is told apart from the next and from the advice
     assert re.search(r"missing or invalid: [^;]+\.txt[^;]*; [^;]+\.txt[^;]*; run the tracker first",
                      " ".join(str(err.value).split())), str(err.value)
+
+
+def test_a_results_folder_one_level_too_high_is_named_not_sent_to_be_tracked_again(tracked) -> None:
+    """--results given as the toolkit's result_dir (without TREK-150): the error points at the folder that
+    holds the results instead of advising to track them all again."""
+    ds, results = tracked
+    with pytest.raises(InputError) as err:
+        R.evaluate(ds, results.parent, ["oracle"], "mse")
+    msg = str(err.value)
+    assert msg.endswith(f"{results.parent / 'oracle'} does not exist, but {results / 'oracle'} does: use "
+                        f"--results {results}"), msg
+    assert "run the tracker first" not in msg and "\n" not in msg
+    with pytest.raises(InputError, match=r"nobody does not exist: check --results .* and --tracker, or run the "
+                                         r"tracker first$"):
+        R.evaluate(ds, results, ["nobody"], "ope")
 
 
 def test_resume_after_interruption(tmp_path: Path) -> None:
@@ -258,6 +274,21 @@ def test_attribute_scores(tracked) -> None:
     assert att["POC"]["success_score"] == sw["P01-P01_01-2"]["success_score"]
     assert att["SC"]["success_score"] == pytest.approx(perf["overall"]["success_score"], abs=1e-15)
     assert "FM" in R.format_attribute_table(att, "t").splitlines()[3]
+
+
+def test_mse_attribute_scores_weigh_sequences_by_length_as_mse_does(tracked) -> None:
+    """MSE weighs its sequences by their length: an attribute every sequence carries scores the overall
+    MSE number, one sequence's attribute that sequence's score."""
+    ds, results = tracked
+    (ds.root / "P01-P01_01-10" / "attributes.txt").write_text("SC\nFM\n")
+    ds2 = Trek150(ds.root)
+    perf = R.evaluate(ds2, results, ["constant"], "mse")["constant"]
+    att = R.attribute_scores(ds2, perf)
+    assert perf["seq_wise"]["P01-P01_01-10"]["success_score"] != perf["seq_wise"]["P01-P01_01-2"]["success_score"]
+    for key in R.SCORE_KEYS:
+        assert att["SC"][key] == perf["overall"][key], key
+        assert att["FM"][key] == perf["seq_wise"]["P01-P01_01-10"][key]
+        assert att["POC"][key] == perf["seq_wise"]["P01-P01_01-2"][key]
 
 
 def test_frames_reach_trackers_in_order_as_the_toolkit_hands_them(tracked) -> None:

@@ -130,6 +130,18 @@ def test_submission_refuses_incomplete_results(tv, tmp_path: Path) -> None:
     assert not (tmp_path / "s.zip").exists()
 
 
+def test_submission_from_a_results_folder_one_level_too_high_names_the_right_one(tv, tmp_path: Path) -> None:
+    ds, d = tv
+    nested = tmp_path / "results" / "TREK-150" / "t"
+    d.rename(nested.parent.mkdir(parents=True) or nested)
+    with pytest.raises(InputError) as err:
+        write_submission(ds, d, "t", tmp_path / "s.zip")
+    msg = str(err.value)
+    assert msg.endswith(f"{d} does not exist, but {nested} does: use --results {nested.parent}"), msg
+    assert "run the missing protocols" not in msg and not (tmp_path / "s.zip").exists()
+    assert write_submission(ds, nested, "t", tmp_path / "s.zip").is_file()
+
+
 def test_hoi_recall_float32_like_the_toolkit(tv) -> None:
     """The toolkit averages recall hits in float32 and pools in float64 (numpy 1.x promotion, the only
     numpy on which its report runs); checked against it locally, encoded here."""

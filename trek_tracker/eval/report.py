@@ -42,12 +42,26 @@ def check_results(dataset: Trek150, tracker_dir: str | Path, protocol: str) -> l
     return problems
 
 
+def missing_folder_advice(tracker_dir: str | Path) -> str | None:
+    """What to do when the tracker folder does not exist (a wrong ``--results`` or ``--tracker`` more likely
+    than runs never tracked), or None when it does."""
+    tracker_dir = Path(tracker_dir)
+    if tracker_dir.is_dir():
+        return None
+    nested = tracker_dir.parent / "TREK-150" / tracker_dir.name
+    if nested.is_dir():
+        return f"{tracker_dir} does not exist, but {nested} does: use --results {nested.parent}"
+    return (f"{tracker_dir} does not exist: check --results (the folder that holds <tracker>/ope, mse and hoi; "
+            "the official toolkit's is <result_dir>/TREK-150) and --tracker, or run the tracker first")
+
+
 def _require(dataset: Trek150, tracker_dir: Path, protocol: str) -> None:
     problems = check_results(dataset, tracker_dir, protocol)
     if problems:
+        advice = missing_folder_advice(tracker_dir) or ("run the tracker first (trek-track eval without "
+                                                        "--report-only resumes where it stopped)")
         raise InputError(f"{len(problems)} {protocol.upper()} result file(s) of {tracker_dir.name} are "
-                         f"missing or invalid:{listing(problems)} run the tracker first "
-                         "(trek-track eval without --report-only resumes where it stopped)")
+                         f"missing or invalid:{listing(problems)} {advice}")
 
 
 def _score(dataset: Trek150, tracker_dir: Path, run: Run) -> RunScore:
@@ -248,18 +262,28 @@ def plot_ope(performance: dict, out_dir: str | Path, dpi: int = 150) -> list[Pat
 
 
 def attribute_scores(dataset: Trek150, performance: dict) -> dict[str, dict[str, float]]:
-    """Mean per-sequence scores of one tracker's OPE/MSE ``performance`` over the sequences that carry each
-    attribute of ``attributes.txt`` (not an official number; the paper reports per-attribute OPE this way).
-    Keys are sorted attribute names; each value also has ``sequences``, the count."""
+    """Scores of one tracker's OPE/MSE ``performance`` over the sequences that carry each attribute of
+    ``attributes.txt`` (not an official number; the paper reports per-attribute OPE this way), aggregated
+    as the protocol aggregates its sequences: OPE the plain mean of per-sequence scores, MSE the mean
+    weighted by sequence length (an MSE ``performance`` has no curves), so that an attribute every
+    sequence carries scores the overall number. Keys are sorted attribute names; each value also has
+    ``sequences``, the count."""
+    weighted = "success_curve" not in performance["overall"]
     groups: dict[str, list[str]] = {}
     for seq in dataset:
         for attr in seq.attributes:
             groups.setdefault(attr, []).append(seq.name)
     out = {}
     for attr in sorted(groups):
-        rows = [performance["seq_wise"][n] for n in groups[attr] if n in performance["seq_wise"]]
-        if rows:
-            out[attr] = {k: float(np.mean([r[k] for r in rows])) for k in SCORE_KEYS}
+        names = [n for n in groups[attr] if n in performance["seq_wise"]]
+        if names:
+            rows = [performance["seq_wise"][n] for n in names]
+            if weighted:  # as evaluate_mse: sum_s N_s M_s / sum_s N_s
+                lengths = [len(dataset[n]) for n in names]
+                out[attr] = {k: sum(r[k] * n for r, n in zip(rows, lengths, strict=True)) / sum(lengths)
+                             for k in SCORE_KEYS}
+            else:
+                out[attr] = {k: float(np.mean([r[k] for r in rows])) for k in SCORE_KEYS}
             out[attr]["sequences"] = len(rows)
     return out
 

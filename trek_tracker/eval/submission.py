@@ -19,6 +19,7 @@ import numpy as np
 from trek_tracker.errors import InputError, UserError, listing
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import hoi_runs, mse_runs, ope_runs
+from trek_tracker.eval.report import missing_folder_advice
 from trek_tracker.files import atomic_write, os_errors
 from trek_tracker.results import read_result
 
@@ -58,9 +59,10 @@ def build_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: st
     tracker_dir = Path(tracker_dir)
     problems = check_submission(dataset, tracker_dir)
     if problems:
+        advice = missing_folder_advice(tracker_dir) or ("run the missing protocols first (trek-track eval "
+                                                        "--protocol all resumes)")
         raise InputError(f"the results in {tracker_dir} are not complete for a submission "
-                         f"({len(problems)} problem(s)):{listing(problems, 20)} "
-                         "run the missing protocols first (trek-track eval --protocol all resumes)")
+                         f"({len(problems)} problem(s)):{listing(problems, 20)} {advice}")
     results: dict = {"ope": {}, "mse": {}, "hoi": {}}
     for seq in dataset:
         (ope,) = ope_runs(seq)
