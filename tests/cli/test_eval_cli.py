@@ -148,3 +148,24 @@ def test_eval_module_does_not_import_torch() -> None:
 def test_dataset_prepare_without_annotations_is_a_user_error(tmp_path: Path) -> None:
     r = run("dataset", "prepare", "--root", tmp_path / "trek")
     assert r.exit_code == 2 and "TREK-150-annotations.zip" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_report_of_some_sequences_never_replaces_the_whole_benchmarks(root: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """The default report folder holds the whole benchmark's report; ``--sequences`` reports into a folder of
+    that subset's own below it (the subset's scores written over the full ones would pass for them)."""
+    monkeypatch.chdir(tmp_path)
+    res = tmp_path / "results"
+    args = ("eval", "--root", root, "--tracker", "oracle", "--results", res, "--protocol", "ope", "--no-plots",
+            "--quiet")
+    assert run(*args, "--tracker-class", ORACLE).exit_code == 0
+    full = Path("reports/TREK-150/oracle/performance-ope.json")
+    before = json.loads(full.read_text())
+    assert sorted(before["oracle"]["seq_wise"]) == ["P01-P01_01-10", "P01-P01_01-2"]
+    r = run(*args, "--report-only", "--sequences", "P01-P01_01-10")
+    assert r.exit_code == 0, r.output
+    assert json.loads(full.read_text()) == before
+    (subset,) = Path("reports/TREK-150/oracle").glob("sequences-1-*/performance-ope.json")
+    assert list(json.loads(subset.read_text())["oracle"]["seq_wise"]) == ["P01-P01_01-10"]
+    assert run(*args, "--report-only", "--sequences", "P01-P01_01-2,P01-P01_01-10").exit_code == 0
+    assert len(list(Path("reports/TREK-150/oracle").glob("sequences-*"))) == 2

@@ -117,6 +117,18 @@ def _setup_logging(quiet: bool) -> None:
     logging.getLogger("trek_tracker").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def default_report_dir(tracker: str, sequences: list[str] | None) -> Path:
+    """``reports/TREK-150/<tracker>``; a subset of the sequences (``--sequences``) reports into a folder of
+    its own below it, named by the subset, so that it never replaces the whole benchmark's report."""
+    if not sequences:
+        return DEFAULT_REPORTS / tracker
+    import hashlib
+
+    chosen = sorted(set(sequences))
+    digest = hashlib.sha1(",".join(chosen).encode()).hexdigest()[:8]
+    return DEFAULT_REPORTS / tracker / f"sequences-{len(chosen)}-{digest}"
+
+
 def _json_path(path: Path, protocol: str, several: bool) -> Path:
     if "{protocol}" in str(path):
         return Path(str(path).replace("{protocol}", protocol))
@@ -141,8 +153,8 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
               help="Write the official performance JSON here (with several protocols: "
                    "<stem>-<protocol>.json, or put {protocol} in the path).")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None,
-              help="Where performance-<protocol>.json and the OPE plots go "
-                   "[default: reports/TREK-150/<tracker>].")
+              help="Where performance-<protocol>.json and the OPE plots go [default: reports/TREK-150/<tracker>; "
+                   "with --sequences, a folder of that subset's own below it].")
 @click.option("--no-plots", is_flag=True, help="Do not draw the OPE plots.")
 @click.option("--per-sequence/--overall-only", default=True, show_default=True,
               help="Print per-sequence rows in the table.")
@@ -213,7 +225,7 @@ def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path
                        "is done", err=True)
             return
 
-    out_dir = report_dir if report_dir is not None else DEFAULT_REPORTS / trackers[0]
+    out_dir = report_dir if report_dir is not None else default_report_dir(trackers[0], names)
     for p in protos:
         perf = R.evaluate(dataset, results, list(trackers), p)
         click.echo(R.format_table(perf, p, per_sequence=per_sequence))
