@@ -127,7 +127,9 @@ class Readback:
                 host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
                 host[name].copy_(tensor, non_blocking=True)
             self._tensors = host
-            self._event = torch.cuda.Event(enable_timing=since is not None)
+            # blocking: the thread that waits for it sleeps instead of spinning on a core the decoding
+            # threads need
+            self._event = torch.cuda.Event(enable_timing=since is not None, blocking=True)
             self._event.record(stream)
 
     def get(self) -> dict[str, Any]:
