@@ -108,3 +108,44 @@ def test_eval_vos_on_saved_predictions(davis, tmp_path):
     assert res.exit_code == 2 and "prediction missing" in res.output
     res = run("eval-vos", davis, "--predictions", tmp_path / "pred", "--checkpoint", tmp_path / "x.pth")
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_line(davis, tmp_path):
+    """A write that fails for want of space (here the file-size limit, EFBIG, as a full disk gives ENOSPC):
+    torch.save reports it as a RuntimeError of its zip writer, which must still reach the user as one line
+    naming the file, leaving no half-written file behind."""
+    resource = pytest.importorskip("resource")
+    out = tmp_path / "full"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, hard))  # the log files fit, a 6 MB state does not
+    try:
+        res = run("train", TINY, "--out", out, "--no-progress", "--set", f'data.0.root="{davis}"', "--set",
+                  'val.root=""', "--set", "train.batch_size=2", "--set", "train.steps=2")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert res.exit_code == 2, res.output
+    assert f"trek-track: error: cannot write {out / 'checkpoints' / 'step_0000002.state.pth'}: file too large " \
+           "for the file system" in " ".join(res.output.split()), res.output
+    assert "Traceback" not in res.output
+    assert list((out / "checkpoints").iterdir()) == []
+
+
+def test_the_torchrun_entry_point_fails_in_one_line(davis, tmp_path):
+    """``python -m trek_tracker.train`` (what torchrun starts) reports an unwritable run folder as
+    ``trek-track train`` does: one line and exit code 2, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.train", str(TINY), "--out", str(blocker / "run"),
+                           "--no-progress", "--set", f'data.0.root="{davis}"', "--set", 'val.root=""',
+                           "--set", "train.batch_size=2", "--set", "train.steps=1"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"trek-track: error: cannot write {blocker / 'run'}: {blocker} is a file, not a folder; remove or rename "
+        "that file, or choose another --out"], proc.stderr[-2000:]

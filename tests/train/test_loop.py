@@ -208,3 +208,145 @@ def test_tiny_model_learns(tiny_config, davis):
         after = _held_out_loss(trainer.ema.module, cfg, davis)
         assert after < 0.8 * before, (seed, before, after)
     assert sum(gains) / len(gains) > 0.15, gains
+
+
+def test_a_signal_during_a_step_saves_that_step_and_resumes_exactly(tiny_config):
+    """Ctrl-C (or a SIGTERM the CLI turns into one) in the middle of step 4, long before a checkpoint is due:
+    the step is finished and saved, the interrupt goes on with how to continue, and the resumed run repeats
+    the uninterrupted one exactly."""
+    import signal
+
+    straight = tiny_config("straight", *FAST, "train.steps=6", "train.checkpoint_every=100")
+    train(straight, resume=False, progress=False)
+
+    cfg = tiny_config("stopped", *FAST, "train.steps=6", "train.checkpoint_every=100")
+    trainer = Trainer(cfg, resume=False, progress=False)
+    forward, calls = trainer.step_module.forward, [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(*args, **kwargs)
+
+    trainer.step_module.forward = interrupted
+    with pytest.raises(KeyboardInterrupt) as stop:
+        trainer.run()
+    assert stop.value.hint == "the state at step 4 is kept: the same command resumes from it"
+    assert latest_state(cfg.out).name == "step_0000004.state.pth"
+    assert not list((Path(cfg.out) / "checkpoints").glob(".*tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+
+    resumed = Trainer(cfg, resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.run()
+    a, b = _state(latest_state(straight.out)), _state(latest_state(cfg.out))
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "optimizer", "ema"):
+        _assert_same_tree(a[key], b[key], key)
+    assert _losses(Path(straight.out)) == _losses(Path(cfg.out))
+
+
+def test_a_second_run_into_a_run_folder_refuses_to_mix_with_it(tiny_config):
+    """--no-resume into a folder holding a run would prune and resume among that run's checkpoints, and a
+    resume with other training settings would continue one run with another's; both are refused. Settings
+    that do not change what is trained (logging, checkpoints, validation, the split into accumulation
+    steps) may change."""
+    from trek_tracker.errors import CheckpointError, InputError
+
+    train(tiny_config("run", *FAST, "train.steps=2"), resume=False, progress=False)
+    with pytest.raises(InputError, match=r"already holds a training run \(saved up to step_0000002.state.pth\)"):
+        Trainer(tiny_config("run", *FAST, "train.steps=2"), resume=False, progress=False)
+    with pytest.raises(CheckpointError, match=r"other settings \(optim.lr: 0.002 -> 0.001; train.steps: 2 -> 4\)"):
+        Trainer(tiny_config("run", *FAST, "train.steps=4", "optim.lr=1e-3"), resume=True, progress=False)
+    same = Trainer(tiny_config("run", *FAST, "train.steps=2", "train.log_every=5", "train.accumulate=2",
+                               "val.max_frames=3"), resume=True, progress=False)
+    assert same.step == 2
+
+
+def _torchrun_until_logged(tmp_path, name, data_root, rows=3):
+    """torchrun training 2 processes into ``tmp_path / name``, returned once ``rows`` steps are logged."""
+    import time
+
+    args = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "trek_tracker.train", str(TINY_VIDEO),
+            "--no-progress", "--out", str(tmp_path / name)]
+    for item in ("train.batch_size=4", "train.steps=400", "train.log_every=1", "val.root=''",
+                 "train.checkpoint_every=1000", f'data.0.root="{data_root}"'):
+        args += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    log, deadline = tmp_path / name / "log.csv", time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and \
+            (not log.is_file() or len(log.read_text().splitlines()) <= rows):
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.skipif(_torchrun_available() is not None, reason=str(_torchrun_available()))
+def test_sigterm_to_torchrun_saves_one_step_for_every_process(tiny_config, tmp_path):
+    """Slurm's or a user's SIGTERM to torchrun, which passes it on to every process: the processes agree on
+    the step to stop after, rank 0 saves it, and each says so in one line."""
+    import signal
+
+    proc = _torchrun_until_logged(tmp_path, "ddp_stop", tiny_config("ddp_stop").data[0].root)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    last = _losses(tmp_path / "ddp_stop")[-1][0]
+    assert 2 <= last < 400
+    assert latest_state(tmp_path / "ddp_stop").name == f"step_{last:07d}.state.pth"
+    line = f"trek-track: error: interrupted by SIGTERM; finished work was kept (the state at step {last} is kept: " \
+           "the same command resumes from it)"
+    assert err.count(line) == 2, err[-3000:]
+    assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err
+
+
+@pytest.mark.skipif(_torchrun_available() is not None or not Path("/proc/self/environ").is_file(),
+                    reason=str(_torchrun_available() or "needs /proc"))
+def test_a_process_killed_under_torchrun_ends_the_others_in_one_line(tiny_config, tmp_path):
+    """One process killed outright (the OOM killer, kill -9): the other's next collective fails at once, and
+    it says so in one line, not a traceback, and exits."""
+    import signal
+
+    proc = _torchrun_until_logged(tmp_path, "ddp_kill", tiny_config("ddp_kill").data[0].root)
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ranks = {int(c): dict(kv.split(b"=", 1) for kv in Path(f"/proc/{c}/environ").read_bytes().split(b"\0")
+                              if b"=" in kv).get(b"RANK") for c in children}
+        rank1 = [pid for pid, rank in ranks.items() if rank == b"1"]
+        assert len(rank1) == 1, children
+        os.kill(rank1[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "trek-track: error: another process of this training run stopped (at step " in err, err[-3000:]
+    assert "no training step was saved yet" in err
+    assert "[rank0]: Traceback" not in err, err[-3000:]
+
+
+def test_a_run_stopped_in_its_final_validation_is_finished_by_the_same_command(tiny_config):
+    """The last step is saved before the final validation, which can take minutes; a stop during it used to
+    leave a run that the same command then called finished without ever writing ema_final.pth."""
+    cfg = tiny_config("last", *FAST, "val.root=" + repr(str(tiny_config("x").val.root)), "val.max_frames=3",
+                      "train.steps=2")
+    trainer = Trainer(cfg, resume=False, progress=False)
+    validate = trainer.validate
+
+    def stopped():
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+        return validate()
+
+    trainer.validate = stopped
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert latest_state(cfg.out).name == "step_0000002.state.pth"
+    assert not (Path(cfg.out) / "ema_final.pth").exists()
+
+    records = train(cfg, resume=True, progress=False)
+    assert [r["step"] for r in records if r["kind"] == "val"] == [0, 2]
+    assert (Path(cfg.out) / "ema_final.pth").is_file()

@@ -102,3 +102,14 @@ def test_evaluate_model_scores_masks_and_boxes(dataset):
     assert pred.ids.values == (1,)  # 255 is void, not a second object
     assert len(pred.boxes) == len(pred.labels) == 4 and set(pred.boxes[0]) == {1}
     assert pred.boxes[0][1].tolist() == [4.0, 4.0, 8.0, 8.0]  # frame 0: the annotation's own box
+
+
+def test_validation_shows_a_bar_of_its_frames(dataset, capsys):
+    """Validation during training can take minutes while the training bar stands still: it has a bar of
+    its own, counting the frames tracked."""
+    from trek_tracker.modeling.registry import build_model
+    from trek_tracker.train.validate import evaluate_model
+
+    evaluate_model(build_model("test_deaot_tiny"), dataset, max_long_edge=None, progress="validate step 7")
+    err = capsys.readouterr().err
+    assert "validate step 7:" in err and "0/4 [" in err, err  # (tqdm redraws at most every 0.1 s)

@@ -1,31 +1,20 @@
-"""``python -m trek_tracker.train CONFIG`` (also under ``torchrun --nproc_per_node=N``): the same options
-as ``trek-track train``."""
+"""``python -m trek_tracker.train CONFIG`` (also under ``torchrun --nproc_per_node=N``): ``trek-track train``,
+with its options and its handling of failures and signals (one line and a non-zero exit code; a SIGTERM or
+Ctrl-C saves the state of the last finished step first)."""
 
 from __future__ import annotations
 
 import sys
 
-from trek_tracker.errors import UserError
-
 
 def main(argv: list[str] | None = None) -> int:
-    from trek_tracker.cli.train import train_cmd
+    from trek_tracker.cli import main as cli
 
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        train_cmd.main(args=argv, prog_name="python -m trek_tracker.train", standalone_mode=False)
-    except UserError as err:
-        print(f"trek-track: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("trek-track: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        raise
+        cli.main(args=["train", *args], prog_name="python -m trek_tracker.train")
+    except SystemExit as end:
+        return end.code if isinstance(end.code, int) else 0 if end.code is None else 1
     return 0
 
 

@@ -25,7 +25,10 @@ import json
 import os
 import random
 import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from trek_tracker.device import select_device
 from trek_tracker.errors import CheckpointError, InputError, UserError, memory_errors
-from trek_tracker.files import atomic_write, write_text
+from trek_tracker.files import atomic_write, os_error_message, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
 from trek_tracker.train.config import TrainConfig
@@ -116,6 +119,131 @@ def _micro_seed(seed: int, micro: int) -> int:
     return (seed * 1_000_003 + micro * 9_973 + 17) % (2**63)
 
 
+RESUME_HINT = "the same command resumes from it"
+
+# Settings a resumed run may change: where things are and how they are computed, logged and saved, not what
+# is trained (processes x accumulate is any split of the same micro-batches).
+RESUMABLE_CHANGES = ("out", "model.init", "data.*.root", "train.accumulate", "train.amp", "train.amp_dtype",
+                     "train.workers", "train.device", "train.threads", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "val.*")
+
+
+def _changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two run configs, except :data:`RESUMABLE_CHANGES`."""
+    import fnmatch
+
+    if any(fnmatch.fnmatchcase(prefix, pattern) for pattern in RESUMABLE_CHANGES):
+        return []
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [c for k in sorted(set(saved) | set(current), key=str)
+                for c in _changed_settings(saved.get(k), current.get(k), f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current) and \
+            all(isinstance(v, dict) for v in saved + current):
+        return [c for i, (a, b) in enumerate(zip(saved, current, strict=True))
+                for c in _changed_settings(a, b, f"{prefix}.{i}")]
+    if saved == current:
+        return []
+    before, after = (json.dumps(v) for v in (saved, current))
+    return [f"{prefix}: {before[:60]} -> {after[:60]}"]
+
+
+class _StepBoundary:
+    """While training runs (in the main thread), a SIGINT, SIGTERM or SIGHUP (Ctrl-C, ``kill``, Slurm,
+    torchrun passing one on) that arrives during a step or a checkpoint save is held until they are done, so
+    that the state at the end of the step can be saved; outside them (validation) it acts at once, and the
+    step state is still whole. A second Ctrl-C during a step of a lone process acts at once (a hung step can
+    still be stopped) and the state is then :attr:`torn`. Other repeats stay held: Slurm and torchrun both
+    send each process a SIGTERM, a terminal and torchrun both send a Ctrl-C (and torchrun kills its processes
+    30 s after passing a signal on)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self, repeat_acts: bool = True) -> None:
+        self.repeat_acts = repeat_acts
+        self.inside = False
+        self.held: int | None = None
+        self.torn = False
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StepBoundary:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+            self.previous = {sig: h for sig, h in self.previous.items() if h != signal.SIG_IGN}  # nohup's stay
+            for sig in self.previous:
+                signal.signal(sig, self._arrived)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        self.inside = True
+        try:
+            yield
+        except BaseException:
+            self.torn = True  # whatever stopped the step half-way, its state is not one to save
+            raise
+        finally:
+            self.inside = False
+
+    def _arrived(self, signum: int, frame: object) -> None:
+        if self.inside and (self.held is None or signum != signal.SIGINT or not self.repeat_acts):
+            self.held = self.held or signum
+            return
+        if self.inside:
+            self.torn = True
+        self.handle(signum)
+
+    def handle(self, signum: int | None = None) -> None:
+        """What the signal (by default the held one) would have done: the CLI's handler raises an interrupt."""
+        signum = signum or self.held or signal.SIGINT
+        handler = self.previous.get(signum, signal.SIG_DFL)
+        self.held = None
+        if callable(handler):
+            handler(signum, None)  # the CLI's (and Python's SIGINT) handler raises an interrupt
+            return
+        if handler == signal.SIG_IGN:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)  # what the signal would have done: end the process
+        os.kill(os.getpid(), signum)
+
+
+def _ignore_signals(_worker: int) -> None:
+    """Data-loader workers leave interrupts to the main process, which finishes its step and then ends them."""
+    for sig in _StepBoundary.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _writing(path: str | Path, kept: str | None = None) -> Iterator[None]:
+    """A failed write of a run file (a full disk, a read-only or unwritable folder) becomes one line naming
+    the file. ``torch.save`` reports the failed write of its zip container as a ``RuntimeError`` whose
+    context is the ``OSError``. ``kept``: what was kept, said after the advice."""
+    hint = "choose another --out" + (f"; {kept}" if kept else "")
+    try:
+        yield
+    except OSError as err:
+        raise UserError(os_error_message(err, err.filename or path, "write", hint)) from None
+    except RuntimeError as err:
+        cause = err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise UserError(os_error_message(cause, path, "write", hint)) from None
+
+
+def _peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another process of the run died."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and bool(re.search(r"gloo|NCCL|Connection (reset|closed) by peer",
+                                                            str(err)))
+
+
 class Trainer:
     """Runs :class:`TrainConfig`; :meth:`run` trains until ``until`` (default: the config's last step)."""
 
@@ -158,21 +286,30 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype is torch.float16)
         self.step = 0
         self.history: list[dict] = []
-        if resume and (state := latest_state(self.out)) is not None:
+        state = latest_state(self.out)
+        if resume and state is not None:
             self.load_state(state)
+        elif state is not None:  # a new run here would prune, log and resume among the earlier run's files
+            raise InputError(f"{self.out} already holds a training run (saved up to {state.name}): resume it "
+                             "(without --no-resume), or train into another --out folder")
+        self.saved_step = self.step
         self.step_module: torch.nn.Module = UnrolledStep(self.model)
         if self.dist.world > 1:
             self.step_module = torch.nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.seq_training_start_ratio < 1.0)
 
-    def _all_finite(self, totals: torch.Tensor) -> bool:
-        """Whether every process's losses are finite: all stop together (their gradients were averaged, so
-        one process's NaN reaches every model)."""
-        finite = torch.isfinite(totals).all().to(torch.float32)
+    def _agree(self, totals: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+        """Whether every process's losses are finite, and whether any process was asked to stop (a signal
+        held during the step): all processes stop together, after the same step (their gradients were
+        averaged, so one process's NaN reaches every model; one process leaving first would leave the others
+        waiting in the next step)."""
+        flags = torch.stack([torch.isfinite(totals).all().to(torch.float32),
+                             torch.tensor(-1.0 if stop else 0.0, device=totals.device)])
         if self.dist.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite.item())
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        finite, stop_flag = flags.tolist()
+        return bool(finite), stop_flag < 0
 
     def _calibrate(self) -> dict:
         """Frozen-BN statistics from the first training clips, for an encoder that starts untrained
@@ -209,6 +346,12 @@ class Trainer:
         if state["config"]["model"]["name"] != self.cfg.model.name:
             raise CheckpointError(f"{path} trains model {state['config']['model']['name']!r}, the config says "
                                   f"{self.cfg.model.name!r}: use another --out folder or fix the config")
+        changed = _changed_settings(*(json.loads(json.dumps(c, default=str))
+                                      for c in (state["config"], self.cfg.to_dict())))
+        if changed:
+            raise CheckpointError(f"{path} was trained with other settings ({'; '.join(changed[:5])}"
+                                  f"{'; ...' if len(changed) > 5 else ''}): resuming would mix two runs. Use "
+                                  "another --out folder, or the run's own settings (its config.json)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
@@ -219,10 +362,13 @@ class Trainer:
     def save(self) -> None:
         """Resume state and EMA weights for the current step (rank 0), pruning old ones."""
         folder = self.out / "checkpoints"
-        with atomic_write(folder / f"step_{self.step:07d}.state.pth", "wb") as f:
+        state = folder / f"step_{self.step:07d}.state.pth"
+        with _writing(state, self._kept()), atomic_write(state, "wb") as f:
             torch.save(self.state_dict(), f)
-        save_checkpoint(folder / f"ema_step_{self.step:07d}.pth", self.ema.module,
-                        extra={"step": self.step, "trained_with": "trek-track train"})
+        self.saved_step = self.step
+        ema = folder / f"ema_step_{self.step:07d}.pth"
+        with _writing(ema, self._kept()):
+            save_checkpoint(ema, self.ema.module, extra={"step": self.step, "trained_with": "trek-track train"})
         keep = max(1, self.cfg.train.keep_checkpoints)
         states = sorted(folder.glob("step_*.state.pth"))
         for old in states[:-keep]:
@@ -231,6 +377,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _prepare_logs(self) -> None:
+        with _writing(self.out, self._kept()):
+            self._start_logs()
+
+    def _start_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
         rows, records = [], []
@@ -250,10 +400,10 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
-        with (self.out / "log.jsonl").open("a") as f:
+        with _writing(self.out / "log.jsonl", self._kept()), (self.out / "log.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         if record.get("kind") == "train":
-            with (self.out / "log.csv").open("a", newline="") as f:
+            with _writing(self.out / "log.csv", self._kept()), (self.out / "log.csv").open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore").writerow(record)
 
     # ------------------------------------------------------------------ validation
@@ -266,7 +416,8 @@ class Trainer:
 
         sequences = v.sequences or (read_list(Path(v.sequences_file)) if v.sequences_file else None)
         res = evaluate_model(self.ema.module, v.root, sequences=sequences, max_long_edge=v.max_long_edge,
-                             max_frames=v.max_frames, box_metrics=v.box_metrics)
+                             max_frames=v.max_frames, box_metrics=v.box_metrics,
+                             progress=self.progress and f"validate step {self.step}")
         record = {"kind": "val", "step": self.step, "J&F": res["J&F"], "J": res["J_mean"], "F": res["F_mean"]}
         if v.box_metrics:
             record.update(box_success=res["box_success"], box_precision=res["box_precision"])
@@ -280,7 +431,7 @@ class Trainer:
                               start_micro=self.step * t.accumulate, num_micro=(until - self.step) * t.accumulate)
         return DataLoader(self.dataset, batch_size=self.per_process_batch, sampler=sampler, num_workers=t.workers,
                           pin_memory=self.device.type == "cuda", drop_last=False,
-                          persistent_workers=False)
+                          persistent_workers=False, worker_init_fn=_ignore_signals if t.workers else None)
 
     def _mean(self, value: torch.Tensor) -> float:
         if self.dist.world > 1:
@@ -293,10 +444,108 @@ class Trainer:
         """Train to step ``until`` (default: ``train.steps``); returns the logged records. Running out of
         memory is one line that names the step and what needs less (:class:`~trek_tracker.errors.OutOfMemory`)."""
         with memory_errors(lambda: f"at training step {self.step + 1}", TRAIN_MEMORY_HINT,
-                           kept="the last saved state is kept: the same command resumes from it"):
-            return self._run(until)
+                           kept="the last saved state is kept: the same command resumes from it"), \
+                _StepBoundary(repeat_acts=self.dist.world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ
+                              ) as boundary:
+            try:
+                return self._run(until, boundary)
+            except KeyboardInterrupt as err:  # Ctrl-C, or a signal the CLI made an interrupt
+                self._keep_state(boundary)
+                err.hint = self._kept() or "no training step was saved yet"
+                raise
+            except Exception as err:
+                if boundary.held is not None and not isinstance(err, UserError):  # stopping, and another
+                    # process left first: the interrupt it is
+                    try:
+                        boundary.handle()
+                    except KeyboardInterrupt as stop:
+                        stop.hint = self._kept() or "no training step was saved yet"
+                        raise stop from None
+                if self.dist.world > 1 and _peer_failure(err):
+                    first = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split()))[:120]
+                    kept = self._kept() or "no training step was saved yet"
+                    raise UserError(f"another process of this training run stopped (at step {self.step + 1}: "
+                                    f"{first}); see its own message; {kept}") from None
+                raise
 
-    def _run(self, until: int | None) -> list[dict]:
+    def _kept(self) -> str | None:
+        return f"the state at step {self.saved_step} is kept: {RESUME_HINT}" if self.saved_step else None
+
+    def _keep_state(self, boundary: _StepBoundary) -> None:
+        """After an interrupt: save the state of the last finished step unless saved already, or torn."""
+        if not self.dist.main or boundary.torn or self.step <= self.saved_step:
+            return
+        try:
+            self.save()
+        except BaseException as err:  # noqa: BLE001 - the interrupt in flight is the one to report
+            import logging
+
+            logging.getLogger(__name__).warning("could not save the state of step %d (%s); the one of step %d is "
+                                                "kept", self.step, err, self.saved_step)
+
+    def _train_step(self, batches: Iterator, gt_until: int, start_time: float, start_step: int, until: int,
+                    bar, boundary: _StepBoundary) -> bool:
+        """One optimiser step with its log row and scheduled checkpoint; returns whether every process is to
+        stop after it (a signal held during it)."""
+        t = self.cfg.train
+        main = self.dist.main
+        step = self.step
+        gt_memory = step < gt_until
+        lr = apply_lr(self.optimizer, step, t.steps, self.cfg.optim, freeze_id_bank=not gt_memory)
+        frac = hard_pixel_fraction(step, t.steps, final=t.hard_pixels_final, ratio=t.hard_mining_ratio)
+        aux_w = aux_weight(step, t.steps, t.aux_loss_ratio)
+        totals = torch.zeros(3, device=self.device)
+        for micro in range(t.accumulate):
+            # One seed per global micro-batch: N processes x A accumulation steps draw the same
+            # dropout masks as any other split of the same micro-batches.
+            torch.manual_seed(_micro_seed(t.seed, (step * t.accumulate + micro) * self.dist.world
+                                          + self.dist.rank))
+            batch = next(batches)
+            sync = micro == t.accumulate - 1 or self.dist.world == 1
+            ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
+            with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                out = self.step_module(batch["images"].to(self.device, non_blocking=True),
+                                       batch["labels"].to(self.device, non_blocking=True),
+                                       batch["num_objects"].to(self.device), hard_fraction=frac,
+                                       aux_weight=aux_w, gt_memory=gt_memory,
+                                       long_term_gap=self.long_term_gap,
+                                       id_perm=batch["id_perm"].to(self.device) if "id_perm" in batch else None)
+                self.scaler.scale(out.loss / t.accumulate).backward()
+            totals += torch.stack([out.loss.detach(), out.aux_loss, out.frame_losses.mean()]) / t.accumulate
+        finite, stop = self._agree(totals, boundary.held is not None)
+        if not self.scaler.is_enabled() and not finite:  # (fp16's scaler skips such steps)
+            raise UserError(f"training diverged at step {step}: the loss is not finite ({totals.tolist()}); the "
+                            "weights were not updated. Lower optim.lr (or raise optim.warmup_ratio) and run again: "
+                            "it resumes from the last saved state")
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.step += 1
+
+        log_now = self.step % max(1, t.log_every) == 0 or self.step == until
+        if log_now:
+            loss, aux, frame = (self._mean(v) for v in totals)
+        if main:
+            if log_now:
+                elapsed = time.perf_counter() - start_time
+                rate = (self.step - start_step) * t.batch_size / max(elapsed, 1e-9)
+                self._log({"kind": "train", "step": self.step, "loss": loss, "aux_loss": aux,
+                           "frame_loss": frame, "lr": lr, "hard_fraction": frac, "aux_weight": aux_w,
+                           "gt_memory": int(gt_memory), "samples_per_s": rate, "elapsed_s": elapsed})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
+            if bar is not None:
+                bar.update(1)
+        if main and (self.step % max(1, t.checkpoint_every) == 0 or self.step == until):
+            self.save()
+        # One process alone: a signal held after the agreement above stops it now; several stop together
+        # after the next step, whose agreement carries it.
+        return stop or (self.dist.world == 1 and boundary.held is not None)
+
+    def _run(self, until: int | None, boundary: _StepBoundary) -> list[dict]:
         t = self.cfg.train
         until = t.steps if until is None else min(until, t.steps)
         main = self.dist.main
@@ -306,8 +555,11 @@ class Trainer:
                 if self.init_report is not None:
                     self._log({**self.init_report, "step": 0})
                 self.validate()
-        if self.step >= until:
-            return self.history
+        if self.step >= until:  # resumed after its last step: finish what a stop may have left undone
+            if main and self.step == until and self.step > 0 and not any(
+                    r.get("kind") == "val" and r.get("step") == self.step for r in self.history):
+                self.validate()
+            return self._finish()
         bar = None
         if main and self.progress:
             from tqdm import tqdm
@@ -316,68 +568,39 @@ class Trainer:
         start_time, start_step = time.perf_counter(), self.step
         gt_until = int(t.seq_training_start_ratio * t.steps)
         while self.step < until:
-            step = self.step
-            gt_memory = step < gt_until
-            lr = apply_lr(self.optimizer, step, t.steps, self.cfg.optim, freeze_id_bank=not gt_memory)
-            frac = hard_pixel_fraction(step, t.steps, final=t.hard_pixels_final, ratio=t.hard_mining_ratio)
-            aux_w = aux_weight(step, t.steps, t.aux_loss_ratio)
-            totals = torch.zeros(3, device=self.device)
-            for micro in range(t.accumulate):
-                # One seed per global micro-batch: N processes x A accumulation steps draw the same
-                # dropout masks as any other split of the same micro-batches.
-                torch.manual_seed(_micro_seed(t.seed, (step * t.accumulate + micro) * self.dist.world
-                                              + self.dist.rank))
-                batch = next(batches)
-                sync = micro == t.accumulate - 1 or self.dist.world == 1
-                ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
-                with ctx, torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                    out = self.step_module(batch["images"].to(self.device, non_blocking=True),
-                                           batch["labels"].to(self.device, non_blocking=True),
-                                           batch["num_objects"].to(self.device), hard_fraction=frac,
-                                           aux_weight=aux_w, gt_memory=gt_memory,
-                                           long_term_gap=self.long_term_gap,
-                                           id_perm=batch["id_perm"].to(self.device) if "id_perm" in batch else None)
-                    self.scaler.scale(out.loss / t.accumulate).backward()
-                totals += torch.stack([out.loss.detach(), out.aux_loss, out.frame_losses.mean()]) / t.accumulate
-            if not self.scaler.is_enabled() and not self._all_finite(totals):  # (fp16's scaler skips such steps)
-                raise UserError(f"training diverged at step {step}: the loss is not finite ({totals.tolist()}); the "
-                                "weights were not updated. Lower optim.lr (or raise optim.warmup_ratio) and run again: "
-                                "it resumes from the last saved state")
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.ema.update(self.model)
-            self.step += 1
-
-            log_now = self.step % max(1, t.log_every) == 0 or self.step == until
-            if log_now:
-                loss, aux, frame = (self._mean(v) for v in totals)
-            if main:
-                if log_now:
-                    elapsed = time.perf_counter() - start_time
-                    rate = (self.step - start_step) * t.batch_size / max(elapsed, 1e-9)
-                    self._log({"kind": "train", "step": self.step, "loss": loss, "aux_loss": aux,
-                               "frame_loss": frame, "lr": lr, "hard_fraction": frac, "aux_weight": aux_w,
-                               "gt_memory": int(gt_memory), "samples_per_s": rate, "elapsed_s": elapsed})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
+            with boundary.step():
+                stop = self._train_step(batches, gt_until, start_time, start_step, until, bar, boundary)
+                if stop:  # a signal during the step: keep its state, then stop as the signal asks
+                    if main and self.saved_step < self.step:
+                        self.save()
+                    if self.dist.world > 1:
+                        dist.barrier()  # no process leaves while the state is written
+                    self.saved_step = self.step
+            if stop:
                 if bar is not None:
-                    bar.update(1)
-                if self.step % max(1, t.checkpoint_every) == 0 or self.step == until:
-                    self.save()
-                if self.step == until or (self.cfg.val.every and self.step % self.cfg.val.every == 0):
-                    self.validate()  # also at the end of every run, interrupted by --until or not
+                    bar.close()
+                boundary.handle()
+            if main and (self.step == until or (self.cfg.val.every and self.step % self.cfg.val.every == 0)):
+                self.validate()  # also at the end of every run, interrupted by --until or not
             if self.dist.world > 1 and (self.step % max(1, t.checkpoint_every) == 0 or self.step == until):
-                dist.barrier()
+                with boundary.step():
+                    dist.barrier()
+                self.saved_step = self.step  # rank 0 got here: it saved this step
         if bar is not None:
             bar.close()
-        if main:
-            if self.step == t.steps:
-                save_checkpoint(self.out / "ema_final.pth", self.ema.module,
-                                extra={"step": self.step, "trained_with": "trek-track train"})
-            plot_log(self.history, self.out / "loss.png")
+        if boundary.held is not None:  # held in the last step: stop as asked (its state is saved)
+            boundary.handle()
+        return self._finish()
+
+    def _finish(self) -> list[dict]:
+        """The final EMA weights (after the last step) and the loss plot."""
+        if self.dist.main:
+            if self.step == self.cfg.train.steps:
+                with _writing(self.out / "ema_final.pth", self._kept()):
+                    save_checkpoint(self.out / "ema_final.pth", self.ema.module,
+                                    extra={"step": self.step, "trained_with": "trek-track train"})
+            with _writing(self.out / "loss.png", self._kept()):
+                plot_log(self.history, self.out / "loss.png")
         if self.dist.world > 1:
             dist.barrier()
         return self.history

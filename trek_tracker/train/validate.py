@@ -9,6 +9,7 @@ pixels (palette index 255) are ignored, as the benchmark does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,23 +80,25 @@ class Predictions(Sink):
             write_label_png(self.save_dir / self.seq.name / f"{self.seq.frames[index].stem}.png", labels, _PALETTE)
 
 
-def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None = None) -> Predictions:
+def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None = None,
+                     on_frame: Callable[[int], None] | None = None) -> Predictions:
     """Every frame's label map and boxes (annotation ids): frame 0 is the given annotation, the rest
-    predicted."""
+    predicted; ``on_frame(index)`` after each frame (a progress bar)."""
     first = np.where(read_void(seq.labels[0]), 0, read_label(seq.labels[0])).astype(np.uint8)
     ids = ObjectIds.from_labels(first)
     sink = Predictions(seq, ids, save_dir)
     frames = IndexedFrames(lambda i: read_image(seq.frames[i]), range(len(seq.frames)))
-    track_video(tracker, frames, Start(mask=ids.to_engine(first)), [sink])
+    track_video(tracker, frames, Start(mask=ids.to_engine(first)), [sink], on_frame=on_frame)
     return sink
 
 
 def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | None = None,
                    max_long_edge: int | None = 480, max_frames: int | None = None,
-                   save_dir: str | Path | None = None, box_metrics: bool = False) -> dict:
+                   save_dir: str | Path | None = None, box_metrics: bool = False,
+                   progress: bool | str = False) -> dict:
     """J&F of ``model`` on the DAVIS-layout folder ``root`` (model put in eval mode, then restored); with
     ``box_metrics``, also the TREK-150-style box scores of :func:`score_boxes` (``box_success``,
-    ``box_precision``)."""
+    ``box_precision``). ``progress``: a bar of the frames on stderr (a string names it)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -103,10 +106,18 @@ def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | 
     config = TrackerConfig(max_long_edge=max_long_edge, init=InitConfig(method="box"), box=BoxConfig(0))
     scores: list[ObjectScore] = []
     runs: list[RunScore] = []
+    bar = None
     try:
         with kernel_flags_kept():  # the tracker's precision must not change the kernels training goes on with
-            for seq in list_sequences(root, sequences, max_frames):
-                pred = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None)
+            listed = list_sequences(root, sequences, max_frames)
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=sum(len(seq.frames) for seq in listed), unit="frame", dynamic_ncols=True,
+                           desc=progress if isinstance(progress, str) else "validate", leave=False)
+            for seq in listed:
+                pred = predict_sequence(Tracker(config, loaded=loaded), seq, Path(save_dir) if save_dir else None,
+                                        on_frame=None if bar is None else lambda _i: bar.update(1))
                 idx = sorted(seq.labels)
                 gts = [read_label(seq.labels[i]) for i in idx]
                 scores += score_sequence(seq.name, [pred.labels[i] for i in idx], gts,
@@ -115,6 +126,8 @@ def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | 
                     boxes = {obj: np.stack([pred.boxes[i][obj] for i in idx]) for obj in pred.ids.values}
                     runs += score_boxes(boxes, gts)
     finally:
+        if bar is not None:
+            bar.close()
         model.train(was_training)
     result = summarise(scores)
     if box_metrics:
