@@ -15,7 +15,8 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=1000 --set data.0.root=/data/davis.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from the newest checkpoint in the run folder when there is one.")
+              help="Continue from the newest checkpoint in the run folder when there is one (--no-resume: "
+                   "refuse a folder that holds one, rather than mix two runs; start over in a new --out).")
 @click.option("--until", type=int, default=None, help="Stop after this step (the schedule still spans train.steps).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def train_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, until: int | None,
