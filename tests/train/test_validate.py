@@ -39,19 +39,39 @@ def test_sparse_annotations_are_listed(dataset):
     assert len(seq.frames) == 4 and sorted(seq.labels) == [0, 1, 3]
 
 
-def test_void_pixels_are_ignored(dataset, tmp_path):
+def test_void_pixels_are_background_as_the_official_evaluation_has_them(dataset, tmp_path):
+    """davis2017-evaluation reads palette index 255 as background, and its void test (the objects' boolean
+    masks compared with 255) never holds: a prediction that covers the void band is wrong there."""
     pred = tmp_path / "pred"
     for i in (0, 1, 3):
         p = np.zeros((16, 16), np.uint8)
         p[4:12, 4:12] = 1
-        p[0:2, 0:8] = 1  # wrong only inside the void band
         _png(pred / "seq" / f"{i:05d}.png", p)
     res = evaluate_folder(pred, dataset)
     assert res["J_mean"] == 1.0 and res["F_mean"] == 1.0
+    p[0:2, 0:8] = 1  # wrong only inside the void band, on the one scored frame (frame 1; 0 and 3 are first/last)
+    _png(pred / "seq" / "00001.png", p)
+    res = evaluate_folder(pred, dataset)
+    assert res["J_mean"] == pytest.approx(64 / 80) and res["F_mean"] < 1
     p = np.zeros((16, 16), np.uint8)
-    p[4:12, 4:8] = 1  # half the object on the one scored frame (frame 1; 0 and 3 are first/last)
+    p[4:12, 4:8] = 1  # half the object
     _png(pred / "seq" / "00001.png", p)
     assert evaluate_folder(pred, dataset)["J_mean"] == pytest.approx(0.5)
+
+
+def test_the_objects_scored_are_those_of_the_first_annotation(tmp_path):
+    """As the official evaluation numbers them: 1..the largest id of the first annotation, so an id that
+    appears only later is not scored and one missing in between is (empty: J = 1 where both are empty)."""
+    from trek_tracker.eval.vos_metrics import score_sequence
+
+    first = np.zeros((16, 16), np.uint8)
+    first[2:6, 2:6], first[8:12, 8:12] = 1, 3
+    later = first.copy()
+    later[12:16, 0:4] = 4  # appears after the first frame
+    gts = [first, later, later]
+    scores = score_sequence("s", [first, first, first], gts, skip_first_last=False)
+    assert [s.object_id for s in scores] == [1, 2, 3]
+    assert all(s.summary()["J_mean"] == 1.0 for s in scores)
 
 
 def test_box_scores_of_tracker_boxes():

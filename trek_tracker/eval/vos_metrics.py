@@ -9,7 +9,9 @@
   first is the given annotation: it is never scored, even in a sequence of one or two annotated frames).
 * Dataset J&F = mean over all objects of all sequences of (J-mean + F-mean) / 2.
 
-Void pixels (DAVIS-2017 palette index 255) are ignored when a void mask is given.
+Void pixels are ignored when a void mask is given. The official DAVIS 2017 evaluation gives none: it
+reads palette index 255 as background (``davis2017/davis.py``) and its void test compares the objects'
+boolean masks with 255, which never holds; ``train/validate.py`` scores as it does.
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ def score_sequence(name: str, preds: list[np.ndarray], gts: list[np.ndarray],
                    ) -> list[ObjectScore]:
     """Per-object J and F of a sequence; ``preds`` and ``gts`` are id maps (H, W), frame by frame.
 
-    Objects are the ids present anywhere in the ground truth. A prediction whose size is not its
-    annotation's is an :class:`InputError`.
+    Objects are ``1..`` the largest id of the first annotation, as the official evaluation numbers them: an
+    id that appears only later is not scored (the tracker was not given it), an id missing in between is
+    (an empty object). A prediction whose size is not its annotation's is an :class:`InputError`.
     """
     if len(preds) != len(gts):
         raise ValueError(f"{name}: {len(preds)} predicted frames for {len(gts)} annotated frames")
@@ -129,7 +132,7 @@ def score_sequence(name: str, preds: list[np.ndarray], gts: list[np.ndarray],
         frames = range(1, len(gts) - 1) if len(gts) > 2 else range(1, len(gts))
     else:
         frames = range(len(gts))
-    ids = sorted(set(np.unique(np.concatenate([g.ravel() for g in gts]))) - {0})
+    ids = range(1, int(gts[0].max()) + 1) if gts else range(0)
     scores = []
     for obj in ids:
         j, f = [], []

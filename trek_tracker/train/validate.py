@@ -3,7 +3,8 @@ and score J and F.
 
 Used by ``trek-track eval-vos`` and during training (with the EMA weights). Predictions are compared at the
 annotation resolution; frames without an annotation file are propagated but not scored; DAVIS-2017 void
-pixels (palette index 255) are ignored, as the benchmark does.
+pixels (palette index 255) are background, and the objects are those of the first annotation, as the official
+evaluation (davis2017-evaluation) has them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from trek_tracker.device import kernel_flags_kept
 from trek_tracker.errors import InputError
@@ -84,7 +84,7 @@ def predict_sequence(tracker: Tracker, seq: SequenceData, save_dir: Path | None 
                      on_frame: Callable[[int], None] | None = None) -> Predictions:
     """Every frame's label map and boxes (annotation ids): frame 0 is the given annotation, the rest
     predicted; ``on_frame(index)`` after each frame (a progress bar)."""
-    first = np.where(read_void(seq.labels[0]), 0, read_label(seq.labels[0])).astype(np.uint8)
+    first = read_label(seq.labels[0]).astype(np.uint8)  # void (palette 255) is background
     ids = ObjectIds.from_labels(first)
     sink = Predictions(seq, ids, save_dir)
     frames = IndexedFrames(lambda i: read_image(seq.frames[i]), range(len(seq.frames)))
@@ -120,8 +120,7 @@ def evaluate_model(model: VOSModel, root: str | Path, *, sequences: list[str] | 
                                         on_frame=None if bar is None else lambda _i: bar.update(1))
                 idx = sorted(seq.labels)
                 gts = [read_label(seq.labels[i]) for i in idx]
-                scores += score_sequence(seq.name, [pred.labels[i] for i in idx], gts,
-                                         [read_void(seq.labels[i]) for i in idx])
+                scores += score_sequence(seq.name, [pred.labels[i] for i in idx], gts)
                 if box_metrics:
                     boxes = {obj: np.stack([pred.boxes[i][obj] for i in idx]) for obj in pred.ids.values}
                     runs += score_boxes(boxes, gts)
@@ -158,13 +157,6 @@ def summarise_boxes(runs: list[RunScore]) -> dict:
             "box_precision": float(np.mean([r.normalized_precision_score for r in runs]))}
 
 
-def read_void(path: Path) -> np.ndarray:
-    """DAVIS-2017 "void" pixels (palette index 255) of an annotation; all False for other masks."""
-    with Image.open(path) as im:
-        arr = np.asarray(im)
-        return (arr == 255) if im.mode == "P" else np.zeros(arr.shape[:2], bool)
-
-
 def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[str] | None = None) -> dict:
     """J&F of saved predictions ``pred_root/<seq>/<frame>.png`` against the DAVIS-layout ``root``."""
     scores: list[ObjectScore] = []
@@ -180,5 +172,5 @@ def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[
         for p, g in zip(preds, gts, strict=True):
             if p.shape != g.shape:
                 raise InputError(f"{seq.name}: prediction of size {p.shape[::-1]} for annotation {g.shape[::-1]}")
-        scores += score_sequence(seq.name, preds, gts, [read_void(seq.labels[i]) for i in idx])
+        scores += score_sequence(seq.name, preds, gts)
     return summarise(scores)
