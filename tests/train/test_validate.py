@@ -133,3 +133,22 @@ def test_validation_shows_a_bar_of_its_frames(dataset, capsys):
     evaluate_model(build_model("test_deaot_tiny"), dataset, max_long_edge=None, progress="validate step 7")
     err = capsys.readouterr().err
     assert "validate step 7:" in err and "0/4 [" in err, err  # (tqdm redraws at most every 0.1 s)
+
+
+def test_a_multi_object_rgb_prediction_is_refused_not_scored_as_one_object(dataset, tmp_path):
+    from trek_tracker.errors import InputError
+
+    pred = tmp_path / "pred"
+    for i in (0, 1, 3):
+        p = np.zeros((16, 16), np.uint8)
+        p[4:12, 4:12] = 1
+        _png(pred / "seq" / f"{i:05d}.png", p)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:12, 4:8] = (128, 0, 0)
+    rgb[4:12, 8:12] = (0, 128, 0)  # a second object, or the same one? the file cannot say
+    Image.fromarray(rgb).save(pred / "seq" / "00001.png")
+    with pytest.raises(InputError, match=r"00001\.png is an RGB image with 2 object colours"):
+        evaluate_folder(pred, dataset)
+    rgb[4:12, 8:12] = (128, 0, 0)  # one colour: one object, as before
+    Image.fromarray(rgb).save(pred / "seq" / "00001.png")
+    assert evaluate_folder(pred, dataset)["J_mean"] == 1.0

@@ -157,6 +157,25 @@ def summarise_boxes(runs: list[RunScore]) -> dict:
             "box_precision": float(np.mean([r.normalized_precision_score for r in runs]))}
 
 
+def read_prediction(path: Path) -> np.ndarray:
+    """A saved prediction as object ids: a palette or grayscale id PNG (as ``read_label`` reads it). An RGB
+    file with more than one colour is refused: which colour is which object is not in the file, and reading
+    every colour as one object would score a multi-object prediction silently wrong."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im) if im.mode in ("RGB", "RGBA") else None
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read prediction {path}: {err}") from None
+    if rgb is not None:
+        colours = np.unique(rgb[..., :3].reshape(-1, 3), axis=0)
+        if len(colours[colours.any(axis=1)]) > 1:
+            raise InputError(f"{path} is an RGB image with {len(colours) - 1} object colours; save predictions "
+                             "as palette or grayscale PNGs whose values are the object ids")
+    return read_label(path)
+
+
 def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[str] | None = None) -> dict:
     """J&F of saved predictions ``pred_root/<seq>/<frame>.png`` against the DAVIS-layout ``root``."""
     scores: list[ObjectScore] = []
@@ -167,7 +186,7 @@ def evaluate_folder(pred_root: str | Path, root: str | Path, *, sequences: list[
             p = Path(pred_root) / seq.name / f"{seq.labels[i].stem}.png"
             if not p.is_file():
                 raise InputError(f"prediction missing: {p}")
-            preds.append(read_label(p))
+            preds.append(read_prediction(p))
         gts = [read_label(seq.labels[i]) for i in idx]
         for p, g in zip(preds, gts, strict=True):
             if p.shape != g.shape:
