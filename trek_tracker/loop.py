@@ -28,13 +28,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import queue
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -43,6 +41,7 @@ import numpy as np
 from trek_tracker.errors import InputError
 from trek_tracker.geometry import Box
 from trek_tracker.pipeline import FrameResult
+from trek_tracker.signals import HeldSignals
 from trek_tracker.video import decode_threads as default_decode_threads
 from trek_tracker.video import prefetch
 
@@ -179,13 +178,13 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start | None
             sink.flush()
         saver.save(index, {"tracker": state, "lost": copy.deepcopy(lost.frames)})
 
-    boundary = _FrameBoundary() if saver is not None else None
+    boundary = HeldSignals() if saver is not None else None  # a signal waits for the frame's end
     try:
         threads = decode_threads or default_decode_threads()
         with boundary or contextlib.nullcontext():
             for index, image in enumerate(prefetch(frames, prefetch_depth, threads) if prefetch_depth > 0 else frames,
                                           start=first):
-                with boundary.frame() if boundary else contextlib.nullcontext():
+                with boundary.unit() if boundary else contextlib.nullcontext():
                     if index == 0:
                         result = tracker.init(image, start.box, mask=start.mask, **keep)
                     else:
@@ -195,6 +194,8 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start | None
                     if saver is not None and saver.due(index):
                         writer.call(save, index, tracker.state())
                         saved = index
+                if boundary is not None:
+                    boundary.handle()  # a signal held during the frame, now that it is handed over
                 if bar is not None:
                     bar.update(1)
                 if on_frame is not None:
@@ -222,63 +223,6 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start | None
                     log.warning("could not save the state to resume from (%s); an earlier one is kept if any", err)
         _close(sinks, status, error)
     return LoopResult(n, status, time.perf_counter() - began, lost.frames, error, first)
-
-
-class _FrameBoundary:
-    """While a loop runs (in the main thread), a SIGINT, SIGTERM or SIGHUP that arrives while a frame is
-    tracked is held until the frame is finished and handed over, then handled as it would have been; a
-    second one while the frame is still running is handled at once (a hung frame can still be stopped),
-    and the state is then :attr:`torn`."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __init__(self) -> None:
-        self.inside = False
-        self.held: int | None = None
-        self.torn = False
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _FrameBoundary:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._arrived) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-    @contextlib.contextmanager
-    def frame(self) -> Iterator[None]:
-        self.inside = True
-        try:
-            yield
-        except BaseException:
-            self.torn = True  # whatever stopped the frame half-way, its state is not one to save
-            raise
-        finally:
-            self.inside = False
-        if self.held is not None:
-            signum, self.held = self.held, None
-            self._handle(signum)
-
-    def _arrived(self, signum: int, frame: Any) -> None:
-        if self.inside and self.held is None:
-            self.held = signum
-            return
-        if self.inside:
-            self.torn = True
-        self._handle(signum, frame)
-
-    def _handle(self, signum: int, frame: Any = None) -> None:
-        handler = self.previous.get(signum, signal.SIG_DFL)
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            signal.signal(signum, signal.SIG_DFL)  # what the signal would have done: end the process
-            os.kill(os.getpid(), signum)
 
 
 class _LostFrames(Sink):

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from trek_tracker.errors import CheckpointError, InputError, UserError, memory_e
 from trek_tracker.files import atomic_write, os_error_message, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
+from trek_tracker.signals import SIGNALS, HeldSignals
 from trek_tracker.train.config import TrainConfig
 from trek_tracker.train.data import ClipDataset, StepSampler
 from trek_tracker.train.ema import EMA, default_decay
@@ -147,75 +147,9 @@ def _changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]
     return [f"{prefix}: {before[:60]} -> {after[:60]}"]
 
 
-class _StepBoundary:
-    """While training runs (in the main thread), a SIGINT, SIGTERM or SIGHUP (Ctrl-C, ``kill``, Slurm,
-    torchrun passing one on) that arrives during a step or a checkpoint save is held until they are done, so
-    that the state at the end of the step can be saved; outside them (validation) it acts at once, and the
-    step state is still whole. A second Ctrl-C during a step of a lone process acts at once (a hung step can
-    still be stopped) and the state is then :attr:`torn`. Other repeats stay held: Slurm and torchrun both
-    send each process a SIGTERM, a terminal and torchrun both send a Ctrl-C (and torchrun kills its processes
-    30 s after passing a signal on)."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __init__(self, repeat_acts: bool = True) -> None:
-        self.repeat_acts = repeat_acts
-        self.inside = False
-        self.held: int | None = None
-        self.torn = False
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StepBoundary:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
-            self.previous = {sig: h for sig, h in self.previous.items() if h != signal.SIG_IGN}  # nohup's stay
-            for sig in self.previous:
-                signal.signal(sig, self._arrived)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self.previous = {}
-
-    @contextlib.contextmanager
-    def step(self) -> Iterator[None]:
-        self.inside = True
-        try:
-            yield
-        except BaseException:
-            self.torn = True  # whatever stopped the step half-way, its state is not one to save
-            raise
-        finally:
-            self.inside = False
-
-    def _arrived(self, signum: int, frame: object) -> None:
-        if self.inside and (self.held is None or signum != signal.SIGINT or not self.repeat_acts):
-            self.held = self.held or signum
-            return
-        if self.inside:
-            self.torn = True
-        self.handle(signum)
-
-    def handle(self, signum: int | None = None) -> None:
-        """What the signal (by default the held one) would have done: the CLI's handler raises an interrupt."""
-        signum = signum or self.held or signal.SIGINT
-        handler = self.previous.get(signum, signal.SIG_DFL)
-        self.held = None
-        if callable(handler):
-            handler(signum, None)  # the CLI's (and Python's SIGINT) handler raises an interrupt
-            return
-        if handler == signal.SIG_IGN:
-            return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        signal.signal(signum, signal.SIG_DFL)  # what the signal would have done: end the process
-        os.kill(os.getpid(), signum)
-
-
 def _ignore_signals(_worker: int) -> None:
     """Data-loader workers leave interrupts to the main process, which finishes its step and then ends them."""
-    for sig in _StepBoundary.SIGNALS:
+    for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -445,8 +379,8 @@ class Trainer:
         memory is one line that names the step and what needs less (:class:`~trek_tracker.errors.OutOfMemory`)."""
         with memory_errors(lambda: f"at training step {self.step + 1}", TRAIN_MEMORY_HINT,
                            kept="the last saved state is kept: the same command resumes from it"), \
-                _StepBoundary(repeat_acts=self.dist.world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ
-                              ) as boundary:
+                HeldSignals(repeats_act=(signal.SIGINT,) if self.dist.world == 1 and "TORCHELASTIC_RUN_ID"
+                            not in os.environ else ()) as boundary:
             try:
                 return self._run(until, boundary)
             except KeyboardInterrupt as err:  # Ctrl-C, or a signal the CLI made an interrupt
@@ -471,7 +405,7 @@ class Trainer:
     def _kept(self) -> str | None:
         return f"the state at step {self.saved_step} is kept: {RESUME_HINT}" if self.saved_step else None
 
-    def _keep_state(self, boundary: _StepBoundary) -> None:
+    def _keep_state(self, boundary: HeldSignals) -> None:
         """After an interrupt: save the state of the last finished step unless saved already, or torn."""
         if not self.dist.main or boundary.torn or self.step <= self.saved_step:
             return
@@ -484,7 +418,7 @@ class Trainer:
                                                 "kept", self.step, err, self.saved_step)
 
     def _train_step(self, batches: Iterator, gt_until: int, start_time: float, start_step: int, until: int,
-                    bar, boundary: _StepBoundary) -> bool:
+                    bar, boundary: HeldSignals) -> bool:
         """One optimiser step with its log row and scheduled checkpoint; returns whether every process is to
         stop after it (a signal held during it)."""
         t = self.cfg.train
@@ -545,7 +479,7 @@ class Trainer:
         # after the next step, whose agreement carries it.
         return stop or (self.dist.world == 1 and boundary.held is not None)
 
-    def _run(self, until: int | None, boundary: _StepBoundary) -> list[dict]:
+    def _run(self, until: int | None, boundary: HeldSignals) -> list[dict]:
         t = self.cfg.train
         until = t.steps if until is None else min(until, t.steps)
         main = self.dist.main
@@ -568,7 +502,7 @@ class Trainer:
         start_time, start_step = time.perf_counter(), self.step
         gt_until = int(t.seq_training_start_ratio * t.steps)
         while self.step < until:
-            with boundary.step():
+            with boundary.unit():
                 stop = self._train_step(batches, gt_until, start_time, start_step, until, bar, boundary)
                 if stop:  # a signal during the step: keep its state, then stop as the signal asks
                     if main and self.saved_step < self.step:
@@ -579,11 +513,11 @@ class Trainer:
             if stop:
                 if bar is not None:
                     bar.close()
-                boundary.handle()
+                boundary.handle(boundary.held or signal.SIGINT)  # held here, or by another process
             if main and (self.step == until or (self.cfg.val.every and self.step % self.cfg.val.every == 0)):
                 self.validate()  # also at the end of every run, interrupted by --until or not
             if self.dist.world > 1 and (self.step % max(1, t.checkpoint_every) == 0 or self.step == until):
-                with boundary.step():
+                with boundary.unit():
                     dist.barrier()
                 self.saved_step = self.step  # rank 0 got here: it saved this step
         if bar is not None:
