@@ -107,7 +107,7 @@ def write_submission(dataset: Trek150, tracker_dir: str | Path, tracker_name: st
     data = text.encode("utf-8")
     if out.suffix.lower() != ".json":
         buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:  # as make_archive would: ~7x smaller
             z.writestr(JSON_NAME, data)
         data = buf.getvalue()
     with os_errors(out, hint="choose another --out"), atomic_write(out, "wb") as f:
