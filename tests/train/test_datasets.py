@@ -3,9 +3,12 @@ and frame numbers it was given come back; clips sample among annotated frames; p
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.train import replicas
 from trek_tracker.errors import InputError
@@ -214,3 +217,88 @@ def test_source_settings_are_checked(tmp_path):
                 {"weight": 0.0}, {"max_sequences": 0}):
         with pytest.raises(InputError):
             DataSource(str(tmp_path), **bad)
+
+
+def test_wrong_or_partial_roots_are_one_line_input_errors(davis, tmp_path):
+    with pytest.raises(InputError, match="not a GOT-10k split folder"):
+        datasets.list_tracks(DataSource(str(tmp_path / "nowhere"), kind="got10k"))
+    (tmp_path / "mose" / "train" / "JPEGImages" / "m1").mkdir(parents=True)  # annotations not unpacked
+    with pytest.raises(InputError, match="Annotations/ is missing"):
+        datasets.list_items(DataSource(str(tmp_path / "mose"), kind="mose"))
+    # YouTube-VOS: meta.json names a video whose folders are absent: a partial download, not a smaller dataset
+    replicas.youtubevos(davis, tmp_path / "ytb")
+    meta = tmp_path / "ytb" / "train" / "meta.json"
+    table = json.loads(meta.read_text())
+    table["videos"]["vid1"] = table["videos"]["vid0"]
+    meta.write_text(json.dumps(table))
+    with pytest.raises(InputError, match="1 of the 2 videos .* e.g. vid1: the download is incomplete"):
+        datasets.list_items(DataSource(str(tmp_path / "ytb"), kind="youtubevos"))
+    assert sorted(_videos("youtubevos", tmp_path / "ytb", exclude=["vid1"])) == ["vid0"]
+
+
+def test_pascals_graded_masks_are_one_object(davis, tmp_path):
+    """PASCAL-S masks are graded (the share of subjects choosing each segment): one object above half scale,
+    not one object per grey level."""
+    replicas.saliency(davis, tmp_path, "pascals")
+    graded = np.zeros((72, 128), np.uint8)
+    graded[10:30, 10:40], graded[40:60, 50:90], graded[5:15, 100:120] = 255, 170, 85
+    Image.fromarray(graded, mode="L").save(tmp_path / "datasets" / "masks" / "pascal" / "1.png")
+    items = {it.name: it for it in datasets.list_items(DataSource(str(tmp_path), kind="pascals"))}
+    np.testing.assert_array_equal(items["1"].label(), (graded >= 128).astype(np.int64))
+
+
+def test_max_sequences_keeps_a_fixed_subset_for_every_kind(davis, tmp_path):
+    replicas.davis2017(davis, tmp_path / "davis")
+    replicas.saliency(davis, tmp_path / "ecssd", "ecssd")
+    for kind, root in (("davis", tmp_path / "davis"), ("ecssd", tmp_path / "ecssd")):
+        src = DataSource(str(root), kind=kind, max_sequences=1)
+        picked = [it.name for it in datasets.list_items(src)]
+        assert len(picked) == 1 and picked == [it.name for it in datasets.list_items(src)], kind
+
+
+def test_egotracks_skips_the_clips_its_extraction_tool_skips(davis, tmp_path):
+    """EgoTracks' frame extraction leaves out, whole, a clip where a box has no clip frame number or a query
+    set has no lt_track: such a clip has no frames, and must neither crash the reader nor stop it."""
+    truth = replicas.egotracks(davis, tmp_path)
+    path = tmp_path / "egotracks_train.json"
+    ann = json.loads(path.read_text())
+    good = ann["videos"][0]["clips"][0]["annotations"][0]["query_sets"]["1"]
+    no_number = dict(good, lt_track=[{"frame_number": 7, "x": 1, "y": 1, "width": 5, "height": 5}])
+    ann["videos"][0]["clips"] += [
+        {"exported_clip_uid": "clipB", "annotations": [{"query_sets": {"1": no_number}}]},
+        {"exported_clip_uid": "clipC", "annotations": [{"query_sets": {"1": good, "2": {"is_valid": True}}}]}]
+    path.write_text(json.dumps(ann))
+    tracks = datasets.list_tracks(DataSource(str(tmp_path), kind="egotracks"))
+    assert [t.name for t in tracks] == sorted(truth)
+
+
+def test_generic_folder_frames_follow_their_numbers(davis, tmp_path):
+    frames, labels = replicas.davis_frames(davis, "dog", 12)
+    for i, (f, lb) in enumerate(zip(frames, labels, strict=True)):  # unpadded names: "10" sorts before "2"
+        replicas.save_jpg(tmp_path / "JPEGImages" / "v" / f"{i}.jpg", f)
+        replicas.save_png(tmp_path / "Annotations" / "v" / f"{i}.png", lb)
+    v = _videos("video", tmp_path)["v"]
+    assert v.numbers == list(range(12))
+    assert np.array_equal(v.label(2), labels[2])
+
+
+def test_got10k_full_occlusion_hides_the_target(davis, tmp_path):
+    replicas.got10k(davis, tmp_path)
+    (tmp_path / "train" / "GOT-10k_Train_000001" / "cover.label").write_text("8\n0\n0\n5\n")
+    (track,) = datasets.list_tracks(DataSource(str(tmp_path), kind="got10k"))
+    assert track.visible.tolist() == [True, False, False, True]  # frame 1 absent, frame 2 fully occluded
+
+
+def test_scanning_a_dataset_shows_progress(davis, tmp_path, monkeypatch, capsys):
+    from trek_tracker.train.datasets import base
+
+    replicas.visor(davis, tmp_path / "visor")
+    replicas.lasot(davis, tmp_path / "lasot")
+    monkeypatch.setattr(base, "SCAN_PROGRESS", True)
+    datasets.list_items(DataSource(str(tmp_path / "visor"), kind="visor"))
+    datasets.list_tracks(DataSource(str(tmp_path / "lasot"), kind="lasot"))
+    err = capsys.readouterr().err
+    assert "VISOR train annotations" in err and "LaSOT sequences" in err
+    monkeypatch.setattr(base, "SCAN_PROGRESS", None)  # the default: on a terminal only (not here)
+    datasets.list_items(DataSource(str(tmp_path / "visor"), kind="visor"))
+    assert "VISOR" not in capsys.readouterr().err

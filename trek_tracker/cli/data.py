@@ -43,9 +43,10 @@ def data() -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option, e.g. resolution=480p.")
 @click.option("--sequences", default=None, help="Comma-separated sequences to check (default: all).")
 @click.option("--max-problems", type=int, default=200, show_default=True, help="Print at most this many problems.")
-@click.option("--progress/--no-progress", default=False, show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars while the root is scanned and checked (default: on a terminal).")
 def check(kind: str, root: Path, split: str | None, mask_root: Path | None, options: tuple[str, ...],
-          sequences: str | None, max_problems: int, progress: bool) -> None:
+          sequences: str | None, max_problems: int, progress: bool | None) -> None:
     """Validate a dataset ROOT of KIND before training: one line per problem, then counts.
 
     Exits with 1 when a problem was found.

@@ -63,8 +63,16 @@ def is_static(kind: str) -> bool:
 
 
 def list_items(src) -> list:
-    """The training items of a source: videos (video and box kinds) or static items."""
-    return reader(src.kind).load(reader(src.kind).lister)(src)
+    """The training items of a source: videos (video and box kinds) or static items; ``max_sequences`` keeps
+    a fixed random subset of them (box kinds draw it among their tracks, before the masks are looked up)."""
+    from trek_tracker.train.datasets.base import pick_subset
+
+    items = reader(src.kind).load(reader(src.kind).lister)(src)
+    if src.max_sequences is not None and len(items) > src.max_sequences:
+        keep = set(pick_subset([it.name for it in items], src.max_sequences,
+                               int(src.options.get("subset_seed", 0))))
+        items = [it for it in items if it.name in keep]
+    return items
 
 
 def list_tracks(src) -> list:

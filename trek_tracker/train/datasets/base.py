@@ -118,6 +118,23 @@ def read_label(path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def read_binary_label(path: Path) -> np.ndarray:
+    """A one-object saliency mask (ECSSD, MSRA10K, PASCAL-S) as ids 0/1: pixels at or above half the
+    mask's full scale are the object. PASCAL-S masks are graded (the share of subjects who chose each
+    segment), and saliency masks may have anti-aliased rims. Reading them as ids would make every grey
+    level an object of its own."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.asarray(im if mode in ("P", "L", "I;16", "I", "1") else im.convert("L"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read mask {path}: {err}") from None
+    if mode in ("P", "1"):  # palette indices / bilevel: any non-zero index is the object
+        return (arr > 0).astype(np.int64)
+    full = 255 if arr.dtype == np.uint8 else max(int(arr.max()), 1)
+    return (arr.astype(np.int64) * 2 >= full).astype(np.int64)
+
+
 def frame_number(stem: str) -> int | None:
     """The frame number in a file stem: its last run of digits (``00045``, ``P01_01_frame_0000000140``)."""
     digits = ""
@@ -227,6 +244,29 @@ def restrict(names: list[str], sequences: list[str] | None, exclude: list[str], 
         names = [n for n in names if n in wanted]
     drop = set(exclude)
     return [n for n in names if n not in drop]
+
+
+def pick_subset(names: list[str], count: int | None, seed: int = 0) -> list[str]:
+    """A fixed random subset of ``count`` names (``max_sequences``), kept in their listed order."""
+    if count is None or len(names) <= count:
+        return names
+    pick = np.random.default_rng(seed).choice(len(names), count, replace=False)
+    return [names[i] for i in sorted(pick)]
+
+
+# Progress while a reader scans a dataset: None shows it on a terminal only (tqdm's rule), True always,
+# False never.
+SCAN_PROGRESS: bool | None = None
+
+
+def scanning(items, desc: str, total: int | None = None):
+    """``items`` with a progress bar on stderr while a reader scans a large dataset (docs/datasets.md)."""
+    if SCAN_PROGRESS is False:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True, mininterval=0.5,
+                disable=None if SCAN_PROGRESS is None else False)
 
 
 def read_list(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ that have a mask are sampled; the images come from the dataset itself.
   ``full_occlusion.txt`` and ``out_of_view.txt`` (one line of 0/1 flags); the split lists
   ``training_set.txt`` / ``testing_set.txt`` of the protocol-II split when present at the root.
 - GOT-10k: ``<split>/<sequence>/00000001.jpg``, ``groundtruth.txt``, ``absence.label`` (0/1 per frame),
+  ``cover.label`` (visible share 0..8 per frame; 0, fully occluded, hides the target as absence does),
   ``<split>/list.txt``.
 - EgoTracks: the annotation file ``egotracks_<split>.json`` (Ego4D ``videos -> clips -> annotations ->
   query_sets -> lt_track`` of ``{exported_clip_frame_number, x, y, width, height}``) and the frames that
@@ -30,8 +31,10 @@ from trek_tracker.train.datasets.base import (
     file_video,
     frame_number,
     images_in,
+    pick_subset,
     read_list,
     restrict,
+    scanning,
 )
 from trek_tracker.train.datasets.source import DataSource
 
@@ -64,7 +67,22 @@ def read_flags(path: Path, n: int) -> np.ndarray:
     return flags
 
 
-def _track(name: str, folder: Path, image_folder: Path, hidden: list[Path]) -> BoxTrack:
+def read_cover(path: Path, n: int) -> np.ndarray:
+    """GOT-10k ``cover.label``: the visible share of the target in 9 levels, 0 = fully occluded; True where
+    it is 0 (all False when the file is absent)."""
+    if not path.is_file():
+        return np.zeros(n, bool)
+    try:
+        levels = np.asarray([int(float(v)) for v in path.read_text(encoding="utf-8").replace(",", " ").split()])
+    except ValueError:
+        raise InputError(f"{path}: cover levels must be integers 0..8") from None
+    if len(levels) != n:
+        raise InputError(f"{path}: {len(levels)} cover levels for {n} frames")
+    return levels == 0
+
+
+def _track(name: str, folder: Path, image_folder: Path, hidden: list[Path], cover: Path | None = None
+           ) -> BoxTrack:
     images = sorted(images_in(image_folder).values())
     gt = folder / "groundtruth.txt"
     if not gt.is_file():
@@ -75,6 +93,8 @@ def _track(name: str, folder: Path, image_folder: Path, hidden: list[Path]) -> B
     absent = np.zeros(len(boxes), bool)
     for flag_file in hidden:
         absent |= read_flags(flag_file, len(boxes))
+    if cover is not None:  # GOT-10k: fully occluded (cover 0) hides the target, as pytracking's reader has it
+        absent |= read_cover(cover, len(boxes))
     visible = ~absent & np.isfinite(boxes).all(1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
     numbers = [frame_number(p.stem) if frame_number(p.stem) is not None else i for i, p in enumerate(images)]
     return BoxTrack(name, images, boxes, visible, numbers, absent)
@@ -82,11 +102,7 @@ def _track(name: str, folder: Path, image_folder: Path, hidden: list[Path]) -> B
 
 def _subset(names: list[str], src: DataSource) -> list[str]:
     names = restrict(names, src.sequences, src.exclude, src.root)
-    if src.max_sequences is not None and len(names) > src.max_sequences:
-        pick = np.random.default_rng(int(src.options.get("subset_seed", 0))).choice(
-            len(names), src.max_sequences, replace=False)
-        names = [names[i] for i in sorted(pick)]
-    return names
+    return pick_subset(names, src.max_sequences, int(src.options.get("subset_seed", 0)))
 
 
 # ---------------------------------------------------------------------------------------------- LaSOT
@@ -119,7 +135,7 @@ def lasot_tracks(src: DataSource) -> list[BoxTrack]:
                              "toolkit); put it there or leave split unset to use every sequence")
     return [_track(n, folders[n], folders[n] / "img",
                    [folders[n] / "full_occlusion.txt", folders[n] / "out_of_view.txt"])
-            for n in _subset(names, src)]
+            for n in scanning(_subset(names, src), "LaSOT sequences")]
 
 
 # ---------------------------------------------------------------------------------------------- GOT-10k
@@ -130,12 +146,15 @@ def got10k_tracks(src: DataSource) -> list[BoxTrack]:
     listed = split_dir / "list.txt"
     if listed.is_file():
         names = read_list(listed)
-    else:
+    elif split_dir.is_dir():
         names = sorted(p.name for p in split_dir.iterdir() if (p / "groundtruth.txt").is_file())
+    else:
+        names = []
     if not names:
-        raise InputError(f"{split_dir} is not a GOT-10k split folder: no list.txt and no sequence folders")
-    return [_track(n, split_dir / n, split_dir / n, [split_dir / n / "absence.label"])
-            for n in _subset(names, src)]
+        raise InputError(f"{split_dir} is not a GOT-10k split folder: no list.txt and no sequence folders "
+                         f"(point root at the GOT-10k folder that holds {split}/, or at {split}/ itself)")
+    return [_track(n, split_dir / n, split_dir / n, [split_dir / n / "absence.label"], split_dir / n / "cover.label")
+            for n in scanning(_subset(names, src), "GOT-10k sequences")]
 
 
 # ---------------------------------------------------------------------------------------------- EgoTracks
@@ -145,6 +164,19 @@ def _egotracks_file(root: Path, split: str) -> Path:
         if path.is_file():
             return path
     raise InputError(f"{root}: EgoTracks annotations egotracks_{split}.json not found")
+
+
+def _clip_extracted(clip: dict, key: str) -> bool:
+    """Whether EgoTracks' frame extraction (``extract_ego4d_clip_annotated_frames.py``) takes this clip: it
+    skips, whole, a clip with a query set that has no ``lt_track`` or a visual crop, response-track or
+    lt_track box without a clip frame number (a failed frame-number conversion upstream)."""
+    for ann in clip.get("annotations", []):
+        for qset in ann.get("query_sets", {}).values():
+            if "lt_track" not in qset or ("visual_crop" in qset and key not in qset["visual_crop"]):
+                return False
+            if any(key not in box for track in ("response_track", "lt_track") for box in qset.get(track) or []):
+                return False
+    return True
 
 
 def egotracks_tracks(src: DataSource) -> list[BoxTrack]:
@@ -161,8 +193,8 @@ def egotracks_tracks(src: DataSource) -> list[BoxTrack]:
     for video in videos:
         for clip in video.get("clips", []):
             clip_uid = clip.get("exported_clip_uid")
-            if not clip_uid:
-                continue  # not exported (conversion error upstream)
+            if not clip_uid or not _clip_extracted(clip, key):
+                continue  # not exported, or its frames are not extracted (conversion errors upstream)
             for ann in clip.get("annotations", []):
                 for target, qset in ann.get("query_sets", {}).items():
                     if not qset.get("is_valid", True) or "lt_track" not in qset:
@@ -171,7 +203,7 @@ def egotracks_tracks(src: DataSource) -> list[BoxTrack]:
                     title = str(qset.get("object_title", "object")).replace("/", "-").replace(" ", "-")
                     tracks[f"{clip_uid}_{target}_{title}"] = (clip_uid, boxes)
     result = []
-    for name in _subset(sorted(tracks), src):
+    for name in scanning(_subset(sorted(tracks), src), "EgoTracks tracks"):
         clip_uid, boxes = tracks[name]
         available = {frame_number(stem): p for stem, p in images_in(frames_root / clip_uid).items()}
         numbers = sorted(n for n in boxes if n in available)
@@ -204,7 +236,7 @@ def videos_from_masks(tracks: list[BoxTrack], src: DataSource) -> list[VideoItem
     if not mask_root.is_dir():
         raise InputError(f"mask_root {mask_root} not found")
     items = []
-    for track in tracks:
+    for track in scanning(tracks, f"{src.kind} masks"):
         folder = mask_folder(mask_root, track.name)
         if folder is None:
             continue

@@ -174,18 +174,23 @@ def check_static(item: StaticItem, problems: list[str], counts: Counter) -> None
     counts["objects"] += n
 
 
-def check_dataset(src: DataSource, *, progress: bool = False) -> CheckReport:
-    """Every check for one source; a root the reader cannot list is one problem."""
+def check_dataset(src: DataSource, *, progress: bool | None = False) -> CheckReport:
+    """Every check for one source; a root the reader cannot list is one problem. ``progress``: bars on
+    stderr while the root is scanned and checked (None: on a terminal only)."""
+    from trek_tracker.train.datasets import base
+
     report = CheckReport(src.kind, src.root)
     family = datasets.reader(src.kind).family
 
     def bar(items: list) -> Iterator:
-        if not progress:
+        if progress is False:
             return iter(items)
         from tqdm import tqdm
 
-        return iter(tqdm(items, desc=f"check {src.kind}", dynamic_ncols=True))
+        return iter(tqdm(items, desc=f"check {src.kind}", dynamic_ncols=True,
+                         disable=None if progress is None else False))
 
+    before, base.SCAN_PROGRESS = base.SCAN_PROGRESS, progress
     try:
         if family == "boxes":
             tracks = datasets.list_tracks(src)
@@ -208,4 +213,6 @@ def check_dataset(src: DataSource, *, progress: bool = False) -> CheckReport:
                 check_static(item, report.problems, report.counts)
     except UserError as err:
         report.problems.append(f"{src.root}: {err}")
+    finally:
+        base.SCAN_PROGRESS = before
     return report

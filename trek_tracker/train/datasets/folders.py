@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 
 from trek_tracker.errors import InputError
-from trek_tracker.train.datasets.base import VideoItem, file_video, images_in, read_list, restrict
+from trek_tracker.train.datasets.base import (
+    VideoItem,
+    file_video,
+    frame_number,
+    images_in,
+    read_list,
+    restrict,
+    scanning,
+)
 from trek_tracker.train.datasets.source import DataSource
 
 
@@ -26,13 +34,19 @@ def video_dirs(root: Path) -> tuple[Path, Path]:
     return img, ann
 
 
+def _frame_order(path: Path) -> tuple:
+    """Frames in the order of their numbers (``2.png`` before ``10.png``), then by name."""
+    n = frame_number(path.stem)
+    return (n is None, n if n is not None else 0, path.name)
+
+
 def folder_videos(img_dir: Path, ann_dir: Path, names: list[str], frames: dict[str, set[str]] | None = None
                   ) -> list[VideoItem]:
     """Videos whose annotated frames are the masks that have an image (optionally only ``frames[name]``)."""
     items = []
-    for name in names:
+    for name in scanning(names, f"scanning {ann_dir}"):
         images = images_in(img_dir / name)
-        labels = sorted(p for p in (ann_dir / name).glob("*.png") if p.stem in images)
+        labels = sorted((p for p in (ann_dir / name).glob("*.png") if p.stem in images), key=_frame_order)
         if frames is not None:
             labels = [p for p in labels if p.stem in frames.get(name, ())]
         if labels:
@@ -84,10 +98,12 @@ def list_davis(src: DataSource, *, year: str = "2017") -> list[VideoItem]:
 
 def _split_root(root: Path, split: str, kind: str) -> Path:
     """``root/<split>`` when present (the dataset's top folder), else ``root`` itself (the split folder)."""
-    if (root / split / "JPEGImages").is_dir():
-        return root / split
-    if (root / "JPEGImages").is_dir():
-        return root
+    for folder in (root / split, root):
+        if (folder / "JPEGImages").is_dir():
+            if not (folder / "Annotations").is_dir():
+                raise InputError(f"{folder} is not a complete {kind} split folder: JPEGImages/ is there but "
+                                 "Annotations/ is missing (unpack the split's annotations beside it)")
+            return folder
     raise InputError(f"{root} is not a {kind} root: neither {split}/JPEGImages/ nor JPEGImages/ exists")
 
 
@@ -120,7 +136,17 @@ def list_youtubevos(src: DataSource) -> list[VideoItem]:
     frames = read_meta(meta)
     img_dir, ann_dir = root / "JPEGImages", root / "Annotations"
     names = restrict(sorted(frames), src.sequences, src.exclude, str(meta))
+    _all_present(names, img_dir, ann_dir, meta)
     return _nonempty(folder_videos(img_dir, ann_dir, names, frames), ann_dir)
+
+
+def _all_present(names: list[str], img_dir: Path, ann_dir: Path, listed: Path) -> None:
+    """A video that the dataset's own list names but whose folders are absent means a partial download."""
+    missing = [n for n in names if not (img_dir / n).is_dir() or not (ann_dir / n).is_dir()]
+    if missing:
+        raise InputError(f"{len(missing)} of the {len(names)} videos that {listed} lists have no JPEGImages/ or "
+                         f"Annotations/ folder, e.g. {missing[0]}: the download is incomplete; unpack the whole "
+                         "split (or leave these videos out with exclude)")
 
 
 def list_mose(src: DataSource) -> list[VideoItem]:
@@ -133,6 +159,7 @@ def list_mose(src: DataSource) -> list[VideoItem]:
         if meta.is_file():
             frames = read_meta(meta)
             names = restrict(sorted(frames), src.sequences, src.exclude, str(meta))
+            _all_present(names, root / "JPEGImages", root / "Annotations", meta)
             return _nonempty(folder_videos(root / "JPEGImages", root / "Annotations", names, frames), root)
     ann_dir = root / "Annotations"
     names = restrict(sorted(p.name for p in ann_dir.iterdir() if p.is_dir()), src.sequences, src.exclude,

@@ -6,6 +6,8 @@
   ``ImageSets/Segmentation/<split>.txt``; with ``options.sbd`` (the SBD ``benchmark_RELEASE`` root), SBD's
   instance masks ``dataset/inst/<id>.mat`` of its ``<split>.txt`` are added for images VOC does not annotate.
 - ECSSD: ``images/*.jpg`` + ``ground_truth_mask/*.png`` (0/255, one object).
+  The three saliency sets' masks are one object each, thresholded at half scale (PASCAL-S's are graded:
+  each segment's value is the share of subjects who chose it).
 - MSRA10K: ``MSRA10K_Imgs_GT/Imgs/<id>.jpg`` + ``<id>.png`` in the same folder.
 - PASCAL-S: ``datasets/imgs/pascal/<n>.jpg`` + ``datasets/masks/pascal/<n>.png``.
 - ``static``: any folder pair with matching names (``images`` / ``masks`` settings), e.g. the flattened
@@ -19,12 +21,21 @@ from pathlib import Path
 import numpy as np
 
 from trek_tracker.errors import InputError
-from trek_tracker.train.datasets.base import FileLabel, StaticItem, images_in, read_list, restrict
+from trek_tracker.train.datasets.base import (
+    FileLabel,
+    StaticItem,
+    images_in,
+    read_binary_label,
+    read_label,
+    read_list,
+    restrict,
+)
 from trek_tracker.train.datasets.source import DataSource
 
 
-def paired(img_dir: Path, mask_dir: Path, src: DataSource, what: str) -> list[StaticItem]:
-    """Images and masks with matching stems (a PNG beside its own mask is a mask, as in MSRA10K)."""
+def paired(img_dir: Path, mask_dir: Path, src: DataSource, what: str, reader=read_label) -> list[StaticItem]:
+    """Images and masks with matching stems (a PNG beside its own mask is a mask, as in MSRA10K); ``reader``
+    turns a mask file into ids."""
     if not img_dir.is_dir() or not mask_dir.is_dir():
         raise InputError(f"{what} root {src.root}: {img_dir} and {mask_dir} must both exist")
     masks = {p.stem: p for p in mask_dir.glob("*.png")}
@@ -34,7 +45,7 @@ def paired(img_dir: Path, mask_dir: Path, src: DataSource, what: str) -> list[St
     names = restrict(sorted(set(images) & set(masks)), src.sequences, src.exclude, str(img_dir))
     if not names:
         raise InputError(f"no image/mask pairs with matching names in {img_dir} and {mask_dir}")
-    return [StaticItem(n, images[n], FileLabel(masks[n]), masks[n]) for n in names]
+    return [StaticItem(n, images[n], FileLabel(masks[n], reader), masks[n]) for n in names]
 
 
 def _first_dir(root: Path, options: list[str], what: str) -> Path:
@@ -52,18 +63,20 @@ def list_generic(src: DataSource) -> list[StaticItem]:
 def list_ecssd(src: DataSource) -> list[StaticItem]:
     root = Path(src.root)
     return paired(_first_dir(root, ["images", "ECSSD/images"], "ECSSD"),
-                  _first_dir(root, ["ground_truth_mask", "ECSSD/ground_truth_mask"], "ECSSD"), src, "ECSSD")
+                  _first_dir(root, ["ground_truth_mask", "ECSSD/ground_truth_mask"], "ECSSD"), src, "ECSSD",
+                  read_binary_label)
 
 
 def list_msra10k(src: DataSource) -> list[StaticItem]:
     folder = _first_dir(Path(src.root), ["MSRA10K_Imgs_GT/Imgs", "Imgs", "."], "MSRA10K")
-    return paired(folder, folder, src, "MSRA10K")
+    return paired(folder, folder, src, "MSRA10K", read_binary_label)
 
 
 def list_pascals(src: DataSource) -> list[StaticItem]:
     root = Path(src.root)
     return paired(_first_dir(root, ["datasets/imgs/pascal", "imgs/pascal"], "PASCAL-S"),
-                  _first_dir(root, ["datasets/masks/pascal", "masks/pascal"], "PASCAL-S"), src, "PASCAL-S")
+                  _first_dir(root, ["datasets/masks/pascal", "masks/pascal"], "PASCAL-S"), src, "PASCAL-S",
+                  read_binary_label)
 
 
 class SBDLabel:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from trek_tracker.errors import InputError
-from trek_tracker.train.datasets.base import VideoItem, file_video, images_in, read_list, restrict
+from trek_tracker.train.datasets.base import VideoItem, file_video, images_in, read_list, restrict, scanning
 from trek_tracker.train.datasets.source import DataSource
 
 
@@ -51,7 +51,7 @@ def list_vipseg(src: DataSource) -> list[VideoItem]:
     names = restrict(read_list(listed), src.sequences, src.exclude, str(listed))
     reader = PanopticReader(int(src.options.get("min_value", 1)))
     items = []
-    for name in names:
+    for name in scanning(names, "VIPSeg videos"):
         images = images_in(img_dir / name)
         labels = sorted(p for p in (ann_dir / name).glob("*.png") if p.stem in images)
         if labels:

@@ -28,6 +28,7 @@ from trek_tracker.train.datasets.base import (
     images_in,
     polygons_to_label,
     restrict,
+    scanning,
     zip_members,
 )
 from trek_tracker.train.datasets.folders import list_visor_export
@@ -106,7 +107,7 @@ def list_visor(src: DataSource) -> list[VideoItem]:
         raise InputError(f"no VISOR annotation files in {ann_dir}")
     min_frames = int(src.options.get("min_frames", MIN_FRAMES.get(split, 2)))
     items: list[VideoItem] = []
-    for path in files:
+    for path in scanning(files, f"VISOR {split} annotations"):
         groups = subsequences(read_visor_json(path))
         names = restrict(sorted(groups), None, src.exclude, str(path))
         if src.sequences:
