@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,26 @@ def test_byte_order_mark_is_not_a_value(root: Path) -> None:
     gt = root / "P01-P01_01-2" / "groundtruth_rect.txt"
     gt.write_bytes(b"\xef\xbb\xbf" + gt.read_bytes())  # saved by a Windows editor
     np.testing.assert_array_equal(Trek150(root)["P01-P01_01-2"].gt[0], [10, 10, 16, 8])
+
+
+def test_image_count_problems_name_the_frames_and_what_to_do(root: Path) -> None:
+    """A missing or unlisted image: the reader's error and `dataset check`'s line name the frames and say to
+    prepare again (which extracts the missing ones and deletes those frames.txt does not list)."""
+    seq = root / "P01-P01_01-2"
+    (seq / "img" / "frame_0000000103.jpg").unlink()
+    (seq / "img" / "frame_0000000102.jpg").write_bytes(b"x")
+    (seq / "img" / "frame_0000000104.jpg").write_bytes(b"x")
+    fix = "; prepare the dataset again (trek-track dataset prepare"
+    with pytest.raises(InputError, match=r"9 images .* but 8 rows in groundtruth_rect.txt \(missing: "
+                                         r"frame_0000000103.jpg; not in frames.txt: frame_0000000102.jpg, "
+                                         r"frame_0000000104.jpg\)" + re.escape(fix)):
+        _ = Trek150(root)["P01-P01_01-2"].img_files
+    (problem,) = Trek150(root).validate().problems
+    assert problem.line().startswith(f"{seq / 'img'}: 9 frames but 8 rows in groundtruth_rect.txt (missing: "
+                                     "frame_0000000103.jpg; not in frames.txt: frame_0000000102.jpg, "
+                                     f"frame_0000000104.jpg){fix}")
+    (seq / "frames.txt").write_text((seq / "frames.txt").read_text() + "999\n")
+    redo = "; extract the annotations again (trek-track dataset prepare)"
+    with pytest.raises(InputError, match="9 rows in frames.txt but 8 rows in groundtruth_rect.txt" + re.escape(redo)):
+        Trek150(root).check(images=False)
+    assert any(p.line().endswith(redo) for p in Trek150(root).validate().problems)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.eval.helpers import SYN_A, build_synthetic
+from tests.eval.helpers import SYN_A, SYN_B, build_synthetic
 from trek_tracker.errors import InputError, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.prepare import PrepareConfig, prepare
@@ -100,6 +101,7 @@ def test_ffmpeg_gets_no_terminal_input(sources, tmp_path: Path) -> None:
     stdin_seen = tmp_path / "stdin.txt"
     ffmpeg.write_text(ffmpeg.read_text() + f"""
 import os
+import shutil
 pathlib.Path({str(stdin_seen)!r}).write_text(os.path.realpath("/proc/self/fd/0"))
 """)
     read, write = os.pipe()
@@ -344,3 +346,82 @@ def test_a_signal_stops_every_running_ffmpeg(two_videos, tmp_path: Path) -> None
     for pid in (int(p.name) for p in pids.iterdir()):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_an_interrupt_starts_no_ffmpeg_after_it(two_videos, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while one video's ffmpeg runs and another's job is still getting ready (deleting an old frame
+    folder): the second must not start its ffmpeg after the running ones were stopped, or the interrupted
+    command would wait for a whole extraction before it ends."""
+    import threading
+
+    import trek_tracker.eval.prepare as prep
+
+    zpath, videos, ffmpeg, log = two_videos
+    started = tmp_path / "started"
+    ffmpeg.write_text(ffmpeg.read_text().replace(
+        "n = int(", f"import time\nif 'P01_01' in sys.argv[2]: pathlib.Path({str(started)!r}).touch(); time.sleep(60)\n"
+                    "n = int("))
+    extracted = prep._extracted
+    main = threading.main_thread().ident
+
+    def slow_to_start(tmp: Path, used: list[int]) -> bool:
+        if tmp.name.endswith("P02_03"):  # the interrupt comes while this job gets ready
+            deadline = time.monotonic() + 30
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(1)
+        return extracted(tmp, used)
+
+    monkeypatch.setattr(prep, "_extracted", slow_to_start)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(PrepareConfig(root=tmp_path / "trek", annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg),
+                              jobs=2), echo=lambda s: None)
+    time.sleep(2)  # what the second job does after the interrupt
+    assert [line for line in log.read_text().splitlines() if "P02_03" in line] == []
+
+
+def test_images_frames_txt_does_not_list_are_deleted_without_extracting_again(sources, tmp_path: Path) -> None:
+    """An image in ``img/`` that frames.txt does not list (a frame of an older frames.txt, a copied-in file, a
+    macOS ``._`` file) makes the reader refuse the sequence: preparing again deletes it, with a warning, and
+    needs no extraction when every listed frame is there."""
+    zpath, videos, ffmpeg, log = sources
+    root = tmp_path / "trek"
+    _prepare(root, zpath, videos, ffmpeg)
+    img = root / "P01-P01_01-2" / "img"
+    (img / "frame_0000000102.jpg").write_bytes(b"stray")
+    (img / "._frame_0000000101.jpg").write_bytes(b"apple double")
+    with pytest.raises(InputError, match="10 images"):
+        Trek150(root)["P01-P01_01-2"].img_files  # noqa: B018
+    echoed: list[str] = []
+    _prepare(root, zpath, videos, ffmpeg, echo=echoed.append)
+    assert len(log.read_text().splitlines()) == 1  # no second extraction
+    assert [line for line in echoed if line.startswith("warning:")] == [
+        "warning: P01-P01_01-2: deleted 2 image(s) that frames.txt does not list (first: ._frame_0000000101.jpg)"]
+    assert len(Trek150(root)["P01-P01_01-2"].img_files) == len(SYN_A)
+
+
+def test_a_missing_sequence_zip_is_taken_again_from_the_annotations_zip(sources, tmp_path: Path) -> None:
+    """An extraction of the annotations zip cut short after sequences.txt, or a damaged sequence zip deleted
+    as its error says: the next run takes the sequence zip from the annotations zip again instead of
+    stopping; without that zip, one line says what to do."""
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    _prepare(root, zpath, videos, ffmpeg)
+    shutil.rmtree(root / "P01-P01_01-10")
+    (root / "TREK-150-annotations" / "P01-P01_01-10.zip").unlink()
+    _prepare(root, zpath, videos, ffmpeg)
+    assert len(Trek150(root)["P01-P01_01-10"].img_files) == len(SYN_B)
+    shutil.rmtree(root / "P01-P01_01-10")
+    (root / "TREK-150-annotations" / "P01-P01_01-10.zip").unlink()
+    with pytest.raises(InputError, match=r"annotations of P01-P01_01-10 not found: .*; download the annotations zip "
+                                         r"from https://\S+ and pass --annotations$"):
+        _prepare(root, tmp_path / "elsewhere.zip", videos, ffmpeg)
+
+
+def test_no_videos_folder_says_to_pass_one(sources, tmp_path: Path) -> None:
+    zpath, _, ffmpeg, _ = sources
+    with pytest.raises(InputError, match=r"1 EK-55 video\(s\) needed for frames and no videos folder was given "
+                                         r"\(--videos DIR\); (.|\n)*videos/train/P01/P01_01.MP4") as err:
+        prepare(PrepareConfig(root=tmp_path / "trek", annotations_zip=zpath, ffmpeg=str(ffmpeg)), echo=lambda s: None)
+    assert "None" not in str(err.value)

@@ -174,6 +174,23 @@ def _hoi_problems(rows: list[tuple[int, list[int]]], n: int, absent: np.ndarray)
     return out
 
 
+def _count_detail(files: list[Path], ids: list[int] | None) -> str:
+    """Which frames make an image count differ from ``frames.txt`` (the first three of each kind), and what
+    to do: `` (missing frame_...; not in frames.txt: frame_...); prepare ...``."""
+    parts = []
+    if ids is not None:
+        names = {f.name for f in files}
+        expected = [frame_file_name(i) for i in ids]
+        wanted = set(expected)
+        for label, items in (("missing", [e for e in expected if e not in names]),
+                             ("not in frames.txt", [f.name for f in files if f.name not in wanted])):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3
+                                                                    else ""))
+    return ((f" ({'; '.join(parts)})" if parts else "") + "; prepare the dataset again (trek-track dataset prepare: "
+            "it extracts missing frames and deletes those frames.txt does not list)")
+
+
 _FIX_FRAMES = ("extract the frames again (trek-track dataset prepare); `trek-track dataset check --decode` lists "
                "every damaged frame")
 
@@ -258,19 +275,19 @@ class Sequence:
         if not files:
             raise InputError(f"sequence {self.name}: no images in {img_dir}; prepare the dataset first "
                              "(trek-track dataset prepare)")
+        ids = self.frame_ids
         if len(files) != len(self):
             raise InputError(f"sequence {self.name}: {len(files)} images in {img_dir} but {len(self)} rows "
-                             f"in groundtruth_rect.txt")
-        ids = self.frame_ids
+                             f"in groundtruth_rect.txt{_count_detail(files, ids)}")
         if ids is not None:
             if len(ids) != len(self):
                 raise InputError(f"sequence {self.name}: {len(ids)} rows in frames.txt but {len(self)} rows "
-                                 "in groundtruth_rect.txt")
+                                 "in groundtruth_rect.txt; extract the annotations again (trek-track dataset prepare)")
             expected = [frame_file_name(i) for i in ids]
             for i, (f, e) in enumerate(zip(files, expected, strict=True)):
                 if f.name != e:
                     raise InputError(f"sequence {self.name}: image {i} is {f.name} but frames.txt "
-                                     f"row {i + 1} says {e}")
+                                     f"row {i + 1} says {e}; prepare the dataset again (trek-track dataset prepare)")
         return files
 
     @cached_property
@@ -436,7 +453,8 @@ class Trek150(SequenceABC):
                 counts["hoi_runs"] += len(seq.hoi)
             if seq.frame_ids is not None and len(seq.frame_ids) != len(seq):
                 raise InputError(f"sequence {seq.name}: {len(seq.frame_ids)} rows in frames.txt but "
-                                 f"{len(seq)} rows in groundtruth_rect.txt")
+                                 f"{len(seq)} rows in groundtruth_rect.txt; extract the annotations again "
+                                 "(trek-track dataset prepare)")
             if images:
                 seq.img_files  # noqa: B018 - validates
         return counts
@@ -595,7 +613,8 @@ def _validate_sequence(found: _Findings, seq: Sequence, images: bool) -> tuple[l
     if ids is not None:
         fpath = seq.path / "frames.txt"
         if len(ids) != n:
-            found.add(fpath, f"{len(ids)} rows in frames.txt but {n} rows in groundtruth_rect.txt")
+            found.add(fpath, f"{len(ids)} rows in frames.txt but {n} rows in groundtruth_rect.txt; extract the "
+                             "annotations again (trek-track dataset prepare)")
         for k in range(1, len(ids)):
             if ids[k] <= ids[k - 1]:
                 found.add(fpath, "frame numbers not strictly increasing", f"line {k + 1}", "row")
@@ -609,11 +628,13 @@ def _validate_sequence(found: _Findings, seq: Sequence, images: bool) -> tuple[l
         if not files:
             found.add(img_dir, "no frames; prepare the dataset first (trek-track dataset prepare)")
         elif len(files) != n:
-            found.add(img_dir, f"{len(files)} frames but {n} rows in groundtruth_rect.txt")
+            found.add(img_dir, f"{len(files)} frames but {n} rows in groundtruth_rect.txt"
+                               + _count_detail(files, ids if ids is not None and len(ids) == n else None))
         elif ids is not None and len(ids) == n:
             for k, (f, fid) in enumerate(zip(files, ids, strict=True)):
                 if f.name != frame_file_name(fid):
-                    found.add(img_dir, "frame names that differ from frames.txt",
+                    found.add(img_dir, "frame names that differ from frames.txt; prepare the dataset again "
+                                       "(trek-track dataset prepare)",
                               f"{f.name} for {frame_file_name(fid)} (line {k + 1})", "frame")
         for f in files:
             try:

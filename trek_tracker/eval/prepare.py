@@ -134,15 +134,26 @@ def _sequence_names(root: Path, annotations_zip: Path | None) -> tuple[Path, lis
     return ann, names
 
 
-def _extract_sequence(ann: Path, root: Path, name: str) -> bool:
+def _extract_sequence(ann: Path, root: Path, name: str, annotations_zip: Path | None = None) -> bool:
     """Extract ``<name>.zip`` into ``<root>/<name>`` when any of its files is missing or has another size
-    than in the zip. True if extracted."""
+    than in the zip. True if extracted. A missing ``<name>.zip`` (an interrupted extraction of the annotations
+    zip, or a damaged one deleted) is taken again from the annotations zip when that is at hand."""
     zpath = ann / f"{name}.zip"
     seq = root / name
     if not zpath.is_file():
         if (seq / "groundtruth_rect.txt").is_file():
             return False
-        raise InputError(f"annotations of {name} not found: neither {zpath} nor {seq}/groundtruth_rect.txt")
+        outer = annotations_zip or root / "TREK-150-annotations.zip"
+        member = zpath.relative_to(root).as_posix()
+        if outer.is_file():
+            fix = f"download it again from {ANNOTATIONS_URL}"
+            with _open_zip(outer, fix) as zf:
+                if member in zf.namelist():
+                    _safe_extract(zf, root, [member], fix=fix)
+        if not zpath.is_file():
+            raise InputError(f"annotations of {name} not found: neither {zpath} nor {seq}/groundtruth_rect.txt"
+                             + (f", and {outer} has no {member}" if outer.is_file() else "")
+                             + f"; download the annotations zip from {ANNOTATIONS_URL} and pass --annotations")
     fix = f"download the annotations zip again from {ANNOTATIONS_URL} and delete {zpath}"
     with _open_zip(zpath, fix) as zf:
         files = [i for i in zf.infolist() if not i.filename.endswith("/")]
@@ -170,6 +181,23 @@ def _frames_done(seq: Path, frame_ids: list[int]) -> bool:
     return names == sorted(frame_file_name(i) for i in frame_ids)
 
 
+def _remove_stray_frames(seq: Path, frame_ids: list[int], echo: Callable[[str], None]) -> None:
+    """Delete the images in ``<seq>/img`` that ``frames.txt`` does not list (frames of an older
+    ``frames.txt``, a copied-in file, macOS ``._`` files): the reader lists every ``*.jpg`` there, so one
+    extra would refuse the sequence however often its frames were extracted again."""
+    img = seq / "img"
+    if not img.is_dir():
+        return
+    expected = {frame_file_name(i) for i in frame_ids}
+    with os_errors(img, "write", hint="choose another --root"):
+        stray = sorted(p for p in img.glob("*.jpg") if p.name not in expected and not p.is_dir())
+        for path in stray:
+            path.unlink()
+    if stray:
+        echo(f"warning: {seq.name}: deleted {len(stray)} image(s) that frames.txt does not list "
+             f"(first: {stray[0].name})")
+
+
 def find_video(videos: Path | None, participant: str, video: str) -> Path | None:
     if videos is None:
         return None
@@ -194,7 +222,7 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
     with os_errors(root, "create", hint="choose another --root"):
         root.mkdir(parents=True, exist_ok=True)
     ann, names = _sequence_names(root, cfg.annotations_zip)
-    extracted = sum(_extract_sequence(ann, root, n) for n in names)
+    extracted = sum(_extract_sequence(ann, root, n, cfg.annotations_zip) for n in names)
     echo(f"{len(names)} sequences listed; annotations extracted for {extracted}")
 
     by_video: dict[tuple[str, str], list[str]] = {}
@@ -204,6 +232,7 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
         if len(parts) < 3:
             raise InputError(f"sequence name {name!r} is not <participant>-<video>-<n>")
         frame_ids[name] = _ints(root / name / "frames.txt", "frame number")
+        _remove_stray_frames(root / name, frame_ids[name], echo)
         if not _frames_done(root / name, frame_ids[name]):
             by_video.setdefault((parts[0], parts[1]), []).append(name)
 
@@ -211,8 +240,10 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
     if missing:
         urls = "\n  ".join(EK55_VIDEO_URL.format(participant=p, video=v) for p, v in missing[:10])
         more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise InputError(f"{len(missing)} EK-55 video(s) needed for frames are not in {cfg.videos}; download them "
-                         f"(as <video>.MP4 or <participant>/<video>.MP4) from:\n  {urls}{more}")
+        where = (f"are not in {cfg.videos}" if cfg.videos is not None else "and no videos folder was given "
+                 "(--videos DIR)")
+        raise InputError(f"{len(missing)} EK-55 video(s) needed for frames {where}; download them (as <video>.MP4 "
+                         f"or <participant>/<video>.MP4 under the --videos folder) from:\n  {urls}{more}")
     version = ffmpeg_version(cfg.ffmpeg) if by_video else None
     videos = sorted(by_video.items())
     children = _Children()
@@ -262,14 +293,19 @@ class _Children:
     threads wait for (``subprocess.run`` stops only its own thread's)."""
 
     def __init__(self) -> None:
-        self.lock, self.running = threading.Lock(), set()
+        self.lock, self.running, self.stopped = threading.Lock(), set(), False
 
     def run(self, cmd: list[str]) -> subprocess.CompletedProcess:
-        # stdin closed: ffmpeg reads keys from it, so a `prepare ... &` would stop on the terminal (SIGTTIN)
-        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, errors="replace") as proc:
-            with self.lock:
-                self.running.add(proc)
+        # Started and registered under the lock: after kill(), no thread starts an ffmpeg that nobody stops
+        # (the interrupted command would wait for a whole extraction before it ends).
+        with self.lock:
+            if self.stopped:
+                raise KeyboardInterrupt
+            # stdin closed: ffmpeg reads keys from it, so a `prepare ... &` would stop on the terminal (SIGTTIN)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True, errors="replace")
+            self.running.add(proc)
+        with proc:
             try:
                 _, stderr = proc.communicate()
             except BaseException:
@@ -282,6 +318,7 @@ class _Children:
 
     def kill(self) -> None:
         with self.lock:
+            self.stopped = True
             for proc in self.running:
                 proc.kill()
 
