@@ -43,3 +43,16 @@ def test_memory_errors_turns_only_allocation_failures_into_one_line():
     assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
     with pytest.raises(RuntimeError, match="shapes"), memory_errors("anywhere"):
         raise RuntimeError("shapes cannot be multiplied")
+
+
+def test_an_inner_stages_out_of_memory_keeps_its_remedy_and_gains_what_the_outer_one_kept():
+    """The first-frame mask says its own remedy (a smaller SAM); the evaluation around it adds the runs it
+    kept, which an inner stage cannot know."""
+    with pytest.raises(OutOfMemory) as info:
+        with memory_errors("while tracking r7", kept="3 runs finished and are kept"):
+            with memory_errors("while making the first-frame mask (--init sam)", "a smaller SAM"):
+                raise MemoryError()
+    message = str(info.value)
+    assert "first-frame mask" in message and "a smaller SAM" in message
+    assert message.endswith("; 3 runs finished and are kept") and "\n" not in message
+    assert "while tracking" not in message  # the inner stage is the one that ran out

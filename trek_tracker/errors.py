@@ -86,11 +86,28 @@ def memory_errors(during: str | Callable[[], str] | None = None, hint: str = TRA
                   kept: str | None = None) -> Iterator[None]:
     """Turn a failed allocation in the block into :class:`OutOfMemory` (one line, exit code 2); any other
     error passes through unchanged. ``during`` may be a function, called only on failure (e.g. to name
-    the step reached)."""
+    the step reached). An :class:`OutOfMemory` from an inner block (which named its own stage and remedy)
+    gains this block's ``kept``."""
     try:
         yield
+    except OutOfMemory as err:  # said by an inner stage with its own hint: add what this level keeps
+        if kept is None or kept in str(err):
+            raise
+        raise OutOfMemory(f"{err}; {kept}") from err.__cause__
     except (MemoryError, RuntimeError) as err:
         message = out_of_memory_message(err, during() if callable(during) else during, hint, kept)
         if message is None:
             raise
         raise OutOfMemory(message) from err
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """``Type: first sentence`` of an exception's text, without terminal escapes, cut to ``limit`` characters:
+    library messages can span lines and paragraphs, ours are one line."""
+    lines = [line.strip() for line in _ESCAPES.sub("", str(err)).splitlines() if line.strip()]
+    text = lines[0].split(". ")[0] if lines else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.errors import CheckpointError, InputError, OutOfMemory, memory_errors
 from trek_tracker.geometry import box_to_mask
 from trek_tracker.init.alpha_refine.secm import SEcm
 from trek_tracker.init.api import BoxToMask, InitConfig, choose_method
@@ -111,6 +111,31 @@ def test_sam_only_and_ar_only(tiny_networks) -> None:
     assert {c["source"] for c in res.details["candidates"]} == {"sam"} and res.method in ("sam", "box")
     res = BoxToMask(InitConfig(method="ar"), ar_network=ar)(img, box)
     assert [c["name"] for c in res.details["candidates"]] == ["ar_secm"] and res.method in ("ar", "box")
+
+
+def test_running_out_of_memory_names_the_init_and_what_needs_less(monkeypatch) -> None:
+    """An allocation failing in SAM is one line about the first-frame mask and what needs less memory, not the
+    tracking hints (--memory-cap, ...) of the run around it, which change nothing for SAM."""
+    sam = tiny_sam()
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB "
+                           "of which 1.00 GiB is free.")
+
+    monkeypatch.setattr(sam.image_encoder, "forward", no_memory)
+    img, _, box = _disk_image()
+    with pytest.raises(OutOfMemory) as err, memory_errors("while tracking clip"):  # what the CLI wraps a run in
+        BoxToMask(InitConfig(method="sam"), sam_model=sam)(img, box)
+    text = str(err.value)
+    assert "while making the first-frame mask (--init sam)" in text and "--init ar or --init grabcut" in text
+    assert "--memory-cap" not in text and "\n" not in text
+
+    def no_ram(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("trek_tracker.init.sam.load_sam", no_ram)
+    with pytest.raises(OutOfMemory, match=r"\(RAM\) while loading the networks of --init sam; use --init ar"):
+        BoxToMask(InitConfig(method="sam", sam_checkpoint=__file__)).load()
 
 
 @pytest.mark.cuda

@@ -65,6 +65,7 @@ def test_fallbacks_ar_then_filled_box() -> None:
 def test_tiny_boxes_use_the_filled_box() -> None:
     res = fuse([Candidate("good", GOOD, 1.0, "sam")], [10, 10, 5, 30], SHAPE, FusionConfig())
     assert res.winner == "box" and res.mask.sum() == 5 * 30
+    assert res.fallback == "box smaller than 8 px: used the filled box"  # what was done, as every fallback says
 
 
 def test_combined_candidates() -> None:

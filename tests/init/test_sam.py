@@ -126,3 +126,32 @@ def test_sam_family_state_is_read_safely_and_loaded_strictly(tmp_path: Path) -> 
     state = {"weight": torch.ones(3, 2), "bias": torch.zeros(3)}
     loaded = load_sam_state(torch.nn.Linear(2, 3).train(), state, "x.pth", "SAM vit_b")
     assert not loaded.training and torch.equal(loaded.weight, torch.ones(3, 2))
+
+
+def test_a_wrong_or_damaged_file_is_one_line_that_says_what_to_give(tmp_path: Path) -> None:
+    """PyTorch's weights-only refusal spans lines (with terminal escapes) and advises weights_only=False; the
+    user sees one line naming the kind of file and what to give instead."""
+    import sys
+    import types
+
+    module = types.ModuleType("ltr_fake_settings")
+    settings = type("Settings", (), {"__module__": "ltr_fake_settings"})
+    module.Settings = settings
+    sys.modules["ltr_fake_settings"] = module
+    try:  # an Alpha-Refine-style .pth.tar: tensors plus pickled training objects
+        torch.save({"net": {"w": torch.zeros(2)}, "settings": settings()}, tmp_path / "ar.pth.tar")
+    finally:
+        del sys.modules["ltr_fake_settings"]
+    hq_state = {"image_encoder.pos_embed": torch.zeros(1, 4, 4, 768), "mask_decoder.hf_token.weight": torch.zeros(1, 8)}
+    torch.save(hq_state, tmp_path / "sam_hq.pth")
+    data = (tmp_path / "sam_hq.pth").read_bytes()
+    (tmp_path / "partial.pth").write_bytes(data[: len(data) // 2])
+    cases = [("ar.pth.tar", r"ar.pth.tar is not a loadable SAM state dict: it holds pickled objects "
+                            r"\(ltr_fake_settings.Settings\).*give SAM's own .pth"),
+             ("sam_hq.pth", "sam_hq.pth is an HQ-SAM checkpoint, not plain SAM: give it as --hqsam-checkpoint"),
+             ("partial.pth", "partial.pth is not a loadable SAM state dict .*download it again")]
+    for name, message in cases:
+        with pytest.raises(CheckpointError, match=message) as err:
+            load_sam(tmp_path / name)
+        text = str(err.value)
+        assert "\n" not in text and "\x1b" not in text and "weights_only" not in text, text

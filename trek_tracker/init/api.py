@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.errors import CheckpointError, InputError, memory_errors
 from trek_tracker.geometry import Box, box_to_mask
 from trek_tracker.init.fusion import Candidate, FusionConfig, FusionResult, combined_candidates, fuse
 
@@ -29,6 +29,10 @@ _NEEDS = {"fused": ("anysam", "ar"), "sam": ("sam",), "hqsam": ("hqsam",), "ar":
           "box": ()}
 _OPTION = {"sam": "--sam-checkpoint", "hqsam": "--hqsam-checkpoint", "anysam": "--sam-checkpoint",
            "ar": "--ar-checkpoint"}
+# What needs less memory than each method (an out-of-memory error says it; the tracking hints do not apply).
+_SAM_HINT = "--init ar or --init grabcut (no SAM), or a smaller SAM or HQ-SAM (e.g. sam_vit_b)"
+_MEMORY_HINT = {"fused": _SAM_HINT, "sam": _SAM_HINT, "hqsam": _SAM_HINT, "ar": "--init grabcut (no weights)",
+                "grabcut": "--init box", "box": "--init box"}
 
 
 @dataclass
@@ -128,12 +132,13 @@ class BoxToMask:
 
     def load(self) -> BoxToMask:
         """Open the networks the chosen method needs now (a missing or wrong checkpoint fails here)."""
-        if self.method == "sam" or (self.method == "fused" and self._have("sam")):
-            self.sam_predictor()
-        if self.method == "hqsam" or (self.method == "fused" and self._have("hqsam")):
-            self.hqsam_predictor()
-        if self.method in ("ar", "fused"):
-            self.ar_network()
+        with memory_errors(f"while loading the networks of --init {self.method}", _MEMORY_HINT[self.method]):
+            if self.method == "sam" or (self.method == "fused" and self._have("sam")):
+                self.sam_predictor()
+            if self.method == "hqsam" or (self.method == "fused" and self._have("hqsam")):
+                self.hqsam_predictor()
+            if self.method in ("ar", "fused"):
+                self.ar_network()
         return self
 
     # -- model loading (lazy) -------------------------------------------------------------------------------
@@ -223,7 +228,12 @@ class BoxToMask:
 
     # -- the call -------------------------------------------------------------------------------------------
     def __call__(self, image: np.ndarray, box: Box | np.ndarray) -> InitResult:
-        """The first-frame mask of ``box`` on ``image`` (RGB uint8)."""
+        """The first-frame mask of ``box`` on ``image`` (RGB uint8). Running out of memory is an
+        :class:`~trek_tracker.errors.OutOfMemory` that names the init and what needs less."""
+        with memory_errors(f"while making the first-frame mask (--init {self.method})", _MEMORY_HINT[self.method]):
+            return self._mask(image, box)
+
+    def _mask(self, image: np.ndarray, box: Box | np.ndarray) -> InitResult:
         image = _check_image(image)
         shape = image.shape[:2]
         box = np.asarray(Box.of(box).in_frame(shape), dtype=np.float64)

@@ -118,7 +118,7 @@ def fuse(candidates: list[Candidate], box, image_shape: tuple[int, int], config:
     box = np.asarray(box, dtype=np.float64).reshape(4)
     filled = box_to_mask(box, image_shape)
     if min(box[2], box[3]) < config.min_box_px:
-        return FusionResult(filled, "box", "box", f"box smaller than {config.min_box_px} px", [])
+        return FusionResult(filled, "box", "box", f"box smaller than {config.min_box_px:g} px: used the filled box", [])
     cleaned: dict[str, np.ndarray] = {}
     scores: list[CandidateScore] = []
     for cand in candidates:

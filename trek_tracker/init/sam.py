@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trek_tracker.errors import CheckpointError, InputError
+from trek_tracker.errors import CheckpointError, InputError, first_line
 
 _EMBED_DIM_TO_MODEL = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+# A class that PyTorch's weights-only unpickler refused (2.x says "Unsupported global: GLOBAL a.b").
+_FOREIGN_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported class) ([\w.]+)")
 
 
 def _import_segment_anything() -> tuple[Any, Any]:
@@ -68,8 +71,15 @@ def read_sam_state(checkpoint: str | Path, what: str = "SAM") -> dict[str, torch
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a loadable {what} state dict ({type(err).__name__}: {err})"[:300]) \
-            from None
+        # PyTorch's own text spans several lines (with terminal escapes) and advises weights_only=False: say
+        # instead which kind of file this is and what to give.
+        found = _FOREIGN_GLOBAL.search(str(err))
+        if found:
+            raise CheckpointError(f"{path} is not a loadable {what} state dict: it holds pickled objects "
+                                  f"({found[1]}), as Alpha-Refine and training checkpoints do; give {what}'s own "
+                                  ".pth (trek-track weights list)") from None
+        raise CheckpointError(f"{path} is not a loadable {what} state dict ({first_line(err)}): a damaged or "
+                              "incomplete file?; download it again (trek-track weights list)") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     return state
@@ -88,6 +98,9 @@ def load_sam_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path
 def load_sam(checkpoint: str | Path, model: str | None = None, device: str = "cpu") -> torch.nn.Module:
     """Build the official SAM of size ``model`` (inferred when None) and load ``checkpoint`` strictly."""
     state = read_sam_state(checkpoint)
+    if "mask_decoder.hf_token.weight" in state:  # SAM's keys plus the HQ token's: a strict load names only those
+        raise CheckpointError(f"{checkpoint} is an HQ-SAM checkpoint, not plain SAM: give it as --hqsam-checkpoint "
+                              "instead of --sam-checkpoint")
     try:
         inferred = sam_model_from_state(state)
     except CheckpointError as err:

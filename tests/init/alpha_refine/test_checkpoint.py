@@ -103,3 +103,21 @@ def test_missing_and_garbage_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="junk.pth.tar is not a readable torch checkpoint") as err:
         read_checkpoint(junk)
     assert "safely" not in str(err.value)  # a damaged file, not a refused one
+
+
+def test_a_sam_file_or_a_damaged_file_says_what_to_give(tmp_path: Path) -> None:
+    """Swapped --sam-checkpoint / --ar-checkpoint, or a partial download: one line naming the file and the fix."""
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 4, 4, 768)}, tmp_path / "sam_vit_b_01ec64.pth")
+    with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64.pth is a SAM checkpoint, not Alpha-Refine: give it "
+                                              r"as --sam-checkpoint.*SEcmnet_ep0040-c.pth.tar as --ar-checkpoint"):
+        load_alpha_refine(tmp_path / "sam_vit_b_01ec64.pth")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: state dict is neither .*as --ar-checkpoint"):
+        load_alpha_refine(tmp_path / "other.pth")
+    torch.save({"net": SEcm().state_dict()}, tmp_path / "full.pth.tar")
+    data = (tmp_path / "full.pth.tar").read_bytes()
+    (tmp_path / "partial.pth.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="partial.pth.tar is not a readable torch checkpoint .*download it again"
+                       ) as err:
+        load_alpha_refine(tmp_path / "partial.pth.tar")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from trek_tracker.errors import CheckpointError
+from trek_tracker.errors import CheckpointError, first_line
 
 # Globals a tensor checkpoint legitimately needs. Storage classes are resolved by torch itself.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -114,12 +114,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable torch checkpoint (UnpicklingError: {err}); give the "
                               "official Alpha-Refine .pth.tar (trek-track weights list)") from None
     except Exception as err:  # corrupt or truncated file
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({first_line(err)}): "
+                              "a damaged or incomplete file?; download it again (trek-track weights list)") from None
     if isinstance(obj, dict) and "net" not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = {"net": obj}  # a plain state dict (e.g. converted weights)
     if not isinstance(obj, dict) or not isinstance(obj.get("net"), dict):
-        raise CheckpointError(f"{path} has no 'net' state dict: not an Alpha-Refine checkpoint")
+        raise CheckpointError(f"{path} has no 'net' state dict: not an Alpha-Refine checkpoint; {_GIVE}")
     return obj
+
+
+_GIVE = ("give the official ARnet_seg_mask_ep0040.pth.tar or SEcmnet_ep0040-c.pth.tar as --ar-checkpoint "
+         "(trek-track weights list)")
 
 
 @dataclass(frozen=True)
@@ -204,4 +209,11 @@ def build_model(state: dict[str, torch.Tensor], model_name: str | None = None) -
 def load_alpha_refine(path: str | Path, model_name: str | None = None) -> torch.nn.Module:
     """Read an official ``.pth.tar`` (or a plain state dict) and return the network, ready for inference."""
     ckpt = read_checkpoint(path)
-    return build_model(ckpt["net"], model_name)
+    state = ckpt["net"]
+    if "image_encoder.pos_embed" in state:  # swapped options: a SAM-family file given as the AR checkpoint
+        which = "--hqsam-checkpoint" if "mask_decoder.hf_token.weight" in state else "--sam-checkpoint"
+        raise CheckpointError(f"{path} is a SAM checkpoint, not Alpha-Refine: give it as {which}, and {_GIVE}")
+    try:
+        return build_model(state, model_name)
+    except CheckpointError as err:  # say which file, and what would load
+        raise CheckpointError(f"{path}: {err}; {_GIVE}") from None
