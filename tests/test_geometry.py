@@ -131,6 +131,12 @@ def test_box_to_mask_round_trip_and_clip() -> None:
     np.testing.assert_array_equal(mask_to_box(clipped), [40, 25, 10, 5])
     thin = box_to_mask([10.6, 5.6, 0.3, 0.3], (30, 50))  # holds no pixel centre
     np.testing.assert_array_equal(mask_to_box(thin), [10, 5, 1, 1])
+    column = box_to_mask([10.6, 5, 0.3, 20], (30, 50))  # too thin across only: a column, not one pixel
+    np.testing.assert_array_equal(mask_to_box(column), [10, 5, 1, 20])
+    assert column.sum() == 20
+    edge = box_to_mask([0, 3, 0.3, 20], (30, 50))  # [-9.7, 3, 10, 20] clipped to the frame (Box.in_frame)
+    np.testing.assert_array_equal(mask_to_box(edge), [0, 3, 1, 20])
+    assert not box_to_mask([-9.7, 5, 9.6, 20], (30, 50)).any()  # wholly outside
     assert not box_to_mask([60, 0, 5, 5], (30, 50)).any()
 
 

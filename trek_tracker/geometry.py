@@ -165,24 +165,26 @@ def box_to_mask(box: np.ndarray | list | tuple, size: tuple[int, int]) -> np.nda
     """Filled rectangle of an ``x,y,w,h`` box as a bool mask of ``size = (h, w)``, clipped to the frame.
 
     A pixel is inside when its centre ``i + 0.5`` lies in ``[x, x + w)``, so integer boxes round-trip
-    through :func:`mask_to_box`. A box inside the frame but too thin to hold a pixel centre still marks
-    the pixel under its centre, so a valid box never gives an empty init mask.
+    through :func:`mask_to_box`. Along an axis where a box inside the frame is too thin to hold a pixel
+    centre, it still marks the pixels under its centre line (a 0.3 x 20 box is a 1 x 20 column), so a
+    valid box never gives an empty init mask.
     """
     b = _as_boxes(box)
     h, w = size
     mask = np.zeros((h, w), dtype=bool)
     if not np.all(np.isfinite(b)) or b[2] <= 0 or b[3] <= 0:
         return mask
-    c0 = max(math.ceil(b[0] - 0.5), 0)
-    c1 = min(math.ceil(b[0] + b[2] - 0.5), w)
-    r0 = max(math.ceil(b[1] - 0.5), 0)
-    r1 = min(math.ceil(b[1] + b[3] - 0.5), h)
-    if c1 > c0 and r1 > r0:
-        mask[r0:r1, c0:c1] = True
-        return mask
-    cx, cy = b[0] + b[2] / 2, b[1] + b[3] / 2
-    if 0 <= cx < w and 0 <= cy < h:
-        mask[int(cy), int(cx)] = True
+    spans = []
+    for start, length, limit in ((b[0], b[2], w), (b[1], b[3], h)):
+        lo, hi = max(math.ceil(start - 0.5), 0), min(math.ceil(start + length - 0.5), limit)
+        if hi <= lo:  # no pixel centre inside along this axis: the line of pixels under the box's centre
+            centre = start + length / 2
+            if not 0 <= centre < limit:
+                return mask
+            lo, hi = int(centre), int(centre) + 1
+        spans.append((lo, hi))
+    (c0, c1), (r0, r1) = spans
+    mask[r0:r1, c0:c1] = True
     return mask
 
 
