@@ -246,3 +246,36 @@ def test_least_similar_eviction_matches_a_frame_by_frame_choice_with_several_bat
         if len(before) == 4:
             assert before - set(memory.frames) == {expected} and t in memory.frames
     assert 0 in memory.frames and len(memory.frames) == 4
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, W), (H, 0)])
+def test_an_empty_reference_frame_is_refused_as_input(model, shape):
+    """A 0-sized frame (and its 0-sized mask) is bad input, not a NumPy reduction error from the mask's max."""
+    engine = VOSEngine(model, EngineConfig())
+    with pytest.raises(InputError, match="frame must have shape"):
+        engine.add_reference(np.zeros((*shape, 3), np.uint8), np.zeros(shape, np.uint8))
+
+
+def test_a_nan_reference_mask_is_refused_as_input(model, video):
+    frames, mask = video
+    labels = mask.astype(np.float32)
+    labels[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        VOSEngine(model, EngineConfig()).add_reference(frames[0], labels)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_rotated_views_track_as_their_copies(model, video, precision):
+    """A portrait video rotated with ``np.rot90`` (frames and mask are views with a negative stride, which
+    torch cannot wrap) tracks exactly as its contiguous copy."""
+    frames, mask = video
+    probs = []
+    for copy in (False, True):
+        view = (lambda a: np.ascontiguousarray(np.rot90(a))) if copy else np.rot90
+        engine = VOSEngine(model, EngineConfig(precision=precision))
+        engine.add_reference(view(frames[0]), view(mask))
+        for frame in frames[1:3]:
+            out = engine.step(view(frame))
+        probs.append(out.probs)
+    assert probs[0].shape[-2:] == (W, H)
+    assert torch.equal(probs[0], probs[1])

@@ -15,6 +15,7 @@ from trek_tracker.errors import InputError
 from trek_tracker.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Frame,
     input_size,
     resize_labels,
     to_network_input,
@@ -131,6 +132,17 @@ def test_cubic_resize_keeps_overshoot_and_flip_mirrors() -> None:
 def test_to_network_input_rejects_bad_frames(frame) -> None:
     with pytest.raises(InputError):
         to_network_input(frame, (4, 4))
+
+
+def test_frame_tensor_of_views_torch_cannot_wrap() -> None:
+    """A rotated or mirrored view (negative strides) and a read-only array are copied; other frames are
+    wrapped without a copy."""
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    read_only = image.copy()
+    read_only.flags.writeable = False
+    for view in (np.rot90(image), image[::-1], image[:, ::-1], read_only):
+        assert torch.equal(Frame(view).tensor(), torch.from_numpy(view.copy()))
+    assert Frame(image).tensor().data_ptr() == image.ctypes.data
 
 
 def test_to_network_input_rejects_bad_size() -> None:

@@ -32,6 +32,7 @@ from trek_tracker.inference.memory import Memory, MemoryConfig, MemorySchedule
 from trek_tracker.inference.preprocess import (
     Frame,
     autocast,
+    check_frame,
     device_network_input,
     input_size,
     resize_labels,
@@ -141,10 +142,13 @@ class VOSEngine:
     def add_reference(self, frame: np.ndarray | Frame, labels: np.ndarray | torch.Tensor) -> None:
         """Start (or re-anchor) tracking from ``labels`` (H, W) with ids 0..N on ``frame`` (H, W, 3 RGB)."""
         frame = frame if isinstance(frame, Frame) else Frame(frame)
+        check_frame(frame.host)  # before the mask: a 0-sized frame must not reach the mask's max
         labels = np.asarray(labels)
         if labels.ndim != 2 or tuple(labels.shape) != tuple(frame.shape[:2]):
             raise InputError(f"mask size {tuple(labels.shape[::-1])} differs from the frame size "
                              f"{tuple(frame.shape[1::-1])}")
+        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+            raise InputError("the initial mask holds NaN or infinite values: it must hold object ids 0..N")
         num_objects = int(labels.max())  # on the host, where the map is
         if num_objects < 1:
             raise InputError("the initial mask is empty: it must mark at least one object")
@@ -167,7 +171,8 @@ class VOSEngine:
         self.group_sizes = [min(self.max_objects, self.num_objects - g * self.max_objects) for g in range(groups)]
         if self.memory is None:
             self.memory = Memory(self.layout, self.schedule)
-        labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+        labels_t = torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64,  # a rotated or flipped view
+                                   device=self.device)  # (negative strides) cannot be wrapped as it is
         with self._autocast():
             id_emb = self.model.id_embedding(self._one_hot([labels_t] * self.views))
             _, entries = self.model.propagate(self._per_item(feats), None, id_emb)

@@ -110,7 +110,8 @@ def to_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: bool = 
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
 
 
-def _check_frame(rgb_uint8: object) -> None:
+def check_frame(rgb_uint8: object) -> None:
+    """An (H, W, 3) uint8 RGB frame with both sides positive, or an :class:`InputError`."""
     if not isinstance(rgb_uint8, np.ndarray) or rgb_uint8.dtype != np.uint8:
         got = rgb_uint8.dtype if isinstance(rgb_uint8, np.ndarray) else type(rgb_uint8).__name__
         raise InputError(f"frame must be a uint8 numpy array, got {got}")
@@ -122,7 +123,7 @@ def _uint8_network_input(rgb_uint8: np.ndarray, size: tuple[int, int], flip: boo
     """VMOS (HQTrack's ``MultiRestrictSize_`` + ``MultiToTensor``): OpenCV's cubic resize of the **uint8**
     frame (fixed-point, rounded and saturated to 0..255), optional flip, then ``u / 255``, ``- mean``,
     ``/ std`` all in float64, cast to float32 once (golden README vmos §3)."""
-    _check_frame(rgb_uint8)
+    check_frame(rgb_uint8)
     h, w = _check_size(*tuple(size), what="network input size")
     img = rgb_uint8
     if (h, w) != img.shape[:2]:
@@ -221,9 +222,10 @@ class Uploader:
 
 
 def _wrap(image: np.ndarray) -> torch.Tensor:
-    """The frame as a CPU tensor without a copy, unless it is read-only (``np.asarray`` of a PIL image), which
-    torch cannot wrap."""
-    return torch.from_numpy(image if image.flags.writeable else image.copy())
+    """The frame as a CPU tensor without a copy, unless it is read-only (``np.asarray`` of a PIL image) or has a
+    negative stride (an ``np.rot90`` or ``[::-1]`` view), which torch cannot wrap."""
+    wrappable = image.flags.writeable and all(s >= 0 for s in image.strides)
+    return torch.from_numpy(image if wrappable else image.copy())
 
 
 class Frame:
