@@ -39,6 +39,8 @@ def test_check_user_mistakes_are_one_line(tmp_path):
     assert res.exit_code == 1 and "problem:" in res.output and "not found" in res.output
     res = run("train-data", "check", "davis", tmp_path, "--option", "resolution")
     assert res.exit_code == 2 and "key=value" in res.output
+    res = run("train-data", "check", "davis", tmp_path, "--max-problems", "-1")  # printed all but one before
+    assert res.exit_code == 2 and "--max-problems" in res.output and "Traceback" not in res.output
 
 
 def test_masks_from_boxes_cli_box_method_and_shards(davis, tmp_path):
