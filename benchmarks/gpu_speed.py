@@ -6,7 +6,8 @@ device, frames and weights in the same run, as a ratio.
     python benchmarks/gpu_speed.py --models r50_deaotl --official /path/to/aot-benchmark --json speed.json
     python benchmarks/gpu_speed.py --models r50_deaotl --precisions bf16 --compile both   # eager vs --compile
 
-Columns (medians over the frames after ``--warmup``):
+Columns (over the frames after ``--warmup``: ``end-to-end`` and ``network`` their total time over their
+count, ``tracker`` the median frame):
 
 * ``end-to-end``: ``trek-track run`` as a user runs it, from decoding an MP4 to ``boxes.txt`` and
   ``run.json`` (wall clock, frames / seconds);
@@ -21,8 +22,9 @@ Columns (medians over the frames after ``--warmup``):
 * ``compile``: whether the run used ``--compile`` (its compilation falls in the untimed warm-up frames;
   ``end_to_end_fps_with_start`` in the JSON includes it);
 * ``official`` (with ``--official``): the official engine driven as its evaluator drives it
-  (``official_aot.py``), its network span and its span with its CPU preprocessing, and our end-to-end speed
-  against the latter.
+  (``official_aot.py``: float32, under PyTorch's default TF32 and cuDNN settings, as its evaluator without
+  ``--amp`` runs), its network span and its span with its CPU preprocessing, and our end-to-end speed (at
+  the row's precision) against the latter.
 
 Weights: the registry checkpoint named like the model when it is downloaded, else the goldens' seeded
 weights (speed does not depend on the weights' values). Inputs: 480p is DAVIS ``blackswan`` (854x480),
@@ -51,6 +53,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trek150_scale import NetworkClock  # noqa: E402
+
+# PyTorch's defaults for float32 matrix products and cuDNN convolutions: the official evaluator runs under them
+OFFICIAL_TF32 = (False, True)
 
 INPUTS = {"480p": ("data/davis/JPEGImages/480p/blackswan", (330, 130, 250, 170)),
           "1080p": ("data/aot_demo/images", (640, 360, 384, 270))}
@@ -171,17 +176,23 @@ def kernel_seconds(tracker, video: Path, skip: int, count: int = 20) -> float | 
 def official(checkout: Path, video: Path, box, model: str, state: dict, device: torch.device, warmup: int) -> dict:
     from official_aot import OfficialEngine
 
+    from trek_tracker.device import kernel_flags_kept
     from trek_tracker.geometry import box_to_mask
     from trek_tracker.video import open_frames
 
     frames = list(open_frames(video))
-    engine = OfficialEngine(checkout, model, state, device)
-    engine.start(frames[0], box_to_mask(box, frames[0].shape[:2]).astype(np.uint8))
-    network, total = [], []
-    for frame in frames[1:]:
-        _, _, n, t = engine.step(frame)
-        network.append(n)
-        total.append(t)
+    with kernel_flags_kept():
+        # the official evaluator's process sets none of these: PyTorch's defaults, not what the last of our
+        # cases left (a Tracker sets them for its precision), or each input's baseline would differ
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = OFFICIAL_TF32
+        torch.backends.cudnn.benchmark = False
+        engine = OfficialEngine(checkout, model, state, device)
+        engine.start(frames[0], box_to_mask(box, frames[0].shape[:2]).astype(np.uint8))
+        network, total = [], []
+        for frame in frames[1:]:
+            _, _, n, t = engine.step(frame)
+            network.append(n)
+            total.append(t)
     return {"official_network_fps": 1 / statistics.median(network[warmup:]),
             "official_total_fps": 1 / statistics.median(total[warmup:])}
 

@@ -41,7 +41,7 @@ def measure(model: str, size: tuple[int, int], device: str, precision: str, repe
     h, w = size
     frame = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
     tracker.init(frame, [w // 3, h // 3, w // 4, h // 4])
-    tracker.step(frame)
+    _ = tracker.step(frame).seconds  # waits for the step's GPU work, which the first take would otherwise wait for
     saver = StateFile(RunFolder.create(folder / f"{model}-{precision}"), every=0, context={})
     take, write, restore = [], [], []
     for _ in range(repeats):

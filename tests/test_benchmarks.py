@@ -222,3 +222,44 @@ def test_resume_state_benchmark_reports_the_state_its_memory_holds(tmp_path):
     assert 0 < row["memory_mib"] <= row["state_mib"] < row["memory_mib"] * 1.05  # the buffers, and little else
     assert row["take_s"] > 0 and row["write_s"] > 0 and row["restore_s"] > 0 and "state" in proc.stdout
     assert not list(tmp_path.glob("resume-state-*"))  # its files are removed
+
+
+def test_the_official_baseline_runs_under_pytorchs_default_kernel_flags_whatever_ran_before(monkeypatch, tmp_path):
+    """``gpu_speed.py --official``: the official evaluator's process sets no TF32 or cuDNN autotuning flag, so
+    its baseline runs under PyTorch's defaults, not under what the previous case's Tracker left (fp32 turns
+    cuDNN's TF32 off, bf16 turns everything on), and the process's flags are left as they were."""
+    import gpu_speed
+    import official_aot
+    import torch
+
+    seen = []
+
+    class Engine:  # the official engine, recording the flags its frames run under
+        def __init__(self, checkout, model, state, device):
+            pass
+
+        def start(self, frame, labels):
+            pass
+
+        def step(self, frame):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                         torch.backends.cudnn.benchmark))
+            return None, None, 0.01, 0.02
+
+    monkeypatch.setattr(official_aot, "OfficialEngine", Engine)
+    monkeypatch.setattr("trek_tracker.video.open_frames", lambda video: [np.zeros((48, 64, 3), np.uint8)] * 4)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        for left in ((True, True, True), (False, False, False)):  # after a bf16 case, after an fp32 case
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark) = left
+            seen.clear()
+            fps = gpu_speed.official(tmp_path, tmp_path / "v.mp4", (8, 8, 16, 16), "deaott", {},
+                                     torch.device("cpu"), warmup=1)
+            assert seen == [(False, True, False)] * 3
+            assert fps == pytest.approx({"official_network_fps": 100.0, "official_total_fps": 50.0})
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                    torch.backends.cudnn.benchmark) == left
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = before
