@@ -33,6 +33,18 @@ def test_mean_weights_change_the_answer():
     assert weighted.argmax(0).tolist() == [[0, 0]] and mean.argmax(0).tolist() == [[1, 0]]
 
 
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_equal_weight_mean_is_the_official_torch_mean_bit_for_bit(n):
+    # Official TTA (evaluator.py): torch.mean(torch.cat(all_preds), dim=0). Three scales with flip are 6 views,
+    # where 1/6 is inexact and a weighted sum of p/6 terms rounds differently.
+    torch.manual_seed(0)
+    probs = [torch.softmax(3 * torch.randn(3, 40, 50), dim=0) for _ in range(n)]
+    official = torch.mean(torch.cat([p[None] for p in probs]), dim=0)
+    assert torch.equal(average_probs(probs), official)
+    assert torch.equal(average_probs(probs, [2.0] * n), official)
+    assert torch.equal(combine_outputs([FrameOutput(p.argmax(0), p, []) for p in probs]).probs, official)
+
+
 def test_vote_majority_weights_and_ties():
     a = torch.tensor([[1, 1, 2, 0]])
     b = torch.tensor([[1, 0, 0, 2]])

@@ -114,3 +114,16 @@ def test_one_group_resizes_only_its_live_channels_with_the_same_probabilities(mo
     assert out.probs.shape == (2, H, W)
     assert torch.equal(out.probs, expected[:2]) and torch.equal(expected[2:], torch.zeros_like(expected[2:]))
     assert torch.equal(out.labels, expected.argmax(0))
+
+
+def test_three_scales_average_is_the_official_torch_mean_exactly(model):
+    # Official: pred_prob = torch.mean(torch.cat(all_preds), dim=0) over the views; with 3 views 1/3 is inexact.
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 255, (100, 130, 3), dtype=np.uint8) for _ in range(2)]
+    mask = np.zeros((100, 130), np.int64)
+    mask[20:70, 30:100] = 1
+    engine = tta_engine(model, EngineConfig(max_long_edge=None), TTAConfig((1.0, 1.2, 1.4)))
+    engine.add_reference(frames[0], mask)
+    out = engine.predict(frames[1])
+    official = torch.mean(torch.cat([v.probs[None] for v in engine.view_outputs]), dim=0)
+    assert torch.equal(out.probs, official) and torch.equal(out.labels, official.argmax(0))

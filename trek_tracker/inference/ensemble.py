@@ -106,6 +106,10 @@ def average_probs(probs: Sequence[torch.Tensor], weights: Sequence[float] | None
         if tuple(p.shape) != shape:
             raise InputError(f"member outputs differ in shape: {shape} and {tuple(p.shape)} (same video and "
                              "same objects are needed)")
+    if all(x == w[0] for x in w):
+        # Equal weights (TTA): the official evaluator's ``torch.mean`` over the stacked views, bit for bit; the
+        # weighted sum below rounds differently when 1/n is inexact (3 or 6 views).
+        return torch.stack([p.float() for p in probs]).mean(dim=0)
     total = sum(w)
     out = probs[0].float() * (w[0] / total)
     for p, wi in zip(probs[1:], w[1:], strict=True):
