@@ -42,7 +42,8 @@ def data() -> None:
               help="Box datasets: also check these masks (masks-from-boxes output or RTS masks).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option, e.g. resolution=480p.")
 @click.option("--sequences", default=None, help="Comma-separated sequences to check (default: all).")
-@click.option("--max-problems", type=click.IntRange(min=0), default=200, show_default=True, help="Print at most this many problems.")
+@click.option("--max-problems", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Print at most this many problems.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars while the root is scanned and checked (default: on a terminal).")
 def check(kind: str, root: Path, split: str | None, mask_root: Path | None, options: tuple[str, ...],
