@@ -109,3 +109,29 @@ def test_an_error_that_names_nothing_never_says_it() -> None:
     msg = os_error_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), action="use")
     assert msg == ("cannot use a file or folder (the system did not say which): no space left on the device; "
                    "free some space")
+
+
+def test_a_torch_save_that_runs_out_of_space_is_the_os_error_naming_the_file(tmp_path: Path) -> None:
+    """``torch.save`` into a file that reaches the size the system allows reports it as a ``RuntimeError`` of
+    its zip writer (the ``OSError`` is only its context): ``atomic_write`` raises the ``OSError``, naming the
+    file asked for, so every caller's one line for a failed write holds (and nothing is left behind). A real
+    write, in a process whose file-size limit is 100 kB."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "state.pth"
+    code = f"""
+import resource, signal, torch
+from trek_tracker.files import atomic_write
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    with atomic_write({str(target)!r}, "wb") as f:
+        torch.save({{"x": torch.zeros(1_000_000)}}, f)
+except OSError as err:
+    print(type(err).__name__, err.errno, err.filename)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["OSError", str(errno.EFBIG), str(target)]
+    assert list(tmp_path.iterdir()) == []

@@ -56,7 +56,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 
     Parent folders are created. The file gets the usual permissions (0666 minus umask). An ``OSError`` that
     names no file (a write or sync that fails on a full disk) or names the temporary file is made to name
-    ``path``, the file the caller asked for.
+    ``path``, the file the caller asked for. ``torch.save`` reports a write that failed under it (a full disk
+    while it writes a tensor's data) as a ``RuntimeError`` of its zip writer whose context is the
+    ``OSError``: that ``OSError`` is what is raised, so callers handle every failed write one way.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with naming(path, instead_of=tmp):
             kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
             with os.fdopen(fd, mode, **kwargs) as f:
-                yield f
+                try:
+                    yield f
+                except RuntimeError as err:
+                    if isinstance(err.__context__, OSError):
+                        raise err.__context__ from err
+                    raise
                 f.flush()
                 os.fsync(f.fileno())
             normal_permissions(tmp)

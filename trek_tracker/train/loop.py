@@ -156,18 +156,13 @@ def _ignore_signals(_worker: int) -> None:
 @contextlib.contextmanager
 def _writing(path: str | Path, kept: str | None = None) -> Iterator[None]:
     """A failed write of a run file (a full disk, a read-only or unwritable folder) becomes one line naming
-    the file. ``torch.save`` reports the failed write of its zip container as a ``RuntimeError`` whose
-    context is the ``OSError``. ``kept``: what was kept, said after the advice."""
+    the file (``atomic_write`` turns ``torch.save``'s failed writes into the ``OSError`` they were).
+    ``kept``: what was kept, said after the advice."""
     hint = "choose another --out" + (f"; {kept}" if kept else "")
     try:
         yield
     except OSError as err:
         raise UserError(os_error_message(err, err.filename or path, "write", hint)) from None
-    except RuntimeError as err:
-        cause = err.__context__
-        if not isinstance(cause, OSError):
-            raise
-        raise UserError(os_error_message(cause, path, "write", hint)) from None
 
 
 def _peer_failure(err: BaseException) -> bool:
