@@ -104,6 +104,28 @@ def memory_errors(during: str | Callable[[], str] | None = None, hint: str = TRA
 _ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 
 
+# The class in PyTorch's refusal of a pickled object under weights_only=True (2.4+: "Unsupported class X",
+# 2.6+: "Unsupported global: GLOBAL X was not an allowed global").
+_REFUSED_CLASS = re.compile(r"(?:GLOBAL|Unsupported class) ([\w.]+)")
+
+
+def refused_class(err: BaseException) -> str | None:
+    """The pickled class ``torch.load(weights_only=True)`` refused to build (``argparse.Namespace``), else
+    None: the file holds objects besides tensors, not damaged bytes."""
+    found = _REFUSED_CLASS.search(str(err))
+    return found[1] if found else None
+
+
+def load_failure(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, as a short reason for a one-line message. PyTorch's own
+    text spans paragraphs with terminal escapes and advises loading with ``weights_only=False``, which would
+    run code from the file: name the refused class instead, or the first sentence of the error."""
+    found = refused_class(err)
+    if found:
+        return f"it holds pickled objects ({found})"
+    return first_line(err)
+
+
 def first_line(err: BaseException, limit: int = 160) -> str:
     """``Type: first sentence`` of an exception's text, without terminal escapes, cut to ``limit`` characters:
     library messages can span lines and paragraphs, ours are one line."""

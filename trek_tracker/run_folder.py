@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from trek_tracker import __version__
-from trek_tracker.errors import InputError, UserError
+from trek_tracker.errors import InputError, UserError, load_failure
 from trek_tracker.files import atomic_write, os_error_message, os_errors, read_json, write_bytes, write_json
 from trek_tracker.loop import COMPLETE, FAILED, Sink
 from trek_tracker.pipeline import FrameResult
@@ -421,7 +421,8 @@ def load_state_file(path: Path) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise UserError(f"cannot read the saved state {path} ({err}); start the run again with --overwrite") from None
+        raise UserError(f"cannot read the saved state {path} ({load_failure(err)}); start the run again with "
+                        "--overwrite") from None
     if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
         raise UserError(f"{path} is not a state saved by this version of trek-track; start the run again with "
                         "--overwrite")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -23,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trek_tracker.errors import CheckpointError, InputError, first_line
+from trek_tracker.errors import CheckpointError, InputError, first_line, refused_class
 
 _EMBED_DIM_TO_MODEL = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
-# A class that PyTorch's weights-only unpickler refused (2.x says "Unsupported global: GLOBAL a.b").
-_FOREIGN_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported class) ([\w.]+)")
 
 
 def _import_segment_anything() -> tuple[Any, Any]:
@@ -73,10 +70,10 @@ def read_sam_state(checkpoint: str | Path, what: str = "SAM") -> dict[str, torch
     except Exception as err:
         # PyTorch's own text spans several lines (with terminal escapes) and advises weights_only=False: say
         # instead which kind of file this is and what to give.
-        found = _FOREIGN_GLOBAL.search(str(err))
+        found = refused_class(err)
         if found:
             raise CheckpointError(f"{path} is not a loadable {what} state dict: it holds pickled objects "
-                                  f"({found[1]}), as Alpha-Refine and training checkpoints do; give {what}'s own "
+                                  f"({found}), as Alpha-Refine and training checkpoints do; give {what}'s own "
                                   ".pth (trek-track weights list)") from None
         raise CheckpointError(f"{path} is not a loadable {what} state dict ({first_line(err)}): a damaged or "
                               "incomplete file?; download it again (trek-track weights list)") from None

@@ -10,14 +10,13 @@ state dict; a leading ``module.`` (DataParallel/DDP) is stripped.
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from trek_tracker.errors import CheckpointError
+from trek_tracker.errors import CheckpointError, load_failure, refused_class
 from trek_tracker.files import atomic_write, sha256_of  # noqa: F401  (sha256_of re-exported for callers)
 from trek_tracker.modeling.base import VOSModel
 
@@ -43,14 +42,14 @@ def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
                               "HTML error page?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
-        raise CheckpointError(
-            f"{path} holds more than tensors and containers, so it was not loaded (loading it would execute "
-            f"code from the file): {first[:200]}"
-        ) from None
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}"[:300]) from None
+    except Exception as err:  # pickled objects, a truncated file, not a torch file, ...
+        found = refused_class(err)
+        if found:
+            raise CheckpointError(f"{path} holds pickled objects ({found}) besides tensors, so it was not loaded "
+                                  "(that would run code from the file); give an aot-benchmark checkpoint or a "
+                                  "trek-track training output") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_failure(err)} (a damaged or incomplete "
+                              "file? download it again)") from None
     config = None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("config"), Mapping):
         config = dict(obj["config"])

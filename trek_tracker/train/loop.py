@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from trek_tracker.device import select_device
-from trek_tracker.errors import CheckpointError, InputError, UserError, memory_errors
+from trek_tracker.errors import CheckpointError, InputError, UserError, load_failure, memory_errors
 from trek_tracker.files import atomic_write, os_error_message, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
@@ -269,7 +269,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:
-            raise CheckpointError(f"cannot read training state {path}: {type(err).__name__}: {err}"[:300]) from None
+            raise CheckpointError(f"cannot read training state {path}: {load_failure(err)}") from None
         if not isinstance(state, dict) or state.get("format") != "trek-track-train/1":
             raise CheckpointError(f"{path} is not a trek-track training state")
         if state["config"]["model"]["name"] != self.cfg.model.name:

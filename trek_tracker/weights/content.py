@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from trek_tracker.errors import CheckpointError, UserError
+from trek_tracker.errors import CheckpointError, UserError, load_failure
 from trek_tracker.weights.registry import CheckpointEntry
 
 _DERIVED_SUFFIXES = ("relative_position_index", "num_batches_tracked")
@@ -75,9 +75,7 @@ def _tensor_dict(path: Path, what: str) -> dict:
         except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling refused, truncated file, not a torch file, ...
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path} does not load as a tensor-only checkpoint ({type(err).__name__}: "
-                              f"{first[:200]})") from None
+        raise CheckpointError(f"{path} does not load as a tensor-only checkpoint ({load_failure(err)})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not {what} state dict (expected a dict of tensors)")
     return state
