@@ -68,3 +68,26 @@ def test_overlay_writer_rejects_wrong_size(tmp_path: Path) -> None:
     with OverlayWriter(tmp_path / "o.mp4", 10, (32, 48)) as writer:
         with pytest.raises(InputError, match="size"):
             writer.write(_frame(1, size=(30, 48)))
+
+
+def test_a_video_that_did_not_fit_is_an_error_naming_it_and_leaves_nothing(tmp_path: Path) -> None:
+    """OpenCV's writer only warns when a write fails (a full disk; here a file-size limit, as real): the
+    truncated video must not be moved into place as if complete."""
+    import errno
+
+    resource = pytest.importorskip("resource")
+    path = tmp_path / "overlay.mp4"
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(40)]  # noise: ~60 kB a frame
+    writer = OverlayWriter(path, 30.0, (240, 320))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, hard))
+    try:
+        for frame in frames:
+            writer.write(frame)
+        with pytest.raises(OSError) as err:
+            writer.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,9 @@ a thread pool and writes them in order; the video appears whole or not at all.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,6 +94,23 @@ def check_overlay_encoder() -> None:
                         "(or install opencv-python-headless from PyPI)")
 
 
+def _write_failure(path: Path) -> tuple[int, str]:
+    """The likely ``(errno, reason)`` of a write to ``path`` that failed without saying why."""
+    code = errno.EIO
+    if shutil.disk_usage(path.parent).free < (1 << 20):
+        code = errno.ENOSPC
+    else:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if limit != resource.RLIM_INFINITY and path.stat().st_size >= limit:
+                code = errno.EFBIG
+        except (ImportError, OSError):
+            pass
+    return code, os.strerror(code)
+
+
 class OverlayWriter:
     """Writes an MP4 (``mp4v``) of frames with masks tinted per object id and boxes drawn.
 
@@ -141,12 +160,32 @@ class OverlayWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the video and move it into place."""
+        """Finish the video and move it into place, once it reads back with every frame written."""
         if self._writer is None:
             return
         self._writer.release()
         self._writer = None
+        try:
+            self._check_written()
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
         os.replace(self._tmp, self.path)
+
+    def _check_written(self) -> None:
+        """An ``OSError`` naming ``path`` unless the finished file holds all the frames appended: OpenCV's
+        writer reports a failed write (a full disk, a file-size limit) only as a warning on the console, and
+        its MP4 then lacks the index written last, which a reader needs (opening it fails)."""
+        if self.frames == 0:  # nothing to read back: OpenCV writes no index for an empty video
+            return
+        video = cv2.VideoCapture(str(self._tmp))
+        try:
+            count = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) if video.isOpened() else -1
+        finally:
+            video.release()
+        if count == self.frames:
+            return
+        raise OSError(*_write_failure(self._tmp), str(self.path))
 
     def abort(self) -> None:
         """Stop and delete the temporary file; ``path`` is left untouched."""
