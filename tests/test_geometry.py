@@ -140,6 +140,28 @@ def test_box_to_mask_round_trip_and_clip() -> None:
     assert not box_to_mask([60, 0, 5, 5], (30, 50)).any()
 
 
+
+def test_box_to_mask_of_a_box_partly_outside_is_that_of_its_clipped_box() -> None:
+    """The mask is clipped to the frame: a box that overlaps it only partly gives the mask of its
+    :meth:`Box.in_frame` box, so a part too thin to hold a pixel centre still marks a line, never nothing."""
+    size = (30, 50)
+    sliver = box_to_mask([-9.7, 3, 10, 20], size)  # 0.3 px of it inside the frame, at its left edge
+    np.testing.assert_array_equal(mask_to_box(sliver), [0, 3, 1, 20])
+    corner = box_to_mask([49.8, 29.9, 0.5, 3], size)  # 0.2 x 0.1 px inside, at the bottom-right corner
+    np.testing.assert_array_equal(mask_to_box(corner), [49, 29, 1, 1])
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        x, y = rng.uniform(-20, 60), rng.uniform(-20, 40)
+        w, h = rng.choice([rng.uniform(0.01, 1.5), rng.uniform(0.01, 40)], 2)
+        try:
+            clipped = Box(x, y, w, h).in_frame(size)
+        except InputError:  # wholly outside the frame
+            assert not box_to_mask([x, y, w, h], size).any()
+            continue
+        mask = box_to_mask([x, y, w, h], size)
+        assert mask.any(), (x, y, w, h)
+        np.testing.assert_array_equal(mask, box_to_mask(clipped, size), err_msg=str((x, y, w, h)))
+
 def test_remove_small_components() -> None:
     mask = np.zeros((50, 50), bool)
     mask[10:30, 10:30] = True  # 400 px

@@ -165,9 +165,10 @@ def box_to_mask(box: np.ndarray | list | tuple, size: tuple[int, int]) -> np.nda
     """Filled rectangle of an ``x,y,w,h`` box as a bool mask of ``size = (h, w)``, clipped to the frame.
 
     A pixel is inside when its centre ``i + 0.5`` lies in ``[x, x + w)``, so integer boxes round-trip
-    through :func:`mask_to_box`. Along an axis where a box inside the frame is too thin to hold a pixel
-    centre, it still marks the pixels under its centre line (a 0.3 x 20 box is a 1 x 20 column), so a
-    valid box never gives an empty init mask.
+    through :func:`mask_to_box`. Along an axis where the box's part inside the frame is too thin to hold a
+    pixel centre, it still marks the pixels under that part's centre line (a 0.3 x 20 box is a 1 x 20
+    column), so a box that overlaps the frame never gives an empty init mask. The box is clipped first: its
+    mask is that of its :meth:`Box.in_frame` box.
     """
     b = _as_boxes(box)
     h, w = size
@@ -176,12 +177,13 @@ def box_to_mask(box: np.ndarray | list | tuple, size: tuple[int, int]) -> np.nda
         return mask
     spans = []
     for start, length, limit in ((b[0], b[2], w), (b[1], b[3], h)):
-        lo, hi = max(math.ceil(start - 0.5), 0), min(math.ceil(start + length - 0.5), limit)
-        if hi <= lo:  # no pixel centre inside along this axis: the line of pixels under the box's centre
-            centre = start + length / 2
-            if not 0 <= centre < limit:
-                return mask
-            lo, hi = int(centre), int(centre) + 1
+        first, last = max(start, 0.0), min(start + length, float(limit))  # the part inside the frame
+        if last <= first:
+            return mask
+        lo, hi = math.ceil(first - 0.5), math.ceil(last - 0.5)
+        if hi <= lo:  # no pixel centre inside along this axis: the line of pixels under the part's centre
+            lo = min(int((first + last) / 2), limit - 1)
+            hi = lo + 1
         spans.append((lo, hi))
     (c0, c1), (r0, r1) = spans
     mask[r0:r1, c0:c1] = True

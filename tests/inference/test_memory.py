@@ -279,3 +279,41 @@ def test_rotated_views_track_as_their_copies(model, video, precision):
         probs.append(out.probs)
     assert probs[0].shape[-2:] == (W, H)
     assert torch.equal(probs[0], probs[1])
+
+
+@pytest.mark.parametrize("eviction", ["oldest", "least-similar"])
+def test_a_cap_filled_by_references_takes_no_other_frame(eviction):
+    """``cap=1`` keeps the reference alone, and a cap filled by references stays at the cap: an ordinary frame
+    never pushes the memory past it (only a new reference does), and the schedule goes on as before."""
+    layout = [LayerLayout((2, 3))]
+    memory = Memory(layout, MemorySchedule(gap=2, cap=1, eviction=eviction))
+    for t in range(9):
+        assert memory.remember(t, *_entries(layout, seed=t), reference=t == 0) == (t == 0)
+        assert memory.frames == [0] and memory.short_term_frame == t
+    assert memory.long_term_tokens() == 6
+    memory = Memory(layout, MemorySchedule(gap=2, cap=2, eviction=eviction))
+    entered = [memory.remember(t, *_entries(layout, seed=t), reference=t in (0, 5)) for t in range(12)]
+    assert entered == [True, False, True, False, True, True, False, False, False, False, False, False]
+    assert memory.frames == [5, 0] and memory.reference_frames == [0, 5]
+    memory.remember(12, *_entries(layout, seed=12), reference=True)  # a new reference is never refused
+    assert memory.frames == [12, 5, 0] and len(memory.attend()[0].long_key) == 3 * 6
+
+
+def test_memories_loaded_from_one_state_are_independent():
+    """A memory is written in place: two memories loaded from one state on its own device (the CPU) must
+    not share buffers, nor change the state, or the second would attend to the first one's frames."""
+    layout = [LayerLayout((2, 3)), LayerLayout((4, 6), long_term_dilation=2)]
+    memory = Memory(layout, MemorySchedule(gap=1, cap=2))
+    for t in range(3):
+        memory.remember(t, *_entries(layout, seed=t), reference=t == 0)
+    state = memory.state()
+    saved = {k: [v.clone() for v in state[k]] for k in ("long_keys", "long_values", "short_keys", "short_values")}
+    first, second = Memory(layout, MemorySchedule(gap=1, cap=2)), Memory(layout, MemorySchedule(gap=1, cap=2))
+    first.load_state(state, torch.device("cpu"))
+    second.load_state(state, torch.device("cpu"))
+    first.remember(3, *_entries(layout, seed=3))  # evicts frame 1 in place: its slot now holds frame 3
+    for key, tensors in saved.items():
+        assert all(torch.equal(a, b) for a, b in zip(state[key], tensors, strict=True)), key
+    for loaded, expected in zip(second.attend(), memory.attend(), strict=True):
+        assert torch.equal(loaded.long_key, expected.long_key) and torch.equal(loaded.short_key, expected.short_key)
+        assert torch.equal(loaded.long_value, expected.long_value)

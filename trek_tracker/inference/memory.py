@@ -12,7 +12,8 @@ Schedule (docs/inference.md#memory-schedule):
 * with a ``cap``, a full long-term memory drops one non-reference frame (references are never evicted):
   the oldest (``eviction="oldest"``), or the one least like the frame that arrives (``"least-similar"``,
   DMAOT's rule: cosine similarity of the frames' mean keys); without a cap it grows, as the official engine
-  does.
+  does. A cap filled by references takes no other frame (``cap=1`` keeps the reference alone); only a new
+  reference grows the memory past its cap.
 
 Layout: per GPM layer, long-term keys ``(M, B, d_att)`` and values ``(M, B, C_v + C_id)`` in one buffer
 each, one slot of ``T`` tokens per frame (``T`` after the layer's ``[::d, ::d]`` long-term subsampling);
@@ -124,8 +125,8 @@ class Memory:
         if len(entries) != len(self.layout) or len(id_values) != len(self.layout):
             raise ValueError(f"expected {len(self.layout)} layers, got {len(entries)} entries and "
                              f"{len(id_values)} ID values")
-        long_term = reference or self._last_long_term is None or frame - self._last_long_term >= self.schedule.gap
-        slot = self._long_term_slot(frame, reference, entries[0].key) if long_term else None
+        due = reference or self._last_long_term is None or frame - self._last_long_term >= self.schedule.gap
+        slot = self._long_term_slot(frame, reference, entries[0].key) if due else None
         short = self._short_term_slot(frame, reference)
         for i, (entry, idv, layer) in enumerate(zip(entries, id_values, self.layout, strict=True)):
             value = torch.cat([entry.value, idv], dim=-1)
@@ -141,12 +142,13 @@ class Memory:
                     key = entry.key
                 self._long_keys[i] = self._write_long(self._long_keys[i], slot, key)
                 self._long_values[i] = self._write_long(self._long_values[i], slot, value)
-        if long_term:
+        if due:  # the schedule goes on from a due frame even when a memory full of references refused it
             self._last_long_term = frame
-        return long_term
+        return slot is not None
 
-    def _long_term_slot(self, frame: int, reference: bool, key: torch.Tensor) -> int:
-        """The slot ``frame`` goes to: the next free one, or the evicted frame's when the memory is full."""
+    def _long_term_slot(self, frame: int, reference: bool, key: torch.Tensor) -> int | None:
+        """The slot ``frame`` goes to: the next free one, or the evicted frame's when the memory is full;
+        None when the memory is full of references and ``frame`` is not one."""
         cap = self.schedule.cap
         if cap is not None and len(self._slots) >= cap:
             victims = [i for i, s in enumerate(self._slots) if not s.reference]
@@ -157,7 +159,9 @@ class Memory:
                     i = min(victims, key=lambda j: self._slots[j].frame)
                 self._slots[i] = _Slot(frame, reference)
                 return i
-            # only references left: they are never evicted, so the memory grows past the cap
+            if not reference:  # references alone fill the cap: an ordinary frame would only push past it
+                return None
+            # a new reference where only references are left: none is evicted, so the memory grows past the cap
         self._slots.append(_Slot(frame, reference))
         return len(self._slots) - 1
 
@@ -243,11 +247,14 @@ class Memory:
                 "short_next": self._short_next, "last_long_term": self._last_long_term}
 
     def load_state(self, state: dict, device: torch.device) -> None:
-        """Hold exactly what :meth:`state` saved (its buffers, capacity included, moved to ``device``)."""
+        """Hold exactly what :meth:`state` saved (its buffers, capacity included, copied to ``device``).
+
+        Copied even on the state's own device: the memory is written in place, and a state loaded as it is
+        would be changed by this memory, and shared by every other memory loaded from it."""
         def move(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
             if len(tensors) != len(self.layout):
                 raise ValueError(f"saved memory has {len(tensors)} layers, this model {len(self.layout)}")
-            return [None if t is None else t.to(device) for t in tensors]
+            return [None if t is None else t.to(device, copy=True) for t in tensors]
 
         self._long_keys, self._long_values = move(state["long_keys"]), move(state["long_values"])
         self._short_keys, self._short_values = move(state["short_keys"]), move(state["short_values"])
