@@ -140,7 +140,6 @@ def test_box_to_mask_round_trip_and_clip() -> None:
     assert not box_to_mask([60, 0, 5, 5], (30, 50)).any()
 
 
-
 def test_box_to_mask_of_a_box_partly_outside_is_that_of_its_clipped_box() -> None:
     """The mask is clipped to the frame: a box that overlaps it only partly gives the mask of its
     :meth:`Box.in_frame` box, so a part too thin to hold a pixel centre still marks a line, never nothing."""
@@ -161,6 +160,7 @@ def test_box_to_mask_of_a_box_partly_outside_is_that_of_its_clipped_box() -> Non
         mask = box_to_mask([x, y, w, h], size)
         assert mask.any(), (x, y, w, h)
         np.testing.assert_array_equal(mask, box_to_mask(clipped, size), err_msg=str((x, y, w, h)))
+
 
 def test_remove_small_components() -> None:
     mask = np.zeros((50, 50), bool)
