@@ -80,6 +80,8 @@ class VOSEngine:
     """
 
     def __init__(self, model: VOSModel, config: EngineConfig | None = None) -> None:
+        if model.training:  # dropout and drop-path would make tracking random, silently
+            raise ValueError("a VOSEngine tracks with a model in eval mode: call model.eval() first")
         self.model = model
         self.device: torch.device = next(model.parameters()).device  # read once: asked for several times a frame
         self.config = config or EngineConfig()
@@ -140,7 +142,12 @@ class VOSEngine:
     # ------------------------------------------------------------------ reference
     @torch.inference_mode()
     def add_reference(self, frame: np.ndarray | Frame, labels: np.ndarray | torch.Tensor) -> None:
-        """Start (or re-anchor) tracking from ``labels`` (H, W) with ids 0..N on ``frame`` (H, W, 3 RGB)."""
+        """Start (or re-anchor) tracking from ``labels`` (H, W) with ids 0..N on ``frame`` (H, W, 3 RGB).
+
+        A later reference is either the frame just predicted (its labels corrected, as the official
+        evaluator adds new objects: the reference takes that frame's place in the memory, instead of a
+        commit) or the next frame of the video, not predicted (it counts as a frame of its own).
+        """
         frame = frame if isinstance(frame, Frame) else Frame(frame)
         check_frame(frame.host)  # before the mask: a 0-sized frame must not reach the mask's max
         labels = np.asarray(labels)
@@ -176,6 +183,10 @@ class VOSEngine:
         with self._autocast():
             id_emb = self.model.id_embedding(self._one_hot([labels_t] * self.views))
             _, entries = self.model.propagate(self._per_item(feats), None, id_emb)
+        if self._pending is not None:  # the frame just predicted: the reference replaces its commit
+            self._pending = None
+        elif self.memory.frames:  # a frame not predicted: the next one
+            self.frame_step += 1
         self.memory.remember(self.frame_step, entries, [e.id_value for e in entries], reference=True)
 
     # ------------------------------------------------------------------ propagation
