@@ -115,7 +115,8 @@ class _Layers(nn.Module):
 
 
 class ResidualGN(nn.Module):
-    """Two residual blocks of ``ConvGN3x3 -> ReLU -> ConvGN3x3`` (HQTrack / MS-AOT ``ResGN``)."""
+    """Two residual blocks of ``ConvGN3x3 -> ReLU -> ConvGN3x3``. Modelled on HQTrack's ``ResGN``, which
+    also puts a ReLU before each block's first convolution; no released MSDeAOT weights fix the choice."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
