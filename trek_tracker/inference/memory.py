@@ -189,7 +189,9 @@ class Memory:
     def _write_long(self, buffer: torch.Tensor | None, slot: int, tokens: torch.Tensor) -> torch.Tensor:
         """Copy one frame's tokens into ``slot`` of a layer's long-term buffer, growing it when needed."""
         if buffer is not None and (slot + 1) * tokens.shape[0] > buffer.shape[0]:  # unbounded: double it
-            buffer = torch.cat([buffer, torch.zeros_like(buffer)])
+            grown = buffer.new_empty((2 * buffer.shape[0], *buffer.shape[1:]))  # 3x the old size at the peak,
+            grown[: buffer.shape[0]].copy_(buffer)  # not the 4x of concatenating a zero copy
+            buffer = grown
         return _write(buffer, slot, tokens, self.schedule.cap or 2)
 
     # ------------------------------------------------------------------ reading
