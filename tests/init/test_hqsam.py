@@ -79,6 +79,27 @@ def test_matches_the_official_hqsam_predictor(hqsam) -> None:
     assert np.abs(out.hq_logits).max() > 1e-3
 
 
+def test_the_box_prompt_is_bit_equal_to_the_official_predictors(hqsam) -> None:
+    """The official predictor scales the box in float64 and then casts it: scaling in float32 moves x = 58
+    (x 128/120) by one unit in the last place."""
+    official_mod = pytest.importorskip("segment_anything_hq.predictor")
+    image, _ = _scene()
+    seen = []
+    handle = hqsam.prompt_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["boxes"].reshape(4).clone()), with_kwargs=True)
+    try:
+        box = np.array([22.0, 22.0, 58.0, 58.0])
+        ours = HQSamBoxPredictor(hqsam)
+        ours.set_image(image)
+        ours.predict_box_hq(box)
+        official = official_mod.SamPredictor(hqsam)
+        official.set_image(image)
+        official.predict(box=box)
+    finally:
+        handle.remove()
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
 def test_loading_refuses_plain_sam_and_foreign_files(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="plain SAM"):
         hqsam_model_from_state({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)})

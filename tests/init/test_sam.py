@@ -88,6 +88,27 @@ def test_matches_the_official_predictor_and_encodes_once() -> None:
     assert 1 <= best <= 3 and out.iou_predictions[best] == out.iou_predictions[1:].max()
 
 
+def test_the_box_prompt_is_bit_equal_to_the_official_predictors() -> None:
+    """The official predictor scales the box in float64 and then casts it: scaling in float32 moves x = 58
+    (the tiny SAM's 128/120) by one unit in the last place."""
+    predictor_mod = pytest.importorskip("segment_anything.predictor")
+    sam = tiny_sam()
+    seen = []
+    handle = sam.prompt_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["boxes"].reshape(4).clone()), with_kwargs=True)
+    try:
+        box = np.array([22.0, 22.0, 58.0, 58.0])
+        ours = SamBoxPredictor(sam)
+        ours.set_image(_image())
+        ours.predict_box(box)
+        official = predictor_mod.SamPredictor(sam)
+        official.set_image(_image())
+        official.predict(box=box)
+    finally:
+        handle.remove()
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1]), seen
+
+
 def test_stability_is_an_iou_in_unit_range() -> None:
     sam = tiny_sam()
     pred = SamBoxPredictor(sam)

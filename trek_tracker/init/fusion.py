@@ -1,11 +1,11 @@
 """Choosing one first-frame mask from SAM and Alpha-Refine candidates (docs/init.md#fusion-rule).
 
 The TREK-150 report combined SAM and AR but never published how, so our rule is explicit and every
-number behind the choice is returned for ``run.json``: each candidate is clipped to the (tight) box,
-reduced to its largest component and scored by how well its tight rectangle matches the box, plus a
-small confidence term. Candidates that are mostly outside the box or cover only a sliver of it are
-rejected. Fallbacks keep the VOS engine from ever receiving an empty reference: the AR mask, then the
-filled box.
+number behind the choice is returned for ``run.json``: each candidate is clipped to the (tight) box, rid
+of speckles (every larger part stays: an object split by a hand is still one object) and scored by how well
+its tight rectangle matches the box, plus a small confidence term. Candidates that are mostly outside the
+box or cover only a sliver of it are rejected. Fallbacks keep the VOS engine from ever receiving an empty
+reference: the AR mask, then the filled box.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class FusionConfig:
     max_outside: float = 0.3  # reject masks with more than this share outside the box (before clipping)
     min_rect_iou: float = 0.5  # below this the winner is replaced by a fallback
     min_box_px: float = 8.0  # boxes narrower than this use the filled box directly
+    # Components smaller than this are speckles and dropped (never all of them); larger ones all stay: an object
+    # split by an occluding hand keeps both parts (spec MB2, as the reported boxes do).
+    min_component_px: int = 100
 
 
 @dataclass
@@ -75,14 +78,14 @@ def _box_region(box: np.ndarray, shape: tuple[int, int], margin: int) -> np.ndar
 
 
 def clean_candidate(mask: np.ndarray, box: np.ndarray, config: FusionConfig) -> tuple[np.ndarray, float]:
-    """Clip to the box (with margin), keep the largest component; return it and the share outside."""
+    """Clip to the box (with margin), drop speckles; return the mask and the share outside the box."""
     mask = np.asarray(mask, dtype=bool)
     region = _box_region(box, mask.shape, config.clip_margin_px)
     area = int(mask.sum())
     outside = float((mask & ~region).sum() / area) if area else 0.0
     clipped = mask & region
     if clipped.any():
-        clipped = remove_small_components(clipped, 1, keep="largest")
+        clipped = remove_small_components(clipped, config.min_component_px)
     return clipped, outside
 
 

@@ -166,8 +166,7 @@ class HQSamBoxPredictor(SamBoxPredictor):
         if self.embedding is None or self.interm is None or self.original_size is None:
             raise RuntimeError("HQSamBoxPredictor.set_image must be called first")
         (h, w), (newh, neww) = self.original_size, self.input_size
-        box = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32).reshape(1, 4), device=self.device)
-        box = box * torch.tensor([neww / w, newh / h, neww / w, newh / h], device=self.device)
+        box = self._prompt_box(box_xyxy)
         decoder = self.model.mask_decoder
         sparse, dense = self.model.prompt_encoder(points=None, boxes=box, masks=None)
         hq_features = decoder.embedding_encoder(self.embedding) + decoder.compress_vit_feat(

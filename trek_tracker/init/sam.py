@@ -160,14 +160,22 @@ class SamBoxPredictor:
         self.embedding = self.model.image_encoder(x)
         self.original_size, self.input_size = (h, w), (newh, neww)
 
+    def _prompt_box(self, box_xyxy) -> torch.Tensor:
+        """The box ``[x0, y0, x1, y1]`` in the resized image's pixels, as the prompt encoder takes it: scaled in
+        float64, then cast, as the official ``ResizeLongestSide.apply_boxes`` does (scaling in float32 moves
+        many coordinates by one unit in the last place)."""
+        (h, w), (newh, neww) = self.original_size, self.input_size
+        scale = np.array([neww / w, newh / h, neww / w, newh / h])
+        box = np.asarray(box_xyxy, dtype=np.float64).reshape(1, 4) * scale
+        return torch.as_tensor(box.astype(np.float32), device=self.device)
+
     @torch.no_grad()
     def predict_box(self, box_xyxy, mask_input: np.ndarray | None = None) -> SamOutput:
         """Decode all four tokens for a box ``[x0, y0, x1, y1]`` in frame pixels (optionally with logits)."""
         if self.embedding is None or self.original_size is None or self.input_size is None:
             raise RuntimeError("SamBoxPredictor.set_image must be called first")
         (h, w), (newh, neww) = self.original_size, self.input_size
-        box = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32).reshape(1, 4), device=self.device)
-        box = box * torch.tensor([neww / w, newh / h, neww / w, newh / h], device=self.device)
+        box = self._prompt_box(box_xyxy)
         masks = None
         if mask_input is not None:
             masks = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=self.device).reshape(

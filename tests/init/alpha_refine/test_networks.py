@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from trek_tracker.device import set_fast_kernels
-from trek_tracker.errors import CheckpointError
+from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.init.alpha_refine.checkpoint import KEY_MAPS, build_model, map_state_dict, pool_size_of
 from trek_tracker.init.alpha_refine.refiner import AlphaRefine
 from trek_tracker.init.alpha_refine.secm import SEcm
@@ -125,3 +125,15 @@ def test_parity_with_official_outputs(golden: Path, davis: Path, name: str, devi
         out5 = ar.run(f5, ref["frame5_box"], branches=("corner", "mask"))
         np.testing.assert_allclose(out5.mask_crop, ref["f5_mask_crop"], atol=1e-3)
         np.testing.assert_allclose(out5.corner_frame_xywh, ref["f5_corner_frame_xywh"], atol=5e-2)
+
+
+def test_refine_box_is_secms_corner_box_in_frame_pixels(golden: Path, davis: Path) -> None:
+    """docs/init.md: ``refine_box`` is the official ``refine(mode='corner')``; seg384 has no box head."""
+    ref = np.load(golden / "alpha_refine" / "secm" / "car-shadow.npz")
+    ar = AlphaRefine(build_model(_seeded(golden, "secm"), "secm"))
+    frame = cv2.imread(str(davis / "JPEGImages" / "480p" / "car-shadow" / "00000.jpg"))[..., ::-1].copy()
+    ar.initialize(frame, ref["frame0_box"])
+    np.testing.assert_allclose(ar.refine_box(frame, ref["frame0_box"]), ref["f0_corner_frame_xywh"], atol=5e-2)
+    seg = AlphaRefine(ARSegMask(pool_size=4).eval())
+    with pytest.raises(InputError, match="no box head"):
+        seg.refine_box(frame, ref["frame0_box"])

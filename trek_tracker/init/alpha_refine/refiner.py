@@ -1,5 +1,5 @@
 """Alpha-Refine behind one interface (docs/init.md#alpha-refine-networks): ``initialize(frame, box)`` and
-``get_mask(frame, box)``, for either network.
+``get_mask(frame, box)``, for either network, and ``refine_box(frame, box)`` for SEcm.
 
 Frames are RGB uint8 (H, W, 3); boxes ``[x, y, w, h]`` in frame pixels. The per-target state (the
 reference kernel) lives here, not in the network modules.
@@ -93,3 +93,11 @@ class AlphaRefine:
     def get_mask(self, frame: np.ndarray, box) -> np.ndarray:
         """Full-frame float (H, W) foreground probabilities in [0, 1] for the crop around ``box``."""
         return self.run(frame, box, branches=("mask",)).mask_full
+
+    def refine_box(self, frame: np.ndarray, box) -> np.ndarray:
+        """SEcm's corner box for the crop around ``box``, as a frame ``[x, y, w, h]`` (official
+        ``refine(mode='corner')``). seg384 has no box head: an :class:`InputError` says so."""
+        if not isinstance(self.network, SEcm):
+            raise InputError("the seg384 Alpha-Refine network has no box head: refining a box needs the SEcm "
+                             "checkpoint (SEcmnet_ep0040-c.pth.tar)")
+        return self.run(frame, box, branches=("corner",)).corner_frame_xywh
