@@ -22,6 +22,7 @@ def test_hard_pixel_fraction_ramp():
     assert hard_pixel_fraction(25_000, 100_000) == pytest.approx(1 - 0.85 / 2)
     assert hard_pixel_fraction(50_000, 100_000) == pytest.approx(0.15)
     assert hard_pixel_fraction(90_000, 100_000) == pytest.approx(0.15)
+    assert all(hard_pixel_fraction(s, 1000, final=1.0) == 1.0 for s in range(1001))  # plain CE throughout
 
 
 def test_bootstrapped_ce_keeps_the_hardest_pixels_per_sample():
@@ -40,9 +41,9 @@ def test_soft_jaccard_by_hand():
     logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]]]])  # softmax: p1 = [0.75, 0.5]
     labels = torch.tensor([[[1, 0]]])
     p1 = torch.tensor([0.75, 0.5])
-    j1 = 1 - (0.75 + 1e-5) / (p1.sum() + 1 - 0.75 + 1e-5)
+    j1 = 1 - 0.75 / (p1.sum() + 1 - 0.75 + 1e-6)  # the official tversky_loss epsilon, in the denominator
     p0 = 1 - p1
-    j0 = 1 - (0.5 + 1e-5) / (p0.sum() + 1 - 0.5 + 1e-5)
+    j0 = 1 - 0.5 / (p0.sum() + 1 - 0.5 + 1e-6)
     assert soft_jaccard(logits, labels) == pytest.approx(float((j0 + j1) / 2), rel=1e-6)
 
 
@@ -71,3 +72,50 @@ def test_frame_loss_upsamples_and_combines():
                          torch.tensor([2]))
     expected = 0.5 * bootstrapped_ce(up, labels, 0.5) + 0.5 * soft_jaccard(up, labels)
     assert frame_loss(logits, labels, torch.tensor([2]), 0.5) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _official_frame_loss(logits, labels, num_objects, step, total, top_k=0.15, mining_ratio=0.5):
+    """An independent transcription of the official per-sample recipe (aot_engine.calculate_current_loss and
+    networks/layers/loss.py): logits sliced to ``obj_num + 1`` channels, CE over the top
+    ``int((r * top_k + 1 - r) * HW)`` pixels, Jaccard ``1 - inter / (union + 1e-6)`` over the classes present,
+    0.5 each, averaged over the batch."""
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+    mining_step = mining_ratio * total + 1e-5
+    per_sample = []
+    for b in range(up.shape[0]):
+        x = up[b:b + 1, :int(num_objects[b]) + 1]
+        y = labels[b:b + 1]
+        hw = float(x.shape[2] * x.shape[3])
+        pix = F.cross_entropy(x.flatten(2), y.flatten(1), ignore_index=255, reduction="none")
+        r = min(1.0, step / float(mining_step))
+        ce = torch.topk(pix, k=int((r * top_k + (1.0 - r)) * hw), dim=1)[0].mean()
+        probs = torch.softmax(x, 1)[0].flatten(1)
+        flat = y.flatten()
+        terms = []
+        for c in range(x.shape[1]):
+            g = (flat == c).float()
+            if g.sum() == 0:
+                continue
+            p = probs[c]
+            inter = (p * g).sum()
+            terms.append(1 - inter / (inter + (p * (1 - g)).sum() + ((1 - p) * g).sum() + 1e-6))
+        per_sample.append(0.5 * ce + 0.5 * sum(terms) / len(terms))
+    return torch.stack(per_sample).mean()
+
+
+@pytest.mark.parametrize("step", [0, 1, 137, 2_501, 12_345, 33_333, 49_999, 50_000, 77_777])
+def test_frame_loss_matches_the_official_formula_over_the_ramp(step):
+    """Same random inputs, the official computation: equal to float32 rounding at every step of the
+    hard-pixel ramp (the pixel count is truncated as the official ``int``), with a one-pixel class whose
+    Jaccard term shows the epsilon."""
+    total = 100_000
+    g = torch.Generator().manual_seed(step)
+    logits = torch.randn(3, 11, 9, 9, generator=g) * 3
+    labels = torch.randint(0, 4, (3, 33, 33), generator=g)
+    labels[1] = labels[1].clamp(max=1)
+    labels[2] = (labels[2] > 0).long() * 2
+    labels[2, 5, 5] = 1  # a one-pixel object
+    n = torch.tensor([3, 1, 2])
+    ours = frame_loss(logits, labels, n, hard_pixel_fraction(step, total, final=0.15, ratio=0.5))
+    official = _official_frame_loss(logits, labels, n, step, total)
+    assert float(ours) == pytest.approx(float(official), rel=2e-6, abs=1e-7)

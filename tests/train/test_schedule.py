@@ -78,3 +78,26 @@ def test_ema_warmup_by_hand():
     other.load_state_dict(state)
     assert other.updates == 2 and other.decay == 0.9999
     assert torch.equal(other.module.weight, ema.module.weight)
+
+
+def test_ema_copies_what_training_does_not_change():
+    """Frozen parameters and buffers stay bit-exact in the EMA copy (the official EMA averages only the
+    trainable parameters and tracked BN statistics); averaging a constant would drift in float32."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.BatchNorm1d(64))
+    net[0].requires_grad_(False)
+    net.register_buffer("frozen_stat", torch.randn(64) * 3)
+    ema = EMA(net, decay=0.9999)
+    ema.updates = 10**6  # past the warm-up: d = 0.9999 throughout
+    bn_mean = net[2].running_mean.clone()
+    with torch.no_grad():
+        net[1].weight.add_(1.0)
+        net[2].running_mean.add_(1.0)
+    for _ in range(3000):
+        ema.update(net)
+    assert torch.equal(ema.module[0].weight, net[0].weight) and torch.equal(ema.module[0].bias, net[0].bias)
+    assert torch.equal(ema.module.frozen_stat, net.frozen_stat)
+    # trainable weights and tracked BN statistics are averaged: 1 - 0.9999^3000 = 0.26 of the way
+    moved = ema.module[1].weight - (net[1].weight - 1.0)
+    assert float(moved.mean()) == pytest.approx(1 - 0.9999**3000, abs=1e-3)
+    assert float((ema.module[2].running_mean - bn_mean).mean()) == pytest.approx(1 - 0.9999**3000, abs=1e-3)

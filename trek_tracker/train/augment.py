@@ -21,7 +21,7 @@ class AugmentConfig:
     scale_range: tuple[float, float] = (0.7, 1.3)
     max_objects: int = 10
     min_object_pixels: int = 100
-    crop_attempts: int = 10
+    crop_attempts: int = 5  # the official BalancedRandomCrop's max_step (the trainer leaves it at 5)
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, sat, hue
     jitter_p: float = 0.8
     gray_p: float = 0.2
@@ -42,11 +42,12 @@ Clip = tuple[list[np.ndarray], list[np.ndarray]]  # frames (H, W, 3) uint8, labe
 
 def random_scale(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,
                  cfg: AugmentConfig) -> Clip:
-    """Resize the clip so its short edge is ``short_edge * U(scale_range)``."""
+    """Resize the clip so its short edge is ``short_edge * U(scale_range)``: images bicubic, labels nearest,
+    as the official ``RandomScale``."""
     h, w = frames[0].shape[:2]
     s = cfg.short_edge * rng.uniform(*cfg.scale_range) / min(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    frames = [cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames]
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames]
     labels = [cv2.resize(lb.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(np.int64)
               for lb in labels]
     return frames, labels
@@ -85,14 +86,17 @@ def balanced_crop(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.ra
     return ([f[y:y + ch, x:x + cw] for f in frames], [lb[y:y + ch, x:x + cw] for lb in labels])
 
 
-def select_objects(labels: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig
-                   ) -> tuple[list[np.ndarray], int]:
-    """Keep at most ``max_objects`` of the objects visible in the reference frame (more than
-    ``min_object_pixels`` pixels, or the largest ones if none is), renumbered 1..N in all frames."""
+def select_objects(labels: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig,
+                   min_pixels: int | None = None) -> tuple[list[np.ndarray], int]:
+    """Keep at most ``max_objects`` (chosen at random) of the objects with more than ``min_pixels`` pixels
+    (default ``cfg.min_object_pixels``) in the reference frame, renumbered 1..N in all frames; the others
+    become background.
+
+    As the official crop and merge do, a clip whose objects are all too small keeps none (0 objects), and
+    then gets a second clip's objects by dynamic merge, instead of training on specks."""
+    floor = cfg.min_object_pixels if min_pixels is None else min_pixels
     counts = np.bincount(labels[0].ravel())
-    ids = [i for i in range(1, len(counts)) if counts[i] > cfg.min_object_pixels]
-    if not ids:
-        ids = [i for i in range(1, len(counts)) if counts[i] > 0]
+    ids = [i for i in range(1, len(counts)) if counts[i] > floor]
     if len(ids) > cfg.max_objects:
         ids = sorted(rng.choice(ids, size=cfg.max_objects, replace=False).tolist())
     top = max(int(lb.max()) for lb in labels)
@@ -102,23 +106,45 @@ def select_objects(labels: list[np.ndarray], rng: np.random.Generator, cfg: Augm
     return [table[lb] for lb in labels], len(ids)
 
 
-def photometric(frame: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Colour jitter (p = ``jitter_p``), grayscale (p = ``gray_p``) and Gaussian blur (p = ``blur_p``)."""
-    img = frame.astype(np.float32)
-    if rng.random() < cfg.jitter_p:
-        b, c, s, hue = cfg.color_jitter
-        img *= rng.uniform(1 - b, 1 + b)
-        gray = img @ np.array([0.299, 0.587, 0.114], np.float32)
-        img = (img - gray.mean()) * rng.uniform(1 - c, 1 + c) + gray.mean()
-        gray = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-        img = gray + (img - gray) * rng.uniform(1 - s, 1 + s)
-        if hue > 0:
-            hsv = cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+# ITU-R 601 luma, as PIL's "L" conversion that torchvision's colour transforms use on images.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _luma(img: np.ndarray) -> np.ndarray:
+    return img @ _LUMA
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """torchvision ``ColorJitter`` on a float RGB image in [0, 255]: brightness, contrast, saturation and hue
+    factors applied in a random order, each result clipped to [0, 255] as PIL's 8-bit enhancers clip it."""
+    b, c, s, hue = cfg.color_jitter
+    for op in rng.permutation(4):
+        if op == 0 and b > 0:
+            img = img * rng.uniform(1 - b, 1 + b)
+        elif op == 1 and c > 0:
+            mean = float(int(_luma(img).mean() + 0.5))  # PIL's Contrast blends with the rounded mean grey
+            img = (img - mean) * rng.uniform(1 - c, 1 + c) + mean
+        elif op == 2 and s > 0:
+            gray = _luma(img)[..., None]
+            img = gray + (img - gray) * rng.uniform(1 - s, 1 + s)
+        elif op == 3 and hue > 0:
+            hsv = cv2.cvtColor(np.clip(img, 0, 255).round().astype(np.uint8), cv2.COLOR_RGB2HSV)
             shift = int(round(rng.uniform(-hue, hue) * 180))
             hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 180).astype(np.uint8)
             img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+        img = np.clip(img, 0, 255)
+    return img
+
+
+def photometric(frame: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Colour jitter (p = ``jitter_p``), grayscale (p = ``gray_p``) and Gaussian blur (p = ``blur_p``), the
+    official v2 ``RandomColorJitter``, ``RandomGrayScale`` and ``RandomGaussianBlur``, which also draw anew
+    for every frame."""
+    img = frame.astype(np.float32)
+    if rng.random() < cfg.jitter_p:
+        img = color_jitter(img, rng, cfg)
     if rng.random() < cfg.gray_p:
-        img = np.repeat((img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, axis=-1)
+        img = np.repeat(_luma(img)[..., None], 3, axis=-1)
     if rng.random() < cfg.blur_p:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*cfg.blur_sigma)))
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -202,8 +228,11 @@ def static_clip(image: np.ndarray, label: np.ndarray, length: int, rng: np.rando
 
 def augment_static(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.random.Generator,
                    cfg: AugmentConfig) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    """What follows :func:`static_clip` (already of ``cfg.crop``): object selection and per-frame photometry."""
-    labels, num_objects = select_objects(labels, rng, cfg)
+    """What follows :func:`static_clip` (already of ``cfg.crop``): object selection and per-frame photometry.
+
+    The official ``StaticTrain`` keeps every object visible in frame 0, however small (its ``ToOnehot``);
+    the size floor applies when a merge selects objects again."""
+    labels, num_objects = select_objects(labels, rng, cfg, min_pixels=0)
     return [photometric(f, rng, cfg) for f in frames], labels, num_objects
 
 
@@ -226,13 +255,17 @@ def augment_clip(frames: list[np.ndarray], labels: list[np.ndarray], rng: np.ran
 def paste_clip(base: Clip, other: Clip, max_objects: int) -> Clip:
     """"Dynamic merge": paste ``other``'s objects over ``base`` frame by frame, ids shifted past ``base``'s.
 
-    Both clips must already have the same size and consecutive ids. Objects beyond ``max_objects`` are
-    dropped (their pixels are not pasted).
+    Both clips must already have the same size and at most ``max_objects`` consecutive ids each. Every object
+    is pasted and keeps its own id (up to ``2 * max_objects``), as the official ``_merge_sample`` does: the
+    :func:`select_objects` that follows then draws at most ``max_objects`` of all of them at random, and the
+    pixels of those not drawn stay in the image as background.
     """
     frames, labels = [], []
     shift = max(int(lb.max()) for lb in base[1])
+    if shift > max_objects or max(int(lb.max()) for lb in other[1]) > max_objects:
+        raise ValueError(f"paste_clip expects clips of at most {max_objects} objects")
     for f, lb, of, olb in zip(base[0], base[1], other[0], other[1], strict=True):
-        keep = (olb > 0) & (olb + shift <= max_objects)
+        keep = olb > 0
         f = f.copy()
         f[keep] = of[keep]
         lb = np.where(keep, olb + shift, lb)

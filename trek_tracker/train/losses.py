@@ -13,9 +13,14 @@ import torch.nn.functional as F
 
 def hard_pixel_fraction(step: int, total_steps: int, *, final: float = 0.15, ratio: float = 0.5) -> float:
     """Fraction of pixels the bootstrapped CE keeps: 1 at step 0, linearly down to ``final`` at
-    ``ratio * total_steps`` (official ``TRAIN_TOP_K_PERCENT_PIXELS`` / ``TRAIN_HARD_MINING_RATIO``)."""
-    ramp = max(1.0, ratio * total_steps)
-    return 1.0 - (1.0 - final) * min(1.0, step / ramp)
+    ``ratio * total_steps`` (official ``TRAIN_TOP_K_PERCENT_PIXELS`` / ``TRAIN_HARD_MINING_RATIO``).
+
+    Written as the official ``CrossEntropyLoss`` computes it (including its ``1e-5`` guard), so that
+    :func:`bootstrapped_ce` keeps exactly the official number of pixels at every step."""
+    if final >= 1.0:  # no hard-pixel mining: the plain mean (the official ``top_k_percent_pixels=None``)
+        return 1.0
+    progress = min(1.0, step / float(ratio * total_steps + 1e-5))
+    return progress * final + (1.0 - progress)
 
 
 def mask_unused_ids(logits: torch.Tensor, num_objects: torch.Tensor) -> torch.Tensor:
@@ -33,18 +38,19 @@ def bootstrapped_ce(logits: torch.Tensor, labels: torch.Tensor, fraction: float)
     ce = F.cross_entropy(logits.float(), labels, reduction="none").flatten(1)
     if fraction >= 1.0:
         return ce.mean()
-    k = max(1, int(round(fraction * ce.shape[1])))
+    k = max(1, int(fraction * float(ce.shape[1])))  # truncated, as the official top-k count
     return ce.topk(k, dim=1, sorted=False).values.mean()
 
 
-def soft_jaccard(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def soft_jaccard(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """1 - soft IoU of softmax probabilities and one-hot labels, averaged over the classes present in each
-    sample's labels (background included when present), then over samples."""
+    sample's labels (background included when present), then over samples. ``1 - inter / (union + eps)``,
+    the official ``tversky_loss`` with alpha = beta = 1 and its epsilon."""
     probs = torch.softmax(logits.float(), dim=1).flatten(2)
     one_hot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).flatten(2).to(probs.dtype)
     inter = (probs * one_hot).sum(-1)
     union = probs.sum(-1) + one_hot.sum(-1) - inter
-    loss = 1.0 - (inter + eps) / (union + eps)
+    loss = 1.0 - inter / (union + eps)
     present = (one_hot.sum(-1) > 0).to(loss.dtype)
     per_sample = (loss * present).sum(1) / present.sum(1).clamp_min(1.0)
     return per_sample.mean()

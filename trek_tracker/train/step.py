@@ -3,9 +3,10 @@
 
 Reference frame -> memory (its own decoded logits give the auxiliary loss); then every later frame is
 propagated against the memory, scored, and written to memory with either its ground truth (first part of
-training) or the model's own arg-max prediction (afterwards, with the ID embedding detached), which teaches
-the model to recover from its own errors. The memory is the inference engine's own
-(:class:`~trek_tracker.inference.memory.Memory`), with the training gap, skip 1 and no cap.
+training) or the model's own arg-max prediction (afterwards, with every ID embedding detached, the
+reference's included, as the official ``freeze_id``), which teaches the model to recover from its own errors.
+The memory is the inference engine's own (:class:`~trek_tracker.inference.memory.Memory`), with the training
+gap, skip 1 and no cap.
 
 ID shuffle (official ``enable_id_shuffle``): each sample may carry a permutation of the ID channels that keeps
 background at 0. Object ``o`` is then embedded with ID ``perm[o]`` and read from decoder channel ``perm[o]``, so
@@ -84,7 +85,12 @@ class UnrolledStep(nn.Module):
         feats = [[f.unflatten(0, (b, t))[:, i] for f in feats_all] for i in range(t)]
         memory = Memory(model.memory_layout(feats[0]), MemorySchedule(gap=long_term_gap))
 
-        tokens, entries = model.propagate(feats[0], None, embed(labels[:, 0]))
+        # Once predictions feed the memory, every ID embedding is detached, the reference's too (official
+        # ``assign_identity`` under ``freeze_id``): the ID bank and its norm get no gradient, so they neither
+        # train nor count in the clipped gradient norm.
+        with torch.set_grad_enabled(gt_memory and torch.is_grad_enabled()):
+            ref_emb = embed(labels[:, 0])
+        tokens, entries = model.propagate(feats[0], None, ref_emb)
         aux = frame_loss(decode(tokens, feats[0]), labels[:, 0], num_objects, hard_fraction,
                          align_corners=align)
         memory.remember(0, entries, [e.id_value for e in entries], reference=True)
