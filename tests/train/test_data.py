@@ -126,6 +126,21 @@ def test_video_clips_shapes_and_determinism(video_dataset):
             assert set(torch.unique(s["labels"][0]).tolist()) == set(range(n + 1))
 
 
+def test_a_merge_takes_its_second_clip_from_another_item_of_the_same_source(davis):
+    """The official dataset merges with another index of itself: never the same item, never another source."""
+    sources = [DataSource(str(davis), sequences=["blackswan", "dog", "bmx-trees"], max_gap=3),
+               DataSource(str(davis), sequences=["car-shadow"], max_gap=3)]
+    ds = ClipDataset(sources, length=3, augment=TINY, merge_p=1.0, seed=3)
+    seen = set()
+    for g in range(40):
+        rng = np.random.default_rng(g)
+        s, k = ds.locate(g)
+        partner = ds._merge_partner(s, k, rng)
+        assert partner[0] == s and (partner[1] != k or len(ds.items[s]) == 1), (g, s, k, partner)
+        seen.add(partner)
+    assert {p for p in seen if p[0] == 0} == {(0, 0), (0, 1), (0, 2)} and seen - {(0, 0), (0, 1), (0, 2)} == {(1, 0)}
+
+
 def test_epoch_covers_every_item_once(video_dataset):
     n = len(video_dataset)
     assert n == 2

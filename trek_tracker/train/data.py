@@ -135,6 +135,15 @@ class ClipDataset(Dataset):
             return augment_static(frames, labels, rng, self.augment)
         return augment_clip(frames, labels, rng, self.augment)
 
+    def _merge_partner(self, s: int, k: int, rng: np.random.Generator) -> tuple[int, int]:
+        """The second clip of a dynamic merge: another item of the same source, as the official dataset draws
+        another index of itself (a source of one item merges with itself, where the official loop never ends)."""
+        n = len(self.items[s])
+        if n == 1:
+            return s, k
+        j = int(rng.integers(0, n - 1))
+        return s, j + (j >= k)
+
     def sample(self, g: int) -> tuple[list[np.ndarray], list[np.ndarray], int, dict]:
         """The augmented clip number ``g``: frames, labels, object count and where it came from
         (``source`` index, ``item`` name, real frame numbers)."""
@@ -144,7 +153,7 @@ class ClipDataset(Dataset):
         frames, labels, n = self._augment(where[0], frames, labels, rng)
         merge = rng.random() < self.merge_p
         if merge or n == 0:  # an empty clip always gets a second clip's objects (official dynamic merge)
-            other = self.mixture.random(rng)
+            other = self._merge_partner(*where, rng)
             of, ol, _ = self._augment(other[0], *self._raw_clip(*other, rng)[:2], rng)
             frames, labels = paste_clip((frames, labels), (of, ol), self.augment.max_objects)
             labels, n = select_objects(labels, rng, self.augment)

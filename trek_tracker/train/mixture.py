@@ -74,8 +74,3 @@ class Mixture:
         """``(source, item)`` of global sample number ``g``."""
         s, visit = self.source_and_visit(g)
         return s, self.item(s, visit)
-
-    def random(self, rng: np.random.Generator) -> tuple[int, int]:
-        """A random ``(source, item)`` drawn by weight (the second clip of a dynamic merge)."""
-        s = int(rng.choice(len(self.p), p=self.p))
-        return s, int(rng.integers(0, self.sizes[s]))
