@@ -32,6 +32,12 @@ def test_warmup_then_poly_decay():
     assert encoder_learning_rate(2e-4, CFG) == pytest.approx(1.9e-5 + 1e-5)
 
 
+def test_a_warm_up_of_a_fractional_length_is_not_rounded():
+    """The official warm-up length is the float ``ratio x steps``: 150 steps warm up over 7.5 of them."""
+    assert learning_rate(7, 150, CFG) == pytest.approx(1e-5 + 1.9e-4 * 7 / 7.5)
+    assert learning_rate(8, 150, CFG) == pytest.approx(1e-5 + 1.9e-4 * (1 - 0.5 / 142.5) ** 0.9)
+
+
 def test_param_groups_exempt_1d_and_named_and_skip_frozen():
     model = build_model("test_deaot_tiny", freeze_at=2)
     opt = build_optimizer(model, CFG)

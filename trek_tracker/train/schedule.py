@@ -35,11 +35,11 @@ class OptimConfig:
 def learning_rate(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Base lr at ``step``: linear from ``min_lr`` over the warm-up, then ``(1 - t)^power`` decay to
     ``min_lr`` at the last step."""
-    warmup = int(cfg.warmup_ratio * total_steps)
+    warmup = cfg.warmup_ratio * total_steps  # a float, as the official warm_up_steps
     span = cfg.lr - cfg.min_lr
     if step < warmup:
         return cfg.min_lr + span * step / warmup
-    t = (step - warmup) / max(1, total_steps - warmup)
+    t = (step - warmup) / max(1.0, total_steps - warmup)
     return cfg.min_lr + span * max(0.0, 1.0 - t) ** cfg.power
 
 
