@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,10 @@ STAGES = ("tests", "speed", "compile", "precision", "memory", "scale", "outputs"
 
 # --deadline: a stage is started only with at least this many seconds left.
 MIN_STAGE_SECONDS = 10.0
+
+# Scratch folders a command stopped at a time limit leaves in the report's folder: resume_state.py's saved
+# states (hundreds of MiB at 1080p), which would swell the folder that is copied off a leased GPU.
+SCRATCH = ("resume-state-*",)
 
 # --quick: the targets only, at sizes that fit a short lease of one GPU (about 10 minutes).
 QUICK_STAGES = ("tests", "speed", "precision", "memory", "scale")
@@ -106,8 +111,9 @@ def stage_commands(stage: str, out: Path, *, device: str, smoke: bool, official:
                    "--init-sam", "none"]
                   if smoke else ["--model", "r50_deaotl", "--sequences", "10", "--length-scale", "1.0",
                                  "--budget-frames", "2000" if quick else "6000", "--init-sam", "vit_b"])
+        # a small network input in smoke: the tiny model at 1040 spends minutes of a CPU on 66 frames
         return [[py, str(bench / "trek150_scale.py"), *sample, "--random-weights", "--device", device, *threads,
-                 "--workers", "1,2", "--json", str(out / "scale.json")]]
+                 "--max-long-edge", "240" if smoke else "1040", "--workers", "1,2", "--json", str(out / "scale.json")]]
     if stage == "outputs":
         size = ["--size", "160x90", "--frames", "6"] if smoke else ["--size", "1920x1080", "--frames",
                                                                    "60" if quick else "200"]
@@ -201,6 +207,7 @@ def _tail(log: Path, n: int = 40) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    began = time.perf_counter()  # --deadline counts from here: importing torch and opening the GPU take time too
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the report's folder (new, or with --resume)")
     parser.add_argument("--stages", default=None,
@@ -221,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         print(f"gpu_report: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    # the stages run in the checkout: a relative path is the caller's, and a wrong one would cost the speed stage
+    official = None if args.official is None else args.official.resolve()
+    if official is not None and not (official / "configs" / "pre_ytb_dav.py").is_file():
+        print(f"gpu_report: --official {args.official} is not an aot-benchmark checkout (no "
+              "configs/pre_ytb_dav.py in it); give the folder of a clone of yoxu515/aot-benchmark", file=sys.stderr)
         return 2
     out = args.out.resolve()
     saved = out / "report.json"
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     save()
     failed, not_run = [], []
-    ends = None if args.deadline is None else time.perf_counter() + args.deadline
+    ends = None if args.deadline is None else began + args.deadline
     for stage in stages:
         if report["stages"].get(stage, {}).get("rc") == 0:
             print(f"{stage}: done before, kept", flush=True)
@@ -272,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stage}: not run (the --deadline has passed)", flush=True)
             not_run.append(stage)
             continue
-        cmds = stage_commands(stage, out, device=args.device, smoke=args.smoke, official=args.official,
+        cmds = stage_commands(stage, out, device=args.device, smoke=args.smoke, official=official,
                               quick=args.quick)
         log = out / f"{stage}.log"
         log.write_text("")
@@ -283,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                 limits = [] if args.stage_timeout is None else [args.stage_timeout - seconds]
                 limits += [] if ends is None else [ends - time.perf_counter()]
                 left = max(0.1, min(limits)) if limits else None
-                rc, took = run_command(cmd, log, left)
+                try:
+                    rc, took = run_command(cmd, log, left)
+                finally:
+                    for path in (p for pattern in SCRATCH for p in out.glob(pattern)):
+                        shutil.rmtree(path, ignore_errors=True)
                 seconds += took
                 if rc != 0:
                     break

@@ -225,21 +225,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.official:
         head += f" {'official net':>12} {'official all':>12} {'x official':>10}"
     print(head)
-    rows = []
+    rows, errors = [], []
     with tempfile.TemporaryDirectory(prefix="gpu-speed-") as tmp:
         for which in args.inputs:
             video = make_video(args.shared, which, args.frames, Path(tmp))
             box = INPUTS[which][1]
             for model in args.models:
                 state, source = official_state(args.shared, model)
-                baseline = official(args.official, video, box, model, state, device, args.warmup) \
-                    if args.official else {}
+                baseline, failed = {}, None
+                if args.official:
+                    try:  # the official code's own failure costs its columns, not our figures
+                        baseline = official(args.official, video, box, model, state, device, args.warmup)
+                    except Exception as err:  # noqa: BLE001
+                        failed = f"{type(err).__name__}: {err}".splitlines()[0]
+                        errors.append(f"the official evaluator failed on {model} at {which} ({failed}); its "
+                                      "columns are left out")
+                        print(errors[-1], file=sys.stderr, flush=True)
                 for precision, compile in [(p, c) for p in args.precisions for c in compiles]:
                     row = {"model": model, "input": which, "weights": source, "device": name,
                            **ours(video, box, model, state, device, precision, Path(tmp) / "run", args.warmup,
                                   compile), **baseline}
                     if baseline:
                         row["speedup_vs_official"] = row["end_to_end_fps"] / baseline["official_total_fps"]
+                    if failed:
+                        row["official_error"] = failed
                     rows.append(row)
                     size = "x".join(map(str, row["input_size"] or []))
                     peak = "-" if row["peak_gpu_mib"] is None else f"{row['peak_gpu_mib']:.0f} MiB"
@@ -251,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
                         line += (f" {baseline['official_network_fps']:>12.1f} {baseline['official_total_fps']:>12.1f}"
                                  f" {row['speedup_vs_official']:>9.2f}x")
                     print(line, flush=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
-    return 0
+                    if args.json is not None:  # after each row: a run stopped later (a time limit) keeps these
+                        tmp_json = args.json.with_name(f".{args.json.name}.tmp")
+                        tmp_json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+                        tmp_json.replace(args.json)
+    for error in errors:  # again at the end, under the table
+        print(f"gpu_speed: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

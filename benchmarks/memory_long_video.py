@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     rows, infos = [], []
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
     lengths = [int(v) for v in args.lengths.split(",")]
+    head = (f"{'setting':<9} {'frames':>6} {'LT frames':>9} {'LT tokens':>9} {'peak RSS MiB':>12} {'x first':>7} "
+            f"{'CUDA peak MiB':>13} {'x first':>7} {'ms/frame':>8}")
     for setting in args.settings.split(","):
         for length in lengths:
             if setting == "official" and length > 1000 and args.device == "cpu":
@@ -143,25 +145,26 @@ def main(argv: list[str] | None = None) -> None:
             for line in proc.stdout.splitlines():
                 obj = json.loads(line)
                 (infos.append(obj["info"]) if "info" in obj else rows.append(obj))
-    if infos:
-        i = infos[0]
-        print(f"model {i['model']} on {i['device']}, {args.threads} CPU thread(s), input {i['input_size'][0]}x"
-              f"{i['input_size'][1]} ({i['token_grid'][0]}x{i['token_grid'][1]} tokens at 16x), default memory "
-              f"{i['memory']}, clip {Path(args.clip).name} looped")
-    head = (f"{'setting':<9} {'frames':>6} {'LT frames':>9} {'LT tokens':>9} {'peak RSS MiB':>12} {'x first':>7} "
-            f"{'CUDA peak MiB':>13} {'x first':>7} {'ms/frame':>8}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        first = next(x for x in rows if x["setting"] == r["setting"])
-        cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
-        cuda_ratio = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb'] / first['cuda_peak_mb']:.2f}"
-        print(f"{r['setting']:<9} {r['frames']:>6} {r['lt_frames']:>9} {r['lt_tokens']:>9} {r['peak_rss_mb']:>12.0f} "
-              f"{r['peak_rss_mb'] / first['peak_rss_mb']:>7.2f} {cuda:>13} {cuda_ratio:>7} {r['ms_per_frame']:>8.1f}")
-    if args.json:
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
-        tmp.write_text(json.dumps({"settings": vars(args), "info": infos, "rows": rows}, indent=2, default=str))
-        tmp.replace(args.json)
+            # each row as its run ends, table and JSON: a run stopped later (a time limit) leaves these
+            if len(rows) == 1 and infos:
+                i = infos[0]
+                print(f"model {i['model']} on {i['device']}, {args.threads} CPU thread(s), input {i['input_size'][0]}x"
+                      f"{i['input_size'][1]} ({i['token_grid'][0]}x{i['token_grid'][1]} tokens at 16x), default "
+                      f"memory {i['memory']}, clip {Path(args.clip).name} looped")
+                print(head)
+                print("-" * len(head))
+            r = rows[-1]
+            first = next(x for x in rows if x["setting"] == r["setting"])
+            cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
+            cuda_ratio = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb'] / first['cuda_peak_mb']:.2f}"
+            print(f"{r['setting']:<9} {r['frames']:>6} {r['lt_frames']:>9} {r['lt_tokens']:>9} "
+                  f"{r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] / first['peak_rss_mb']:>7.2f} {cuda:>13} "
+                  f"{cuda_ratio:>7} {r['ms_per_frame']:>8.1f}", flush=True)
+            if args.json:
+                tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
+                tmp.write_text(json.dumps({"settings": vars(args), "info": infos, "rows": rows}, indent=2,
+                                          default=str))
+                tmp.replace(args.json)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    rows = []
+    rows, started = [], time.strftime("%Y-%m-%d %H:%M")
     print(f"device {device}, {args.threads} CPU thread(s), input long edge {args.max_long_edge}")
     print(f"{'model':<12} {'precision':<9} {'clip':<12} {'mask IoU mean':>13} {'worst':>6} {'box IoU mean':>12} "
           f"{'worst':>6} {'<0.9':>5} {'s/frame':>8} {'fp32':>7}")
@@ -100,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{name:<12} {precision:<9} {clip:<12} {row['mask_iou_mean']:>13.4f} {row['mask_iou_min']:>6.3f} "
                       f"{row['box_iou_mean']:>12.4f} {row['box_iou_min']:>6.3f} {row['frames_box_iou_below_0.9']:>5} "
-                      f"{s:>8.3f} {ref_s:>7.3f}")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "started": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
+                      f"{s:>8.3f} {ref_s:>7.3f}", flush=True)
+                if args.json is not None:  # after each row: a run stopped later (a time limit) keeps these
+                    tmp = args.json.with_name(f".{args.json.name}.tmp")
+                    tmp.write_text(json.dumps({"rows": rows, "started": started}, indent=2))
+                    tmp.replace(args.json)
     return 0
 
 

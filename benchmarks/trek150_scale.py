@@ -327,58 +327,53 @@ def main(argv: list[str] | None = None) -> int:
         if init is not None:
             print(f"box-to-mask init (fused SAM {args.init_sam} + Alpha-Refine seg384, random weights) on a 1080p "
                   f"frame: {init:.2f} s per run", flush=True)
-        parallel = []
-        for n in (int(v) for v in args.workers.split(",")) if args.workers else ():
-            parallel.append(runner_rate(dataset, chosen, root / f"results-{n}", config, str(tracker.device), n))
-            print(f"  the runner with {n} process{'es' * (n > 1)} on {tracker.device}: "
-                  f"{parallel[-1]['fps']:.1f} frames/s ({parallel[-1]['seconds']:.1f} s, model loading included)",
-                  flush=True)
-
-    frames = sum(r["frames"] for r in rows)
-    seconds = sum(r["seconds"] for r in rows)
-    network = sum(r["network_seconds"] for r in rows)
-    frame_work = sum(r["frame_work_seconds"] for r in rows)
-    per_frame = seconds / frames
-    full_frames = {p: sum(r.length for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
-    print(f"device {tracker.device}, precision {tracker.precision}, model {tracker.loaded.name}, "
-          f"memory {tracker.describe().get('memory') or config.memory}, {args.threads} CPU thread(s)")
-    print(f"sample: {len(sample)} sequences at {args.length_scale:g} of their length, {len(rows)} runs, "
-          f"{frames} frames tracked; network input long edge {args.max_long_edge}")
-    print("ms per frame; outside = frame work (the tensor work around the network: on the device on a GPU) + host")
-    print(f"{'protocol':<9} {'runs':>5} {'frames':>7} {'fps':>8} {'ms/frame':>9} {'network':>8} {'outside':>8} "
-          f"{'work':>8} {'host':>8}")
-    for p in ("ope", "mse", "hoi", "all"):
-        sel = [r for r in rows if p in ("all", r["protocol"])]
-        if not sel:
-            continue
-        f, s, n = sum(r["frames"] for r in sel), sum(r["seconds"] for r in sel), sum(r["network_seconds"] for r in sel)
-        w = sum(r["frame_work_seconds"] for r in sel)
-        print(f"{p:<9} {len(sel):>5} {f:>7} {f / s:>8.1f} {1000 * s / f:>9.2f} {1000 * n / f:>8.2f} "
-              f"{1000 * (s - n) / f:>8.2f} {1000 * w / f:>8.2f} {1000 * (s - n - w) / f:>8.2f}")
-    print("peak memory by run length (frames):")
-    for lo, hi in ((0, 100), (100, 300), (300, 1000), (1000, 10**9)):
-        sel = [r for r in rows if lo <= r["frames"] < hi]
-        if sel:
-            cuda_peak = max((r["peak_cuda_mib"] or 0) for r in sel)
-            rss = max(r["peak_rss_mib"] for r in sel)
-            print(f"  {lo:>5}-{hi if hi < 10**9 else '':<5} {len(sel):>4} runs  RSS {rss:8.0f} MiB"
-                  + (f"  CUDA {cuda_peak:8.0f} MiB" if cuda else ""))
-    full_runs = {p: sum(r.protocol == p for r in full) for p in full_frames}
-    tracked_frames = {p: sum(r.length for r in tracked if r.protocol == p) for p in full_frames}
-    tracked_runs = {p: sum(r.protocol == p for r in tracked) for p in full_frames}
-    projected = project(tracked_frames, tracked_runs, per_frame, init or 0.0)
-    print(f"full plan: {sum(full_frames.values())} frames (OPE {full_frames['ope']}, MSE {full_frames['mse']}, "
-          f"HOI {full_frames['hoi']}) in {len(full)} runs, of which eval tracks {sum(tracked_frames.values())} "
-          f"frames in {len(tracked)} runs (OPE {tracked_frames['ope']}, MSE {tracked_frames['mse']}, HOI "
-          f"{tracked_frames['hoi']}; the others are the first frames of one of these: MSE's forward run from "
-          f"frame 0 is OPE's)")
-    print(f"projected on this machine at {1000 * per_frame:.1f} "
-          f"ms/frame" + ("" if init is None else f" and {init:.2f} s of init per run") + ": "
-          f"{sum(projected.values()) / 3600:.1f} h (OPE {projected['ope'] / 3600:.1f} h, MSE "
-          f"{projected['mse'] / 3600:.1f} h, HOI {projected['hoi'] / 3600:.1f} h)"
-          + (" without the box-to-mask init (--init-sam none)" if init is None else ""))
-    if args.json is not None:
-        args.json.write_text(json.dumps({
+        frames = sum(r["frames"] for r in rows)
+        seconds = sum(r["seconds"] for r in rows)
+        network = sum(r["network_seconds"] for r in rows)
+        frame_work = sum(r["frame_work_seconds"] for r in rows)
+        per_frame = seconds / frames
+        full_frames = {p: sum(r.length for r in full if r.protocol == p) for p in ("ope", "mse", "hoi")}
+        print(f"device {tracker.device}, precision {tracker.precision}, model {tracker.loaded.name}, "
+              f"memory {tracker.describe().get('memory') or config.memory}, {args.threads} CPU thread(s)")
+        print(f"sample: {len(sample)} sequences at {args.length_scale:g} of their length, {len(rows)} runs, "
+              f"{frames} frames tracked; network input long edge {args.max_long_edge}")
+        print("ms per frame; outside = frame work (the tensor work around the network: on the device on a GPU) + host")
+        print(f"{'protocol':<9} {'runs':>5} {'frames':>7} {'fps':>8} {'ms/frame':>9} {'network':>8} {'outside':>8} "
+              f"{'work':>8} {'host':>8}")
+        for p in ("ope", "mse", "hoi", "all"):
+            sel = [r for r in rows if p in ("all", r["protocol"])]
+            if not sel:
+                continue
+            f, s = sum(r["frames"] for r in sel), sum(r["seconds"] for r in sel)
+            n = sum(r["network_seconds"] for r in sel)
+            w = sum(r["frame_work_seconds"] for r in sel)
+            print(f"{p:<9} {len(sel):>5} {f:>7} {f / s:>8.1f} {1000 * s / f:>9.2f} {1000 * n / f:>8.2f} "
+                  f"{1000 * (s - n) / f:>8.2f} {1000 * w / f:>8.2f} {1000 * (s - n - w) / f:>8.2f}")
+        print("peak memory by run length (frames):")
+        for lo, hi in ((0, 100), (100, 300), (300, 1000), (1000, 10**9)):
+            sel = [r for r in rows if lo <= r["frames"] < hi]
+            if sel:
+                cuda_peak = max((r["peak_cuda_mib"] or 0) for r in sel)
+                rss = max(r["peak_rss_mib"] for r in sel)
+                print(f"  {lo:>5}-{hi if hi < 10**9 else '':<5} {len(sel):>4} runs  RSS {rss:8.0f} MiB"
+                      + (f"  CUDA {cuda_peak:8.0f} MiB" if cuda else ""))
+        full_runs = {p: sum(r.protocol == p for r in full) for p in full_frames}
+        tracked_frames = {p: sum(r.length for r in tracked if r.protocol == p) for p in full_frames}
+        tracked_runs = {p: sum(r.protocol == p for r in tracked) for p in full_frames}
+        projected = project(tracked_frames, tracked_runs, per_frame, init or 0.0)
+        print(f"full plan: {sum(full_frames.values())} frames (OPE {full_frames['ope']}, MSE {full_frames['mse']}, "
+              f"HOI {full_frames['hoi']}) in {len(full)} runs, of which eval tracks {sum(tracked_frames.values())} "
+              f"frames in {len(tracked)} runs (OPE {tracked_frames['ope']}, MSE {tracked_frames['mse']}, HOI "
+              f"{tracked_frames['hoi']}; the others are the first frames of one of these: MSE's forward run from "
+              f"frame 0 is OPE's)")
+        print(f"projected on this machine at {1000 * per_frame:.1f} "
+              f"ms/frame" + ("" if init is None else f" and {init:.2f} s of init per run") + ": "
+              f"{sum(projected.values()) / 3600:.1f} h (OPE {projected['ope'] / 3600:.1f} h, MSE "
+              f"{projected['mse'] / 3600:.1f} h, HOI {projected['hoi'] / 3600:.1f} h)"
+              + (" without the box-to-mask init (--init-sam none)" if init is None else ""))
+        # written now and after each runner's rate: a run stopped during those (a time limit) keeps
+        # the sample's figures and the projection
+        result = {
             "device": str(tracker.device), "precision": tracker.precision, "model": tracker.loaded.name,
             "threads": args.threads, "max_long_edge": args.max_long_edge, "sample_runs": rows, "frames": frames,
             "seconds": seconds,
@@ -387,17 +382,33 @@ def main(argv: list[str] | None = None) -> int:
             "ms_per_frame_frame_work": 1000 * frame_work / frames,
             "ms_per_frame_host": 1000 * (seconds - network - frame_work) / frames,
             "decode_fps_by_threads": decode, "toolkit_decode_fps_by_threads": toolkit_decode,
-            "runner_by_workers": parallel,
+            "runner_by_workers": [],
             "full_plan_frames": full_frames, "full_plan_runs": full_runs, "tracked_plan_frames": tracked_frames,
             "tracked_plan_runs": tracked_runs, "init_seconds_per_run": init,
             "init_sam": args.init_sam, "projected_hours": {p: v / 3600 for p, v in projected.items()},
             "assumptions": {"lengths": "drawn to TREK-150's min/median/max/total", "anchor_spacing":
                             args.anchor_spacing, "hoi_intervals_per_sequence": args.hoi,
-                            "frames": "1920x1080 JPEG (aot_demo)"}}, indent=2))
+                            "frames": "1920x1080 JPEG (aot_demo)"}}
+        _save(args.json, result)
+        for n in (int(v) for v in args.workers.split(",")) if args.workers else ():
+            result["runner_by_workers"].append(runner_rate(dataset, chosen, root / f"results-{n}", config,
+                                                         str(tracker.device), n))
+            rate = result["runner_by_workers"][-1]
+            print(f"  the runner with {n} process{'es' * (n > 1)} on {tracker.device}: "
+                  f"{rate['fps']:.1f} frames/s ({rate['seconds']:.1f} s, model loading included)", flush=True)
+            _save(args.json, result)
     return 0
 
 
 INIT_SAMS = ("vit_b", "vit_l", "vit_h")
+
+
+def _save(path: Path | None, result: dict) -> None:
+    """``result`` as JSON at ``path`` (if any), whole or not at all: a run stopped while it writes keeps the last."""
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
 
 
 def project(frames: dict[str, int], runs: dict[str, int], per_frame: float, init: float) -> dict[str, float]:

@@ -99,6 +99,23 @@ def test_scale_benchmark_runs_end_to_end_on_cpu(shared, tmp_path):
     assert "for ours (OpenCV, into arrays): " in proc.stdout and "frames/s with 1 thread" in proc.stdout
 
 
+def test_scale_benchmark_leaves_its_projection_when_stopped_in_the_runners_rates(shared, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """The runner's rates come last and track the sample again (twice with ``--workers 1,2``): a GPU report's
+    time limit stopping them leaves the sample's table, the projection and the JSON."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the time limit's signal
+
+    monkeypatch.setattr(trek150_scale, "runner_rate", stopped)
+    out = tmp_path / "scale.json"
+    with pytest.raises(KeyboardInterrupt):
+        trek150_scale.main(["--shared", str(shared), "--model", "test_deaot_tiny", "--random-weights", "--device",
+                            "cpu", "--sequences", "1", "--length-scale", "0.02", "--budget-frames", "0",
+                            "--max-long-edge", "64", "--workers", "1,2", "--init-sam", "none", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["frames"] > 0 and result["projected_hours"]["ope"] > 0 and result["runner_by_workers"] == []
+    assert "projected on this machine" in capsys.readouterr().out
+
 def test_memory_benchmark_shows_the_default_cap_and_the_official_growth(shared, tmp_path):
     out = tmp_path / "memory.json"
     proc = _run("memory_long_video.py", "--model", "test_deaot_tiny", "--lengths", "8,30", "--gap", "2",
@@ -112,6 +129,31 @@ def test_memory_benchmark_shows_the_default_cap_and_the_official_growth(shared, 
     assert rows["default", 30]["lt_tokens"] < rows["official", 30]["lt_tokens"]
     assert all(r["peak_rss_mb"] > 0 for r in rows.values())
 
+
+def test_memory_benchmark_keeps_each_finished_row_when_a_later_run_is_stopped(shared, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A GPU report stops a stage at its time limit (the 4,640-frame run is the long one): the rows of the
+    runs that ended before are in the log's table and in the JSON."""
+    out = tmp_path / "memory.json"
+    real_run, calls = memory_long_video.subprocess.run, []
+
+    def run_then_stopped(cmd, **kwargs):
+        calls.append(cmd)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # the time limit's signal, during the second run
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(memory_long_video.subprocess, "run", run_then_stopped)
+    davis = shared / "data/davis"
+    with pytest.raises(KeyboardInterrupt):
+        memory_long_video.main(["--model", "test_deaot_tiny", "--lengths", "8,30", "--settings", "default",
+                                "--clip", str(davis / "JPEGImages/480p/blackswan"), "--mask-dir",
+                                str(davis / "Annotations/480p/blackswan"), "--clip-frames", "5", "--max-long-edge",
+                                "64", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["setting"] == "default" and row["frames"] == 8
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["default", "8"] for line in printed) and "peak RSS MiB" in "\n".join(printed)
 
 def test_outputs_benchmark_measures_every_output_with_one_thread_and_the_pool(tmp_path):
     out = tmp_path / "outputs.json"
@@ -263,3 +305,48 @@ def test_the_official_baseline_runs_under_pytorchs_default_kernel_flags_whatever
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
          torch.backends.cudnn.benchmark) = before
+
+
+def test_a_failing_official_evaluator_costs_its_columns_not_our_figures(shared, monkeypatch, tmp_path, capsys):
+    """The official code runs on the report's GPU for the first time there: if it fails, our rows are still
+    measured and saved, the failure is said, and the exit status is not 0."""
+    import gpu_speed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available\nmore lines")
+
+    monkeypatch.setattr(gpu_speed, "official", broken)
+    out = tmp_path / "speed.json"
+    rc = gpu_speed.main(["--shared", str(shared), "--models", "deaott", "--precisions", "fp32", "--inputs", "480p",
+                         "--frames", "4", "--warmup", "1", "--device", "cpu", "--threads", "1", "--official",
+                         str(tmp_path), "--json", str(out)])
+    assert rc == 1
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["end_to_end_fps"] > 0 and row["official_error"] == "RuntimeError: CUDA error: no kernel image is " \
+                                                                  "available" and "speedup_vs_official" not in row
+    err = capsys.readouterr().err
+    assert "gpu_speed: the official evaluator failed on deaott at 480p (RuntimeError: CUDA error" in err
+
+
+def test_precision_benchmark_keeps_each_finished_row_when_stopped(shared, monkeypatch, tmp_path):
+    """A GPU report's time limit stopping the precision stage (VMOS comes last) leaves the rows done in the
+    JSON, not only in the log."""
+    import precision_agreement
+
+    calls = []
+
+    def track(model, device, frames, box, precision, max_long_edge):
+        calls.append(precision)
+        if len(calls) > 2:  # fp32, then bf16 of the first clip; stopped in the next clip's fp32
+            raise KeyboardInterrupt
+        masks = [np.ones((4, 4), bool)] * len(frames)
+        return masks, np.array([[0.0, 0.0, 4.0, 4.0]] * len(frames)), 0.01
+
+    monkeypatch.setattr(precision_agreement, "seeded_model", lambda shared, name, device: None)
+    monkeypatch.setattr(precision_agreement, "track", track)
+    out = tmp_path / "precision.json"
+    with pytest.raises(KeyboardInterrupt):
+        precision_agreement.main(["--shared", str(shared), "--models", "deaott", "--precisions", "bf16", "--frames",
+                                  "3", "--device", "cpu", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["precision"] == "bf16" and row["clip"] == "car-shadow" and row["mask_iou_mean"] == 1.0

@@ -170,3 +170,55 @@ def test_junit_counts_read_pytests_junit_file(tmp_path):
               "stages": {"tests": {"rc": 3, "seconds": 5.0, "commands": ["python -m pytest -m cuda"], "tail": [],
                                    "tests": gpu_report.junit_counts(junit)}}}
     assert "## tests: FAILED (exit 3) (7 passed, 2 failed, 1 errors, 3 skipped), 5 s" in gpu_report.summary(report)
+
+
+def test_the_deadline_counts_from_the_start_and_official_is_the_callers_path(tmp_path, monkeypatch, capsys):
+    """``--deadline`` bounds the whole report, opening the GPU (``device_info``) included; ``--official``
+    is a path as the caller typed it (the stages run in the checkout), checked before any stage runs."""
+    import time
+
+    commands, timeouts = [], []
+
+    def fake_run(cmd, log, timeout):
+        commands.append(cmd)
+        timeouts.append(timeout)
+        return 0, 0.0
+
+    def slow_device_info():
+        time.sleep(0.3)  # importing torch and opening the GPU
+        return {"cpus": 1, "torch": "2", "cuda": None, "python": "3"}
+
+    monkeypatch.setattr(gpu_report, "run_command", fake_run)
+    monkeypatch.setattr(gpu_report, "device_info", slow_device_info)
+    monkeypatch.setattr(gpu_report, "MIN_STAGE_SECONDS", 0.01)
+    (tmp_path / "aotb" / "configs").mkdir(parents=True)
+    (tmp_path / "aotb" / "configs" / "pre_ytb_dav.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    args = ["--smoke", "--device", "cpu", "--stages", "speed"]
+    assert gpu_report.main(["--out", "r", *args, "--official", "aotb", "--deadline", "1.0"]) == 0
+    (cmd,) = commands
+    assert cmd[cmd.index("--official") + 1] == str(tmp_path / "aotb")
+    assert timeouts[0] <= 0.75  # what is left of the deadline after the 0.3 s
+    capsys.readouterr()
+    assert gpu_report.main(["--out", "r2", *args, "--official", "configs"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpu_report: --official configs is not an aot-benchmark checkout (no configs/pre_ytb_dav.py in it); give "
+        "the folder of a clone of yoxu515/aot-benchmark")
+    assert len(commands) == 1 and not (tmp_path / "r2").exists()
+
+
+def test_a_stopped_command_leaves_no_scratch_folder_in_the_report(tmp_path, monkeypatch):
+    """resume_state.py saves its states (hundreds of MiB at 1080p) in a scratch folder inside the report:
+    stopped at a time limit it cannot remove it, and the report's folder is what is copied off the GPU."""
+    def stopped(cmd, log, timeout):
+        if "resume_state.py" in cmd[1]:
+            scratch = tmp_path / "r" / "resume-state-x1y2"
+            scratch.mkdir()
+            (scratch / "resume.pt").write_bytes(b"\0" * 1000)
+            return 124, 1.0
+        return 0, 1.0
+
+    monkeypatch.setattr(gpu_report, "run_command", stopped)
+    assert gpu_report.main(["--out", str(tmp_path / "r"), "--smoke", "--device", "cpu", "--stages", "memory"]) == 1
+    assert gpu_report.json.loads((tmp_path / "r" / "report.json").read_text())["stages"]["memory"]["rc"] == 124
+    assert not list((tmp_path / "r").glob("resume-state-*"))
