@@ -169,3 +169,60 @@ def test_a_report_of_some_sequences_never_replaces_the_whole_benchmarks(root: Pa
     assert list(json.loads(subset.read_text())["oracle"]["seq_wise"]) == ["P01-P01_01-10"]
     assert run(*args, "--report-only", "--sequences", "P01-P01_01-2,P01-P01_01-10").exit_code == 0
     assert len(list(Path("reports/TREK-150/oracle").glob("sequences-*"))) == 2
+
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
+                 "SLURM_LOCALID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+                 "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT")
+
+
+@pytest.fixture()
+def no_launcher(monkeypatch):
+    for name in LAUNCHER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("env", [{"SLURM_NTASKS": "4", "SLURM_PROCID": "0"},  # sbatch -n 4's batch script
+                                 {"SLURM_NTASKS": "4"}])  # an salloc -n 4 shell
+def test_one_command_in_a_job_of_several_tasks_runs_the_whole_plan(root: Path, tmp_path: Path, no_launcher,
+                                                                   env) -> None:
+    """The job's SLURM_NTASKS is in the environment of its batch script (and of an salloc shell) too, where
+    `trek-track eval` is one process: it runs every run (on every GPU it sees), not shard 0 of 4."""
+    for name, value in env.items():
+        no_launcher.setenv(name, value)
+    res = tmp_path / "results"
+    r = run("eval", "--root", root, "--tracker", "c", "--tracker-class", CONSTANT, "--results", res,
+            "--report-dir", tmp_path / "rep", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert "8 runs tracked, 0 already finished" in r.stderr and "shard" not in r.stderr
+    assert len(list((res / "c").rglob("*.txt"))) == 2 + 2 + 4 + 2  # ope (+times), mse, hoi
+
+
+def test_a_stray_launcher_variable_is_one_line(root: Path, tmp_path: Path, no_launcher) -> None:
+    no_launcher.setenv("WORLD_SIZE", "2")  # exported for another program, without RANK
+    r = run("eval", "--root", root, "--tracker", "c", "--tracker-class", CONSTANT, "--results", tmp_path / "res")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.splitlines() == ["trek-track: error: environment variable RANK is not set, so this process "
+                                     "cannot tell its share of the evaluation; run it under torchrun, srun or a "
+                                     "Slurm array as they set it, or unset the launcher's variables and give "
+                                     "--shard I/N"]
+
+
+@pytest.mark.parametrize("env,devices", [
+    ({}, [f"cuda:{i}" for i in range(4)]),
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8"}, [f"cuda:{i}" for i in range(4)]),  # a job of its own
+    ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, None),  # each process on its LOCAL_RANK's GPU
+    ({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4"}, None),  # srun: SLURM_LOCALID's
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, [f"cuda:{i}" for i in range(4)]),  # the batch script itself
+])
+def test_auto_uses_every_gpu_unless_a_launcher_started_a_process_per_gpu(no_launcher, env, devices) -> None:
+    import torch
+
+    from trek_tracker.cli.eval import _devices
+
+    no_launcher.setattr(torch.cuda, "is_available", lambda: True)
+    no_launcher.setattr(torch.cuda, "device_count", lambda: 4)
+    for name, value in env.items():
+        no_launcher.setenv(name, value)
+    assert _devices("auto") == devices

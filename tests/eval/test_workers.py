@@ -3,12 +3,14 @@ launcher shards, a progress bar fed by every worker, one line for a worker's use
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +120,36 @@ def test_a_configuration_whose_tracker_never_loaded_is_not_recorded(ds, tmp_path
     assert json.loads((out / "trek-track-tracker.json").read_text()) == {"tracker_class": "x:Constant"}
 
 
+def test_a_process_whose_tracker_fails_to_load_leaves_the_record_the_others_track_under(ds, tmp_path):
+    """Under a launcher every process of one configuration shares its record. One whose tracker fails to load
+    (its GPU has no room) while another has started tracking must not remove the record: the other's results
+    would stand with none, and a later command of another configuration would take them as its own."""
+    out, identity = tmp_path / "res" / "t", {"tracker_class": "x:Slower"}
+    started, other = threading.Event(), {}
+
+    class Started(SlowerTracker):
+        def init(self, image, box) -> None:
+            started.set()
+            super().init(image, box)
+
+    def rank0() -> None:
+        other["summary"] = execute(ds, plan(ds, "ope"), out, Started, progress=False, identity=identity)
+
+    def failing_rank1():  # loads for as long as rank 0 takes to start tracking, then fails
+        thread.start()
+        assert started.wait(120)
+        raise UserError("the GPU ran out of memory while loading the tracker (simulated)")
+
+    thread = threading.Thread(target=rank0)
+    with pytest.raises(UserError, match="simulated"):
+        execute(ds, plan(ds, "ope"), out, failing_rank1, progress=False, identity=identity)
+    thread.join(120)
+    assert len(other["summary"].done) == 2
+    assert json.loads((out / "trek-track-tracker.json").read_text()) == identity
+    with pytest.raises(UserError, match="another configuration"):
+        execute(ds, plan(ds, "ope"), out, ConstantTracker, progress=False, identity={"tracker_class": "x:Other"})
+
+
 def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_results(ds, tmp_path):
     """`--overwrite --protocol ope` under a new configuration must not leave the old configuration's MSE and
     HOI results to be read (and scored, and reused for shorter runs) as the new one's; a result of the same
@@ -142,7 +174,9 @@ def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_result
 @pytest.mark.parametrize("env,expected", [
     ({}, None),
     ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, (2, 4)),
-    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "3"}, (1, 3)),
+    ({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "3", "SLURM_NTASKS": "3"}, (1, 3)),  # srun -n 3
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None),  # the batch script of sbatch -n 4: one process
+    ({"SLURM_NTASKS": "4"}, None),  # an salloc -n 4 shell
     ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "8"}, (1, 8)),
     ({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "8",
       "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "5"}, (3, 5)),  # --array=0-9:2
@@ -150,6 +184,31 @@ def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_result
 ])
 def test_launcher_shard(env, expected):
     assert launcher_shard(env) == expected
+
+
+def test_processes_in_each_task_of_a_slurm_array_share_the_plan_out_between_them():
+    """`sbatch --array=0-2` whose tasks each run torchrun (or srun) with 2 processes: 6 shards, not the same 2
+    in every task."""
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
+        shards = [launcher_shard({"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_COUNT": "3", rank: str(r),
+                                  world: "2"}) for t in range(3) for r in range(2)]
+        assert sorted(shards) == [(i, 6) for i in range(6)]
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE is 'two', not a whole number"),
+    ({"SLURM_STEP_NUM_TASKS": "3"}, "SLURM_PROCID is not set"),
+    ({"SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID is not set"),
+])
+def test_a_launcher_variable_missing_or_malformed_is_one_line(env, name):
+    with pytest.raises(UserError, match=f"^environment variable {name}, .*--shard I/N$"):
+        launcher_shard(env)
+
+
+def test_a_rank_outside_the_world_is_one_line():
+    with pytest.raises(UserError, match=r"^RANK=4 is not one of the 4 processes of WORLD_SIZE"):
+        launcher_shard({"RANK": "4", "WORLD_SIZE": "4"})
 
 
 def test_every_task_of_a_stepped_slurm_array_has_its_own_shard_and_an_uneven_one_is_refused():
@@ -243,6 +302,49 @@ def test_a_worker_out_of_memory_is_one_line(ds, tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert_one_line_error(proc, "the GPU ran out of memory while tracking ope P01-P01_01-10", "fewer --workers",
                           "finished and", "run the same command again to resume")
+
+
+class KilledTracker(SlowerTracker):
+    """Its process is killed (as the kernel's out-of-memory killer would) when it starts on a 16x16 box."""
+
+    def init(self, image, box) -> None:
+        if tuple(box[2:]) == (16, 16):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().init(image, box)
+
+
+def test_a_dead_worker_is_said_at_once_not_after_the_others_have_tracked_everything(tmp_path):
+    """The other workers' progress messages must not hide a worker killed mid-evaluation until they have
+    tracked the rest of the plan (hours on TREK-150): the parent says so at once, keeping what is finished."""
+    root = tmp_path / "trek"
+    (root / "TREK-150-annotations").mkdir(parents=True)
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("P01-P01_01-1\nP01-P01_01-2\n")
+    write_sequence(root, "P01-P01_01-1", [(10 + i % 5, 10, 16, 8) for i in range(200)])  # 20 s at 0.1 s a frame
+    write_sequence(root, "P01-P01_01-2", [(10, 10, 16, 16)] * 3)  # its worker is killed as it starts
+    ds = Trek150(root)
+    runs = plan(ds, "ope")
+    with pytest.raises(UserError, match=r"^a worker process was killed by SIGKILL \(out of memory\?\); 0 runs "
+                                        r"finished and are kept: run the same command again to resume$"):
+        execute(ds, runs, tmp_path / "t", KilledTracker, workers=2, progress=False)
+    assert not run_done(tmp_path / "t", runs[0])  # stopped, not left to track on for the whole plan
+
+
+class CrashAtExitTracker(SlowerTracker):
+    """Its process dies by a signal as it exits, after its last run (as a GPU library's teardown can)."""
+
+    def __init__(self):
+        atexit.register(os.kill, os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_dies_after_its_last_run_loses_nothing(tmp_path):
+    root = tmp_path / "trek"
+    (root / "TREK-150-annotations").mkdir(parents=True)
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("P01-P01_01-1\nP01-P01_01-2\n")
+    write_sequence(root, "P01-P01_01-1", [(10 + i % 5, 10, 16, 8) for i in range(80)])  # 8 s at 0.1 s a frame
+    write_sequence(root, "P01-P01_01-2", [(10, 10, 16, 8)] * 3)  # done, and its worker gone, long before
+    ds = Trek150(root)
+    summary = execute(ds, plan(ds, "ope"), tmp_path / "t", CrashAtExitTracker, workers=2, progress=False)
+    assert len(summary.done) == 2 and all(run_done(tmp_path / "t", r) for r in plan(ds, "ope"))
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc to see the workers")

@@ -30,8 +30,10 @@ def _pipeline_tracker(options: dict[str, Any], device: str | None = None):
 
 
 def _devices(value: str) -> list[str] | None:
-    """The GPUs the workers use: every visible one for auto/cuda (none under a launcher, where each process
-    takes its own from LOCAL_RANK), the listed ones for cuda:0,cuda:2; None on the CPU."""
+    """The GPUs the workers use: every visible one for auto/cuda (none under torchrun or an srun step of
+    several tasks, where each process takes its own from LOCAL_RANK or SLURM_LOCALID; a task of a Slurm
+    array is a job of its own, and uses every GPU it sees), the listed ones for cuda:0,cuda:2; None on the
+    CPU."""
     import torch
 
     from trek_tracker.eval.runner import under_launcher

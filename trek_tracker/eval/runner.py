@@ -9,7 +9,7 @@
   times only the tracker's call (the toolkit's definition of speed);
 - resumes: a run is finished when its result file is complete and finite (the toolkit only checks that
   the file exists); every file is written atomically; results under one tracker name come from one
-  configuration (:func:`check_identity`);
+  configuration (:func:`check_identity`, :func:`claim_identity`);
 - runs in parallel, one worker process per GPU (or as many as asked for), and splits across machines or
   launcher processes by expected cost (:func:`balanced_shard`, :func:`launcher_shard`);
 - with ``share``, tracks each group of runs that are the first frames of one longer run once, and writes
@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -28,9 +30,10 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing import process as mp_process
 from pathlib import Path
 from typing import Any
 
@@ -169,33 +172,58 @@ class RunSummary:
 IDENTITY_FILE = "trek-track-tracker.json"
 
 
-def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite: bool) -> bool:
-    """Results under one tracker name come from one tracker configuration: the first run records it in
-    ``<tracker_dir>/trek-track-tracker.json``; a later run with another configuration is refused. With
-    ``overwrite`` the new configuration replaces the old one: every result file of the old one is removed
-    first (the runs of other protocols and sequences too, which this command may not redo), so that none
-    is ever read as the new configuration's; the record is written once they are gone. Returns whether
-    it wrote the record."""
+def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite: bool) -> None:
+    """Results under one tracker name come from one tracker configuration, recorded in
+    ``<tracker_dir>/trek-track-tracker.json`` (:func:`claim_identity`); a command with another configuration
+    is refused before it loads anything. With ``overwrite`` the new configuration replaces the old one: every
+    result file of the old one is removed (the runs of other protocols and sequences too, which this command
+    may not redo), so that none is ever read as the new configuration's, and then its record."""
     if identity is None:
-        return False
+        return
+    path = tracker_dir / IDENTITY_FILE
+    if not path.is_file():
+        return
+    recorded = read_json(path)
+    if recorded == _normal(identity):
+        return
+    if not overwrite:
+        raise _another_configuration(tracker_dir, recorded, identity)
+    old = _result_files(tracker_dir)
+    for f in old:
+        f.unlink()
+    path.unlink(missing_ok=True)
+    if old:
+        log.info("removed %d result files of the previous configuration of tracker %r", len(old), tracker_dir.name)
+
+
+def claim_identity(tracker_dir: Path, identity: dict[str, Any] | None) -> None:
+    """Record ``identity`` as the configuration of the results under ``tracker_dir``, once this command is
+    about to write the first of them (its tracker loaded). Not before: a command whose tracker never loads
+    (a misspelt class, a missing checkpoint, a GPU without room) leaves no record that would refuse the
+    corrected command, and needs none removed on its way out, which under a launcher would remove the record
+    of the other processes, tracking on under it. Refused if another process recorded another configuration
+    since :func:`check_identity`."""
+    if identity is None:
+        return
     path = tracker_dir / IDENTITY_FILE
     if path.is_file():
         recorded = read_json(path)
-        if recorded == json.loads(json.dumps(identity)):
-            return False
-        if not overwrite:
-            changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
-            raise UserError(f"the results in {tracker_dir} were made by another configuration of tracker "
-                            f"{tracker_dir.name!r} (differs in: {', '.join(changed)}; see {path}); use another "
-                            "--tracker name, or --overwrite to redo every run with this configuration")
-        old = _result_files(tracker_dir)
-        for f in old:
-            f.unlink()
-        if old:
-            log.info("removed %d result files of the previous configuration of tracker %r", len(old),
-                     tracker_dir.name)
+        if recorded != _normal(identity):
+            raise _another_configuration(tracker_dir, recorded, identity)
+        return
     write_json(path, identity)
-    return True
+
+
+def _normal(identity: dict[str, Any]) -> Any:
+    """``identity`` as its record reads back (tuples as lists)."""
+    return json.loads(json.dumps(identity))
+
+
+def _another_configuration(tracker_dir: Path, recorded: dict[str, Any], identity: dict[str, Any]) -> UserError:
+    changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != _normal(identity).get(k))
+    return UserError(f"the results in {tracker_dir} were made by another configuration of tracker "
+                     f"{tracker_dir.name!r} (differs in: {', '.join(changed)}; see {tracker_dir / IDENTITY_FILE}); "
+                     "use another --tracker name, or --overwrite to redo every run with this configuration")
 
 
 def _result_files(tracker_dir: Path) -> list[Path]:
@@ -205,31 +233,71 @@ def _result_files(tracker_dir: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- launchers
-def under_launcher(environ: dict[str, str] | None = None) -> bool:
-    """Whether a launcher started this process as one of several (``torchrun``, Slurm tasks or an array)."""
-    env = os.environ if environ is None else environ
-    return any(int(env.get(k, "1")) > 1 for k in ("WORLD_SIZE", "SLURM_NTASKS", "SLURM_ARRAY_TASK_COUNT"))
+def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """An integer the launcher set; a missing or malformed one is said in one line (a shell that exported
+    WORLD_SIZE for another program, an ``salloc`` shell that holds a job's SLURM_NTASKS)."""
+    value = env.get(name)
+    if value is None and default is not None:
+        return default
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        what = "is not set" if value is None else f"is {value!r}, not a whole number"
+        raise UserError(f"environment variable {name} {what}, so this process cannot tell its share of the "
+                        "evaluation; run it under torchrun, srun or a Slurm array as they set it, or unset the "
+                        "launcher's variables and give --shard I/N") from None
 
 
-def launcher_shard(environ: dict[str, str] | None = None) -> tuple[int, int] | None:
-    """This process's share when a launcher started several: ``torchrun`` (``RANK``/``WORLD_SIZE``), Slurm
-    tasks (``SLURM_PROCID``/``SLURM_NTASKS``) or a Slurm array (``SLURM_ARRAY_TASK_ID`` with
-    ``SLURM_ARRAY_TASK_MIN``/``SLURM_ARRAY_TASK_COUNT``); None when alone."""
-    env = os.environ if environ is None else environ
-    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if int(env.get(world, "1")) > 1:
-            return int(env[rank]), int(env[world])
-    count = int(env.get("SLURM_ARRAY_TASK_COUNT", "1"))
-    if count > 1:  # a task's shard is its place in the array: --array=0-9:2 is tasks 0, 2, ... 8, shards 0..4
-        first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
-        last = int(env.get("SLURM_ARRAY_TASK_MAX", str(first + step * (count - 1))))
-        place, off = divmod(int(env["SLURM_ARRAY_TASK_ID"]) - first, max(step, 1))
-        if off or not 0 <= place < count or first + step * (count - 1) != last:
-            raise UserError(f"this Slurm array's task ids (min {first}, max {last}, step {step}, {count} tasks) "
-                            "are not an evenly spaced range, so a task cannot tell its shard; submit it as "
-                            "--array=0-N (a step is fine), or give each task --shard I/N")
-        return place, count
+def _process_shard(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """This process's place among the processes of one launch: ``torchrun`` (``RANK``/``WORLD_SIZE``) or an
+    ``srun`` step (``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``). Not the job's ``SLURM_NTASKS``: a batch script
+    (or an ``salloc`` shell) of a job with several tasks holds it too, and there the command is one process."""
+    for rank_name, world_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
+        world = _env_int(env, world_name, 1)
+        if world > 1:
+            rank = _env_int(env, rank_name)
+            if not 0 <= rank < world:
+                raise UserError(f"{rank_name}={rank} is not one of the {world} processes of {world_name}; run "
+                                "under the launcher as it sets them, or give --shard I/N")
+            return rank, world
     return None
+
+
+def _array_shard(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """This task's place in a Slurm array: ``--array=0-9:2`` is tasks 0, 2, ... 8, shards 0..4."""
+    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", 1)
+    if count <= 1:
+        return None
+    first, step = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0), _env_int(env, "SLURM_ARRAY_TASK_STEP", 1)
+    last = _env_int(env, "SLURM_ARRAY_TASK_MAX", first + step * (count - 1))
+    place, off = divmod(_env_int(env, "SLURM_ARRAY_TASK_ID") - first, max(step, 1))
+    if off or not 0 <= place < count or first + step * (count - 1) != last:
+        raise UserError(f"this Slurm array's task ids (min {first}, max {last}, step {step}, {count} tasks) "
+                        "are not an evenly spaced range, so a task cannot tell its shard; submit it as "
+                        "--array=0-N (a step is fine), or give each task --shard I/N")
+    return place, count
+
+
+def under_launcher(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a launcher started this process as one of several that share this machine's GPUs
+    (``torchrun``, an ``srun`` step of several tasks): each then takes its own GPU (``LOCAL_RANK``,
+    ``SLURM_LOCALID``). A task of a Slurm array is a job of its own, which uses every GPU it is given."""
+    env = os.environ if environ is None else environ
+    return any(_env_int(env, k, 1) > 1 for k in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"))
+
+
+def launcher_shard(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """This process's share when a launcher started several: ``torchrun`` (``RANK``/``WORLD_SIZE``), an
+    ``srun`` step (``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``), a Slurm array (``SLURM_ARRAY_TASK_ID`` with
+    ``SLURM_ARRAY_TASK_MIN``/``_STEP``/``_COUNT``), or processes of one launch in each task of an array
+    (shard ``task * processes + process``); None when alone. Every launcher variable that is read must be a
+    whole number (else one line)."""
+    env = os.environ if environ is None else environ
+    inner, outer = _process_shard(env), _array_shard(env)
+    if inner is None and outer is None:
+        return None
+    (rank, world), (place, count) = inner or (0, 1), outer or (0, 1)
+    return place * world + rank, count * world
 
 
 # --------------------------------------------------------------------------- worker processes
@@ -307,6 +375,7 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
     try:
         with memory_errors("while loading the tracker", _SHARED_HINT):
             tracker = _make_tracker(factory, device)
+        messages.put(("ready",))
         dataset = Trek150(root, names=names)
         while (group := tasks.get()) is not None:
             run = group.carrier
@@ -316,6 +385,7 @@ def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[
             write_group(Path(tracker_dir), group, boxes, times)
             progress.flush()
             messages.put(("done", group, _peak(tracker)))
+        messages.put(("idle", os.getpid()))  # what becomes of it now (a crash in teardown) loses no run
     except UserError as err:
         messages.put(("user-error", type(err).__name__, str(err)))
     except OSError as err:
@@ -341,24 +411,20 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     ``factory`` (then picklable: a module-level function or class, or a ``functools.partial`` of one), on
     ``devices`` in turn (``factory(device=...)``; None leaves the device to the factory). Longest runs go
     first, so that the processes finish together. The progress bar counts frames as every worker tracks
-    them. A worker's user error ends the evaluation with that one line; finished runs are always kept.
-    ``identity`` (the tracker's configuration) is checked against the results already there
-    (:func:`check_identity`).
+    them. A worker's user error, or a worker's death, ends the evaluation with one line as soon as it is
+    seen; finished runs are always kept. ``identity`` (the tracker's configuration) is checked against the
+    results already there (:func:`check_identity`) and recorded once a tracker has loaded
+    (:func:`claim_identity`).
     """
     tracker_dir = Path(tracker_dir)
-    recorded = check_identity(tracker_dir, identity, overwrite)
-    try:
-        return _execute(dataset, runs, tracker_dir, factory, workers, progress, overwrite, prefetch, devices, share,
-                        others)
-    except BaseException:
-        if recorded and not _result_files(tracker_dir):  # nothing came of this configuration (its tracker did
-            (tracker_dir / IDENTITY_FILE).unlink(missing_ok=True)  # not load): a corrected command may differ
-        raise
+    check_identity(tracker_dir, identity, overwrite)
+    return _execute(dataset, runs, tracker_dir, factory, workers, progress, overwrite, prefetch, devices, share,
+                    others, functools.partial(claim_identity, tracker_dir, identity))
 
 
 def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: TrackerFactory, workers: int,
              progress: bool, overwrite: bool, prefetch: int, devices: list[str] | None, share: bool,
-             others: Iterable[Run]) -> RunSummary:
+             others: Iterable[Run], claim: Callable[[], None]) -> RunSummary:
     from tqdm import tqdm
 
     summary = RunSummary()
@@ -383,6 +449,8 @@ def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: Trac
         if group.carrier in pending:
             todo.append(RunGroup(group.carrier, wanted))
         elif wanted:  # the carrier finished before: its rows answer the rest now
+            if not summary.shared:
+                claim()
             _answer_from_carrier(tracker_dir, RunGroup(group.carrier, wanted))
             summary.shared.extend(wanted)
     if summary.shared:
@@ -397,6 +465,7 @@ def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: Trac
     try:
         if workers <= 1:
             tracker = _make_tracker(factory, devices[0] if devices else None)
+            claim()
             for group in todo:
                 run = group.carrier
                 bar.set_description(run.label)
@@ -408,7 +477,7 @@ def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: Trac
             summary.saw(_peak(tracker))
         else:
             _run_workers(dataset, sorted(todo, key=lambda g: -g.carrier.length), tracker_dir, factory, workers,
-                         devices, prefetch, bar, summary)
+                         devices, prefetch, bar, summary, claim)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
@@ -427,8 +496,22 @@ def worker_threads(workers: int) -> int:
     return max(1, usable_cpus() // workers)
 
 
+def _how_it_ended(exitcode: int) -> str:
+    """A dead worker's end in words: the signal that killed it (SIGKILL is most often the kernel's
+    out-of-memory killer), or its exit code."""
+    if exitcode >= 0:
+        return f"exited with code {exitcode}"
+    if -exitcode == signal.SIGKILL:
+        return "was killed by SIGKILL (out of memory?)"
+    try:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    except ValueError:  # a signal without a name (a real-time one)
+        return f"was killed by signal {-exitcode}"
+
+
 def _run_workers(dataset: Trek150, todo: list[RunGroup], tracker_dir: Path, factory: TrackerFactory, workers: int,
-                 devices: list[str] | None, prefetch: int, bar, summary: RunSummary) -> None:
+                 devices: list[str] | None, prefetch: int, bar, summary: RunSummary,
+                 claim: Callable[[], None]) -> None:
     ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
     n = min(workers, len(todo))
     tasks, messages = ctx.Queue(), ctx.Queue()
@@ -444,37 +527,51 @@ def _run_workers(dataset: Trek150, todo: list[RunGroup], tracker_dir: Path, fact
              for i in range(n)]
     for proc in procs:
         proc.start()
+
+    def handle(message: tuple) -> None:
+        kind = message[0]
+        if kind == "frames":
+            bar.update(message[1])
+        elif kind == "ready":  # a worker's tracker loaded: its results are about to be written
+            claim()
+        elif kind == "idle":
+            idle.add(message[1])
+        elif kind == "done":
+            summary.finished(message[1])
+            summary.saw(message[2])
+            bar.set_description(message[1].carrier.label)
+        elif kind == "user-error":
+            error = {"InputError": InputError, "CheckpointError": CheckpointError,
+                     "OutOfMemory": OutOfMemory}.get(message[1], UserError)
+            kept = f"; {_kept(summary)}" if error is OutOfMemory else ""  # what the other workers finished
+            raise error(message[2] + kept)
+        else:
+            raise RuntimeError(f"a worker failed: {message[1]}\n{message[2]}")
+
+    def lost() -> mp_process.BaseProcess | None:
+        """A worker that died before it had finished every run it took."""
+        return next((p for p in procs if p.pid not in idle and p.exitcode not in (None, 0)), None)
+
+    idle: set[int] = set()
+    done_before = len(summary.done)
     try:
-        finished = 0
-        while finished < len(todo):
+        while len(summary.done) - done_before < len(todo):
             try:
-                message = messages.get(timeout=1.0)
+                handle(messages.get(timeout=1.0))
+                quiet = False
             except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    p = dead[0]
-                    how = (f"was killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
-                           else f"exited with code {p.exitcode}")
-                    raise UserError(f"a worker process {how} (out of memory?); {_kept(summary)}") from None
-                if all(p.exitcode is not None for p in procs):
-                    raise UserError("the worker processes stopped before every run was done; run the same "
-                                    "command again to resume") from None
-                continue
-            kind = message[0]
-            if kind == "frames":
-                bar.update(message[1])
-            elif kind == "done":
-                summary.finished(message[1])
-                summary.saw(message[2])
-                finished += 1
-                bar.set_description(message[1].carrier.label)
-            elif kind == "user-error":
-                error = {"InputError": InputError, "CheckpointError": CheckpointError,
-                         "OutOfMemory": OutOfMemory}.get(message[1], UserError)
-                kept = f"; {_kept(summary)}" if error is OutOfMemory else ""  # what the other workers finished
-                raise error(message[2] + kept)
-            else:
-                raise RuntimeError(f"a worker failed: {message[1]}\n{message[2]}")
+                quiet = True
+            # Checked after every message, not only when none comes: the others' progress arrives several
+            # times a second, and would hide a dead worker until they had tracked the whole plan (hours).
+            if lost() is not None:
+                with contextlib.suppress(queue.Empty):  # what it and the others said before it died counts
+                    while True:
+                        handle(messages.get_nowait())
+                if (dead := lost()) is not None:
+                    raise UserError(f"a worker process {_how_it_ended(dead.exitcode)}; {_kept(summary)}")
+            if quiet and all(p.exitcode is not None for p in procs):
+                raise UserError("the worker processes stopped before every run was done; run the same command "
+                                "again to resume")
     finally:
         # Tasks no worker will take may still wait in this process's feeder thread (the whole plan is queued
         # at once: far more than a pipe holds); at exit Python would wait for it to hand them over, forever.
