@@ -45,6 +45,18 @@ def test_toolkit_interface_with_numpy_and_pil(tracker):
         assert list(result.box) == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
 
 
+def test_probabilities_are_a_tensor_from_the_first_frame_on(tracker):
+    """The start frame's probabilities (its one-hot mask) come as every later frame's do, a float tensor."""
+    import torch
+
+    frames = _frames()
+    first = tracker.init(frames[0], [20, 30, 40, 25], keep_probs=True)
+    later = tracker.step(frames[1], keep_probs=True)
+    for probs in (first.probs, later.probs):
+        assert isinstance(probs, torch.Tensor) and probs.dtype == torch.float32 and probs.shape == (2, 96, 128)
+    assert first.probs.numpy()[1].sum() == 40 * 25
+
+
 def test_multi_object_mask_start(tracker):
     frames = _frames()
     labels = np.zeros((96, 128), np.uint8)
@@ -65,6 +77,8 @@ def test_api_input_errors(tracker):
         tracker.init(frames[0], [500, 500, 5, 5])
     with pytest.raises(InputError, match="empty"):
         tracker.init(frames[0], mask=np.zeros((96, 128), np.uint8))
+    with pytest.raises(InputError, match="not both"):  # the box was ignored without a word
+        tracker.init(frames[0], [20, 30, 40, 25], mask=np.pad(np.ones((10, 10), np.uint8), ((0, 86), (0, 118))))
     tracker.init(frames[0], [20, 30, 40, 25])
     with pytest.raises(InputError, match="differs from the first frame"):
         tracker.update(np.zeros((50, 50, 3), np.uint8))
@@ -76,6 +90,79 @@ def test_update_before_init_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="init"):
         fresh.update(_frames(1)[0])
     assert fresh.name == f"trek-track-{TINY}"
+
+
+def test_a_failed_init_leaves_no_video_to_continue(tracker):
+    """A re-init that fails (here on a box outside the frame) must not let update() go on tracking the
+    previous video's object on the new video's frames."""
+    frames = _frames()
+    tracker.init(frames[0], [20, 30, 40, 25])
+    tracker.update(frames[1])
+    with pytest.raises(InputError, match="outside"):
+        tracker.init(frames[0], [500, 500, 5, 5])
+    with pytest.raises(RuntimeError, match="init"):
+        tracker.update(frames[2])
+    assert tracker.labels is None and "network_input_size" not in tracker.describe()
+    tracker.init(frames[0], [20, 30, 40, 25])  # a later start works as on a fresh tracker
+    assert tracker.update(frames[1]).shape == (4,)
+
+
+def test_a_frame_too_small_for_a_swin_model_is_one_input_error_and_the_run_can_still_be_described():
+    """Swin inputs are multiples of 16: a 6-pixel-high frame has none. The error names the frame; the tracker's
+    description (written to run.json as the run fails) must not trip over an engine left without sizes."""
+    tracker = Tracker(TrackerConfig(model="swinb_deaotl", random_weights=True, device="cpu",
+                                    init=InitConfig(method="box"), max_long_edge=64))
+    with pytest.raises(InputError, match="96x6 frame is too small"):
+        tracker.init(np.zeros((6, 96, 3), np.uint8), [10, 1, 30, 3])
+    assert "network_input_size" not in tracker.describe()
+    with pytest.raises(RuntimeError, match="init"):
+        tracker.update(np.zeros((6, 96, 3), np.uint8))
+
+
+def test_each_tracker_tracks_with_the_kernel_flags_of_its_own_precision(tmp_path, monkeypatch):
+    """The GPU kernel flags are process-wide: building a bf16 tracker (TF32 and autotuning on) must not leave
+    an fp32 tracker of the same process, the parity mode, running with them. Here trackers set the flags as
+    they would on a GPU."""
+    import torch
+
+    import trek_tracker.device as device_module
+    from trek_tracker.device import kernel_flags_kept
+
+    real = device_module.set_fast_kernels
+    monkeypatch.setattr(device_module, "set_fast_kernels",
+                        lambda device, enabled: real(torch.device("cuda", 0), enabled))
+
+    def tf32() -> bool:
+        return torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+
+    ckpt = official_checkpoint(tmp_path / "tiny.pth")
+    frames = _frames()
+    with kernel_flags_kept():
+        parity = Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", precision="fp32",
+                                       init=InitConfig(method="box"), max_long_edge=64))
+        assert not tf32()
+        Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", precision="bf16",
+                              init=InitConfig(method="box"), max_long_edge=64))
+        assert tf32() and torch.backends.cudnn.benchmark
+        parity.init(frames[0], [20, 30, 40, 25])
+        assert not tf32() and not torch.backends.cudnn.benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True  # as another tracker's frame leaves it
+        parity.update(frames[1])
+        assert not tf32()
+
+
+def test_a_config_is_rebuilt_from_the_settings_run_json_records():
+    """`TrackerConfig(**run["tracker"]["settings"])` is the tracker of that run, nested sections included (they
+    stayed dicts, and the tracker failed on first use); a misspelt setting is named."""
+    import json
+
+    config = TrackerConfig(model=TINY, checkpoint="a.pth", tta=TTAConfig(scales=(1.2, 1.3), flip=True),
+                           memory=MemoryConfig(gap=2, cap="none"), init=InitConfig(method="grabcut"),
+                           ensemble=EnsembleConfig(members=(ModelSpec(TINY, "b.pth"),), weights=(1.0, 2.0)))
+    settings = json.loads(json.dumps(config.to_dict()))
+    assert TrackerConfig(**settings) == config
+    with pytest.raises(InputError, match="memory.gapp"):
+        TrackerConfig(**{**settings, "memory": {"gapp": 1}})
 
 
 def test_tracker_identity_ignores_how_fast_not_what():

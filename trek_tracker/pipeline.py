@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,14 @@ class TrackerConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     name: str | None = None  # tracker name for result folders; default derived from the model
 
+    def __post_init__(self) -> None:
+        # A section given as a mapping (``TrackerConfig(**run["tracker"]["settings"])``, the names run.json
+        # records) becomes its config, instead of a dict that fails on first use.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict) and f.default_factory is not MISSING:
+                setattr(self, f.name, _section(type(f.default_factory()), value, f.name))
+
     def tracker_name(self) -> str:
         return self.name or f"trek-track-{self.model or DEFAULT_MODEL}"
 
@@ -68,6 +76,21 @@ class TrackerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _section(cls: type, values: dict[str, Any], where: str) -> Any:
+    """The settings section ``cls`` from a mapping of its field names (nested sections too)."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(f'{where}.{k}' for k in unknown)}; see docs/config.md")
+    kwargs = {}
+    for key, value in values.items():
+        factory = known[key].default_factory
+        if isinstance(value, dict) and factory is not MISSING:
+            value = _section(type(factory()), value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
 
 
 class FrameResult:
@@ -398,10 +421,16 @@ class Tracker:
     Everything that can fail on the user's input or files (models, checkpoints, the init networks) is
     opened here, before any frame is seen, so a caller can check a run completely before writing anything.
     ``loaded`` passes an already-built model (VOS validation during training).
+
+    Frames are RGB ``uint8`` (H, W, 3) arrays (BGR from ``cv2.imread`` is not detected: convert it) or PIL
+    images; boxes are ``[x, y, w, h]`` in pixels (list, tuple, array or tensor). A tracker follows one video:
+    :meth:`init` starts a new one (nothing of the previous video is kept), and a failed :meth:`init` leaves
+    none. It is not thread-safe: drive each tracker from one thread at a time. Separate trackers may run in
+    separate threads, all of one precision (the GPU kernel flags that precision sets are process-wide).
     """
 
     def __init__(self, config: TrackerConfig | None = None, *, loaded: LoadedModel | None = None) -> None:
-        from trek_tracker.device import select_device, set_fast_kernels
+        from trek_tracker.device import select_device
         from trek_tracker.inference.preprocess import Uploader, autocast_dtype, resolve_precision
 
         self.config = config = config or TrackerConfig()
@@ -421,7 +450,7 @@ class Tracker:
         if config.compile:
             for member in self.members:
                 member.model.compile_inference()
-        set_fast_kernels(device, self.precision != "fp32")  # fp32 is the parity mode: no TF32, no autotuning
+        self._use_kernels()
         self._uploader = Uploader(device)
         self.engine = None
         self.init_info: dict[str, Any] = {}
@@ -439,6 +468,14 @@ class Tracker:
 
             self._refiner = HQSamRefiner.from_checkpoint(config.refine.checkpoint, device=str(device),
                                                          iou_threshold=config.refine.min_iou)
+
+    def _use_kernels(self) -> None:
+        """Set the process's GPU kernel flags for this tracker's precision (fp32 is the parity mode: no TF32, no
+        autotuning). They are process-wide, so each start and frame sets them again: a tracker of another
+        precision built in the same process in between must not change what this one computes."""
+        from trek_tracker.device import set_fast_kernels
+
+        set_fast_kernels(self.device, self.precision != "fp32")
 
     def _build_engine(self):
         """One engine per (member, TTA view); a plain VOSEngine without TTA or ensemble."""
@@ -478,11 +515,17 @@ class Tracker:
         A box is checked against the frame here (clipped when it overlaps the frame partly); the result's
         box of object 1 is the box the tracker started from.
         """
+        import torch
+
         from trek_tracker.device import synchronize
 
         start = time.perf_counter()
+        self._forget()  # a start that fails leaves no video to continue, least of all the previous one
+        self._use_kernels()
         frame = as_rgb(image)
         size = frame.shape[:2]
+        if box is not None and mask is not None:  # which one to start from is the caller's to say
+            raise InputError("init takes a box [x, y, w, h] or a mask, not both")
         if mask is None:
             if box is None:
                 raise InputError("init needs a box [x, y, w, h] or a mask")
@@ -502,13 +545,13 @@ class Tracker:
                                      "pixels; object ids must be consecutive")
                 boxes[i] = b
             self.init_info = {"requested": "mask", "method": "mask"}
-        self.engine = self._build_engine()
-        self.engine.add_reference(Frame(frame, self._uploader), labels)
+        engine = self._build_engine()
+        engine.add_reference(Frame(frame, self._uploader), labels)
         synchronize(self.device)  # the reference frame's time is its own, not the first step's
-        self._boxes = ObjectBoxes(boxes, self.config.box)
-        self._labels, self._labels_device = labels, None
-        return FrameResult(self._boxes.last(), {i: False for i in boxes}, labels, time.perf_counter() - start,
-                           one_hot(labels) if keep_probs else None)
+        self.engine, self._boxes = engine, ObjectBoxes(boxes, self.config.box)
+        self._labels = labels
+        probs = torch.from_numpy(one_hot(labels)) if keep_probs else None  # a tensor, as every later frame's
+        return FrameResult(self._boxes.last(), {i: False for i in boxes}, labels, time.perf_counter() - start, probs)
 
     # ------------------------------------------------------------------ propagation
     def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
@@ -524,8 +567,9 @@ class Tracker:
         from trek_tracker.device import Readback, device_clock
 
         if self.engine is None:
-            raise RuntimeError("Tracker.init() must be called before step()/update()")
+            raise RuntimeError("Tracker.init() must be called (and succeed) before step()/update()")
         start = time.perf_counter()
+        self._use_kernels()
         began = device_clock(self.device)
         frame = as_rgb(image)
         out = self.engine.step(Frame(frame, self._uploader))
@@ -548,7 +592,7 @@ class Tracker:
         last box, the init details), as plain values and CPU tensors: :meth:`restore` on a tracker with the
         same settings continues exactly where this one stands. Called between frames."""
         if self.engine is None:
-            raise RuntimeError("Tracker.init() must be called before state()")
+            raise RuntimeError("Tracker.init() must be called (and succeed) before state()")
         from trek_tracker.files import plain
 
         last = self._boxes.settle()
@@ -557,11 +601,17 @@ class Tracker:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from what :meth:`state` saved: the next :meth:`step` predicts the frame after it."""
-        self.engine = self._build_engine()
-        self.engine.load_state(state["engine"])
-        self._boxes = ObjectBoxes({int(i): np.asarray(b, dtype=np.float64) for i, b in state["boxes"].items()},
-                                  self.config.box)
-        self.init_info = dict(state["init_info"])
+        self._forget()
+        engine = self._build_engine()
+        engine.load_state(state["engine"])
+        boxes = ObjectBoxes({int(i): np.asarray(b, dtype=np.float64) for i, b in state["boxes"].items()},
+                            self.config.box)
+        self.engine, self._boxes, self.init_info = engine, boxes, dict(state["init_info"])
+
+    def _forget(self) -> None:
+        """Drop the video being tracked: until a start succeeds, :meth:`step` refuses and :meth:`describe`
+        reports no input size (a half-built engine would continue nothing, or fail on its missing sizes)."""
+        self.engine = self._boxes = None
         self._labels = self._labels_device = None
 
     def update(self, image: Any) -> np.ndarray:

@@ -9,7 +9,9 @@ import torch
 from trek_tracker.errors import InputError
 from trek_tracker.inference.engine import FrameOutput
 from trek_tracker.inference.ensemble import (
+    EnsembleConfig,
     EnsembleEngine,
+    ModelSpec,
     average_probs,
     combine_outputs,
     vote,
@@ -70,6 +72,19 @@ def test_bad_inputs_are_user_errors():
         average_probs([a, _probs([[0.5, 0.5]])])
     with pytest.raises(InputError, match="unknown ensemble mode"):
         combine_outputs([FrameOutput(a.argmax(0), a, [])], "median")
+
+
+def test_members_are_read_as_named_not_unpacked_by_position():
+    """run.json records members as mappings: unpacked by position, {"model": ..., "checkpoint": ...} became a
+    model named "model"; a bare name became one argument per letter."""
+    spec = ModelSpec("r50_deaotl", "a.pth")
+    assert EnsembleConfig(members=[{"model": "r50_deaotl", "checkpoint": "a.pth"}]).members == (spec,)
+    assert EnsembleConfig(members=[("r50_deaotl", "a.pth")]).members == (spec,)
+    assert EnsembleConfig(members=["r50_deaotl", spec]).members == (ModelSpec("r50_deaotl"), spec)
+    assert EnsembleConfig(members="ab").members == (ModelSpec("ab"),)
+    for bad in ([{"model": "x", "ckpt": "y"}], [("a", "b", "c")], [3]):
+        with pytest.raises(InputError, match="ensemble member"):
+            EnsembleConfig(members=bad)
 
 
 class _Fixed:

@@ -49,10 +49,28 @@ class EnsembleConfig:
     weights: tuple[float, ...] | None = None  # one per model, the first model first; None: equal
 
     def __post_init__(self) -> None:
-        self.members = tuple(m if isinstance(m, ModelSpec) else ModelSpec(*m) for m in self.members)
+        if isinstance(self.members, (str, ModelSpec, dict)):
+            self.members = (self.members,)
+        self.members = tuple(model_spec(m) for m in self.members)
         check_mode(self.mode)
         if self.weights is not None:
             self.weights = tuple(check_weights(self.weights, len(self.members) + 1))
+
+
+def model_spec(value: Any) -> ModelSpec:
+    """A :class:`ModelSpec` from itself, a model name, a ``(model, checkpoint)`` pair or a mapping with those keys
+    (as ``run.json`` records the settings); anything else is an :class:`InputError`, not a misread spec (a
+    mapping unpacked by position would name a model ``"model"``)."""
+    if isinstance(value, ModelSpec):
+        return value
+    if isinstance(value, str):
+        return ModelSpec(value)
+    if isinstance(value, dict) and set(value) <= {"model", "checkpoint"}:
+        return ModelSpec(**value)
+    if isinstance(value, (tuple, list)) and 1 <= len(value) <= 2 and all(v is None or isinstance(v, str)
+                                                                         for v in value):
+        return ModelSpec(*value)
+    raise InputError(f"an ensemble member is a model name, a (model, checkpoint) pair or a ModelSpec, got {value!r}")
 
 
 class Member(Protocol):

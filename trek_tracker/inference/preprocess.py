@@ -75,7 +75,8 @@ def input_size(
     new_h, new_w = int(new_h * scale), int(new_w * scale)
     out = _align(new_h, align_corners), _align(new_w, align_corners)
     if min(out) <= 0:
-        raise InputError(f"frame of {h}x{w} is too small for the network at scale {scale}")
+        raise InputError(f"a {w}x{h} frame is too small for this network at scale {scale} (its input would be "
+                         f"{out[1]}x{out[0]} pixels); use larger frames or, for a Swin model, another backbone")
     return out
 
 
