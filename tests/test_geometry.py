@@ -234,3 +234,11 @@ def test_box_from_mask_config_validation() -> None:
         BoxConfig(components="square")
     with pytest.raises(InputError):
         BoxFromMask([0, 0, np.nan, 1])
+
+
+def test_a_box_of_text_is_parsed_and_anything_but_four_numbers_is_an_input_error() -> None:
+    assert Box.of("20,30,40,25") == Box(20, 30, 40, 25)
+    for value, message in (([20, None, 40, 25], "NaN"), ([[1, 2], [3]], "four numbers"), ("20,30", "four numbers"),
+                           ({"x": 1}, "four numbers")):
+        with pytest.raises(InputError, match=message):
+            Box.of(value)

@@ -102,10 +102,16 @@ class Box:
 
     @classmethod
     def of(cls, value: Box | Sequence[float] | np.ndarray) -> Box:
-        """A :class:`Box` as it is, or one made from four numbers ``[x, y, w, h]``."""
+        """A :class:`Box` as it is, or one made from four numbers ``[x, y, w, h]`` (or their text, as
+        :meth:`parse` reads it)."""
         if isinstance(value, Box):
             return value
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        if isinstance(value, str):
+            return cls.parse(value)
+        try:
+            arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):  # a string, None among the numbers, a ragged list
+            raise InputError(f"a box is four numbers x,y,w,h, got {value!r}; {_BOX_HINT}") from None
         if arr.size != 4:
             raise InputError(f"a box is four numbers x,y,w,h, got {arr.size}; {_BOX_HINT}")
         return cls(*(float(v) for v in arr))

@@ -110,7 +110,8 @@ class VOSEngine:
             raise RuntimeError("add_reference() must be called before step()")
         if tuple(frame.shape[:2]) != self.frame_size:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
-                             f"{self.frame_size[1]}x{self.frame_size[0]}")
+                             f"{self.frame_size[1]}x{self.frame_size[0]}: a video's frames all have one size (start a "
+                             "new video with init())")
         if self.config.precision == "fp32":
             x = to_network_input(frame.host, self.input_size, resize=self.model.config.input_resize)
             x = x.to(self.device, non_blocking=True)
