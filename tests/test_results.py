@@ -396,3 +396,18 @@ def test_streaming_writer_leaves_part_on_error_and_resumes(tmp_path: Path) -> No
         w.write_line("a\nb")
     w.close()
     assert not (tmp_path / "x.txt").exists() and (tmp_path / "x.txt.part").exists()
+
+
+@pytest.mark.parametrize("how", [{"keep": 2}, {"resume": True}])
+def test_streaming_writer_takes_back_a_file_committed_by_an_unfinished_run(tmp_path: Path, how) -> None:
+    """A run stopped between committing this file and completing (killed, or a full disk at its next file)
+    continues from the committed lines: the file is its ``.part`` again until the run commits."""
+    final = tmp_path / "boxes.txt"
+    with StreamingTextWriter(final) as w:
+        for t in range(3):
+            w.write_box([t, 0, 1, 1])
+    writer = StreamingTextWriter(final, **how)
+    assert not final.exists() and writer.lines == how.get("keep", 3)
+    writer.write_box([9, 0, 1, 1])
+    writer.commit()
+    assert read_boxes(final)[:, 0].tolist() == ([0, 1, 9] if "keep" in how else [0, 1, 2, 9])

@@ -199,6 +199,24 @@ def test_a_folder_is_locked_while_its_run_writes_it(tmp_path):
     RunFolder.create(tmp_path / "run").release()
 
 
+def test_the_probe_of_another_process_starting_on_the_folder_is_no_file_of_a_run(tmp_path):
+    """Two commands started on one --out at once: each checks that the folder can be written (an empty probe
+    file, removed at once) before it asks for the lock. The one that gets the lock may list the other's
+    probe: it must not take it for a file of a run (and refuse, or try to remove it) while the other one
+    refuses for the lock: that would leave both refused."""
+    out = tmp_path / "run"
+    out.mkdir()
+    probe = out / run_folder.PROBE.replace("*", "123456789")
+    probe.write_bytes(b"")
+    RunFolder.create(out).release()
+    _run(RunFolder.create(out), _Scripted(), n=2, outputs=Outputs())
+    probe.write_bytes(b"")
+    with pytest.raises(UserError, match=r"not empty \(it holds boxes.txt, run.json, times.txt\)"):
+        RunFolder.create(out)
+    _run(RunFolder.create(out, overwrite=True), _Scripted(), n=3, outputs=Outputs())
+    assert probe.is_file() and len((out / "boxes.txt").read_text().splitlines()) == 3
+
+
 def _killed(out, outputs: Outputs, frames: int = 3) -> None:
     """The folder a run killed outright (SIGKILL, a full disk) leaves: its files written so far, its manifest
     still ``running``, no sink closed."""
@@ -244,6 +262,26 @@ def test_a_run_killed_outright_is_replaced_whole_by_overwrite(tmp_path):
             (out / stranger).parent.rmdir()
     RunFolder.create(out, overwrite=True).release()
     assert list(out.iterdir()) == []
+
+
+def test_a_stopped_run_that_saved_its_state_is_pointed_to_resume_not_overwrite(tmp_path):
+    """The command of a killed or interrupted run given again (a requeued job), or its folder read by
+    ``ensemble``: the refusal says how to continue it, not only how to throw hours of tracking away."""
+    out = tmp_path / "run"
+    _killed(out, Outputs())
+    with pytest.raises(InputError, match=r"status 'running'\); run it again first"):
+        RunFolder.open(out)
+    run_folder.StateFile(RunFolder(out), every=0, context={}).save(2, {"tracker": {}})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match=f"status running.*continue it with: trek-track run --resume {out}, or add "
+                                        "--overwrite"):
+        RunFolder.create(out)
+    with pytest.raises(InputError, match=f"continue it with: trek-track run --resume {out} first"):
+        RunFolder.open(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _run(RunFolder.create(out, overwrite=True), _Scripted(), n=2, outputs=Outputs())
+    with pytest.raises(UserError, match="not empty.*--overwrite to replace"):  # a complete run: nothing to resume
+        RunFolder.create(out)
 
 
 def test_an_older_manifest_without_writes_is_still_read(tmp_path):

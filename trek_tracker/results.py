@@ -391,7 +391,9 @@ class StreamingTextWriter:
     and our runner never take for a result. As a context manager it commits on success and leaves the
     ``.part`` file on error. ``resume=True`` keeps the complete lines of an existing ``.part`` file (a torn
     last line is dropped) and appends after them; ``keep=n`` keeps exactly the first ``n`` (a resumed run,
-    whose later lines are tracked again); :attr:`lines` counts all lines, old ones included.
+    whose later lines are tracked again); :attr:`lines` counts all lines, old ones included. Either takes
+    the lines of ``path`` itself when there is no ``.part`` file (its run was stopped after committing this
+    file but before it completed, so it is still unfinished).
 
     >>> with StreamingTextWriter("out/boxes.txt") as w:
     ...     for box in boxes:
@@ -403,6 +405,10 @@ class StreamingTextWriter:
         self.part_path = self.path.with_name(self.path.name + ".part")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines = 0
+        if (keep is not None or resume) and not self.part_path.exists() and self.path.exists():
+            # a run stopped while it committed its files (killed, or a full disk at the next file): the lines
+            # are in the committed file, and stay the run's until it commits again
+            os.replace(self.path, self.part_path)
         if keep is not None or (resume and self.part_path.exists()):
             data = self.part_path.read_bytes() if self.part_path.exists() else b""
             pieces = data.split(b"\n")[:-1]  # the complete lines (a torn last one is dropped)

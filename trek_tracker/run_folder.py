@@ -123,9 +123,15 @@ class RunFolder:
         folder._check_writable()
         folder._lock()
         try:
-            contents = sorted(p for p in folder.path.iterdir()) if folder.path.is_dir() else []
+            # another process's probe (its check before it finds the folder locked) is not a file of a run
+            contents = sorted(p for p in folder.path.iterdir() if not fnmatch.fnmatchcase(p.name, PROBE))
             if contents:
                 if not overwrite:
+                    status = folder._resumable()  # the command of a run that was stopped, given again
+                    if status is not None:
+                        raise UserError(f"{folder.path} holds a run that stopped before it completed (status "
+                                        f"{status}) and saved its state: continue it with: trek-track run --resume "
+                                        f"{folder.path}, or add --overwrite to start it again")
                     raise UserError(f"{folder.path} is not empty (it holds {_names(contents)}); choose a new --out "
                                     "folder, or add --overwrite to replace the run in it")
                 folder._remove_previous_run(contents)
@@ -133,6 +139,18 @@ class RunFolder:
             folder.release()
             raise
         return folder
+
+    def _resumable(self) -> str | None:
+        """The status of an unfinished run in the folder that saved a state to continue from (a status of
+        ``running`` under the folder's lock: its process ended without saying how), else None."""
+        if not self.resume_file.is_file() or not self.manifest_file.is_file():
+            return None
+        try:
+            record = read_json(self.manifest_file)
+        except InputError:
+            return None
+        status = record.get("status") if isinstance(record, dict) else None
+        return None if status == COMPLETE or not isinstance(status, str) else status
 
     def _check_writable(self) -> None:
         with os_errors(self.path, hint="choose another --out folder"):
@@ -201,13 +219,16 @@ class RunFolder:
                         entry.unlink()
 
     def _check_kept(self, frames: int) -> None:
-        """Each unfinished text file holds at least the ``frames`` a saved state follows."""
+        """Each unfinished text file holds at least the ``frames`` a saved state follows: its ``.part`` file, or
+        the file itself where the run was stopped (killed, a full disk) while it committed its files, which
+        the resumed run takes back (:class:`StreamingTextWriter`)."""
         ids = ObjectIds(tuple(int(v) for v in self.manifest.get("objects", [])))
         for path in [*self.box_files(ids).values(), self.times_file]:
             part = path.with_name(path.name + ".part")
-            lines = part.read_bytes().count(b"\n") if part.is_file() else 0
+            held = part if part.is_file() or not path.is_file() else path
+            lines = held.read_bytes().count(b"\n") if held.is_file() else 0
             if lines < frames:
-                raise UserError(f"{part} holds {lines} frame{'s' * (lines != 1)}, fewer than the {frames} the saved "
+                raise UserError(f"{held} holds {lines} frame{'s' * (lines != 1)}, fewer than the {frames} the saved "
                                 "state follows (the run's files were changed); start the run again with --overwrite")
 
     def _remove_previous_run(self, contents: list[Path]) -> None:
@@ -321,7 +342,9 @@ class RunFolder:
         record = read_json(folder.manifest_file)
         if not isinstance(record, dict) or record.get("status") != COMPLETE:
             status = record.get("status") if isinstance(record, dict) else None
-            raise InputError(f"run {folder.path} did not complete (status {status!r}); run it again first")
+            how = (f"continue it with: trek-track run --resume {folder.path}" if folder.resume_file.is_file()
+                   else "run it again")
+            raise InputError(f"run {folder.path} did not complete (status {status!r}); {how} first")
         for key in ("video", "objects", "files"):
             if key not in record:
                 raise InputError(f"{folder.manifest_file} has no {key!r}; it was not written by this version of "
@@ -380,14 +403,16 @@ def _temporary(name: str) -> str:
 class StateFile:
     """``resume.pt``: the :class:`~trek_tracker.loop.StateSaver` of a run folder. A state is due every
     ``every`` seconds (and the loop saves one when a signal stops it); each replaces the last atomically,
-    with ``context`` beside it (what ``--resume`` needs to rebuild the run and check it is the same).
+    with ``context`` beside it (what ``--resume`` needs to rebuild the run and check it is the same) and what
+    ``live()`` says at the time (what the run found so far that a resumed run would not find again).
 
     Its size is that of the tracker's memory buffers: 354 MiB in float32 for R50-DeAOT-L at 1080p with the
     default cap of 10 (half in bf16), about a megabyte for the tiny test models.
     """
 
-    def __init__(self, folder: RunFolder, every: float, context: dict[str, Any]) -> None:
-        self.folder, self.every, self.context = folder, every, context
+    def __init__(self, folder: RunFolder, every: float, context: dict[str, Any],
+                 live: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.folder, self.every, self.context, self.live = folder, every, context, live
         self.last = time.monotonic()
         self.failed = False
 
@@ -401,7 +426,8 @@ class StateFile:
 
         try:
             with atomic_write(self.folder.resume_file, "wb") as f:
-                torch.save({"format": STATE_FORMAT, "frames": index + 1, **self.context, "state": state}, f)
+                live = self.live() if self.live is not None else {}
+                torch.save({"format": STATE_FORMAT, "frames": index + 1, **self.context, **live, "state": state}, f)
         except OSError as err:
             if not self.failed:
                 log.warning("could not save the state to resume from (%s); the run goes on, and --resume would "

@@ -3,6 +3,7 @@ to the files an uninterrupted run writes; what cannot be resumed exactly is refu
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -118,6 +119,97 @@ def test_a_killed_run_resumes_from_its_last_saved_state(cli, shared, tiny_checkp
     resumed = cli("run", "--resume", out, "--quiet", "--precision", "fp32")  # fp32 is what auto gave on the CPU
     assert resumed.exit_code == 0, resumed.stderr
     assert _outputs(out) == _outputs(tmp_path / "full")
+
+
+def test_a_run_stopped_while_committing_its_files_resumes_to_its_result(cli, davis, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
+    """A full disk (or a kill) after boxes.txt is committed but before the run completes: the run is not
+    complete, its state is kept, and once there is space --resume completes it to the uninterrupted result
+    (boxes.txt is no longer a .part file, which must not make the run look tampered with)."""
+    from trek_tracker import run_folder
+
+    args = ("run", "--video", davis / "JPEGImages/480p/car-shadow", "--box", "313,88,342,194", "--checkpoint",
+            tiny_checkpoint, "--last-frame", "9", "--save-masks", *FAST)
+    assert cli(*args, "--out", tmp_path / "full").exit_code == 0
+    out = tmp_path / "part"
+    close = run_folder.TimesFile.close
+
+    def full_disk(self, status, error=None):
+        if status == "complete":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.writer.part_path))
+        close(self, status, error)
+
+    with monkeypatch.context() as m:
+        m.setattr(run_folder.TimesFile, "close", full_disk)
+        failed = cli(*args, "--out", out, "--save-state-every", "0.000001")  # a state after every frame
+    assert failed.exit_code != 0 and "no space left" in failed.stderr
+    assert (out / "boxes.txt").is_file() and (out / "times.txt.part").is_file()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    resumed = cli("run", "--resume", out, "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert _outputs(out) == _outputs(tmp_path / "full")
+    assert len((out / "times.txt").read_text().splitlines()) == 10
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("failure", ["disk", "memory"])
+def test_a_run_that_fails_for_want_of_disk_or_memory_says_how_to_continue(cli, davis, tiny_checkpoint, tmp_path,
+                                                                          monkeypatch, failure):
+    """A full disk or memory at frame 6 of an hours-long run: the line says to continue with --resume (once
+    space is freed), and that gives the uninterrupted result."""
+    from trek_tracker import run_folder
+
+    args = ("run", "--video", davis / "JPEGImages/480p/car-shadow", "--box", "313,88,342,194", "--checkpoint",
+            tiny_checkpoint, "--last-frame", "9", *FAST)
+    assert cli(*args, "--out", tmp_path / "full").exit_code == 0
+    out = tmp_path / "part"
+    write, step = run_folder.BoxFiles.frame, Tracker.step
+
+    def full_disk(self, index, image, result):
+        if index == 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "boxes.txt.part"))
+        write(self, index, image, result)
+
+    def no_memory(self, image, **kw):
+        if self.engine.frame_step == 6:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step(self, image, **kw)
+
+    with monkeypatch.context() as m:
+        if failure == "disk":
+            m.setattr(run_folder.BoxFiles, "frame", full_disk)
+        else:
+            m.setattr(Tracker, "step", no_memory)
+        failed = cli(*args, "--out", out, "--save-state-every", "0.000001")  # a state after every frame
+    assert failed.exit_code == 2
+    said = failed.stderr.splitlines()[-1]
+    assert said.endswith(f"(to continue with the same settings: trek-track run --resume {out})"), said
+    resumed = cli("run", "--resume", out, "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert _outputs(out) == _outputs(tmp_path / "full")
+
+
+def test_damaged_input_found_before_the_saved_state_is_recorded_by_the_resumed_run(cli, davis, tiny_checkpoint,
+                                                                                  tmp_path, monkeypatch):
+    """A truncated frame before the point a run stopped is not read again by --resume: the state carries it,
+    so the completed run records it and warns of it as an uninterrupted run does."""
+    video = tmp_path / "frames"
+    video.mkdir()
+    for i in range(12):
+        shutil.copy(davis / f"JPEGImages/480p/car-shadow/{i:05d}.jpg", video / f"{i:05d}.jpg")
+    data = (video / "00002.jpg").read_bytes()
+    (video / "00002.jpg").write_bytes(data[: len(data) // 2])
+    args = ("run", "--video", video, "--box", "313,88,342,194", "--checkpoint", tiny_checkpoint, *FAST)
+    full = cli(*args, "--out", tmp_path / "full")
+    assert full.exit_code == 0 and "the input is damaged (1 problem(s)" in full.stderr
+    with monkeypatch.context() as m:
+        _stop_at(m, 7)
+        assert cli(*args, "--out", tmp_path / "part").exit_code == 130
+    resumed = cli("run", "--resume", tmp_path / "part", "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "the input is damaged (1 problem(s)" in resumed.stderr
+    damage = [json.loads((tmp_path / f / "run.json").read_text())["input_damage"] for f in ("part", "full")]
+    assert damage[0] == damage[1] and [d["frame"] for d in damage[0]] == [2]
 
 
 @pytest.fixture()

@@ -71,7 +71,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
     import numpy as np
 
     from trek_tracker.device import peak_memory
-    from trek_tracker.errors import InputError, UserError, memory_errors
+    from trek_tracker.errors import InputError, OutOfMemory, UserError, memory_errors
     from trek_tracker.files import plain
     from trek_tracker.loop import Resumed, track_video
     from trek_tracker.overlay import check_overlay_encoder
@@ -140,19 +140,27 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         record = {k: folder.manifest[k] for k in ("video", "start", "tracker", "resume")}
         record["video"] = {**record["video"], "path": str(source.path)}  # where it is now (it may have moved)
         record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
+    # Damaged input found before the saved state is not read again by a resumed run (a video's frames before
+    # it are only skipped to): the state carries it, so that the finished run records and says all of it.
+    found_before = [] if resumed is None else list(saved.get("input_damage", []))
+
+    def damage() -> list[dict[str, Any]]:
+        return found_before + [d for d in (d.to_dict() for d in source.damage) if d not in found_before]
+
     saver = None
     if every:
         command = {k: v for k, v in p.items() if k not in ("resume", "quiet")}
         saver = StateFile(folder, every, {"command": plain(command), "identity": identity,
                                           "video": fingerprint,
-                                          "palette": None if palette is None else np.asarray(palette).tolist()})
+                                          "palette": None if palette is None else np.asarray(palette).tolist()},
+                          live=lambda: {"input_damage": damage()})
     with _writing(folder.path, new=resumed is None):
         sinks = folder.sinks(Outputs(masks=p["save_masks"], probs=p["save_probs"], overlay=p["overlay"]), ids=ids,
                              palette=None if palette is None else np.asarray(palette, dtype=np.uint8),
                              record=record, fps=source.fps, size=source.size, kept=kept,
                              lost=None if resumed is None else {int(k): v for k, v in saved["state"]["lost"].items()},
                              describe=lambda: {"tracker": tracker.describe(),
-                                               "input_damage": [d.to_dict() for d in source.damage],
+                                               "input_damage": damage(),
                                                "peak_memory": peak_memory(tracker.device)})
     kept_note = f"the frames tracked before are kept in {folder.path}/"
     try:
@@ -164,9 +172,14 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
         if folder.resume_file.is_file():
             err.hint = f"continue with: trek-track run --resume {folder.path}"
         raise
+    except UserError as err:  # a full disk or memory: once freed, the saved state continues the run
+        if folder.resume_file.is_file() and (isinstance(err, OutOfMemory) or isinstance(err.__cause__, OSError)):
+            said = f"{err} (to continue with the same settings: trek-track run --resume {folder.path})"
+            raise (OutOfMemory if isinstance(err, OutOfMemory) else UserError)(said) from err.__cause__
+        raise
     if resumed is None and tracker.init_info.get("message"):
         click.echo(f"trek-track: {tracker.init_info['message']}", err=True)
-    _say_how_it_went(result, tracker, source, folder, start_frame, last_frame)
+    _say_how_it_went(result, tracker, len(damage()), folder, start_frame, last_frame)
 
 
 def _start_of(box: str | None, init_mask: str | None, size: tuple[int, int]) -> tuple[Any, dict, Any, Any]:
@@ -197,13 +210,13 @@ def _start_of(box: str | None, init_mask: str | None, size: tuple[int, int]) -> 
     return Start(mask=ids.to_engine(labels)), {"box": None, "init_mask_ids": list(ids.values)}, ids, palette
 
 
-def _say_how_it_went(result: Any, tracker: Any, source: Any, folder: Any, start_frame: int,
+def _say_how_it_went(result: Any, tracker: Any, damaged: int, folder: Any, start_frame: int,
                      last_frame: int | None) -> None:
     """The warnings a finished run owes (damaged input, a video shorter than asked) and its summary line."""
     from trek_tracker.device import peak_memory
 
-    if source.damage:
-        click.echo(f"trek-track: warning: the input is damaged ({len(source.damage)} problem(s), recorded in "
+    if damaged:
+        click.echo(f"trek-track: warning: the input is damaged ({damaged} problem(s), recorded in "
                    f"{folder.manifest_file} under input_damage); the results cover only what could be read",
                    err=True)
     if last_frame is not None and start_frame + result.frames <= last_frame:
