@@ -43,6 +43,20 @@ def fake_cuda():
         forget_constant_tensors()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fake_cuda_works():
+    """Some PyTorch releases (2.11) start a real CUDA context for the first fake CUDA tensor, which needs a
+    driver: there these tests cannot run without a GPU, and the tests marked ``cuda`` take their place."""
+    try:
+        with fake_cuda() as mode:
+            mode.from_tensor(torch.zeros(1)).to(CUDA)
+    except RuntimeError as err:
+        if torch.cuda.is_available():
+            raise
+        pytest.skip(f"this PyTorch ({torch.__version__}) cannot fake CUDA tensors without a GPU driver "
+                    f"({str(err).splitlines()[0][:80]})")
+
+
 def on_fake_cuda(module: torch.nn.Module, mode: FakeTensorMode) -> torch.nn.Module:
     """``module`` with every parameter and buffer replaced by a fake copy on the GPU (``Module.to`` cannot
     swap real tensors for fake ones)."""
