@@ -143,14 +143,19 @@ class RunFolder:
     def _resumable(self) -> str | None:
         """The status of an unfinished run in the folder that saved a state to continue from (a status of
         ``running`` under the folder's lock: its process ended without saying how), else None."""
-        if not self.resume_file.is_file() or not self.manifest_file.is_file():
+        record = self._readable_manifest() if self.resume_file.is_file() else None
+        status = None if record is None else record.get("status")
+        return None if status == COMPLETE or not isinstance(status, str) else status
+
+    def _readable_manifest(self) -> dict[str, Any] | None:
+        """The folder's ``run.json`` as it is, or None when it is missing, unreadable or not an object."""
+        if not self.manifest_file.is_file():
             return None
         try:
             record = read_json(self.manifest_file)
         except InputError:
             return None
-        status = record.get("status") if isinstance(record, dict) else None
-        return None if status == COMPLETE or not isinstance(status, str) else status
+        return record if isinstance(record, dict) else None
 
     def _check_writable(self) -> None:
         with os_errors(self.path, hint="choose another --out folder"):
@@ -268,13 +273,8 @@ class RunFolder:
         """Whether the previous run wrote a path (relative, ``/``-separated, a folder's ending in ``/``): by the
         ``writes`` of its manifest, or, for an older manifest, its ``files`` and the ``.part`` and temporary
         files of a run beside them. None without a readable manifest."""
-        if not self.manifest_file.is_file():
-            return None
-        try:
-            record = read_json(self.manifest_file)
-        except InputError:
-            return None
-        files = record.get("files") if isinstance(record, dict) else None
+        record = self._readable_manifest()
+        files = None if record is None else record.get("files")
         if not isinstance(files, list):
             return None
         writes = record.get("writes")
