@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
     rows = []
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="resume-state-", dir=args.dir) as tmp:
         for model in args.models:
             for precision in args.precision:

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--data", default=str(SHARED / "data" / "davis"))
     parser.add_argument("--out", default="runs/learning_curve")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the README's figures: 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
 
@@ -39,8 +39,13 @@ def main() -> None:
         f"train.steps={args.steps}", f"val.every={args.val_every}", f"train.threads={args.threads}",
         f"train.seed={args.seed}",
         *args.overrides])
+    from trek_tracker.errors import UserError
+
     t0 = time.perf_counter()
-    records = train(cfg, resume=False, progress=True)
+    try:
+        records = train(cfg, resume=False, progress=True)
+    except UserError as err:  # an --out that holds a run: one line, not a traceback
+        raise SystemExit(f"train_learning_curve: {err}") from None
     wall = time.perf_counter() - t0
 
     val = {r["step"]: r for r in records if r["kind"] == "val"}

@@ -149,3 +149,14 @@ def test_the_torchrun_entry_point_fails_in_one_line(davis, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"trek-track: error: cannot write {blocker / 'run'}: {blocker} is a file, not a folder; remove or rename "
         "that file, or choose another --out"], proc.stderr[-2000:]
+
+
+def test_the_torchrun_entry_points_usage_is_a_command_that_works():
+    """click names a sub-command after its group: the usage must not read ``python -m trek_tracker.train train``."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("Usage: python -m trek_tracker.cli train "), proc.stdout

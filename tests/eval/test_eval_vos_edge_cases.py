@@ -127,3 +127,16 @@ def test_eval_vos_save_masks_never_mixes_with_earlier_masks(tmp_path, tiny):
     result = _cli(*args, "--max-frames", "2", "--save-masks", masks)  # would leave frames 2, 3 of the first
     assert result.exit_code == 2 and "already holds masks of seq" in result.stderr, result.output
     assert {p.name: p.read_bytes() for p in (masks / "seq").iterdir()} == before
+
+
+def test_a_checkpoint_is_a_file_or_a_registry_name(tmp_path, monkeypatch):
+    """As everywhere a checkpoint is asked for: a registry name resolves (here to its download command, the
+    cache being empty), and a SAM name is refused as the wrong family."""
+    monkeypatch.setenv("TREK_TRACK_HOME", str(tmp_path / "home"))
+    root = tmp_path / "davis"
+    _dataset(root, {"a": [_square(), _square()]})
+    runner = CliRunner()
+    res = runner.invoke(main, ["eval-vos", str(root), "--checkpoint", "r50_deaotl"])
+    assert res.exit_code == 2 and "trek-track weights download r50_deaotl" in res.output, res.output
+    res = runner.invoke(main, ["eval-vos", str(root), "--checkpoint", "sam_vit_b"])
+    assert res.exit_code == 2 and "not deaot" in res.output, res.output

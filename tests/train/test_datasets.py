@@ -197,6 +197,15 @@ def test_check_finds_problems(davis, tmp_path):
     assert len(report.problems) == 6, report.problems
 
 
+def test_a_root_without_its_split_list_is_named_once(davis, tmp_path):
+    """DAVIS 2017 needs ImageSets/2017/train.txt; the problem names the root once, not twice."""
+    replicas.davis2017(davis, tmp_path)
+    (tmp_path / "ImageSets" / "2017" / "train.txt").unlink()
+    report = check_dataset(DataSource(str(tmp_path), kind="davis"))
+    assert len(report.problems) == 1 and report.problems[0].count(str(tmp_path)) == 1, report.problems
+    assert "split list" in report.problems[0]
+
+
 def test_check_boxes_out_of_frame_and_bad_roots(davis, tmp_path):
     replicas.got10k(davis, tmp_path)
     assert check_dataset(DataSource(str(tmp_path), kind="got10k")).ok

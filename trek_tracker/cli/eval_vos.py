@@ -15,8 +15,8 @@ def _fmt(v: float) -> str:
 @click.command("eval-vos")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "model_name", default=None, help="Model variant (omit for a checkpoint of ours).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Weights to evaluate (ours or official).")
+@click.option("--checkpoint", default=None,
+              help="Weights to evaluate (ours or official): a file or a registry name (`trek-track weights list`).")
 @click.option("--predictions", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Score saved masks PRED/<seq>/<frame>.png instead of running a model.")
 @click.option("--sequences", default=None, help="Comma-separated sequence names (default: all).")
@@ -27,7 +27,7 @@ def _fmt(v: float) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full results (per object) to this JSON file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predictions: Path | None,
+def eval_vos(data: Path, model_name: str | None, checkpoint: str | None, predictions: Path | None,
              sequences: str | None, max_long_edge: int, max_frames: int | None, save_masks: Path | None,
              json_path: Path | None, device: str) -> None:
     """J and F, as the DAVIS benchmark computes them, on a DAVIS-layout folder DATA.
@@ -57,8 +57,10 @@ def eval_vos(data: Path, model_name: str | None, checkpoint: Path | None, predic
 
         if checkpoint is None:
             raise InputError("--checkpoint is required to evaluate a model (or give --predictions)")
+        from trek_tracker.weights.resolve import resolve_checkpoint
+
         dev = select_device(device)
-        model, _ = load_model(checkpoint, model_name)
+        model, _ = load_model(resolve_checkpoint(checkpoint, kind="deaot"), model_name)
         model.to(dev)
 
         def score(name: str) -> dict:

@@ -65,7 +65,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("--model", "model", dict(multiple=True, help=(
-        "Model variant: deaott, deaots, deaotb, deaotl, r50_deaotl, swinb_deaotl, r50_msdeaot, swinb_msdeaot "
+        "Model variant: deaott, deaots, deaotb, deaotl, r50_deaotl, swinb_deaotl, vmos, r50_msdeaot, swinb_msdeaot, "
+        "r50_msdeaot_2stage "
         "(test_* are tiny models for tests). Default: the checkpoint's own model (our checkpoints record it), "
         "else r50_deaotl. Repeat --model/--checkpoint pairs for an ensemble (see --ensemble-mode)."))),
     Setting("--checkpoint", "checkpoint", dict(multiple=True, help=(
@@ -73,7 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
         "--model. With several --model, one --checkpoint per model (in order) or none."))),
     Setting("--random-weights", "random_weights", dict(is_flag=True, help=(
         "Random weights instead of a checkpoint. For smoke tests only: the output is meaningless."))),
-    Setting("--device", "device", dict(default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")),
+    Setting("--device", "device", dict(default="auto", show_default=True, help=(
+        "auto, cpu, cuda or cuda:N; eval also takes a list, e.g. cuda:0,cuda:2."))),
     Setting("--precision", "precision", dict(type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
             show_default=True, help=(
                 "Compute precision: auto is bf16 on a GPU and fp32 on the CPU; fp32 is the parity mode (the "
@@ -99,14 +101,15 @@ SETTINGS: tuple[Setting, ...] = (
         "The short-term memory is the frame this many steps back (default: the model's, 1 for DeAOT)."))),
     Setting("--memory-cap", "memory.cap", dict(type=_CapType(), default=None, help=(
         "Keep at most this many frames in long-term memory (references are never evicted), or 'none' for the "
-        "official unbounded memory. Default: the model's (10 for DeAOT and MSDeAOT)."))),
+        "official unbounded memory. Default: the model's (10 for DeAOT and MSDeAOT, 6 for VMOS)."))),
     Setting("--memory-eviction", "memory.eviction", dict(type=click.Choice(["oldest", "least-similar"]),
             default=None, help=(
                 "Which frame leaves a full long-term memory: the oldest, or the one least like the arriving "
                 "frame (DMAOT's rule). Default: the model's (oldest)."))),
     Setting("--refine-checkpoint", "refine.checkpoint", dict(default=None, help=(
         "Refine every frame's masks with HQ-SAM from this checkpoint, as HQTrack does (the tracker's memory "
-        "keeps its own masks). About 1 s per object per frame with ViT-B on a CPU; a GPU is advised."))),
+        "keeps its own masks). One HQ-SAM encoder pass per frame (ViT-B: 20-65 s on one CPU thread) and about "
+        "0.3 s per object: for a GPU."))),
     Setting("--refine-min-iou", "refine.min_iou", dict(type=click.FloatRange(0, 1), default=0.1,
             show_default=True, help="A refined mask is kept when its IoU with the tracker's is at least this.")),
     Setting("--tta-scales", "tta.scales", dict(type=_FloatsType(), default=None, help=(

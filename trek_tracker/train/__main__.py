@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=["train", *args], prog_name="python -m trek_tracker.train")
+        # click names a sub-command after its group: its usage reads "python -m trek_tracker.cli train ...",
+        # a command that works as written
+        cli.main(args=["train", *args], prog_name="python -m trek_tracker.cli")
     except SystemExit as end:
         return end.code if isinstance(end.code, int) else 0 if end.code is None else 1
     return 0

@@ -212,7 +212,8 @@ def check_dataset(src: DataSource, *, progress: bool | None = False) -> CheckRep
             for item in bar(datasets.list_items(src)):
                 check_static(item, report.problems, report.counts)
     except UserError as err:
-        report.problems.append(f"{src.root}: {err}")
+        said = str(err)  # most name the root already
+        report.problems.append(said if said.startswith(str(src.root)) else f"{src.root}: {said}")
     finally:
         base.SCAN_PROGRESS = before
     return report
