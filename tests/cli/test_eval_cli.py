@@ -109,6 +109,28 @@ def test_shards_then_report(root: Path, tmp_path: Path) -> None:
                "--shard", "2/2").exit_code == 2
 
 
+def test_report_only_before_every_shard_is_done_names_every_missing_file_in_one_line(root: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Scoring after one shard of two: one line that names what is missing of every protocol (not only of
+    the first incomplete one), and no report written."""
+    from trek_tracker.eval import protocols as P
+    from trek_tracker.eval.dataset import Trek150
+
+    res, rep = tmp_path / "results", tmp_path / "rep"
+    r = run("eval", "--root", root, "--tracker", "c", "--tracker-class", CONSTANT, "--results", res,
+            "--shard", "0/2", "--quiet")
+    assert r.exit_code == 0, r.output
+    missing = [run_.relpath for run_ in P.plan(Trek150(root), "all") if not (res / "c" / run_.relpath).is_file()]
+    assert {m.split("/")[0] for m in missing} == {"ope", "mse"}  # two protocols incomplete
+    r = run("eval", "--report-only", "--root", root, "--tracker", "c", "--results", res, "--report-dir", rep,
+            "--no-plots")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stdout == "" and r.stderr.count("\n") == 1, r.output
+    assert r.stderr.startswith(f"trek-track: error: {len(missing)} result file(s) of c (1 OPE, 3 MSE) are missing")
+    assert all(m in r.stderr for m in missing) and "every shard must finish" in r.stderr
+    assert not rep.exists()
+
+
 def test_submit(root: Path, tmp_path: Path) -> None:
     res = tmp_path / "results"
     assert run("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", res,

@@ -89,6 +89,23 @@ def test_a_result_with_nan_rows_is_not_finished(ds, tmp_path):
     assert [r.sequence for r in summary.done] == [runs[0].sequence] and run_done(out, runs[0])
 
 
+@pytest.mark.parametrize("which", ["boxes", "times"])
+def test_a_result_cut_short_in_its_last_line_is_not_finished(ds, tmp_path, which):
+    """A writer that is not atomic (the toolkit's np.savetxt), killed mid-line, leaves a file whose last row
+    may still parse with the right count (``12.345`` cut to ``12``): not a finished run, so it is redone."""
+    runs = plan(ds, "ope")
+    out = tmp_path / "res" / "t"
+    execute(ds, runs, out, OracleTracker, progress=False)
+    path = out / (runs[0].relpath if which == "boxes" else runs[0].times_relpath)
+    whole = path.read_bytes()
+    cut = whole[:whole.rstrip(b"\n").rindex(b".")]  # the last value loses its decimals and the newline
+    path.write_bytes(cut)
+    assert len(cut.splitlines()) == runs[0].length and not run_done(out, runs[0])
+    summary = execute(ds, runs, out, OracleTracker, progress=False)
+    assert [r.sequence for r in summary.done] == [runs[0].sequence] and run_done(out, runs[0])
+    assert path.read_bytes().count(b"\n") == runs[0].length and path.read_bytes().endswith(b"\n")
+
+
 def test_one_configuration_per_tracker_name(ds, tmp_path):
     runs = plan(ds, "ope")
     out = tmp_path / "res" / "t"

@@ -129,15 +129,29 @@ def _answer_from_carrier(tracker_dir: Path, group: RunGroup) -> None:
         write_run(tracker_dir, run, boxes[:run.length], None if times is None else times[:run.length])
 
 
-def run_done(tracker_dir: Path, run: Run) -> bool:
-    """A run is done when its result file parses with the right number of rows, all finite (and, for OPE,
-    its times file has one finite time per frame). A file with NaN rows is not a finished run."""
+def _whole_last_line(path: Path) -> bool:
+    """Whether ``path`` ends with a newline, as every complete file of ours and of the toolkit's
+    ``np.savetxt`` does: a writer that is not atomic (the toolkit's), killed mid-line, can leave a last row
+    that still parses as four numbers (``12.345`` cut to ``12``)."""
     try:
-        boxes = read_result(tracker_dir / run.relpath, run.length)
-        times = read_times(tracker_dir / run.times_relpath, run.length) if run.records_times else np.zeros(1)
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except OSError:
+        return False
+
+
+def run_done(tracker_dir: Path, run: Run) -> bool:
+    """A run is done when its result file parses with the right number of rows, all finite, and ends with a
+    whole line (and, for OPE, its times file likewise has one finite time per frame). A file with NaN rows,
+    or one cut short in its last line, is not a finished run."""
+    files = [tracker_dir / run.relpath] + ([tracker_dir / run.times_relpath] if run.records_times else [])
+    try:
+        boxes = read_result(files[0], run.length)
+        times = read_times(files[1], run.length) if run.records_times else np.zeros(1)
     except InputError:
         return False
-    return bool(np.isfinite(boxes).all() and np.isfinite(times).all())
+    return bool(np.isfinite(boxes).all() and np.isfinite(times).all() and all(map(_whole_last_line, files)))
 
 
 @dataclass
