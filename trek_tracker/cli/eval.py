@@ -139,34 +139,6 @@ def _json_path(path: Path, protocol: str, several: bool) -> Path:
     return path
 
 
-def _require_results(dataset: Any, results: Path, trackers: tuple[str, ...], protos: list[str]) -> None:
-    """Refuse in one line that names what is missing of every protocol and tracker, before any report is
-    written: not only the first incomplete protocol's files, after the reports of those before it (scoring
-    before every shard is done would otherwise tell one protocol's gaps per try)."""
-    from trek_tracker.errors import listing
-    from trek_tracker.eval import report as R
-
-    problems, counts, advice = [], [], None
-    for name in trackers:
-        for p in protos:
-            found = R.check_results(dataset, results / name, p)
-            if found:
-                problems += found
-                counts.append((len(found), p.upper(), name))
-                advice = advice or R.missing_folder_advice(results / name)
-    if not problems:
-        return
-    if len(counts) == 1:
-        what = f"{counts[0][0]} {counts[0][1]} result file(s) of {counts[0][2]}"
-    else:
-        owners = sorted({c[2] for c in counts})
-        what = (f"{len(problems)} result file(s) of {', '.join(owners)} ("
-                + ", ".join(f"{n} {p}" + (f" of {t}" if len(owners) > 1 else "") for n, p, t in counts) + ")")
-    advice = advice or ("run the tracker first (trek-track eval without --report-only resumes where it stopped; "
-                        "with --shard, every shard must finish)")
-    raise InputError(f"{what} are missing or invalid:{listing(problems)} {advice}")
-
-
 @click.command("eval")
 @click.option("--protocol", type=click.Choice(["ope", "mse", "hoi", "all"]), default="all", show_default=True,
               help="Which TREK-150 protocol(s) to run and score.")
@@ -256,7 +228,7 @@ def eval_cmd(protocol: str, root: Path, trackers: tuple[str, ...], results: Path
             return
 
     out_dir = report_dir if report_dir is not None else default_report_dir(trackers[0], names)
-    _require_results(dataset, results, trackers, protos)
+    R.require_results(dataset, results, trackers, protos)
     for p in protos:
         perf = R.evaluate(dataset, results, list(trackers), p)
         click.echo(R.format_table(perf, p, per_sequence=per_sequence))

@@ -14,6 +14,7 @@ crashing on the first, and sequences without HOI intervals are skipped instead o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +56,33 @@ def missing_folder_advice(tracker_dir: str | Path) -> str | None:
             "the official toolkit's is <result_dir>/TREK-150) and --tracker, or run the tracker first")
 
 
+def require_results(dataset: Trek150, results: Path, trackers: Sequence[str], protocols: Sequence[str]) -> None:
+    """Refuse in one line that names what is missing or invalid of every tracker and protocol (under
+    ``results/<tracker>``), before anything is scored: scoring before every shard is done would otherwise tell
+    one protocol's gaps per try."""
+    problems, counts, advice = [], [], None
+    for name in trackers:
+        for p in protocols:
+            found = check_results(dataset, results / name, p)
+            if found:
+                problems += found
+                counts.append((len(found), p.upper(), name))
+                advice = advice or missing_folder_advice(results / name)
+    if not problems:
+        return
+    if len(counts) == 1:
+        what = f"{counts[0][0]} {counts[0][1]} result file(s) of {counts[0][2]}"
+    else:
+        owners = sorted({c[2] for c in counts})
+        what = (f"{len(problems)} result file(s) of {', '.join(owners)} ("
+                + ", ".join(f"{n} {p}" + (f" of {t}" if len(owners) > 1 else "") for n, p, t in counts) + ")")
+    advice = advice or ("run the tracker first (trek-track eval without --report-only resumes where it stopped; "
+                        "with --shard, every shard must finish)")
+    raise InputError(f"{what} are missing or invalid:{listing(problems)} {advice}")
+
+
 def _require(dataset: Trek150, tracker_dir: Path, protocol: str) -> None:
-    problems = check_results(dataset, tracker_dir, protocol)
-    if problems:
-        advice = missing_folder_advice(tracker_dir) or ("run the tracker first (trek-track eval without "
-                                                        "--report-only resumes where it stopped)")
-        raise InputError(f"{len(problems)} {protocol.upper()} result file(s) of {tracker_dir.name} are "
-                         f"missing or invalid:{listing(problems)} {advice}")
+    require_results(dataset, tracker_dir.parent, [tracker_dir.name], [protocol])
 
 
 def _score(dataset: Trek150, tracker_dir: Path, run: Run) -> RunScore:
