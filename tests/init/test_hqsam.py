@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.init.prompts import prompt_boxes
 from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.init.alpha_refine.secm import SEcm
 from trek_tracker.init.api import BoxToMask, InitConfig, choose_method
@@ -84,19 +85,14 @@ def test_the_box_prompt_is_bit_equal_to_the_official_predictors(hqsam) -> None:
     (x 128/120) by one unit in the last place."""
     official_mod = pytest.importorskip("segment_anything_hq.predictor")
     image, _ = _scene()
-    seen = []
-    handle = hqsam.prompt_encoder.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["boxes"].reshape(4).clone()), with_kwargs=True)
-    try:
-        box = np.array([22.0, 22.0, 58.0, 58.0])
+    box = np.array([22.0, 22.0, 58.0, 58.0])
+    with prompt_boxes(hqsam) as seen:
         ours = HQSamBoxPredictor(hqsam)
         ours.set_image(image)
         ours.predict_box_hq(box)
         official = official_mod.SamPredictor(hqsam)
         official.set_image(image)
         official.predict(box=box)
-    finally:
-        handle.remove()
     assert len(seen) == 2 and torch.equal(seen[0], seen[1])
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.init.prompts import prompt_boxes
 from trek_tracker.errors import CheckpointError
 from trek_tracker.init.sam import SamBoxPredictor, load_sam, load_sam_state, read_sam_state, sam_model_from_state
 
@@ -93,19 +94,14 @@ def test_the_box_prompt_is_bit_equal_to_the_official_predictors() -> None:
     (the tiny SAM's 128/120) by one unit in the last place."""
     predictor_mod = pytest.importorskip("segment_anything.predictor")
     sam = tiny_sam()
-    seen = []
-    handle = sam.prompt_encoder.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["boxes"].reshape(4).clone()), with_kwargs=True)
-    try:
-        box = np.array([22.0, 22.0, 58.0, 58.0])
+    box = np.array([22.0, 22.0, 58.0, 58.0])
+    with prompt_boxes(sam) as seen:
         ours = SamBoxPredictor(sam)
         ours.set_image(_image())
         ours.predict_box(box)
         official = predictor_mod.SamPredictor(sam)
         official.set_image(_image())
         official.predict(box=box)
-    finally:
-        handle.remove()
     assert len(seen) == 2 and torch.equal(seen[0], seen[1]), seen
 
 
