@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from trek_tracker.inference.preprocess import Frame
 from trek_tracker.inference.tta import TTAConfig
 from trek_tracker.init.api import InitConfig
 from trek_tracker.init.refine import RefineConfig
+from trek_tracker.sections import dataclass_from
 
 if TYPE_CHECKING:
     from trek_tracker.device import Readback
@@ -80,17 +81,13 @@ class TrackerConfig:
 
 def _section(cls: type, values: dict[str, Any], where: str) -> Any:
     """The settings section ``cls`` from a mapping of its field names (nested sections too)."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(f'{where}.{k}' for k in unknown)}; see docs/config.md")
-    kwargs = {}
-    for key, value in values.items():
-        factory = known[key].default_factory
-        if isinstance(value, dict) and factory is not MISSING:
-            value = _section(type(factory()), value, f"{where}.{key}")
-        kwargs[key] = value
-    return cls(**kwargs)
+    def convert(f: Field, value: Any) -> Any:
+        if isinstance(value, dict) and f.default_factory is not MISSING:
+            return _section(type(f.default_factory()), value, f"{where}.{f.name}")
+        return value
+
+    return dataclass_from(cls, values, convert=convert, unknown=lambda names, _: InputError(
+        f"unknown setting(s) {', '.join(f'{where}.{k}' for k in names)}; see docs/config.md"))
 
 
 class FrameResult:

@@ -18,7 +18,6 @@ inference and training alike. Models hold no state across frames.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from trek_tracker.errors import CheckpointError
 from trek_tracker.modeling.encoders import build_encoder, encoder_spec
 from trek_tracker.modeling.gpm import FrameEntry, LayerMemory
 from trek_tracker.modeling.layout import map_to_tokens
+from trek_tracker.sections import dataclass_from
 
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for --compile (tests use "eager": tracing only)
 
@@ -73,15 +73,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; an unknown or missing field is a :class:`CheckpointError`."""
-        d = {k: v for k, v in values.items() if k != "family"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CheckpointError(f"checkpoint config has fields this version does not know: {', '.join(unknown)}")
-        try:
-            return cls(**{k: _tupled(v) for k, v in d.items()})
-        except TypeError as err:
-            raise CheckpointError(f"checkpoint config is incomplete: {err}") from None
+        return dataclass_from(
+            cls, {k: v for k, v in values.items() if k != "family"},
+            unknown=lambda names, _: CheckpointError(
+                f"checkpoint config has fields this version does not know: {', '.join(names)}"),
+            convert=lambda _, value: _tupled(value),
+            invalid=lambda err: CheckpointError(f"checkpoint config is incomplete: {err}"))
 
 
 def _plain(value: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from trek_tracker.errors import InputError
+from trek_tracker.sections import dataclass_from
 from trek_tracker.train.augment import AugmentConfig
 from trek_tracker.train.datasets.source import DataSource
 from trek_tracker.train.schedule import OptimConfig
@@ -303,18 +304,14 @@ def _build(cls: type, values: Any, where: str, prefix: str | None = None) -> Any
     (``prefix.key`` names it in errors)."""
     if not isinstance(values, dict):
         raise InputError(f"config section {where} must be a table, got {type(values).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise InputError(f"unknown key(s) in config section {where}: {', '.join(unknown)} "
-                         f"(known: {', '.join(names)})")
     hints = typing.get_type_hints(cls)
     prefix = prefix or where.strip("[]")
-    kwargs = {key: _checked(value, hints[key], f"{prefix}.{key}") for key, value in values.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise InputError(f"config section {where}: {err}") from None
+    return dataclass_from(
+        cls, values,
+        unknown=lambda names, known: InputError(f"unknown key(s) in config section {where}: {', '.join(names)} "
+                                                f"(known: {', '.join(known)})"),
+        convert=lambda f, value: _checked(value, hints[f.name], f"{prefix}.{f.name}"),
+        invalid=lambda err: InputError(f"config section {where}: {err}"))
 
 
 def config_from_dict(raw: dict) -> TrainConfig:
