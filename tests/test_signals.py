@@ -56,3 +56,15 @@ def test_an_ignored_signal_stays_ignored(calls):
         assert held.held is None
         held.handle()  # nothing held: nothing happens
     assert calls == []
+
+
+def test_work_has_started_once_a_unit_boundary_is_set_up():
+    """The CLI says that finished work was kept only after work began: a loop or training that holds signals
+    between units has begun; a command starts afresh (reset)."""
+    from trek_tracker.signals import work_has_started
+
+    work_has_started(reset=True)
+    assert not work_has_started()
+    with HeldSignals():
+        pass
+    assert work_has_started(reset=True) and not work_has_started()

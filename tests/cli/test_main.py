@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from tests.conftest import REPO
 from trek_tracker.cli import _COMMANDS, main
 
 
@@ -46,3 +49,92 @@ def test_usage_errors_are_one_line(cli):
         "trek-track: error: Invalid value for '--start-frame': -1 is not in the range x>=0. "
         "(see 'trek-track run --help')"]
     assert main.name == "trek-track"
+
+
+# Runs the CLI as `python -m trek_tracker.cli ARGS`, after making the first import of module NAME (in the CLI's
+# own code or a command's) send this process signal SIGNUM: an interrupt at a known moment of start-up.
+_INTERRUPT_AT_IMPORT = """
+import builtins, os, runpy, sys
+name, signum = sys.argv[1], int(sys.argv[2])
+sys.argv[:] = ["trek-track", *sys.argv[3:]]
+real = builtins.__import__
+
+def hook(module, *args, **kwargs):
+    if module == name or module.startswith(name + "."):
+        builtins.__import__ = real
+        os.kill(os.getpid(), signum)
+    return real(module, *args, **kwargs)
+
+builtins.__import__ = hook
+runpy.run_module("trek_tracker.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def _interrupted_at_import(name: str, signum: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _INTERRUPT_AT_IMPORT, name, str(int(signum)), *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+@pytest.mark.parametrize("signum,line", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "interrupted by SIGTERM")])
+def test_an_interrupt_while_the_cli_starts_is_one_line(signum, line):
+    """Ctrl-C (or a SIGTERM) in the first tenth of a second, while the CLI's own imports run: the signal's exit
+    code and one line, not a traceback out of an import (nor a silent death); nothing had started to keep."""
+    proc = _interrupted_at_import("click", signum, "--help")
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert proc.stderr.splitlines() == [f"trek-track: error: {line}"] and proc.stdout == ""
+
+
+def test_an_interrupt_while_a_command_imports_claims_no_kept_work(tmp_path):
+    """Ctrl-C while `eval` imports torch: nothing was tracked or written, so the line does not say that finished
+    work was kept."""
+    from tests.eval.helpers import build_synthetic
+
+    root = build_synthetic(tmp_path / "trek")
+    proc = _interrupted_at_import("torch", signal.SIGINT, "eval", "--root", str(root), "--tracker", "t",
+                                  "--results", str(tmp_path / "res"), "--device", "cpu", "--quiet")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["trek-track: error: interrupted"]
+    assert not (tmp_path / "res").exists()
+
+
+def test_an_interrupt_once_work_has_begun_says_it_is_kept(tmp_path):
+    """The other side: `eval` stopped while it tracks keeps its finished runs, and says so."""
+    from tests.eval.helpers import build_synthetic
+
+    root = build_synthetic(tmp_path / "trek")
+    proc = subprocess.run([sys.executable, "-m", "trek_tracker.cli", "eval", "--root", str(root), "--tracker", "t",
+                           "--results", str(tmp_path / "res"), "--device", "cpu", "--quiet", "--workers", "1",
+                           "--protocol", "ope", "--tracker-class", "tests.cli.test_main:InterruptedTracker"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["trek-track: error: interrupted; finished work was kept"]
+    assert len(list((tmp_path / "res" / "t" / "ope").glob("*.txt"))) == 1  # the first run, finished
+
+
+class InterruptedTracker:
+    """A toolkit-style tracker that gets a Ctrl-C on its second run (as a user would, mid-evaluation)."""
+
+    runs = 0
+
+    def init(self, image, box) -> None:
+        type(self).runs += 1
+        if type(self).runs == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        self.box = list(box)
+
+    def update(self, image):
+        return self.box
+
+
+def test_an_interrupt_that_click_caught_itself_is_the_same_one_line(cli, monkeypatch):
+    """Click turns a Ctrl-C that arrives in its own code (outside the command) into ``Abort``, a RuntimeError:
+    it must not be taken for a RuntimeError of ours and escape as a traceback."""
+    import click
+
+    def aborted(self, ctx):
+        raise click.Abort()
+
+    monkeypatch.setattr(click.Group, "invoke", aborted)
+    result = cli("weights", "--help")
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == ["trek-track: error: interrupted"]

@@ -22,7 +22,7 @@ from tests.eval.helpers import ConstantTracker, OracleTracker, build_synthetic, 
 from trek_tracker.errors import OutOfMemory, UserError
 from trek_tracker.eval.dataset import Trek150
 from trek_tracker.eval.protocols import plan
-from trek_tracker.eval.runner import execute, launcher_shard, run_done
+from trek_tracker.eval.runner import claim_identity, execute, launcher_shard, run_done
 
 
 class SlowTracker(ConstantTracker):
@@ -167,6 +167,61 @@ def test_a_process_whose_tracker_fails_to_load_leaves_the_record_the_others_trac
         execute(ds, plan(ds, "ope"), out, ConstantTracker, progress=False, identity={"tracker_class": "x:Other"})
 
 
+def _claim(barrier, folders: list[str], identity: dict, answers) -> None:
+    """One process's claims, each on a fresh folder at the same moment as the other processes'."""
+    outcomes = []
+    for folder in folders:
+        barrier.wait()
+        try:
+            claim_identity(Path(folder), identity)
+            outcomes.append("claimed")
+        except UserError as err:
+            outcomes.append(str(err))
+    answers.put((json.dumps(identity), outcomes))
+
+
+def _claim_at_once(tmp_path: Path, identities: list[dict], trials: int) -> tuple[list[Path], dict[str, list[str]]]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the runner's module is loaded here already: each starts at once
+    folders = [tmp_path / f"t{i}" for i in range(trials)]
+    barrier, answers = ctx.Barrier(len(identities)), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(barrier, [str(f) for f in folders], identity, answers))
+             for identity in identities]
+    for proc in procs:
+        proc.start()
+    outcomes = dict(answers.get(timeout=60) for _ in procs)
+    for proc in procs:
+        proc.join(10)
+    return folders, outcomes
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="starts the claiming processes by fork")
+def test_two_configurations_claiming_one_new_tracker_name_at_once_one_wins(tmp_path):
+    """Two evaluations of different configurations started at the same moment on a fresh tracker name: exactly
+    one may record its configuration and track; the other is refused in one line, whoever is first."""
+    a, b = {"settings": {"memory": {"cap": 10}}}, {"settings": {"memory": {"cap": 6}}}
+    folders, outcomes = _claim_at_once(tmp_path, [a, b], trials=100)
+    for i, folder in enumerate(folders):
+        recorded = json.loads((folder / "trek-track-tracker.json").read_text())
+        for identity in (a, b):
+            said = outcomes[json.dumps(identity)][i]
+            if identity == recorded:
+                assert said == "claimed"
+            else:
+                assert "another configuration" in said and "\n" not in said
+    assert [p.name for p in tmp_path.glob("t*/.*")] == []  # no temporary files left behind
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="starts the claiming processes by fork")
+def test_processes_of_one_configuration_claiming_at_once_all_go_on(tmp_path):
+    """The ranks of one evaluation all claim the same record, at once, and all track."""
+    identity = {"settings": {"memory": {"cap": 10}}}
+    folders, outcomes = _claim_at_once(tmp_path, [identity] * 3, trials=30)
+    assert list(outcomes.values()) == [["claimed"] * 30]
+    assert all(json.loads((f / "trek-track-tracker.json").read_text()) == identity for f in folders)
+
+
 def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_results(ds, tmp_path):
     """`--overwrite --protocol ope` under a new configuration must not leave the old configuration's MSE and
     HOI results to be read (and scored, and reused for shorter runs) as the new one's; a result of the same
@@ -210,6 +265,39 @@ def test_processes_in_each_task_of_a_slurm_array_share_the_plan_out_between_them
         shards = [launcher_shard({"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_COUNT": "3", rank: str(r),
                                   world: "2"}) for t in range(3) for r in range(2)]
         assert sorted(shards) == [(i, 6) for i in range(6)]
+
+
+def _torchrun(node: int, nodes: int, rank: int, local: int, rendezvous: bool) -> dict[str, str]:
+    """What ``srun -N<nodes> --ntasks-per-node=1 torchrun --nproc-per-node=<local> ...`` sets in local process
+    ``rank`` of node ``node``: ``--standalone`` makes each node's torchrun a world of its own (torchrun's
+    variables as it sets them, checked against torch's torchrun), a rendezvous one world of every node's
+    processes (the nodes' group ranks in Slurm's order here; torchrun may order them otherwise)."""
+    env = {"SLURM_PROCID": str(node), "SLURM_STEP_NUM_TASKS": str(nodes), "SLURM_NTASKS": str(nodes),
+           "SLURM_LOCALID": "0", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(local)}
+    if rendezvous:
+        return {**env, "RANK": str(node * local + rank), "WORLD_SIZE": str(nodes * local),
+                "GROUP_RANK": str(node), "GROUP_WORLD_SIZE": str(nodes)}
+    return {**env, "RANK": str(rank), "WORLD_SIZE": str(local), "GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1"}
+
+
+@pytest.mark.parametrize("rendezvous", [False, True])
+def test_torchrun_in_each_task_of_an_srun_step_gives_every_process_its_own_shard(rendezvous):
+    """`srun -N2 --ntasks-per-node=1 torchrun --standalone --nproc-per-node=4`: each node's torchrun numbers its
+    processes 0..3 of 4, and without the task's place both nodes would run the same four shards (and none of
+    the other four). With one rendezvous over both nodes torchrun's ranks already span them."""
+    shards = [launcher_shard(_torchrun(node, 2, rank, 4, rendezvous)) for node in range(2) for rank in range(4)]
+    assert sorted(shards) == [(i, 8) for i in range(8)]
+    # standalone: the node's place first (node 1's local rank 3 is shard 1 * 4 + 3); a rendezvous: torchrun's rank
+    assert launcher_shard(_torchrun(1, 2, 3, 4, rendezvous)) == (1 * 4 + 3, 8)
+    assert launcher_shard({**_torchrun(1, 2, 3, 4, rendezvous=True), "RANK": "2", "GROUP_RANK": "0"}) == (2, 8)
+    in_array = [launcher_shard({**_torchrun(node, 2, rank, 2, rendezvous), "SLURM_ARRAY_TASK_ID": str(t),
+                                "SLURM_ARRAY_TASK_COUNT": "3"})
+                for t in range(3) for node in range(2) for rank in range(2)]
+    assert sorted(in_array) == [(i, 12) for i in range(12)]  # and each task of an array splits its share
+
+
+def test_torchrun_of_one_process_in_each_task_of_an_srun_step_takes_the_task_s_shard():
+    assert [launcher_shard(_torchrun(node, 3, 0, 1, rendezvous=False)) for node in range(3)] == [(0, 3), (1, 3), (2, 3)]
 
 
 @pytest.mark.parametrize("env,name", [
@@ -297,7 +385,8 @@ def test_a_worker_error_on_a_plan_larger_than_a_pipe_still_exits(tmp_path):
 def test_running_out_of_memory_names_the_run_and_keeps_the_finished_ones(ds, tmp_path):
     runs = sorted(plan(ds, "ope"), key=lambda r: r.sequence == "P01-P01_01-10")  # the greedy one last
     with pytest.raises(OutOfMemory, match=r"^the GPU ran out of memory while tracking ope P01-P01_01-10 \(GPU 0: "
-                                          r"asked for 2.00 GiB .*; 1 run finished and is kept: run the same command"):
+                                          r"asked for 2.00 GiB .*; 1 of the 2 runs of this command is finished "
+                                          r"and kept: run the same command"):
         execute(ds, runs, tmp_path / "t", GreedyTracker, progress=False)
     assert [run_done(tmp_path / "t", r) for r in runs] == [True, False]
 
@@ -332,18 +421,23 @@ class KilledTracker(SlowerTracker):
 
 def test_a_dead_worker_is_said_at_once_not_after_the_others_have_tracked_everything(tmp_path):
     """The other workers' progress messages must not hide a worker killed mid-evaluation until they have
-    tracked the rest of the plan (hours on TREK-150): the parent says so at once, keeping what is finished."""
+    tracked the rest of the plan (hours on TREK-150): the parent says so at once, and counts what is kept on
+    disk: here one run finished by an earlier command, none by this one."""
     root = tmp_path / "trek"
     (root / "TREK-150-annotations").mkdir(parents=True)
-    (root / "TREK-150-annotations" / "sequences.txt").write_text("P01-P01_01-1\nP01-P01_01-2\n")
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("P01-P01_01-1\nP01-P01_01-2\nP01-P01_01-3\n")
     write_sequence(root, "P01-P01_01-1", [(10 + i % 5, 10, 16, 8) for i in range(200)])  # 20 s at 0.1 s a frame
     write_sequence(root, "P01-P01_01-2", [(10, 10, 16, 16)] * 3)  # its worker is killed as it starts
+    write_sequence(root, "P01-P01_01-3", [(10, 10, 16, 8)] * 3)  # finished before
     ds = Trek150(root)
     runs = plan(ds, "ope")
-    with pytest.raises(UserError, match=r"^a worker process was killed by SIGKILL \(out of memory\?\); 0 runs "
-                                        r"finished and are kept: run the same command again to resume$"):
+    execute(ds, [r for r in runs if r.sequence == "P01-P01_01-3"], tmp_path / "t", ConstantTracker, progress=False)
+    with pytest.raises(UserError, match=r"^a worker process was killed by SIGKILL \(out of memory\?\); 1 of the 3 "
+                                        r"runs of this command is finished and kept: run the same command again to "
+                                        r"resume$"):
         execute(ds, runs, tmp_path / "t", KilledTracker, workers=2, progress=False)
-    assert not run_done(tmp_path / "t", runs[0])  # stopped, not left to track on for the whole plan
+    done = {r.sequence: run_done(tmp_path / "t", r) for r in runs}  # stopped, not left to track on
+    assert done == {"P01-P01_01-1": False, "P01-P01_01-2": False, "P01-P01_01-3": True}
 
 
 class CrashAtExitTracker(SlowerTracker):
@@ -395,3 +489,43 @@ def _running(pid: int) -> bool:
         return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+_SLOW_START_PARENT = """
+import os, sys
+from tests.eval.slow_start import SlowStartTracker
+from trek_tracker.eval.dataset import Trek150
+from trek_tracker.eval.protocols import plan
+from trek_tracker.eval.runner import execute
+os.environ["TREK_TEST_SLOW_START"] = sys.argv[2]  # for the workers, which import SlowStartTracker slowly
+ds = Trek150(sys.argv[1])
+execute(ds, plan(ds, "ope"), sys.argv[3], SlowStartTracker, workers=2, progress=False)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc to see the workers")
+def test_workers_exit_when_the_parent_is_killed_while_they_start(ds, tmp_path):
+    """A parent SIGKILLed while its workers still start up (import torch and the tracker's modules, seconds,
+    here a minute) must not leave them running on until then: they go with it."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_START_PARENT, str(ds.root), str(markers), str(tmp_path / "t")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list(markers.iterdir())) < 2 and proc.poll() is None:
+            time.sleep(0.05)
+        workers = [int(p.name) for p in markers.iterdir()]
+        assert len(workers) == 2 and proc.poll() is None  # both workers are still starting
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.05)
+        assert [w for w in workers if _running(w)] == []
+    finally:
+        proc.kill()
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)

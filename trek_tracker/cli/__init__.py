@@ -6,17 +6,67 @@ Sub-commands are imported lazily so that ``trek-track --help`` does not import t
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import logging
-import signal
+import _signal  # the C module under ``signal``, loaded with the interpreter: ``signal`` takes a while to import
+import os
 import sys
-import threading
 
-import click
+_NAMES = {getattr(_signal, name): name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(_signal, name)}
 
-from trek_tracker import __version__
-from trek_tracker.errors import UserError, out_of_memory_message
+
+def _stopped_starting(signum: int, frame) -> None:
+    """A stopping signal while this module's imports run, before ``main`` handles interrupts: one line and
+    the signal's exit code, not a traceback from inside an import. Nothing has started to keep."""
+    how = "" if signum == _signal.SIGINT else f" by {_NAMES[signum]}"
+    os.write(2, f"trek-track: error: interrupted{how}\n".encode())
+    os._exit(128 + signum)
+
+
+def _guard_start() -> dict[int, object]:
+    """Point the stopping signals that still act as Python's defaults at :func:`_stopped_starting` (only in the
+    main thread; a program that set its own keeps them); return what to put back. Not in a worker process
+    (``eval --workers``), which imports this module with its tracker's factory, or, started from the console
+    script, with that script (spawn's ``--multiprocessing-fork``, before ``parent_process`` is set): it ends as
+    its parent says."""
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is not None and mp.parent_process() is not None or "--multiprocessing-fork" in getattr(sys, "orig_argv", ()):
+        return {}
+    defaults = {sig: _signal.default_int_handler if sig == _signal.SIGINT else _signal.SIG_DFL for sig in _NAMES}
+    try:
+        return {sig: _signal.signal(sig, _stopped_starting) for sig, default in defaults.items()
+                if _signal.getsignal(sig) == default}
+    except ValueError:  # not the main thread
+        return {}
+
+
+def _the_command() -> bool:
+    """Whether this module is being imported to run ``trek-track`` (its console script, or ``python -m
+    trek_tracker.cli``), whose ``main`` follows at once: the guard then stays until ``main`` handles interrupts
+    (:func:`_end_start_guard`), leaving no moment between the two for a traceback."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name in ("trek-track", "trek-track.exe", "trek-track-script.py") or (
+        name == "-m" and "trek_tracker.cli" in getattr(sys, "orig_argv", ()))
+
+
+def _end_start_guard() -> None:
+    """Give the stopping signals back to what they were before :func:`_guard_start`."""
+    while _STARTING:
+        sig, handler = _STARTING.popitem()
+        _signal.signal(sig, handler)
+
+
+_STARTING = _guard_start()
+
+import contextlib  # noqa: E402 - the imports below take most of start-up, which a Ctrl-C may cut short
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+
+import click  # noqa: E402
+
+from trek_tracker import __version__  # noqa: E402
+from trek_tracker.errors import UserError, out_of_memory_message  # noqa: E402
+from trek_tracker.signals import work_has_started  # noqa: E402
 
 # name -> "module:attribute" of a click command or group.
 _COMMANDS: dict[str, str] = {
@@ -44,19 +94,26 @@ class _LazyGroup(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def make_context(self, *args, **kwargs) -> click.Context:
+        with _stopped():
+            return super().make_context(*args, **kwargs)
+
     def invoke(self, ctx: click.Context):
-        # Click would turn an interrupt into Abort and print a blank line; keep its cause and say it once.
-        try:
+        with _stopped():
             return super().invoke(ctx)
-        except KeyboardInterrupt as err:
-            raise _Stopped(getattr(err, "signum", None), getattr(err, "hint", None)) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Every user mistake, ours or click's, ends as one line on stderr and a non-zero exit code."""
-        _log_to_stderr()
+        work_has_started(reset=True)
         try:
+            _end_start_guard()
+            _log_to_stderr()
             with _signals_interrupt():
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (_Stopped, Interrupted) as err:
+            _interrupted(err.signum, getattr(err, "hint", None))
+        except (KeyboardInterrupt, click.Abort):  # before RuntimeError, which click's Abort is
+            _interrupted(None, None)
         except UserError as err:
             _fail(str(err), err.exit_code)
         except click.UsageError as err:
@@ -73,14 +130,16 @@ class _LazyGroup(click.Group):
             if message is None:
                 raise
             _fail(message, 2)
-        except (_Stopped, Interrupted) as err:
-            how = "" if err.signum is None else f" by {signal.Signals(err.signum).name}"
-            hint = getattr(err, "hint", None)
-            _fail(f"interrupted{how}; finished work was kept" + (f" ({hint})" if hint else ""),
-                  128 + (err.signum or signal.SIGINT))
-        except (KeyboardInterrupt, click.Abort):
-            _fail("interrupted; finished work was kept", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _interrupted(signum: int | None, hint: str | None) -> None:
+    """An interrupt's one line and exit code (128 + the signal). That finished work was kept is said only once
+    work had begun (:func:`~trek_tracker.signals.work_started`; a command's ``hint`` on the interrupt says
+    what it kept): not of a command stopped while it starts (imports, loading a model)."""
+    how = "" if signum is None else f" by {signal.Signals(signum).name}"
+    kept = "; finished work was kept" if hint or work_has_started() else ""
+    _fail(f"interrupted{how}{kept}" + (f" ({hint})" if hint else ""), 128 + (signum or signal.SIGINT))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -99,6 +158,16 @@ class _Stopped(Exception):
     def __init__(self, signum: int | None, hint: str | None = None) -> None:
         super().__init__(signum)
         self.signum, self.hint = signum, hint
+
+
+@contextlib.contextmanager
+def _stopped():
+    """Click would turn an interrupt into ``Abort``, after a blank line on stderr; keep its cause (the signal,
+    the command's hint) and say it once."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        raise _Stopped(getattr(err, "signum", None), getattr(err, "hint", None)) from None
 
 
 def _raise_interrupted(signum: int, frame) -> None:
@@ -149,3 +218,7 @@ def _fail(message: str, code: int) -> None:
 @click.version_option(__version__, prog_name="trek-track")
 def main() -> None:
     """Track a box-initialised object through a video, and evaluate on TREK-150."""
+
+
+if not _the_command():  # imported by a program of its own, which handles its interrupts from here on
+    _end_start_guard()

@@ -20,20 +20,21 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
 import queue
 import signal
-import sys
-import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing import process as mp_process
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from trek_tracker.files import read_json, write_json
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
 from trek_tracker.pipeline import FrameResult, Tracker
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
+from trek_tracker.signals import born_ignoring_interrupts, child_of, work_started
 from trek_tracker.video import IndexedFrames
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,8 @@ class RunSummary:
     skipped: list[Run] = field(default_factory=list)
     shared: list[Run] = field(default_factory=list)
     seconds: float = 0.0
+    planned: int = 0  # the runs asked for
+    overwrite: bool = False  # every run asked for is redone
     peak_memory: dict[str, float | None] = field(default_factory=dict)  # the largest of any worker, MiB
 
     def saw(self, peak: dict[str, float | None]) -> None:
@@ -220,12 +224,50 @@ def claim_identity(tracker_dir: Path, identity: dict[str, Any] | None) -> None:
     if identity is None:
         return
     path = tracker_dir / IDENTITY_FILE
-    if path.is_file():
-        recorded = read_json(path)
+    if not _create_once(path, identity):
+        recorded = _read_record(path)
         if recorded != _normal(identity):
             raise _another_configuration(tracker_dir, recorded, identity)
-        return
-    write_json(path, identity)
+
+
+def _create_once(path: Path, record: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``record`` unless it exists, in one step: True if this call created it. Two
+    processes of two configurations starting at one moment must not both find no record and both write
+    theirs (each would then track under its own, into one folder). The record is written whole beside it and
+    hard-linked into place, so that no reader sees it half-written; on a file system without hard links it is
+    created with ``O_EXCL`` instead."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    write_json(tmp, record)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+            raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _read_record(path: Path) -> Any:
+    """The record at ``path``; one that does not parse yet is read again for a moment (created with
+    ``O_EXCL``, it is empty until its writer has written it)."""
+    for _ in range(40):
+        try:
+            return read_json(path)
+        except InputError:
+            time.sleep(0.05)
+    return read_json(path)
 
 
 def _normal(identity: dict[str, Any]) -> Any:
@@ -265,16 +307,32 @@ def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> i
 def _process_shard(env: Mapping[str, str]) -> tuple[int, int] | None:
     """This process's place among the processes of one launch: ``torchrun`` (``RANK``/``WORLD_SIZE``) or an
     ``srun`` step (``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``). Not the job's ``SLURM_NTASKS``: a batch script
-    (or an ``salloc`` shell) of a job with several tasks holds it too, and there the command is one process."""
-    for rank_name, world_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
-        world = _env_int(env, world_name, 1)
-        if world > 1:
-            rank = _env_int(env, rank_name)
-            if not 0 <= rank < world:
-                raise UserError(f"{rank_name}={rank} is not one of the {world} processes of {world_name}; run "
-                                "under the launcher as it sets them, or give --shard I/N")
-            return rank, world
-    return None
+    (or an ``salloc`` shell) of a job with several tasks holds it too, and there the command is one process.
+
+    Both: ``srun`` started one ``torchrun`` in each of its tasks. One rendezvous across them makes a world
+    that spans every node (``WORLD_SIZE`` is more than ``LOCAL_WORLD_SIZE``), and its ranks are the shards; a
+    ``torchrun --standalone`` in each task makes a world of that node's processes only, the same ranks on
+    every node, so the task's place comes first (shard ``task * processes + rank``)."""
+    torchrun, step = (_launch(env, rank, world) for rank, world in (("RANK", "WORLD_SIZE"),
+                                                                     ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")))
+    if torchrun is None or step is None:
+        return torchrun or step
+    (rank, world), (task, tasks) = torchrun, step
+    if _env_int(env, "LOCAL_WORLD_SIZE", 0) == world:  # each task's torchrun is a world of its own
+        return task * world + rank, tasks * world
+    return torchrun
+
+
+def _launch(env: Mapping[str, str], rank_name: str, world_name: str) -> tuple[int, int] | None:
+    """``(rank, world)`` from one launcher's variables; None when its world is one process (or not set)."""
+    world = _env_int(env, world_name, 1)
+    if world <= 1:
+        return None
+    rank = _env_int(env, rank_name)
+    if not 0 <= rank < world:
+        raise UserError(f"{rank_name}={rank} is not one of the {world} processes of {world_name}; run "
+                        "under the launcher as it sets them, or give --shard I/N")
+    return rank, world
 
 
 def _array_shard(env: Mapping[str, str]) -> tuple[int, int] | None:
@@ -302,7 +360,8 @@ def under_launcher(environ: Mapping[str, str] | None = None) -> bool:
 
 def launcher_shard(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
     """This process's share when a launcher started several: ``torchrun`` (``RANK``/``WORLD_SIZE``), an
-    ``srun`` step (``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``), a Slurm array (``SLURM_ARRAY_TASK_ID`` with
+    ``srun`` step (``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``), a ``torchrun --standalone`` in each task of an
+    ``srun`` step (:func:`_process_shard`), a Slurm array (``SLURM_ARRAY_TASK_ID`` with
     ``SLURM_ARRAY_TASK_MIN``/``_STEP``/``_COUNT``), or processes of one launch in each task of an array
     (shard ``task * processes + process``); None when alone. Every launcher variable that is read must be a
     whole number (else one line)."""
@@ -327,35 +386,18 @@ def _peak(tracker: StepTracker) -> dict[str, float | None]:
 
 
 def _kept(summary: RunSummary) -> str:
-    n = len(summary.done) + len(summary.shared)
-    return f"{n} run{'' if n == 1 else 's'} finished and {'is' if n == 1 else 'are'} kept: run the same command " \
-           "again to resume"
+    """What is finished on disk of the runs this command was asked for: those finished before it (a resumed
+    evaluation) as well as its own."""
+    n = len(summary.skipped) + len(summary.done) + len(summary.shared)
+    if summary.overwrite:  # the same command would redo them all again
+        return f"{n} of the {summary.planned} runs of this command {'is' if n == 1 else 'are'} redone and kept: " \
+               "run it again without --overwrite to keep them, or with it to redo every run"
+    return f"{n} of the {summary.planned} runs of this command {'is' if n == 1 else 'are'} finished and kept: " \
+           "run the same command again to resume"
 
 
 def _make_tracker(factory: TrackerFactory, device: str | None):
     return as_step_tracker(factory(device=device) if device is not None else factory())
-
-
-def _die_with_parent(parent: int) -> None:
-    """Exit as soon as the process that started this worker is gone, so that no orphan keeps writing
-    results: the kernel's parent-death signal on Linux, and a watcher thread everywhere."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class _Progress:
@@ -376,11 +418,10 @@ class _Progress:
 
 
 def _worker(factory: TrackerFactory, device: str | None, root: str, names: list[str], tracker_dir: str,
-            prefetch: int, threads: int, tasks, messages, parent: int) -> None:
+            prefetch: int, threads: int, tasks, messages) -> None:
     """A worker process: build one tracker, then track runs from ``tasks`` until it gets None. Every outcome
-    goes to ``messages``; a user error is passed on as its one line."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    _die_with_parent(parent)
+    goes to ``messages``; a user error is passed on as its one line. Started through
+    :func:`~trek_tracker.signals.child_of`, which makes it ignore SIGINT and die with its parent first."""
     import cv2
     import torch
 
@@ -433,7 +474,14 @@ def execute(dataset: Trek150, runs: list[Run], tracker_dir: str | Path, factory:
     tracker_dir = Path(tracker_dir)
     check_identity(tracker_dir, identity, overwrite)
     return _execute(dataset, runs, tracker_dir, factory, workers, progress, overwrite, prefetch, devices, share,
-                    others, functools.partial(claim_identity, tracker_dir, identity))
+                    others, functools.partial(_begin, tracker_dir, identity))
+
+
+def _begin(tracker_dir: Path, identity: dict[str, Any] | None) -> None:
+    """A tracker has loaded and results are about to be written: claim the tracker name, and from now on an
+    interrupt keeps finished work (:func:`~trek_tracker.signals.work_started`)."""
+    claim_identity(tracker_dir, identity)
+    work_started()
 
 
 def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: TrackerFactory, workers: int,
@@ -441,7 +489,7 @@ def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: Trac
              others: Iterable[Run], claim: Callable[[], None]) -> RunSummary:
     from tqdm import tqdm
 
-    summary = RunSummary()
+    summary = RunSummary(planned=len(runs), overwrite=overwrite)
     pending = set()
     for run in runs:
         if not overwrite and run_done(tracker_dir, run):
@@ -449,6 +497,7 @@ def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: Trac
         else:
             pending.add(run)
     if summary.skipped:
+        work_started()  # what an earlier command finished is there whatever stops this one
         log.info("%d of %d runs already finished, skipped", len(summary.skipped), len(runs))
     todo: list[RunGroup] = []  # what to track: each group's carrier, and the runs its rows answer
     groups = [RunGroup(r, (r,)) for r in runs]
@@ -535,12 +584,19 @@ def _run_workers(dataset: Trek150, todo: list[RunGroup], tracker_dir: Path, fact
         tasks.put(None)
     names = sorted({g.carrier.sequence for g in todo})
     threads = worker_threads(n)
-    procs = [ctx.Process(target=_worker, daemon=True, name=f"trek-track-worker-{i}",
-                         args=(factory, devices[i % len(devices)] if devices else None, str(dataset.root), names,
-                               str(tracker_dir), prefetch, threads, tasks, messages, os.getpid()))
-             for i in range(n)]
-    for proc in procs:
-        proc.start()
+
+    def payload(i: int) -> bytes:
+        """Worker i's own arguments, pickled here and unpickled only once it is armed to die with this process
+        (:func:`~trek_tracker.signals.child_of`): unpickling them imports torch and the tracker's modules."""
+        device = devices[i % len(devices)] if devices else None
+        return bytes(ForkingPickler.dumps((_worker, (factory, device, str(dataset.root), names, str(tracker_dir),
+                                                     prefetch, threads))))
+
+    procs = [ctx.Process(target=child_of, daemon=True, name=f"trek-track-worker-{i}",
+                         args=(os.getpid(), payload(i), tasks, messages)) for i in range(n)]
+    with born_ignoring_interrupts():
+        for proc in procs:
+            proc.start()
 
     def handle(message: tuple) -> None:
         kind = message[0]
