@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -84,7 +86,9 @@ def test_tv4_nan_prediction() -> None:
 
 def test_all_frames_absent_gives_nan_scores_and_full_robustness() -> None:
     gt = np.array([[-1, -1, -1, -1]] * 2, float)
-    sc = M.score_run(np.zeros((2, 4)), gt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN quietly, as the toolkit's report: no "mean of empty slice"
+        sc = M.score_run(np.zeros((2, 4)), gt)
     assert np.isnan(sc.success_score) and np.isnan(sc.normalized_precision_score)
     assert sc.robustness_score == 1.0 and sc.visible == 0
 
@@ -98,3 +102,66 @@ def test_tv5_speed() -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="2 predicted boxes for 3"):
         M.score_run(np.zeros((2, 4)), np.zeros((3, 4)))
+
+
+def test_iou_by_hand_on_boxes_whose_axes_differ() -> None:
+    """x, y, width and height all differ, so a swapped coordinate or axis changes the value."""
+    # x overlap [5, 10] = 5, y overlap [10, 12] = 2: 10 / (40 + 240 - 10)
+    assert M.iou([[0, 10, 10, 4]], [[5, 0, 20, 12]])[0] == pytest.approx(1 / 27, abs=1e-15)
+    assert M.iou([[5, 0, 20, 12]], [[0, 10, 10, 4]])[0] == pytest.approx(1 / 27, abs=1e-15)
+    # touching vertically (x overlaps fully, y not at all): no overlap
+    assert M.iou([[0, 10, 10, 10]], [[0, 0, 10, 10]])[0] == 0.0
+    # the union uses each box's own width x height: 8x2 inside 8x4 is 16 / 32
+    assert M.iou([[1, 3, 8, 2]], [[1, 3, 8, 4]])[0] == pytest.approx(0.5, abs=1e-15)
+
+
+def test_iou_and_nce_agree_with_exact_arithmetic_on_random_boxes() -> None:
+    """Against the spec's formulas in exact fractions (tests/eval/helpers.py), on boxes in quarter pixels,
+    ground-truth sizes down to 0.25 px (the max(1, .) floor on both axes)."""
+    from fractions import Fraction
+
+    from tests.eval.helpers import f_iou, f_nce2
+
+    rng = np.random.default_rng(7)
+    xy = rng.integers(0, 200, (400, 2, 2)) / 4
+    wh = rng.integers(1, 120, (400, 2, 2)) / 4
+    pred = np.concatenate([xy[:, 0], wh[:, 0]], axis=1)
+    gt = np.concatenate([xy[:, 1], wh[:, 1]], axis=1)
+    ious = M.iou(pred, gt)
+    nces = M.normalized_center_error(pred, gt)
+    assert 0.2 < np.mean(ious > 0) < 0.9  # both overlapping and disjoint pairs
+    for p, g, v, e in zip(pred, gt, ious, nces, strict=True):
+        assert v == pytest.approx(float(f_iou(p, g)), abs=1e-12)
+        assert e == pytest.approx(float(np.sqrt(float(f_nce2(p, g)))), abs=1e-12)
+        assert f_iou(p, g) <= 1 and Fraction(float(e)) >= 0
+
+
+def test_iou_has_eps_in_the_denominator() -> None:
+    """``inter / (union + eps)``: two identical boxes of 1e-8 px sides do not score 1."""
+    box = [[0, 0, 1e-8, 1e-8]]
+    area = 1e-8 * 1e-8
+    assert M.iou(box, box)[0] == pytest.approx(area / (area + 2.220446049250313e-16), rel=1e-12)
+
+
+def test_nce_floor_of_one_on_the_height_too() -> None:
+    # GT 0.5 px high: the vertical offset is divided by max(1, 0.5) = 1
+    assert M.normalized_center_error([[0, 3, 10, 0.5]], [[0, 0, 10, 0.5]])[0] == pytest.approx(3.0)
+    assert M.normalized_center_error([[0, 3, 10, 4]], [[0, 0, 10, 4]])[0] == pytest.approx(0.75)
+
+
+def test_recall_counts_iou_exactly_one_half() -> None:
+    """HOI recall is ``IoU >= 0.5`` (non-strict), unlike the success curve's ``>``."""
+    gt = np.array([[0, 0, 10, 10]] * 2, float)
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 5]], float)  # IoU 50 / 100 = 0.5 exactly
+    sc = M.score_run(pred, gt)
+    assert M.frame_metrics(pred, gt)[0].tolist() == [1.0, 0.5]
+    assert sc.recall_score == 1.0
+    assert sc.success_curve[10] == 0.5  # threshold 0.5: strict
+
+
+def test_lists_are_accepted_like_arrays() -> None:
+    """The primitives take any L x 4 sequence of numbers, not only arrays."""
+    gt, pred = TV1_GT.tolist(), TV1_PRED.tolist()
+    assert M.absent_mask(gt).tolist() == [False, False, True, False, False, False]
+    assert M.score_run(pred, gt).success_score == pytest.approx(59 / 105, abs=1e-12)
+    assert M.robustness_curve([1.0, 0.25]).tolist() == np.where(M.THR_GSR < 0.25, 1.0, 0.5).tolist()

@@ -113,3 +113,26 @@ def test_expected_cost_grows_with_memory():
     bounded, unbounded = expected_cost(run, gap=5, cap=10), expected_cost(run, gap=5, cap=None)
     assert 1000 < bounded < unbounded
     assert expected_cost(Run("ope", "s", "", range(2000), "x"), 5, 10) < 2.1 * bounded  # linear once full
+
+
+def test_runs_from_one_frame_the_other_way_are_not_grouped() -> None:
+    back = Run("mse", "s", "anchor-6", range(6, -1, -1), "mse/s-anchor-6.txt")
+    fwd = Run("hoi", "s", "hoi-6-7-0", range(6, 8), "hoi/s-hoi-6-7-0.txt")
+    groups = group_runs([fwd, back])  # in the order of the plan, not by length
+    assert [(g.carrier, g.runs) for g in groups] == [(fwd, (fwd,)), (back, (back,))]
+
+
+def test_expected_cost_by_hand() -> None:
+    # 10 frames, a long-term frame every 5: 1 memory frame on frames 0-4, 2 on 5-9, each a fifth of a frame
+    run = Run("ope", "s", "", range(10), "ope/s.txt")
+    assert expected_cost(run, gap=5, cap=10) == pytest.approx(10 + 0.2 * (5 * 1 + 5 * 2))
+    assert expected_cost(run, gap=5, cap=1) == pytest.approx(10 + 0.2 * 10)
+    assert expected_cost(run, gap=2, cap=None) == pytest.approx(10 + 0.2 * 2 * (1 + 2 + 3 + 4 + 5))
+
+
+def test_one_shard_is_the_whole_plan(ds: Trek150) -> None:
+    runs = plan(ds, "all")
+    assert balanced_shard(runs, 0, 1) == runs == balanced_shard(runs, 0, 1, share=True)
+    for index, count in ((0, 0), (-1, 2), (2, 2)):
+        with pytest.raises(InputError, match=f"bad shard {index}/{count}"):
+            balanced_shard(runs, index, count)

@@ -50,6 +50,7 @@ def tv(tmp_path: Path) -> tuple[Trek150, Path]:
 def test_tv2_mse(tv) -> None:
     ds, d = tv
     perf = R.evaluate_mse(ds, d)
+    assert R.evaluate_mse(ds, str(d)) == perf
     sa, sb = perf["seq_wise"]["A"], perf["seq_wise"]["B"]
     assert sa["success_score"] == pytest.approx(0.5619047619, abs=1e-9)
     assert sa["normalized_precision_score"] == pytest.approx(0.5215686275, abs=1e-9)
@@ -66,6 +67,7 @@ def test_tv2_mse(tv) -> None:
 def test_tv3_hoi(tv) -> None:
     ds, d = tv
     perf = R.evaluate_hoi(ds, d)
+    assert R.evaluate_hoi(ds, str(d)) == perf
     assert perf["seq_wise"] == {}
     o = perf["overall"]
     assert o["success_score"] == pytest.approx(0.7278911565, abs=1e-9)
@@ -112,9 +114,13 @@ def test_submission_json_and_zip(tv, tmp_path: Path) -> None:
     out = write_submission(ds, d, "my-tracker", tmp_path / "challenge-submission.zip")
     with zipfile.ZipFile(out) as z:
         assert z.namelist() == ["challenge-submission.json"]
-        assert json.loads(z.read("challenge-submission.json"))["sls_pt"] == -1
+        written = json.loads(z.read("challenge-submission.json"))
+        assert (written["sls_pt"], written["sls_tl"], written["sls_td"]) == (-1, -1, -1)
         # compressed, as the toolkit's shutil.make_archive meant it (stored, the whole benchmark is ~7x larger)
         assert z.infolist()[0].compress_type == zipfile.ZIP_DEFLATED
+    # paths as strings; an --out ending in .json is the bare JSON
+    bare = write_submission(ds, str(d), "my-tracker", str(tmp_path / "s.json"))
+    assert Path(bare).read_text(encoding="utf-8") == submission_json(build_submission(ds, str(d), "my-tracker"))
 
 
 def test_submission_refuses_incomplete_results(tv, tmp_path: Path) -> None:
@@ -153,7 +159,7 @@ def test_hoi_recall_float32_like_the_toolkit(tv) -> None:
     assert recall == expected and recall != (2 + 3) / 7
 
 
-def test_one_row_runs_score_and_export_as_lists(tmp_path: Path) -> None:
+def test_one_row_runs_score_and_export_as_lists(tmp_path: Path, caplog) -> None:
     """A one-frame run (anchor on the last frame, forward) crashes the toolkit's report and is flattened by
     its exporter; here it scores SS 20/21, NPS 1, GSR 1 and stays a list of one row."""
     root = tmp_path / "trek"
@@ -164,4 +170,70 @@ def test_one_row_runs_score_and_export_as_lists(tmp_path: Path) -> None:
     ds = Trek150(root)
     o = R.evaluate_mse(ds, d)["overall"]
     assert o["success_score"] == pytest.approx(20 / 21) and o["generalized_success_robustness_score"] == 1.0
-    assert build_submission(ds, d, "t")["results"]["mse"]["C"] == {"anchor-3": [[9.0, 9.0, 9.0, 9.0]]}
+    sub = build_submission(ds, d, "t")
+    assert sub["results"]["mse"]["C"] == {"anchor-3": [[9.0, 9.0, 9.0, 9.0]]}
+    assert (sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == (-1, -1, -1)  # the toolkit's values by default
+    warned = [r.getMessage() for r in caplog.records if "single row" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("mse/C-anchor-3.txt has a single row"), warned
+
+
+def test_submission_json_keeps_non_ascii_names(tv) -> None:
+    ds, d = tv
+    text = submission_json(build_submission(ds, d, "trèk-ø"))
+    assert '"tracker_name": "trèk-ø",' in text  # ensure_ascii=False, as the toolkit writes it
+
+
+def test_ope_overall_is_the_plain_mean_over_sequences_and_slow_speeds_count(tmp_path: Path) -> None:
+    """Three sequences (so a median is not the mean): the overall curves and scores are their unweighted
+    means, whatever their lengths; a speed below 1 fps is a speed (only 0 means none)."""
+    root = tmp_path / "trek"
+    d = tmp_path / "results" / "t"
+    write_sequence(root, "A", GT_A, size=(600, 600))
+    write_boxes(d / "ope/A.txt", np.array(TV1_PRED, float))  # SS 59/105
+    write_sequence(root, "B", GT_B, size=(64, 64))
+    write_boxes(d / "ope/B.txt", np.array(GT_B, float))  # perfect: SS 20/21
+    gt_c = [(10, 10, 20, 20)] * 2
+    write_sequence(root, "C", gt_c, size=(64, 64))
+    write_boxes(d / "ope/C.txt", np.array([gt_c[0], (40, 40, 20, 20)], float))  # IoU 1, 0: SS 10/21
+    for name, n in (("A", 6), ("B", 4), ("C", 2)):
+        with atomic_write(d / f"ope/times/{name}_time.txt") as f:
+            f.write("2.00000000\n" * n if name != "C" else "0.50000000\n" * n)  # 0.5, 0.5 and 2 fps
+    perf = R.evaluate_ope(Trek150(root), d)
+    ss = [perf["seq_wise"][s]["success_score"] for s in "ABC"]
+    assert ss == pytest.approx([59 / 105, 20 / 21, 10 / 21], abs=1e-12)
+    o = perf["overall"]
+    assert o["success_score"] == pytest.approx((59 / 105 + 20 / 21 + 10 / 21) / 3, abs=1e-12)
+    assert o["success_curve"][0] == pytest.approx((0.8 + 1 + 0.5) / 3, abs=1e-12)  # IoU > 0: 4/5, 4/4, 1/2
+    assert o["normalized_precision_score"] == pytest.approx(
+        np.mean([perf["seq_wise"][s]["normalized_precision_score"] for s in "ABC"]), abs=1e-12)
+    assert o["generalized_success_robustness_score"] == pytest.approx((127 / 255 + 1 + 0.5) / 3, abs=1e-12)
+    assert [perf["seq_wise"][s]["speed_fps"] for s in "ABC"] == pytest.approx([0.5, 0.5, 2.0])
+    assert o["speed_fps"] == pytest.approx(1.0)
+    att = R.attribute_scores(Trek150(root), perf)  # every sequence carries SC: its scores are the overall ones
+    assert att["SC"]["sequences"] == 3
+    assert att["SC"]["success_score"] == pytest.approx(o["success_score"], abs=1e-12)
+    assert R.evaluate_ope(Trek150(root), str(d)) == perf  # a folder given as a string
+    for name in "ABC":
+        (d / f"ope/times/{name}_time.txt").unlink()
+    perf = R.evaluate_ope(Trek150(root), d)  # no speed anywhere: -1 everywhere
+    assert perf["overall"]["speed_fps"] == -1 and {perf["seq_wise"][s]["speed_fps"] for s in "ABC"} == {-1}
+
+
+def test_submission_lists_problems_of_every_sequence(tv, tmp_path: Path) -> None:
+    """A sequence without anchors.txt is one problem; the sequences after it are still checked."""
+    ds, d = tv
+    (ds.root / "A" / "anchors.txt").unlink()
+    (d / "ope" / "B.txt").unlink()
+    with pytest.raises(InputError) as err:
+        write_submission(Trek150(ds.root), d, "t", tmp_path / "s.zip")
+    msg = str(err.value)
+    assert "2 problem(s)" in msg and "A has no anchors.txt" in msg and "ope/B.txt is missing" in msg, msg
+
+
+def test_hoi_report_names_every_missing_file_before_scoring(tv) -> None:
+    ds, d = tv
+    (d / "hoi" / "A-hoi-3-5-0.txt").unlink()
+    (d / "hoi" / "B-hoi-0-3-2.txt").unlink()
+    with pytest.raises(InputError, match=r"^2 HOI result file\(s\) of t are missing or invalid:") as err:
+        R.evaluate_hoi(ds, d)
+    assert "A-hoi-3-5-0.txt" in str(err.value) and "B-hoi-0-3-2.txt" in str(err.value)

@@ -15,6 +15,7 @@ from trek_tracker.eval.vos_metrics import (
     seg2bmap,
     statistics,
     summarise,
+    summarise_rows,
 )
 
 
@@ -102,3 +103,102 @@ def test_sequence_skips_first_and_last_and_averages_objects():
     assert res["J_mean"] == pytest.approx((1.0 + 0.5) / 2)
     assert res["J&F"] == pytest.approx((res["J_mean"] + res["F_mean"]) / 2)
     assert len(res["objects"]) == 2
+
+
+def test_seg2bmap_at_the_image_border_by_hand():
+    """The benchmark's ``_seg2bmap`` on an object touching the bottom and right edges: the last row compares
+    only with its right neighbour, the last column only with the pixel below, and the corner is never a
+    boundary, so the object's sides along the border are not boundary pixels."""
+    m = np.zeros((6, 6), bool)
+    m[4:6, 2:6] = True
+    expected = np.zeros((6, 6), bool)
+    expected[3, 1:6] = True  # above the object, and above-left of it (the diagonal neighbour)
+    expected[4:6, 1] = True  # left of the object
+    np.testing.assert_array_equal(seg2bmap(m), expected)
+    np.testing.assert_array_equal(seg2bmap(m.T), expected.T)
+
+
+def test_bound_th_of_one_or_more_is_a_pixel_count():
+    """As the benchmark: ``bound_th >= 1`` is the tolerance in pixels, below 1 a fraction of the diagonal."""
+    a = square()
+    assert boundary_measure(a, square(x=31), bound_th=1) == 1.0
+    assert boundary_measure(a, square(x=32), bound_th=1) < 1.0
+    assert boundary_measure(a, square(x=32), bound_th=2) == 1.0
+
+
+def test_statistics_ignore_nan_and_round_bin_edges_half_up():
+    v = np.array([np.nan, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, np.nan])  # bins [0..2] and [5..7]
+    mean, recall, decay = statistics(v)
+    assert mean == pytest.approx(3 / 6) and recall == pytest.approx(3 / 8) and decay == pytest.approx(1.0)
+    # 7 frames: linspace(1, 7, 5) = [1, 2.5, 4, 5.5, 7] rounds half up to [1, 3, 4, 6, 7] (np.round alone
+    # would give 2 and 6): first bin v[0:3], last bin v[5:7]
+    w = np.array([1.0, 0.2, 0.9, 0.3, 0.8, 0.1, 0.7])
+    assert statistics(w)[2] == pytest.approx(np.mean(w[0:3]) - np.mean(w[5:7]))  # 0.7 - 0.4
+    assert statistics(np.array([0.7])) == (0.7, 1.0, 0.0)  # one frame: every bin is that frame
+
+
+def test_three_frames_score_only_the_middle_one():
+    """The first (given) and last frames are skipped, as the benchmark's ``[1:-1]``."""
+    gt = [square(20, 20, 5, 5, 10)] * 3
+    pred = [gt[0], gt[1], np.zeros((20, 20), bool)]
+    (score,) = score_sequence("s", [p.astype(np.uint8) for p in pred], [g.astype(np.uint8) for g in gt])
+    assert score.j == [1.0] and score.f == [1.0]
+
+
+def test_no_frames_no_objects():
+    assert score_sequence("s", [], []) == []
+
+
+def test_summary_skips_objects_without_a_value():
+    """An object with no scored frame (NaN) does not make the dataset's means NaN; all NaN gives NaN."""
+    rows = [{"J_mean": 0.5, "J_recall": 1.0, "J_decay": 0.1, "F_mean": 0.7, "F_recall": 1.0, "F_decay": 0.2},
+            {k: math.nan for k in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")}]
+    res = summarise_rows(rows)
+    assert res["J_mean"] == 0.5 and res["F_decay"] == 0.2 and res["J&F"] == pytest.approx(0.6)
+    assert math.isnan(summarise_rows(rows[1:])["J_mean"])
+
+
+def test_boundary_measure_ignores_void_pixels():
+    a = square()
+    b = a.copy()
+    b[80:90, 80:90] = True  # a second blob, far from a, inside the void region
+    void = np.zeros_like(a)
+    void[75:, 75:] = True
+    assert boundary_measure(a, b) < 0.9
+    assert boundary_measure(a, b, void) == 1.0
+    assert boundary_measure(b, a, void) == 1.0
+
+
+def test_without_skipping_every_frame_is_scored():
+    gt = [square(20, 20, 5, 5, 10).astype(np.uint8)] * 3
+    pred = [np.zeros((20, 20), np.uint8), gt[1], gt[2]]
+    (score,) = score_sequence("s", pred, gt, skip_first_last=False)
+    assert score.j == [0.0, 1.0, 1.0]
+
+
+def test_seg2bmap_matches_the_rule_pixel_by_pixel():
+    """Random masks (touching every edge) against the benchmark's rule written per pixel: a pixel is a
+    boundary when it differs from its right, lower or lower-right neighbour; on the last row only the right
+    one counts, on the last column only the lower one, and the bottom-right corner never is."""
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        m = rng.random((7, 9)) < 0.5
+        h, w = m.shape
+        ref = np.zeros_like(m)
+        for i in range(h):
+            for j in range(w):
+                if i < h - 1 and j < w - 1:
+                    ref[i, j] = m[i, j] != m[i, j + 1] or m[i, j] != m[i + 1, j] or m[i, j] != m[i + 1, j + 1]
+                elif i == h - 1 and j < w - 1:
+                    ref[i, j] = m[i, j] != m[i, j + 1]
+                elif j == w - 1 and i < h - 1:
+                    ref[i, j] = m[i, j] != m[i + 1, j]
+        np.testing.assert_array_equal(seg2bmap(m), ref)
+
+
+def test_decay_of_a_sequence_longer_than_256_frames_is_of_its_quarters():
+    """The benchmark's uint8 bin edges wrap past 255 (docstring of ``statistics``); ours are the quarters."""
+    v = np.r_[np.ones(100), np.full(200, 0.5), np.zeros(100)]  # 400 frames
+    # edges round(linspace(1, 400, 5)) - 1 = [0, 100, 200, 299, 399]: bins v[0:101] and v[299:400], each
+    # holding one frame of 0.5 (uint8 edges would be [0, 100, 200, 43, 143]: a last bin of ones and halves)
+    assert statistics(v)[2] == pytest.approx(100.5 / 101 - 0.5 / 101)
