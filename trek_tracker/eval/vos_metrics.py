@@ -89,7 +89,10 @@ def boundary_measure(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None =
 
 
 def statistics(per_frame: np.ndarray, n_bins: int = 4) -> tuple[float, float, float]:
-    """(mean, recall, decay) of one object's per-frame values, as the benchmark's ``db_statistics``."""
+    """(mean, recall, decay) of one object's per-frame values, as the benchmark's ``db_statistics``, except
+    that its bin edges are cast to ``uint8`` there: they wrap for a sequence of more than 256 scored frames,
+    whose decay is then of the wrong frames (or NaN). Ours are whole numbers of any size; mean and recall,
+    and every DAVIS sequence, are the same."""
     v = np.asarray(per_frame, dtype=np.float64)
     if v.size == 0:
         return math.nan, math.nan, math.nan
