@@ -36,6 +36,13 @@ def test_iou_degenerate_and_nan() -> None:
     assert np.isnan(iou([np.nan] * 4, [0, 0, 10, 10]))
 
 
+def test_iou_adds_the_toolkit_epsilon_to_the_union() -> None:
+    """The toolkit divides by ``union + eps`` (eps = 2.22e-16): visible only for boxes whose area is near eps,
+    where two identical boxes of area 1e-16 score 1e-16 / (1e-16 + eps), not 1 and not 0."""
+    side = 1e-8  # area 1e-16
+    assert iou([0, 0, side, side], [0, 0, side, side]) == pytest.approx(1e-16 / (1e-16 + 2.220446049250313e-16))
+
+
 def test_iou_vectorised_matches_scalar() -> None:
     rng = np.random.default_rng(1)
     a = np.concatenate([rng.uniform(0, 50, (20, 2)), rng.uniform(1, 40, (20, 2))], axis=1)
@@ -85,12 +92,19 @@ def test_box_in_frame() -> None:
     assert box != given
     np.testing.assert_array_equal(box, [0, 90, 15, 10])
     assert box.frame == (100, 200) and box.in_frame((100, 200)) is box  # checked once
-    for outside in ([200, 10, 5, 5], [10, 100, 5, 5], [-5, 10, 5, 5], [10, -30, 5, 29.5]):
+    # a box that ends exactly at the frame's left or top edge covers [x, 0): no pixel of the frame
+    for outside in ([200, 10, 5, 5], [10, 100, 5, 5], [-5, 10, 5, 5], [10, -30, 5, 29.5], [10, -30, 5, 30]):
         with pytest.raises(InputError, match="outside"):
             Box.of(outside).in_frame((100, 200))
     for fractional in ([330.1, 130.7, 250.3, 170.9], [0.2, 0.3, 0.5, 0.5]):  # (x + w) - x != w in floats
         assert list(Box.of(fractional).in_frame((480, 854))) == fractional  # so not "clipped" to itself
     assert list(Box.of([-0.5, 130.7, 250.3, 170.9]).in_frame((480, 854))) == [0, 130.7, 249.8, 170.9]
+    # touching the right or bottom edge is inside: the box keeps its numbers ((x + w) - x is 341.79999999999995)
+    for touching in ([512.2, 10, 341.8, 20], [10, 256.1, 20, 223.9], [0.2, 0.1, 0.5, 0.2]):
+        assert list(Box.of(touching).in_frame((480, 854))) == touching
+    # past the right or bottom edge: clipped there
+    assert list(Box.of([840, 10, 30, 5]).in_frame((480, 854))) == [840, 10, 14, 5]
+    assert list(Box.of([10, 470, 5, 30]).in_frame((480, 854))) == [10, 470, 5, 10]
 
 
 # ----------------------------------------------------------------------------------------- mask → box
@@ -140,6 +154,14 @@ def test_box_to_mask_round_trip_and_clip() -> None:
     assert not box_to_mask([60, 0, 5, 5], (30, 50)).any()
 
 
+def test_box_to_mask_of_no_box_in_the_frame_is_empty() -> None:
+    """A box with a NaN or no positive size, or one that only touches the frame's edge from outside (it covers
+    [10, 15) of a frame [0, 10)), marks no pixel, rather than the edge's line of pixels or an error."""
+    for box in ([np.nan, 0, 5, 5], [0, 0, np.inf, 5], [2, 2, 0, 5], [2, 2, 5, -1], [10, 2, 5, 5], [2, -5, 5, 5]):
+        mask = box_to_mask(box, (10, 10))
+        assert mask.shape == (10, 10) and mask.dtype == bool and not mask.any(), box
+
+
 def test_box_to_mask_of_a_box_partly_outside_is_that_of_its_clipped_box() -> None:
     """The mask is clipped to the frame: a box that overlaps it only partly gives the mask of its
     :meth:`Box.in_frame` box, so a part too thin to hold a pixel centre still marks a line, never nothing."""
@@ -174,6 +196,9 @@ def test_remove_small_components() -> None:
     tiny[3:5, 3:5] = True
     np.testing.assert_array_equal(remove_small_components(tiny, 100), tiny)  # never removes everything
     np.testing.assert_array_equal(mask_to_box(remove_small_components(mask, 0, "largest")), [10, 10, 20, 20])
+    # "smaller than min_px" is removed (docs/boxes.md#speck-removal): a component of exactly min_px pixels stays
+    np.testing.assert_array_equal(remove_small_components(mask, 50), mask & ~(np.arange(50)[:, None] == 45))
+    np.testing.assert_array_equal(kept_components_box(mask, 50), [10, 0, 40, 30])
 
 
 @pytest.mark.parametrize("keep", ["all", "largest"])
@@ -227,6 +252,31 @@ def test_box_from_mask_ignores_speckles_by_default() -> None:
     box, lost = policy.update(mask)
     np.testing.assert_array_equal(box, [20, 20, 20, 20])
     assert not lost
+    mask[80:90, 0:10] = True  # 100 px: the default threshold (Alpha-Refine's) keeps it
+    np.testing.assert_array_equal(policy.update(mask)[0], [0, 20, 40, 70])
+    mask[80, 0] = False  # 99 px: a speck
+    np.testing.assert_array_equal(policy.update(mask)[0], [20, 20, 20, 20])
+
+
+def test_kept_components_box_takes_any_non_zero_pixel_as_foreground() -> None:
+    """A label map (int64 ids, or 0/255) gives the box its non-zero pixels give as a bool mask."""
+    mask = np.zeros((20, 20), np.int64)
+    mask[5:10, 5:10] = 1
+    mask[15, 15] = 1
+    for values in (mask, mask * 255, mask.astype(np.uint8) * 255):
+        np.testing.assert_array_equal(kept_components_box(values, 2), [5, 5, 5, 5])
+        np.testing.assert_array_equal(remove_small_components(values, 2), (mask != 0) & (np.arange(20) < 12)[:, None])
+
+
+def test_a_threshold_of_two_pixels_removes_single_pixel_specks() -> None:
+    """Only 0 and 1 disable speck removal (docs/boxes.md#speck-removal)."""
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True
+    mask[15, 15] = True
+    np.testing.assert_array_equal(mask_to_box(remove_small_components(mask, 2)), [5, 5, 5, 5])
+    np.testing.assert_array_equal(kept_components_box(mask, 2), [5, 5, 5, 5])
+    for off in (0, 1):
+        np.testing.assert_array_equal(kept_components_box(mask, off), [5, 5, 11, 11])
 
 
 def test_box_from_mask_config_validation() -> None:

@@ -121,3 +121,13 @@ def test_lock_step_members_remember_their_own_or_the_combined_label(memory_label
         assert a.committed[0].tolist() == [[1, 0]] and b.committed[0].tolist() == [[0, 0]]
     else:
         assert a.committed[0].tolist() == [[0, 0]]
+
+
+def test_a_single_member_combines_to_itself():
+    """One member (an ensemble of one, a single TTA view) is its own mean and its own vote."""
+    probs = _probs([[0.2, 0.7], [0.5, 0.9]])
+    assert torch.equal(average_probs([probs]), probs)
+    assert torch.equal(average_probs([probs], [2.0]), probs)
+    labels = torch.tensor([[0, 1], [2, 1]])
+    assert torch.equal(vote([labels]), labels)
+    assert torch.equal(vote_scores([labels], num_labels=3).argmax(0), labels)

@@ -134,12 +134,44 @@ def test_short_term_memory_is_the_frame_skip_steps_back(skip):
     memory.remember(0, entries, ids, reference=True)
     for t in range(1, 12):
         assert memory.short_term_frame == max(0, t - skip), f"frame {t}"
+        entries, ids = _entries(memory.layout, seed=max(0, t - skip))  # the map read is the one stored then
+        assert torch.equal(memory.attend()[0].short_key, entries[0].key.view(3, 4, 1, 4).permute(2, 3, 0, 1))
         entries, ids = _entries(memory.layout, seed=t)
         memory.remember(t, entries, ids)
-        # the map read is the one stored for that frame
-    entries, ids = _entries(memory.layout, seed=12 - skip)
-    expected = entries[0].key.view(3, 4, 1, 4).permute(2, 3, 0, 1)
-    assert torch.equal(memory.attend()[0].short_key, expected)
+
+
+def test_a_reference_restarts_the_short_term_memory():
+    """A later reference empties the short-term FIFO (docs/inference.md#short-term-memory): the frames after it
+    attend to it until ``skip`` frames exist again, never to a frame before it."""
+    memory = Memory([LayerLayout((2, 3))], MemorySchedule(gap=9999, skip=2))
+    for t in range(3):
+        memory.remember(t, *_entries(memory.layout, seed=t), reference=t == 0)
+    assert memory.short_term_frame == 1  # frame 3 would attend to 3 - 2
+    memory.remember(3, *_entries(memory.layout, seed=3), reference=True)
+    attended = []
+    for t in range(4, 7):
+        attended.append(memory.short_term_frame)
+        memory.remember(t, *_entries(memory.layout, seed=t))
+    assert attended == [3, 3, 4]
+
+
+def test_an_unbounded_memory_doubles_its_buffers_when_full():
+    """Without a cap the long-term buffers start with room for 2 frames and double when a frame does not fit
+    (3x the old size at the peak of a copy, not the 4x of concatenating a zero copy)."""
+    layout = [LayerLayout((2, 3))]
+    memory = Memory(layout, MemorySchedule(gap=1))
+    per_frame = 6 * 1 * (4 + 12) * 4  # tokens x batch x (key + [value, idv]) channels x float32 bytes
+    short = 1 * 1 * (4 + 12) * 6 * 4  # one short-term map of keys and values
+    capacity, stored = [], []
+    for t in range(9):
+        stored.append(_entries(layout, seed=t))
+        memory.remember(t, *stored[-1], reference=t == 0)
+        capacity.append((memory.nbytes() - short) // per_frame)
+    assert capacity == [2, 2, 4, 4, 8, 8, 8, 8, 16]
+    assert memory.frames == list(range(8, -1, -1))
+    for t, (entries, ids) in enumerate(stored):  # every frame's tokens survived the copies into grown buffers
+        key, value = memory.long_term(0, t)
+        assert torch.equal(key, entries[0].key) and torch.equal(value, torch.cat([entries[0].value, ids[0]], -1))
 
 
 def test_long_term_subsampling_follows_the_layout():
@@ -151,6 +183,52 @@ def test_long_term_subsampling_follows_the_layout():
     expected = entries[1].key.view(9, 13, 1, 4)[::2, ::2].reshape(-1, 1, 4)
     assert torch.equal(layers[1].long_key, expected)
     assert layers[1].short_key.shape[-2:] == (9, 13)  # short-term at full resolution
+
+
+def test_values_are_the_visual_value_and_the_id_value_side_by_side():
+    """A memory value is ``[v, idv]`` along channels (docs/inference.md#memory-schedule): long-term tokens after
+    the layer's subsampling, short-term as the full map."""
+    memory = Memory([LayerLayout((3, 4)), LayerLayout((6, 8), long_term_dilation=2)], MemorySchedule(gap=1))
+    entries, ids = _entries(memory.layout)
+    memory.remember(0, entries, ids, reference=True)
+    for layer, (entry, idv, (h, w)) in enumerate(zip(entries, ids, [(3, 4), (6, 8)], strict=True)):
+        value = torch.cat([entry.value, idv], dim=-1).view(h, w, 1, 12)  # (h, w, B, 6 + 6)
+        d = memory.layout[layer].long_term_dilation
+        attended = memory.attend()[layer]
+        assert torch.equal(attended.long_value, value[::d, ::d].reshape(-1, 1, 12))
+        assert torch.equal(attended.short_value, value.permute(2, 3, 0, 1))
+
+
+def test_long_term_reads_back_each_frame_of_each_layer():
+    """``long_term(layer, frame)`` is that frame's own tokens, on layers of unlike grids (3x5, and 4x6 kept as
+    2x3), after an eviction reused a slot."""
+    layout = [LayerLayout((3, 5)), LayerLayout((4, 6), long_term_dilation=2)]
+    memory = Memory(layout, MemorySchedule(gap=1, cap=3))
+    stored = {}
+    for t in range(5):  # frames 1 and 2 are evicted by 3 and 4
+        stored[t] = _entries(layout, seed=t)
+        memory.remember(t, *stored[t], reference=t == 0)
+    assert memory.frames == [4, 3, 0]
+    for t in memory.frames:
+        entries, ids = stored[t]
+        assert torch.equal(memory.long_term(0, t)[0], entries[0].key)
+        assert torch.equal(memory.long_term(0, t)[1], torch.cat([entries[0].value, ids[0]], -1))
+        value = torch.cat([entries[1].value, ids[1]], -1).view(4, 6, 1, 12)[::2, ::2].reshape(6, 1, 12)
+        assert torch.equal(memory.long_term(1, t)[0], entries[1].key.view(4, 6, 1, 4)[::2, ::2].reshape(6, 1, 4))
+        assert torch.equal(memory.long_term(1, t)[1], value)
+
+
+def test_memory_is_written_in_place_when_autograd_records_nothing():
+    """Outside training (nothing requires grad) the capped buffers are written in place even with grad mode
+    on, so a bounded memory never reallocates; only tensors that require grad are written out of place."""
+    layout = [LayerLayout((2, 3))]
+    memory = Memory(layout, MemorySchedule(gap=1, cap=2))
+    memory.remember(0, *_entries(layout), reference=True)
+    pointer = memory.attend()[0].long_key.data_ptr()
+    assert torch.is_grad_enabled()
+    for t in range(1, 5):
+        memory.remember(t, *_entries(layout, seed=t))
+        assert memory.attend()[0].long_key.data_ptr() == pointer
 
 
 def test_gradients_flow_through_the_memory_in_training():
@@ -207,6 +285,31 @@ def test_least_similar_eviction_drops_the_frame_least_like_the_new_one():
     for t in range(4):
         oldest.remember(t, *entries(t), reference=t == 0)
     assert oldest.frames == [3, 2, 0]
+
+
+def test_least_similar_eviction_compares_first_layer_keys():
+    """The similarity is that of the first layer's mean keys (docs/inference.md#bounded-memory), whatever the
+    later layers hold: here the second layer's keys point the other way and would evict another frame."""
+    layout = [LayerLayout((2, 2)), LayerLayout((1, 4))]  # grids of one size, unlike shapes
+    memory = Memory(layout, MemorySchedule(gap=1, cap=3, eviction="least-similar"))
+    first = {0: [1, 0, 0, 0], 1: [0.9, 0.1, 0, 0], 2: [-1, 0, 0, 0], 3: [1, 0.05, 0, 0]}
+    for t in range(4):
+        key = torch.tensor(first[t], dtype=torch.float32).repeat(4, 1, 1)  # every token alike, but for
+        if t == 0:  # the reference's (never evicted): each of its slot's halves points another way
+            key[2:] = -key[2:]
+        entries = [FrameEntry(key, torch.zeros(4, 1, 2), None), FrameEntry(-key, torch.zeros(4, 1, 2), None)]
+        memory.remember(t, entries, [torch.zeros(4, 1, 2)] * 2, reference=t == 0)
+    assert memory.frames == [3, 1, 0]  # frame 2's first-layer key points away from frame 3's
+
+
+def test_remember_refuses_entries_or_id_values_for_another_number_of_layers():
+    layout = [LayerLayout((2, 3)), LayerLayout((2, 3))]
+    memory = Memory(layout, MemorySchedule(gap=1))
+    entries, ids = _entries(layout)
+    with pytest.raises(ValueError, match="2 layers"):
+        memory.remember(0, entries, ids[:1], reference=True)
+    with pytest.raises(ValueError, match="2 layers"):
+        memory.remember(0, entries[:1], ids, reference=True)
 
 
 def test_least_similar_eviction_matches_a_frame_by_frame_choice_with_several_batch_items():

@@ -46,6 +46,19 @@ def test_views_and_scale_parsing():
     assert view_configs(EngineConfig(), [1.0], True)[0].max_short_edge is None
 
 
+def test_views_without_flip_and_a_single_scale_follow_the_official_evaluator():
+    """No flip unless asked: every view plain. The scale list ``[1.0]`` (None or empty text) is the plain
+    engine; a single scale other than 1 is multi-scale, so it caps the short edge at 624; scales stay
+    below 10 (docs/inference.md#test-time-augmentation)."""
+    assert parse_scales(None) == parse_scales("") == [1.0]
+    with pytest.raises(InputError, match="below 10"):
+        parse_scales("1.2,10")
+    assert TTAConfig().views() == [(1.0, False)] and not TTAConfig().active
+    assert tta_views([1.2, 1.3], False) == [(1.2, False), (1.3, False)]
+    (config,) = view_configs(EngineConfig(), [1.2], False)
+    assert config.flips == (False,) and config.scale == 1.2 and config.max_short_edge == 624
+
+
 def test_official_sizes_for_1080p(model):
     # docs/inference.md#network-input-size worked sizes for 1920x1080 (R50/MobileNet, 16k+1):
     # 705x1249, 753x1345, 817x1457.
