@@ -9,13 +9,28 @@ import pytest
 
 from trek_tracker.train.augment import (
     AugmentConfig,
+    augment_clip,
     augment_static,
     balanced_crop,
     paste_clip,
     photometric,
+    random_resized_crop,
     random_scale,
     select_objects,
 )
+
+
+def test_augmentation_defaults_are_the_official_v2_recipe():
+    """A config that leaves ``[augment]`` out gets these (docs/training.md#augmentation, #static-image-clips)."""
+    cfg = AugmentConfig()
+    assert (tuple(cfg.crop), cfg.short_edge, tuple(cfg.scale_range)) == ((465, 465), 480, (0.7, 1.3))
+    assert (cfg.max_objects, cfg.min_object_pixels, cfg.crop_attempts) == (10, 100, 5)
+    assert tuple(cfg.color_jitter) == (0.4, 0.4, 0.2, 0.1)  # brightness/contrast x U(0.6, 1.4), sat. x U(0.8, 1.2)
+    assert (cfg.jitter_p, cfg.gray_p, cfg.blur_p, tuple(cfg.blur_sigma)) == (0.8, 0.2, 0.3, (0.1, 2.0))
+    assert (cfg.flip_p, tuple(cfg.pad_fill)) == (0.5, (124, 116, 104))
+    assert (cfg.affine_degrees, cfg.affine_translate, tuple(cfg.affine_scale)) == (20, 0.1, (0.9, 1.1))
+    assert cfg.affine_shear == 10
+    assert tuple(cfg.resized_crop_scale) == (0.8, 1.0)
 
 
 def test_random_scale_resizes_images_bicubic_and_labels_nearest():
@@ -47,6 +62,14 @@ def test_balanced_crop_tries_the_official_five_windows():
     rng = _CountingRng(0)
     frames, labels = balanced_crop([frame], [label], rng, AugmentConfig(crop=(97, 97)))
     assert frames[0].shape == (97, 97, 3) and rng.calls == 2 * 5
+
+
+def test_balanced_crop_takes_the_first_window_that_holds_an_object():
+    frame = np.zeros((200, 200, 3), np.uint8)
+    label = np.ones((200, 200), np.int64)  # every window holds an object of 97 x 97 pixels
+    rng = _CountingRng(0)
+    balanced_crop([frame], [label], rng, AugmentConfig(crop=(97, 97)))
+    assert rng.calls == 2
 
 
 def test_objects_all_below_the_size_floor_are_not_kept():
@@ -124,3 +147,121 @@ def test_colour_jitter_applies_its_factors_in_a_random_order_clipping_each(order
     out = photometric(frame, rng, AugmentConfig(color_jitter=(0.4, 0.4, 0.2, 0.0)))
     assert abs(int(out[0, 0, 0]) - expected[0]) <= 1 and abs(int(out[3, 3, 0]) - expected[1]) <= 1
     assert (out == out[..., :1]).all()  # still grey
+
+
+class _FlagRng:
+    """Plays back :func:`photometric`'s three coin draws (jitter, grayscale, blur) and one blur sigma."""
+
+    def __init__(self, flags, sigma=1.0) -> None:
+        self.flags, self.sigma = list(flags), sigma
+
+    def random(self):
+        return self.flags.pop(0)
+
+    def uniform(self, lo, hi):
+        assert (lo, hi) == (0.1, 2.0)
+        return self.sigma
+
+
+def test_grayscale_replaces_every_channel_by_the_luma():
+    """torchvision's RandomGrayscale on a PIL image: L = 0.299 R + 0.587 G + 0.114 B in all three channels."""
+    frame = np.zeros((2, 2, 3), np.uint8)
+    frame[0, 0] = (200, 100, 50)  # L = 124.2
+    frame[1, 1] = (0, 255, 0)  # L = 149.7
+    out = photometric(frame, _FlagRng([0.99, 0.0, 0.99]), AugmentConfig())
+    assert (out == out[..., :1]).all()
+    assert abs(int(out[0, 0, 0]) - 124) <= 1 and abs(int(out[1, 1, 0]) - 150) <= 1 and out[0, 1, 0] == 0
+
+
+def test_gaussian_blur_spreads_an_impulse_by_its_sigma():
+    """A Gaussian of sigma 1.5 keeps the mass of an impulse and leaves 1 / (2 pi sigma^2) of it at the centre."""
+    frame = np.zeros((21, 21, 3), np.uint8)
+    frame[10, 10] = 255
+    out = photometric(frame, _FlagRng([0.99, 0.99, 0.0], sigma=1.5), AugmentConfig()).astype(float)
+    assert abs(out[10, 10, 0] - 255 / (2 * np.pi * 1.5**2)) <= 1.5
+    assert 200 <= out[..., 0].sum() <= 255  # the mass is kept, less what uint8 truncation drops
+    assert out[10, 7, 0] == pytest.approx(out[10, 13, 0], abs=1) and out[10, 8, 0] > out[10, 7, 0] > 0
+
+
+def test_photometric_changes_are_drawn_at_their_probabilities():
+    """Per frame: grayscale with p = 0.2, blur with p = 0.3 (independently). A blur of sigma below about 0.3
+    leaves the dot's neighbour at 0 after uint8 truncation, so about 0.3 x 0.89 of the frames show it."""
+    frame = np.zeros((9, 9, 3), np.uint8)
+    frame[:, :2, 0] = 200  # red: grey after a grayscale
+    frame[4, 7] = 255  # a white dot far from it: its neighbour is lit only by a blur
+    rng = np.random.default_rng(0)
+    n, gray, blurred = 1000, 0, 0
+    for _ in range(n):
+        out = photometric(frame, rng, AugmentConfig(jitter_p=0.0))
+        gray += int((out == out[..., :1]).all())
+        blurred += int(out[4, 6, 2] > 0)
+    assert abs(gray / n - 0.2) < 0.04 and 0.21 < blurred / n < 0.33, (gray, blurred)
+
+
+NO_PHOTOMETRY = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+
+
+def test_augment_clip_scales_the_clip_to_the_drawn_short_edge_first():
+    """Scale 1 of a short edge of 50 turns a 100 x 150 clip into 50 x 75, which a 50 x 75 crop then takes
+    whole: the red left half and blue right half stay halves, in the image and its label."""
+    frame = np.zeros((100, 150, 3), np.uint8)
+    frame[:, :75, 0] = 255
+    frame[:, 75:, 2] = 255
+    label = np.zeros((100, 150), np.int64)
+    label[:, :75] = 1
+    cfg = AugmentConfig(crop=(50, 75), short_edge=50, scale_range=(1.0, 1.0), flip_p=0.0, min_object_pixels=10,
+                        **NO_PHOTOMETRY)
+    (out,), (lab,), n = augment_clip([frame], [label], np.random.default_rng(0), cfg)
+    assert n == 1 and out.shape == (50, 75, 3)
+    assert (out[:, :36, 0] > 200).all() and (out[:, 39:, 2] > 200).all()
+    assert (lab[:, :37] == 1).all() and (lab[:, 38:] == 0).all()
+    # a flip mirrors image and label together; the per-frame photometry comes last
+    cfg.flip_p, cfg.gray_p = 1.0, 1.0
+    (out,), (lab,), _ = augment_clip([frame], [label], np.random.default_rng(0), cfg)
+    assert (out == out[..., :1]).all()  # grayscale applied
+    assert (out[:, 39:, 0] == round(0.299 * 255)).all() and (out[:, :36, 0] == round(0.114 * 255)).all()
+    assert (lab[:, 38:] == 1).all() and (lab[:, :37] == 0).all()
+
+
+def test_random_resized_crop_draws_windows_of_80_to_100_percent_of_the_area():
+    """A horizontal ramp shows each window's columns: its width, sqrt(area x aspect) with area in [0.8, 1] and
+    aspect in [3/4, 4/3], lies between 0.77 and 1 of the image, and the windows differ from clip to clip."""
+    ramp = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    spans = set()
+    for seed in range(20):
+        img, _ = random_resized_crop(ramp, np.zeros((200, 200), np.int64), np.random.default_rng(seed),
+                                     AugmentConfig(crop=(100, 100)))
+        first, last = int(img[50, 0, 0]), int(img[50, -1, 0])
+        assert 0.77 * 200 - 3 <= last - first <= 200
+        spans.add((first, last))
+    assert len(spans) > 10
+
+
+def test_random_resized_crop_falls_back_to_a_central_crop_of_the_nearest_aspect():
+    """No window of 80 %+ of a 10 x 200 strip has an aspect ratio within [3/4, 4/3]: the official fallback takes
+    the central 10 x 13 (4/3) window, and of a 200 x 10 strip the central 13 x 10 (3/4) one."""
+    ramp = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (10, 1, 3))
+    img, _ = random_resized_crop(ramp, np.zeros((10, 200), np.int64), np.random.default_rng(0),
+                                 AugmentConfig(crop=(50, 50)))
+    assert abs(int(img[5, 0, 0]) - 93) <= 1 and abs(int(img[5, -1, 0]) - 105) <= 1
+    tall = np.ascontiguousarray(ramp.transpose(1, 0, 2))
+    img, _ = random_resized_crop(tall, np.zeros((200, 10), np.int64), np.random.default_rng(0),
+                                 AugmentConfig(crop=(50, 50)))
+    assert abs(int(img[0, 5, 0]) - 93) <= 1 and abs(int(img[-1, 5, 0]) - 105) <= 1
+
+
+def test_paste_clip_refuses_clips_of_more_objects_than_the_cap():
+    small = ([np.zeros((2, 2, 3), np.uint8)], [np.full((2, 2), 3, np.int64)])
+    big = ([np.zeros((2, 2, 3), np.uint8)], [np.full((2, 2), 11, np.int64)])
+    for base, other in ((big, small), (small, big)):
+        with pytest.raises(ValueError, match="at most 10"):
+            paste_clip(base, other, max_objects=10)
+
+
+def test_paste_clip_shifts_past_the_largest_id_of_any_frame_and_leaves_its_inputs():
+    base_labels = [np.array([[1, 2]], np.int64), np.array([[1, 0]], np.int64)]  # id 2 only in frame 0
+    base = ([np.zeros((1, 2, 3), np.uint8)] * 2, base_labels)
+    other = ([np.full((1, 2, 3), 7, np.uint8)] * 2, [np.array([[0, 1]], np.int64)] * 2)
+    frames, labels = paste_clip(base, other, max_objects=10)
+    assert [lb.tolist() for lb in labels] == [[[1, 3]], [[1, 3]]]
+    assert not base[0][0].any() and base_labels[1].tolist() == [[1, 0]]  # the base clip is not modified

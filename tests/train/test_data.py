@@ -9,7 +9,16 @@ from PIL import Image
 
 from trek_tracker.errors import InputError
 from trek_tracker.train.augment import AugmentConfig, paste_clip, select_objects, static_clip
-from trek_tracker.train.data import ClipDataset, DataSource, StepSampler, read_label, sample_frame_indices
+from trek_tracker.train.data import (
+    ClipDataset,
+    DataSource,
+    StepSampler,
+    compact_ids,
+    id_permutation,
+    read_label,
+    sample_frame_indices,
+    to_tensors,
+)
 
 TINY = AugmentConfig(crop=(97, 97), short_edge=120, min_object_pixels=20)
 
@@ -166,3 +175,37 @@ def test_bad_sources(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(InputError, match="no image/mask pairs"):
         ClipDataset([DataSource(str(tmp_path), kind="static")])
+
+
+def test_compact_ids_renumbers_large_ids_consistently_and_leaves_small_ones():
+    """Ids past 255 (panoptic, COCO) become 1..K in increasing order, the same number in every frame; labels
+    whose ids all fit 8 bits are returned as they are."""
+    a = np.array([[0, 70_000], [300, 3]], np.int64)
+    b = np.array([[300, 0], [0, 70_000]], np.int64)
+    out = compact_ids([a, b])
+    assert out[0].tolist() == [[0, 3], [2, 1]] and out[1].tolist() == [[2, 0], [0, 3]]
+    small = [np.array([[0, 7], [200, 255]], np.int64)]
+    assert compact_ids(small)[0].tolist() == small[0].tolist()
+    many = np.arange(1, 301, dtype=np.int64).reshape(1, -1) * 1000  # 300 ids: the first 255 are kept
+    (kept,) = compact_ids([many])
+    assert kept[0, :255].tolist() == list(range(1, 256)) and not kept[0, 255:].any()
+
+
+def test_id_permutation_keeps_background_and_permutes_the_rest():
+    perms = [id_permutation(11, 0, g) for g in range(20)]
+    for p in perms:
+        assert p[0] == 0 and sorted(p.tolist()) == list(range(11))
+    assert np.array_equal(perms[3], id_permutation(11, 0, 3))  # a pure function of (seed, g)
+    assert len({tuple(p) for p in perms}) > 15 and not np.array_equal(perms[3], id_permutation(11, 1, 3))
+
+
+def test_to_tensors_normalises_with_the_imagenet_statistics():
+    frame = np.zeros((2, 3, 3), np.uint8)
+    frame[0, 1] = (255, 0, 128)
+    label = np.arange(6, dtype=np.int64).reshape(2, 3)
+    images, labels = to_tensors([frame, frame], [label, label])
+    assert images.shape == (2, 3, 2, 3) and images.dtype == torch.float32 and labels.shape == (2, 2, 3)
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    assert images[1, :, 0, 1].tolist() == pytest.approx(expected, rel=1e-5)
+    assert images[0, :, 1, 2].tolist() == pytest.approx([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225], rel=1e-5)
+    assert torch.equal(labels[1], torch.from_numpy(label))

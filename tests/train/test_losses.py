@@ -25,6 +25,14 @@ def test_hard_pixel_fraction_ramp():
     assert all(hard_pixel_fraction(s, 1000, final=1.0) == 1.0 for s in range(1001))  # plain CE throughout
 
 
+def test_hard_pixel_fraction_without_a_ramp():
+    """``hard_mining_ratio = 0`` (allowed by the config): the official ``1e-5`` guard keeps it finite, so step 0
+    is the plain mean and every later step keeps the final fraction."""
+    assert hard_pixel_fraction(0, 1000, final=0.15, ratio=0.0) == 1.0
+    assert hard_pixel_fraction(1, 1000, final=0.15, ratio=0.0) == pytest.approx(0.15)
+    assert hard_pixel_fraction(999, 1000, final=0.15, ratio=0.0) == pytest.approx(0.15)
+
+
 def test_bootstrapped_ce_keeps_the_hardest_pixels_per_sample():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 5)
@@ -34,6 +42,26 @@ def test_bootstrapped_ce_keeps_the_hardest_pixels_per_sample():
     top = torch.sort(ce, dim=1, descending=True).values[:, :5]  # 25 % of 20 pixels
     assert bootstrapped_ce(logits, labels, 0.25) == pytest.approx(float(top.mean()), rel=1e-6)
     assert bootstrapped_ce(logits, labels, 0.25) > bootstrapped_ce(logits, labels, 1.0)
+
+
+def test_bootstrapped_ce_keeps_at_least_one_pixel():
+    """Fewer than one pixel's worth (fraction x HW < 1) still keeps the single hardest pixel of each sample."""
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 2, 3)
+    labels = torch.randint(0, 3, (2, 2, 3))
+    ce = F.cross_entropy(logits, labels, reduction="none").flatten(1)
+    hardest = float(ce.max(dim=1).values.mean())
+    assert bootstrapped_ce(logits, labels, 0.1) == pytest.approx(hardest, rel=1e-6)  # int(0.6) = 0 -> 1
+    assert bootstrapped_ce(logits, labels, 2 / 6) == pytest.approx(float(ce.topk(2, 1).values.mean()), rel=1e-6)
+
+
+def test_soft_jaccard_of_a_background_only_sample_is_its_background_term():
+    """Only the classes present count: a sample of background alone averages over that one class."""
+    logits = torch.tensor([[[[math.log(3.0), 0.0]], [[0.0, 0.0]]]])  # p0 = [0.75, 0.5]
+    labels = torch.zeros(1, 1, 2, dtype=torch.int64)
+    p0 = torch.tensor([0.75, 0.5])
+    j0 = 1 - p0.sum() / (2 + 1e-6)  # inter = sum p0, union = sum p0 + 2 - inter
+    assert soft_jaccard(logits, labels) == pytest.approx(float(j0), rel=1e-6)
 
 
 def test_soft_jaccard_by_hand():

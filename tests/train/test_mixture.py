@@ -36,6 +36,27 @@ def test_sources_are_drawn_at_their_weights(weights):
             assert sorted(visits[e:e + size]) == list(range(size))
 
 
+@pytest.mark.parametrize("weights", [[1.0, 2.0, 4.0], [0.3, 5.0, 0.01]])
+def test_each_block_gives_a_source_its_floor_or_one_more_slot_at_the_exact_rate(weights):
+    """The stratified scheme of the module doc: source s gets floor(p_s x BLOCK) or one more slot in every block,
+    and one more with probability frac(p_s x BLOCK), so its mean count per block is p_s x BLOCK. The first
+    source here is not the largest, whose slots absorb rounding."""
+    mix = Mixture([5, 5, 5], weights, seed=1, block=1024)
+    share = np.asarray(weights) / sum(weights) * 1024
+    counts = np.array([mix.block_counts(b) for b in range(2000)])
+    assert (counts.sum(1) == 1024).all()
+    assert ((counts == np.floor(share)) | (counts == np.floor(share) + 1)).all()
+    assert np.abs(counts.mean(0) - share).max() < 0.05, (counts.mean(0), share)
+
+
+def test_mixture_rejects_bad_sources():
+    bad = (([3, 4], [1.0]), ([], []), ([3, 4], [1.0, 0.0]), ([3, 4], [1.0, -1.0]), ([3, 0], [1.0, 1.0]))
+    for sizes, weights in bad:
+        with pytest.raises(ValueError):
+            Mixture(sizes, weights, seed=0)
+    assert Mixture([1, 1], [1.0, 1.0], seed=0)(0)[1] == 0  # one item per source is enough
+
+
 def test_mixture_is_a_pure_function_of_the_sample_number():
     a, b = Mixture([4, 9], [1.0, 3.0], seed=2), Mixture([4, 9], [1.0, 3.0], seed=2)
     forward = [a(g) for g in range(3000)]

@@ -157,3 +157,21 @@ def test_mixed_precision_training_step_on_cuda(batch, dtype):
         assert dtype == torch.float16 and scaler.get_scale() < scale  # an overflow: skipped, scale lowered
     assert all(torch.isfinite(g).all() for g in grads)  # a step was taken ...
     assert any(not torch.equal(a, b) for a, b in zip(before, step.parameters(), strict=True))  # ... and moved
+
+
+def test_an_id_permutation_must_keep_background_first(step, batch):
+    images, labels, n = batch
+    classes = step.model.config.max_objects + 1
+    good = torch.arange(classes).expand(2, classes)
+    for bad in (good.flip(1), good[:1], good[:, :-1]):
+        with pytest.raises(ValueError, match="id_perm"), torch.no_grad():
+            step(images, labels, n, id_perm=bad)
+
+
+def test_clip_loss_is_the_weighted_aux_loss_plus_the_mean_frame_loss(step, batch):
+    """docs/training.md#unrolled-step: ``loss = aux_weight x aux_loss + mean(frame losses)``."""
+    with torch.no_grad():
+        out = step(*batch, aux_weight=0.3, hard_fraction=0.5)
+    assert out.frame_losses.shape == (batch[0].shape[1] - 1,) and float(out.aux_loss) > 0
+    expected = 0.3 * float(out.aux_loss) + float(out.frame_losses.mean())
+    assert float(out.loss) == pytest.approx(expected, rel=1e-6)
