@@ -238,6 +238,22 @@ def os_errors(path: str | os.PathLike | None = None, action: str = "write", hint
         raise error(os_error_message(err, path, action, hint)) from err
 
 
+def hold_folder(path: str | os.PathLike) -> int:
+    """Hold the folder ``path`` for this process: the one-writer rule of a run folder and of a training's
+    ``--out`` (two processes writing one would mix two runs' files). Released when the returned descriptor is
+    closed or the process ends, however it ends; held by another process, it is a :class:`UserError`."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{path} is being written by another trek-track process; wait for it to end, or choose "
+                        "another --out folder") from None
+    return fd
+
+
 def sha256_of(path: str | os.PathLike, progress: Callable[[int], None] | None = None,
               chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks; ``progress`` is called with the size of each chunk read."""

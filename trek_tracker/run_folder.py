@@ -49,7 +49,15 @@ import numpy as np
 
 from trek_tracker import __version__
 from trek_tracker.errors import InputError, UserError, load_failure
-from trek_tracker.files import atomic_write, os_error_message, os_errors, read_json, write_bytes, write_json
+from trek_tracker.files import (
+    atomic_write,
+    hold_folder,
+    os_error_message,
+    os_errors,
+    read_json,
+    write_bytes,
+    write_json,
+)
 from trek_tracker.loop import COMPLETE, FAILED, Sink
 from trek_tracker.pipeline import FrameResult
 from trek_tracker.results import ObjectIds, StreamingTextWriter, read_boxes, read_label_png, read_times, write_label_png
@@ -166,16 +174,7 @@ class RunFolder:
 
     def _lock(self) -> None:
         """Hold the folder for this process (released when it exits, however it ends)."""
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"{self.path} is being written by another trek-track process; wait for it to end, or "
-                            "choose another --out folder") from None
-        self._lock_fd = fd
+        self._lock_fd = hold_folder(self.path)
 
     def release(self) -> None:
         """Let other processes (or a later run of this one) write the folder: called when the run ends."""

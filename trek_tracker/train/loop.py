@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from trek_tracker.device import select_device
 from trek_tracker.errors import CheckpointError, InputError, UserError, load_failure, memory_errors
-from trek_tracker.files import atomic_write, os_error_message, write_text
+from trek_tracker.files import atomic_write, hold_folder, os_error_message, os_errors, write_text
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
 from trek_tracker.signals import SIGNALS, HeldSignals
@@ -566,10 +566,22 @@ def plot_log(records: list[dict], path: Path) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = True, until: int | None = None, progress: bool = True
           ) -> list[dict]:
-    """Run (or resume) a training run; leaves the process group if it created one."""
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+    """Run (or resume) a training run; leaves the process group if it created one. The first process (the
+    only one that writes) holds ``cfg.out`` throughout, so that a second training into it, the same command
+    given twice or one per task of an ``srun`` step without one ``torchrun`` over them, is refused in one line
+    instead of pruning, logging and resuming among this one's files."""
+    held = None
+    if os.environ.get("RANK", "0").strip() in ("", "0"):
+        with os_errors(cfg.out, hint="choose another --out"):
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        held = hold_folder(cfg.out)
     try:
-        return trainer.run(until)
+        trainer = Trainer(cfg, resume=resume, progress=progress)
+        try:
+            return trainer.run(until)
+        finally:
+            if trainer.dist.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
     finally:
-        if trainer.dist.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if held is not None:
+            os.close(held)

@@ -1,0 +1,55 @@
+"""One training writes a run folder at a time."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from trek_tracker.errors import UserError
+from trek_tracker.files import hold_folder
+from trek_tracker.train.loop import train
+
+FAST = ("train.batch_size=2", "train.log_every=1", "train.checkpoint_every=2", "val.root=''", "train.steps=2")
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused_and_writes_nothing(tiny_config):
+    """The same command given twice, or `srun -n 2 trek-track train` (two first processes, no torchrun over them):
+    the second would prune, log and resume among the first one's files."""
+    cfg = tiny_config("run", *FAST)
+    os.makedirs(cfg.out)
+    other = hold_folder(cfg.out)  # another process's training
+    try:
+        with pytest.raises(UserError, match=r"is being written by another trek-track process; wait for it to end, "
+                                            r"or choose another --out folder"):
+            train(cfg, progress=False)
+        assert os.listdir(cfg.out) == []
+    finally:
+        os.close(other)
+    records = train(cfg, progress=False)  # once it has ended
+    assert records and os.path.isfile(os.path.join(cfg.out, "log.csv"))
+    held = hold_folder(cfg.out)  # and the training let the folder go
+    os.close(held)
+
+
+def test_only_the_first_process_of_a_launch_holds_the_folder(tiny_config, monkeypatch):
+    """The other ranks of one torchrun write nothing there: they must not be refused by the first one's hold."""
+    import trek_tracker.train.loop as loop
+
+    cfg = tiny_config("ranked", *FAST)
+    seen = []
+    monkeypatch.setattr(loop, "hold_folder", lambda path: seen.append(path) or os.open(path, os.O_RDONLY))
+    monkeypatch.setattr(loop, "Trainer", _NoTrainer)
+    monkeypatch.setenv("RANK", "1")
+    loop.train(cfg, progress=False)
+    monkeypatch.setenv("RANK", "0")
+    loop.train(cfg, progress=False)
+    assert seen == [cfg.out]
+
+
+class _NoTrainer:
+    def __init__(self, *args, **kwargs) -> None:
+        self.dist = type("D", (), {"world": 1})()
+
+    def run(self, until):
+        return []
