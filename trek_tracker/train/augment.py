@@ -147,7 +147,7 @@ def photometric(frame: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
         img = np.repeat(_luma(img)[..., None], 3, axis=-1)
     if rng.random() < cfg.blur_p:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*cfg.blur_sigma)))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).round().astype(np.uint8)  # rounded, as PIL's 8-bit results are
 
 
 def random_affine(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
