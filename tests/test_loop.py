@@ -78,6 +78,25 @@ def test_frames_before_a_stop_are_kept_and_the_sinks_hear_why(error, status):
         assert "tracker stopped" in sink.closed[0][1]
 
 
+def test_once_a_frame_is_tracked_an_interrupt_may_say_finished_work_was_kept():
+    """Without a saved state (`run --overlay`) the frames tracked still reach the sinks: the CLI's line may say
+    they were kept once the first one was handed over, not before."""
+    from trek_tracker.signals import work_has_started
+
+    work_has_started(reset=True)
+    with pytest.raises(KeyboardInterrupt):
+        track_video(Counter(), _interrupted_at(0), START, [Recorder()])
+    assert not work_has_started(reset=True)
+    with pytest.raises(KeyboardInterrupt):
+        track_video(Counter(fail_at=3, error=KeyboardInterrupt), range(8), START, [Recorder()])
+    assert work_has_started(reset=True)
+
+
+def _interrupted_at(stop: int):
+    yield from range(stop)
+    raise KeyboardInterrupt
+
+
 def test_a_failing_sink_fails_the_run_and_stops_tracking():
     """A full disk while writing behind: the loop raises it, the run ends as failed, tracking stops soon."""
     tracker, sink = Counter(), Recorder(fail_at=3)

@@ -41,7 +41,7 @@ import numpy as np
 from trek_tracker.errors import InputError
 from trek_tracker.geometry import Box
 from trek_tracker.pipeline import FrameResult
-from trek_tracker.signals import HeldSignals
+from trek_tracker.signals import HeldSignals, work_started
 from trek_tracker.video import decode_threads as default_decode_threads
 from trek_tracker.video import prefetch
 
@@ -190,6 +190,8 @@ def track_video(tracker: StepTracker, frames: Iterable[Any], start: Start | None
                     else:
                         result = tracker.step(image, **keep)
                     writer.put(index, image, result)
+                    if index == first:  # tracked frames reach the sinks however the loop ends
+                        work_started()
                     n = index + 1
                     if saver is not None and saver.due(index):
                         writer.call(save, index, tracker.state())
