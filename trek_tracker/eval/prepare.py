@@ -44,6 +44,7 @@ from trek_tracker.eval.dataset import (
     frame_file_name,
 )
 from trek_tracker.files import normal_permissions, os_errors, write_json
+from trek_tracker.signals import work_started
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ def prepare(cfg: PrepareConfig, echo: Callable[[str], None] = log.info) -> dict:
     version = ffmpeg_version(cfg.ffmpeg) if by_video else None
     videos = sorted(by_video.items())
     children = _Children()
+    work_started()  # each sequence's frames are kept as they are finished: a stopped command resumes
     jobs = [functools.partial(_extract_video, cfg, root, participant, video, seqs, frame_ids, children,
                               lambda line, k=k: echo(_numbered(line, f"[{k}/{len(videos)}]")))
             for k, ((participant, video), seqs) in enumerate(videos, 1)]
