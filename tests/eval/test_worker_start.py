@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,17 +38,19 @@ if "--multiprocessing-fork" in sys.orig_argv:
 """
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="signal masks are POSIX")
-def test_ctrl_c_while_the_workers_start_is_the_parent_s_one_line(tmp_path):
+def _ctrl_c_while_the_workers_start(tmp_path, sitecustomize: str, command: list[str]) -> tuple[int, str, Path]:
+    """Run `eval --workers 2` (``command`` starts the CLI) with ``sitecustomize`` on every interpreter's path,
+    send its process group SIGINT (Ctrl-C in a terminal) once both workers have left their marker, and return
+    the exit code, stderr and the markers' folder."""
     root = build_synthetic(tmp_path / "trek")
     site, markers = tmp_path / "site", tmp_path / "markers"
     site.mkdir()
     markers.mkdir()
-    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    (site / "sitecustomize.py").write_text(sitecustomize)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "TREK_TEST_MARKERS": str(markers)}
-    proc = subprocess.Popen([sys.executable, "-m", "trek_tracker.cli", "eval", "--root", str(root), "--tracker", "t",
-                             "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device", "cpu",
-                             "--protocol", "ope", "--tracker-class", "tests.eval.helpers:ConstantTracker"],
+    args = ["eval", "--root", str(root), "--tracker", "t", "--results", str(tmp_path / "res"), "--workers", "2",
+            "--quiet", "--device", "cpu", "--protocol", "ope", "--tracker-class", "tests.eval.helpers:ConstantTracker"]
+    proc = subprocess.Popen([*command, *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -55,12 +58,19 @@ def test_ctrl_c_while_the_workers_start_is_the_parent_s_one_line(tmp_path):
         while time.monotonic() < deadline and len(list(markers.iterdir())) < 2 and proc.poll() is None:
             time.sleep(0.02)
         assert len(list(markers.iterdir())) == 2 and proc.poll() is None  # both workers are starting
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130 and stderr.splitlines() == ["trek-track: error: interrupted"], stderr
+    return proc.returncode, stderr, markers
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="signal masks are POSIX")
+def test_ctrl_c_while_the_workers_start_is_the_parent_s_one_line(tmp_path):
+    code, stderr, markers = _ctrl_c_while_the_workers_start(tmp_path, _SITECUSTOMIZE,
+                                                            [sys.executable, "-m", "trek_tracker.cli"])
+    assert code == 130 and stderr.splitlines() == ["trek-track: error: interrupted"], stderr
     assert sorted(p.suffix for p in markers.iterdir()) == ["", ""]  # neither worker was interrupted
 
 
@@ -95,26 +105,7 @@ if "--multiprocessing-fork" in sys.orig_argv:
 def test_a_worker_stopped_while_it_imports_the_command_line_says_nothing(tmp_path):
     """`trek-track eval --workers 2` (the console script) and a Ctrl-C while a worker imports it: the workers
     neither take the interrupt nor, ended by the parent, say a line of their own."""
-    root = build_synthetic(tmp_path / "trek")
-    site, markers = tmp_path / "site", tmp_path / "markers"
-    site.mkdir()
-    markers.mkdir()
-    (site / "sitecustomize.py").write_text(_SLOW_CLICK)
-    (tmp_path / "trek-track").write_text(_CONSOLE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "TREK_TEST_MARKERS": str(markers)}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "trek-track"), "eval", "--root", str(root), "--tracker",
-                             "t", "--results", str(tmp_path / "res"), "--workers", "2", "--quiet", "--device", "cpu",
-                             "--protocol", "ope", "--tracker-class", "tests.eval.helpers:ConstantTracker"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(list(markers.iterdir())) < 2 and proc.poll() is None:
-            time.sleep(0.02)
-        assert len(list(markers.iterdir())) == 2 and proc.poll() is None  # both workers are importing click
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130 and stderr.splitlines() == ["trek-track: error: interrupted"], stderr
+    script = tmp_path / "trek-track"
+    script.write_text(_CONSOLE_SCRIPT)
+    code, stderr, _ = _ctrl_c_while_the_workers_start(tmp_path, _SLOW_CLICK, [sys.executable, str(script)])
+    assert code == 130 and stderr.splitlines() == ["trek-track: error: interrupted"], stderr
