@@ -45,7 +45,7 @@ from trek_tracker.errors import TRACKING_MEMORY_HINT, CheckpointError, InputErro
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run, RunGroup, group_runs
-from trek_tracker.files import read_json, write_json
+from trek_tracker.files import naming, read_json, write_json
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
 from trek_tracker.pipeline import FrameResult, Tracker
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
@@ -237,7 +237,8 @@ def _create_once(path: Path, record: dict[str, Any]) -> bool:
     hard-linked into place, so that no reader sees it half-written; on a file system without hard links it is
     created with ``O_EXCL`` instead."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    write_json(tmp, record)
+    with naming(path, instead_of=tmp):  # a failure is the record's, not a hidden name's
+        write_json(tmp, record)
     try:
         os.link(tmp, path)
         return True
