@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -411,3 +412,159 @@ def test_streaming_writer_takes_back_a_file_committed_by_an_unfinished_run(tmp_p
     writer.write_box([9, 0, 1, 1])
     writer.commit()
     assert read_boxes(final)[:, 0].tolist() == ([0, 1, 9] if "keep" in how else [0, 1, 2, 9])
+
+
+def test_write_boxes_of_no_frames_is_an_empty_file(tmp_path: Path) -> None:
+    # np.savetxt of an empty array writes nothing; [] and a (0, 4) array are both "no frames"
+    for boxes in ([], np.zeros((0, 4))):
+        write_boxes(tmp_path / "empty.txt", boxes)
+        assert (tmp_path / "empty.txt").read_bytes() == b""
+        assert read_boxes(tmp_path / "empty.txt").shape == (0, 4)
+
+
+@pytest.mark.parametrize("boxes", [[1.0, 2.0, 3.0, 4.0], np.zeros((2, 3)), np.zeros((1, 2, 4))])
+def test_write_boxes_refuses_what_is_not_n_by_4(tmp_path: Path, boxes) -> None:
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        write_boxes(tmp_path / "b.txt", boxes)
+    assert not (tmp_path / "b.txt").exists()
+
+
+def test_readers_take_a_path_as_a_string(tmp_path: Path) -> None:
+    write_boxes(tmp_path / "b.txt", [[1, 2, 3, 4]])
+    write_times(tmp_path / "t.txt", [0.5])
+    np.testing.assert_array_equal(read_boxes(str(tmp_path / "b.txt")), [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(read_result(str(tmp_path / "b.txt")), [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(read_times(str(tmp_path / "t.txt")), [0.5])
+
+
+@pytest.mark.parametrize("sep", ["\x0c", "\x1c", "\x85", "\u2028"])
+def test_read_result_keeps_a_line_that_np_loadtxt_keeps_whole(tmp_path: Path, sep: str) -> None:
+    # np.loadtxt splits lines only at \n (and \r): a form feed or Unicode line separator stays inside the row,
+    # so the toolkit cannot read this file; read_result must refuse it too (read_boxes is lenient)
+    path = tmp_path / "r.txt"
+    path.write_text(f"1,2,3,4{sep}5,6,7,8\n", encoding="utf-8")
+    with pytest.raises(ValueError):
+        np.loadtxt(path, delimiter=",", encoding="utf-8")
+    with pytest.raises(InputError, match="line 1"):
+        read_result(path)
+
+
+def test_malformed_rows_say_how_many_numbers_a_row_needs(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("0.5\n1 2\n")
+    with pytest.raises(InputError, match=r"line 2: expected 1 number, got '1 2'"):
+        read_times(tmp_path / "t.txt")
+    (tmp_path / "b.txt").write_text("1,2,3\n")
+    with pytest.raises(InputError, match=r"line 1: expected 4 numbers, got '1,2,3'"):
+        read_boxes(tmp_path / "b.txt")
+    with pytest.raises(InputError, match=r"line 1: expected 4 comma-separated numbers, got '1,2,3'"):
+        read_result(tmp_path / "b.txt")
+
+
+def test_write_times_takes_any_iterable(tmp_path: Path) -> None:
+    write_times(tmp_path / "t.txt", (s for s in (0.5, 1 / 3)))
+    assert (tmp_path / "t.txt").read_bytes() == b"0.50000000\n0.33333333\n"
+
+
+@pytest.mark.parametrize("labels", [[[0, -1]], [[0, 256]], [[-1, 5]], [[0, 300]]])
+def test_write_label_png_refuses_values_outside_0_255(tmp_path: Path, labels) -> None:
+    with pytest.raises(ValueError, match=r"0\.\.255"):
+        write_label_png(tmp_path / "m.png", np.array(labels, dtype=np.int64))
+    assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("palette", [None, np.arange(768).reshape(256, 3) % 256])
+def test_write_label_png_keeps_wide_and_strided_labels_exactly(tmp_path: Path, palette) -> None:
+    labels = np.array([[0, 1, 7], [255, 2, 0]], dtype=np.int64)
+    for given in (labels, np.asfortranarray(labels.astype(np.uint8)), labels.astype(np.uint8).T.copy().T):
+        write_label_png(tmp_path / "m.png", given, palette)
+        assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG, whatever the reader takes
+        back, pal = read_label_png(tmp_path / "m.png")
+        np.testing.assert_array_equal(back, labels)
+        assert (pal is None) == (palette is None)
+
+
+@pytest.mark.parametrize("values", [(256,), (0,), (1, 1), (-1,)])
+def test_object_ids_are_distinct_values_1_to_255(values) -> None:
+    with pytest.raises(InputError, match="distinct integers 1..255"):
+        ObjectIds(values)
+    assert ObjectIds((255, 1)).values == (255, 1)
+
+
+@pytest.mark.parametrize("labels", [[[-1, 0]], [[256, 0]], [[255, 256]]])
+def test_to_engine_refuses_values_outside_0_255_even_next_to_known_ones(labels) -> None:
+    with pytest.raises(InputError, match=r"0\.\.255"):
+        ObjectIds((255,)).to_engine(np.array(labels, dtype=np.int64))
+
+
+@pytest.mark.parametrize("labels", [[[-1, 1]], [[0, 2]], [[2, 0]]])
+def test_to_original_refuses_ids_outside_0_to_n(labels) -> None:
+    with pytest.raises(ValueError, match=r"engine ids must be in 0\.\.1"):
+        ObjectIds((255,)).to_original(np.array(labels, dtype=np.int64))
+
+
+def test_to_original_maps_any_integer_or_bool_ids() -> None:
+    ids = ObjectIds((255, 7))
+    for dtype in (np.uint8, np.int64, np.int32):
+        np.testing.assert_array_equal(ids.to_original(np.array([[0, 1, 2]], dtype=dtype)), [[0, 255, 7]])
+    np.testing.assert_array_equal(ids.to_original(np.array([[True, False]])), [[255, 0]])
+
+
+@pytest.mark.parametrize("labels", [[0.0, 1.5], [0.0, np.nan], [0.0, np.inf], ["a", "b"]])
+def test_object_ids_from_labels_refuse_what_is_no_integer(labels) -> None:
+    with pytest.raises(InputError, match="integer object ids 0..255"):
+        ObjectIds.from_labels(np.array(labels))
+
+
+def test_object_ids_from_labels_take_integer_floats_and_refuse_256() -> None:
+    assert ObjectIds.from_labels(np.array([[0.0, 2.0], [9.0, 2.0]])).values == (2, 9)
+    assert ObjectIds.from_labels(np.array([0, 255], dtype=np.int64)).values == (255,)
+    with pytest.raises(InputError, match="fit in 8 bits"):
+        ObjectIds.from_labels(np.array([0, 256], dtype=np.int64))
+    with pytest.raises(InputError, match="fit in 8 bits"):
+        ObjectIds((1,)).extend(np.array([0, 256], dtype=np.int64))
+
+
+def test_a_new_streaming_writer_starts_afresh_and_leaves_the_old_file_until_it_commits(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "boxes.txt"  # folders made
+    path.parent.mkdir(parents=True)
+    path.write_text("old\n")
+    (tmp_path / "a" / "b" / "boxes.txt.part").write_text("stale\n")
+    w = StreamingTextWriter(path)  # neither resume nor keep: a new run
+    w.write_line("x")
+    w.write_line("y")
+    assert w.lines == 2 and path.read_text() == "old\n"
+    w.commit()
+    assert path.read_text() == "x\ny\n" and not (tmp_path / "a" / "b" / "boxes.txt.part").exists()
+    w = StreamingTextWriter(tmp_path / "c" / "d" / "t.txt")
+    w.commit()
+    assert (tmp_path / "c" / "d" / "t.txt").read_bytes() == b""
+
+
+def test_keep_all_the_finished_lines_there_are(tmp_path: Path) -> None:
+    (tmp_path / "t.txt.part").write_text("1\n2\n3")  # a torn third line
+    w = StreamingTextWriter(tmp_path / "t.txt", keep=2)
+    assert w.lines == 2
+    w.write_line("9")
+    w.commit()
+    assert (tmp_path / "t.txt").read_text() == "1\n2\n9\n"
+
+
+def test_streaming_times_and_boxes_are_the_whole_file_formats_and_are_synced(tmp_path: Path, monkeypatch) -> None:
+    synced = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    w = StreamingTextWriter(tmp_path / "t.txt")
+    for s in (1 / 3, 2.5):
+        w.write_time(s)
+    assert w.lines == 2
+    w.sync()
+    assert synced == [len("0.33333333\n2.50000000\n")]
+    w.commit()
+    write_times(tmp_path / "whole.txt", [1 / 3, 2.5])
+    assert (tmp_path / "t.txt").read_bytes() == (tmp_path / "whole.txt").read_bytes() == b"0.33333333\n2.50000000\n"
+

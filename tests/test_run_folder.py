@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,3 +303,16 @@ def test_an_older_manifest_without_writes_is_still_read(tmp_path):
     with pytest.raises(UserError, match=r"previous run did not write \(masks/\)"):
         RunFolder.create(out, overwrite=True)
     assert (out / "masks").is_dir()
+
+
+def test_a_refused_create_lets_the_folder_go(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty") as info:
+        RunFolder.create(tmp_path / "run")
+    (tmp_path / "run" / "notes.txt").unlink()
+    # the refusal (still referenced, as a caller that reports it keeps it) holds no lock on the folder
+    folder = RunFolder.create(tmp_path / "run")
+    folder.release()
+    assert info.value is not None
+
