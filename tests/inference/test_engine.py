@@ -41,6 +41,8 @@ def test_a_later_reference_is_a_frame_of_its_own_or_replaces_the_commit_of_the_o
     assert engine.frame_step == 3 and engine.memory.frames == [3, 2, 1, 0]
     engine.state()
     engine.predict(frames[4])
+    with pytest.raises(RuntimeError, match="between frames"):
+        engine.state()  # the prediction is not committed yet
     engine.add_reference(frames[4], mask)  # predicted, then re-anchored: frame 4, stored once
     assert engine.frame_step == 4 and engine.memory.frames == [4, 3, 2, 1, 0]
     assert engine.memory.reference_frames == [0, 3, 4]
@@ -58,10 +60,15 @@ def test_a_mirrored_view_of_a_mirrored_video_is_the_plain_view_mirrored(tiny, vi
     flipped = VOSEngine(tiny, EngineConfig(flips=(True,)))
     plain.add_reference(frames[0], mask)
     flipped.add_reference(frames[0][:, ::-1], mask[:, ::-1])
+    both = VOSEngine(tiny, EngineConfig(flips=(True, False)))  # the mirrored view first
+    both.add_reference(frames[0], mask)
     for frame in frames[1:4]:
         a, b = plain.step(frame), flipped.step(frame[:, ::-1])
         assert torch.allclose(b.probs, a.probs.flip(-1), atol=1e-6)
         assert torch.equal(b.labels, a.labels.flip(-1))
+        mirrored, same = both.predict_views(frame)
+        both.commit_views([mirrored.labels, same.labels])
+        assert torch.allclose(same.probs, a.probs, atol=1e-6)
 
 
 def test_objects_are_split_into_groups_of_ten_renumbered_one_to_ten(tiny, video):
@@ -86,6 +93,24 @@ def test_objects_are_split_into_groups_of_ten_renumbered_one_to_ten(tiny, video)
             assert torch.equal(one_hot[v * 2 + g], expected), (v, g)
     outputs = engine.predict_views(frames[1])
     assert [tuple(o.probs.shape) for o in outputs] == [(13, *frames[0].shape[:2])] * 2
+    # Each group's logits, its unused ids masked, resized to the frame (un-mirrored for the mirrored view),
+    # merged as the official soft aggregation: background the product of the groups', objects each group's,
+    # clamped to [1e-5, 1 - 1e-5], back to logits, softmax (docs/inference.md#object-groups).
+    for o, flip in zip(outputs, (False, True), strict=True):
+        assert [tuple(lg.shape) for lg in o.logits] == [(1, 11, *o.logits[0].shape[-2:])] * 2
+        bg, fg = [], []
+        for lg, n in zip(o.logits, (10, 2), strict=True):
+            lg = lg.clone()
+            lg[:, n + 1:] = -1e10
+            lg = torch.nn.functional.interpolate(lg, size=frames[0].shape[:2], mode="bilinear",
+                                                 align_corners=tiny.align_corners)
+            p = torch.softmax(lg.flip(-1) if flip else lg, dim=1)[0]
+            bg.append(p[0])
+            fg.append(p[1:])
+        merged = torch.cat([torch.stack(bg).prod(0)[None], *fg]).clamp(1e-5, 1 - 1e-5)
+        expected = torch.softmax(torch.logit(merged), dim=0)
+        assert torch.allclose(o.probs, expected[:13], atol=1e-6)
+        assert torch.equal(o.labels, o.probs.max(0).indices)
     engine.commit_views([o.labels for o in outputs])
 
 

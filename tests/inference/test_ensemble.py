@@ -13,6 +13,7 @@ from trek_tracker.inference.ensemble import (
     EnsembleEngine,
     ModelSpec,
     average_probs,
+    check_mode,
     combine_outputs,
     vote,
     vote_scores,
@@ -131,3 +132,103 @@ def test_a_single_member_combines_to_itself():
     labels = torch.tensor([[0, 1], [2, 1]])
     assert torch.equal(vote([labels]), labels)
     assert torch.equal(vote_scores([labels], num_labels=3).argmax(0), labels)
+
+
+def test_vote_counts_labels_up_to_the_largest_any_member_votes():
+    """Without ``num_labels`` the scores have one row per label up to the largest voted (docs: vote shares), whichever
+    member votes it; each row is the summed weight of its voters over the total."""
+    a = torch.tensor([[0, 1, 1]])
+    b = torch.tensor([[3, 1, 0]])
+    assert vote([a, b]).tolist() == [[0, 1, 1]] and vote([b, a]).tolist() == [[3, 1, 0]]
+    scores = vote_scores([a, b], [1, 3])
+    assert scores.shape == (4, 1, 3) and scores.dtype == torch.float32
+    assert torch.allclose(scores[:, 0, 0], torch.tensor([0.25, 0.0, 0.0, 0.75]))
+    assert torch.allclose(scores[:, 0, 2], torch.tensor([0.75, 0.25, 0.0, 0.0]))
+    with pytest.raises(InputError, match="differ in size"):
+        vote([a, torch.zeros(2, 3, dtype=torch.int64), a])
+    with pytest.raises(InputError, match="positive"):
+        vote([a, b], [1, 0])
+
+
+def test_vote_ties_within_1e9_go_to_the_heaviest_member():
+    """Summed weights 0.1 + 0.2 and 0.3 are equal, though float64 makes the first one ulp larger: a tie
+    (docs/inference.md#ensembles: within 1e-9 of the top), won by the label of the heaviest member."""
+    a, b, c = torch.tensor([[1, 2]]), torch.tensor([[1, 2]]), torch.tensor([[2, 1]])
+    assert 0.1 + 0.2 > 0.3
+    assert vote([a, b, c], [0.1, 0.2, 0.3]).tolist() == [[2, 1]]
+    assert vote([c, a, b], [0.3, 0.1, 0.2]).tolist() == [[2, 1]]
+    # A real majority is not a tie: 0.1 + 0.2 + 1e-6 beats 0.3.
+    assert vote([a, b, c], [0.1, 0.2 + 1e-6, 0.3]).tolist() == [[1, 2]]
+    # Shares 0.5 and 0.5 - 5e-10 are within 1e-9: the heavier member (the lighter pair's label lost) wins;
+    # 2e-9 apart they are not.
+    assert vote([a, b, c], [0.25, 0.25, 0.5 - 5e-10]).tolist() == [[2, 1]]
+    assert vote([a, b, c], [0.25, 0.25, 0.5 - 2e-9]).tolist() == [[1, 2]]
+
+
+def test_combined_vote_has_a_share_for_every_channel_of_the_widest_member():
+    """``combine_outputs(mode="vote")``: the labels are the vote, and ``probs`` the vote shares over every channel
+    of the widest member's probabilities, including labels nobody voted for (a member tracking fewer objects has
+    fewer channels)."""
+    two = FrameOutput(torch.tensor([[1, 0, 0, 0, 0]]), torch.zeros(2, 1, 5), [])
+    three = FrameOutput(torch.tensor([[2, 2, 0, 0, 0]]), torch.zeros(3, 1, 5), [])
+    four = FrameOutput(torch.tensor([[1, 0, 0, 0, 0]]), torch.zeros(4, 1, 5), [])
+    out = combine_outputs([two, three, four], "vote", [1, 1, 1])
+    assert out.labels.tolist() == [[1, 0, 0, 0, 0]] and out.logits == []
+    assert out.probs.shape == (4, 1, 5)
+    assert torch.allclose(out.probs[:, 0, 0], torch.tensor([0, 2 / 3, 1 / 3, 0]))
+    assert torch.allclose(out.probs[:, 0, 1], torch.tensor([2 / 3, 0, 1 / 3, 0]))
+    out = combine_outputs([three, two], "vote", [1, 2])
+    assert out.probs.shape == (3, 1, 5) and out.labels.tolist() == [[1, 0, 0, 0, 0]]
+
+
+class _Saved(_Fixed):
+    def state(self):
+        return {"t": self.t}
+
+    def load_state(self, state) -> None:
+        self.t = state["t"]
+
+
+def test_lock_step_reference_commit_once_and_saved_state():
+    """Every member gets the reference; a commit needs a fresh prediction; each member saves and restores its
+    own state, in order."""
+    frames = [_probs([[0.9, 0.1]]), _probs([[0.2, 0.8]]), _probs([[0.6, 0.6]])]
+    members = [_Saved(list(frames)), _Saved(list(frames[::-1]))]
+    ens = EnsembleEngine(members)
+    reference = np.array([[1, 0]])
+    ens.add_reference(np.zeros((1, 2, 3), np.uint8), reference)
+    assert all(m.reference is reference for m in members)
+    out = ens.predict(None)
+    ens.commit(out.labels)
+    with pytest.raises(RuntimeError, match="must follow predict"):
+        ens.commit(out.labels)
+    assert ens.state() == [{"t": 1}, {"t": 1}]
+    ens.load_state([{"t": 2}, {"t": 0}])
+    assert [m.t for m in members] == [2, 0]
+    out = ens.step(None)  # member 0 sees frames[2], member 1 frames[::-1][0] = frames[2]
+    assert torch.allclose(out.probs, frames[2])
+    with pytest.raises(ValueError, match="1 ensemble members, this engine 2"):
+        ens.load_state([{"t": 0}])
+    assert ens.weights == [1.0, 1.0]
+    for bad in (dict(mode="median"), dict(weights=[1]), dict(memory_label="mean")):
+        with pytest.raises(InputError):
+            EnsembleEngine(members, **bad)
+    with pytest.raises(InputError, match="at least one member"):
+        EnsembleEngine([])
+
+
+def test_ensemble_config_checks_its_mode_and_one_weight_per_model_the_first_included():
+    """``weights`` has one entry per model, the first model (not among ``members``) first; a member given as a
+    sequence is ``(model,)`` or ``(model, checkpoint)`` of names or None."""
+    config = EnsembleConfig(members=["b", "c"], weights=[1, 2, 3])
+    assert config.weights == (1.0, 2.0, 3.0) and EnsembleConfig(members=["b"]).weights is None
+    for bad in ([1, 2], [1, 2, 3, 4], [1, 0, 2]):
+        with pytest.raises(InputError):
+            EnsembleConfig(members=["b", "c"], weights=bad)
+    with pytest.raises(InputError, match="unknown ensemble mode"):
+        EnsembleConfig(members=["b"], mode="median")
+    assert check_mode("vote") == "vote"
+    assert EnsembleConfig(members=[("b",), (None, "b.pth")]).members == (ModelSpec("b"), ModelSpec(None, "b.pth"))
+    for bad in ([()], [("b", 3)], [(3, "b.pth")]):
+        with pytest.raises(InputError, match="ensemble member"):
+            EnsembleConfig(members=bad)

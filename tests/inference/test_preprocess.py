@@ -16,6 +16,10 @@ from trek_tracker.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Frame,
+    Uploader,
+    autocast,
+    autocast_dtype,
+    device_network_input,
     input_size,
     resize_labels,
     to_network_input,
@@ -145,6 +149,53 @@ def test_frame_tensor_of_views_torch_cannot_wrap() -> None:
     assert Frame(image).tensor().data_ptr() == image.ctypes.data
 
 
+def test_a_frame_is_uploaded_once_by_its_uploader_and_a_cpu_uploader_wraps_it() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    calls = []
+    frame = Frame(image, uploader=lambda host: calls.append(host) or torch.ones(1))
+    assert frame.shape == (5, 7, 3) and frame.host is image
+    assert torch.equal(frame.tensor(), torch.ones(1)) and frame.tensor() is frame.tensor() and len(calls) == 1
+    upload = Uploader(torch.device("cpu"))
+    assert upload(image).data_ptr() == image.ctypes.data
+    assert torch.equal(upload(image[:, ::-1]), torch.from_numpy(image[:, ::-1].copy()))
+
+
+def test_device_preprocessing_follows_the_cpu_steps() -> None:
+    """The mixed-precision input (docs/inference.md#precision), run on the CPU: without a resize it is the
+    official normalisation up to float32 rounding; the cubic resize is OpenCV's kernel (half-pixel centres,
+    a = -0.75), flipped after the resize; the uint8 (VMOS) path rounds and saturates the resized frame to 0..255
+    as OpenCV's uint8 resize does, within one grey level."""
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    rgb[:, :10] = 0
+    rgb[:, 10:20] = 255  # steps: the cubic kernel overshoots both ends
+    t = torch.from_numpy(rgb)
+    same = device_network_input(t, (30, 40))
+    assert same.shape == (1, 3, 30, 40) and same.dtype == torch.float32
+    assert (same - to_network_input(rgb, (30, 40))).abs().max() <= 1e-6
+    x = device_network_input(t, (49, 65))
+    ref = cv2.resize(rgb.astype(np.float32), (65, 49), interpolation=cv2.INTER_CUBIC)
+    ref = (ref / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    assert np.abs(x[0].numpy().transpose(1, 2, 0) - ref).max() <= 0.02 / 255 / 0.225
+    assert torch.equal(device_network_input(t, (49, 65), flip=True), x.flip(-1))
+    u = device_network_input(t, (49, 65), resize="uint8", flip=True).flip(-1)[0].double().numpy().transpose(1, 2, 0)
+    grey = (u * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)) * 255
+    assert np.abs(grey - np.round(grey)).max() < 1e-3 and abs(grey.min()) < 1e-3 and abs(grey.max() - 255) < 1e-3
+    official = cv2.resize(rgb, (65, 49), interpolation=cv2.INTER_CUBIC).astype(np.float64)
+    assert np.abs(grey - official).max() < 1 + 1e-3 and (official == 0).any() and (official == 255).any()
+    assert np.abs(grey - official).mean() < 0.05
+
+
+def test_autocast_of_each_precision() -> None:
+    assert autocast_dtype("fp32") == torch.float32 and autocast_dtype("bf16") == torch.bfloat16
+    assert autocast_dtype("fp16") == torch.float16
+    a = torch.ones(4, 4)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert (a @ a).dtype == torch.float32
+
+
 def test_to_network_input_rejects_bad_size() -> None:
     with pytest.raises(InputError):
         to_network_input(np.zeros((4, 4, 3), np.uint8), (0, 4))
@@ -186,6 +237,33 @@ def test_resize_labels_differs_from_nearest_exact() -> None:
     exact = F.interpolate(label, size=(273, 481), mode="nearest-exact")
     assert ours.shape == (1, 1, 273, 481) and ours.dtype == torch.float32
     assert not torch.equal(ours, exact)
+
+
+def test_input_size_caps_and_enlargement_by_hand() -> None:
+    """docs/inference.md#network-input-size rules 1-4, computed by hand."""
+    # Short-edge cap: 1248 x 2000 halves to 624 x 1000; (623)/16 = 38.9 -> 625, 999/16 = 62.4 -> 993.
+    assert input_size(1248, 2000, max_short_edge=624, max_long_edge=None) == (625, 993)
+    # A short edge below the cap is not enlarged, though the long edge exceeds it: 599/16 -> 593, 999/16 -> 993.
+    assert input_size(600, 1000, max_short_edge=624, max_long_edge=None) == (593, 993)
+    # VMOS enlargement: the short edge 100 -> 200 doubles both sides: 199/16 -> 193, 799/16 = 49.9 -> 801.
+    assert input_size(100, 400, min_short_edge=200, max_long_edge=None) == (193, 801)
+    # The long-edge cap defaults to 1040: 10 x 1041 -> int(9.99) = 9 rows, and 8/16 = 0.5 rounds to 0 -> 1.
+    assert input_size(10, 1041) == (1, 1041)
+    # Swin sizes 16k: 17 -> 16, 33 -> 32; an aligned 32 is kept.
+    assert input_size(17, 33, max_long_edge=None, align_corners=False) == (16, 32)
+    assert input_size(32, 48, max_long_edge=None, align_corners=False) == (32, 48)
+    for kw, message in ((dict(max_long_edge=0), "max_long_edge must be positive"),
+                        (dict(max_short_edge=0), "max_short_edge must be positive"),
+                        (dict(scale=0), "scale must be a positive"), (dict(scale=float("inf")), "scale must be"),
+                        (dict(max_long_edge=0.5), "too small")):
+        with pytest.raises(InputError, match=message):
+            input_size(10, 10, align_corners=False, **kw)
+
+
+def test_a_side_of_one_pixel_is_a_size() -> None:
+    assert input_size(1, 17, max_long_edge=None) == (1, 17)
+    label = np.arange(12).reshape(3, 4)
+    assert resize_labels(label, (1, 2)).tolist() == [[0, 2]]  # rows floor(0 * 3/1), columns floor(i * 4/2)
 
 
 def test_resize_labels_keeps_rank_and_dtype() -> None:

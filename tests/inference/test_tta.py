@@ -54,6 +54,7 @@ def test_views_without_flip_and_a_single_scale_follow_the_official_evaluator():
     with pytest.raises(InputError, match="below 10"):
         parse_scales("1.2,10")
     assert TTAConfig().views() == [(1.0, False)] and not TTAConfig().active
+    assert TTAConfig("1.2,1.3").scales == (1.2, 1.3) and not TTAConfig([1.0]).active  # parsed, as a tuple
     assert tta_views([1.2, 1.3], False) == [(1.2, False), (1.3, False)]
     (config,) = view_configs(EngineConfig(), [1.2], False)
     assert config.flips == (False,) and config.scale == 1.2 and config.max_short_edge == 624
@@ -140,3 +141,78 @@ def test_three_scales_average_is_the_official_torch_mean_exactly(model):
     out = engine.predict(frames[1])
     official = torch.mean(torch.cat([v.probs[None] for v in engine.view_outputs]), dim=0)
     assert torch.equal(out.probs, official) and torch.equal(out.labels, official.argmax(0))
+
+
+def _two_object_video(n: int = 4) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (120, 150, 3), dtype=np.uint8) for _ in range(n)]
+    mask = np.zeros((120, 150), np.int64)
+    mask[20:70, 30:100] = 1
+    mask[80:110, 10:40] = 2
+    return frames, mask
+
+
+def test_ensemble_memory_label_feeds_every_view_the_averaged_label(model):
+    """``memory_label="ensemble"`` (docs/inference.md#test-time-augmentation, step 5): every view remembers the
+    arg-max of the averaged probabilities, not its own; one standalone engine per view fed that label computes
+    the same."""
+    frames, mask = _two_object_video()
+    base = EngineConfig(max_long_edge=None)
+    engine = tta_engine(model, base, TTAConfig((1.0, 1.25), flip=True), memory_label="ensemble")
+    own = tta_engine(model, base, TTAConfig((1.0, 1.25), flip=True))
+    solo = [VOSEngine(model, replace(c, flips=(f,))) for c in view_configs(base, [1.0, 1.25], True)
+            for f in c.flips]
+    for e in (engine, own, *solo):
+        e.add_reference(frames[0], mask)
+    differs = False
+    for frame in frames[1:]:
+        out = engine.step(frame)
+        views = [s.predict(frame) for s in solo]
+        expected = torch.stack([v.probs for v in views]).mean(0)
+        label = expected.argmax(0)
+        for s in solo:
+            s.commit(label)
+        assert torch.allclose(out.probs, expected, atol=1e-6) and torch.equal(out.labels, label)
+        differs |= not torch.allclose(own.step(frame).probs, out.probs, atol=1e-4)
+    assert differs  # the views' own labels would have given other memories
+
+
+def test_commit_twice_and_resuming_from_the_state(model):
+    """A commit needs a fresh prediction; the engines' saved state (docs/inference.md#saved-state-resuming-a-run)
+    lets a new TTA engine continue exactly as the first one does."""
+    import copy
+
+    frames, mask = _two_object_video(6)
+    tta = TTAConfig((1.0, 1.25), flip=True)
+    first = tta_engine(model, EngineConfig(max_long_edge=None), tta)
+    first.add_reference(frames[0], mask)
+    out = first.predict(frames[1])
+    assert len(first.view_outputs) == 4
+    first.commit(out.labels)
+    assert first.view_outputs == []  # the views' outputs last until the commit
+    with pytest.raises(RuntimeError, match="must follow predict"):
+        first.commit(out.labels)
+    first.step(frames[2])
+    state = copy.deepcopy(first.state())
+    assert len(state) == 2 and [s["frame_step"] for s in state] == [2, 2]
+    second = tta_engine(model, EngineConfig(max_long_edge=None), tta)
+    second.load_state(state)
+    for frame in frames[3:]:
+        a, b = first.step(frame), second.step(frame)
+        assert torch.equal(a.probs, b.probs) and torch.equal(a.labels, b.labels)
+    with pytest.raises(ValueError, match="2 TTA scales, this engine 1"):
+        tta_engine(model, EngineConfig(), TTAConfig(flip=True)).load_state(state)
+
+
+def test_tta_engine_defaults(model):
+    """No TTA asked: a plain engine with the default config; TTA without a base config starts from the default
+    one (long edge 1040) and caps the short edge at 624 for a scale other than 1."""
+    plain = tta_engine(model)
+    assert type(plain) is VOSEngine and plain.config == EngineConfig()
+    engine = tta_engine(model, tta=TTAConfig((1.2,), flip=True))
+    assert isinstance(engine, TTAEngine) and engine.memory_label == "own" and engine.members is engine.engines
+    (config,) = [e.config for e in engine.engines]
+    assert config == EngineConfig(scale=1.2, flips=(False, True), max_short_edge=624)
+    assert tta_engine(model, tta=TTAConfig((1.2,)), max_resolution=500).engines[0].config.max_short_edge == 500
+    with pytest.raises(InputError, match="memory_label"):
+        TTAEngine([plain], memory_label="mean")
