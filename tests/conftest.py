@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,6 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 # (docs/vmos.md#resizing-uint8-frames). Every test process, and every process a test starts, uses the goldens'
 # kernels; this must be set before OpenCV is first imported.
 os.environ.setdefault("OPENCV_IPP", "avx2")
+
+
+def two_object_video(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` random 120 x 150 RGB frames and a first-frame mask of two rectangles (ids 1 and 2): input for the
+    tests that compare two ways of tracking the same video."""
+    rng = np.random.default_rng(seed)
+    frames = [rng.integers(0, 255, (120, 150, 3), dtype=np.uint8) for _ in range(n)]
+    mask = np.zeros((120, 150), np.int64)
+    mask[20:70, 30:100] = 1
+    mask[80:110, 10:40] = 2
+    return frames, mask
 
 
 def _shared_root() -> Path:

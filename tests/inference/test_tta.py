@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import two_object_video
 from trek_tracker.errors import InputError
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
 from trek_tracker.inference.tta import TTAConfig, TTAEngine, parse_scales, tta_engine, tta_views, view_configs
@@ -144,12 +145,7 @@ def test_three_scales_average_is_the_official_torch_mean_exactly(model):
 
 
 def _two_object_video(n: int = 4) -> tuple[list[np.ndarray], np.ndarray]:
-    rng = np.random.default_rng(1)
-    frames = [rng.integers(0, 255, (120, 150, 3), dtype=np.uint8) for _ in range(n)]
-    mask = np.zeros((120, 150), np.int64)
-    mask[20:70, 30:100] = 1
-    mask[80:110, 10:40] = 2
-    return frames, mask
+    return two_object_video(n, seed=1)
 
 
 def test_ensemble_memory_label_feeds_every_view_the_averaged_label(model):

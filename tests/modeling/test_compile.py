@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import two_object_video
 from trek_tracker.inference.engine import EngineConfig, VOSEngine
 from trek_tracker.inference.memory import MemoryConfig
 from trek_tracker.modeling import base
@@ -13,12 +14,7 @@ from trek_tracker.modeling.registry import build_model
 
 
 def _video(n: int = 7) -> tuple[list[np.ndarray], np.ndarray]:
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (120, 150, 3), dtype=np.uint8) for _ in range(n)]
-    mask = np.zeros((120, 150), np.int64)
-    mask[20:70, 30:100] = 1
-    mask[80:110, 10:40] = 2
-    return frames, mask
+    return two_object_video(n, seed=0)
 
 
 def _track(model, frames, mask) -> list[torch.Tensor]:
