@@ -30,6 +30,20 @@ def two_object_video(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     return frames, mask
 
 
+@pytest.fixture
+def fsync_sizes(monkeypatch) -> list[int]:
+    """The size of each file as ``os.fsync`` syncs it, in order: whether the data reached it first."""
+    sizes: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        sizes.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return sizes
+
+
 def _shared_root() -> Path:
     env = os.environ.get("TREK_TRACK_SHARED")
     return Path(env) if env else REPO.parent / "shared"

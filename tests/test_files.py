@@ -42,15 +42,8 @@ def test_atomic_write_creates_missing_parent_folders(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "x"
 
 
-def test_atomic_write_flushes_before_it_syncs(tmp_path: Path, monkeypatch) -> None:
-    synced = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_size)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+def test_atomic_write_flushes_before_it_syncs(tmp_path: Path, fsync_sizes: list[int]) -> None:
+    synced = fsync_sizes
     write_text(tmp_path / "a.txt", "x" * 1000)
     assert synced == [1000]  # the data reached the file before it was synced
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -549,15 +548,8 @@ def test_keep_all_the_finished_lines_there_are(tmp_path: Path) -> None:
     assert (tmp_path / "t.txt").read_text() == "1\n2\n9\n"
 
 
-def test_streaming_times_and_boxes_are_the_whole_file_formats_and_are_synced(tmp_path: Path, monkeypatch) -> None:
-    synced = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_size)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+def test_streaming_times_and_boxes_are_the_whole_file_formats_and_are_synced(tmp_path: Path, fsync_sizes) -> None:
+    synced = fsync_sizes
     w = StreamingTextWriter(tmp_path / "t.txt")
     for s in (1 / 3, 2.5):
         w.write_time(s)
