@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import time
 import traceback
 import uuid
@@ -573,10 +574,18 @@ def _how_it_ended(exitcode: int) -> str:
         return f"was killed by signal {-exitcode}"
 
 
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 def _run_workers(dataset: Trek150, todo: list[RunGroup], tracker_dir: Path, factory: TrackerFactory, workers: int,
                  devices: list[str] | None, prefetch: int, bar, summary: RunSummary,
                  claim: Callable[[], None]) -> None:
     ctx = get_context("spawn")  # fork is unsafe once torch or CUDA threads exist
+    if _QUIET_TRACKER not in sys.warnoptions:
+        # multiprocessing's resource tracker, started with the first queue and given this process's -W options,
+        # removes the queues' semaphores that an eval stopped while its workers start leaves behind, and warns of
+        # each in lines of its own beside the command's one line: the removal is what matters here.
+        sys.warnoptions.append(_QUIET_TRACKER)
     n = min(workers, len(todo))
     tasks, messages = ctx.Queue(), ctx.Queue()
     for group in todo:
