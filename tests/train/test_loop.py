@@ -323,8 +323,12 @@ def test_a_process_killed_under_torchrun_ends_the_others_in_one_line(tiny_config
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert "trek-track: error: another process of this training run stopped (at step " in err, err[-3000:]
-    assert "no training step was saved yet" in err
+    # Rank 0 says so in one line: its next collective fails, or, on a loaded machine, torchrun's own SIGTERM to
+    # the survivors (sent because rank 1 died) comes first and rank 0 stops as interrupted, keeping its work.
+    lines = [line for line in err.splitlines() if line.startswith("trek-track: error: ")]
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith(("trek-track: error: another process of this training run stopped (at step ",
+                                "trek-track: error: interrupted by SIGTERM")), err[-3000:]
     assert "[rank0]: Traceback" not in err, err[-3000:]
 
 
