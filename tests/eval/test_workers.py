@@ -243,6 +243,44 @@ def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_result
     assert [(out / r.relpath).read_text() for r in runs] == [(fresh / r.relpath).read_text() for r in runs]
 
 
+def _overwrite(barrier, folder: str, identity: dict, answers) -> None:
+    """One rank of a launch given ``--overwrite``: check the tracker name at the same moment as the others."""
+    from trek_tracker.eval.runner import check_identity
+
+    barrier.wait()
+    try:
+        check_identity(Path(folder), identity, overwrite=True)
+        answers.put("ok")
+    except Exception as err:  # noqa: BLE001 - the test reports what a rank met
+        answers.put(f"{type(err).__name__}: {err}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="starts the ranks by fork")
+def test_ranks_given_overwrite_at_once_all_replace_the_old_configuration(tmp_path):
+    """Under torchrun every rank runs the same `eval --overwrite` with a new configuration: all remove the old
+    configuration's results at the same moment, and none fails on a file (or the record) another rank has
+    removed first."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    old, new = {"settings": {"memory": {"cap": 10}}}, {"settings": {"memory": {"cap": 6}}}
+    for trial in range(8):
+        folder = tmp_path / f"t{trial}"
+        (folder / "ope").mkdir(parents=True)
+        for i in range(300):
+            (folder / "ope" / f"seq{i}.txt").write_text("1,2,3,4\n")
+        claim_identity(folder, old)
+        barrier, answers = ctx.Barrier(3), ctx.Queue()
+        ranks = [ctx.Process(target=_overwrite, args=(barrier, str(folder), new, answers)) for _ in range(3)]
+        for rank in ranks:
+            rank.start()
+        said = [answers.get(timeout=60) for _ in ranks]
+        for rank in ranks:
+            rank.join(10)
+        assert said == ["ok"] * 3
+        assert list((folder / "ope").iterdir()) == [] and not (folder / "trek-track-tracker.json").exists()
+
+
 @pytest.mark.parametrize("env,expected", [
     ({}, None),
     ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, (2, 4)),

@@ -196,20 +196,26 @@ def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite
     ``<tracker_dir>/trek-track-tracker.json`` (:func:`claim_identity`); a command with another configuration
     is refused before it loads anything. With ``overwrite`` the new configuration replaces the old one: every
     result file of the old one is removed (the runs of other protocols and sequences too, which this command
-    may not redo), so that none is ever read as the new configuration's, and then its record."""
+    may not redo), so that none is ever read as the new configuration's, and then its record. Every process
+    of a launch given ``--overwrite`` does this, at once: what another has removed first is not an error."""
     if identity is None:
         return
     path = tracker_dir / IDENTITY_FILE
     if not path.is_file():
         return
-    recorded = read_json(path)
+    try:
+        recorded = read_json(path)
+    except InputError:
+        if path.exists():
+            raise
+        return  # another process of this launch removed it since
     if recorded == _normal(identity):
         return
     if not overwrite:
         raise _another_configuration(tracker_dir, recorded, identity)
     old = _result_files(tracker_dir)
-    for f in old:
-        f.unlink()
+    for f in old:  # the other processes of one launch remove them too, at the same moment
+        f.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
     if old:
         log.info("removed %d result files of the previous configuration of tracker %r", len(old), tracker_dir.name)
