@@ -153,9 +153,15 @@ def test_thread_counts_follow_the_cpus_this_process_may_use(monkeypatch):
     ({"SLURM_LOCALID": "3"}, 4, 3),  # srun tasks sharing a node's 4 GPUs: one each
     ({"SLURM_LOCALID": "3"}, 1, 0),  # a task bound to its own GPU sees only that one
     ({}, 4, 0),
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 8, 1),  # torchrun alone
+    # srun --ntasks-per-node=2 torchrun --standalone --nproc-per-node=2: the second task takes GPUs 2 and 3
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "SLURM_LOCALID": "1"}, 4, 3),
+    ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "SLURM_LOCALID": "1"}, 4, 2),
+    ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "SLURM_LOCALID": "1"}, 2, 1),  # each task sees its own two
+    ({"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4", "SLURM_LOCALID": "0"}, 8, 3),  # one task per node
 ])
 def test_the_local_gpu_under_a_launcher(monkeypatch, env, count, expected):
-    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+    for key in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_LOCALID"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

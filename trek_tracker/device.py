@@ -63,12 +63,14 @@ def parse_device(requested: str = "auto"):
 def _local_gpu(count: int) -> int:
     """The GPU of this process among the ``count`` it sees: ``LOCAL_RANK`` under ``torchrun``; its task's
     place on the node under ``srun`` (``SLURM_LOCALID``) when the tasks share the node's GPUs (a task bound
-    to its own GPU sees only that one); else the first."""
+    to its own GPU sees only that one); else the first. Both: ``srun`` started a ``torchrun`` in each of
+    several tasks on one node, each numbering its processes from 0; where the tasks share the node's GPUs,
+    each task's processes take the next ``LOCAL_WORLD_SIZE`` of them, not all the first ones."""
+    task = int(os.environ.get("SLURM_LOCALID", 0))
     if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"])
-    if count > 1 and "SLURM_LOCALID" in os.environ:
-        return int(os.environ["SLURM_LOCALID"])
-    return 0
+        rank, per_task = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", 0))
+        return task * per_task + rank if per_task and (task + 1) * per_task <= count else rank
+    return task if count > 1 else 0
 
 
 def usable_cpus() -> int:
