@@ -243,6 +243,28 @@ def test_overwrite_with_another_configuration_leaves_none_of_the_old_ones_result
     assert [(out / r.relpath).read_text() for r in runs] == [(fresh / r.relpath).read_text() for r in runs]
 
 
+@pytest.mark.parametrize("damage", ["", "[1, 2]"])  # a writer without hard links killed mid-write; hand-edited
+def test_a_damaged_configuration_record_is_one_line_and_overwrite_replaces_it(ds, tmp_path, damage):
+    out = tmp_path / "t"
+    old, new = {"settings": {"memory": {"cap": 10}}}, {"settings": {"memory": {"cap": 6}}}
+    runs = plan(ds, "ope")
+    execute(ds, runs, out, ConstantTracker, progress=False, identity=old)
+    before = [(out / r.relpath).read_text() for r in runs]
+    (out / "trek-track-tracker.json").write_text(damage)
+    for identity in (old, new):
+        with pytest.raises(UserError) as err:
+            execute(ds, runs, out, OracleTracker, progress=False, identity=identity)
+        said = str(err.value)
+        assert str(out / "trek-track-tracker.json") in said and "\n" not in said
+        assert said.endswith("use another --tracker name, or --overwrite to redo every run with this configuration")
+    assert [(out / r.relpath).read_text() for r in runs] == before  # refused before anything was touched
+    execute(ds, runs, out, OracleTracker, progress=False, overwrite=True, identity=new)
+    assert json.loads((out / "trek-track-tracker.json").read_text()) == new
+    fresh = tmp_path / "fresh"
+    execute(ds, runs, fresh, OracleTracker, progress=False, identity=new)
+    assert [(out / r.relpath).read_text() for r in runs] == [(fresh / r.relpath).read_text() for r in runs]
+
+
 def _overwrite(barrier, folder: str, identity: dict, answers) -> None:
     """One rank of a launch given ``--overwrite``: check the tracker name at the same moment as the others."""
     from trek_tracker.eval.runner import check_identity

@@ -204,13 +204,13 @@ def check_identity(tracker_dir: Path, identity: dict[str, Any] | None, overwrite
     if not path.is_file():
         return
     try:
-        recorded = read_json(path)
-    except InputError:
-        if path.exists():
-            raise
-        return  # another process of this launch removed it since
-    if recorded == _normal(identity):
-        return
+        recorded = _read_record(path)
+    except InputError as err:
+        if not overwrite:
+            raise _damaged(tracker_dir, err) from None
+        recorded = None
+    if recorded is _NONE or recorded == _normal(identity):
+        return  # none (another process of this launch removed it since), or this configuration's
     if not overwrite:
         raise _another_configuration(tracker_dir, recorded, identity)
     old = _result_files(tracker_dir)
@@ -231,10 +231,16 @@ def claim_identity(tracker_dir: Path, identity: dict[str, Any] | None) -> None:
     if identity is None:
         return
     path = tracker_dir / IDENTITY_FILE
-    if not _create_once(path, identity):
-        recorded = _read_record(path)
+    while not _create_once(path, identity):
+        try:
+            recorded = _read_record(path)
+        except InputError as err:
+            raise _damaged(tracker_dir, err) from None
+        if recorded is _NONE:
+            continue  # removed since by a process of this launch given --overwrite: claim it afresh
         if recorded != _normal(identity):
             raise _another_configuration(tracker_dir, recorded, identity)
+        return
 
 
 def _create_once(path: Path, record: dict[str, Any]) -> bool:
@@ -267,15 +273,33 @@ def _create_once(path: Path, record: dict[str, Any]) -> bool:
     return True
 
 
+_NONE = object()  # no record (any more)
+
+
 def _read_record(path: Path) -> Any:
-    """The record at ``path``; one that does not parse yet is read again for a moment (created with
-    ``O_EXCL``, it is empty until its writer has written it)."""
-    for _ in range(40):
+    """The record at ``path`` (a mapping), or ``_NONE`` if there is none; one that does not parse yet is
+    read again for a moment (created with ``O_EXCL``, it is empty until its writer has written it). One
+    that never parses, or is not a mapping, raises :class:`InputError`."""
+    tries = 40
+    while True:
         try:
-            return read_json(path)
+            record = read_json(path)
+            break
         except InputError:
+            if not path.exists():
+                return _NONE
+            if tries == 0:
+                raise
+            tries -= 1
             time.sleep(0.05)
-    return read_json(path)
+    if not isinstance(record, dict):
+        raise InputError(f"{path} holds a JSON {type(record).__name__}, not a tracker configuration")
+    return record
+
+
+def _damaged(tracker_dir: Path, err: InputError) -> UserError:
+    return UserError(f"{err}; it records the configuration that made the results in {tracker_dir}: use another "
+                     "--tracker name, or --overwrite to redo every run with this configuration")
 
 
 def _normal(identity: dict[str, Any]) -> Any:
