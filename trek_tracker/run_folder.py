@@ -197,7 +197,10 @@ class RunFolder:
         folder._lock()
         try:
             record = read_json(folder.manifest_file)
-            status = record.get("status") if isinstance(record, dict) else None
+            if not isinstance(record, dict):
+                raise UserError(f"{folder.manifest_file} is not a run's manifest (not a JSON object); give the --out "
+                                "folder of an interrupted `trek-track run`")
+            status = record.get("status")
             if status == COMPLETE:
                 raise UserError(f"run {folder.path} is complete: there is nothing to resume")
             if not folder.resume_file.is_file():
