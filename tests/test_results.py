@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -428,12 +431,14 @@ def test_write_boxes_refuses_what_is_not_n_by_4(tmp_path: Path, boxes) -> None:
     assert not (tmp_path / "b.txt").exists()
 
 
-def test_readers_take_a_path_as_a_string(tmp_path: Path) -> None:
+def test_readers_and_writers_take_a_path_as_a_string(tmp_path: Path) -> None:
     write_boxes(tmp_path / "b.txt", [[1, 2, 3, 4]])
     write_times(tmp_path / "t.txt", [0.5])
     np.testing.assert_array_equal(read_boxes(str(tmp_path / "b.txt")), [[1, 2, 3, 4]])
     np.testing.assert_array_equal(read_result(str(tmp_path / "b.txt")), [[1, 2, 3, 4]])
     np.testing.assert_array_equal(read_times(str(tmp_path / "t.txt")), [0.5])
+    write_label_png(str(tmp_path / "m.png"), np.array([[0, 3]], np.uint8))
+    np.testing.assert_array_equal(read_label_png(str(tmp_path / "m.png"))[0], [[0, 3]])
 
 
 @pytest.mark.parametrize("sep", ["\x0c", "\x1c", "\x85", "\u2028"])
@@ -560,3 +565,378 @@ def test_streaming_times_and_boxes_are_the_whole_file_formats_and_are_synced(tmp
     write_times(tmp_path / "whole.txt", [1 / 3, 2.5])
     assert (tmp_path / "t.txt").read_bytes() == (tmp_path / "whole.txt").read_bytes() == b"0.33333333\n2.50000000\n"
 
+
+
+def test_a_box_of_other_than_4_values_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"a box has 4 values x,y,w,h, got 3"):
+        format_box([1, 2, 3])
+    w = StreamingTextWriter(tmp_path / "b.txt")
+    w.write_box([1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"a box has 4 values x,y,w,h, got 5"):
+        w.write_box([1, 2, 3, 4, 5])
+    assert w.lines == 1
+    assert (tmp_path / "b.txt.part").read_text() == "1.000,2.000,3.000,4.000\n"
+
+
+def test_write_times_refuses_what_is_not_one_dimensional(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"one-dimensional, got shape \(2, 1\)"):
+        write_times(tmp_path / "t.txt", np.array([[0.5], [0.25]]))
+    assert not (tmp_path / "t.txt").exists()
+
+
+def test_read_times_checks_the_row_count_and_names_a_missing_file(tmp_path: Path) -> None:
+    write_times(tmp_path / "t.txt", [0.5, 0.25, 0.125])
+    with pytest.raises(InputError, match=r"t\.txt has 3 times, expected 2"):
+        read_times(tmp_path / "t.txt", rows=2)
+    with pytest.raises(InputError, match=r"times file not found: .*none\.txt"):
+        read_times(tmp_path / "none.txt")
+
+
+def test_a_file_that_is_not_utf8_or_is_a_folder_is_an_input_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "u.txt").write_bytes(b"1,2,3,4\n1,2,3,\xff\n")  # e.g. a file damaged on a copy
+    with pytest.raises(InputError, match=r"^cannot read box file .*u\.txt: 'utf-8' codec"):
+        read_boxes(tmp_path / "u.txt")
+    with pytest.raises(InputError, match=r"^cannot read result file .*u\.txt: .*; delete it and run again$"):
+        read_result(tmp_path / "u.txt")
+    with pytest.raises(InputError, match=r"^cannot read times file .*u\.txt"):
+        read_times(tmp_path / "u.txt")
+    (tmp_path / "d.txt").mkdir()
+    with pytest.raises(InputError, match=r"^cannot read box file .*d\.txt: .*Is a directory"):
+        read_boxes(tmp_path / "d.txt")
+
+
+# ------------------------------------------------------------------------------ masks of other kinds
+
+
+def test_a_32_bit_mask_beyond_16_bits_is_refused_not_wrapped(tmp_path: Path) -> None:
+    # 257 * 256 is a multiple of 257 too, but 256 does not fit in 8 bits: it must not become object 0
+    wide = np.zeros((4, 5), np.int32)
+    wide[1, 1] = 257 * 256
+    Image.fromarray(wide).save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    with pytest.raises(InputError, match=r"i32\.tif has values outside 0\.\.255 \(up to 65792, 1 non-zero values\)"):
+        read_label_png(tmp_path / "i32.tif")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-3, r"outside 0\.\.255 \(min -3"), (-1, r"outside 0\.\.255 \(min -1"),
+     (1.5, r"object ids must be integers 0\.\.255"), (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")],
+)
+def test_a_wide_mask_of_no_8_bit_ids_is_refused(tmp_path: Path, value, message: str) -> None:
+    wide = np.zeros((4, 5), np.float32 if isinstance(value, float) else np.int32)
+    wide[2, 3] = value
+    Image.fromarray(wide).save(tmp_path / "w.tif")
+    with pytest.raises(InputError, match=rf"w\.tif .*{message}"):
+        read_label_png(tmp_path / "w.tif")
+
+
+def test_a_float_mask_of_integer_ids_is_read_exactly(tmp_path: Path) -> None:
+    ids = np.zeros((4, 5), np.float32)
+    ids[0, 0], ids[3, 4] = 7, 255
+    Image.fromarray(ids).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    labels, palette = read_label_png(tmp_path / "f.tif")
+    assert palette is None and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, ids)
+
+
+def test_a_16_bit_mask_warning_lists_its_values_and_what_they_become(tmp_path: Path, caplog) -> None:
+    wide = (np.arange(8, dtype=np.uint16) * 257).reshape(2, 4)  # 8 values: the list is cut after 6
+    Image.fromarray(wide).save(tmp_path / "scaled.png")
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.results"):
+        labels, _ = read_label_png(tmp_path / "scaled.png")
+    np.testing.assert_array_equal(labels, np.arange(8).reshape(2, 4))
+    (record,) = caplog.records
+    assert "values [0, 257, 514, 771, 1028, 1285, ...] are 8-bit values" in record.getMessage()
+    assert record.getMessage().endswith("read as [0, 1, 2, 3, 4, 5, ...]")
+    caplog.clear()
+    Image.fromarray(wide[:, :3] * 2).save(tmp_path / "six.png")  # 6 values: all of them, no "..."
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.results"):
+        read_label_png(tmp_path / "six.png")
+    assert caplog.records[0].getMessage().endswith("read as [0, 2, 4, 8, 10, 12]")
+
+
+def test_grey_alpha_and_rgba_masks_ignore_their_alpha(tmp_path: Path) -> None:
+    labels = np.array([[0, 3, 3], [9, 0, 0]], np.uint8)
+    alpha = np.array([[255, 0, 128], [255, 255, 0]], np.uint8)
+    Image.fromarray(np.dstack([labels, alpha]), "LA").save(tmp_path / "la.png")
+    back, palette = read_label_png(tmp_path / "la.png")
+    assert palette is None
+    np.testing.assert_array_equal(back, labels)
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[labels == 3], rgb[labels == 9] = (201, 3, 7), (0, 0, 91)  # odd values: every bit of each channel kept
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    back, palette = read_label_png(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(back, [[0, 1, 1], [2, 0, 0]])
+    assert palette.shape == (256, 3) and palette.dtype == np.uint8 and not palette[3:].any()
+    np.testing.assert_array_equal(palette[back], rgb)
+
+
+def test_a_short_palette_is_padded_with_black(tmp_path: Path) -> None:
+    im = Image.fromarray(np.array([[0, 1], [3, 2]], np.uint8), "P")
+    im.putpalette([0, 0, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90])  # 4 colours
+    im.save(tmp_path / "p.png")
+    labels, palette = read_label_png(tmp_path / "p.png")
+    np.testing.assert_array_equal(labels, [[0, 1], [3, 2]])
+    assert palette.shape == (256, 3) and palette.dtype == np.uint8
+    np.testing.assert_array_equal(palette[:4], [[0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90]])
+    assert not palette[4:].any()
+
+
+def test_an_rgb_mask_of_more_than_255_colours_is_refused(tmp_path: Path) -> None:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = np.arange(256).reshape(16, 16), 1  # 256 colours, none of them black
+    Image.fromarray(rgb).save(tmp_path / "many.png")
+    with pytest.raises(InputError, match=r"many\.png has 256 colours; at most 255 objects"):
+        read_label_png(tmp_path / "many.png")
+    rgb[0, 0] = 0  # black is background: 255 objects fit
+    Image.fromarray(rgb).save(tmp_path / "255.png")
+    labels, palette = read_label_png(tmp_path / "255.png")
+    assert labels[0, 0] == 0 and labels.max() == 255
+    np.testing.assert_array_equal(palette[labels], rgb)
+
+
+def test_a_mask_of_a_mode_that_holds_no_ids_is_refused(tmp_path: Path) -> None:
+    Image.new("CMYK", (4, 3)).save(tmp_path / "c.tif")
+    with pytest.raises(InputError, match=r"c\.tif has PNG mode CMYK; use a palette or grayscale PNG"):
+        read_label_png(tmp_path / "c.tif")
+
+
+def test_a_jpeg_mask_is_cut_at_128(tmp_path: Path) -> None:
+    # uniform 8 x 8 blocks survive JPEG exactly, so the file holds the levels 0, 127, 128 and 255
+    grey = np.zeros((64, 64), np.uint8)
+    grey[:, 32:] = 255
+    grey[:8, :8], grey[8:16, :8] = 127, 128
+    path = _jpeg_of(grey, tmp_path / "m.jpg")
+    decoded = np.asarray(Image.open(path))
+    assert set(np.unique(decoded)) == {0, 127, 128, 255}
+    labels, palette = read_label_png(path)
+    assert palette is None
+    np.testing.assert_array_equal(labels, np.where(decoded >= 128, 255, 0))
+
+
+def test_a_jpeg_mask_without_compression_noise_is_read_as_it_is(tmp_path: Path, caplog) -> None:
+    empty = _jpeg_of(np.zeros((16, 24), np.uint8), tmp_path / "empty.jpg")
+    two = np.zeros((16, 24), np.uint8)
+    two[:8, :8] = 7  # one object of id 7, block-aligned so JPEG keeps it
+    small = _jpeg_of(two, tmp_path / "seven.jpg")
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.results"):
+        assert not read_label_png(empty)[0].any()
+        np.testing.assert_array_equal(read_label_png(small)[0], two)
+    assert caplog.records == []
+
+
+def test_a_jpeg_mask_of_faint_levels_is_refused(tmp_path: Path) -> None:
+    grey = np.zeros((32, 32), np.uint8)
+    grey[:8, :8], grey[8:16, 8:16] = 10, 20  # two objects, ids 10 and 20, none of them >= 128
+    path = _jpeg_of(grey, tmp_path / "faint.jpg")
+    assert set(np.unique(np.asarray(Image.open(path)))) == {0, 10, 20}
+    with pytest.raises(InputError, match=r"faint\.jpg is a JPEG with 3 distinct values: .*\(one object or 2\?\)"):
+        read_label_png(path)
+
+
+def test_write_label_png_refuses_labels_that_are_not_2d_and_takes_a_flat_palette(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"labels must be 2-D \(H, W\), got shape \(2, 3, 1\)"):
+        write_label_png(tmp_path / "m.png", np.zeros((2, 3, 1), np.uint8))
+    assert not (tmp_path / "m.png").exists()
+    palette = (np.arange(768) * 7 % 256).astype(np.uint8)
+    labels = np.array([[0, 1, 2]], np.uint8)
+    write_label_png(tmp_path / "flat.png", labels, palette.tolist())
+    write_label_png(tmp_path / "k3.png", labels, palette.reshape(256, 3))
+    assert (tmp_path / "flat.png").read_bytes() == (tmp_path / "k3.png").read_bytes()
+    np.testing.assert_array_equal(read_label_png(tmp_path / "flat.png")[1], palette.reshape(256, 3))
+
+
+def test_a_boolean_mask_is_object_1() -> None:
+    mask = np.array([[False, True], [True, False]])
+    ids = ObjectIds.from_labels(mask)
+    assert ids.values == (1,)
+    np.testing.assert_array_equal(ids.to_engine(mask), mask.astype(np.uint8))
+
+
+# ------------------------------------------------------------------------- streaming writer, edge cases
+
+
+def test_a_closed_streaming_writer_refuses_lines_and_commit_but_a_committed_one_commits_again(tmp_path: Path) -> None:
+    w = StreamingTextWriter(tmp_path / "t.txt")
+    w.write_line("1")
+    w.close()
+    w.close()  # closing twice is harmless
+    w.sync()  # so is syncing a closed writer
+    with pytest.raises(RuntimeError, match=r"t\.txt\.part is closed"):
+        w.write_line("2")
+    with pytest.raises(RuntimeError, match=r"t\.txt\.part was closed without commit"):
+        w.commit()
+    assert (tmp_path / "t.txt.part").read_text() == "1\n" and not (tmp_path / "t.txt").exists()
+    w = StreamingTextWriter(tmp_path / "u.txt")
+    w.write_line("1")
+    assert w.commit() == w.commit() == tmp_path / "u.txt"  # a second commit neither fails nor rewrites
+    with pytest.raises(RuntimeError, match="is closed"):  # a committed result is not written to any more
+        w.write_line("2")
+    assert w.committed and (tmp_path / "u.txt").read_text() == "1\n"
+
+
+@pytest.mark.parametrize("text", ["a\rb", "a\r", "\n"])
+def test_a_streaming_line_with_a_line_break_is_refused(tmp_path: Path, text: str) -> None:
+    w = StreamingTextWriter(tmp_path / "t.txt")
+    with pytest.raises(ValueError, match="must not contain a newline"):
+        w.write_line(text)
+    assert w.lines == 0 and (tmp_path / "t.txt.part").read_bytes() == b""
+    w.close()
+
+
+def test_keeping_more_lines_than_were_finished_is_an_error_naming_the_counts(tmp_path: Path) -> None:
+    (tmp_path / "t.txt.part").write_text("1\n2\n3")  # two finished lines and a torn one
+    with pytest.raises(InputError, match=r"t\.txt\.part holds 2 finished lines, fewer than the 3 expected"):
+        StreamingTextWriter(tmp_path / "t.txt", keep=3)
+    assert (tmp_path / "t.txt.part").read_text() == "1\n2\n3"  # left as it was
+    with pytest.raises(InputError, match=r"none\.txt\.part holds 0 finished lines, fewer than the 1 expected"):
+        StreamingTextWriter(tmp_path / "none.txt", keep=1)
+
+
+def test_resume_or_keep_0_without_any_earlier_file_starts_an_empty_one(tmp_path: Path) -> None:
+    for name, how in (("r.txt", {"resume": True}), ("k.txt", {"keep": 0})):
+        w = StreamingTextWriter(tmp_path / name, **how)
+        assert w.lines == 0
+        w.write_line("x")
+        w.commit()
+        assert (tmp_path / name).read_text() == "x\n"
+
+
+@pytest.mark.parametrize("how", [{"keep": 1}, {"resume": True}])
+def test_resume_continues_the_part_file_when_a_committed_file_is_there_too(tmp_path: Path, how) -> None:
+    # the committed file is an older run's; the .part file is the newer run that was stopped
+    (tmp_path / "t.txt").write_text("old 1\nold 2\nold 3\n")
+    (tmp_path / "t.txt.part").write_text("new 1\n")
+    w = StreamingTextWriter(tmp_path / "t.txt", **how)
+    assert w.lines == 1
+    assert (tmp_path / "t.txt").read_text() == "old 1\nold 2\nold 3\n"  # kept until the commit replaces it
+    w.write_line("new 2")
+    w.commit()
+    assert (tmp_path / "t.txt").read_text() == "new 1\nnew 2\n"
+
+
+def test_keep_truncates_later_lines_so_that_new_ones_follow_the_kept_ones(tmp_path: Path) -> None:
+    (tmp_path / "t.txt.part").write_text("0.10000000\n0.20000000\n0.30000000\n0.40000000\n")
+    w = StreamingTextWriter(tmp_path / "t.txt", keep=2)
+    assert (tmp_path / "t.txt.part").read_text() == "0.10000000\n0.20000000\n"  # truncated at once
+    w.write_time(0.5)
+    w.commit()
+    np.testing.assert_array_equal(read_times(tmp_path / "t.txt", rows=3), [0.1, 0.2, 0.5])
+
+
+def test_commit_syncs_every_line_before_the_file_takes_its_name(tmp_path: Path, fsync_sizes) -> None:
+    w = StreamingTextWriter(tmp_path / "b.txt")
+    w.write_box([1, 2, 3, 4])
+    w.write_box([5, 6, 7, 8])
+    w.commit()
+    assert fsync_sizes[0] == len("1.000,2.000,3.000,4.000\n5.000,6.000,7.000,8.000\n")
+
+
+def test_a_16_bit_mask_refusal_counts_its_objects_also_without_background(tmp_path: Path) -> None:
+    wide = np.full((4, 5), 300, np.uint16)  # a crop inside two objects: no background pixel
+    wide[:, 3:] = 1000
+    Image.fromarray(wide).save(tmp_path / "crop.png")
+    with pytest.raises(InputError, match=r"crop\.png has values outside 0\.\.255 \(up to 1000, 2 non-zero values\)"):
+        read_label_png(tmp_path / "crop.png")
+    wide[0, 0] = 0
+    Image.fromarray(wide).save(tmp_path / "with0.png")
+    with pytest.raises(InputError, match=r"\(up to 1000, 2 non-zero values\)"):
+        read_label_png(tmp_path / "with0.png")
+
+
+def test_object_ids_are_an_immutable_value() -> None:
+    ids = ObjectIds((3, 7))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ids.values = (3,)  # type: ignore[misc]
+    assert ids == ObjectIds((3, 7)) and len({ids, ObjectIds((3, 7)), ObjectIds((7, 3))}) == 2
+
+
+def test_a_16_bit_mask_of_value_256_is_refused_not_wrapped_to_background(tmp_path: Path) -> None:
+    wide = np.zeros((3, 4), np.uint16)
+    wide[1, 2] = 256  # the smallest value that does not fit in 8 bits (and is no multiple of 257)
+    Image.fromarray(wide).save(tmp_path / "w256.png")
+    with pytest.raises(InputError, match=r"w256\.png has values outside 0\.\.255 \(up to 256, 1 non-zero values\)"):
+        read_label_png(tmp_path / "w256.png")
+
+
+def test_a_colour_jpeg_refusal_counts_its_colours(tmp_path: Path) -> None:
+    rgb = np.zeros((30, 45, 3), np.uint8)
+    rgb[3:17, 5:29], rgb[19:27, 11:40] = (200, 30, 60), (20, 150, 90)  # two objects, not block-aligned: noise
+    Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=95)
+    decoded = np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB")).reshape(-1, 3)
+    colours = len(np.unique(decoded, axis=0))
+    assert colours > 3
+    with pytest.raises(InputError, match=rf"c\.jpg is a colour JPEG: compression noise gives it {colours} colours"):
+        read_label_png(tmp_path / "c.jpg")
+
+
+def test_a_mask_with_corrupt_image_data_is_an_input_error_naming_it(tmp_path: Path) -> None:
+    # damaged compressed data under a valid checksum: whole and well-formed as a file, but PIL cannot decode it
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(30 * 40) % 251).astype(np.uint8).reshape(30, 40)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.find(b"IDAT")
+    size = int.from_bytes(data[at - 4:at], "big")
+    body = data[at + 4:at + 4 + size]
+    body[5:15] = b"\xff" * 10
+    data[at + 4:at + 4 + size] = body
+    data[at + 4 + size:at + 8 + size] = zlib.crc32(b"IDAT" + bytes(body)).to_bytes(4, "big")
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"^cannot read mask .*bad\.png: "):
+        read_label_png(tmp_path / "bad.png")
+
+
+def test_object_id_maps_are_uint8_and_take_an_empty_label_map() -> None:
+    ids = ObjectIds((255, 7))
+    engine = ids.to_engine(np.array([[0, 7, 255]], np.int64))
+    assert engine.dtype == np.uint8 and engine.tolist() == [[0, 2, 1]]
+    original = ids.to_original(np.array([[0, 1, 2]], np.int64))
+    assert original.dtype == np.uint8 and original.tolist() == [[0, 255, 7]]
+    empty = np.zeros((0, 5), np.uint8)  # e.g. a crop of no pixels
+    assert ObjectIds.from_labels(empty).values == () and ids.extend(empty) == ids
+    assert ids.to_engine(empty).shape == ids.to_original(empty).shape == (0, 5)
+    assert ObjectIds.from_labels(np.zeros((0,), np.float64)).values == ()
+
+
+def _open_files() -> set[str]:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd to list the open files")
+    paths = set()
+    for fd in fds.iterdir():
+        try:
+            paths.add(os.readlink(fd))
+        except OSError:
+            pass
+    return paths
+
+
+def test_a_streaming_writer_leaves_no_file_open_once_closed_committed_or_failed(tmp_path: Path) -> None:
+    # one writer per object and per run: a leaked descriptor adds up over a long evaluation
+    w = StreamingTextWriter(tmp_path / "closed.txt")
+    w.write_line("1")
+    assert str((tmp_path / "closed.txt.part").resolve()) in _open_files()
+    w.close()
+    w = StreamingTextWriter(tmp_path / "committed.txt")
+    w.write_line("1")
+    w.commit()
+    with pytest.raises(RuntimeError, match="killed"):
+        with StreamingTextWriter(tmp_path / "failed.txt") as w:
+            w.write_line("1")
+            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError, match="is closed"):
+        w.write_line("2")
+    assert not {p for p in _open_files() if p.startswith(str(tmp_path.resolve()))}
+
+
+def test_a_new_run_leaves_the_committed_file_of_an_earlier_one_until_it_commits(tmp_path: Path) -> None:
+    write_boxes(tmp_path / "b.txt", [[1, 2, 3, 4], [5, 6, 7, 8]])
+    before = (tmp_path / "b.txt").read_bytes()
+    w = StreamingTextWriter(tmp_path / "b.txt")  # no resume, no keep: a new run, which may fail
+    assert w.lines == 0
+    w.write_box([9, 9, 9, 9])
+    w.close()
+    assert (tmp_path / "b.txt").read_bytes() == before
+    assert (tmp_path / "b.txt.part").read_text() == "9.000,9.000,9.000,9.000\n"

@@ -233,7 +233,7 @@ def _wide_mask(arr: np.ndarray, path: Path) -> np.ndarray:
         log.warning("mask %s is a 16-bit image whose values %s are 8-bit values scaled by 257; read as %s",
                     path, _short_list(values.astype(int).tolist()), _short_list(scaled))
         return (arr // 257).astype(np.uint8)
-    raise InputError(f"mask {path} has values outside 0..255 (up to {int(top)}, {len(values) - 1} non-zero "
+    raise InputError(f"mask {path} has values outside 0..255 (up to {int(top)}, {np.count_nonzero(values)} non-zero "
                      "values); object ids must fit in 8 bits: save it as an 8-bit grayscale or palette PNG")
 
 
