@@ -516,6 +516,11 @@ def test_open_reads_only_a_complete_manifest_of_this_version(tmp_path):
     (out / "run.json").write_text("[]")
     with pytest.raises(InputError, match=r"did not complete \(status None\); run it again first"):
         RunFolder.open(out)
+    for key, value in (("objects", ["1"]), ("objects", []), ("objects", [0]), ("objects", [256]),
+                       ("video", {"frames": "4"}), ("video", [4]), ("resume", {"resumed_at": 3})):
+        (out / "run.json").write_text(json.dumps({**record, key: value}))
+        with pytest.raises(InputError, match=f"its '{key}' .* is not what trek-track writes.*run it again"):
+            RunFolder.open(out)
 
 
 def _older(out) -> None:
@@ -611,6 +616,20 @@ def test_reopen_refuses_a_manifest_that_is_not_a_json_object_in_one_line(tmp_pat
     with pytest.raises(UserError, match=r"run.json is not a run's manifest \(not a JSON object\)"):
         RunFolder.reopen(out)
     os.close(hold_folder(out))  # the refusal let the folder go
+
+
+@pytest.mark.parametrize("change", [{"objects": ["a"]}, {"video": {}}, {"resume": {"resumed_at": None}},
+                                    {"resume": None}, {"tracker": None}])
+def test_reopen_refuses_a_manifest_changed_by_hand_in_one_line(tmp_path, change):
+    out = tmp_path / "run"
+    _killed(out, Outputs())
+    _saved(out)
+    record = json.loads((out / "run.json").read_text())
+    record = {k: v for k, v in {**record, **change}.items() if v is not None}
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"run.json(: its| has no) '(objects|video|resume|tracker)'.*run it again"):
+        RunFolder.reopen(out, needs=("tracker", "resume"))
+    os.close(hold_folder(out))
 
 
 def test_the_folder_layout(tmp_path):

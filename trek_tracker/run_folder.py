@@ -36,6 +36,7 @@ import collections
 import contextlib
 import fnmatch
 import io
+import json
 import logging
 import os
 import platform
@@ -79,6 +80,24 @@ class Outputs:
     masks: bool = False  # masks/<index>.png
     probs: bool = False  # probs/<index>.npz
     overlay: bool = False  # overlay.mp4
+
+
+def _check_manifest(path: Path, record: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """A manifest that lacks one of ``keys``, or whose objects or frame count are not what trek-track writes
+    (edited by hand, written by another program), is one line here, not a traceback where it is used."""
+    for key in keys:
+        if key not in record:
+            raise InputError(f"{path} has no {key!r}; it was not written by this version of trek-track: run it again")
+    objects, video, resume = record["objects"], record["video"], record.get("resume", {"resumed_at": []})
+    wrong = ("objects" if not (isinstance(objects, list) and objects
+                               and all(type(v) is int and 0 < v < 256 for v in objects))
+             else "video" if not (isinstance(video, dict) and type(video.get("frames")) is int and video["frames"] >= 0)
+             else "resume" if not (isinstance(resume, dict) and isinstance(resume.get("resumed_at"), list))
+             else None)
+    if wrong is not None:
+        said = json.dumps(record[wrong])
+        raise InputError(f"{path}: its {wrong!r} ({said if len(said) <= 60 else said[:57] + '...'}) is not what "
+                         "trek-track writes; it was changed after trek-track wrote it: run it again")
 
 
 class RunFolder:
@@ -187,8 +206,9 @@ class RunFolder:
         self.release()
 
     @classmethod
-    def reopen(cls, path: str | Path) -> tuple[RunFolder, dict[str, Any]]:
-        """An unfinished run to continue: the folder (locked, its manifest read) and the state it saved last."""
+    def reopen(cls, path: str | Path, needs: tuple[str, ...] = ()) -> tuple[RunFolder, dict[str, Any]]:
+        """An unfinished run to continue: the folder (locked, its manifest read) and the state it saved last.
+        ``needs``: the manifest's entries the caller reads besides the run folder's own."""
         folder = cls(path)
         if not folder.manifest_file.is_file():
             raise UserError(f"{folder.path} is not a run folder (no {MANIFEST}); give the --out folder of an "
@@ -203,6 +223,7 @@ class RunFolder:
             status = record.get("status")
             if status == COMPLETE:
                 raise UserError(f"run {folder.path} is complete: there is nothing to resume")
+            _check_manifest(folder.manifest_file, record, ("video", "objects", "files", *needs))
             if not folder.resume_file.is_file():
                 raise UserError(f"{folder.path} holds no saved state to resume from (the run stopped before it "
                                 "saved one, or it ran with --overlay, --memory-cap none or --save-state-every 0); "
@@ -347,10 +368,7 @@ class RunFolder:
             how = (f"continue it with: trek-track run --resume {folder.path}" if folder.resume_file.is_file()
                    else "run it again")
             raise InputError(f"run {folder.path} did not complete (status {status!r}); {how} first")
-        for key in ("video", "objects", "files"):
-            if key not in record:
-                raise InputError(f"{folder.manifest_file} has no {key!r}; it was not written by this version of "
-                                 "trek-track: run it again")
+        _check_manifest(folder.manifest_file, record, ("video", "objects", "files"))
         folder.manifest = record
         return folder
 

@@ -13,6 +13,7 @@ from trek_tracker.cli.options import tracker_config_from_options, tracker_option
 
 # What --resume may change: how fast or where the run continues, never what it computes (the tracker's
 # identity is checked against the saved one).
+RESUMED_RECORD = ("video", "start", "tracker", "resume")  # what a resumed run's manifest carries over
 RESUME_OVERRIDES = ("resume", "video", "device", "precision", "compile", "quiet", "save_state_every")
 STATE_EVERY = 300.0
 PATHS = ("video", "init_mask", "checkpoint", "sam_checkpoint", "hqsam_checkpoint", "ar_checkpoint", "refine_checkpoint")
@@ -137,7 +138,7 @@ def _track(params: dict[str, Any], resumed: tuple[Any, dict[str, Any]] | None = 
                   "resume": {"save_state_every": every or None, "resumed_at": []}}
     else:
         folder.remove_temporaries()
-        record = {k: folder.manifest[k] for k in ("video", "start", "tracker", "resume")}
+        record = {k: folder.manifest[k] for k in RESUMED_RECORD}
         record["video"] = {**record["video"], "path": str(source.path)}  # where it is now (it may have moved)
         record["resume"] = {"save_state_every": every or None, "resumed_at": [*record["resume"]["resumed_at"], kept]}
     # Damaged input found before the saved state is not read again by a resumed run (a video's frames before
@@ -244,7 +245,7 @@ def _resume(params: dict[str, Any]) -> None:
     if extra:
         flags = ", ".join("--" + name.replace("_", "-") for name in extra)
         raise UserError(f"--resume continues a run with the settings it started with; leave out {flags}")
-    folder, saved = RunFolder.reopen(params["resume"])
+    folder, saved = RunFolder.reopen(params["resume"], needs=RESUMED_RECORD)
     command = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["command"].items()}
     command.update({k: params[k] for k in RESUME_OVERRIDES if k in given or k == "quiet"})
     _track(command, (folder, saved))
