@@ -140,9 +140,13 @@ def test_mixed_sizes_named_when_met(tmp_path: Path) -> None:
 def test_corrupt_image_in_folder(tmp_path: Path) -> None:
     _write_rgb(tmp_path / "0.png", _frame(1))
     (tmp_path / "1.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")  # a JPEG cut before any picture
     src = open_frames(tmp_path)
-    with pytest.raises(InputError, match="cannot decode image .*1.jpg"):
+    with pytest.raises(InputError, match=r"cannot decode image \S*1.jpg; is it a valid JPEG/PNG file\?$"):
         src[1]
+    with pytest.raises(InputError, match=r"cannot decode image \S*2.jpg: truncated \(the JPEG data ends before its "
+                                         r"end-of-image marker\); is it a valid JPEG/PNG file\?$"):
+        src[2]
 
 
 def test_single_image_is_refused(tmp_path: Path) -> None:
@@ -256,6 +260,8 @@ def test_an_array_range_and_a_range_past_a_truncated_videos_end(shared: Path, tm
     with pytest.raises(InputError, match=f"cannot start at frame 49: .* has {n} decodable frames \\(0-{n - 1}\\)"):
         late.frames(49)
     assert late.truncated and late.len_is_exact and len(late) == n
+    assert f"stopped after {n} of the 50 frames its container lists; only frames 0-{n - 1} were read" in (
+        late.damage[0].message)
     tail = open_frames(cut)
     assert len(list(tail.frames(n - 2))) == 2 and tail.truncated  # the range ends where decoding does
 
@@ -267,6 +273,7 @@ def test_array_source() -> None:
     frames = np.stack([_frame(v) for v in (5, 6, 7)])
     src = open_frames(frames)
     assert isinstance(src, ArraySource) and len(src) == 3 and src.size == (12, 16)
+    assert src.name == "frames" and ArraySource(frames, fps=5.0, name="clip").name == "clip"
     assert [int(f[0, 0, 0]) for f in src] == [5, 6, 7]
     assert int(src[-1][0, 0, 0]) == 7
     with pytest.raises(InputError, match="frame 1 is 15x12"):
@@ -301,6 +308,7 @@ def test_prefetch_stops_its_thread_on_break() -> None:
 
     gen = prefetch(endless(), depth=3)
     for k, _ in enumerate(gen):
+        assert any(t.name == "frame-prefetch" and t.is_alive() for t in threading.enumerate())
         if k == 4:
             break
     gen.close()
@@ -333,6 +341,7 @@ def test_parallel_decoding_keeps_order_bounds_lookahead_and_raises_where_a_frame
             got.append(int(f[0, 0, 0]))
             with lock:
                 ahead.append(len(read_so_far) - len(got))
+            assert any(t.name.startswith("frame-decode") and t.is_alive() for t in threading.enumerate())
     assert got == list(range(13))
     assert read_so_far != sorted(read_so_far)  # really decoded out of order, by several threads
     assert max(ahead) <= 4
@@ -343,6 +352,8 @@ def test_parallel_decoding_keeps_order_bounds_lookahead_and_raises_where_a_frame
 
 
 def test_image_folder_decodes_in_parallel_and_records_damage_once(tmp_path: Path) -> None:
+    from PIL import ImageFile
+
     from tests.damaged import noise_frames, truncate
 
     for i, frame in enumerate(noise_frames(8, size=(64, 96))):
@@ -355,6 +366,8 @@ def test_image_folder_decodes_in_parallel_and_records_damage_once(tmp_path: Path
     parallel = list(prefetch(frames, depth=4, threads=4))
     assert all(np.array_equal(a, b) for a, b in zip(sequential, parallel, strict=True))
     assert [(d.frame, d.kind) for d in src.damage] == [(3, "truncated-image")]
+    assert "frame 3 (" in src.damage[0].message and "only its first part holds image content" in src.damage[0].message
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # PIL's global switch, on only while a damaged frame loads
     assert open_frames(np.zeros((2, 4, 4, 3), np.uint8)).frames() is not None  # other sources: themselves
 
 
@@ -461,3 +474,161 @@ def test_a_video_that_changes_frame_size_says_what_to_do(tmp_path: Path) -> None
                                          r"re-encode the video at one frame size") as info:
         source._check(smaller, 5)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------ from a mutation pass over video.py
+
+
+def test_a_folders_frames_are_indexed_from_both_ends_exactly(tmp_path: Path) -> None:
+    for i in range(3):
+        _write_rgb(tmp_path / f"{i}.png", _frame(10 * (i + 1)))
+    src = open_frames(tmp_path)
+    assert [int(src[i][0, 0, 0]) for i in (-3, -2, -1, 0, 2)] == [10, 20, 30, 10, 30]
+    for index in (-4, 3):
+        with pytest.raises(IndexError, match=f"frame {index} out of range for 3 frames"):
+            src[index]
+    assert repr(src) == f"ImageFolderSource({str(tmp_path)!r}, frames=3, size=16x12, fps=None)"
+
+
+def test_a_video_is_read_by_index_before_its_length_is_known(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [_frame(v, size=(32, 48)) for v in (0, 60, 120, 180, 240)])
+    every = list(open_frames(path))
+    src = open_frames(path)
+    assert not src.len_is_exact
+    with pytest.raises(IndexError, match="before its length is known"):
+        src[-1]
+    for i in (3, 2, 4, 0):  # forward, backward (reopens), forward again
+        np.testing.assert_array_equal(src[i], every[i])
+    assert not src.len_is_exact  # reading frame 4 does not show that it is the last
+    with pytest.raises(IndexError, match="frame 7 out of range: .*clip.mp4 has 5 decodable frames"):
+        src[7]
+    assert src.len_is_exact and len(src) == 5 and src.damage == []
+    np.testing.assert_array_equal(src[-5], every[0])
+    np.testing.assert_array_equal(src[-2], every[3])
+    for index in (-6, 5):  # the index asked for (-6 is not -1, a frame it has)
+        with pytest.raises(IndexError, match=f"^frame {index} out of range for 5 frames in .*clip.mp4$"):
+            src[index]
+    src.close()
+
+
+def test_a_corrupt_file_that_is_not_an_mp4_is_not_called_a_cut_mp4(tmp_path: Path) -> None:
+    path = tmp_path / "junk.avi"
+    path.write_bytes(b"RIFF\x00\x00\x10\x00AVI LIST" + bytes(range(256)) * 8)
+    with pytest.raises(InputError, match="junk.avi; it is corrupt or not a video") as info:
+        open_frames(path)
+    assert "moov" not in str(info.value)
+    ftyp = b"\x00\x00\x00\x10ftypisom\x00\x00\x02\x00"
+    cut = {"size0.mp4": b"\x00\x00\x00\x00mdat",  # a recorder writes the size of its last box at the end
+           "size64.mp4": b"\x00\x00\x00\x01mdat" + (10**6).to_bytes(8, "big")}
+    for name, mdat in cut.items():
+        (tmp_path / name).write_bytes(ftyp + mdat + bytes(range(256)) * 8)
+        with pytest.raises(InputError, match=f"{name}: it is truncated .*'moov' box, is missing"):
+            open_frames(tmp_path / name)
+    (tmp_path / "boxes.mp4").write_bytes(ftyp + b"\x00\x00\x00\x07mdat" + bytes(4096))  # no box is 7 bytes
+    with pytest.raises(InputError, match="boxes.mp4; it is corrupt or not a video"):
+        open_frames(tmp_path / "boxes.mp4")
+    wide = b"\x00\x00\x00\x01free" + (24).to_bytes(8, "big") + bytes(8)  # a box with a 64-bit size
+    (tmp_path / "boxes.mp4").write_bytes(ftyp + wide + b"\x00\x00\x10\x00moov" + bytes(4088))  # an index, broken
+    with pytest.raises(InputError, match="boxes.mp4; it is corrupt or not a video"):
+        open_frames(tmp_path / "boxes.mp4")
+
+
+def test_decoding_threads_are_the_usable_cpus_up_to_four(monkeypatch) -> None:
+    import trek_tracker.device as device
+    from trek_tracker.video import decode_threads
+
+    for cpus, threads in ((1, 1), (3, 3), (4, 4), (64, 4)):
+        monkeypatch.setattr(device, "usable_cpus", lambda cpus=cpus: cpus)
+        assert decode_threads() == threads
+
+
+@pytest.mark.parametrize("unknown", [-1.0, float("nan"), 0.0])
+def test_a_video_whose_container_gives_no_count_or_rate_is_estimated_as_one_frame(tmp_path: Path, monkeypatch,
+                                                                                  unknown: float) -> None:
+    """OpenCV reports 0, -1 or NaN for the frame count and rate of streams that do not state them: the length
+    is then unknown (an estimate of 1 until the first iteration), not a negative or failing one, and nothing
+    is called truncated."""
+    path = tmp_path / "clip.avi"
+    _write_video(path, [_frame(10 * i) for i in range(4)])
+    real = cv2.VideoCapture
+
+    class Silent:
+        def __init__(self, name: str) -> None:
+            self._cap = real(name)
+
+        def get(self, prop: int) -> float:
+            return unknown if prop in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FPS) else self._cap.get(prop)
+
+        def __getattr__(self, name: str):
+            return getattr(self._cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Silent)
+    src = open_frames(path)
+    assert src.promised is None and src.fps is None and len(src) == 1 and not src.len_is_exact
+    assert len(list(src)) == 4 and src.len_is_exact and len(src) == 4 and src.damage == []
+
+
+def test_sixteen_bit_pictures_from_pil_are_scaled_and_eight_bit_values_kept() -> None:
+    from PIL import Image
+
+    from trek_tracker.video import pil_to_rgb
+
+    wide = np.arange(0, 65536, 257, dtype=np.int32).reshape(16, 16)  # mode "I", as PIL opens some 16-bit files
+    narrow = np.arange(256, dtype=np.int32).reshape(16, 16)  # mode "I" holding 8-bit values
+    for values, want in ((wide, wide >> 8), (narrow, narrow)):
+        im = Image.fromarray(values)
+        assert im.mode == "I"
+        got = np.asarray(pil_to_rgb(im))
+        assert got.shape == (16, 16, 3)
+        np.testing.assert_array_equal(got, np.repeat(want.astype(np.uint8)[..., None], 3, axis=2))
+    for values in (wide - 1, wide * 2):  # outside 0..65535: no scale is known
+        with pytest.raises(InputError, match="pic.png has I values outside 0..65535"):
+            pil_to_rgb(Image.fromarray(values), "pic.png")
+    with pytest.raises(InputError, match="pic.tif holds 32-bit float values"):
+        pil_to_rgb(Image.fromarray(np.zeros((4, 4), np.float32)), "pic.tif")
+
+
+def test_a_time_lapse_video_keeps_its_rate_below_one_frame_per_second(tmp_path: Path) -> None:
+    path = tmp_path / "lapse.mp4"
+    _write_video(path, [_frame(10 * i) for i in range(3)], fps=0.5)
+    assert open_frames(path).fps == pytest.approx(0.5)
+
+
+def test_only_a_few_names_outside_a_folders_numbering_are_warned_of(tmp_path: Path, caplog, monkeypatch) -> None:
+    """``cover.png`` among numbered frames is named in a warning; where the names outside the main numbering are
+    as many as half of the rest, there is no numbering to tell odd ones by, and nothing is said."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    _check_frame_names(tmp_path, ["00000.png", "00001.png", "cover.png"])
+    assert "1 file(s) do not follow the numbering of the other 2 (cover.png)" in caplog.text
+    caplog.clear()
+    _check_frame_names(tmp_path, ["00000.png", "00001.png", "00002.png", "cover.png", "mask.png"])
+    assert caplog.text == ""
+    _check_frame_names(tmp_path, [*(f"{i:05d}.png" for i in range(6)), "a.png", "b.png", "c.png"])
+    assert "3 file(s) do not follow the numbering of the other 6 (a.png, b.png, c.png);" in caplog.text
+    caplog.clear()
+    _check_frame_names(tmp_path, [f"img_{i:03d}.jpg" for i in (*range(5), *range(8, 12))])  # a prefix and a gap
+    assert "numbering skips after img_004.jpg (next: img_008.jpg), 3 frame(s) missing" in caplog.text
+
+
+def test_a_frame_file_gone_after_the_folder_was_opened_is_an_error_naming_it(tmp_path: Path) -> None:
+    for i in range(3):
+        _write_rgb(tmp_path / f"{i}.png", _frame(i))
+    src = open_frames(tmp_path)
+    (tmp_path / "1.png").unlink()
+    assert int(src[2][0, 0, 0]) == 2
+    with pytest.raises(InputError, match=r"1\.png") as info:
+        src[1]
+    assert "\n" not in str(info.value)
+
+
+def test_an_image_cut_inside_its_signature_is_truncated() -> None:
+    from trek_tracker.video import image_damage
+
+    png = b"\x89PNG\r\n\x1a\n"
+    for data in (png[:1], png[:4], png[:7], b"\xff", b"\xff\xd8", b"\xff\xd8\xff"):
+        assert image_damage(data) == "truncated (it ends inside its signature)", data
+    assert image_damage(b"GIF89a") is None  # other formats are not checked

@@ -703,12 +703,13 @@ class VideoFileSource(FrameSource):
                 self._report_truncated(n)
 
     def __getitem__(self, index: int) -> np.ndarray:
+        asked = index
         if index < 0:
             if self._exact is None:
                 raise IndexError(f"negative frame index on {self.path} before its length is known")
             index += self._exact
         if index < 0 or (self._exact is not None and index >= self._exact):
-            raise IndexError(f"frame {index} out of range for {len(self)} frames in {self.path}")
+            raise IndexError(f"frame {asked} out of range for {len(self)} frames in {self.path}")
         if index == 0:
             return _bgr_to_rgb(self._first)
         if self._cap is None or index < self._pos:
