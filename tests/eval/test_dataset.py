@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.eval.helpers import SYN_A, build_synthetic, write_sequence
+from tests.eval.helpers import SYN_A, SYN_B, build_synthetic, write_sequence
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150, sequence_order_key
 
@@ -57,9 +58,11 @@ def test_order_rule_matches_path_sort() -> None:
     assert sorted(names, key=sequence_order_key) == by_path
 
 
-def test_unlisted_folders_are_ignored(root: Path) -> None:
+def test_unlisted_folders_are_ignored(root: Path, caplog) -> None:
     write_sequence(root, "otb-Basketball", SYN_A[:2])  # e.g. an OTB folder under the same root
-    assert "otb-Basketball" not in Trek150(root).names
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.eval.dataset"):
+        assert "otb-Basketball" not in Trek150(root).names
+    assert "ignoring 1 folders not listed in sequences.txt: otb-Basketball" in caplog.text
 
 
 def test_listed_sequence_without_annotations(root: Path) -> None:
@@ -322,3 +325,232 @@ def test_image_count_problems_name_the_frames_and_what_to_do(root: Path) -> None
     with pytest.raises(InputError, match="9 rows in frames.txt but 8 rows in groundtruth_rect.txt" + re.escape(redo)):
         Trek150(root).check(images=False)
     assert any(p.line().endswith(redo) for p in Trek150(root).validate().problems)
+
+
+# ------------------------------------------------------------- sequence set, boxes, hand files, frames
+
+
+def test_ground_truth_that_is_a_folder_is_one_line_naming_it(root: Path) -> None:
+    gt = root / "P01-P01_01-10" / "groundtruth_rect.txt"
+    gt.unlink()
+    gt.mkdir()
+    with pytest.raises(InputError, match=f"cannot read {gt}: it is a folder, not a file"):
+        Trek150(root)["P01-P01_01-10"]
+    (problem,) = Trek150(root).validate().problems
+    assert problem.path is None and problem.what.startswith(f"cannot read {gt}: it is a folder")
+
+
+def test_a_row_with_only_some_negative_values_is_a_visible_box(root: Path) -> None:
+    gt = root / "P01-P01_01-10" / "groundtruth_rect.txt"
+    rows = gt.read_text().splitlines()
+    rows[1], rows[2] = "-5,-3,16,8", "0,0,0,0"
+    gt.write_text("\n".join(rows) + "\n")
+    seq = Trek150(root)["P01-P01_01-10"]
+    assert seq.absent.tolist() == [False, False, False, True, False]
+    (problem,) = Trek150(root).validate().problems  # only that problem, not also "outside the frame"
+    assert problem.line() == (f"{gt}: visible box with width or height <= 0 (an absent target is -1,-1,-1,-1) "
+                              "(1 row: line 3)")
+
+
+def test_hoi_interval_of_an_unknown_type_or_on_an_absent_frame_is_read_with_a_warning(root: Path) -> None:
+    """The toolkit runs an interval of any type (the type only names the file), and from whatever box its first
+    frame has; an interval that ends before it starts or leaves the sequence cannot be run."""
+    hoi = root / "P01-P01_01-2" / "anchors_hoi.txt"
+    hoi.write_text("1,4,3\n2,5,1\n")
+    assert Trek150(root)["P01-P01_01-2"].hoi == [(1, 4, 3), (2, 5, 1)]
+    report = Trek150(root).validate(images=False)
+    assert report.ok and report.counts["hoi_runs"] == 2
+    assert [w.line() for w in report.warnings] == [
+        f"{hoi}: line 1: interval 1-4 has type 3, not 0 (LHI), 1 (RHI) or 2 (BHI)",
+        f"{hoi}: line 2: interval 2-5 starts on a frame where the target is absent, so the run starts from no box "
+        "(our tracker writes it as lost from its first frame)"]
+    for row, line in (("5,4,0", 2), ("-1,3,0", 2), ("6,8,2", 2)):
+        hoi.write_text(f"0,7,0\n{row}\n")
+        start, end = row.split(",")[:2]
+        with pytest.raises(InputError, match=f"anchors_hoi.txt:{line}: interval {start}-{end} is not inside the "
+                                             r"sequence \(0..7\)"):
+            _ = Trek150(root)["P01-P01_01-2"].hoi
+        report = Trek150(root).validate(images=False)
+        assert report.counts["hoi_runs"] == 1 and report.problem_count == 1
+
+
+def test_frame_numbers_must_increase_and_not_be_negative(root: Path) -> None:
+    frames = root / "P01-P01_01-10" / "frames.txt"
+    frames.write_text("-3\n101\n101\n99\n107\n")
+    (problem, negative) = Trek150(root).validate(images=False).problems
+    assert problem.line() == f"{frames}: frame numbers not strictly increasing (2 rows: line 3, line 4)"
+    assert negative.line() == f"{frames}: negative frame numbers"
+    frames.write_text("101\n103\n105\n107\n109\n")
+    assert Trek150(root).validate(images=False).ok
+
+
+def test_validate_checks_hand_annotations_and_goes_on_past_a_damaged_file(root: Path) -> None:
+    seq = root / "P01-P01_01-10"
+    (seq / "lh_rect.txt").write_text("1,2,3,4\n-1,-1,-1,-1\n5,6,0,8\n1,1,2,2\n")  # a row short, one of width 0
+    (seq / "rh_rect.txt").write_text("1,2,3,4\nx\n")
+    (seq / "rhi_labels.txt").write_text("0\n1\nyes\n0\n0\n")
+    (seq / "lhi_labels.txt").write_text("0\n1\n1\n0\n")
+    (seq / "bhi_labels.txt").write_text("0\n1\n1\n0\n0\n")
+    lines = [p.line() for p in Trek150(root).validate(images=False).problems]
+    assert lines == [
+        f"{seq / 'lh_rect.txt'}: 4 rows for 5 rows in groundtruth_rect.txt",
+        f"{seq / 'lh_rect.txt'}: visible box with width or height <= 0 (an absent target is -1,-1,-1,-1) "
+        "(1 row: line 3)",
+        f"{seq / 'rh_rect.txt'}:2: malformed row 'x' in hand boxes: expected 4 comma-separated numbers",
+        f"{seq / 'lhi_labels.txt'}: 4 labels for 5 rows in groundtruth_rect.txt",
+        f"{seq / 'rhi_labels.txt'}:3: malformed contact label value 'yes'",
+    ]
+
+
+def test_a_sequence_without_its_optional_files(tmp_path: Path) -> None:
+    root = tmp_path / "trek"
+    write_sequence(root, "P01-P01_01-10", SYN_B, extra=False)
+    seq = Trek150(root)["P01-P01_01-10"]
+    assert seq.attributes == [] and seq.action_target is None and seq.anchors is None and seq.hoi is None
+    (seq.path / "frames.txt").unlink()
+    seq = Trek150(root)["P01-P01_01-10"]
+    assert seq.frame_ids is None and len(seq.img_files) == 5
+    report = Trek150(root).validate()
+    assert report.ok and report.counts == {"sequences": 1, "frames": 5, "with_anchors": 0, "with_hoi": 0,
+                                           "mse_runs": 0, "hoi_runs": 0}
+
+
+def test_sequences_by_position_and_an_unknown_name(root: Path) -> None:
+    ds = Trek150(root)
+    assert [ds[0].name, ds[1].name] == ds.names == [s.name for s in ds] and ds[-1].name == ds.names[1]
+    assert ds[0] is ds["P01-P01_01-10"]
+    with pytest.raises(InputError, match=f"sequence P01-P01_01-3 is not in {root}"):
+        ds["P01-P01_01-3"]
+
+
+def test_a_frame_whose_link_points_nowhere_is_one_problem_even_when_decoding(root: Path) -> None:
+    frame = sorted((root / "P01-P01_01-2" / "img").glob("*.jpg"))[3]
+    frame.unlink()
+    frame.symlink_to(root / "gone.jpg")  # the frame it linked to was deleted
+    for decode in (False, True):
+        (problem,) = Trek150(root).validate(decode=decode).problems
+        assert problem.line() == f"{frame.parent}: unreadable frame (1 frame: {frame.name} (no such file or folder; " \
+                                 "check the path))"
+    with pytest.raises(InputError, match=f"cannot read frame {frame}: no such file"):
+        Trek150(root)["P01-P01_01-2"].load_frame(3)
+
+
+def test_boxes_against_the_frame_edges(root: Path) -> None:
+    """A box that only touches the frame from outside is wholly outside; one reaching 1 px beyond an edge is
+    fine (rounding), more is a warning. Only the first three places of a finding are shown."""
+    gt = root / "P01-P01_01-2" / "groundtruth_rect.txt"
+    rows = gt.read_text().splitlines()
+    rows[1], rows[3], rows[4] = "-16,10,16,8", "96,10,16,8", "10,64,16,8"  # right, bottom edge at 0; x = w; y = h
+    rows[5], rows[6], rows[7] = "-1,-1,16,8", "81,57,16,8", "10,-1.5,16,8"
+    gt.write_text("\n".join(rows) + "\n")
+    other = root / "P01-P01_01-10" / "groundtruth_rect.txt"
+    other.write_text("inf,10,16,8\n" * 5)  # an infinite box is that problem only, not also outside
+    report = Trek150(root).validate()
+    assert [p.line() for p in report.problems] == [
+        f"{other}: box with NaN or infinite values (5 rows: line 1, line 2, line 3, ...)",
+        f"{gt}: box wholly outside the 96x64 frame (3 rows: line 2, line 4, line 5)"]
+    assert [w.line() for w in report.warnings] == [
+        f"{gt}: box extends beyond the 96x64 frame by more than 1 pixel (1 row: line 8)"]
+
+
+def test_the_sequence_set_from_an_older_list_or_from_the_folders(root: Path) -> None:
+    listed = root / "TREK-150-annotations" / "sequences.txt"
+    listed.unlink()
+    (root / "sequences.txt").write_text("\nP01-P01_01-2\n\n")  # before toolkit 65d91c9 the list was at the root
+    assert Trek150(root).names == ["P01-P01_01-2"]
+    (root / "sequences.txt").unlink()
+    write_sequence(root, "P01-P01_01-1", SYN_B)
+    assert Trek150(root).names == ["P01-P01_01-1", "P01-P01_01-10", "P01-P01_01-2"]
+
+
+def test_names_pick_sequences_in_the_toolkit_order(root: Path) -> None:
+    picked = Trek150(root, names=["P01-P01_01-2", "P01-P01_01-10", "P01-P01_01-2"])
+    assert picked.names == ["P01-P01_01-10", "P01-P01_01-2"] and len(picked) == 2
+    assert Trek150(root, names=["P01-P01_01-2"]).names == ["P01-P01_01-2"]
+    with pytest.raises(InputError, match=f"unknown sequence\\(s\\) P01-P01_01-3, P09 in {root}"):
+        Trek150(root, names=["P01-P01_01-2", "P01-P01_01-3", "P09"])
+
+
+def test_listed_sequences_without_annotations_are_counted(root: Path) -> None:
+    missing = [f"P09-P09_01-{i}" for i in range(1, 8)]
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("\n".join(["P01-P01_01-2", *missing]) + "\n")
+    with pytest.raises(InputError, match=f"^7 sequences listed in sequences.txt have no groundtruth_rect.txt under "
+                                         f"{root}: {', '.join(missing[:5])} \\(and 2 more\\); extract"):
+        Trek150(root)
+    (root / "TREK-150-annotations" / "sequences.txt").write_text("\n".join(missing[:5]) + "\n")
+    with pytest.raises(InputError, match=f"{missing[4]}; extract"):
+        Trek150(root)
+
+
+def test_a_root_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "trek").write_text("")
+    with pytest.raises(InputError, match=f"dataset root {tmp_path / 'trek'} is not a folder"):
+        Trek150(tmp_path / "trek")
+
+
+def test_a_malformed_row_is_shown_up_to_forty_characters(root: Path) -> None:
+    anchors = root / "P01-P01_01-2" / "anchors.txt"
+    for row, shown in (("x" * 40, "x" * 40), ("x" * 41, "x" * 40 + "...")):
+        anchors.write_text(f"0,0\n  {row}\n")
+        with pytest.raises(InputError, match=f"anchors.txt:2: malformed row '{shown}' in MSE anchors: expected 2 "):
+            _ = Trek150(root)["P01-P01_01-2"].anchors
+
+
+def test_an_odd_anchor_direction_warns_how_the_toolkit_runs_it(root: Path) -> None:
+    """The toolkit runs an anchor forward when its direction is below 1, else backward."""
+    anchors = root / "P01-P01_01-2" / "anchors.txt"
+    anchors.write_text("0,-1\n7,2\n")
+    assert Trek150(root)["P01-P01_01-2"].anchors == [(0, -1), (7, 2)]
+    report = Trek150(root).validate(images=False)
+    assert report.ok and report.counts["mse_runs"] == 3
+    assert [w.line() for w in report.warnings] == [
+        f"{anchors}: line 1: anchor 0 has direction -1, not 0 (forward) or 1 (backward); the toolkit runs it forward",
+        f"{anchors}: line 2: anchor 7 has direction 2, not 0 (forward) or 1 (backward); the toolkit runs it backward"]
+
+
+def test_decoding_names_an_undecodable_frame_with_the_decoder_s_reason(root: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    frame = sorted((root / "P01-P01_01-2" / "img").glob("*.jpg"))[4]
+    ihdr = b"IHDR" + (96).to_bytes(4, "big") + (64).to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    frame.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + b"\x00\x00\x00\x00"  # bad CRC
+                      + (0).to_bytes(4, "big") + b"IEND\xaeB`\x82")
+    with pytest.raises((OSError, SyntaxError)) as err, Image.open(io.BytesIO(frame.read_bytes())) as im:
+        im.load()
+    assert Trek150(root).validate().ok
+    (problem,) = Trek150(root).validate(decode=True).problems
+    reason = " ".join(str(err.value).split())
+    assert len(reason) < 100
+    addresses = re.compile("0x[0-9a-f]+")  # PIL names the decoder object, at another address each time
+    assert addresses.sub("0x", problem.line()) == addresses.sub(
+        "0x", f"{frame.parent}: undecodable frame (1 frame: {frame.name} ({reason}))")
+
+
+def test_validate_lists_frames_named_otherwise_than_frames_txt(root: Path) -> None:
+    seq = root / "P01-P01_01-2"
+    (seq / "frames.txt").write_text("".join(f"{101 + 2 * i + (i >= 6)}\n" for i in range(8)))  # the last two moved
+    (problem,) = Trek150(root).validate().problems
+    assert problem.line() == (f"{seq / 'img'}: frame names that differ from frames.txt; prepare the dataset again "
+                              "(trek-track dataset prepare) (2 frames: frame_0000000113.jpg for frame_0000000114.jpg "
+                              "(line 7), frame_0000000115.jpg for frame_0000000116.jpg (line 8))")
+
+
+def test_action_target_must_hold_three_class_ids(root: Path) -> None:
+    path = root / "P01-P01_01-2" / "action_target.txt"
+    path.write_text("2\n11\n")
+    with pytest.raises(InputError, match=r"action_target.txt: 2 values, expected 3 \(verb, action noun, target noun\)"):
+        _ = Trek150(root)["P01-P01_01-2"].action_target
+    (problem,) = Trek150(root).validate(images=False).problems
+    assert "action_target.txt: 2 values, expected 3" in problem.line()
+
+
+def test_many_missing_frames_are_counted_after_the_first_three(root: Path) -> None:
+    files = sorted((root / "P01-P01_01-2" / "img").glob("*.jpg"))
+    for f in files[2:7]:
+        f.unlink()
+    shown = ", ".join(f.name for f in files[2:5])
+    with pytest.raises(InputError, match=f"3 images .* but 8 rows in groundtruth_rect.txt \\(missing: {shown} and 2 "
+                                         "more\\); prepare"):
+        _ = Trek150(root)["P01-P01_01-2"].img_files
