@@ -89,11 +89,12 @@ def _check_manifest(path: Path, record: dict[str, Any], keys: tuple[str, ...]) -
         if key not in record:
             raise InputError(f"{path} has no {key!r}; it was not written by this version of trek-track: run it again")
     objects, video, resume = record["objects"], record["video"], record.get("resume", {"resumed_at": []})
-    wrong = ("objects" if not (isinstance(objects, list) and objects
-                               and all(type(v) is int and 0 < v < 256 for v in objects))
-             else "video" if not (isinstance(video, dict) and type(video.get("frames")) is int and video["frames"] >= 0)
-             else "resume" if not (isinstance(resume, dict) and isinstance(resume.get("resumed_at"), list))
-             else None)
+    as_written = {
+        "objects": isinstance(objects, list) and objects and all(type(v) is int and 0 < v < 256 for v in objects),
+        "video": isinstance(video, dict) and type(video.get("frames")) is int and video["frames"] >= 0,
+        "resume": isinstance(resume, dict) and isinstance(resume.get("resumed_at"), list),
+    }
+    wrong = next((key for key, ok in as_written.items() if not ok), None)
     if wrong is not None:
         said = json.dumps(record[wrong])
         raise InputError(f"{path}: its {wrong!r} ({said if len(said) <= 60 else said[:57] + '...'}) is not what "
