@@ -192,6 +192,17 @@ def test_plot_legends_round_scores_to_three_decimals_and_line_styles_change_ever
     assert [ln.get_label().split(":")[0] for ln in lines] == list(perf)
 
 
+def test_trackers_with_equal_scores_are_drawn_in_reverse_of_the_given_order_as_the_toolkit_sorts(
+        figures, monkeypatch, tmp_path) -> None:
+    """The toolkit orders by an ascending argsort reversed: of two tied trackers, the one given later comes first."""
+    perf = {"first": _perf(0.5, 0.7, 0.3), "best": _perf(0.9, 0.7, 0.3), "last": _perf(0.5, 0.7, 0.3)}
+    monkeypatch.setattr(Figure, "savefig", lambda *args, **kwargs: None)
+    R.plot_ope(perf, tmp_path)
+    orders = [[ln.get_label().split(":")[0] for ln in fig.axes[0].get_lines()] for fig in figures]
+    # success: "best" leads, then the tie; the other two plots tie all three
+    assert orders == [["best", "last", "first"], ["last", "best", "first"], ["last", "best", "first"]]
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", path.read_bytes()[16:24])
 
