@@ -40,11 +40,17 @@ def test_only_the_first_process_of_a_launch_holds_the_folder(tiny_config, monkey
     seen = []
     monkeypatch.setattr(loop, "hold_folder", lambda path: seen.append(path) or os.open(path, os.O_RDONLY))
     monkeypatch.setattr(loop, "Trainer", _NoTrainer)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     loop.train(cfg, progress=False)
     monkeypatch.setenv("RANK", "0")
     loop.train(cfg, progress=False)
     assert seen == [cfg.out]
+    # without a world, a RANK left in the environment is one process that writes, so it holds the folder
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "1")
+    loop.train(cfg, progress=False)
+    assert seen == [cfg.out] * 2
 
 
 class _NoTrainer:
@@ -53,3 +59,21 @@ class _NoTrainer:
 
     def run(self, until):
         return []
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE is 'two', not a whole number"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not one of the WORLD_SIZE=2 processes"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": ""}, "LOCAL_RANK is '', not a whole number"),
+])
+def test_a_launch_environment_a_shell_left_wrong_is_one_line_before_the_folder_is_made(
+        tiny_config, monkeypatch, env, said):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = tiny_config("launched")
+    with pytest.raises(UserError, match=said):
+        train(cfg, progress=False)
+    assert not os.path.exists(cfg.out)

@@ -66,12 +66,37 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup_distributed(device_kind: str) -> DistInfo:
-    """Join the ``torchrun`` process group when its environment is set (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def launch_info() -> DistInfo:
+    """This process's place in a ``torchrun`` launch, from its environment (one process when ``WORLD_SIZE`` is
+    unset or 1, whatever ``RANK`` says): the one reading that both holding ``--out`` and writing go by."""
+    world = _launch_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    rank = _launch_int("RANK")
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} is not one of the WORLD_SIZE={world} processes; start the training with "
+                        "torchrun, which sets both, or unset them for one process")
+    return DistInfo(rank, world, _launch_int("LOCAL_RANK", 0))
+
+
+def _launch_int(name: str, default: int | None = None) -> int:
+    """A whole number ``torchrun`` sets; one line when a shell holds a missing or malformed one."""
+    value = os.environ.get(name)
+    if value is None and default is not None:
+        return default
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        what = "is not set" if value is None else f"is {value!r}, not a whole number"
+        raise UserError(f"environment variable {name} {what}; start the training with torchrun, which sets "
+                        "RANK, LOCAL_RANK and WORLD_SIZE, or unset them for one process") from None
+
+
+def setup_distributed(device_kind: str) -> DistInfo:
+    """Join the ``torchrun`` process group when its environment is set (NCCL on CUDA, gloo on CPU)."""
+    info = launch_info()
+    if info.world <= 1:
+        return info
     if not dist.is_initialized():
         # Rank 0 validates and writes checkpoints while the others wait in the next all-reduce: allow it time.
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=timedelta(hours=2))
@@ -571,7 +596,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, until: int | None = None, pr
     given twice or one per task of an ``srun`` step without one ``torchrun`` over them, is refused in one line
     instead of pruning, logging and resuming among this one's files."""
     held = None
-    if os.environ.get("RANK", "0").strip() in ("", "0"):
+    if launch_info().main:
         with os_errors(cfg.out, hint="choose another --out"):
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
         held = hold_folder(cfg.out)
