@@ -147,10 +147,11 @@ def test_a_done_record_counts_the_frames_and_masks_and_times_the_sequence(davis,
         assert done["methods_used"] == {"box": visible} and 0 <= done["seconds"] <= elapsed
 
 
-def test_the_manifest_names_checkpoints_by_file_and_hash_so_a_rerun_may_spell_the_path_another_way(
+def test_the_manifest_names_checkpoints_by_file_and_hash_and_a_rerun_may_find_the_same_weights_elsewhere(
         davis, tmp_path, monkeypatch):
-    """The weights are recorded by resolved path and sha256 (not as the option was spelt): a rerun naming the
-    same file by another path resumes, and other weights in that file are refused."""
+    """The weights are recorded by resolved path and sha256 (not as the option was spelt), and compared by
+    content: a rerun naming the same file by another path, or a copy of it elsewhere, resumes; other weights in
+    that file are refused."""
     replicas.lasot(davis, tmp_path / "LaSOT")
     weights = tmp_path / "weights" / "sam.pth"
     weights.parent.mkdir()
@@ -168,6 +169,14 @@ def test_the_manifest_names_checkpoints_by_file_and_hash_so_a_rerun_may_spell_th
     (tmp_path / "masks" / "done" / "dog-2.json").unlink()
     again = make_masks(_box_job(tmp_path), box_naming(str(weights)), progress=False, log=_quiet)
     assert again["done_before"] == 1 and again["masks_kept"] == 4
+    # the same weights elsewhere (another machine's cache): a shard writing beside the first resumes it too
+    copy = tmp_path / "elsewhere" / "sam.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(weights.read_bytes())
+    (tmp_path / "masks" / "done" / "dog-2.json").unlink()
+    moved = make_masks(_box_job(tmp_path), box_naming(str(copy)), progress=False, log=_quiet)
+    assert moved["done_before"] == 1 and moved["masks_kept"] == 4
+    assert json.loads((tmp_path / "masks" / "manifest.json").read_text()) == manifest  # the first writer's record
     weights.write_bytes(b"other weights")
     with pytest.raises(InputError, match=r"\(checkpoints differ\)"):
         make_masks(_box_job(tmp_path), box_naming(str(weights)), progress=False, log=_quiet)

@@ -81,12 +81,21 @@ def manifest_for(job: MaskJob, init_config, checkpoints: list[dict], model_note:
             "trek_tracker": __version__}
 
 
+def _compared(manifest: dict, key: str):
+    """A manifest field as shards and resumed runs must agree on it: weights by role and content, not by where
+    they lie (machines sharing one output folder keep their weight caches at different paths)."""
+    value = manifest.get(key)
+    if key == "checkpoints" and isinstance(value, list):
+        return [(c.get("role"), c.get("sha256")) if isinstance(c, dict) else c for c in value]
+    return value
+
+
 def _claim_manifest(out: Path, manifest: dict) -> None:
     """Write the manifest, or check that an existing one describes the same masks."""
     path = out / "manifest.json"
     if path.is_file():
         old = read_json(path)
-        diff = [k for k in _SAME if old.get(k) != manifest.get(k)]
+        diff = [k for k in _SAME if _compared(old, k) != _compared(manifest, k)]
         if diff:
             raise InputError(f"{out} already holds masks made with other settings ({', '.join(diff)} differ): "
                              "use another --out folder, or the same settings to resume")
