@@ -168,3 +168,20 @@ def test_the_local_gpu_under_a_launcher(monkeypatch, env, count, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     assert parse_device("auto") == parse_device("cuda") == torch.device("cuda", expected)
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"LOCAL_RANK": ""}, "LOCAL_RANK is '', not a whole number"),
+    ({"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "two"}, "LOCAL_WORLD_SIZE is 'two'"),
+    ({"SLURM_LOCALID": "1.0"}, "SLURM_LOCALID is '1.0'"),
+])
+def test_a_malformed_launcher_variable_is_one_line_naming_it_when_the_gpu_is_chosen(monkeypatch, env, said):
+    for key in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_LOCALID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(UserError, match=f"{said}.*cannot tell which GPU is its own; give --device cuda:N"):
+        parse_device("auto")
+    assert parse_device("cuda:2") == torch.device("cuda", 2)  # a GPU given by number reads none of them

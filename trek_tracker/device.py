@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from trek_tracker.errors import UserError
+from trek_tracker.launch import env_int
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 F = TypeVar("F", bound=Callable)
@@ -66,9 +67,13 @@ def _local_gpu(count: int) -> int:
     to its own GPU sees only that one); else the first. Both: ``srun`` started a ``torchrun`` in each of
     several tasks on one node, each numbering its processes from 0; where the tasks share the node's GPUs,
     each task's processes take the next ``LOCAL_WORLD_SIZE`` of them, not all the first ones."""
-    task = int(os.environ.get("SLURM_LOCALID", 0))
+    def read(name: str, default: int | None = None) -> int:
+        return env_int(os.environ, name, default, stops="this process cannot tell which GPU is its own",
+                       remedy="give --device cuda:N, or start it under torchrun or srun as they set it")
+
+    task = read("SLURM_LOCALID", 0)
     if "LOCAL_RANK" in os.environ:
-        rank, per_task = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", 0))
+        rank, per_task = read("LOCAL_RANK"), read("LOCAL_WORLD_SIZE", 0)
         return task * per_task + rank if per_task and (task + 1) * per_task <= count else rank
     return task if count > 1 else 0
 

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from trek_tracker.device import select_device
 from trek_tracker.errors import CheckpointError, InputError, UserError, load_failure, memory_errors
 from trek_tracker.files import atomic_write, hold_folder, os_error_message, os_errors, write_text
+from trek_tracker.launch import env_int
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
 from trek_tracker.signals import SIGNALS, HeldSignals
@@ -80,16 +81,9 @@ def launch_info() -> DistInfo:
 
 
 def _launch_int(name: str, default: int | None = None) -> int:
-    """A whole number ``torchrun`` sets; one line when a shell holds a missing or malformed one."""
-    value = os.environ.get(name)
-    if value is None and default is not None:
-        return default
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        what = "is not set" if value is None else f"is {value!r}, not a whole number"
-        raise UserError(f"environment variable {name} {what}; start the training with torchrun, which sets "
-                        "RANK, LOCAL_RANK and WORLD_SIZE, or unset them for one process") from None
+    return env_int(os.environ, name, default, stops="this process cannot tell its place in the training",
+                   remedy="start the training with torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE, "
+                          "or unset them for one process")
 
 
 def setup_distributed(device_kind: str) -> DistInfo:
