@@ -118,3 +118,25 @@ def test_sha256_of_a_file_larger_than_a_chunk(tmp_path: Path) -> None:
     assert sum(seen) == len(data) and len(seen) == 4
     assert sha256_of(tmp_path / "w.bin", chunk=1000) == hashlib.sha256(data).hexdigest()
 
+
+
+def test_the_temporary_a_killed_atomic_write_leaves_is_what_remove_temporaries_removes(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt" / "step_2.state.pth"
+    pid = os.fork()
+    if pid == 0:  # the child is killed in the middle of the write: no handler, no cleanup runs
+        try:
+            with atomic_write(target, "wb") as f:
+                f.write(b"half a checkpoint")
+                f.flush()
+                os.kill(os.getpid(), 9)
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+    (left,) = (target.parent).iterdir()
+    assert left.name.startswith(".step_2.state.pth.") and left.name.endswith(".tmp") and not target.exists()
+    (tmp_path / "ckpt" / "kept.tmp").write_bytes(b"")  # not hidden: not one of atomic_write's
+    (tmp_path / "ckpt" / "below").mkdir()
+    (tmp_path / "ckpt" / "below" / ".x.tmp").write_bytes(b"")  # below the folder given: not looked at
+    assert files.remove_temporaries(tmp_path / "missing", target.parent) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == ["below", "kept.tmp"]
+    assert files.remove_temporaries(target.parent) == 0

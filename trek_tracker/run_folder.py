@@ -56,6 +56,7 @@ from trek_tracker.files import (
     os_error_message,
     os_errors,
     read_json,
+    remove_temporaries,
     write_bytes,
     write_json,
 )
@@ -241,11 +242,7 @@ class RunFolder:
         """Remove the half-written temporary files of a process killed while writing (atomic writes that never
         finished) from the folder and its mask and probability folders, before a resumed run writes: nobody
         else writes here (the lock)."""
-        for folder in (self.path, self.path / MASKS, self.path / PROBS):
-            if folder.is_dir():
-                for entry in folder.iterdir():
-                    if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
-                        entry.unlink()
+        remove_temporaries(self.path, self.path / MASKS, self.path / PROBS)
 
     def _check_kept(self, frames: int) -> None:
         """Each unfinished text file holds at least the ``frames`` a saved state follows: its ``.part`` file, or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,25 @@ def test_a_launch_environment_a_shell_left_wrong_is_one_line_before_the_folder_i
     with pytest.raises(UserError, match=said):
         train(cfg, progress=False)
     assert not os.path.exists(cfg.out)
+
+
+def test_the_first_process_removes_what_a_killed_training_was_writing_and_nothing_else(tiny_config, monkeypatch):
+    """A training killed mid-write (SIGKILL after a preemption's SIGTERM was ignored) leaves a hidden temporary
+    checkpoint as large as the checkpoint; the next training into that folder, the only writer there, removes it."""
+    import trek_tracker.train.loop as loop
+
+    cfg = tiny_config("killed", *FAST)
+    out = Path(cfg.out)
+    temporaries = [".log.csv.k3y.tmp", "checkpoints/.step_0000004.state.pth.k3y.tmp"]
+    kept = [".hidden", "notes.tmp", "checkpoints/step_0000002.state.pth", "checkpoints/val/.x.tmp"]
+    for name in temporaries + kept:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    monkeypatch.setattr(loop, "Trainer", _NoTrainer)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # another process of a launch writes nothing, so it removes nothing either
+    loop.train(cfg, progress=False)
+    assert all((out / name).exists() for name in temporaries + kept)
+    monkeypatch.setenv("RANK", "0")
+    loop.train(cfg, progress=False)
+    assert [name for name in temporaries + kept if (out / name).exists()] == kept

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from trek_tracker.device import select_device
 from trek_tracker.errors import CheckpointError, InputError, UserError, load_failure, memory_errors
-from trek_tracker.files import atomic_write, hold_folder, os_error_message, os_errors, write_text
+from trek_tracker.files import atomic_write, hold_folder, os_error_message, os_errors, remove_temporaries, write_text
 from trek_tracker.launch import env_int
 from trek_tracker.modeling.checkpoints import load_weights, read_checkpoint, save_checkpoint
 from trek_tracker.modeling.registry import build_model
@@ -594,6 +594,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, until: int | None = None, pr
         with os_errors(cfg.out, hint="choose another --out"):
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
         held = hold_folder(cfg.out)
+        remove_temporaries(cfg.out, Path(cfg.out) / "checkpoints")  # of a training killed while it wrote
     try:
         trainer = Trainer(cfg, resume=resume, progress=progress)
         try:
