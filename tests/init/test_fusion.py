@@ -103,3 +103,102 @@ def test_combined_candidates() -> None:
     # Soft vote: in GOOD only, (0.982 + 0.05) / 2 > 0.5; in HALF only, (0.018 + 0.9) / 2 < 0.5.
     assert np.array_equal(by_name["vote"].mask, GOOD)
     assert by_name["vote"].confidence == 0.7
+
+
+def _rect(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Pixels with columns x0..x1-1 and rows y0..y1-1."""
+    m = np.zeros(SHAPE, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_a_mask_overhanging_the_box_keeps_only_the_tolerated_margin() -> None:
+    # 4 columns (70..73) past the box's right side x = 70, 4 rows (50..53) past its bottom y = 50
+    spill = GOOD | _rect(60, 25, 74, 35) | _rect(40, 40, 50, 54)
+    for margin in (0, 1, 2):
+        res = fuse([Candidate("sam_1", spill, 0.9, "sam")], BOX, SHAPE, FusionConfig(clip_margin_px=margin))
+        assert res.winner == "sam_1"
+        rows, cols = np.flatnonzero(res.mask.any(1)), np.flatnonzero(res.mask.any(0))
+        assert cols[-1] == 69 + margin and rows[-1] == 49 + margin  # the box's last column 69, last row 49
+        inner = box_to_mask(BOX, SHAPE)
+        assert np.array_equal(res.mask & inner, spill & inner)
+
+
+def test_the_documented_thresholds_are_inclusive() -> None:
+    """A candidate is rejected only when ``fill < min_fill`` or ``outside > max_outside`` (docs/init.md), and
+    a box whose shorter side is exactly ``min_box_px`` is scored, not filled."""
+    inside = _rect(20, 10, 55, 50)  # 35 x 40 = 1400 px inside the box
+    outside = _rect(75, 52, 100, 76)  # 25 x 24 = 600 px beyond the 1 px margin: 600 / 2000 = 0.3
+    res = fuse([Candidate("at_limit", inside | outside, 0.9, "sam")], BOX, SHAPE, FusionConfig())
+    # rect IoU 0.7 clears min_rect_iou = 0.5
+    assert res.scores[0].outside == 0.3 and res.scores[0].rejected is None and res.winner == "at_limit"
+    assert np.array_equal(res.mask, inside)  # the outside part is clipped away
+    res = fuse([Candidate("at_limit", inside | outside, 0.9, "sam")], BOX, SHAPE, FusionConfig(min_rect_iou=0.7))
+    assert res.scores[0].rect_iou == 0.7 and res.winner == "at_limit"  # rect IoU >= min_rect_iou is accepted
+    over = outside | _rect(75, 76, 76, 77)  # one pixel more outside
+    res = fuse([Candidate("over", inside | over, 0.9, "sam")], BOX, SHAPE, FusionConfig())
+    assert res.scores[0].rejected.startswith("outside") and res.winner == "box"
+
+    part = _rect(60, 10, 70, 20)  # a separate part of exactly min_component_px = 100 px stays
+    res = fuse([Candidate("two_parts", inside | part, 0.9, "sam")], BOX, SHAPE, FusionConfig())
+    assert np.array_equal(res.mask, inside | part) and res.scores[0].rect_iou == 1.0
+    res = fuse([Candidate("two_parts", inside | (part & ~_rect(69, 19, 70, 20)), 0.9, "sam")], BOX, SHAPE,
+               FusionConfig())
+    assert np.array_equal(res.mask, inside)  # 99 px: a speckle
+
+    corner = _rect(20, 10, 30, 20)  # 10 x 10 = 100 px of the 2000 px box: fill 0.05
+    res = fuse([Candidate("fill", corner, 0.9, "sam")], BOX, SHAPE, FusionConfig(min_rect_iou=0.0))
+    assert res.scores[0].fill == 0.05 and res.scores[0].rejected is None and res.winner == "fill"
+    res = fuse([Candidate("fill", corner & ~_rect(20, 10, 21, 11), 0.9, "sam")], BOX, SHAPE,
+               FusionConfig(min_rect_iou=0.0))
+    assert res.scores[0].rejected.startswith("fill") and res.winner == "box"
+
+    narrow = np.array([20.0, 10.0, 8.0, 40.0])
+    bar = _rect(20, 10, 26, 50)  # 6 of the 8 columns
+    res = fuse([Candidate("bar", bar, 0.9, "sam")], narrow, SHAPE, FusionConfig())
+    assert res.winner == "bar" and np.array_equal(res.mask, bar)
+    res = fuse([Candidate("bar", bar, 0.9, "sam")], narrow, SHAPE, FusionConfig(min_box_px=8.5))
+    assert res.winner == "box" and res.scores == []
+    flat = np.array([20.0, 10.0, 50.0, 7.0])  # the shorter side is the height
+    res = fuse([Candidate("flat", _rect(20, 10, 70, 17), 0.9, "sam")], flat, SHAPE, FusionConfig())
+    assert res.winner == "box" and res.fallback.startswith("box smaller than 8 px")
+
+
+def test_an_exact_tie_goes_to_the_earlier_candidate() -> None:
+    first, second = Candidate("sam_1", GOOD, 0.7, "sam"), Candidate("ar_secm", GOOD.copy(), 0.7, "ar")
+    assert fuse([first, second], BOX, SHAPE, FusionConfig()).winner == "sam_1"
+    assert fuse([second, first], BOX, SHAPE, FusionConfig()).winner == "ar_secm"
+
+
+def test_the_ar_fallback_needs_a_non_empty_box_like_ar_mask() -> None:
+    # SAM's best (HALF, rect IoU ~0.5) fails min_rect_iou = 0.8, and so does the AR sliver: the filled box.
+    cands = [Candidate("sam_1", HALF, 0.9, "sam"), Candidate("ar_secm", SLIVER, 0.9, "ar")]
+    res = fuse(cands, BOX, SHAPE, FusionConfig(min_rect_iou=0.8))
+    assert res.winner == "box" and res.source == "box" and res.fallback.endswith("used the filled box")
+    assert np.array_equal(res.mask, box_to_mask(BOX, SHAPE))
+    # With every rect IoU acceptable, an empty AR mask (rect IoU 0) still never becomes the reference.
+    empty = np.zeros(SHAPE, bool)
+    res = fuse([Candidate("sam_1", empty, 0.9, "sam"), Candidate("ar_secm", empty, 0.9, "ar")], BOX, SHAPE,
+               FusionConfig(min_rect_iou=0.0))
+    assert res.winner == "box" and res.mask.sum() == 50 * 40
+    assert all(s.rejected == "empty" and s.outside == 0.0 and s.rect_iou == 0.0 for s in res.scores)
+    # An AR mask rejected for bleeding out of the box is still the fallback when its rect IoU is exactly the limit.
+    bleeding = _rect(20, 10, 55, 50) | _rect(75, 52, 100, 77)  # rect IoU 0.7 once clipped, outside > 0.3
+    res = fuse([Candidate("sam_1", HALF, 0.9, "sam"), Candidate("ar_secm", bleeding, 0.9, "ar")], BOX, SHAPE,
+               FusionConfig(min_rect_iou=0.7))
+    assert res.scores[1].rejected.startswith("outside") and res.scores[1].rect_iou == 0.7
+    assert res.winner == "ar_secm" and res.source == "ar" and np.array_equal(res.mask, _rect(20, 10, 55, 50))
+
+
+def test_the_combined_masks_threshold_strictly_with_the_logistic_sigmoid() -> None:
+    """vote: (sigmoid(L) + P) / 2 > 0.5, intersection and union of L > 0 and P > 0.5 (docs/init.md#candidates),
+    on logits and probabilities around and at the thresholds."""
+    logits = np.array([-4.0, -1.0, -0.3, 0.0, 0.3, 1.0, 4.0])
+    probs = np.array([0.0, 0.2, 0.25, 0.3, 0.45, 0.5, 0.55, 0.7, 0.75, 0.8, 1.0])
+    L, P = np.meshgrid(logits, probs)
+    by_name = {c.name: c for c in combined_candidates(L, 0.4, P, 0.6)}
+    np.testing.assert_array_equal(by_name["vote"].mask, (1 / (1 + np.exp(-L)) + P) / 2 > 0.5)
+    assert not by_name["vote"].mask[(L == 0) & (P == 0.5)].any()  # exactly 0.5: not in the mask
+    np.testing.assert_array_equal(by_name["intersection"].mask, (L > 0) & (P > 0.5))
+    np.testing.assert_array_equal(by_name["union"].mask, (L > 0) | (P > 0.5))
+    assert {c.source for c in by_name.values()} == {"fused"} and by_name["union"].confidence == 0.5

@@ -140,6 +140,83 @@ def test_hqsam_candidates_in_the_init(hqsam) -> None:
     assert {c["source"] for c in res.details["candidates"]} == {"hqsam"}
 
 
+def test_the_init_prompts_hqsam_with_the_corners_of_the_box_clipped_to_the_frame(hqsam) -> None:
+    official_mod = pytest.importorskip("segment_anything_hq.predictor")
+    image, _ = _scene()  # 90 x 120
+    with prompt_boxes(hqsam) as seen:
+        res = BoxToMask(InitConfig(method="hqsam"), hqsam_model=hqsam)(image, [90.0, -5.0, 40.0, 41.0])
+        official = official_mod.SamPredictor(hqsam)
+        official.set_image(image)
+        official.predict(box=np.array([90.0, 0.0, 120.0, 36.0]))
+    assert res.details["box"] == [90.0, 0.0, 30.0, 36.0]
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
+def test_the_hqsam_candidates_are_the_official_sums_thresholded_strictly(hqsam, monkeypatch) -> None:
+    """``hqsam``: the best multimask SAM token + the HQ token, ``hqsam_single``: token 0 + the HQ token,
+    ``hqsam_hq``: the HQ token alone; logits > 0, confidence the SAM token's predicted IoU clipped to [0, 1]
+    (the best multimask token's for the HQ token). Without SAM, the combined masks use ``hqsam``'s logits;
+    with SAM, SAM's best token."""
+    from tests.init.test_api import _fake_alpha_refine, _FakeSam
+    from tests.init.test_sam import tiny_sam
+    from trek_tracker.init.hqsam import HQSamOutput
+    from trek_tracker.init.sam import SamBoxPredictor
+
+    image, _ = _scene()  # 90 x 120
+    box = [30.0, 20.0, 60.0, 50.0]  # x 30..90, y 20..70
+    h, w = image.shape[:2]
+
+    def band(x0: int, x1: int, value: float) -> np.ndarray:
+        out = np.full((h, w), -value, np.float32)
+        out[20:70, x0:x1] = value
+        return out
+
+    # |SAM logits| = 1 > |HQ logits| = 0.5: a sum is > 0 on the SAM token's band; row 45 sums to exactly 0
+    sam_logits = np.stack([band(30, 90, 1.0), band(40, 60, 1.0), band(30, 70, 1.0), band(50, 90, 1.0)])
+    hq_logits = band(30, 76, 0.5)
+    sam_logits[:, 45, :], hq_logits[45, :] = 0.5, -0.5
+    out = HQSamOutput(sam_logits, hq_logits, np.array([1.2, -0.3, -0.1, -0.5], np.float32))  # best multimask: 2
+    prompts = []
+    monkeypatch.setattr(HQSamBoxPredictor, "set_image", lambda self, image: None)
+    monkeypatch.setattr(HQSamBoxPredictor, "predict_box_hq", lambda self, box: prompts.append(list(box)) or out)
+    prob = np.full((h, w), 0.1, np.float32)
+    prob[25:65, 35:85] = 0.9
+    monkeypatch.setattr("trek_tracker.init.alpha_refine.refiner.AlphaRefine", _fake_alpha_refine(prob, []))
+    res = BoxToMask(InitConfig(), hqsam_model=hqsam, ar_network=torch.nn.Identity())(image, box)
+    assert prompts == [[30.0, 20.0, 90.0, 70.0]]
+
+    def without_row_45(x0: int, x1: int) -> int:
+        return 49 * (x1 - x0)
+
+    scores = {c["name"]: c for c in res.details["candidates"]}
+    assert [scores[n]["area"] for n in ("hqsam", "hqsam_single", "hqsam_hq")] == [
+        without_row_45(30, 70), without_row_45(30, 90), without_row_45(30, 76)]
+    assert [scores[n]["confidence"] for n in ("hqsam", "hqsam_single", "hqsam_hq")] == [0.0, 1.0, 0.0]
+    ar_mask = prob > 0.5
+    best = (sam_logits[2] + hq_logits) > 0
+    assert scores["intersection"]["area"] == int((best & ar_mask).sum())
+    assert scores["union"]["area"] == int((best | ar_mask).sum())
+    assert scores["union"]["confidence"] == pytest.approx(0.5 * (0.0 + 0.9))
+    assert res.details["hqsam"]["hqsam_best_multimask"] == 2
+    assert res.details["hqsam"]["model"] == "custom"  # the tiny HQ-SAM's encoder width is none of SAM's
+    assert res.details["hqsam"]["hqsam_iou_predictions"] == pytest.approx([1.2, -0.3, -0.1, -0.5])
+    out.iou_predictions = np.array([-0.2, 0.3, 1.4, 0.1], np.float32)  # now above 1: clipped to 1
+    res = BoxToMask(InitConfig(), hqsam_model=hqsam, ar_network=torch.nn.Identity())(image, box)
+    scores = {c["name"]: c for c in res.details["candidates"]}
+    assert [scores[n]["confidence"] for n in ("hqsam", "hqsam_single", "hqsam_hq")] == [1.0, 0.0, 1.0]
+    assert scores["union"]["confidence"] == pytest.approx(0.5 * (1.0 + 0.9))
+
+    # With SAM too, the combined masks are built from SAM's best multimask token (here token 1).
+    fake = _FakeSam(np.stack([band(30, 90, 1.0)] * 4), [0.5, 0.9, 0.2, 0.1], [0.5, 0.5, 0.5, 0.5])
+    fake.logits[1] = band(30, 50, 1.0)
+    monkeypatch.setattr(SamBoxPredictor, "set_image", lambda self, image: None)
+    monkeypatch.setattr(SamBoxPredictor, "predict_box", lambda self, b, mask_input=None: fake.predict_box(b))
+    res = BoxToMask(InitConfig(), sam_model=tiny_sam(), hqsam_model=hqsam, ar_network=torch.nn.Identity())(image, box)
+    scores = {c["name"]: c for c in res.details["candidates"]}
+    assert scores["intersection"]["area"] == int(((fake.logits[1] > 0) & ar_mask).sum())
+    assert scores["union"]["confidence"] == pytest.approx(0.5 * (0.9 + 0.9))
+
+
 # --------------------------------------------------------------------------- refiner
 def _hqtrack_refine(official, image: np.ndarray, m: np.ndarray, threshold: float) -> np.ndarray:
     """HQTrack's MSAOTTracker.track refinement, step by step, with the official package predictor."""
@@ -203,6 +280,53 @@ def test_refiner_helpers_and_errors(hqsam) -> None:
         refiner(image, np.zeros((10, 10), np.uint8))
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         HQSamRefiner(hqsam, iou_threshold=1.5)
+
+
+def test_the_refinement_threshold_defaults_to_hqtracks_and_lies_in_0_1(hqsam) -> None:
+    from trek_tracker.init.refine import RefineConfig
+
+    assert RefineConfig().min_iou == HQSamRefiner(hqsam).iou_threshold == 0.1  # HQTrack's sam_refine_iou
+    for ok in (0.0, 1.0):
+        assert RefineConfig(min_iou=ok).min_iou == HQSamRefiner(hqsam, iou_threshold=ok).iou_threshold == ok
+    for bad in (-0.01, 1.01):
+        with pytest.raises(InputError, match=r"\[0, 1\]"):
+            RefineConfig(min_iou=bad)
+        with pytest.raises(InputError, match=r"\[0, 1\]"):
+            HQSamRefiner(hqsam, iou_threshold=bad)
+
+
+def test_a_refined_mask_equal_to_the_trackers_is_kept_even_at_threshold_1(hqsam, monkeypatch) -> None:
+    """Kept when IoU >= the threshold; HQ-SAM's mask is its logits > 0 (a logit of exactly 0 is outside)."""
+    from trek_tracker.init.hqsam import HQSamOutput
+
+    image, labels = _scene()
+    ids, boxes = iter([1, 2]), []
+
+    def predict(box):  # logits 1 on the object, exactly 0 elsewhere
+        boxes.append(list(box))
+        hq = np.where(labels == next(ids), 1.0, 0.0).astype(np.float32)
+        return HQSamOutput(np.zeros((4, *labels.shape), np.float32), hq, np.array([0.5, 0.9, 0.1, 0.1], np.float32))
+
+    predictor = HQSamBoxPredictor(hqsam)
+    monkeypatch.setattr(predictor, "set_image", lambda image: None)
+    monkeypatch.setattr(predictor, "predict_box_hq", predict)
+    result = HQSamRefiner(predictor, iou_threshold=1.0)(image, labels)
+    assert result.kept == {1: True, 2: True} and result.iou == {1: 1.0, 2: 1.0}
+    np.testing.assert_array_equal(result.labels, labels)
+    assert boxes == [mask_box(labels == 1).tolist(), mask_box(labels == 2).tolist()]
+
+
+def test_the_refiner_loads_hqsam_from_a_checkpoint(hqsam, monkeypatch, tmp_path) -> None:
+    calls = []
+    monkeypatch.setattr("trek_tracker.init.hqsam.load_hqsam", lambda *args: calls.append(args) or hqsam)
+    path = tmp_path / "sam_hq.pth"
+    path.write_bytes(b"")
+    refiner = HQSamRefiner.from_checkpoint(path, "vit_b", iou_threshold=0.3)
+    assert calls == [(path, "vit_b", "cpu")] and refiner.iou_threshold == 0.3
+    assert isinstance(refiner.predictor, HQSamBoxPredictor) and refiner.predictor.model is hqsam
+    assert HQSamRefiner.from_checkpoint(path).iou_threshold == 0.1  # HQTrack's sam_refine_iou
+    with pytest.raises(CheckpointError, match="not hqsam"):
+        HQSamRefiner.from_checkpoint("sam_vit_b")  # plain SAM's registry name
 
 
 def test_the_tracker_refines_its_output_and_remembers_its_own_masks(hqsam, monkeypatch) -> None:
