@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,7 +36,7 @@ def test_toolkit_interface_with_numpy_and_pil(tracker):
     tracker.init(Image.fromarray(frames[0]), [20, 30, 40, 25])
     assert tracker.mask is not None and tracker.mask[30:55, 20:60].all() and tracker.mask.sum() == 40 * 25
     box = tracker.update(frames[1])
-    assert isinstance(box, np.ndarray) and box.shape == (4,) and np.isfinite(box).all()
+    assert isinstance(box, np.ndarray) and box.shape == (4,) and box.dtype == np.float64 and np.isfinite(box).all()
     assert box[2] > 0 and box[3] > 0
     result = tracker.step(Image.fromarray(frames[2]), keep_probs=True)
     assert result.labels.shape == (96, 128) and result.labels.dtype == np.uint8
@@ -90,6 +92,7 @@ def test_update_before_init_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="init"):
         fresh.update(_frames(1)[0])
     assert fresh.name == f"trek-track-{TINY}"
+    assert fresh.labels is None and fresh.mask is None
 
 
 def test_a_failed_init_leaves_no_video_to_continue(tracker):
@@ -103,6 +106,7 @@ def test_a_failed_init_leaves_no_video_to_continue(tracker):
     with pytest.raises(RuntimeError, match="init"):
         tracker.update(frames[2])
     assert tracker.labels is None and "network_input_size" not in tracker.describe()
+    assert tracker.describe()["init"] == {}  # not the previous video's init details
     tracker.init(frames[0], [20, 30, 40, 25])  # a later start works as on a fresh tracker
     assert tracker.update(frames[1]).shape == (4,)
 
@@ -198,11 +202,13 @@ def test_deferred_boxes_are_computed_in_frame_order_whoever_asks_first():
     eager = ObjectBoxes(start, BoxConfig(min_component_px=10))
     expected = [eager.update(m) for m in _label_maps()]
     deferred = ObjectBoxes(start, BoxConfig(min_component_px=10))
+    began = time.perf_counter()
     results = [FrameResult.deferred(deferred.measure(m), 0.5) for m in _label_maps()]
     assert results[3].box.tolist() == [22, 12, 30, 20]  # the last frame read first: every earlier one computed
+    elapsed = time.perf_counter() - began
     for result, (boxes, lost) in zip(results, expected, strict=True):
         assert result.box.tolist() == boxes[1].tolist() and result.lost == lost
-        assert result.seconds >= 0.5
+        assert 0.5 <= result.seconds <= 0.5 + elapsed  # the host's time and the boxes' own
     assert [r.lost[1] for r in results] == [False, True, False, False]
     assert results[1].box.tolist() == [10, 5, 20, 15]  # held from frame 0
 
@@ -226,7 +232,6 @@ def test_boxes_nobody_reads_do_not_pile_up():
 @pytest.mark.parametrize("behind", [True, False])
 def test_a_frames_boxes_are_computed_behind_the_tracker_and_counted_in_its_time(tracker, monkeypatch, behind):
     import threading
-    import time
 
     from trek_tracker import geometry
     from trek_tracker.loop import Sink, Start, track_video
@@ -249,9 +254,12 @@ def test_a_frames_boxes_are_computed_behind_the_tracker_and_counted_in_its_time(
             self.seconds.append(result.seconds)
 
     sink = Times()
+    began = time.perf_counter()
     track_video(tracker, _frames(4), Start(box=np.array([20, 20, 40, 30.0])), [sink], write_behind=behind)
+    elapsed = time.perf_counter() - began
     assert len(labelled) == 3 and set(labelled) == {"sink-writer" if behind else "MainThread"}
     assert len(sink.seconds) == 4 and min(sink.seconds[1:]) >= 0.05  # the toolkit's speed includes the boxes
+    assert max(sink.seconds) <= elapsed
 
 
 def _run(tracker, frames, start=None):
@@ -332,3 +340,274 @@ def test_random_weights_are_the_same_network_every_time_and_leave_the_callers_ra
                                  ensemble=EnsembleConfig(members=(ModelSpec(TINY),))))
     a, b = (list(m.model.parameters()) for m in pair.members)
     assert any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("mask,message", [
+    (np.ones((50, 60), np.uint8), "init mask is 60x50 but the frame is 128x96"),
+    (np.ones(5, np.uint8), r"init mask is \(5,\) but the frame is 128x96"),
+    (np.full((96, 128), 0.5, np.float32), "integer object ids, got float32"),
+    (np.pad(np.full((10, 10), 300, np.int64), ((0, 86), (0, 118))), r"ids must be in 0\.\.255, got 0\.\.300"),
+    (np.pad(np.full((10, 10), -1, np.int64), ((0, 86), (0, 118)), constant_values=1), r"got -1\.\.1"),
+    (np.pad(np.full((10, 10), 3, np.uint8), ((0, 86), (0, 118))), r"ids 1\.\.3 but object 1 has no pixels"),
+])
+def test_an_init_mask_that_is_not_a_label_map_of_the_frame_is_named(tracker, mask, message):
+    with pytest.raises(InputError, match=message):
+        tracker.init(_frames(1)[0], mask=mask)
+    assert tracker.engine is None
+
+
+def test_init_without_a_box_or_a_mask_is_an_input_error(tracker):
+    with pytest.raises(InputError, match=r"needs a box \[x, y, w, h\] or a mask"):
+        tracker.init(_frames(1)[0])
+
+
+def test_a_boolean_init_mask_is_object_1(tracker):
+    mask = np.zeros((96, 128), bool)
+    mask[40:60, 10:50] = True
+    first = tracker.init(_frames(1)[0], mask=mask)
+    assert first.labels.dtype == np.uint8 and np.array_equal(first.labels, mask.astype(np.uint8))
+    assert list(first.boxes) == [1] and first.box.tolist() == [10, 40, 40, 20]
+    assert tracker.init_info == {"requested": "mask", "method": "mask"}
+
+
+def test_probabilities_come_only_when_asked_for(tracker):
+    frames = _frames()
+    assert tracker.init(frames[0], [20, 30, 40, 25]).probs is None
+    assert tracker.step(frames[1]).probs is None
+
+
+def test_an_init_method_that_finds_nothing_starts_from_the_filled_box(tracker, monkeypatch):
+    """The init method's own mask is the start when it found one; an empty one falls back to the box, and
+    the init details (run.json's ``init``) say which and why."""
+    from trek_tracker.geometry import box_to_mask
+    from trek_tracker.init.api import InitResult
+
+    found = np.zeros((96, 128), bool)
+    found[35:50, 25:45] = True  # inside the box, smaller than it
+
+    def method(mask):
+        return lambda image, box: InitResult(mask, "grabcut", "a message", {"requested": "auto", "score": 0.5})
+
+    frames = _frames(1)
+    monkeypatch.setattr(tracker, "_box_to_mask", method(found))
+    first = tracker.init(frames[0], [20, 30, 40, 25])
+    assert np.array_equal(first.labels, found.astype(np.uint8)) and first.box.tolist() == [20, 30, 40, 25]
+    assert tracker.init_info == {"message": "a message", "requested": "auto", "score": 0.5, "method": "grabcut"}
+    monkeypatch.setattr(tracker, "_box_to_mask", method(np.zeros((96, 128), bool)))
+    first = tracker.init(frames[0], [20, 30, 40, 25])
+    assert np.array_equal(first.labels, box_to_mask([20, 30, 40, 25], (96, 128)).astype(np.uint8))
+    assert tracker.init_info["fallback"] == "empty init mask: used the filled box"
+    assert tracker.init_info["method"] == "grabcut" and tracker.describe()["init"] == tracker.init_info
+
+
+def test_the_state_holds_the_clipped_start_box_and_is_refused_after_a_failed_start(tracker):
+    tracker.init(_frames(1)[0], [1, 1, 500, 500])  # clipped to the frame
+    assert tracker.state()["boxes"] == {1: [1.0, 1.0, 127.0, 95.0]}
+    with pytest.raises(InputError, match="outside"):
+        tracker.init(_frames(1)[0], [500, 500, 5, 5])
+    with pytest.raises(RuntimeError, match=r"init\(\) must be called .* before state\(\)"):
+        tracker.state()
+
+
+def test_random_weights_and_a_checkpoint_exclude_each_other(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "tiny.pth")
+    with pytest.raises(InputError, match="--random-weights and --checkpoint exclude each other"):
+        Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), random_weights=True, device="cpu"))
+
+
+def test_a_checkpoint_of_the_parent_family_is_recorded_as_a_partial_start(tmp_path):
+    """An MSDeAOT started from a DeAOT checkpoint tracks with untrained parts: run.json says which."""
+    ckpt = official_checkpoint(tmp_path / "deaot.pth")
+    record = Tracker(TrackerConfig(model="test_msdeaot_tiny", checkpoint=str(ckpt), device="cpu",
+                                   init=InitConfig(method="box"))).describe()
+    assert record["model"] == "test_msdeaot_tiny" and record["partial_init"]["new"]
+    assert record["partial_init"]["loaded"] > 0
+    new = ", ".join(record["partial_init"]["new"])
+    assert record["notes"] == [f"test_msdeaot_tiny initialised from a deaot checkpoint: new (untrained) parts {new}"]
+    plain = Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init=InitConfig(method="box")))
+    assert plain.describe()["partial_init"] is None and plain.describe()["notes"] == []
+
+
+def test_tracker_identity_holds_the_checkpoints_of_the_init_and_the_refiner_by_content(tmp_path):
+    """A changed SAM or HQ-SAM file is another tracker, a renamed one the same; the init networks' files count
+    only for an init method that loads them."""
+    from trek_tracker.files import sha256_of
+    from trek_tracker.init.refine import RefineConfig
+    from trek_tracker.pipeline import tracker_identity
+
+    (tmp_path / "a.pth").write_bytes(b"weights a")
+    (tmp_path / "renamed.pth").write_bytes(b"weights a")
+    (tmp_path / "b.pth").write_bytes(b"weights b")
+
+    def identity(refine=None, sam=None, method="sam"):
+        return tracker_identity(TrackerConfig(
+            model=TINY, random_weights=True, init=InitConfig(method=method, sam_checkpoint=sam and str(tmp_path / sam)),
+            refine=RefineConfig(checkpoint=refine and str(tmp_path / refine))), "cpu")["checkpoint_sha256"]
+
+    for key in ("refine", "sam"):
+        assert identity(**{key: "a.pth"}) == [sha256_of(tmp_path / "a.pth")] != identity(**{key: "b.pth"})
+        assert identity(**{key: "renamed.pth"}) == identity(**{key: "a.pth"})
+    assert identity(sam="a.pth", refine="b.pth") == [sha256_of(tmp_path / "a.pth"), sha256_of(tmp_path / "b.pth")]
+    assert identity(sam="a.pth", method="grabcut") == identity(sam="a.pth", method="box") == []
+
+
+def test_the_recorded_network_input_size_is_the_unscaled_views(tracker, tmp_path):
+    """With test-time augmentation run.json records the network input of the first (unscaled) view."""
+    frames = _frames(1)
+    tracker.init(frames[0], [20, 30, 40, 25])
+    ckpt = official_checkpoint(tmp_path / "tiny.pth")
+    tta = Tracker(TrackerConfig(model=TINY, checkpoint=str(ckpt), device="cpu", init=InitConfig(method="box"),
+                                max_long_edge=128, tta=TTAConfig(scales=(1.0, 0.5))))
+    tta.init(frames[0], [20, 30, 40, 25])
+    assert tta.describe()["network_input_size"] == tracker.describe()["network_input_size"]
+    assert [v["scale"] for v in tta.describe()["tta"]["views"]] == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("shape,dtype", [((96, 128), np.uint8), ((96, 128, 4), np.uint8), ((96, 128, 3), np.uint16)])
+def test_frames_that_are_not_rgb_uint8_are_refused_by_name(tracker, shape, dtype):
+    frames = _frames()
+    with pytest.raises(InputError, match=rf"RGB uint8 .* got {np.dtype(dtype)} \({', '.join(map(str, shape))}"):
+        tracker.init(np.zeros(shape, dtype), [20, 30, 40, 25])
+    tracker.init(frames[0], [20, 30, 40, 25])
+    with pytest.raises(InputError, match="RGB uint8"):
+        tracker.update(np.zeros(shape, dtype))
+    assert tracker.update(frames[1]).shape == (4,)  # a refused frame leaves the video where it was
+
+
+def test_pil_frames_of_other_modes_track_as_the_frame_readers_read_them(tracker):
+    """A grey or 16-bit PIL image is tracked as its 8-bit RGB conversion (16-bit values scaled, not clipped)."""
+    grey = [f[..., 1] for f in _frames()]
+    rgb = [np.repeat(g[..., None], 3, axis=2) for g in grey]
+    expected = _run(tracker, rgb)
+    tracker.init(Image.fromarray(grey[0], "L"), [20, 30, 40, 25])
+    r = tracker.step(Image.fromarray(grey[1].astype(np.uint16) << 8))  # 16-bit
+    assert np.array_equal(r.labels, expected[0][0]) and r.box.tolist() == expected[0][1][1]
+    r = tracker.step(Image.fromarray(grey[2], "L"))
+    assert np.array_equal(r.labels, expected[1][0]) and r.box.tolist() == expected[1][1][1]
+
+
+def test_the_init_details_are_those_of_the_latest_start(tracker):
+    labels = np.zeros((96, 128), np.uint8)
+    labels[10:20, 10:30] = 1
+    tracker.init(_frames(1)[0], mask=labels)
+    assert tracker.describe()["init"] == {"requested": "mask", "method": "mask"}
+    tracker.init(_frames(1)[0], [20, 30, 40, 25])
+    assert tracker.describe()["init"] == {"requested": "box", "method": "box"}
+
+
+def test_a_settings_mapping_may_hold_its_sections_as_configs_or_as_mappings():
+    from trek_tracker.init.fusion import FusionConfig
+
+    fusion = FusionConfig(fusion_lambda=0.3, min_fill=0.1)
+    expected = TrackerConfig(init=InitConfig(method="fused", fusion=fusion))
+    assert TrackerConfig(init={"method": "fused", "fusion": fusion}) == expected
+    assert TrackerConfig(init={"method": "fused", "fusion": {"fusion_lambda": 0.3, "min_fill": 0.1}}) == expected
+    assert TrackerConfig(init=InitConfig(method="fused", fusion=fusion), memory={"gap": 2}).init.fusion is fusion
+
+
+def test_the_python_apis_defaults_are_the_commands():
+    """`TrackerConfig()` tracks as `trek-track run` without tracker options does."""
+    import click
+
+    from trek_tracker.cli.options import tracker_config_from_options, tracker_options
+
+    given = {}
+
+    @click.command()
+    @tracker_options
+    def command(**options):
+        given.update(options)
+
+    command.main([], standalone_mode=False)
+    assert TrackerConfig() == tracker_config_from_options(**given)
+
+
+@pytest.mark.parametrize("weights,recorded", [(None, [1.0, 1.0]), ((1.0, 2.0), [1.0, 2.0])])
+def test_an_ensemble_is_described_by_its_first_member_then_every_member(tmp_path, weights, recorded):
+    first = official_checkpoint(tmp_path / "first.pth")
+    second = official_checkpoint(tmp_path / "second.pth")
+    pair = Tracker(TrackerConfig(model=TINY, checkpoint=str(first), device="cpu", init=InitConfig(method="box"),
+                                 ensemble=EnsembleConfig(members=(ModelSpec(TINY, str(second)),), weights=weights)))
+    record = pair.describe()
+    assert pair.loaded is pair.members[0] and record["checkpoint"] == str(first)
+    assert [m["checkpoint"] for m in record["ensemble"]["members"]] == [str(first), str(second)]
+    assert record["ensemble"]["weights"] == recorded
+
+
+def test_random_weights_without_a_model_are_the_default_models():
+    from trek_tracker.pipeline import DEFAULT_MODEL
+
+    tracker = Tracker(TrackerConfig(random_weights=True, device="cpu", init=InitConfig(method="box")))
+    assert tracker.describe()["model"] == DEFAULT_MODEL and tracker.name == f"trek-track-{DEFAULT_MODEL}"
+
+
+def test_a_tracker_computes_in_its_precision():
+    """A bf16 tracker's frames are those of the engine run in bf16 (not float32 with bf16 weights): the same
+    model lent to an fp32 and a bf16 tracker gives each the output of the engine of its precision."""
+    import torch
+
+    from trek_tracker.inference.engine import EngineConfig, VOSEngine
+    from trek_tracker.inference.preprocess import Frame
+    from trek_tracker.modeling.registry import build_model
+    from trek_tracker.pipeline import LoadedModel
+
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    frames = _frames()
+    labels = np.zeros((96, 128), np.uint8)
+    labels[30:55, 20:60] = 1
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        tracker = Tracker(TrackerConfig(precision=precision, max_long_edge=128, init=InitConfig(method="box")),
+                          loaded=LoadedModel(model, TINY, None, None, torch.device("cpu")))
+        tracker.init(frames[0], mask=labels)
+        probs[precision] = tracker.step(frames[1], keep_probs=True).probs
+        engine = VOSEngine(model, EngineConfig(max_long_edge=128, memory=tracker.config.memory, precision=precision))
+        engine.add_reference(Frame(frames[0]), labels)
+        assert torch.equal(probs[precision], engine.step(Frame(frames[1])).probs)
+    assert not torch.equal(probs["fp32"], probs["bf16"])
+
+
+def test_an_init_mask_may_hold_every_id_a_byte_holds():
+    from trek_tracker.pipeline import check_label_map
+
+    ids = np.arange(256, dtype=np.int64).reshape(16, 16)
+    assert np.array_equal(check_label_map(ids, (16, 16)), ids.astype(np.uint8))
+    with pytest.raises(InputError, match=r"0\.\.255, got 1\.\.256"):
+        check_label_map(ids + 1, (16, 16))
+
+
+def test_the_refiner_is_loaded_on_the_trackers_device_with_the_configured_iou(tracker, monkeypatch):
+    from trek_tracker.init.refine import HQSamRefiner, RefineConfig
+
+    loads = []
+    monkeypatch.setattr(HQSamRefiner, "from_checkpoint", classmethod(lambda cls, *args, **kw: loads.append((args, kw))))
+    Tracker(TrackerConfig(init=InitConfig(method="box"), refine=RefineConfig(checkpoint="hq.pth", min_iou=0.37)),
+            loaded=tracker.loaded)
+    assert loads == [(("hq.pth",), {"device": "cpu", "iou_threshold": 0.37})]
+
+
+def test_an_ensembles_first_frame_is_the_weighted_mean_of_its_members_alone(tmp_path):
+    """Each member predicts the first frame after the start from the start alone: the ensemble's probabilities
+    are the weighted mean of those of each member tracking by itself."""
+    import torch
+
+    from trek_tracker.inference.ensemble import average_probs
+
+    first = official_checkpoint(tmp_path / "first.pth")
+    other = torch.load(first, weights_only=False)
+    other["state_dict"] = {k: v * 1.1 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    torch.save(other, tmp_path / "second.pth")
+    frames = _frames(2)
+
+    def probs(checkpoint, **settings):
+        tracker = Tracker(TrackerConfig(model=TINY, checkpoint=str(checkpoint), device="cpu", max_long_edge=128,
+                                        init=InitConfig(method="box"), **settings))
+        tracker.init(frames[0], [20, 30, 40, 25])
+        return tracker.step(frames[1], keep_probs=True).probs
+
+    alone = [probs(first), probs(tmp_path / "second.pth")]
+    assert not torch.equal(*alone)
+    ensemble = probs(first, ensemble=EnsembleConfig(members=(ModelSpec(TINY, str(tmp_path / "second.pth")),),
+                                                    weights=(1.0, 2.0)))
+    torch.testing.assert_close(ensemble, average_probs(alone, [1.0, 2.0]), rtol=0, atol=1e-6)

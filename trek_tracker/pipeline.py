@@ -607,9 +607,11 @@ class Tracker:
 
     def _forget(self) -> None:
         """Drop the video being tracked: until a start succeeds, :meth:`step` refuses and :meth:`describe`
-        reports no input size (a half-built engine would continue nothing, or fail on its missing sizes)."""
+        reports no input size (a half-built engine would continue nothing, or fail on its missing sizes) and
+        no init details (those of the video before are not this one's)."""
         self.engine = self._boxes = None
         self._labels = self._labels_device = None
+        self.init_info = {}
 
     def update(self, image: Any) -> np.ndarray:
         """The toolkit interface: the next frame's box ``[x, y, w, h]`` (object 1)."""
