@@ -308,7 +308,8 @@ def _normal(identity: dict[str, Any]) -> Any:
 
 
 def _another_configuration(tracker_dir: Path, recorded: dict[str, Any], identity: dict[str, Any]) -> UserError:
-    changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != _normal(identity).get(k))
+    normal = _normal(identity)  # a setting only one of them holds differs, whatever its value (null too)
+    changed = sorted(k for k in set(recorded) | set(normal) if recorded.get(k, _NONE) != normal.get(k, _NONE))
     return UserError(f"the results in {tracker_dir} were made by another configuration of tracker "
                      f"{tracker_dir.name!r} (differs in: {', '.join(changed)}; see {tracker_dir / IDENTITY_FILE}); "
                      "use another --tracker name, or --overwrite to redo every run with this configuration")
