@@ -26,8 +26,12 @@ class Request:
 @dataclass
 class ServerState:
     files: dict[str, bytes] = field(default_factory=dict)
-    cut_after: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before the link drops (once)
+    # name -> bytes sent before the link drops (once; a list: one number per request, in turn)
+    cut_after: dict[str, int | list[int]] = field(default_factory=dict)
     ignore_range: bool = False
+    range_back: int = 0  # answer a Range request from this many bytes before (< 0: after) the asked start (206)
+    no_length: bool = False  # send files without Content-Length, ending the body by closing the connection
+    pages: dict[str, str] = field(default_factory=dict)  # name -> HTML served as text/html at /pages/NAME
     log: list[Request] = field(default_factory=list)
 
 
@@ -79,6 +83,7 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
             rng = self.headers.get("Range")
             if rng and not state.ignore_range:
                 start = int(rng.removeprefix("bytes=").split("-")[0])
+                start -= min(start, state.range_back) if start < len(data) else 0
                 if start >= len(data):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -91,9 +96,17 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
                 self.send_response(200)
             body = data[start:]
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
+            if state.no_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             cut = state.cut_after.pop(name, None)
+            if isinstance(cut, list):
+                if len(cut) > 1:
+                    state.cut_after[name] = cut[1:]
+                cut = cut[0]
             if cut is not None:  # promise the whole body, send part of it, drop the connection
                 self.wfile.write(body[:cut])
                 self.wfile.flush()
@@ -131,6 +144,11 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
                 self.end_headers()
             elif parts.path == "/drive/quota":
                 self._send_page(_QUOTA_PAGE)
+            elif parts.path == "/drive/loop":  # a confirmation page that only ever leads to another one
+                step = int(query.get("step", "0")) + 1
+                self._send_page(f'<a href="/drive/loop?step={step}&amp;confirm={DRIVE_TOKEN}">Download anyway</a>')
+            elif parts.path.startswith("/pages/") and parts.path.removeprefix("/pages/") in state.pages:
+                self._send_page(state.pages[parts.path.removeprefix("/pages/")])
             else:
                 self.send_error(404)
 

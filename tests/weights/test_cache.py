@@ -9,6 +9,7 @@ from tests.cli.conftest import official_checkpoint
 from tests.weights.server import sha, write_registry
 from trek_tracker.errors import CheckpointError
 from trek_tracker.weights import import_file, registry_entry, status, verify
+from trek_tracker.weights.cache import recorded_sha256
 
 
 @pytest.fixture
@@ -98,3 +99,53 @@ def test_status_reports_partial_downloads(home, reg):
     (home / "weights" / "Known.pth.part").write_bytes(b"12345")
     st = status(entry)
     assert (st.state, st.size) == ("partial", 5)
+
+
+def test_verify_records_the_hash_of_a_hand_copied_unpinned_file(home, reg, tmp_path):
+    cached = home / "weights" / "Unhashed.pth.tar"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(official_checkpoint(tmp_path / "x.pth.tar").read_bytes())  # copied by hand: no record
+    first = verify(registry_entry("unhashed"))
+    assert (first.ok, first.against) == (True, "none")
+    assert first.message.startswith("no known sha256; recorded it now; ")
+    assert recorded_sha256(cached) == sha(cached.read_bytes())
+    second = verify(registry_entry("unhashed"))
+    assert (second.ok, second.against) == (True, "recorded")
+    assert second.message.startswith("sha256 matches the one recorded on arrival; ")
+
+
+def test_verify_names_a_cached_web_page_as_such(home, reg):
+    cached = home / "weights" / "Unhashed.pth.tar"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"<html><body>Quota exceeded</body></html>")
+    result = verify(registry_entry("unhashed"))
+    assert not result.ok and result.message == "not a torch checkpoint (an HTML page?)"
+    assert recorded_sha256(cached) is None  # a bad file gets no record
+
+
+def test_import_of_a_folder_or_a_missing_file_says_which(home, reg, tmp_path):
+    with pytest.raises(CheckpointError, match=f"cannot import {tmp_path}: it is a folder"):
+        import_file(tmp_path, "known")
+    with pytest.raises(CheckpointError, match=f"cannot import {tmp_path / 'nothere.pth'}: no such file"):
+        import_file(tmp_path / "nothere.pth", "known")
+    assert _leftovers(home) == []
+
+
+def test_verify_fails_a_cached_file_of_the_wrong_size(home, reg, payload, tmp_path):
+    src = tmp_path / "Known.pth"
+    src.write_bytes(payload)
+    import_file(src).write_bytes(payload[:-10])  # truncated after it entered the cache
+    result = verify(registry_entry("known"))
+    assert not result.ok and result.message == f"size {len(payload) - 10:,} != {len(payload):,}"
+    assert status(registry_entry("known")).state == "wrong size"
+
+
+def test_the_default_home_is_under_the_user_cache_folder(monkeypatch, tmp_path):
+    from trek_tracker.weights import trek_home, weights_dir
+
+    monkeypatch.delenv("TREK_TRACK_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert trek_home() == tmp_path / ".cache" / "trek-track"
+    assert weights_dir() == tmp_path / ".cache" / "trek-track" / "weights"
+    monkeypatch.setenv("TREK_TRACK_HOME", "~/elsewhere")
+    assert trek_home() == tmp_path / "elsewhere"

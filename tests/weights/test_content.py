@@ -15,7 +15,7 @@ from tests.weights.server import sha, write_registry
 from trek_tracker.errors import CheckpointError
 from trek_tracker.weights import import_file, registry_entry, verify
 from trek_tracker.weights.cache import write_record
-from trek_tracker.weights.content import _CHECKS, check_content
+from trek_tracker.weights.content import _CHECKS, _reason, check_content
 from trek_tracker.weights.registry import KINDS
 
 TINY = "test_deaot_tiny"
@@ -113,6 +113,30 @@ def test_unknown_model_variant_in_the_registry(home, reg, tiny) -> None:
         check_content(registry_entry("nomodel"), tiny)
 
 
+@pytest.mark.parametrize(("kind", "variant", "names"), [
+    ("sam", "sam_vit_x", "SAM size 'vit_x', which segment_anything"),
+    ("hqsam", "sam_hq_vit_x", "HQ-SAM size 'vit_x', which this"),
+])
+def test_unknown_sam_size_in_the_registry(registry_file, tmp_path, kind, variant, names) -> None:
+    write_registry(registry_file, {"odd": {"kind": kind, "variant": variant, "file_name": "odd.pth",
+                                           "urls": ["http://127.0.0.1:9/o"]}})
+    torch.save({"w": torch.zeros(1)}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=rf"odd.pth is not a usable {variant} checkpoint: registry entry odd "
+                                              rf"names {names} .*not know.*; fix the registry entry"):
+        check_content(registry_entry("odd"), tmp_path / "odd.pth")
+
+
+def test_a_reader_error_becomes_a_short_reason_without_the_path(tmp_path) -> None:
+    path = tmp_path / "x.pth"
+    assert _reason(f"{path} does not load (truncated). Get it again.", path) == "it does not load (truncated)"
+    message = f"cannot read checkpoint {path}: [enforce fail at inline_container.cc:1] . file\n not found in {path}"
+    assert _reason(message, path) == "file not found in the file"
+    assert _reason("x" * 200, path) == "x" * 200  # up to 200 characters are kept whole
+    assert _reason("x" * 201, path) == "x" * 197 + "..."
+    long = _reason("word " * 60, path)
+    assert len(long) == 200 and long == ("word " * 60)[:197] + "..."
+
+
 def test_verify_rechecks_a_file_an_older_version_let_in(home, reg, tmp_path) -> None:
     cached = home / "weights" / "Tiny.pth"
     cached.parent.mkdir(parents=True)
@@ -162,3 +186,17 @@ def test_a_plain_sam_file_is_refused_as_hqsam_in_one_line(home, hq_reg, tmp_path
                                               r"\(first: mask_decoder\.hf_"):
         import_file(plain, "hq")
     assert not (home / "weights" / "sam_hq_vit_b.pth").exists()
+
+
+
+@pytest.mark.parametrize("network", ["secm", "seg384"])
+def test_an_alpha_refine_file_is_checked_with_the_pool_size_it_was_trained_with(registry_file, tmp_path,
+                                                                                 network) -> None:
+    from trek_tracker.init.alpha_refine.secm import SEcm
+    from trek_tracker.init.alpha_refine.seg384 import ARSegMask
+
+    write_registry(registry_file, {"ar": {"kind": "alpha_refine", "variant": f"ar_{network}", "file_name": "ar.pth",
+                                          "urls": ["http://127.0.0.1:9/a"]}})
+    model = SEcm(pool_size=4) if network == "secm" else ARSegMask(pool_size=4)  # not their default (8, 12)
+    torch.save({"net": model.state_dict()}, tmp_path / "ar.pth")
+    assert check_content(registry_entry("ar"), tmp_path / "ar.pth").endswith(f"tensors match ar_{network}")

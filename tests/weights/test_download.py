@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,6 +13,8 @@ from trek_tracker.errors import CheckpointError
 from trek_tracker.weights import default_registry, download, registry_entry
 from trek_tracker.weights.cache import recorded_sha256
 from trek_tracker.weights.download import confirmation_url
+
+download_module = importlib.import_module("trek_tracker.weights.download")  # the package's `download` is the function
 
 
 def _cache_files(home: Path) -> list[str]:
@@ -30,7 +34,7 @@ def test_download_success_then_cached(home, registry_file, server, payload):
     assert _cache_files(home) == ["ckpt.pth", "ckpt.pth.sha256"]
     requests = len(server.state.log)
     again = download(registry_entry("ckpt"), progress=False)
-    assert not again.downloaded and again.path == result.path
+    assert not again.downloaded and again.path == result.path and again.resumed_from == 0
     assert len(server.state.log) == requests  # nothing fetched the second time
 
 
@@ -102,6 +106,32 @@ def test_server_ignoring_range_restarts_cleanly(home, registry_file, server, pay
     assert result.resumed_from == 0 and result.path.read_bytes() == payload
 
 
+def test_a_server_resuming_from_an_earlier_byte_gives_the_right_file(home, registry_file, server, payload):
+    # a 206 whose Content-Range starts before the asked offset (servers may align ranges) was written as the
+    # file's first bytes: the download then failed its hash check and its .part file was thrown away
+    server.state.files["a.pth"] = payload
+    server.state.range_back = 4096
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "ckpt.pth.part").write_bytes(payload[:1_000_000])
+    result = download(registry_entry("ckpt"), progress=False)
+    assert server.state.log[0].range == "bytes=1000000-" and len(server.state.log) == 1
+    assert result.resumed_from == 1_000_000 - 4096 and result.path.read_bytes() == payload
+
+
+def test_a_server_resuming_from_a_later_byte_makes_the_download_start_again(home, registry_file, server, payload,
+                                                                            monkeypatch):
+    monkeypatch.setattr(download_module, "time", SimpleNamespace(sleep=lambda seconds: None))
+    server.state.files["a.pth"] = payload
+    server.state.range_back = -4096  # a 206 from beyond the bytes we have: a gap that cannot be filled
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "ckpt.pth.part").write_bytes(payload[:1_000_000])
+    result = download(registry_entry("ckpt"), progress=False)
+    assert [r.range for r in server.state.log] == ["bytes=1000000-", None]
+    assert result.resumed_from == 0 and result.path.read_bytes() == payload
+
+
 def test_complete_part_file_is_installed_after_416(home, registry_file, server, payload):
     server.state.files["a.pth"] = payload
     write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
@@ -135,7 +165,7 @@ def test_drive_quota_page_gives_manual_route(home, registry_file, server):
     with pytest.raises(CheckpointError) as info:
         download(registry_entry("ckpt"), progress=False)
     message = str(info.value)
-    assert "quota" in message and manual in message
+    assert "download quota for this file is exceeded" in message and manual in message
     assert "trek-track weights import FILE --name ckpt" in message
     assert _cache_files(home) == []
 
@@ -175,9 +205,11 @@ def test_confirmation_url_resolves_relative_form_and_escaped_link():
     expected = "https://h.example/uc?export=download&confirm=AbC_1&id=F"
     assert confirmation_url(link, "https://h.example/uc?id=F") == expected
     assert confirmation_url("<html>nothing here</html>", "https://h.example/uc?id=F") is None
+    script = "<script>var u = '/uc?id=F&confirm=Zz-9_';</script>"  # a bare token, in no link
+    assert confirmation_url(script, "https://h.example/uc?id=F") == "https://h.example/uc?id=F&confirm=Zz-9_"
     jar = {"download_warning_1": "NEW"}
-    cookie = confirmation_url("<html></html>", "https://h.example/uc?id=F&confirm=old", jar)
-    assert cookie == "https://h.example/uc?id=F&confirm=NEW"
+    cookie = confirmation_url("<html></html>", "https://h.example/uc?id=F&authuser=&confirm=old", jar)
+    assert cookie == "https://h.example/uc?id=F&authuser=&confirm=NEW"  # a blank parameter is kept
 
 
 def test_official_registry_drive_entries_link_to_drive():
@@ -234,3 +266,76 @@ def test_a_second_concurrent_download_says_what_to_do(home, registry_file) -> No
                                                   r"`trek-track weights download ckpt` again") as info:
             download(registry_entry("ckpt"), progress=False)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("page", "reason"), [
+    ("<html><body>Sorry, too many users have viewed or downloaded this file</body></html>",
+     "Google Drive's download quota for this file is exceeded for now"),
+    ('<html><body><a href="https://accounts.google.com/ServiceLogin">Sign in</a></body></html>',
+     "Google Drive asks to sign in"),
+    ("<html><body>Service unavailable</body></html>", "the server sent a web page instead of the file"),
+])
+def test_a_web_page_instead_of_the_file_says_why(home, registry_file, server, page, reason):
+    server.state.pages["p"] = page
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/pages/p")]}})
+    with pytest.raises(CheckpointError, match=f"could not download ckpt \\(http://[^ ]*/pages/p: {reason}\\)"):
+        download(registry_entry("ckpt"), progress=False)
+    assert _cache_files(home) == []
+
+
+def test_endless_confirmation_pages_are_given_up(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    urls = [server.url("/drive/loop"), server.url("/files/a.pth")]
+    write_registry(registry_file, {"ckpt": {"urls": urls, "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False)  # the next url is tried
+    assert result.path.read_bytes() == payload
+    assert [r.path for r in server.state.log] == ["/drive/loop"] * (download_module._MAX_HOPS + 1) + ["/files/a.pth"]
+    write_registry(registry_file, {"ckpt": {"urls": urls[:1]}})
+    with pytest.raises(CheckpointError, match="/drive/loop: too many confirmation pages"):
+        download(registry_entry("ckpt"), progress=False, force=True)
+
+
+def test_confirmation_url_takes_only_a_download_form_and_only_its_own_inputs():
+    search = '<form action="/search" method="get"><input name="q" value="x"></form>'
+    assert confirmation_url(search, "https://h.example/uc?id=F") is None  # a get form, but not a download one
+    post = '<form id="download-form" action="/dl" method="post"><input name="id" value="F"></form>'
+    assert confirmation_url(post, "https://h.example/uc?id=F") is None
+    page = ('<form id="download-form" action="/dl"><input type="hidden" name="id" value="F">'
+            '<input type="hidden" name="at" value></form>'  # an attribute without a value is empty
+            '<input name="q" value="after the form">')  # method defaults to get
+    assert confirmation_url(page, "https://h.example/uc?id=F") == "https://h.example/dl?id=F&at="
+
+
+def test_a_file_sent_without_a_length_is_downloaded(home, registry_file, server, payload):
+    server.state.files["a.pth"] = payload
+    server.state.no_length = True  # a close-delimited body, as some servers and proxies send
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False)
+    assert result.downloaded and result.path.read_bytes() == payload
+
+
+def test_interruptions_that_bring_new_bytes_are_resumed_beyond_the_retries(home, registry_file, server, payload,
+                                                                          monkeypatch):
+    pauses: list[float] = []
+    monkeypatch.setattr(download_module, "time", SimpleNamespace(sleep=pauses.append))
+    server.state.files["a.pth"] = payload
+    server.state.cut_after["a.pth"] = [500_000, 500_000, 500_000]  # each attempt gets 500 kB further
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    result = download(registry_entry("ckpt"), progress=False, retries=1)
+    assert [r.range for r in server.state.log] == [None, "bytes=500000-", "bytes=1000000-", "bytes=1500000-"]
+    assert result.resumed_from == 1_500_000 and result.path.read_bytes() == payload
+    assert pauses == [download_module._RETRY_PAUSE] * 3  # progress each time: never a longer pause
+
+
+def test_interruptions_without_new_bytes_give_up_after_the_retries_with_growing_pauses(
+        home, registry_file, server, payload, monkeypatch):
+    pauses: list[float] = []
+    monkeypatch.setattr(download_module, "time", SimpleNamespace(sleep=pauses.append))
+    server.state.files["a.pth"] = payload
+    server.state.cut_after["a.pth"] = [1000, 0, 0, 0, 0]
+    write_registry(registry_file, {"ckpt": {"urls": [server.url("/files/a.pth")], "sha256": sha(payload)}})
+    with pytest.raises(CheckpointError, match="interrupted after 1,000 of"):
+        download(registry_entry("ckpt"), progress=False, retries=2)
+    assert [r.range for r in server.state.log] == [None, "bytes=1000-", "bytes=1000-"]
+    assert pauses == [download_module._RETRY_PAUSE, 2 * download_module._RETRY_PAUSE]
+    assert (home / "weights" / "ckpt.pth.part").read_bytes() == payload[:1000]

@@ -106,6 +106,9 @@ def test_every_model_entry_feeds_a_registered_model_and_states_its_data(official
     ('[checkpoints.x]\nfile_name = "../../elsewhere/a.pth"', r"entry 'x' has file_name '\.\./\.\./elsewhere/a\.pth'; "
                                                              r"give a plain file name"),
     ("[checkpoints.x]\nsize = true", r"entry 'x' has a bad size True"),
+    ('[checkpoints.x]\nfile_name = ""', r"entry 'x' has file_name ''; give a plain file name"),
+    ('[checkpoints.x]\nurls = "http://127.0.0.1:9/a"', r"entry 'x' needs a non-empty list of urls"),
+    ("[checkpoints.x]\nurls = []", r"entry 'x' needs a non-empty list of urls"),
 ])
 def test_a_malformed_user_registry_is_one_line_naming_the_field(registry_file, body, message) -> None:
     # $TREK_TRACK_REGISTRY may point at the user's own registry: wrong types were AttributeError/TypeError

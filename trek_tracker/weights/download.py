@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import http.cookiejar
+import os
 import re
 import time
 import urllib.error
@@ -190,8 +191,18 @@ def _transfer(client: _Client, url: str, part: Path, entry: CheckpointEntry, pro
         status = getattr(resp, "status", 200)
         if status == 416:
             return start  # nothing left to fetch; verification decides whether the file is whole
-        if start and (status != 206 or _content_range_start(resp.headers.get("Content-Range")) != start):
+        if start and status != 206:
             start = 0  # the server ignored the range: start again
+        elif start:
+            given = _content_range_start(resp.headers.get("Content-Range"))
+            if given is None or given > start:  # bytes we cannot place: fetch the file again from its start
+                with cache_errors():
+                    part.unlink(missing_ok=True)
+                raise _Interrupted(f"at {start:,} bytes (the server resumed from another position)")
+            if given < start:  # it resends bytes we have: they replace the end of the .part file
+                with cache_errors():
+                    os.truncate(part, given)
+                start = given
         length = resp.headers.get("Content-Length")
         expected = start + int(length) if length and length.isdigit() else None
         total = expected or entry.size or entry.approx_size
