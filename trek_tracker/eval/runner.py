@@ -47,6 +47,7 @@ from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run, RunGroup, group_runs
 from trek_tracker.files import naming, read_json, write_json
+from trek_tracker.launch import env_int
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
 from trek_tracker.pipeline import FrameResult, Tracker
 from trek_tracker.results import read_result, read_times, write_boxes, write_times
@@ -325,16 +326,9 @@ def _result_files(tracker_dir: Path) -> list[Path]:
 def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     """An integer the launcher set; a missing or malformed one is said in one line (a shell that exported
     WORLD_SIZE for another program, an ``salloc`` shell that holds a job's SLURM_NTASKS)."""
-    value = env.get(name)
-    if value is None and default is not None:
-        return default
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        what = "is not set" if value is None else f"is {value!r}, not a whole number"
-        raise UserError(f"environment variable {name} {what}, so this process cannot tell its share of the "
-                        "evaluation; run it under torchrun, srun or a Slurm array as they set it, or unset the "
-                        "launcher's variables and give --shard I/N") from None
+    return env_int(env, name, default, stops="this process cannot tell its share of the evaluation",
+                   remedy="run it under torchrun, srun or a Slurm array as they set it, or unset the launcher's "
+                          "variables and give --shard I/N")
 
 
 def _process_shard(env: Mapping[str, str]) -> tuple[int, int] | None:
