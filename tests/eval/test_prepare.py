@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -27,7 +28,7 @@ FAKE_FFMPEG = '''#!{python}
 import sys, pathlib
 log = pathlib.Path({log!r})
 if sys.argv[1:] == ["-version"]:
-    print("ffmpeg version 9.9-fake"); sys.exit(0)
+    print("ffmpeg version 9.9-fake Copyright (c) the fakers\\nbuilt with a fake compiler"); sys.exit(0)
 with open(log, "a") as f:  # one append: two of these may run at once (--jobs)
     f.write(" ".join(sys.argv[1:]) + "\\n")
 n = int(pathlib.Path(sys.argv[2]).read_text())
@@ -82,7 +83,8 @@ def test_prepare_builds_the_official_layout_and_resumes(sources, tmp_path: Path)
     assert [p.name for p in seq.img_files][:2] == ["frame_0000000101.jpg", "frame_0000000103.jpg"]
     assert seq.img_files[1].read_bytes() == b"jpeg 103"  # the frame with that ffmpeg number
     assert seq.hoi == [(1, 4, 0), (5, 7, 2)]
-    assert manifest["ffmpeg"] == "ffmpeg version 9.9-fake" and manifest["frames"]["P01-P01_01-10"] == 5
+    assert manifest["ffmpeg"] == "ffmpeg version 9.9-fake Copyright (c) the fakers"  # the first line of -version
+    assert manifest["frames"]["P01-P01_01-10"] == 5
     assert json.loads((root / "trek-track-prepare.json").read_text())["counts"]["with_hoi"] == 1
     assert not (root / ".frames-P01_01").exists()
     # resume: nothing to do, no ffmpeg run; a stale extraction without anchors_hoi.txt is refreshed
@@ -101,6 +103,7 @@ def test_ffmpeg_gets_no_terminal_input(sources, tmp_path: Path) -> None:
     stdin_seen = tmp_path / "stdin.txt"
     ffmpeg.write_text(ffmpeg.read_text() + f"""
 import os
+import re
 import shutil
 pathlib.Path({str(stdin_seen)!r}).write_text(os.path.realpath("/proc/self/fd/0"))
 """)
@@ -183,6 +186,17 @@ def test_a_kept_extraction_is_reused_only_when_it_holds_every_frame_needed(sourc
     assert len(log.read_text().splitlines()) == 1
     assert Trek150(other)["P01-P01_01-2"].img_files[1].read_bytes() == b"jpeg 103"
 
+    exact = tmp_path / "exact"  # extracted for exactly these sequences (stopped before its frames were placed)
+    frames = exact / ".frames-P01_01"
+    frames.mkdir(parents=True)
+    for fid in used:
+        (frames / f"frame_{fid:010d}.jpg").write_bytes(b"kept %d" % fid)
+    (frames / ".complete").write_text(json.dumps({"frames": used}))
+    prepare(PrepareConfig(root=exact, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg)),
+            echo=lambda s: None)
+    assert len(log.read_text().splitlines()) == 1
+    assert Trek150(exact)["P01-P01_01-2"].img_files[1].read_bytes() == b"kept 103"
+
 
 def test_missing_video_lists_official_urls(sources, tmp_path: Path) -> None:
     zpath, _, ffmpeg, _ = sources
@@ -224,7 +238,9 @@ def test_damaged_member_leaves_no_file_that_looks_extracted(sources, tmp_path: P
     at = data.index(good)  # stored, not compressed: the member's bytes are in the zip as they are
     inner.write_bytes(data[:at] + good[:5] + (b"9" if good[5:6] != b"9" else b"8") + good[6:] + data[at + len(good):])
     gt.unlink()
-    with pytest.raises(InputError, match=r"P01-P01_01-2.zip: member groundtruth_rect.txt is damaged \(Bad CRC-32"):
+    with pytest.raises(InputError, match=r"P01-P01_01-2.zip: member groundtruth_rect.txt is damaged \(Bad CRC-32.*\); "
+                                         r"download the annotations zip again from https://\S+ and delete \S+"
+                                         r"P01-P01_01-2.zip$"):
         _prepare(root, zpath, videos, ffmpeg)
     assert not gt.exists() and list((root / "P01-P01_01-2").glob(".*.part")) == []
 
@@ -426,3 +442,252 @@ def test_no_videos_folder_says_to_pass_one(sources, tmp_path: Path) -> None:
                                          r"\(--videos DIR\); (.|\n)*videos/train/P01/P01_01.MP4") as err:
         prepare(PrepareConfig(root=tmp_path / "trek", annotations_zip=zpath, ffmpeg=str(ffmpeg)), echo=lambda s: None)
     assert "None" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------ zip safety and resuming
+
+
+@pytest.mark.parametrize("member", ["../outside.txt", "TREK-150-annotations/../../outside.txt", "../trek-x/outside.txt",
+                                    "ABSOLUTE"])
+def test_a_zip_member_outside_the_root_stops_before_anything_is_written(tmp_path: Path, member: str) -> None:
+    root = tmp_path / "trek"
+    outside = tmp_path / "abs" / "outside.txt"
+    member = str(outside) if member == "ABSOLUTE" else member
+    zpath = tmp_path / "TREK-150-annotations.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("TREK-150-annotations/sequences.txt", "P01-P01_01-2\n")
+        z.writestr(member, "escaped")
+    with pytest.raises(InputError, match=f"member {re.escape(repr(member))} would be written outside {root}; "
+                                         "not extracting$"):
+        prepare(PrepareConfig(root=root, annotations_zip=zpath), echo=lambda s: None)
+    assert not list(tmp_path.rglob("outside.txt")) and list(root.iterdir()) == []
+
+
+def test_a_member_of_a_sequence_zip_outside_its_folder_is_refused(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    with zipfile.ZipFile(zpath) as z:
+        z.extractall(root)
+    inner = root / "TREK-150-annotations" / "P01-P01_01-2.zip"
+    with zipfile.ZipFile(inner, "a") as z:
+        z.writestr("../P01-P01_01-10/groundtruth_rect.txt", "1,1,1,1\n")
+    with pytest.raises(InputError, match=r"P01-P01_01-2.zip: member '\.\./P01-P01_01-10/groundtruth_rect.txt' would "
+                                         r"be written outside"):
+        _prepare(root, zpath, videos, ffmpeg)
+    assert not (root / "P01-P01_01-10").exists() and list((root / "P01-P01_01-2").glob("*")) == []
+
+
+def test_a_sequence_missing_one_frame_is_extracted_again_and_the_others_are_not(two_videos, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, log = two_videos
+    root = tmp_path / "trek"
+    echoed: list[str] = []
+    first = _prepare(root, zpath, videos, ffmpeg, echo=echoed.append)
+    assert "2 sequences listed; annotations extracted for 2" in echoed
+    img = root / "P02-P02_03-7" / "img"
+    lost = sorted(img.iterdir())[2]
+    lost.unlink()
+    echoed.clear()
+    _prepare(root, zpath, videos, ffmpeg, echo=echoed.append)
+    assert "2 sequences listed; annotations extracted for 0" in echoed
+    assert f"[1/1] P02_03: extracting frames at 60 fps for 1 sequence(s), keeping the {len(SYN_B)} they use" in echoed
+    runs = log.read_text().splitlines()
+    assert len(runs) == 3 and "P02_03.MP4" in runs[2]  # only the video of the sequence that lost a frame
+    assert lost.read_bytes() == f"jpeg {int(lost.stem.split('_')[1])}".encode()
+    assert json.loads((root / "trek-track-prepare.json").read_text())["frames"] == first["frames"]
+
+
+def test_a_prepared_root_needs_no_ffmpeg_and_keeps_the_recorded_version(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "new" / "trek"  # folders above it are made too
+    _prepare(root, zpath, videos, ffmpeg)
+    again = _prepare(root, zpath, videos, tmp_path / "no-ffmpeg-here")  # nothing to extract: ffmpeg never runs
+    version = "ffmpeg version 9.9-fake Copyright (c) the fakers"  # the first line of `ffmpeg -version`
+    assert again["ffmpeg"] == version
+    assert json.loads((root / "trek-track-prepare.json").read_text())["ffmpeg"] == version
+
+
+@pytest.mark.parametrize("broken", ["missing", "failing"])
+def test_an_ffmpeg_that_cannot_run_is_one_line(sources, tmp_path: Path, broken: str) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    if broken == "missing":
+        ffmpeg, why = tmp_path / "no-ffmpeg-here", "No such file"
+    else:  # not ffmpeg, or a broken install: `-version` fails
+        ffmpeg.write_text(f"#!{sys.executable}\nimport sys\nprint('usage: something else'); sys.exit(1)\n")
+        why = "returned non-zero exit status 1"
+    with pytest.raises(UserError, match=rf"^cannot run {re.escape(repr(str(ffmpeg)))} \(.*{why}.*\); "
+                                        r"install ffmpeg or pass --ffmpeg PATH$"):
+        _prepare(tmp_path / "trek", zpath, videos, ffmpeg)
+
+
+@pytest.mark.parametrize(("stderr", "said"), [
+    ("", "no message"), ("banner\n\nfirst  line\nsecond\nthird\n", "first line / second / third"),
+    ("a" * 300 + "\n" + "b" * 300 + "\n", ("a" * 300 + " / " + "b" * 300)[-400:])],  # at most 400 characters
+    ids=["silent", "last-three", "long"])
+def test_a_failed_ffmpeg_is_named_with_its_last_lines(sources, tmp_path: Path, stderr: str, said: str) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    ffmpeg.write_text(ffmpeg.read_text().replace("n = int(", f"sys.stderr.write({stderr!r}); sys.exit(1)\nn = int("))
+    with pytest.raises(UserError) as err:
+        _prepare(tmp_path / "trek", zpath, videos, ffmpeg)
+    assert str(err.value).endswith(f"P01_01.MP4 (exit 1): {said}")
+
+
+def test_the_decoding_warning_counts_errors_names_the_first_and_skips_configuration(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    script = ffmpeg.read_text()
+    config = "sys.stderr.write('  configuration: --enable-gpl --disable-error-resilience\\n')\nn = int("
+    ffmpeg.write_text(script.replace("n = int(", config))
+    echoed: list[str] = []
+    _prepare(tmp_path / "trek", zpath, videos, ffmpeg, echo=echoed.append)
+    assert [line for line in echoed if "warning" in line] == []
+    ffmpeg.write_text(script.replace("n = int(", "sys.stderr.write('[h264] invalid NAL unit 7\\n[h264] error while "
+                                                 "decoding MB 1 2\\n')\n" + config))
+    _prepare(tmp_path / "trek2", zpath, videos, ffmpeg, echo=echoed.append)
+    (warning,) = [line for line in echoed if "warning" in line]
+    assert "reported 2 decoding error(s)" in warning and "(first: [h264] invalid NAL unit 7)" in warning
+
+
+@pytest.mark.parametrize("where", ["P01_01.MP4", "P01_01.mp4", "P01/P01_01.mp4"])
+def test_videos_are_found_flat_or_per_participant_with_either_extension_case(sources, tmp_path: Path,
+                                                                             where: str) -> None:
+    zpath, videos, ffmpeg, log = sources
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / where).parent.mkdir(parents=True, exist_ok=True)
+    (videos / "P01" / "P01_01.MP4").rename(elsewhere / where)
+    _prepare(tmp_path / "trek", zpath, elsewhere, ffmpeg)
+    assert log.read_text().split()[1] == str(elsewhere / where)
+
+
+def _damage(zpath: Path, content: bytes) -> None:
+    """Change one byte of a stored (not compressed) member whose bytes are ``content``: its CRC fails."""
+    data = zpath.read_bytes()
+    at = data.index(content) + len(content) // 2
+    zpath.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+
+
+def test_a_damaged_member_of_the_annotations_zip_says_to_download_it_again(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    good = zpath.read_bytes()
+    _damage(zpath, b"P01-P01_01-2\nP01-P01_01-10\n")
+    fix = r"download it again from https://machinelearning\.uniud\.it/\S+$"
+    with pytest.raises(InputError, match=r"member TREK-150-annotations/sequences.txt is damaged \(Bad CRC-32.*\); "
+                                         + fix):
+        _prepare(tmp_path / "trek", zpath, videos, ffmpeg)
+    zpath.write_bytes(good)
+    root = tmp_path / "trek2"
+    _prepare(root, zpath, videos, ffmpeg)
+    inner = root / "TREK-150-annotations" / "P01-P01_01-10.zip"
+    _damage(zpath, inner.read_bytes())  # the sequence zip is taken again from a damaged annotations zip
+    shutil.rmtree(root / "P01-P01_01-10")
+    inner.unlink()
+    with pytest.raises(InputError, match=r"member TREK-150-annotations/P01-P01_01-10.zip is damaged .*; " + fix):
+        _prepare(root, zpath, videos, ffmpeg)
+    assert not inner.exists()
+
+
+def test_zip_folders_are_extracted_whether_listed_or_present_already(sources, tmp_path: Path, monkeypatch) -> None:
+    """An official zip lists its folders as members; a zip without them, or an extraction cut short that left
+    the folders, must extract all the same. Files are written beside their final name (renamed, not moved
+    across file systems), whatever the temporary folder."""
+    import tempfile
+
+    zpath, videos, ffmpeg, _ = sources
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    listed = tmp_path / "listed.zip"
+    with zipfile.ZipFile(zpath) as src, zipfile.ZipFile(listed, "w") as dst:
+        dst.writestr("TREK-150-annotations/", b"")
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("TREK-150-annotations/docs/", b"")
+        dst.writestr("TREK-150-annotations/more/empty/", b"")
+        dst.writestr("TREK-150-annotations/extra/notes/readme.txt", "no folder entries above me")
+    root = tmp_path / "trek"
+    (root / "TREK-150-annotations" / "docs").mkdir(parents=True)  # left by an extraction cut short
+    _prepare(root, listed, videos, ffmpeg)
+    readme = root / "TREK-150-annotations" / "extra" / "notes" / "readme.txt"
+    assert readme.read_text() == "no folder entries above me"
+    assert (root / "TREK-150-annotations" / "more" / "empty").is_dir()
+    assert sorted(Trek150(root).names) == ["P01-P01_01-10", "P01-P01_01-2"]
+
+
+def test_a_part_file_left_by_an_interrupted_run_does_not_turn_frames_into_copies(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    img = root / "P01-P01_01-2" / "img"
+    img.mkdir(parents=True)
+    (img / ".frame_0000000101.jpg.part").write_bytes(b"cut")
+    prepare(PrepareConfig(root=root, annotations_zip=zpath, videos=videos, ffmpeg=str(ffmpeg), keep_frames=True),
+            echo=lambda s: None)
+    frame = img / "frame_0000000101.jpg"
+    assert frame.read_bytes() == b"jpeg 101" and os.path.samefile(frame, root / ".frames-P01_01" / frame.name)
+    assert list(img.glob(".*")) == []
+
+
+def test_a_prepared_root_without_its_sequence_zips_resumes_from_the_extracted_files(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    root = tmp_path / "trek"
+    _prepare(root, zpath, videos, ffmpeg)
+    for inner in (root / "TREK-150-annotations").glob("*.zip"):
+        inner.unlink()
+    echoed: list[str] = []
+    _prepare(root, tmp_path / "no-annotations.zip", videos, ffmpeg, echo=echoed.append)
+    assert echoed[0] == "2 sequences listed; annotations extracted for 0"
+    assert echoed[-1] == f"2 sequences, {len(SYN_A) + len(SYN_B)} frames; 2 with anchors.txt, 1 with anchors_hoi.txt"
+    assert len(Trek150(root)["P01-P01_01-2"].img_files) == len(SYN_A)
+
+
+def test_ctrl_c_while_the_only_ffmpeg_runs_stops_it_and_interrupts(sources, tmp_path: Path) -> None:
+    """One video at a time (no thread pool): the interrupt reaches the wait for ffmpeg, which must stop
+    ffmpeg and end the command as interrupted, not report ffmpeg's death as a failed extraction."""
+    import threading
+
+    zpath, videos, ffmpeg, log = sources
+    pid = tmp_path / "pid"
+    ffmpeg.write_text(ffmpeg.read_text().replace(
+        "n = int(", f"import os, time; pathlib.Path({str(pid)!r}).write_text(str(os.getpid())); time.sleep(60)\n"
+                    "n = int("))
+    main = threading.main_thread().ident
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 30
+        while not (pid.exists() and pid.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tmp_path / "trek", zpath, videos, ffmpeg)
+    assert time.monotonic() - started < 30
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid.read_text()), 0)
+
+
+def test_a_video_shorter_than_frames_txt_needs_is_named(sources, tmp_path: Path) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    (videos / "P01" / "P01_01.MP4").write_text("104")  # P01-P01_01-2 lists frames 101, 103, 105, ...
+    with pytest.raises(InputError, match=r"P01_01.MP4 gave no frame frame_0000000105.jpg at 60 fps \(sequence "
+                                         r"P01-P01_01-2\); the video is shorter than frames.txt needs"):
+        _prepare(tmp_path / "trek", zpath, videos, ffmpeg)
+
+
+@pytest.mark.parametrize("count", [10, 12])
+def test_many_missing_videos_list_ten_urls_and_count_the_rest(tmp_path: Path, count: int) -> None:
+    src = build_synthetic(tmp_path / "src")
+    names = [f"P{k:02d}-P{k:02d}_01-1" for k in range(1, count + 1)]
+    zpath = _annotations_zip(tmp_path / "TREK-150-annotations.zip", src, dict.fromkeys(names, "P01-P01_01-2"))
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(InputError) as err:
+        prepare(PrepareConfig(root=tmp_path / "trek", annotations_zip=zpath, videos=tmp_path / "videos"),
+                echo=lambda s: None)
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith(f"{count} EK-55 video(s) needed for frames are not in {tmp_path / 'videos'}; ")
+    assert lines[1:] == [f"  https://data.bris.ac.uk/datasets/3h91syskeag572hl6tvuovwv4d/videos/train/{n[:3]}/"
+                         f"{n[:3]}_01.MP4" for n in names[:10]] + [f"  ... and {count - 10} more"] * (count > 10)
+
+
+def test_a_relative_root_is_prepared(sources, tmp_path: Path, monkeypatch) -> None:
+    zpath, videos, ffmpeg, _ = sources
+    monkeypatch.chdir(tmp_path)
+    _prepare(Path("trek"), zpath, videos, ffmpeg)
+    assert len(Trek150(tmp_path / "trek")["P01-P01_01-2"].img_files) == len(SYN_A)
