@@ -691,3 +691,17 @@ def test_a_relative_root_is_prepared(sources, tmp_path: Path, monkeypatch) -> No
     monkeypatch.chdir(tmp_path)
     _prepare(Path("trek"), zpath, videos, ffmpeg)
     assert len(Trek150(tmp_path / "trek")["P01-P01_01-2"].img_files) == len(SYN_A)
+
+
+def test_an_annotations_folder_linked_to_another_disk_is_extracted_into(sources, tmp_path: Path) -> None:
+    """Only the members' names decide what is outside the root: a folder of the root that the user made a link
+    to another disk is written through, not refused as outside."""
+    zpath, videos, ffmpeg, _ = sources
+    root, disk = tmp_path / "trek", tmp_path / "disk" / "annotations"
+    disk.mkdir(parents=True)
+    root.mkdir()
+    (root / "TREK-150-annotations").symlink_to(disk, target_is_directory=True)
+    _prepare(root, zpath, videos, ffmpeg)
+    assert (disk / "sequences.txt").is_file() and (disk / "P01-P01_01-2.zip").is_file()
+    assert (root / "TREK-150-annotations").is_symlink()
+    assert (root / "P01-P01_01-2" / "groundtruth_rect.txt").is_file()
