@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -114,9 +115,10 @@ def test_a_range_of_frames_tracks_as_a_video_of_those_frames_would(cli, davis, t
     assert json.loads((whole / "run.json").read_text())["video"]["start_frame"] == 0
 
     out = tmp_path / "bad"
+    before = r"--last-frame 8 comes before --start-frame 9$"
     for flags, pattern in [(("--start-frame", "50"), r"cannot start at frame 50: .* has 50 frames \(0-49\)"),
                            (("--last-frame", "50"), r"cannot track up to frame 50"),
-                           (("--start-frame", "9", "--last-frame", "8"), r"--last-frame 8 comes before --start")]:
+                           (("--start-frame", "9", "--last-frame", "8"), before)]:
         _expect_user_error(cli("run", "--video", folder, *flags, "--out", out, *args), out, pattern)
 
 
@@ -276,3 +278,92 @@ def test_run_on_cuda_compiled(cli, shared, tiny_checkpoint, tmp_path):
     ours = np.loadtxt(tmp_path / "compiled" / "boxes.txt", delimiter=",")
     theirs = np.loadtxt(tmp_path / "eager" / "boxes.txt", delimiter=",")
     assert np.abs(ours - theirs).max() <= 2.0
+
+
+def test_a_box_reaching_outside_the_frame_starts_from_its_part_inside(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", "800,400,100,100", "--checkpoint",
+                 tiny_checkpoint, "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    inside = [800, 400, 854 - 800, 480 - 400]  # the frame is 854x480
+    assert "reaches outside the 854x480 frame" in result.stderr
+    assert (out / "boxes.txt").read_text().splitlines()[0] == ",".join(f"{v:.3f}" for v in inside)
+    record = json.loads((out / "run.json").read_text())
+    assert record["start"] == {"box": inside, "init_mask_ids": None}
+    assert (record["video"]["name"], record["video"]["size"]) == ("few", [480, 854])
+    frames = sorted((tmp_path / "few").iterdir())  # what --resume checks the folder against
+    assert record["video"]["content"] == {"bytes": sum(f.stat().st_size for f in frames),
+                                          "names": ["00000.jpg", "00001.jpg"]}
+
+
+def test_without_out_the_run_goes_to_runs_and_the_video_name(cli, davis, tiny_checkpoint, tmp_path, monkeypatch):
+    video = _frames_dir(davis, tmp_path, 3)
+    monkeypatch.chdir(tmp_path)
+    result = cli("run", "--video", video, "--box", "300,120,200,150", "--checkpoint", tiny_checkpoint, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert len((tmp_path / "runs/few/boxes.txt").read_text().splitlines()) == 3
+    lost = sum(len(v) for v in json.loads((tmp_path / "runs/few/run.json").read_text())["lost_frames"].values())
+    assert re.fullmatch(rf"3 frames in [\d.]+ s \([\d.]+ fps\), {lost} lost; results in \S*runs/few/\n", result.stdout)
+
+
+def test_a_last_frame_equal_to_the_start_frame_tracks_that_frame(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path, 3), "--start-frame", "1", "--last-frame", "1",
+                 "--box", "300,120,200,150", "--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert (out / "boxes.txt").read_text().splitlines() == ["300.000,120.000,200.000,150.000"]
+    video = json.loads((out / "run.json").read_text())["video"]
+    assert (video["start_frame"], video["last_frame"], video["frames"]) == (1, 1, 1)
+
+
+def test_missing_inputs_are_one_line(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    args = ("--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    _expect_user_error(cli("run", "--box", "1,1,4,4", *args), out, "give --video")
+    video = _frames_dir(davis, tmp_path)
+    _expect_user_error(cli("run", "--video", video, *args), out, "exactly one of --box")
+    _expect_user_error(cli("run", "--video", video, "--init-mask", tmp_path / "nope.png", *args), out,
+                       "init mask not found: .*nope.png")
+
+
+@pytest.mark.parametrize("flag,value", [("--save-state-every", "-1"), ("--start-frame", "-1"),
+                                        ("--last-frame", "-1")])
+def test_negative_numbers_are_usage_errors(cli, davis, tiny_checkpoint, tmp_path, flag, value):
+    out = tmp_path / "out"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", "1,1,4,4", "--checkpoint", tiny_checkpoint,
+                 "--out", out, flag, value, *FAST)
+    assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.stderr
+    assert not out.exists()
+
+
+def test_every_file_option_is_made_absolute_for_a_resumed_run():
+    from trek_tracker.cli.run import PATHS, run
+
+    files = {p.name for p in run.params if p.name.endswith("checkpoint") or isinstance(p.type, click.Path)}
+    assert set(PATHS) == (files | {"video"}) - {"out", "resume"}
+
+
+def test_the_progress_bar_counts_the_frames_of_the_range(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path, 4), "--start-frame", "1", "--last-frame", "2",
+                 "--box", "300,120,200,150", "--checkpoint", tiny_checkpoint, "--out", out,
+                 *(a for a in FAST if a != "--quiet"))
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"few: 100%.*\b2/2\b", result.stderr), result.stderr
+
+
+def test_an_out_that_is_a_file_is_refused_and_left_alone(cli, davis, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.write_text("mine")
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", "1,1,4,4", "--checkpoint", tiny_checkpoint,
+                 "--out", out, *FAST)
+    assert result.exit_code == 2 and "Invalid value for '--out'" in result.stderr and "is a file" in result.stderr
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("extra", [("--video", "elsewhere"), ("--device", "cpu"), ("--precision", "fp32"),
+                                   ("--compile",), ("--quiet",), ("--save-state-every", "10")])
+def test_resume_takes_the_options_that_do_not_change_the_result(cli, tmp_path, extra):
+    result = cli("run", "--resume", tmp_path, *extra)
+    assert result.exit_code == 2 and "trek-track: error:" in result.stderr
+    assert "leave out" not in result.stderr  # refused for the folder (no run in it), not for the option
