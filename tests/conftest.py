@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,14 @@ def _kernel_flags_restored():
 
     with kernel_flags_kept():
         yield
+
+
+def pytest_configure(config):
+    """Started with SIGINT ignored (``nohup``, or ``&`` in a script: a shell's background job), every process
+    the tests start would inherit that, and the tests of what Ctrl-C does would see it do nothing. Take
+    Python's usual handler back, so those children start with the default action as from a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
