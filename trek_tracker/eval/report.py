@@ -263,11 +263,12 @@ def plot_ope(performance: dict, out_dir: str | Path, dpi: int = 150) -> list[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     styles = [c + m for m in ("-", "--", "-.") for c in [""] * 10]
     written = []
+    trackers = list(performance)
     for fname, curve_key, score_key, thr, xlabel, ylabel, title in _PLOTS:
         # the toolkit's order: an ascending argsort reversed, so tied trackers come in reverse of the given
         # order (stable here, as numpy's small-array sort is; NaN scores sort first, as there)
-        scores = np.array([performance[n]["overall"][score_key] for n in performance], dtype=np.float64)
-        names = [list(performance)[i] for i in np.argsort(scores, kind="stable")[::-1]]
+        scores = np.array([performance[n]["overall"][score_key] for n in trackers], dtype=np.float64)
+        names = [trackers[i] for i in np.argsort(scores, kind="stable")[::-1]]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, name in enumerate(names):
             o = performance[name]["overall"]
