@@ -100,3 +100,18 @@ def test_the_first_process_removes_what_a_killed_training_was_writing_and_nothin
     monkeypatch.setenv("RANK", "0")
     loop.train(cfg, progress=False)
     assert [name for name in temporaries + kept if (out / name).exists()] == kept
+
+
+def test_a_leftover_that_cannot_be_removed_is_one_line_and_the_folder_is_let_go(tiny_config, monkeypatch):
+    import trek_tracker.train.loop as loop
+
+    cfg = tiny_config("stuck", *FAST)
+
+    def refuse(*folders):
+        raise PermissionError(13, "Permission denied", os.path.join(cfg.out, ".log.csv.k3y.tmp"))
+
+    monkeypatch.setattr(loop, "remove_temporaries", refuse)
+    monkeypatch.setattr(loop, "Trainer", _NoTrainer)
+    with pytest.raises(UserError, match=r"^cannot remove \S*/stuck/\.log\.csv\.k3y\.tmp: .*choose another --out$"):
+        loop.train(cfg, progress=False)
+    os.close(hold_folder(cfg.out))  # the failed training let the folder go

@@ -594,8 +594,10 @@ def train(cfg: TrainConfig, *, resume: bool = True, until: int | None = None, pr
         with os_errors(cfg.out, hint="choose another --out"):
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
         held = hold_folder(cfg.out)
-        remove_temporaries(cfg.out, Path(cfg.out) / "checkpoints")  # of a training killed while it wrote
     try:
+        if held is not None:  # the only writer here: what a training killed while it wrote left half-written
+            with os_errors(action="remove", hint="choose another --out"):  # names the file it could not remove
+                remove_temporaries(cfg.out, Path(cfg.out) / "checkpoints")
         trainer = Trainer(cfg, resume=resume, progress=progress)
         try:
             return trainer.run(until)
