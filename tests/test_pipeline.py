@@ -59,6 +59,14 @@ def test_probabilities_are_a_tensor_from_the_first_frame_on(tracker):
     assert first.probs.numpy()[1].sum() == 40 * 25
 
 
+def test_the_start_frame_gives_its_label_map_only_when_asked(tracker):
+    frames = _frames()
+    lean = tracker.init(frames[0], [20, 30, 40, 25], keep_labels=False)
+    assert lean.labels is None and list(lean.boxes[1]) == [20, 30, 40, 25]
+    assert tracker.mask is not None and tracker.mask.sum() == 40 * 25  # the toolkit's mask is still there
+    assert tracker.init(frames[0], [20, 30, 40, 25]).labels.sum() == 40 * 25
+
+
 def test_multi_object_mask_start(tracker):
     frames = _frames()
     labels = np.zeros((96, 128), np.uint8)

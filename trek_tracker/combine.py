@@ -108,13 +108,14 @@ class SavedRunsTracker:
         self._boxes = ObjectBoxes(self.first_boxes, self.box_config)
         if keep_probs and probs is None:
             probs = one_hot(labels)
-        return FrameResult(self._boxes.last(), {k: False for k in self.first_boxes}, labels,
-                           float(self.times[0]), probs)
+        return FrameResult(self._boxes.last(), {k: False for k in self.first_boxes}, labels if keep_labels else None,
+                           float(self.times[0]), probs if keep_probs else None)
 
     def step(self, index: int, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
         labels, probs = self._combine(index)
         boxes, lost = self._boxes.update(labels)
-        return FrameResult(boxes, lost, labels, float(self.times[index]), probs if keep_probs else None)
+        return FrameResult(boxes, lost, labels if keep_labels else None, float(self.times[index]),
+                           probs if keep_probs else None)
 
 
 def combine_runs(run_dirs: Sequence[str | Path], out: str | Path, *, mode: str = "mean",

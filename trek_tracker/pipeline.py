@@ -548,7 +548,8 @@ class Tracker:
         self.engine, self._boxes = engine, ObjectBoxes(boxes, self.config.box)
         self._labels = labels
         probs = torch.from_numpy(one_hot(labels)) if keep_probs else None  # a tensor, as every later frame's
-        return FrameResult(self._boxes.last(), {i: False for i in boxes}, labels, time.perf_counter() - start, probs)
+        return FrameResult(self._boxes.last(), {i: False for i in boxes}, labels if keep_labels else None,
+                           time.perf_counter() - start, probs)
 
     # ------------------------------------------------------------------ propagation
     def step(self, image: Any, *, keep_probs: bool = False, keep_labels: bool = True) -> FrameResult:
