@@ -202,3 +202,16 @@ def test_the_combined_masks_threshold_strictly_with_the_logistic_sigmoid() -> No
     np.testing.assert_array_equal(by_name["intersection"].mask, (L > 0) & (P > 0.5))
     np.testing.assert_array_equal(by_name["union"].mask, (L > 0) | (P > 0.5))
     assert {c.source for c in by_name.values()} == {"fused"} and by_name["union"].confidence == 0.5
+
+
+def test_the_rule_decides_on_the_numbers_run_json_records() -> None:
+    """fill and rect IoU of 500 / 900 = 0.5555...6 are recorded as 0.555556; thresholds at that value accept."""
+    box = np.array([20.0, 10.0, 30.0, 30.0])
+    mask = _rect(20, 10, 40, 35)  # 20 x 25 = 500 px, its own tight box
+    assert 500 / 900 < 0.555556  # the exact values are below the thresholds used here
+    res = fuse([Candidate("m", mask, 0.9, "sam")], box, SHAPE, FusionConfig(min_fill=0.555556, min_rect_iou=0.555556))
+    recorded = res.to_dict()["candidates"][0]
+    assert recorded["fill"] == recorded["rect_iou"] == 0.555556 and recorded["rejected"] is None
+    assert res.winner == "m" and res.fallback is None
+    res = fuse([Candidate("m", mask, 0.9, "sam")], box, SHAPE, FusionConfig(min_fill=0.555557, min_rect_iou=0.0))
+    assert res.scores[0].rejected == "fill 0.556 < 0.555557" and res.winner == "box"

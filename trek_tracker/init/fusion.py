@@ -90,12 +90,15 @@ def clean_candidate(mask: np.ndarray, box: np.ndarray, config: FusionConfig) -> 
 
 
 def score_candidate(cand: Candidate, box: np.ndarray, config: FusionConfig) -> tuple[np.ndarray, CandidateScore]:
+    """The cleaned mask and its numbers, rounded to 6 decimals as ``run.json`` records them: every test of the
+    rule is made on these, so a choice can be re-derived from ``run.json``."""
     mask, outside = clean_candidate(cand.mask, box, config)
     area = int(mask.sum())
-    fill = area / max(float(box[2] * box[3]), 1e-9)
+    fill = round(area / max(float(box[2] * box[3]), 1e-9), 6)
+    outside = round(outside, 6)
     rect = mask_to_box(mask)
     rect_iou = float(iou(rect, box)) if rect is not None else 0.0
-    score = rect_iou + config.fusion_lambda * float(cand.confidence)
+    score = round(rect_iou + config.fusion_lambda * float(cand.confidence), 6)
     rejected = None
     if area == 0:
         rejected = "empty"
@@ -107,11 +110,11 @@ def score_candidate(cand: Candidate, box: np.ndarray, config: FusionConfig) -> t
         name=cand.name,
         source=cand.source,
         area=area,
-        outside=round(outside, 6),
-        fill=round(fill, 6),
+        outside=outside,
+        fill=fill,
         rect_iou=round(rect_iou, 6),
         confidence=round(float(cand.confidence), 6),
-        score=round(score, 6),
+        score=score,
         rejected=rejected,
     )
 
