@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -242,6 +243,7 @@ def test_reaching_a_far_start_frame_shows_a_bar(shared: Path, monkeypatch, capsy
     err = (len(list(src.frames(40, progress=True))), capsys.readouterr().err)
     assert err[0] == 10 and "blackswan: to frame 40" in err[1]
     assert "40/40" in err[1]  # it ends full, not at its last block of 256 (here 0)
+    assert re.search(r"frame/s|s/frame", err[1])  # counted in frames
     assert len(list(src.frames(40))) == 10 and capsys.readouterr().err == ""
 
 
@@ -543,7 +545,7 @@ def test_decoding_threads_are_the_usable_cpus_up_to_four(monkeypatch) -> None:
         assert decode_threads() == threads
 
 
-@pytest.mark.parametrize("unknown", [-1.0, float("nan"), 0.0])
+@pytest.mark.parametrize("unknown", [-1.0, float("nan"), 0.0, float("inf")])
 def test_a_video_whose_container_gives_no_count_or_rate_is_estimated_as_one_frame(tmp_path: Path, monkeypatch,
                                                                                   unknown: float) -> None:
     """OpenCV reports 0, -1 or NaN for the frame count and rate of streams that do not state them: the length
@@ -632,3 +634,307 @@ def test_an_image_cut_inside_its_signature_is_truncated() -> None:
     for data in (png[:1], png[:4], png[:7], b"\xff", b"\xff\xd8", b"\xff\xd8\xff"):
         assert image_damage(data) == "truncated (it ends inside its signature)", data
     assert image_damage(b"GIF89a") is None  # other formats are not checked
+
+
+def test_without_opencvs_rgb_flag_frames_are_still_decoded_as_rgb(monkeypatch) -> None:
+    """OpenCV before 4.11 has no ``IMREAD_COLOR_RGB``: the BGR image it decodes is converted, to the same pixels."""
+    import trek_tracker.video as video
+
+    rgb = np.dstack([np.full((6, 5), v, np.uint8) for v in (200, 90, 10)])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    monkeypatch.setattr(video, "_IMREAD_RGB", None)
+    np.testing.assert_array_equal(decode_rgb(png.tobytes()), rgb)
+    assert decode_rgb(b"\xff\xd8 not an image") is None
+
+
+def test_a_jpeg_segment_shorter_than_its_length_field_is_damage_and_a_standalone_marker_is_not() -> None:
+    from trek_tracker.video import image_damage
+
+    ok, jpeg = cv2.imencode(".jpg", _frame(50))
+    assert ok and image_damage(jpeg.tobytes()) is None
+    soi, rest = jpeg.tobytes()[:2], jpeg.tobytes()[2:]
+    # an APP0 segment whose length (1) cannot even hold its own two length bytes, read at byte 4
+    for after in (rest, b""):  # the length field the last bytes of the file or not: a broken structure either way
+        assert image_damage(soi + b"\xff\xe0\x00\x01" + after) == "damaged (a JPEG segment of length 1 at byte 4)"
+    # TEM and RST0-7 carry no length: the segment after one is read as usual
+    for marker in (b"\xff\x01", b"\xff\xd0", b"\xff\xd7"):
+        assert image_damage(soi + marker + rest) is None, marker
+
+
+def test_an_array_source_keeps_its_rate_and_refuses_an_index_past_either_end_and_float_frames() -> None:
+    src = ArraySource([_frame(v) for v in (5, 6, 7)], fps=25.0)
+    assert int(src[-3][0, 0, 0]) == 5 and src.fps == 25.0
+    for index in (3, -4):
+        with pytest.raises(IndexError, match=f"frame {index} out of range for 3 frames"):
+            src[index]
+    with pytest.raises(InputError, match=r"frame 0 must be an RGB uint8 array \(H, W, 3\), got float32 \(12, 16, 3\)"):
+        ArraySource([_frame(5).astype(np.float32)])  # values 0..1 or 0..255: either way not what the tracker takes
+
+
+def test_asking_a_video_for_the_frame_after_its_last_makes_its_length_exact(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [_frame(v, size=(32, 48)) for v in (0, 60, 120, 180, 240)])
+    src = open_frames(path)
+    src[4]
+    with pytest.raises(IndexError, match="frame 5 out of range: .*clip.mp4 has 5 decodable frames"):
+        src[5]  # the next frame, read (not skipped) from where the capture stands
+    assert src.len_is_exact and len(src) == 5 and src.damage == []
+    src.close()
+
+
+def test_a_truncated_video_read_by_index_is_reported_when_its_end_is_reached(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from tests.damaged import noise_frames, truncate, write_video
+    from trek_tracker.video import DamagedInputError
+
+    cut = truncate(write_video(tmp_path / "clip.avi", noise_frames(12)), tmp_path / "cut.avi", 0.5)
+    n = sum(1 for _ in open_frames(cut))
+    assert 1 < n < 12
+    src = open_frames(cut)
+    with caplog.at_level(logging.WARNING, logger="trek_tracker.video"), \
+            pytest.raises(IndexError, match=f"has {n} decodable frames"):
+        src[11]
+    assert len(src) == n and src.truncated
+    (damage,) = src.damage
+    assert (damage.file, damage.frame, damage.kind) == (cut, n, "truncated-video")
+    assert caplog.records[-1].getMessage() == damage.message
+    with pytest.raises(DamagedInputError) as strict:
+        open_frames(cut, strict=True)[11]
+    assert str(strict.value) == damage.message and strict.value.damage == damage
+
+
+def _held(path: Path) -> int:
+    """How many of this process's open files are ``path`` (skips where /proc/self/fd does not list them)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd (Linux) to see which files are open")
+    return sum(1 for fd in fds.iterdir() if fd.resolve() == path)
+
+
+def test_closing_a_video_source_releases_its_file_until_it_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [_frame(v, size=(32, 48)) for v in (0, 60, 120)])
+    every = list(open_frames(path))
+    src = open_frames(path)
+    src[1]
+    assert _held(path) >= 1
+    src.close()
+    assert _held(path) == 0
+    np.testing.assert_array_equal(src[2], every[2])  # closed, it opens the file again when read
+    src.close()
+
+
+def test_a_video_whose_index_opens_but_whose_frames_do_not_decode_is_refused_and_released(tmp_path: Path) -> None:
+    from tests.damaged import _boxes
+
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [_frame(v, size=(32, 48)) for v in (0, 60, 120)])
+    data = bytearray(path.read_bytes())
+    ((_, start, size, header),) = [box for box in _boxes(data) if box[0] == b"mdat"]
+    data[start + header:start + size] = bytes(size - header)  # the pictures zeroed, the 'moov' index intact
+    path.write_bytes(bytes(data))
+    assert cv2.VideoCapture(str(path)).isOpened()
+    with pytest.raises(InputError, match=f"^cannot decode any frame of {re.escape(str(path))}; the file is corrupt"):
+        open_frames(path)
+    assert _held(path) == 0
+
+
+def test_a_frame_folder_or_video_that_cannot_be_read_is_an_error_naming_it(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import os
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    _write_rgb(folder / "0.png", _frame(1))
+    real = os.listdir
+
+    def listdir(path="."):
+        if Path(path) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(InputError, match=f"^cannot list frame folder {re.escape(str(folder))}: permission denied"):
+        open_frames(folder)
+    with pytest.raises(InputError, match=f"^cannot read video {re.escape(str(folder))}: "):
+        VideoFileSource(folder)  # a folder where a video file is expected
+
+
+def test_a_program_that_leaves_a_prefetch_unfinished_still_exits() -> None:
+    """The decoding thread must not hold the interpreter open at exit when the frames were not all read."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom trek_tracker.video import prefetch\n"
+            "ahead = prefetch([np.zeros(1)] * 9, depth=1)\nnext(ahead)\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_stopping_parallel_decoding_early_decodes_none_of_the_frames_queued_ahead() -> None:
+    read: list[int] = []
+    released = threading.Event()
+
+    def held(i: int) -> np.ndarray:
+        if i:  # frames after the first wait until the loop has stopped: no thread gets past its first one
+            released.wait(10)
+        read.append(i)
+        names.add(threading.current_thread().name)
+        return np.full((1, 1, 3), i, np.uint8)
+
+    names: set[str] = set()
+    ahead = prefetch(IndexedFrames(held, range(100)), depth=30, threads=2)
+    assert int(next(ahead)[0, 0, 0]) == 0
+    threading.Timer(0.2, released.set).start()
+    ahead.close()
+    # frame 0 and the (at most two) frames the threads had begun when the loop stopped: not the 30 queued
+    assert 1 <= len(read) <= 3 and read[0] == 0, read
+    assert all(name.startswith("frame-decode") for name in names), names  # by the pool of two threads
+    assert not any(t.name.startswith("frame-decode") and t.is_alive() for t in threading.enumerate())
+
+
+def test_the_first_of_several_gaps_is_named_and_three_frames_are_enough_to_tell_one(tmp_path: Path, caplog,
+                                                                                   monkeypatch) -> None:
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    _check_frame_names(tmp_path, [f"{i:05d}.png" for i in (*range(5), *range(8, 12), *range(15, 18))])
+    assert ("numbering skips after 00004.png (next: 00008.png) and at 1 more place(s), 6 frame(s) missing"
+            in caplog.text)  # 5-7 and 12-14
+    caplog.clear()
+    _check_frame_names(tmp_path, ["00000.png", "00001.png", "00005.png"])
+    assert "numbering skips after 00001.png (next: 00005.png), 3 frame(s) missing" in caplog.text
+    caplog.clear()
+    _check_frame_names(tmp_path, ["00000.png", "00005.png"])  # two frames: no numbering to judge
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("listed", "truncated"), [(5, False), (6, True)])
+def test_a_video_outside_mp4_may_decode_one_frame_fewer_than_its_duration_suggests(tmp_path: Path, monkeypatch,
+                                                                                  listed: int, truncated: bool) -> None:
+    """Outside MP4/MOV the count is OpenCV's estimate from the duration: one frame short of it is whole, two
+    frames short is a truncated video."""
+    path = tmp_path / "clip.avi"
+    _write_video(path, [_frame(10 * i) for i in range(4)])
+    real = cv2.VideoCapture
+
+    class Estimating:
+        def __init__(self, name: str) -> None:
+            self._cap = real(name)
+
+        def get(self, prop: int) -> float:
+            return float(listed) if prop == cv2.CAP_PROP_FRAME_COUNT else self._cap.get(prop)
+
+        def __getattr__(self, name: str):
+            return getattr(self._cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Estimating)
+    src = open_frames(path)
+    assert src.promised == listed and len(list(src)) == 4 and len(src) == 4
+    assert src.truncated is truncated
+    if truncated:
+        assert f"decoding stopped after 4 frames, but its duration suggests {listed}" in src.damage[0].message
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetch_reads_no_more_than_depth_frames_ahead(depth: int) -> None:
+    import time
+
+    made: list[int] = []
+
+    def frames():
+        for i in range(50):
+            made.append(i)
+            yield i
+
+    ahead = prefetch(frames(), depth=depth)
+    assert next(ahead) == 0
+    queued = max(1, depth)
+    deadline = time.monotonic() + 10
+    while len(made) < 1 + queued + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time to read further, were it allowed to
+    # frame 0 handed out, ``depth`` (at least one) waiting in the queue, one more read and waiting for room
+    assert len(made) == 1 + queued + 1
+    ahead.close()
+
+
+def test_pil_integer_pictures_are_16_bit_from_256_and_refused_from_65536() -> None:
+    from PIL import Image
+
+    from trek_tracker.video import pil_to_rgb
+
+    for edge in (np.array([[0, 128, 256]], np.int32), np.array([[0, 255, 256, 65535]], np.int32)):
+        np.testing.assert_array_equal(np.asarray(pil_to_rgb(Image.fromarray(edge)))[..., 0], edge >> 8)
+    with pytest.raises(InputError, match="outside 0..65535"):
+        pil_to_rgb(Image.fromarray(edge + 1))
+
+
+def test_an_mp4_cut_inside_the_header_of_its_index_says_the_index_is_missing(tmp_path: Path) -> None:
+    from tests.damaged import _boxes, write_video
+
+    whole = write_video(tmp_path / "rec.mp4", [_frame(10 * i) for i in range(4)], fourcc="mp4v").read_bytes()
+    ((_, moov, _, _),) = [box for box in _boxes(whole) if box[0] == b"moov"]
+    cut = tmp_path / "cut.mp4"
+    for kept in (0, 3, 7):  # none, or a few bytes of the index's 8-byte header
+        cut.write_bytes(whole[:moov + kept])
+        with pytest.raises(InputError, match=r"cut.mp4: it is truncated .*'moov'"):
+            open_frames(cut)
+
+
+def test_names_outside_the_numbering_are_listed_up_to_three_and_unnumbered_names_are_not_judged(
+        tmp_path: Path, caplog, monkeypatch) -> None:
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    _check_frame_names(tmp_path, [*(f"{i:05d}.png" for i in range(8)), "a.png", "b.png", "c.png", "d.png"])
+    assert "4 file(s) do not follow the numbering of the other 8 (a.png, b.png, c.png, ...);" in caplog.text
+    caplog.clear()
+    for names in (["first.png", "second.png"], ["first.png", "second.png", "third.png"]):
+        _check_frame_names(tmp_path, names)  # no numbering at all: nothing to say
+    assert caplog.text == ""
+
+
+def test_a_folder_without_images_shows_five_of_its_names_and_says_when_there_are_more(tmp_path: Path) -> None:
+    for name in ("a.txt", "b.csv"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(InputError, match=r"\(found: a.txt, b.csv\)$"):
+        open_frames(tmp_path)
+    for name in ("c.txt", "d.txt", "e.txt", "f.txt"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(InputError, match=r"\(found: a.txt, b.csv, c.txt, d.txt, e.txt, ...\)$"):
+        open_frames(tmp_path)
+
+
+def test_an_mp4_whose_boxes_have_64_bit_sizes_and_no_index_says_the_index_is_missing(tmp_path: Path) -> None:
+    from tests.damaged import _boxes, write_video
+
+    whole = write_video(tmp_path / "rec.mp4", [_frame(10 * i) for i in range(4)], fourcc="mp4v").read_bytes()
+    ((_, start, size, header),) = [box for box in _boxes(whole) if box[0] == b"mdat"]
+    payload = whole[start + header:start + size]
+    # ftyp, then the pictures in a box whose size is in the 64-bit field (size 1), as large recordings write it
+    ftyp = whole[:int.from_bytes(whole[:4], "big")]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(ftyp + (1).to_bytes(4, "big") + b"mdat" + (16 + len(payload)).to_bytes(8, "big") + payload)
+    with pytest.raises(InputError, match=r"cut.mp4: it is truncated .*'moov'"):
+        open_frames(cut)
+
+
+def test_an_mp4_with_its_index_present_but_broken_is_not_called_cut(tmp_path: Path) -> None:
+    from tests.damaged import _boxes, write_video
+
+    data = bytearray(write_video(tmp_path / "rec.mp4", [_frame(10 * i) for i in range(4)], fourcc="mp4v").read_bytes())
+    ((_, start, size, header),) = [box for box in _boxes(data) if box[0] == b"moov"]
+    data[start + header:start + size] = bytes(size - header)  # the index's box is there, its contents zeroed
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"^cannot open video \S*broken.mp4; it is corrupt or not a video OpenCV"):
+        open_frames(broken)
+

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.eval.helpers import SYN_A, SYN_B, build_synthetic, write_sequence
+from tests.eval.helpers import ABSENT, SYN_A, SYN_B, build_synthetic, write_sequence
 from trek_tracker.errors import InputError
 from trek_tracker.eval.dataset import Trek150, sequence_order_key
 
@@ -554,3 +554,102 @@ def test_many_missing_frames_are_counted_after_the_first_three(root: Path) -> No
     with pytest.raises(InputError, match=f"3 images .* but 8 rows in groundtruth_rect.txt \\(missing: {shown} and 2 "
                                          "more\\); prepare"):
         _ = Trek150(root)["P01-P01_01-2"].img_files
+
+
+def test_a_target_absent_on_every_frame_or_on_the_first_is_a_problem(tmp_path: Path) -> None:
+    root = tmp_path / "trek"
+    write_sequence(root, "never", [ABSENT] * 3)
+    write_sequence(root, "late", [ABSENT, *SYN_B[:2]])
+    report = Trek150(root).validate()
+    never, late = (root / name / "groundtruth_rect.txt" for name in ("never", "late"))
+    assert [(f.path, f.what, f.places, f.sequence) for f in report.problems] == [
+        (late, "the target is absent on the first frame, where OPE starts from its box", ["line 1"], "late"),
+        (never, "the target is absent on every frame", [], "never"),
+    ]
+    assert report.problems[0].line() == f"{late}: {report.problems[0].what}"  # its one place is in the words
+
+
+def test_blank_lines_in_a_one_value_per_line_file_are_not_values(root: Path) -> None:
+    seq = root / "P01-P01_01-10"
+    ids = (seq / "frames.txt").read_text().split()
+    (seq / "frames.txt").write_text("\n".join(ids[:2]) + "\n\n" + "\n".join(ids[2:]) + "\n\n  \n")
+    (seq / "action_target.txt").write_text("\n2\n11\n\n11\n\n")
+    got = Trek150(root)["P01-P01_01-10"]
+    assert got.frame_ids == [int(i) for i in ids] and got.action_target == (2, 11, 11)
+    assert len(got.img_files) == 5 and Trek150(root).validate().ok
+
+
+def test_a_sequence_without_frames_is_told_to_prepare_the_dataset(root: Path) -> None:
+    img = root / "P01-P01_01-10" / "img"
+    for f in img.iterdir():
+        f.unlink()
+    with pytest.raises(InputError, match=f"sequence P01-P01_01-10: no images in {re.escape(str(img))}; prepare"):
+        _ = Trek150(root)["P01-P01_01-10"].img_files
+    (problem,) = Trek150(root).validate().problems
+    assert problem.line() == f"{img}: no frames; prepare the dataset first (trek-track dataset prepare)"
+
+
+def test_frames_txt_of_another_length_than_the_ground_truth_is_refused_when_frames_are_listed(root: Path) -> None:
+    frames = root / "P01-P01_01-2" / "frames.txt"
+    frames.write_text("".join(line + "\n" for line in frames.read_text().splitlines()[:-1]))
+    with pytest.raises(InputError, match="P01-P01_01-2: 7 rows in frames.txt but 8 rows in groundtruth_rect.txt; "
+                                         "extract the annotations again"):
+        _ = Trek150(root)["P01-P01_01-2"].img_files
+
+
+def test_an_empty_ground_truth_file_is_an_error_naming_it(root: Path) -> None:
+    gt = root / "P01-P01_01-10" / "groundtruth_rect.txt"
+    gt.write_text("\n")
+    with pytest.raises(InputError, match=f"^{re.escape(str(gt))} is empty$"):
+        Trek150(root)["P01-P01_01-10"]
+
+
+def test_validate_goes_on_past_anchors_it_cannot_read_and_counts_no_run_for_them(root: Path) -> None:
+    anchors = root / "P01-P01_01-2" / "anchors.txt"
+    anchors.write_text("0,0\n2.5,1\n")
+    (root / "P01-P01_01-2" / "anchors_hoi.txt").write_text("1,9,0\n")
+    report = Trek150(root).validate(images=False)
+    assert [f.line() for f in report.problems] == [
+        f"{anchors}:2: MSE anchors must be integers, got 2.5,1",
+        f"{root / 'P01-P01_01-2' / 'anchors_hoi.txt'}: line 1: interval 1-9 is not inside the sequence (0..7)",
+    ]
+    # the other sequence's one anchor; neither file of P01-P01_01-2 gives a run
+    assert (report.counts["mse_runs"], report.counts["hoi_runs"], report.counts["with_anchors"]) == (1, 0, 2)
+
+
+def test_a_root_lists_its_sequences_in_the_toolkits_path_order(tmp_path: Path) -> None:
+    root = tmp_path / "trek"
+    for name in ("a0", "a", "a-b"):
+        write_sequence(root, name, SYN_B[:2])
+    # the toolkit sorts "<name>/groundtruth_rect.txt": "-" sorts before "/", which sorts before "0"
+    assert Trek150(root).names == ["a-b", "a", "a0"] == Trek150(root, names=["a", "a0", "a-b"]).names
+
+
+def test_check_lists_the_frames_only_when_asked_to(root: Path) -> None:
+    next(iter(_frames(root))).unlink()
+    with pytest.raises(InputError, match="P01-P01_01-2: 7 images .* but 8 rows"):
+        Trek150(root).check()
+    assert Trek150(root).check(images=False)["frames"] == 13
+
+
+def test_check_counts_a_sequence_without_frames_txt(root: Path) -> None:
+    (root / "P01-P01_01-10" / "frames.txt").unlink()
+    assert Trek150(root).check()["frames"] == 13
+
+
+def test_validate_finds_a_visible_box_of_height_zero_and_a_frame_number_repeated_on_line_2(root: Path) -> None:
+    seq = root / "P01-P01_01-10"
+    gt = (seq / "groundtruth_rect.txt").read_text().splitlines()
+    gt[1] = "41,20,16,0"
+    (seq / "groundtruth_rect.txt").write_text("\n".join(gt) + "\n")
+    ids = (seq / "frames.txt").read_text().split()
+    (seq / "frames.txt").write_text("\n".join([ids[0], ids[0], *ids[2:]]) + "\n")
+    lines = [f.line() for f in Trek150(root).validate(images=False).problems]
+    assert lines == [f"{seq / 'frames.txt'}: frame numbers not strictly increasing (1 row: line 2)",
+                     f"{seq / 'groundtruth_rect.txt'}: visible box with width or height <= 0 (an absent target is "
+                     "-1,-1,-1,-1) (1 row: line 2)"]
+
+
+def test_decoding_shows_no_bar_unless_asked(root: Path, capsys) -> None:
+    assert Trek150(root).validate(decode=True, workers=1).decoded == 13
+    assert capsys.readouterr().err == ""
