@@ -938,3 +938,18 @@ def test_an_mp4_with_its_index_present_but_broken_is_not_called_cut(tmp_path: Pa
     with pytest.raises(InputError, match=r"^cannot open video \S*broken.mp4; it is corrupt or not a video OpenCV"):
         open_frames(broken)
 
+
+def test_a_gap_is_told_by_the_one_number_that_changes_along_the_names(tmp_path: Path, caplog, monkeypatch) -> None:
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    visor = [f"P01_01_frame_{i:010d}.jpg" for i in (*range(1, 6), *range(9, 12))]  # the video's id, then the frame
+    _check_frame_names(tmp_path, visor)
+    assert ("numbering skips after P01_01_frame_0000000005.jpg (next: P01_01_frame_0000000009.jpg), 3 frame(s) "
+            "missing" in caplog.text)
+    caplog.clear()
+    _check_frame_names(tmp_path, [f"P01_01_frame_{i:010d}.jpg" for i in range(1, 9)])
+    assert caplog.text == ""
+    _check_frame_names(tmp_path, [f"take{i % 2}_{i:04d}.jpg" for i in (0, 1, 2, 3, 7, 8)])  # two numbers change
+    assert caplog.text == ""

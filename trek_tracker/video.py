@@ -500,10 +500,16 @@ def _check_frame_names(folder: Path, files: list[str]) -> None:
 def _warn_of_gaps(folder: Path, names: list[str]) -> None:
     """Warn where a folder's numbering skips frames (``00010`` to ``00019`` deleted, an extraction cut short):
     frames are taken in name order, so every frame after a gap is tracked as an earlier one. A numbering
-    with a constant step (every other frame, as extractions at a lower rate name them) is not a gap."""
-    numbers = [key[-1] if key and isinstance(key[-1], int) else None for key in map(_name_number_key, names)]
-    if len(numbers) < 3 or None in numbers or sum(isinstance(k, int) for k in _name_number_key(names[0])) != 1:
+    with a constant step (every other frame, as extractions at a lower rate name them) is not a gap. The frame
+    number is the one number that changes along the names (``P01_01_frame_0000000123.jpg``: the last one);
+    names where several change have no numbering to judge."""
+    keys = [_name_number_key(name) for name in names]
+    if len(keys) < 3 or len({len(key) for key in keys}) != 1:
         return
+    varying = [i for i, part in enumerate(keys[0]) if isinstance(part, int) and len({k[i] for k in keys}) > 1]
+    if len(varying) != 1 or not all(isinstance(k[varying[0]], int) for k in keys):
+        return
+    numbers = [key[varying[0]] for key in keys]
     steps = np.diff(np.asarray(numbers, dtype=np.int64))
     values, counts = np.unique(steps, return_counts=True)
     step = int(values[counts.argmax()])
