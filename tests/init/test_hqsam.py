@@ -3,7 +3,11 @@ HQ-SAM candidates in the box-to-mask init, loading errors, and HQTrack's refiner
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import json
+import sys
 from functools import partial
 
 import numpy as np
@@ -14,11 +18,18 @@ from tests.init.prompts import prompt_boxes
 from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.init.alpha_refine.secm import SEcm
 from trek_tracker.init.api import BoxToMask, InitConfig, choose_method
-from trek_tracker.init.hqsam import HQSamBoxPredictor, hqsam_model_from_state, hqsam_modules, load_hqsam
+from trek_tracker.init.hqsam import (
+    HQSamBoxPredictor,
+    build_hqsam,
+    hqsam_model_from_state,
+    hqsam_modules,
+    load_hqsam,
+)
 from trek_tracker.init.refine import HQSamRefiner, mask_box, mask_iou
 
 
-def tiny_hqsam(img_size: int = 128, dim: int = 32, vit: int = 48, seed: int = 0) -> torch.nn.Module:
+def tiny_hqsam(img_size: int = 128, dim: int = 32, vit: int = 48, seed: int = 0,
+               global_attn: tuple[int, ...] = (0,)) -> torch.nn.Module:
     """An HQ-SAM with the package's classes: a 2-block ViT (the first with global attention, so it feeds the
     HQ token), 32-d prompts and decoder; seeded weights."""
     m = hqsam_modules()
@@ -26,7 +37,7 @@ def tiny_hqsam(img_size: int = 128, dim: int = 32, vit: int = 48, seed: int = 0)
     grid = img_size // 16
     encoder = m.ImageEncoderViT(img_size=img_size, patch_size=16, embed_dim=vit, depth=2, num_heads=2,
                                 out_chans=dim, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-                                window_size=4, global_attn_indexes=(0,))
+                                window_size=4, global_attn_indexes=global_attn)
     prompt = m.PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size),
                              mask_in_chans=8)
     decoder = m.MaskDecoderHQ(num_multimask_outputs=3,
@@ -75,9 +86,27 @@ def test_matches_the_official_hqsam_predictor(hqsam) -> None:
                 logits, conf = out.combined(multimask=multimask, hq_token_only=hq_only)
                 np.testing.assert_allclose(logits, masks[0], atol=1e-4)
                 assert conf == pytest.approx(float(iou[0]), abs=1e-5)
+        by_default, conf = out.combined()  # HQTrack's: the best multimask token + the HQ token
+        np.testing.assert_array_equal(by_default, out.combined(multimask=True, hq_token_only=False)[0])
+        assert not np.array_equal(by_default, out.combined(multimask=False)[0])
     assert len(calls) == 2  # one encoder pass each (ours and the official), reused across prompts
     # the HQ token changes the mask: its logits are not zero
     assert np.abs(out.hq_logits).max() > 1e-3
+
+
+def test_the_hq_token_reads_the_first_global_attention_blocks_features() -> None:
+    # SAM's ViTs attend globally in several blocks (ViT-B: 2, 5, 8, 11); the HQ token takes the first one's output
+    official_mod = pytest.importorskip("segment_anything_hq.predictor")
+    model = tiny_hqsam(global_attn=(0, 1))
+    image, _ = _scene()
+    box = np.array([22.0, 22.0, 58.0, 58.0])
+    ours = HQSamBoxPredictor(model)
+    ours.set_image(image)
+    official = official_mod.SamPredictor(model)
+    official.set_image(image)
+    masks, _, _ = official.predict(box=box, hq_token_only=True, return_logits=True)
+    np.testing.assert_allclose(ours.predict_box_hq(box).hq_logits, masks[0], atol=1e-4)
+    assert not torch.allclose(official.interm_features[0], official.interm_features[1])  # two different features
 
 
 def test_the_box_prompt_is_bit_equal_to_the_official_predictors(hqsam) -> None:
@@ -106,11 +135,94 @@ def test_loading_refuses_plain_sam_and_foreign_files(tmp_path) -> None:
                path)
     with pytest.raises(CheckpointError, match="encoder width 999"):
         load_hqsam(path)
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="HQ-SAM checkpoint not found"):
         load_hqsam(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="junk.pth is not a loadable HQ-SAM state dict"):
+        load_hqsam(tmp_path / "junk.pth")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"other.pth: not a SAM checkpoint"):
         load_hqsam(tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("size", ["vit_b", "vit_l", "vit_h"])
+def test_each_size_is_built_as_the_official_builder_builds_it(size) -> None:
+    official = pytest.importorskip("segment_anything_hq")  # its sam_model_registry: the package's build_sam_vit_*
+    with torch.device("meta"):  # shapes and settings only: no memory, no weight initialisation
+        ours, theirs = build_hqsam(size), official.sam_model_registry[size]()
+    assert repr(ours) == repr(theirs)  # every layer, its sizes and options (LayerNorm eps, biases)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    # which blocks attend globally (window 0, and so feed the HQ token) and the input normalisation
+    assert [b.window_size for b in ours.image_encoder.blocks] == [b.window_size for b in theirs.image_encoder.blocks]
+    for name in ("pixel_mean", "pixel_std"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name))
+    for attr in ("img_size", "patch_embed.proj.stride"):
+        assert _attr(ours.image_encoder, attr) == _attr(theirs.image_encoder, attr)
+    for attr in ("embed_dim", "image_embedding_size", "input_image_size", "num_point_embeddings"):
+        assert getattr(ours.prompt_encoder, attr) == getattr(theirs.prompt_encoder, attr)
+    assert ours.mask_decoder.num_multimask_outputs == theirs.mask_decoder.num_multimask_outputs
+    assert not ours.training
+    with pytest.raises(InputError, match="unknown HQ-SAM model 'vit_t'; choose one of vit_b, vit_l, vit_h"):
+        build_hqsam("vit_t")
+
+
+def _attr(obj, dotted: str):
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def test_a_missing_hqsam_package_says_how_to_install_it(monkeypatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "segment_anything_hq" else find_spec(name, *args))
+    with pytest.raises(ModuleNotFoundError, match=r"segment-anything-hq is not installed \(pip install"):
+        hqsam_modules()
+
+
+def test_the_hq_predictor_decodes_boxes_only_after_an_image(hqsam) -> None:
+    predictor = HQSamBoxPredictor(hqsam)
+    with pytest.raises(RuntimeError, match="set_image must be called first"):
+        predictor.predict_box_hq([10, 10, 50, 50])
+    predictor.set_image(_scene()[0])
+    predictor.predict_box_hq([10, 10, 50, 50])
+    with pytest.raises(InputError):
+        predictor.set_image(np.zeros((90, 120), np.uint8))
+    with pytest.raises(RuntimeError, match="set_image must be called first"):  # not the previous image's masks
+        predictor.predict_box_hq([10, 10, 50, 50])
+    with pytest.raises(NotImplementedError, match="predict_box_hq"):  # SAM's path would drop the HQ token
+        predictor.predict_box([10, 10, 50, 50])
+
+
+def test_a_checkpoint_loads_into_the_hqsam_of_its_size(tmp_path, monkeypatch) -> None:
+    from trek_tracker.init import hqsam as hqsam_module
+
+    built = []
+    monkeypatch.setitem(hqsam_module._EMBED_DIM_TO_MODEL, 48, "vit_l")  # the tiny encoder's width stands for ViT-L
+    monkeypatch.setattr(hqsam_module, "build_hqsam", lambda size: built.append(size) or tiny_hqsam(seed=1).train())
+    trained = tiny_hqsam(seed=2).state_dict()
+    torch.save(trained, tmp_path / "sam_hq.pth")
+    for model in (None, "vit_l"):
+        loaded = load_hqsam(tmp_path / "sam_hq.pth", model)
+        assert not loaded.training and loaded.state_dict().keys() == trained.keys()
+        assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
+    assert built == ["vit_l", "vit_l"]
+    with pytest.raises(CheckpointError, match="sam_hq.pth holds an HQ-SAM vit_l, not vit_b"):
+        load_hqsam(tmp_path / "sam_hq.pth", "vit_b")
+
+
+def test_the_modules_are_the_packages_modeling_classes_without_its_init() -> None:
+    pytest.importorskip("segment_anything_hq.modeling")
+    files = {"Sam": "sam", "ImageEncoderViT": "image_encoder", "PromptEncoder": "prompt_encoder",
+             "MaskDecoderHQ": "mask_decoder_hq", "TwoWayTransformer": "transformer", "LayerNorm2d": "common"}
+    m = hqsam_modules()
+    assert set(vars(m)) == set(files)
+    for name, file in files.items():  # the same class of the same file as the package's, under our own name
+        ours, theirs = getattr(m, name), getattr(importlib.import_module(f"segment_anything_hq.modeling.{file}"), name)
+        assert ours.__name__ == name and ours.__module__.startswith("_trek_segment_anything_hq.modeling.")
+        assert inspect.getsourcefile(ours) == inspect.getsourcefile(theirs)
+    assert hqsam_modules().Sam is m.Sam  # imported once
+    assert not hasattr(sys.modules["_trek_segment_anything_hq.modeling"], "TinyViT")  # its __init__ never ran
 
 
 # --------------------------------------------------------------------------- box -> mask

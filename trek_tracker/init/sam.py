@@ -148,7 +148,9 @@ class SamBoxPredictor:
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
-        """Encode an RGB uint8 (H, W, 3) image (PIL bilinear resize of the longest side, normalise, pad)."""
+        """Encode an RGB uint8 (H, W, 3) image (PIL bilinear resize of the longest side, normalise, pad). After
+        a refused image no image is set: boxes are not decoded on the previous one."""
+        self.embedding = self.original_size = self.input_size = None
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError(f"SAM needs an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]

@@ -137,3 +137,26 @@ def test_refine_box_is_secms_corner_box_in_frame_pixels(golden: Path, davis: Pat
     seg = AlphaRefine(ARSegMask(pool_size=4).eval())
     with pytest.raises(InputError, match="no box head"):
         seg.refine_box(frame, ref["frame0_box"])
+
+
+def test_a_mask_needs_a_template_first_and_a_bad_frame_or_box_is_refused() -> None:
+    torch.manual_seed(0)
+    ar = AlphaRefine(ARSegMask(pool_size=4).eval())
+    assert ar.model_name == "seg384"  # the init's candidate is "ar_seg384"
+    frame = np.zeros((60, 80, 3), np.uint8)
+    with pytest.raises(RuntimeError, match="initialize must be called before"):
+        ar.get_mask(frame, [10, 10, 20, 20])
+    for bad in (np.zeros((60, 80), np.uint8), np.zeros((60, 80, 4), np.uint8), np.zeros((60, 80, 3), np.float32)):
+        with pytest.raises(InputError, match=r"RGB uint8 \(H, W, 3\) frame"):
+            ar.initialize(bad, [10, 10, 20, 20])
+    for box in ([10, 10, 0, 20], [10, 10, 20, 0], [10, 10, -0.5, 20], [10, 10, 20, -1], [10, 10, 20],
+                [np.nan, 10, 20, 20], [10, np.inf, 20, 20]):
+        with pytest.raises(InputError, match=r"\[x, y, w, h\] with w, h > 0"):
+            ar.initialize(frame, box)
+    assert ar.kernel is None  # nothing was half-initialised
+    ar.initialize(frame, [10.5, 10, 20, 20.5])
+    assert ar.get_mask(frame, [10.5, 10, 20, 20.5]).shape == (60, 80)
+    with pytest.raises(InputError, match=r"\[x, y, w, h\] with w, h > 0"):  # each frame's box is checked too
+        ar.get_mask(frame, [10, 10, -20, 20])
+    with pytest.raises(InputError, match="RGB uint8"):
+        ar.get_mask(frame[..., 0], [10, 10, 20, 20])
