@@ -61,3 +61,10 @@ def test_convert_our_own_file_without_model(cli, tiny_checkpoint, tmp_path):
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     result = cli("convert", tiny_checkpoint, "--out", tmp_path / "x.pth")  # an official file needs --model
     assert result.exit_code == 2 and "name its model (--model)" in result.stderr, result.output
+
+
+def test_convert_out_that_is_a_folder_is_refused_before_loading(cli, tmp_path):
+    (tmp_path / "folder").mkdir()
+    result = cli("convert", tmp_path / "missing.pth", "--model", TINY, "--out", tmp_path / "folder")
+    assert result.exit_code == 2 and "Invalid value for '--out'" in result.stderr and "is a directory" in result.stderr
+    assert list((tmp_path / "folder").iterdir()) == []

@@ -80,3 +80,45 @@ def test_data_is_an_unlisted_alias_of_train_data():
     assert "train-data" in listed and not any(line.split()[:1] == ["data"] for line in listed.splitlines())
     res = run("data", "check", "--help")
     assert res.exit_code == 0 and "KIND" in res.output and "ROOT" in res.output
+
+
+def test_check_prints_at_most_max_problems_and_counts_the_rest(davis, tmp_path):
+    replicas.youtubevos(davis, tmp_path)
+    replicas.save_png(tmp_path / "train" / "Annotations" / "vid0" / "00010.png", np.zeros((72, 128), np.int64))
+    for most, shown, rest in ((2, 2, []), (1, 1, ["... and 1 more problems"]), (0, 0, ["... and 2 more problems"])):
+        res = run("train-data", "check", "youtubevos", tmp_path, "--max-problems", most)
+        assert res.exit_code == 1, res.output
+        lines = res.output.splitlines()
+        assert len([line for line in lines if line.startswith("problem: ")]) == shown
+        assert [line for line in lines if line.startswith("...")] == rest
+        assert lines[-1].endswith("; 2 problem(s)")
+
+
+def test_masks_from_boxes_options_reach_the_job(davis, tmp_path):
+    replicas.got10k(davis, tmp_path / "GOT")
+    out = tmp_path / "out"
+    res = run("train-data", "masks-from-boxes", "got10k", tmp_path / "GOT", "--out", out, "--method", "box",
+              "--sequences", "GOT-10k_Train_000001", "--max-sequences", "1", "--every", "2", "--split", "train",
+              "--sam-model", "vit_b", "--ar-model", "seg384", "--no-progress", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["sequences"], manifest["max_sequences"], manifest["every"], manifest["split"]) == (
+        ["GOT-10k_Train_000001"], 1, 2, "train")
+    assert (manifest["params"]["sam_model"], manifest["params"]["ar_model"]) == ("vit_b", "seg384")
+    assert len(list((out / "Annotations" / "GOT-10k_Train_000001").glob("*.png"))) == 2  # visible frames 0, 2, 3
+
+
+def test_every_reader_can_be_checked_and_every_box_reader_turned_into_masks():
+    from trek_tracker.cli.data import BOX_KINDS, KINDS
+    from trek_tracker.train.datasets import READERS
+
+    assert sorted(KINDS) == sorted(READERS)
+    assert sorted(BOX_KINDS) == sorted(kind for kind, r in READERS.items() if r.family == "boxes")
+
+
+def test_check_reads_only_the_sequences_asked_for(davis, tmp_path):
+    replicas.youtubevos(davis, tmp_path)
+    res = run("train-data", "check", "youtubevos", tmp_path, "--sequences", "vid0,")
+    assert res.exit_code == 0 and "1 sequences" in res.output, res.output
+    res = run("train-data", "check", "youtubevos", tmp_path, "--sequences", "nope")
+    assert res.exit_code == 1 and "sequences not found" in res.output and "nope" in res.output, res.output

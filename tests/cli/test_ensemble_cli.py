@@ -264,3 +264,17 @@ def test_ensemble_shows_progress_unless_quiet(cli, tmp_path):
     assert "ensemble: 100%" in result.stderr and "2/2" in result.stderr
     result = cli("ensemble", a, b, "--out", tmp_path / "e2", "--quiet")
     assert result.exit_code == 0 and "ensemble:" not in result.stderr, result.output
+
+
+def test_ensemble_out_that_is_a_file_is_refused_and_kept(cli, mean_runs, tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    result = cli("ensemble", *mean_runs, "--out", tmp_path / "taken")
+    assert result.exit_code == 2 and "Invalid value for '--out'" in result.stderr and "is a file" in result.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_ensemble_weights_that_are_not_numbers_are_one_line(cli, mean_runs, tmp_path):
+    result = cli("ensemble", *mean_runs, "--weights", "1,x", "--out", tmp_path / "e")
+    assert result.exit_code == 2 and result.stderr == (
+        "trek-track: error: --weights must be numbers separated by commas, e.g. 1,2; got '1,x'\n")
+    assert not (tmp_path / "e").exists()

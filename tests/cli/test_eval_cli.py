@@ -248,3 +248,191 @@ def test_auto_uses_every_gpu_unless_a_launcher_started_a_process_per_gpu(no_laun
     for name, value in env.items():
         no_launcher.setenv(name, value)
     assert _devices("auto") == devices
+
+
+def test_attributes_are_scored_for_ope_and_mse_not_hoi(root: Path, tmp_path: Path) -> None:
+    """Every synthetic sequence carries SC and POC, so each attribute's row is the overall score."""
+    r = run("eval", "--root", root, "--tracker", "oracle", "--tracker-class", ORACLE, "--results", tmp_path / "res",
+            "--report-dir", tmp_path / "rep", "--no-plots", "--quiet", "--attributes", "--overall-only")
+    assert r.exit_code == 0, r.output
+    titles = [line for line in r.stdout.splitlines() if "per attribute" in line]
+    assert titles == ["oracle: OPE per attribute", "oracle: MSE per attribute"]
+    rows = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["SC"], ["POC"])]
+    assert len(rows) == 4 and all(row[1] == "2" and row[2] == f"{20 / 21:.4f}" for row in rows), r.stdout
+    r = run("eval", "--report-only", "--root", root, "--tracker", "oracle", "--results", tmp_path / "res",
+            "--report-dir", tmp_path / "rep", "--no-plots", "--quiet", "--protocol", "ope")
+    assert r.exit_code == 0 and "per attribute" not in r.stdout, r.output
+
+
+def test_json_of_one_protocol_is_the_path_given_and_a_template_names_each(root: Path, tmp_path: Path) -> None:
+    res, rep = tmp_path / "results", tmp_path / "rep"
+    r = run("eval", "--root", root, "--tracker", "oracle", "--tracker-class", ORACLE, "--results", res,
+            "--report-dir", rep, "--no-plots", "--protocol", "hoi", "--json", tmp_path / "hoi.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "hoi.json").read_text() == (rep / "performance-hoi.json").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["hoi.json"]
+    assert r.stderr.splitlines()[-1] == f"reports written to {rep}"  # said unless --quiet
+    r = run("eval", "--report-only", "--root", root, "--tracker", "oracle", "--results", res, "--report-dir", rep,
+            "--no-plots", "--protocol", "hoi", "--json", tmp_path / "{protocol}" / "perf", "--quiet")
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert (tmp_path / "hoi" / "perf").read_text() == (rep / "performance-hoi.json").read_text()
+
+
+def test_running_names_exactly_one_tracker(root: Path, tmp_path: Path) -> None:
+    r = run("eval", "--root", root, "--tracker", "a", "--tracker", "b", "--tracker-class", CONSTANT, "--results",
+            tmp_path / "res")
+    assert r.exit_code == 2 and r.stderr == ("trek-track: error: name exactly one --tracker to run (several names "
+                                             "are for --report-only)\n")
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize(("text", "shard"), [(None, (0, 1)), ("", (0, 1)), ("0/1", (0, 1)), ("2/3", (2, 3))])
+def test_a_shard_is_i_of_n_counted_from_zero(text, shard) -> None:
+    from trek_tracker.cli.eval import _parse_shard
+
+    assert _parse_shard(text) == shard
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1", "expected i/n"), ("a/2", "expected i/n"), ("0/1/2", "expected i/n"),
+    ("-1/2", "need 0 <= i < n"), ("2/2", "need 0 <= i < n"), ("0/0", "need 0 <= i < n"),
+])
+def test_a_shard_that_is_not_i_of_n_is_refused(text, message) -> None:
+    from trek_tracker.cli.eval import _parse_shard
+    from trek_tracker.errors import InputError
+
+    with pytest.raises(InputError, match=f"^--shard '{text}': {message}"):
+        _parse_shard(text)
+
+
+def test_json_paths_of_several_protocols_are_told_apart() -> None:
+    from trek_tracker.cli.eval import _json_path
+
+    assert _json_path(Path("out/perf.json"), "mse", several=False) == Path("out/perf.json")
+    assert _json_path(Path("out/perf.json"), "mse", several=True) == Path("out/perf-mse.json")
+    assert _json_path(Path("out/perf"), "mse", several=True) == Path("out/perf-mse.json")
+    assert _json_path(Path("out/{protocol}/perf.json"), "hoi", several=True) == Path("out/hoi/perf.json")
+    assert _json_path(Path("out/{protocol}.json"), "ope", several=False) == Path("out/ope.json")
+
+
+def test_a_subset_reports_into_one_folder_whatever_the_order_or_repeats_of_its_names() -> None:
+    from trek_tracker.cli.eval import DEFAULT_REPORTS, default_report_dir
+
+    assert default_report_dir("t", None) == default_report_dir("t", []) == DEFAULT_REPORTS / "t"
+    one = default_report_dir("t", ["B", "A"])
+    assert one == default_report_dir("t", ["A", "B", "A"]) and one.parent == DEFAULT_REPORTS / "t"
+    assert one.name.startswith("sequences-2-") and one != default_report_dir("t", ["A"])
+
+
+def test_submit_names_the_tracker_by_its_folder_unless_told_and_a_json_path_is_the_bare_json(root: Path,
+                                                                                              tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    assert run("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", res, "--quiet",
+               "--no-plots", "--report-dir", tmp_path / "rep").exit_code == 0
+    out = tmp_path / "sub.json"
+    r = run("submit", "--results", res, "--tracker", "o", "--root", root, "--out", out, "--sls-tl", "1")
+    assert r.exit_code == 0 and r.stdout == f"wrote {out}\n", r.output
+    sub = json.loads(out.read_text())
+    assert (sub["tracker_name"], sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == ("o", -1, 1, -1)  # -1: not given
+
+
+@pytest.mark.parametrize(("device", "devices", "precision"), [("cpu", None, "fp32"), ("auto", None, "bf16"),
+                                                              ("cuda:0", ["cuda:0"], "bf16")])
+def test_the_identity_of_our_tracker_has_the_precision_of_the_device_it_runs_on(tiny_checkpoint, monkeypatch,
+                                                                                device, devices, precision) -> None:
+    """With a GPU present, ``--device cpu`` runs in fp32 (auto precision), and the results must say so."""
+    import torch
+
+    from trek_tracker.cli.eval import _pipeline_identity
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    options = {"model": TINY, "checkpoint": str(tiny_checkpoint), "init": "box", "device": device}
+    assert _pipeline_identity(options, devices)[0]["precision"] == precision
+
+
+def test_dataset_check_warns_of_sequences_without_anchors_and_still_passes(root: Path) -> None:
+    (root / "P01-P01_01-10" / "anchors.txt").unlink()
+    r = run("dataset", "check", "--root", root, "--no-images")
+    assert r.exit_code == 0, r.output
+    assert "1 with anchors.txt (3 MSE runs)" in r.stdout  # the other sequence's three anchors
+    assert "warning: 1 sequence(s) lack anchors.txt; MSE cannot run on them" in r.stdout.splitlines()
+    assert "frame files were not decoded" not in r.stdout  # said only when frames were checked
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("tests.eval.helpers", "expected module:Class"), (":ConstantTracker", "expected module:Class"),
+    ("tests.eval.nowhere:T", "cannot import it (No module named 'tests.eval.nowhere')"),
+    ("tests.eval.helpers:Nothing", "cannot import it"),
+])
+def test_a_tracker_class_that_cannot_be_found_is_one_line(root: Path, tmp_path: Path, spec: str, message: str) -> None:
+    r = run("eval", "--root", root, "--tracker", "t", "--tracker-class", spec, "--results", tmp_path / "res",
+            "--protocol", "ope", "--quiet")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert r.stderr.startswith(f"trek-track: error: --tracker-class '{spec}': {message}")
+
+
+def test_eval_hands_its_options_to_the_runner(root: Path, tmp_path: Path, tiny_checkpoint, monkeypatch) -> None:
+    """What reaches the runner: the tracker's folder, workers (one per GPU listed unless told), the GPUs, progress,
+    --overwrite, the identity, and whether a run may be written from a longer run's rows."""
+    import types
+
+    import torch
+
+    from trek_tracker.eval import runner
+
+    calls = []
+
+    def execute(dataset, runs, tracker_dir, factory, **options):
+        calls.append((tracker_dir, options))
+        return types.SimpleNamespace(done=runs, skipped=[], shared=[])
+
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    res = tmp_path / "res"
+    r = run("eval", "--root", root, "--tracker", "c", "--tracker-class", CONSTANT, "--results", res, "--shard", "0/2",
+            "--device", "cuda:0,cuda:2", "--overwrite")
+    assert r.exit_code == 0, r.output
+    (tracker_dir, options), = calls
+    assert tracker_dir == res / "c"
+    assert {k: options[k] for k in ("workers", "devices", "progress", "overwrite", "identity", "share")} == {
+        "workers": 2, "devices": ["cuda:0", "cuda:2"], "progress": True, "overwrite": True,
+        "identity": {"tracker_class": CONSTANT}, "share": False}
+    ours = ("--root", root, "--tracker", "o", "--results", res, "--shard", "1/2", "--model", TINY, "--checkpoint",
+            tiny_checkpoint, "--init", "box", "--device", "cpu", "--quiet", "--workers", "3")
+    for extra, share in (((), True), (("--track-every-run",), False)):
+        calls.clear()
+        assert run("eval", *ours, *extra).exit_code == 0
+        (_, options), = calls
+        got = (options["share"], options["workers"], options["devices"], options["progress"], options["overwrite"])
+        assert got == (share, 3, None, False, False)
+        assert options["identity"]["tracker"] == "trek-track" and options["identity"]["precision"] == "fp32"
+
+
+def test_dataset_prepare_hands_its_options_to_prepare(tmp_path: Path, monkeypatch) -> None:
+    from trek_tracker.eval import prepare
+
+    configs = []
+    monkeypatch.setattr(prepare, "prepare", lambda config, echo: configs.append(config))
+    (tmp_path / "videos").mkdir()
+    common = ("dataset", "prepare", "--root", tmp_path / "trek", "--videos", tmp_path / "videos")
+    assert run(*common, "--annotations", tmp_path / "a.zip", "--ffmpeg", "/opt/ff", "--keep-frames", "--jobs",
+               "3").exit_code == 0
+    assert run(*common).exit_code == 0
+    assert [(c.root, c.annotations_zip, c.videos, c.ffmpeg, c.keep_frames, c.jobs) for c in configs] == [
+        (tmp_path / "trek", tmp_path / "a.zip", tmp_path / "videos", "/opt/ff", True, 3),
+        (tmp_path / "trek", None, tmp_path / "videos", "ffmpeg", False, 1)]
+    r = run(*common, "--annotations", tmp_path / "videos")  # a folder, not the zip
+    assert r.exit_code == 2 and "Invalid value for '--annotations'" in r.stderr and len(configs) == 2
+
+
+def test_missing_required_options_are_usage_errors(root: Path) -> None:
+    for args, option in ((("dataset", "check"), "--root"), (("eval", "--report-only", "--root", root), "--tracker")):
+        r = run(*args)
+        assert r.exit_code == 2 and f"Missing option '{option}'" in r.stderr, r.output
+
+
+def test_dataset_check_decodes_every_frame_with_one_worker(root: Path) -> None:
+    r = run("dataset", "check", "--root", root, "--decode", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0] == "2 sequences, 13 frames, 13 decoded"

@@ -75,10 +75,14 @@ def _interrupted_at_import(name: str, signum: int, *args: str) -> subprocess.Com
                           capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
-@pytest.mark.parametrize("signum,line", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "interrupted by SIGTERM")])
+@pytest.mark.parametrize("signum,line", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "interrupted by SIGTERM"),
+                                         (signal.SIGHUP, "interrupted by SIGHUP")])
 def test_an_interrupt_while_the_cli_starts_is_one_line(signum, line):
-    """Ctrl-C (or a SIGTERM) in the first tenth of a second, while the CLI's own imports run: the signal's exit
-    code and one line, not a traceback out of an import (nor a silent death); nothing had started to keep."""
+    """Ctrl-C (or a SIGTERM, a SIGHUP) in the first tenth of a second, while the CLI's own imports run: the
+    signal's exit code and one line, not a traceback out of an import (nor a silent death); nothing had started
+    to keep."""
+    if signal.getsignal(signum) == signal.SIG_IGN:
+        pytest.skip(f"{signal.Signals(signum).name} is ignored here (nohup?), and so in the command started")
     proc = _interrupted_at_import("click", signum, "--help")
     assert proc.returncode == 128 + signum, proc.stderr
     assert proc.stderr.splitlines() == [f"trek-track: error: {line}"] and proc.stdout == ""
@@ -138,3 +142,71 @@ def test_an_interrupt_that_click_caught_itself_is_the_same_one_line(cli, monkeyp
     result = cli("weights", "--help")
     assert result.exit_code == 130
     assert result.stderr.splitlines() == ["trek-track: error: interrupted"]
+
+
+def test_package_log_records_read_as_the_cli_s_own_lines():
+    import logging
+
+    from trek_tracker.cli import _Lines
+
+    def line(level, message):
+        return _Lines().format(logging.LogRecord("trek_tracker.eval", level, __file__, 1, message, None, None))
+
+    assert line(logging.WARNING, "box  beyond\n   the frame") == "trek-track: warning: box beyond the frame"
+    assert line(logging.INFO, "3 runs tracked") == "trek-track: 3 runs tracked"
+
+
+def test_package_warnings_reach_the_stderr_of_every_call_once(cli, tmp_path):
+    """The warning handler follows the stderr of the moment: a second call in one process (a test runner, a
+    notebook) with another stderr in place still gets its warnings, each once."""
+    from tests.eval.helpers import build_synthetic
+
+    root = build_synthetic(tmp_path / "trek")
+    (root / "extra").mkdir()
+    (root / "extra" / "groundtruth_rect.txt").write_text("1,1,2,2\n")  # a sequence sequences.txt does not list
+    for _ in range(2):
+        result = cli("dataset", "check", "--root", root, "--no-images")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == "trek-track: warning: ignoring 1 folders not listed in sequences.txt: extra\n"
+
+
+@pytest.mark.parametrize("raised", [PermissionError(13, "Permission denied", "/data/out/sub.zip"),
+                                    MemoryError(), RuntimeError("a bug of ours")])
+def test_what_a_command_lets_through_is_one_line_with_exit_code_2_unless_it_is_a_bug(cli, monkeypatch, tmp_path,
+                                                                                    raised):
+    """The environment's failures (a file system, the memory) are one line; any other error stays a traceback."""
+    from tests.eval.helpers import build_synthetic
+    from trek_tracker.errors import out_of_memory_message
+    from trek_tracker.eval import submission
+    from trek_tracker.files import os_error_message
+
+    def write_submission(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(submission, "write_submission", write_submission)
+    args = ("submit", "--tracker", "t", "--root", build_synthetic(tmp_path / "trek"), "--out", tmp_path / "sub.zip")
+    if isinstance(raised, RuntimeError):
+        with pytest.raises(RuntimeError, match="a bug of ours"):
+            cli(*args)
+        return
+    result = cli(*args)
+    expected = (os_error_message(raised, action="use") if isinstance(raised, OSError) else out_of_memory_message(
+        raised, hint="settings that need less memory (see the command's --help)"))
+    assert (result.exit_code, result.stderr) == (2, f"trek-track: error: {expected}\n")
+    assert result.stderr.startswith(("trek-track: error: cannot use /data/out/sub.zip: permission denied",
+                                     "trek-track: error: the machine ran out of memory (RAM); use settings that"))
+
+
+def test_a_program_that_imports_the_cli_keeps_its_own_ctrl_c():
+    """Only `trek-track` itself keeps the start-up guard until its main runs; any other program importing the
+    module gets its KeyboardInterrupt as before (not the CLI's exit)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored here (a background job?), and so in the program started")
+    code = ("import os, signal, time, trek_tracker.cli\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(30)\n"
+            "except KeyboardInterrupt:\n"
+            "    print('mine')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "mine\n", "")

@@ -62,6 +62,9 @@ def test_train_then_eval_vos_reproduces_the_logged_validation(davis, tmp_path):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     final_val = [r for r in records if r["kind"] == "val"][-1]
     assert final_val["step"] == 3
+    last = [r for r in records if r["kind"] == "train"][-1]
+    assert res.stderr.splitlines()[-3:] == [f"step 3: loss {last['loss']:.4f}",
+                                            f"validation at step 3: J&F {final_val['J&F']:.4f}", f"run folder: {out}"]
     header = (out / "log.csv").read_text().splitlines()[0].split(",")
     assert {"step", "loss", "lr", "samples_per_s"} <= set(header)
 
@@ -160,3 +163,32 @@ def test_the_torchrun_entry_points_usage_is_a_command_that_works():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("Usage: python -m trek_tracker.cli train "), proc.stdout
+
+
+def test_eval_vos_scores_at_the_network_size_of_the_training_validation_by_default():
+    """So that `eval-vos` on a run's checkpoint reproduces its logged validation without size options."""
+    import inspect
+
+    from trek_tracker.cli.eval_vos import eval_vos
+    from trek_tracker.train.config import ValSection
+    from trek_tracker.train.validate import evaluate_model
+
+    default = next(p.default for p in eval_vos.params if p.name == "max_long_edge")
+    library = inspect.signature(evaluate_model).parameters["max_long_edge"].default
+    assert default == ValSection().max_long_edge == library
+
+
+def test_eval_vos_names_every_model_option_given_with_predictions(davis, tmp_path):
+    (tmp_path / "pred").mkdir()
+    res = run("eval-vos", davis, "--predictions", tmp_path / "pred", "--save-masks", tmp_path / "masks")
+    assert res.exit_code == 2 and "error: --save-masks applies to a model's run, not to --predictions" in res.output
+    res = run("eval-vos", davis, "--predictions", tmp_path / "pred", "--save-masks", tmp_path / "masks",
+              "--max-frames", 2)
+    assert res.exit_code == 2 and "error: --max-frames and --save-masks apply to a model's run" in res.output
+    assert not (tmp_path / "masks").exists()
+
+
+def test_train_config_that_is_a_folder_is_a_usage_error(tmp_path):
+    res = run("train", tmp_path)
+    assert res.exit_code == 2 and "Invalid value for 'CONFIG'" in res.output and "is a directory" in res.output
+    assert list(tmp_path.iterdir()) == []

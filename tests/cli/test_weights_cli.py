@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -84,9 +85,94 @@ def test_import_a_hand_copied_file(env, tmp_path):
     requests = len(server.state.log)
     done = run("import", str(src))
     assert done.exit_code == 0, done.output
+    assert done.stdout == f"imported {src} as {home / 'weights' / 'Good.pth'}\n"
     assert (home / "weights" / "Good.pth").read_bytes() == payload
     assert len(server.state.log) == requests
     _one_line_error(run("import", str(src), "--name", "bad"), "sha256")
+
+
+def test_list_and_download_show_a_partial_download_and_resume_it(env):
+    home, payload, _ = env
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "Good.pth.part").write_bytes(payload[:50_000])
+    (home / "weights" / "Bad.pth.part").write_bytes(payload[:1500])
+    listed = {line.split()[0]: line for line in run("list").stdout.splitlines()[1:3]}
+    assert " partial 50 KB/200 KB " in listed["good"]  # SI units, of the registry's whole size
+    assert " partial 2 KB " in listed["bad"]  # no size in the registry: no total
+    done = run("download", "good", "--no-progress")
+    assert done.exit_code == 0, done.output
+    assert done.stdout == f"good: downloaded to {home / 'weights' / 'Good.pth'} (resumed at 50 KB)\n"
+    assert (home / "weights" / "Good.pth").read_bytes() == payload
+    estimated = {"file_name": "Bad.pth", "approx_size": 375_000_000, "urls": ["http://127.0.0.1:9/"]}
+    write_registry(Path(os.environ["TREK_TRACK_REGISTRY"]), {"about": estimated})
+    (about,) = run("list").stdout.splitlines()[1:2]
+    assert " ~375 MB " in about and " partial 2 KB/375 MB " in about  # a size the registry only estimates
+
+
+@pytest.mark.parametrize(("n", "approx", "text"), [
+    (None, False, "?"), (999, False, "999 B"), (1000, False, "1 KB"), (12_345, False, "12 KB"),
+    (2_500_000, False, "2.5 MB"), (25_000_000, False, "25 MB"), (375_000_000, True, "~375 MB"),
+    (2_640_000_000, False, "2.6 GB"), (12_000_000_000_000, False, "12000 GB"),
+])
+def test_sizes_are_si_units_with_one_decimal_only_below_ten_of_a_large_unit(n, approx, text):
+    from trek_tracker.cli.weights import _size
+
+    assert _size(n, approx=approx) == text
+
+
+def test_verify_with_nothing_downloaded_says_so_and_succeeds(env):
+    result = run("verify")
+    assert (result.exit_code, result.stdout) == (0, "no checkpoint is downloaded yet; see `trek-track weights list`\n")
+
+
+@pytest.mark.parametrize("option", [("--timeout", "0.5"), ("--timeout", "3601"), ("--retries", "-1"),
+                                    ("--retries", "101")])
+def test_download_refuses_a_timeout_or_retries_out_of_range_before_any_transfer(env, option):
+    home, _, server = env
+    _one_line_error(run("download", "good", "--no-progress", *option), f"Invalid value for '{option[0]}'")
+    assert server.state.log == [] and not (home / "weights").exists()
+
+
+def test_download_hands_its_options_to_every_transfer(env, monkeypatch):
+    import types
+
+    import trek_tracker.weights
+
+    calls = []
+
+    def download(entry, **options):
+        calls.append((entry.name, options))
+        return types.SimpleNamespace(downloaded=False, path=f"/cache/{entry.file_name}", resumed_from=None)
+
+    monkeypatch.setattr(trek_tracker.weights, "download", download)
+    result = run("download", "good", "bad", "--force", "--no-progress", "--retries", "0", "--timeout", "7.5")
+    assert result.exit_code == 0, result.output
+    asked = {"force": True, "progress": False, "retries": 0, "timeout": 7.5}
+    assert calls == [("good", asked), ("bad", asked)]
+    assert result.stdout == "good: already present at /cache/Good.pth\nbad: already present at /cache/Bad.pth\n"
+    calls.clear()
+    assert run("download", "good").exit_code == 0
+    assert calls == [("good", {"force": False, "progress": True, "retries": 3, "timeout": 60.0})]  # the defaults shown
+
+
+def test_list_offers_every_kind_of_the_registry():
+    from trek_tracker.cli.weights import list_cmd
+    from trek_tracker.weights import default_registry
+
+    kind = next(p for p in list_cmd.params if p.name == "kind")
+    assert sorted(kind.type.choices) == sorted({entry.kind for entry in default_registry()})
+
+
+def test_a_file_system_failure_the_library_lets_through_names_the_cache_and_its_setting(env, monkeypatch):
+    import trek_tracker.weights
+
+    home, _, _ = env
+
+    def verify(entry):
+        raise PermissionError(errno.EACCES, "Permission denied", str(home / "weights" / entry.file_name))
+
+    monkeypatch.setattr(trek_tracker.weights, "verify", verify)
+    _one_line_error(run("verify", "good"), f"cannot use {home / 'weights'}: permission denied", "TREK_TRACK_HOME")
 
 
 # ------------------------------------------------------------- file-system trouble, in a subprocess

@@ -197,12 +197,25 @@ class _Lines(logging.Formatter):
         return f"trek-track: {kind}{' '.join(record.getMessage().split())}"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each line, not as it was at the first call: a program that calls
+    :func:`main` again with another stderr in place (a test runner, a notebook) gets that call's warnings."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """Warnings of the package reach stderr once, as ``trek-track: warning: ...`` (commands such as ``eval``
     lower the level to show progress lines)."""
     logger = logging.getLogger("trek_tracker")
     if not any(isinstance(h.formatter, _Lines) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(_Lines())
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
