@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from trek_tracker.device import (
+    Readback,
     constant_tensors,
+    device_clock,
     kernel_flags_kept,
     parse_device,
     peak_memory,
@@ -129,6 +131,47 @@ def test_constant_tensors_are_built_once_per_arguments_and_usable_in_training():
     assert torch.allclose(w.grad, 1 / (a + 1))
 
 
+def test_constant_tensors_are_built_again_once_forgotten():
+    from trek_tracker.device import forget_constant_tensors
+
+    built = []
+
+    @constant_tensors
+    def zeros(n: int) -> torch.Tensor:
+        built.append(n)
+        return torch.zeros(n)
+
+    a = zeros(2)
+    forget_constant_tensors()
+    assert zeros(2) is not a and built == [2, 2]
+
+
+def test_an_empty_device_means_auto_and_a_device_is_read_without_case_or_spaces(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parse_device("") == torch.device("cpu") and parse_device(" CPU ") == torch.device("cpu")
+    for key in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_LOCALID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_device("") == torch.device("cuda", 0) and parse_device(" CUDA:1 ") == torch.device("cuda", 1)
+
+
+def test_peak_memory_in_mib_of_the_host_and_of_a_gpu(monkeypatch):
+    """The host's peak resident memory as getrusage gives it for this process: KiB on Linux, bytes on macOS;
+    the GPU's as PyTorch gives it, in bytes."""
+    import resource
+    import sys
+    from types import SimpleNamespace
+
+    for platform, unit in (("linux", 2**10), ("darwin", 2**20)):
+        monkeypatch.setattr(sys, "platform", platform)
+        monkeypatch.setattr(resource, "getrusage", lambda who, unit=unit: SimpleNamespace(
+            ru_maxrss=(3 * unit + unit // 2) if who == resource.RUSAGE_SELF else 0))
+        assert peak_memory(torch.device("cpu")) == {"host_rss_mib": 3.5, "gpu_mib": None}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**20 + 2**19)
+    assert peak_memory(torch.device("cuda", 0))["gpu_mib"] == 3.5
+
+
 def test_thread_counts_follow_the_cpus_this_process_may_use(monkeypatch):
     """On a shared node (Slurm, taskset, a container) the process may use 6 of the machine's 128 CPUs:
     decoding threads, evaluation workers' torch threads and the dataset check are sized by the 6."""
@@ -146,12 +189,15 @@ def test_thread_counts_follow_the_cpus_this_process_may_use(monkeypatch):
     assert usable_cpus() == 1 and decode_threads() == 1 and worker_threads(2) == 1
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: the machine's count
     assert usable_cpus() == 128
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # which may be unknown
+    assert usable_cpus() == 1
 
 
 @pytest.mark.parametrize("env, count, expected", [
     ({"LOCAL_RANK": "1", "SLURM_LOCALID": "3"}, 4, 1),  # torchrun's rank wins
     ({"SLURM_LOCALID": "3"}, 4, 3),  # srun tasks sharing a node's 4 GPUs: one each
     ({"SLURM_LOCALID": "3"}, 1, 0),  # a task bound to its own GPU sees only that one
+    ({"SLURM_LOCALID": "1"}, 2, 1),  # two tasks sharing a node's two GPUs
     ({}, 4, 0),
     ({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 8, 1),  # torchrun alone
     # srun --ntasks-per-node=2 torchrun --standalone --nproc-per-node=2: the second task takes GPUs 2 and 3
@@ -185,3 +231,23 @@ def test_a_malformed_launcher_variable_is_one_line_naming_it_when_the_gpu_is_cho
     with pytest.raises(UserError, match=f"{said}.*cannot tell which GPU is its own; give --device cuda:N"):
         parse_device("auto")
     assert parse_device("cuda:2") == torch.device("cuda", 2)  # a GPU given by number reads none of them
+
+
+def test_readback_on_the_cpu_is_the_tensors_and_takes_no_time():
+    tensors = {"labels": torch.arange(6, dtype=torch.uint8)}
+    back = Readback(tensors, since=device_clock(torch.device("cpu")))
+    assert back.get()["labels"] is tensors["labels"] and back.seconds is None
+
+
+@pytest.mark.cuda
+def test_readback_from_a_gpu_gives_pinned_host_copies_of_the_same_dtype_and_the_time_since_the_clock():
+    gpu = torch.device("cuda", 0)
+    tensors = {"labels": torch.arange(6, dtype=torch.uint8, device=gpu), "probs": torch.rand(2, 3, device=gpu)}
+    since = device_clock(gpu)
+    back = Readback(tensors, since=since)
+    got = back.get()
+    for name, tensor in tensors.items():
+        assert got[name].device.type == "cpu" and got[name].is_pinned() and got[name].dtype == tensor.dtype
+        assert torch.equal(got[name], tensor.cpu())
+    assert back.seconds is not None and back.seconds >= 0
+    assert Readback(tensors).seconds is None  # no clock, no time

@@ -22,6 +22,7 @@ from trek_tracker.inference.preprocess import (
     device_network_input,
     input_size,
     resize_labels,
+    resolve_precision,
     to_network_input,
 )
 
@@ -129,7 +130,9 @@ def test_cubic_resize_keeps_overshoot_and_flip_mirrors() -> None:
         np.zeros((4, 4, 3), np.float32),
         np.zeros((4, 4), np.uint8),
         np.zeros((4, 4, 4), np.uint8),
+        np.zeros((4, 3, 4), np.uint8),
         np.zeros((0, 4, 3), np.uint8),
+        np.zeros((4, 0, 3), np.uint8),
         [[0, 0, 0]],
     ],
 )
@@ -144,7 +147,7 @@ def test_frame_tensor_of_views_torch_cannot_wrap() -> None:
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     read_only = image.copy()
     read_only.flags.writeable = False
-    for view in (np.rot90(image), image[::-1], image[:, ::-1], read_only):
+    for view in (np.rot90(image), image[::-1], image[:, ::-1], image[..., ::-1], read_only):  # [..., ::-1]: BGR
         assert torch.equal(Frame(view).tensor(), torch.from_numpy(view.copy()))
     assert Frame(image).tensor().data_ptr() == image.ctypes.data
 
@@ -194,11 +197,30 @@ def test_autocast_of_each_precision() -> None:
         assert (a @ a).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "fp32"):
         assert (a @ a).dtype == torch.float32
+    with autocast(torch.device("cpu"), "fp16"):
+        assert (a @ a).dtype == torch.float16
+    for precision in ("fp32", "bf16", "fp16"):  # a precision the user named is kept on any device
+        assert resolve_precision(precision, torch.device("cpu")) == precision
 
 
 def test_to_network_input_rejects_bad_size() -> None:
     with pytest.raises(InputError):
         to_network_input(np.zeros((4, 4, 3), np.uint8), (0, 4))
+
+
+def test_an_unknown_resize_and_bad_inputs_on_the_uint8_path_are_input_errors() -> None:
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(InputError, match="resize must be 'float32' or 'uint8', got 'nearest'"):
+        to_network_input(rgb, (4, 4), resize="nearest")
+    for frame, what in ((np.zeros((4, 4, 3), np.float32), "uint8 numpy array, got float32"),
+                        ([[0, 0, 0]], "uint8 numpy array, got list"), (np.zeros((4, 4), np.uint8), "shape"),
+                        (np.zeros((4, 4, 4), np.uint8), "shape"), (np.zeros((0, 4, 3), np.uint8), "shape")):
+        with pytest.raises(InputError, match=what):
+            to_network_input(frame, (4, 4), resize="uint8")
+    with pytest.raises(InputError, match="network input size"):
+        to_network_input(rgb, (0, 4), resize="uint8")
+    x = to_network_input(rgb, (5, 3), resize="uint8")
+    assert x.dtype == torch.float32 and x.shape == (1, 3, 5, 3)
 
 
 # --- resize_labels --------------------------------------------------------------------------------
@@ -280,6 +302,9 @@ def test_resize_labels_keeps_rank_and_dtype() -> None:
         (np.zeros(3, np.uint8), (3, 3)),
         (np.zeros((1, 1, 1, 3, 3), np.uint8), (3, 3)),
         (torch.zeros(3, 3, dtype=torch.bool), (3, 3)),
+        (torch.zeros(3, 3, dtype=torch.complex64), (3, 3)),
+        (np.zeros((0, 3), np.uint8), (3, 3)),
+        (np.zeros((2, 3, 0), np.uint8), (3, 3)),
         ([[0]], (3, 3)),
     ],
 )
