@@ -545,6 +545,23 @@ def test_decoding_threads_are_the_usable_cpus_up_to_four(monkeypatch) -> None:
         assert decode_threads() == threads
 
 
+def _report_properties(monkeypatch, values: dict[int, float]) -> None:
+    """OpenCV's captures report ``values`` for those properties (what a container states), the rest as read."""
+    real = cv2.VideoCapture
+
+    class Reporting:
+        def __init__(self, name: str) -> None:
+            self._cap = real(name)
+
+        def get(self, prop: int) -> float:
+            return values[prop] if prop in values else self._cap.get(prop)
+
+        def __getattr__(self, name: str):
+            return getattr(self._cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Reporting)
+
+
 @pytest.mark.parametrize("unknown", [-1.0, float("nan"), 0.0, float("inf")])
 def test_a_video_whose_container_gives_no_count_or_rate_is_estimated_as_one_frame(tmp_path: Path, monkeypatch,
                                                                                   unknown: float) -> None:
@@ -553,19 +570,7 @@ def test_a_video_whose_container_gives_no_count_or_rate_is_estimated_as_one_fram
     is called truncated."""
     path = tmp_path / "clip.avi"
     _write_video(path, [_frame(10 * i) for i in range(4)])
-    real = cv2.VideoCapture
-
-    class Silent:
-        def __init__(self, name: str) -> None:
-            self._cap = real(name)
-
-        def get(self, prop: int) -> float:
-            return unknown if prop in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FPS) else self._cap.get(prop)
-
-        def __getattr__(self, name: str):
-            return getattr(self._cap, name)
-
-    monkeypatch.setattr(cv2, "VideoCapture", Silent)
+    _report_properties(monkeypatch, {cv2.CAP_PROP_FRAME_COUNT: unknown, cv2.CAP_PROP_FPS: unknown})
     src = open_frames(path)
     assert src.promised is None and src.fps is None and len(src) == 1 and not src.len_is_exact
     assert len(list(src)) == 4 and src.len_is_exact and len(src) == 4 and src.damage == []
@@ -822,19 +827,7 @@ def test_a_video_outside_mp4_may_decode_one_frame_fewer_than_its_duration_sugges
     frames short is a truncated video."""
     path = tmp_path / "clip.avi"
     _write_video(path, [_frame(10 * i) for i in range(4)])
-    real = cv2.VideoCapture
-
-    class Estimating:
-        def __init__(self, name: str) -> None:
-            self._cap = real(name)
-
-        def get(self, prop: int) -> float:
-            return float(listed) if prop == cv2.CAP_PROP_FRAME_COUNT else self._cap.get(prop)
-
-        def __getattr__(self, name: str):
-            return getattr(self._cap, name)
-
-    monkeypatch.setattr(cv2, "VideoCapture", Estimating)
+    _report_properties(monkeypatch, {cv2.CAP_PROP_FRAME_COUNT: float(listed)})
     src = open_frames(path)
     assert src.promised == listed and len(list(src)) == 4 and len(src) == 4
     assert src.truncated is truncated
