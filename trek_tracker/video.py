@@ -476,9 +476,9 @@ def _name_number_key(name: str) -> tuple:
 def _check_frame_names(folder: Path, files: list[str]) -> None:
     """Refuse two files for one frame; warn about names outside the folder's numbering (see
     :class:`ImageFolderSource`)."""
+    keys = {f: _name_number_key(f) for f in files}
     seen: dict[tuple, str] = {}
-    for f in files:
-        key = _name_number_key(f)
+    for f, key in keys.items():
         if key in seen:
             raise InputError(
                 f"frame folder {folder} has both {seen[key]} and {f} for one frame: one file per frame is expected "
@@ -494,16 +494,16 @@ def _check_frame_names(folder: Path, files: list[str]) -> None:
         log.warning("frame folder %s: %d file(s) do not follow the numbering of the other %d (%s%s); they are "
                     "taken as frames in name order: move them out if they are not frames", folder, len(odd),
                     len(main), ", ".join(odd[:3]), ", ..." if len(odd) > 3 else "")
-    _warn_of_gaps(folder, main)
+    _warn_of_gaps(folder, main, [keys[f] for f in main])
 
 
-def _warn_of_gaps(folder: Path, names: list[str]) -> None:
+def _warn_of_gaps(folder: Path, names: list[str], keys: list[tuple]) -> None:
     """Warn where a folder's numbering skips frames (``00010`` to ``00019`` deleted, an extraction cut short):
     frames are taken in name order, so every frame after a gap is tracked as an earlier one. A numbering
     with a constant step (every other frame, as extractions at a lower rate name them) is not a gap. The frame
     number is the one number that changes along the names (``P01_01_frame_0000000123.jpg``: the last one);
-    names where several change have no numbering to judge."""
-    keys = [_name_number_key(name) for name in names]
+    names where several change have no numbering to judge. ``keys``: the names' :func:`_name_number_key`
+    (names of one pattern, which a literal ``#`` in a name can still make differ in shape)."""
     if len(keys) < 3 or len({len(key) for key in keys}) != 1:
         return
     varying = [i for i, part in enumerate(keys[0]) if isinstance(part, int) and len({k[i] for k in keys}) > 1]
