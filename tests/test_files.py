@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,23 @@ def test_the_temporary_a_killed_atomic_write_leaves_is_what_remove_temporaries_r
     assert files.remove_temporaries(tmp_path / "missing", target.parent) == 1
     assert sorted(p.name for p in target.parent.iterdir()) == ["below", "kept.tmp"]
     assert files.remove_temporaries(target.parent) == 0
+
+
+def test_only_the_old_temporaries_of_the_one_file_named_are_stale(tmp_path: Path) -> None:
+    target = tmp_path / "ope" / "P01.txt"
+    target.parent.mkdir()
+
+    def temporary(name: str, age: float) -> Path:  # made as atomic_write makes them
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.utime(tmp, (time.time() - age,) * 2)
+        return Path(tmp)
+
+    killed = temporary("P01.txt", 7200)
+    live = temporary("P01.txt", 5)  # a write in progress, e.g. another command's
+    other = temporary("P01.txt.bak", 7200)  # another file whose name starts with this one's
+    (target.parent / ".P01.txt.tmp").write_text("")  # not mkstemp's shape
+    assert files.remove_stale_temporaries(target, older_than=3600) == 1
+    assert not killed.exists() and live.exists() and other.exists() and (target.parent / ".P01.txt.tmp").exists()
+    assert files.remove_stale_temporaries(tmp_path / "missing" / "P01.txt", older_than=0) == 0
+

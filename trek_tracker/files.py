@@ -27,7 +27,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -101,6 +103,26 @@ def remove_temporaries(*folders: str | os.PathLike) -> int:
                 if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
                     entry.unlink(missing_ok=True)
                     removed += 1
+    return removed
+
+
+def remove_stale_temporaries(path: str | os.PathLike, older_than: float) -> int:
+    """Remove the temporaries :func:`atomic_write` left for ``path`` (``.<name>.XXXXXXXX.tmp`` beside it) that
+    nothing has written to for ``older_than`` seconds: what a killed write of that file left, in a folder that
+    other processes write at the same time (an eval's tracker folder, where ranks write their runs side by
+    side), so that :func:`remove_temporaries` would remove their writes in progress too. A live write of a
+    result file touches its temporary within moments of creating it. Returns how many were removed."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    before = time.time() - older_than
+    removed = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(path.parent):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime < before:
+                        os.unlink(entry.path)
+                        removed += 1
     return removed
 
 

@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import signal
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +305,31 @@ def test_unfinished_runs_of_other_protocols_answer_nothing_and_the_runs_asked_fo
     assert sorted(r.key for r in summary.shared) == ["hoi-0-2-0", "hoi-3-5-1", "hoi-7-7-0"]
     assert len(summary.done) == len(rest) - 3 and all(run_done(tmp_path / "t", r) for r in rest)
     assert not any(run_done(tmp_path / "t", r) for r in ope)  # others are read, never tracked
+
+
+def test_an_eval_removes_the_old_temporaries_of_the_runs_it_tracks_and_no_others(tmp_path):
+    from tests.eval.helpers import OracleTracker, build_synthetic
+
+    ds = Trek150(build_synthetic(tmp_path / "trek"))
+    first, second = plan(ds, "ope")
+    out = tmp_path / "t"
+    runner.execute(ds, [second], out, OracleTracker, progress=False)
+
+    def temporary(relpath: str, age: float) -> Path:
+        path = out / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.utime(tmp, (time.time() - age,) * 2)
+        return Path(tmp)
+
+    killed = [temporary(first.relpath, 2 * runner.STALE_TEMPORARY_SECONDS),
+              temporary(first.times_relpath, 2 * runner.STALE_TEMPORARY_SECONDS)]
+    live = temporary(first.relpath, 1)  # another command's write in progress
+    finished = temporary(second.relpath, 2 * runner.STALE_TEMPORARY_SECONDS)  # its run is not tracked again
+    summary = runner.execute(ds, [first, second], out, OracleTracker, progress=False)
+    assert summary.done == [first] and summary.skipped == [second]
+    assert not any(p.exists() for p in killed) and live.exists() and finished.exists()
 
 
 # --------------------------------------------------------------------------- a worker, in this process

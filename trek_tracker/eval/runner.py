@@ -46,7 +46,7 @@ from trek_tracker.errors import TRACKING_MEMORY_HINT, CheckpointError, InputErro
 from trek_tracker.eval.adapter import StepAdapter
 from trek_tracker.eval.dataset import Sequence, Trek150
 from trek_tracker.eval.protocols import Run, RunGroup, group_runs
-from trek_tracker.files import naming, read_json, write_json
+from trek_tracker.files import naming, read_json, remove_stale_temporaries, write_json
 from trek_tracker.launch import env_int
 from trek_tracker.loop import Sink, Start, StepTracker, track_video
 from trek_tracker.pipeline import FrameResult, Tracker
@@ -113,6 +113,20 @@ def write_run(tracker_dir: Path, run: Run, boxes: np.ndarray, times: np.ndarray 
     if run.records_times and times is not None:
         write_times(tracker_dir / run.times_relpath, times)
     write_boxes(tracker_dir / run.relpath, boxes)
+
+
+#: A result file's temporary that nothing has written to for this long is a killed write's (a live write fills
+#: it in moments); an eval removes those of the runs it is about to track.
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def remove_killed_writes(tracker_dir: Path, run: Run) -> None:
+    """Remove what a killed write of ``run``'s files left (best effort: a folder it cannot read is reported by
+    the write that follows). Only old temporaries, as other ranks or commands may be writing beside them."""
+    for relpath in (run.relpath, run.times_relpath):
+        if relpath is not None:
+            with contextlib.suppress(OSError):
+                remove_stale_temporaries(tracker_dir / relpath, STALE_TEMPORARY_SECONDS)
 
 
 def write_group(tracker_dir: Path, group: RunGroup, boxes: np.ndarray, times: np.ndarray | None) -> None:
@@ -523,6 +537,7 @@ def _execute(dataset: Trek150, runs: list[Run], tracker_dir: Path, factory: Trac
             summary.skipped.append(run)
         else:
             pending.add(run)
+            remove_killed_writes(tracker_dir, run)
     if summary.skipped:
         work_started()  # what an earlier command finished is there whatever stops this one
         log.info("%d of %d runs already finished, skipped", len(summary.skipped), len(runs))
