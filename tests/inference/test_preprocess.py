@@ -293,6 +293,8 @@ def test_resize_labels_keeps_rank_and_dtype() -> None:
     out = resize_labels(label, (5, 7))
     assert out.shape == (2, 5, 7) and out.dtype == torch.int64
     assert torch.equal(resize_labels(label, (13, 17)), label)
+    empty = resize_labels(label[:0], (5, 7), flip=True)  # a batch of no maps is a batch, as for interpolate
+    assert empty.shape == (0, 5, 7) and empty.dtype == torch.int64
 
 
 @pytest.mark.parametrize(
