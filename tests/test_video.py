@@ -13,6 +13,7 @@ import pytest
 from trek_tracker.errors import InputError
 from trek_tracker.video import (
     ArraySource,
+    DamagedInputError,
     ImageFolderSource,
     IndexedFrames,
     VideoFileSource,
@@ -946,3 +947,199 @@ def test_a_gap_is_told_by_the_one_number_that_changes_along_the_names(tmp_path: 
     assert caplog.text == ""
     _check_frame_names(tmp_path, [f"take{i % 2}_{i:04d}.jpg" for i in (0, 1, 2, 3, 7, 8)])  # two numbers change
     assert caplog.text == ""
+
+
+# ----------------------------------------------------------------- from a second mutation pass over video.py
+
+
+class _Grabbing:
+    """A capture that grabs ``n`` frames without decoding any (``calls`` counts the grabs)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def grab(self) -> bool:
+        self.calls += 1
+        return self.calls <= self.n
+
+    def release(self) -> None:
+        pass
+
+
+def test_the_bar_to_a_far_start_frame_moves_with_the_decoding_shows_from_1000_frames_and_is_closed(
+        tmp_path: Path, monkeypatch) -> None:
+    """A skip of thousands of frames takes minutes: the bar advances while frames are decoded (never ahead of
+    them), ends full, and is closed even when the video ends before the start frame (not left drawn under
+    the error)."""
+    import tqdm
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total: int, **_) -> None:
+            self.total, self.n, self.seen, self.closed = total, 0, [], False
+            bars.append(self)
+
+        def update(self, k: int) -> None:
+            self.n += k
+            self.seen.append((self.n, cap.calls))
+
+        def refresh(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    path = tmp_path / "clip.avi"  # outside MP4 the count is an estimate: a far start is checked while decoding
+    _write_video(path, [_frame(10 * i) for i in range(3)])
+    src = open_frames(path)
+    for start, shown in ((999, False), (1000, True), (3000, True)):
+        bars.clear()
+        cap = _Grabbing(5000)
+        monkeypatch.setattr(src, "_open", lambda cap=cap: cap)
+        src.frames(start, progress=True)
+        assert cap.calls == start and len(bars) == shown
+        if shown:
+            (bar,) = bars
+            assert bar.total == start and bar.n == start and bar.closed
+            assert len(bar.seen) >= 3 and bar.seen[0][0] < start / 2  # it moved long before the end
+            assert all(n <= calls for n, calls in bar.seen)
+    bars.clear()
+    cap = _Grabbing(1500)
+    monkeypatch.setattr(src, "_open", lambda: cap)
+    with pytest.raises(InputError, match="cannot start at frame 3000: .* has 1500 decodable frames"):
+        src.frames(3000, progress=True)
+    assert bars[0].closed
+
+
+def test_numbers_that_fall_along_the_names_or_have_no_regular_step_are_not_judged_for_gaps(tmp_path: Path, caplog,
+                                                                                          monkeypatch) -> None:
+    """Names sort by each digit run's value, then by its zero padding: ``x0001_13`` .. ``x1_4`` come in that
+    order with the frame number falling (steps -4, -4, -1). No gap can be told from that (nor can a count of
+    missing frames be), nor from steps of 2 with one of 1 among them: nothing is said."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    names = ["x1_4.png", "x01_5.png", "x001_9.png", "x0001_13.png"]
+    files = sorted(names, key=natural_key)
+    assert files == names[::-1]
+    _check_frame_names(tmp_path, files)
+    assert caplog.text == ""
+    _check_frame_names(tmp_path, [f"{i}.png" for i in (0, 2, 4, 6, 7, 11)])  # steps of 2, and one of 1: no rule
+    assert caplog.text == ""
+    _check_frame_names(tmp_path, [f"x1_{i}.png" for i in (1, 5, 9, 17)])  # rising by a step of 4: one gap
+    assert "numbering skips after x1_9.png (next: x1_17.png), 1 frame(s) missing" in caplog.text
+
+
+def test_one_image_is_read_as_rgb_from_a_path_given_as_text_and_says_whether_it_is_cut(tmp_path: Path) -> None:
+    from trek_tracker.video import read_image_rgb
+
+    _write_rgb(tmp_path / "0.png", _frame(70))
+    frame, damage = read_image_rgb(str(tmp_path / "0.png"))
+    np.testing.assert_array_equal(frame, _frame(70))
+    assert damage is None
+    whole = (tmp_path / "0.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[:-12])  # without its IEND chunk, the pixels all there
+    frame, damage = read_image_rgb(str(tmp_path / "cut.png"))
+    np.testing.assert_array_equal(frame, _frame(70))
+    assert damage == "truncated (the PNG data ends before its IEND chunk)"
+
+
+def test_names_of_one_pattern_but_of_another_shape_are_not_judged_for_gaps(tmp_path: Path, caplog,
+                                                                          monkeypatch) -> None:
+    """A literal ``#`` where the other names have a number (``take#_4.png``, an export template left unfilled)
+    gives the same pattern but other name parts: the folder opens, and no numbering is judged."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    _check_frame_names(tmp_path, ["take1_1.png", "take1_2.png", "take1_3.png", "take#_4.png"])
+    _check_frame_names(tmp_path, ["1#.png", "2#.png", "#3.png"])  # the same shape, a name where a number is
+    # two numbers change (a frame count and a time stamp): the first one's gap is not told as one
+    _check_frame_names(tmp_path, ["0001_0.png", "0002_40.png", "0003_80.png", "0005_160.png"])
+    _check_frame_names(tmp_path, ["h1_0001.png", "h1_0002.png", "h2_0003.png", "h2_0005.png"])  # one changes once
+    assert caplog.text == ""
+
+
+def test_frames_named_by_twenty_digit_time_stamps_are_checked_for_gaps(tmp_path: Path, caplog, monkeypatch) -> None:
+    """``YYYYMMDDhhmmss`` and microseconds is a 20-digit number, past 2**63: the folder opened with an
+    OverflowError. A frame every 40 ms with one missing is told like any other gap."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("trek_tracker"), "propagate", True)  # the CLI's handler may be set
+    caplog.set_level("WARNING", logger="trek_tracker")
+    start = 20231107153045000000
+    assert start > 2**63
+    names = [f"IMG_{start + 40000 * i}.jpg" for i in (0, 1, 2, 3, 5, 6)]
+    _check_frame_names(tmp_path, names)
+    assert f"numbering skips after {names[3]} (next: {names[4]}), 1 frame(s) missing" in caplog.text
+
+
+def test_every_cut_of_a_png_is_found_and_one_cut_inside_its_end_chunk_is_read_whole(tmp_path: Path) -> None:
+    """A PNG ends with its IEND chunk's type and then its CRC: libpng refuses a file cut inside that CRC (an
+    error, 'cannot decode'), though the picture is all there. Such a cut is truncation like any other: the frame
+    is read whole and the cut recorded."""
+    from trek_tracker.video import image_damage, read_image_rgb
+
+    _write_rgb(tmp_path / "0.png", _frame(70))
+    whole = (tmp_path / "0.png").read_bytes()
+    assert whole.endswith(b"IEND\xaeB`\x82") and image_damage(whole) is None
+    assert [n for n in range(1, len(whole)) if image_damage(whole[:n]) is None] == []
+    for cut in (1, 4):
+        (tmp_path / "cut.png").write_bytes(whole[:-cut])
+        frame, damage = read_image_rgb(tmp_path / "cut.png")
+        np.testing.assert_array_equal(frame, _frame(70))
+        assert damage == "truncated (the PNG data ends before its IEND chunk)"
+
+
+def test_every_source_is_true_as_it_holds_at_least_one_frame(tmp_path: Path) -> None:
+    _write_rgb(tmp_path / "0.png", _frame(1))
+    _write_video(tmp_path / "clip.mp4", [_frame(1)])
+    for src in (open_frames(tmp_path), open_frames(tmp_path / "clip.mp4"), open_frames([_frame(1)])):
+        assert bool(src) is True and len(src) == 1
+
+
+def test_a_folder_holding_only_hidden_files_is_called_empty(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"  # a name without "empty" in it, so the message must say it
+    folder.mkdir()
+    (folder / ".DS_Store").write_bytes(b"junk")
+    with pytest.raises(InputError, match=f"^frame folder {re.escape(str(folder))} is empty; put the video's frames"):
+        open_frames(folder)
+
+
+def test_a_jpeg_segment_holding_nothing_but_its_length_is_whole() -> None:
+    from trek_tracker.video import image_damage
+
+    ok, jpeg = cv2.imencode(".jpg", _frame(50))
+    assert ok
+    data = jpeg.tobytes()[:2] + b"\xff\xfe\x00\x02" + jpeg.tobytes()[2:]  # an empty comment: its length is 2
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert image_damage(data) is None
+
+
+def test_the_frames_of_a_source_without_a_range_are_all_of_them(tmp_path: Path) -> None:
+    frames = [_frame(v) for v in (50, 120, 190)]
+    for i, frame in enumerate(frames):
+        _write_rgb(tmp_path / f"{i}.png", frame)
+    _write_video(tmp_path / "clip.mp4", frames)
+    for src in (open_frames(frames), open_frames(tmp_path), open_frames(tmp_path / "clip.mp4")):
+        reds = [float(f[..., 0].mean()) for f in src.frames()]
+        np.testing.assert_allclose(reds, [50, 120, 190], atol=8)  # the video's codec is lossy
+        assert len(list(src.frames(stop=2))) == 2
+
+
+def test_sources_opened_directly_record_damage_unless_told_to_be_strict(tmp_path: Path, monkeypatch) -> None:
+    for i in range(3):
+        _write_rgb(tmp_path / f"{i}.png", _frame(10 * i))
+    (tmp_path / "1.png").write_bytes((tmp_path / "1.png").read_bytes()[:-12])  # without its IEND chunk
+    folder = ImageFolderSource(tmp_path)
+    assert len(list(folder)) == 3 and [(d.frame, d.kind) for d in folder.damage] == [(1, "truncated-image")]
+    path = tmp_path / "clip.avi"
+    _write_video(path, [_frame(10 * i) for i in range(4)])
+    _report_properties(monkeypatch, {cv2.CAP_PROP_FRAME_COUNT: 6.0})  # its container promises two more
+    video = VideoFileSource(path)
+    assert len(list(video)) == 4 and [d.kind for d in video.damage] == ["truncated-video"]
+    with pytest.raises(DamagedInputError):
+        list(VideoFileSource(path, strict=True))

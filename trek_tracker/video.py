@@ -184,7 +184,7 @@ def _png_complete(data: bytes) -> bool:
         length = int.from_bytes(data[i:i + 4], "big")
         kind = data[i + 4:i + 8]
         if kind == b"IEND":
-            return True
+            return i + 12 + length <= n  # its CRC too: libpng refuses a file cut inside it
         i += 12 + length
     return False
 
@@ -509,15 +509,16 @@ def _warn_of_gaps(folder: Path, names: list[str], keys: list[tuple]) -> None:
     varying = [i for i, part in enumerate(keys[0]) if isinstance(part, int) and len({k[i] for k in keys}) > 1]
     if len(varying) != 1 or not all(isinstance(k[varying[0]], int) for k in keys):
         return
+    # Python's integers: a name's number can pass 2**63 (20-digit time stamps, YYYYMMDDhhmmss and microseconds)
     numbers = [key[varying[0]] for key in keys]
-    steps = np.diff(np.asarray(numbers, dtype=np.int64))
-    values, counts = np.unique(steps, return_counts=True)
-    step = int(values[counts.argmax()])
-    gaps = np.flatnonzero(steps > step)
-    if step <= 0 or not len(gaps) or (steps < step).any():  # no gap, or no regular numbering to tell one by
+    steps = [b - a for a, b in itertools.pairwise(numbers)]
+    counts = collections.Counter(steps)
+    step = min(counts, key=lambda s: (-counts[s], s))  # the most common step (of those as common, the smallest)
+    gaps = [i for i, s in enumerate(steps) if s > step]
+    if step <= 0 or not gaps or any(s < step for s in steps):  # no gap, or no regular numbering to tell one by
         return
-    missing = int(sum((steps[g] - 1) // step for g in gaps))
-    first = int(gaps[0])
+    missing = sum((steps[g] - 1) // step for g in gaps)
+    first = gaps[0]
     log.warning("frame folder %s: its numbering skips after %s (next: %s)%s, %d frame(s) missing in all; frames "
                 "are taken in name order, so every frame after a gap counts as an earlier one: restore the missing "
                 "frames if the numbers matter", folder, names[first], names[first + 1],
