@@ -140,7 +140,8 @@ class PartialInit:
 
 
 def _group_names(keys: list[str]) -> dict[str, int]:
-    """``{'stages.1.layers.0': 37, ...}``: parameter counts per module (name up to the last two parts)."""
+    """``{'stages.1.layers': 37, ...}``: parameter counts per module (a name's first three parts, or all but
+    its last for a shorter name)."""
     groups: dict[str, int] = {}
     for k in keys:
         parts = k.split(".")
@@ -172,7 +173,7 @@ def init_from_parent(model: VOSModel, state: Mapping[str, torch.Tensor], *,
     target = model.state_dict()
     report = PartialInit(source)
     take: dict[str, torch.Tensor] = {}
-    unexpected, shapes = [], []
+    unexpected, shapes, reshaped = [], [], set()
     for key, value in state.items():
         ours = parent.our_key(key)
         if ours not in target and key.removeprefix("module.").startswith(model.unused_prefixes):
@@ -181,12 +182,13 @@ def init_from_parent(model: VOSModel, state: Mapping[str, torch.Tensor], *,
             unexpected.append(key)
         elif tuple(value.shape) != tuple(target[ours].shape):
             shapes.append(f"{key} is {tuple(value.shape)} in the file, {tuple(target[ours].shape)} in the model")
+            reshaped.add(ours)
         else:
             take[ours] = value
     missing = []
     for key in target:
-        if key in take or key.endswith(_DERIVED_BUFFER_SUFFIXES):
-            continue
+        if key in take or key in reshaped or key.endswith(_DERIVED_BUFFER_SUFFIXES):
+            continue  # loaded, reported as a shape mismatch, or rebuilt by the model
         if key.startswith(model.new_prefixes):
             report.new.append(key)
         else:
@@ -220,17 +222,29 @@ def load_model(path: str | Path, model_name: str | None = None, *,
                default_model: str | None = None) -> tuple[VOSModel, PartialInit | None]:
     """Build and load a model from a checkpoint file (read once).
 
-    Our own files carry their config, so ``model_name`` may be omitted (if given it must match). Official
-    files need ``model_name`` (or ``default_model``); a model name whose parent family made the file gives a
-    partial initialisation, whose :class:`PartialInit` is returned (None for a full load).
+    Our own files carry their config, so ``model_name`` may be omitted (if given it must match, or be a model
+    whose parent family made the file). Official files need ``model_name`` (or ``default_model``). A model name
+    whose parent family made the file, official or ours, gives a partial initialisation, whose
+    :class:`PartialInit` is returned (None for a full load).
     """
-    from trek_tracker.modeling.registry import build_model, build_model_from_config, canonical_name
+    from trek_tracker.modeling.registry import (
+        build_model,
+        build_model_from_config,
+        canonical_name,
+        family_of,
+        model_config,
+        stored_family,
+    )
 
     state, config = _read(path)
     if config is not None:
         if model_name is not None and config.get("name") != canonical_name(model_name):
-            raise CheckpointError(f"{path} holds model {config.get('name')!r}, not {model_name!r} "
-                                  "(omit --model to use the checkpoint's own)")
+            parent = family_of(model_config(model_name)).parent_family
+            if parent is None or parent != stored_family(config):
+                raise CheckpointError(f"{path} holds model {config.get('name')!r}, not {model_name!r} "
+                                      "(omit --model to use the checkpoint's own)")
+            model = build_model(model_name)  # e.g. an MSDeAOT started from a DeAOT we trained
+            return model, init_from_parent(model, state, source=str(path))
         model = build_model_from_config(config)
         load_official_state_dict(model, state, source=str(path), model_name=config.get("name"))
         return model, None

@@ -88,12 +88,18 @@ def build_model(name_or_config: str | ModelConfig, **overrides: Any) -> VOSModel
     return family_of(config)(config)
 
 
+def stored_family(stored: dict[str, Any]) -> str | None:
+    """The family named by a config stored in one of our checkpoints, older files included."""
+    return stored.get("family") or _LEGACY_ARCH.get(stored.get("arch"))
+
+
 def build_model_from_config(stored: dict[str, Any]) -> VOSModel:
     """Rebuild a model from the config stored in one of our checkpoints. Unknown fields are an error
     rather than silently dropped."""
     _load_families()
     d = dict(stored)
-    name = d.pop("family", None) or _LEGACY_ARCH.get(d.pop("arch", None))
+    name = stored_family(d)
+    d.pop("family", None)
     d.pop("arch", None)
     if name not in _FAMILIES:
         raise CheckpointError(f"checkpoint config names model family {name!r}, which this version does not know "
