@@ -14,6 +14,7 @@ def test_convert_round_trips_weights_and_config(cli, tiny_checkpoint, tmp_path):
     result = cli("convert", tiny_checkpoint, "--model", TINY, "--out", out)
     assert result.exit_code == 0, result.stderr
     assert torch.load(out, weights_only=True)["config"]["name"] == TINY
+    assert result.stdout == f"wrote {out} ({TINY}, {out.stat().st_size / 1024 / 1024:.1f} MiB)\n"  # MiB: 2**20 bytes
     payload = torch.load(out, weights_only=True)
     assert "optimizer" not in payload and payload["converted_from"] == tiny_checkpoint.name
     ours, _ = load_model(out)  # no model name needed: the file carries its config
@@ -68,3 +69,11 @@ def test_convert_out_that_is_a_folder_is_refused_before_loading(cli, tmp_path):
     result = cli("convert", tmp_path / "missing.pth", "--model", TINY, "--out", tmp_path / "folder")
     assert result.exit_code == 2 and "Invalid value for '--out'" in result.stderr and "is a directory" in result.stderr
     assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_convert_source_that_is_a_folder_is_refused_before_loading(cli, tmp_path):
+    (tmp_path / "official.pth").mkdir()
+    result = cli("convert", tmp_path / "official.pth", "--model", TINY, "--out", tmp_path / "x.pth")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert "Invalid value for 'SOURCE'" in result.stderr and "is a directory" in result.stderr, result.stderr
+    assert not (tmp_path / "x.pth").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -161,6 +162,24 @@ def test_dataset_check(root: Path) -> None:
     assert r.exit_code == 2 and "2 rows in frames.txt but 5 rows" in r.stderr
 
 
+def test_dataset_check_refuses_to_decode_frames_it_is_told_to_skip(root: Path) -> None:
+    r = run("dataset", "check", "--root", root, "--decode", "--no-images")
+    assert r.exit_code == 2 and r.stdout == "" and r.stderr == "trek-track: error: --decode decodes the frames, " \
+        "--no-images skips them: give one of them\n", r.output
+
+
+def test_dataset_check_lists_every_problem_on_stdout_before_failing(root: Path) -> None:
+    from trek_tracker.eval.dataset import Trek150
+
+    (root / "P01-P01_01-10" / "frames.txt").write_text("1\n2\n")
+    (root / "P01-P01_01-2" / "frames.txt").write_text("1\n")
+    problems = [f"problem: {f.line()}" for f in Trek150(root).validate().problems]
+    r = run("dataset", "check", "--root", root)
+    assert r.exit_code == 2 and len(problems) == 2, r.output
+    assert [line for line in r.stdout.splitlines() if line.startswith("problem: ")] == problems
+    assert r.stderr.startswith(f"trek-track: error: dataset check found 2 problems in 2 sequences of {root} ")
+
+
 def test_eval_module_does_not_import_torch() -> None:
     code = ("import sys, trek_tracker.cli.eval\n"
             "sys.exit('torch' in sys.modules or 'matplotlib' in sys.modules)")
@@ -250,6 +269,34 @@ def test_auto_uses_every_gpu_unless_a_launcher_started_a_process_per_gpu(no_laun
     assert _devices("auto") == devices
 
 
+def test_listed_gpus_are_used_in_their_order_and_one_that_is_not_there_is_refused_at_once(root: Path, tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    import torch
+
+    from trek_tracker.cli.eval import _devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _devices("cuda:2, cuda:0") == ["cuda:2", "cuda:0"]
+    r = run("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", tmp_path / "res",
+            "--device", "cuda:0,cuda:4", "--quiet")
+    assert r.exit_code == 2 and r.stderr == "trek-track: error: --device cuda:4: this machine has 4 CUDA GPU(s), " \
+        "numbered 0..3\n", r.output
+    assert not (tmp_path / "res").exists()
+
+
+def test_cuda_asked_for_without_a_gpu_is_refused_and_auto_runs_on_the_cpu(monkeypatch) -> None:
+    import torch
+
+    from trek_tracker.cli.eval import _devices
+    from trek_tracker.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _devices("auto") is None and _devices("cpu") is None
+    with pytest.raises(UserError, match="^--device cuda was asked for but no CUDA GPU is available"):
+        _devices("cuda")
+
+
 def test_attributes_are_scored_for_ope_and_mse_not_hoi(root: Path, tmp_path: Path) -> None:
     """Every synthetic sequence carries SC and POC, so each attribute's row is the overall score."""
     r = run("eval", "--root", root, "--tracker", "oracle", "--tracker-class", ORACLE, "--results", tmp_path / "res",
@@ -311,6 +358,7 @@ def test_json_paths_of_several_protocols_are_told_apart() -> None:
     assert _json_path(Path("out/perf.json"), "mse", several=False) == Path("out/perf.json")
     assert _json_path(Path("out/perf.json"), "mse", several=True) == Path("out/perf-mse.json")
     assert _json_path(Path("out/perf"), "mse", several=True) == Path("out/perf-mse.json")
+    assert _json_path(Path("out/perf.txt"), "mse", several=True) == Path("out/perf-mse.txt")  # the suffix given
     assert _json_path(Path("out/{protocol}/perf.json"), "hoi", several=True) == Path("out/hoi/perf.json")
     assert _json_path(Path("out/{protocol}.json"), "ope", several=False) == Path("out/ope.json")
 
@@ -325,7 +373,8 @@ def test_a_subset_reports_into_one_folder_whatever_the_order_or_repeats_of_its_n
 
 
 def test_submit_names_the_tracker_by_its_folder_unless_told_and_a_json_path_is_the_bare_json(root: Path,
-                                                                                              tmp_path: Path) -> None:
+                                                                                              tmp_path: Path,
+                                                                                              monkeypatch) -> None:
     res = tmp_path / "results"
     assert run("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", res, "--quiet",
                "--no-plots", "--report-dir", tmp_path / "rep").exit_code == 0
@@ -334,6 +383,11 @@ def test_submit_names_the_tracker_by_its_folder_unless_told_and_a_json_path_is_t
     assert r.exit_code == 0 and r.stdout == f"wrote {out}\n", r.output
     sub = json.loads(out.read_text())
     assert (sub["tracker_name"], sub["sls_pt"], sub["sls_tl"], sub["sls_td"]) == ("o", -1, 1, -1)  # -1: not given
+    monkeypatch.chdir(tmp_path)  # without --out: challenge-submission.zip here
+    r = run("submit", "--results", res, "--tracker", "o", "--root", root)
+    assert r.exit_code == 0 and r.stdout == "wrote challenge-submission.zip\n", r.output
+    with zipfile.ZipFile(tmp_path / "challenge-submission.zip") as z:
+        assert json.loads(z.read("challenge-submission.json")) == {**sub, "sls_tl": -1}
 
 
 @pytest.mark.parametrize(("device", "devices", "precision"), [("cpu", None, "fp32"), ("auto", None, "bf16"),
@@ -427,7 +481,8 @@ def test_dataset_prepare_hands_its_options_to_prepare(tmp_path: Path, monkeypatc
 
 
 def test_missing_required_options_are_usage_errors(root: Path) -> None:
-    for args, option in ((("dataset", "check"), "--root"), (("eval", "--report-only", "--root", root), "--tracker")):
+    for args, option in ((("dataset", "check"), "--root"), (("eval", "--report-only", "--root", root), "--tracker"),
+                         (("eval", "--tracker", "t"), "--root"), (("submit", "--tracker", "t"), "--root")):
         r = run(*args)
         assert r.exit_code == 2 and f"Missing option '{option}'" in r.stderr, r.output
 
@@ -436,3 +491,60 @@ def test_dataset_check_decodes_every_frame_with_one_worker(root: Path) -> None:
     r = run("dataset", "check", "--root", root, "--decode", "--workers", "1")
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[0] == "2 sequences, 13 frames, 13 decoded"
+
+
+@pytest.mark.parametrize(("option", "kind"), [("--videos", "file"), ("--annotations", "folder")])
+def test_dataset_prepare_refuses_a_path_of_the_wrong_kind_before_any_work(tmp_path: Path, option, kind) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.mkdir() if kind == "folder" else wrong.write_text("")
+    r = run("dataset", "prepare", "--root", tmp_path / "trek", option, wrong)
+    said = "is a directory" if kind == "folder" else "is a file"
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr and said in r.stderr, r.output
+    assert [p.name for p in tmp_path.iterdir()] == ["wrong"]
+
+
+@pytest.mark.parametrize("args", [("eval", "--tracker", "t", "--workers"), ("dataset", "check", "--workers"),
+                                  ("dataset", "prepare", "--jobs")])
+def test_a_number_of_processes_below_one_is_a_usage_error(tmp_path: Path, args) -> None:
+    r = CliRunner().invoke(main, [*args[:-1], "--root", str(tmp_path / "trek"), args[-1], "0"])
+    assert r.exit_code == 2 and f"Invalid value for '{args[-1]}'" in r.stderr and "x>=1" in r.stderr, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_of_several_trackers_goes_to_the_folder_of_the_first(root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, cls in (("oracle", ORACLE), ("constant", CONSTANT)):
+        assert run("eval", "--root", root, "--tracker", name, "--tracker-class", cls, "--protocol", "ope",
+                   "--quiet", "--no-plots", "--report-dir", tmp_path / "x").exit_code == 0
+    r = run("eval", "--report-only", "--protocol", "ope", "--root", root, "--tracker", "constant", "--tracker",
+            "oracle", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.as_posix() for p in Path("reports").rglob("*.json")) == [
+        "reports/TREK-150/constant/performance-ope.json"]
+    assert r.stderr.splitlines()[-1] == f"reports written to {Path('reports/TREK-150/constant')}"
+    assert "constant: per sequence" in r.stdout and "oracle: per sequence" in r.stdout  # the default table
+
+
+def test_the_cost_of_a_run_follows_the_memory_of_the_model_asked_for() -> None:
+    from trek_tracker.cli.eval import _pipeline_identity
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.modeling.registry import model_config
+    from trek_tracker.pipeline import DEFAULT_MODEL
+
+    own, default = (MemoryConfig().resolve(model_config(name)) for name in ("vmos", DEFAULT_MODEL))
+    assert own.cap != default.cap  # else this would not tell them apart
+    _, cost = _pipeline_identity({"model": ("vmos",), "random_weights": True, "init": "box", "device": "cpu"}, None)
+    assert cost.keywords == {"gap": own.gap, "cap": own.cap}
+
+
+def test_eval_says_how_its_runs_went_unless_quiet(root: Path, tmp_path: Path) -> None:
+    args = ("eval", "--root", root, "--tracker", "o", "--tracker-class", ORACLE, "--results", tmp_path / "res",
+            "--protocol", "ope", "--no-plots", "--report-dir", tmp_path / "rep")
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    n = int(re.search(r"^(\d+) runs tracked, 0 already finished$", first.stderr, re.M).group(1))
+    quiet = run(*args, "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    again = run(*args)
+    assert f"trek-track: {n} of {n} runs already finished, skipped\n" in again.stderr, again.stderr
+    assert f"0 runs tracked, {n} already finished" in again.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -295,7 +296,8 @@ def test_a_run_with_save_state_every_0_or_an_overlay_saves_no_state(cli, davis, 
             assert cli("run", "--video", davis / "JPEGImages/480p/car-shadow", "--box", "313,88,342,194",
                        "--checkpoint", tiny_checkpoint, "--out", out, *FAST, *extra).exit_code == 130
         assert not (out / "resume.pt").exists()
-        assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+        record = json.loads((out / "run.json").read_text())
+        assert record["status"] == "interrupted" and record["resume"] == {"save_state_every": None, "resumed_at": []}
 
 
 @pytest.mark.cuda
@@ -314,3 +316,38 @@ def test_a_run_on_cuda_resumes_on_cuda(cli, davis, tiny_checkpoint, tmp_path, mo
     assert record["tracker"]["precision"] == "bf16" and record["resume"]["resumed_at"] == [21]
     ours, theirs = (np.loadtxt(tmp_path / f / "boxes.txt", delimiter=",") for f in ("part", "full"))
     assert ours.shape == theirs.shape == (60, 4) and np.abs(ours - theirs).max() <= 2.0
+
+
+def test_resume_refuses_a_manifest_without_what_it_carries_over_in_one_line(stopped, cli):
+    out, _, _ = stopped
+    record = json.loads((out / "run.json").read_text())
+    for key in ("start", "tracker", "resume"):
+        (out / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != key}))
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        result = cli("run", "--resume", out)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"has no {key!r}" in result.stderr and "Traceback" not in result.output, result.stderr
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_compares_every_setting_but_the_precision_asked_for_which_counts_once_resolved(tmp_path):
+    from trek_tracker.cli.run import _check_same_tracker
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.pipeline import TrackerConfig, tracker_identity
+
+    def identity(**kw):
+        return tracker_identity(TrackerConfig(model=TINY, random_weights=True, **kw), "cpu")
+
+    saved = identity(precision="auto", memory=MemoryConfig(cap=3))
+    _check_same_tracker(tmp_path, identity(precision="fp32", memory=MemoryConfig(cap=3)), saved)  # auto is fp32 here
+    with pytest.raises(UserError, match="another configuration \\(settings differ"):
+        _check_same_tracker(tmp_path, identity(precision="auto", memory=MemoryConfig(cap=4)), saved)
+
+
+def test_a_resumed_run_shows_its_progress_unless_quiet_is_given_again(stopped, cli):
+    out, _, _ = stopped  # it ran with --quiet
+    shutil.copytree(out, out.with_name("copy"))
+    quiet = cli("run", "--resume", out.with_name("copy"), "--quiet")
+    assert quiet.exit_code == 0 and "100%" not in quiet.stderr, quiet.stderr
+    loud = cli("run", "--resume", out)
+    assert loud.exit_code == 0 and re.search(r"frames: 100%.*\b12/12\b", loud.stderr), loud.stderr

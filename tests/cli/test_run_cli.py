@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import click
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -303,7 +304,10 @@ def test_without_out_the_run_goes_to_runs_and_the_video_name(cli, davis, tiny_ch
     assert result.exit_code == 0, result.stderr
     assert len((tmp_path / "runs/few/boxes.txt").read_text().splitlines()) == 3
     lost = sum(len(v) for v in json.loads((tmp_path / "runs/few/run.json").read_text())["lost_frames"].values())
-    assert re.fullmatch(rf"3 frames in [\d.]+ s \([\d.]+ fps\), {lost} lost; results in \S*runs/few/\n", result.stdout)
+    said = re.fullmatch(rf"3 frames in ([\d.]+) s \(([\d.]+) fps\), {lost} lost; results in \S*runs/few/\n",
+                        result.stdout)
+    seconds, fps = float(said.group(1)), float(said.group(2))
+    assert abs(fps * seconds - 3) <= 0.05 * fps + 0.01  # frames per second, of the seconds said (to 0.1 s)
 
 
 def test_a_last_frame_equal_to_the_start_frame_tracks_that_frame(cli, davis, tiny_checkpoint, tmp_path):
@@ -314,6 +318,23 @@ def test_a_last_frame_equal_to_the_start_frame_tracks_that_frame(cli, davis, tin
     assert (out / "boxes.txt").read_text().splitlines() == ["300.000,120.000,200.000,150.000"]
     video = json.loads((out / "run.json").read_text())["video"]
     assert (video["start_frame"], video["last_frame"], video["frames"]) == (1, 1, 1)
+    assert result.stderr == ""  # the range was there whole: no warning
+
+
+def test_a_video_that_ends_before_the_last_frame_says_where_it_ended(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    """A video file whose container does not state its length is tracked to its end, and the run says that
+    it ended before --last-frame (a folder, whose length is known, refuses such a range at once)."""
+    from tests.test_video import _frame, _report_properties, _write_video
+
+    video, out = tmp_path / "clip.mp4", tmp_path / "run"
+    _write_video(video, [_frame(40 * i, size=(96, 128)) for i in range(3)])
+    _report_properties(monkeypatch, {cv2.CAP_PROP_FRAME_COUNT: -1.0})
+    result = cli("run", "--video", video, "--start-frame", "1", "--last-frame", "3", "--box", "10,10,40,30",
+                 "--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert len((out / "boxes.txt").read_text().splitlines()) == 2  # frames 1 and 2 of 0..2
+    said = "trek-track: warning: the video ended at frame 2, before --last-frame 3"  # one frame short of it
+    assert result.stderr.splitlines() == [said]
 
 
 def test_missing_inputs_are_one_line(cli, davis, tiny_checkpoint, tmp_path):
@@ -343,6 +364,15 @@ def test_every_file_option_is_made_absolute_for_a_resumed_run():
     assert set(PATHS) == (files | {"video"}) - {"out", "resume"}
 
 
+def test_each_of_a_repeated_path_option_is_made_absolute_and_a_registry_name_kept(tmp_path, monkeypatch):
+    from trek_tracker.cli.run import _absolute
+
+    (tmp_path / "a.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert _absolute(("a.pth", "r50_deaotl")) == (str(tmp_path.resolve() / "a.pth"), "r50_deaotl")
+    assert _absolute(["a.pth"]) == [str(tmp_path.resolve() / "a.pth")] and _absolute(None) is None
+
+
 def test_the_progress_bar_counts_the_frames_of_the_range(cli, davis, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     result = cli("run", "--video", _frames_dir(davis, tmp_path, 4), "--start-frame", "1", "--last-frame", "2",
@@ -367,3 +397,27 @@ def test_resume_takes_the_options_that_do_not_change_the_result(cli, tmp_path, e
     result = cli("run", "--resume", tmp_path, *extra)
     assert result.exit_code == 2 and "trek-track: error:" in result.stderr
     assert "leave out" not in result.stderr  # refused for the folder (no run in it), not for the option
+
+
+@pytest.mark.parametrize(("option", "kind"), [("--init-mask", "folder"), ("--resume", "file")])
+def test_a_path_of_the_wrong_kind_is_refused_before_the_video_is_opened(cli, tiny_checkpoint, tmp_path, option,
+                                                                        kind):
+    out, wrong = tmp_path / "out", tmp_path / "wrong"
+    wrong.mkdir() if kind == "folder" else wrong.write_text("")
+    args = ("--video", tmp_path / "missing.mp4", "--checkpoint", tiny_checkpoint, "--out", out, *FAST)
+    result = cli("run", option, wrong, *(args if option == "--init-mask" else ()))
+    _expect_user_error(result, out, f"Invalid value for '{option}'.*is a {'directory' if kind == 'folder' else 'file'}")
+
+
+def test_a_new_run_says_which_method_made_its_first_mask_when_auto_had_to_fall_back(cli, davis, tiny_checkpoint,
+                                                                                     tmp_path):
+    from trek_tracker.init.api import InitConfig, choose_method
+
+    method, said = choose_method(InitConfig(method="auto"))  # no SAM nor Alpha-Refine checkpoint given
+    out = tmp_path / "run"
+    result = cli("run", "--video", _frames_dir(davis, tmp_path), "--box", "300,120,200,150", "--checkpoint",
+                 tiny_checkpoint, "--out", out, *FAST[:-2], "--init", "auto")
+    assert result.exit_code == 0, result.stderr
+    init = json.loads((out / "run.json").read_text())["tracker"]["init"]
+    assert init["message"].startswith(said) and method == "grabcut"
+    assert result.stderr.splitlines() == [f"trek-track: {init['message']}"]  # the one line, what run.json records

@@ -96,6 +96,10 @@ def test_eval_vos_on_saved_predictions(davis, tmp_path):
               "--json", tmp_path / "perfect.json")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "perfect.json").read_text())["J&F"] == 1.0
+    n = len(np.unique(np.array(Image.open(gt / "00000.png")))) - 1  # the objects of the first frame, numbered from 1
+    assert n >= 1 and res.stdout.splitlines()[:-1] == [
+        f"{'car-shadow':<24} obj {k:<3} J 1.0000  F 1.0000  (1/1)" for k in range(1, n + 1)]  # a row per object
+    assert res.stdout.splitlines()[-1].startswith("J&F 1.0000  J 1.0000  F 1.0000  ")
 
     frames = sorted(pred.glob("*.png"))
     scored = len(frames) - 2  # first and last frame are not scored
@@ -192,3 +196,37 @@ def test_train_config_that_is_a_folder_is_a_usage_error(tmp_path):
     res = run("train", tmp_path)
     assert res.exit_code == 2 and "Invalid value for 'CONFIG'" in res.output and "is a directory" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("option", "kind"), [(None, "file"), (None, "missing"), ("--predictions", "file"),
+                                              ("--predictions", "missing"), ("--save-masks", "file"),
+                                              ("--json", "folder")])
+def test_eval_vos_paths_of_the_wrong_kind_are_usage_errors_before_any_work(tmp_path, option, kind):
+    (tmp_path / "data").mkdir()
+    wrong = tmp_path / "wrong"
+    if kind != "missing":
+        wrong.mkdir() if kind == "folder" else wrong.write_text("")
+    args = [wrong] if option is None else [tmp_path / "data", option, wrong]
+    res = run("eval-vos", *args)
+    named = "'DATA'" if option is None else f"'{option}'"
+    said = {"folder": "is a directory", "file": "is a file", "missing": "does not exist"}[kind]
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.output, res.output
+    assert f"Invalid value for {named}" in res.stderr and said in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] + ["wrong"] * (kind != "missing")
+    assert not any((tmp_path / "data").iterdir())
+
+
+def test_eval_vos_on_annotations_without_any_object_is_one_line_not_a_score(davis, tmp_path):
+    data = tmp_path / "davis"
+    for sub in ("JPEGImages/480p/car-shadow", "Annotations/480p/car-shadow"):
+        (data / sub).mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(davis / f"JPEGImages/480p/car-shadow/{i:05d}.jpg", data / "JPEGImages/480p/car-shadow")
+        Image.fromarray(np.zeros((480, 854), np.uint8)).save(data / f"Annotations/480p/car-shadow/{i:05d}.png")
+    shutil.copytree(data / "Annotations/480p", tmp_path / "pred")
+    res = run("eval-vos", data, "--predictions", tmp_path / "pred", "--json", tmp_path / "scores.json")
+    assert res.exit_code == 2, res.output
+    assert res.stdout.splitlines() == [f"{'car-shadow':<24} no object in its annotations (1/1)"]
+    assert res.stderr.splitlines() == [f"trek-track: error: no annotation in {data} holds an object (every mask is "
+                                       "background): nothing to score"]
+    assert not (tmp_path / "scores.json").exists()

@@ -89,6 +89,7 @@ def test_import_a_hand_copied_file(env, tmp_path):
     assert (home / "weights" / "Good.pth").read_bytes() == payload
     assert len(server.state.log) == requests
     _one_line_error(run("import", str(src), "--name", "bad"), "sha256")
+    _one_line_error(run("import", str(tmp_path)), "Invalid value for 'FILE'", "is a directory")
 
 
 def test_list_and_download_show_a_partial_download_and_resume_it(env):
@@ -111,7 +112,8 @@ def test_list_and_download_show_a_partial_download_and_resume_it(env):
 
 @pytest.mark.parametrize(("n", "approx", "text"), [
     (None, False, "?"), (999, False, "999 B"), (1000, False, "1 KB"), (12_345, False, "12 KB"),
-    (2_500_000, False, "2.5 MB"), (25_000_000, False, "25 MB"), (375_000_000, True, "~375 MB"),
+    (2_500_000, False, "2.5 MB"), (9_500_000, False, "9.5 MB"), (10_000_000, False, "10 MB"),
+    (25_000_000, False, "25 MB"), (375_000_000, True, "~375 MB"),
     (2_640_000_000, False, "2.6 GB"), (12_000_000_000_000, False, "12000 GB"),
 ])
 def test_sizes_are_si_units_with_one_decimal_only_below_ten_of_a_large_unit(n, approx, text):
@@ -239,3 +241,41 @@ def test_verify_fails_an_old_import_that_is_not_a_checkpoint(tiny_env, tmp_path)
     proc = run_cli("weights", "verify", env=env)
     assert "tiny: FAILED" in proc.stdout and "not a usable test_deaot_tiny checkpoint" in proc.stdout
     assert_one_line_error(proc, "1 checkpoint(s) failed verification: tiny")
+
+
+def test_list_is_a_table_with_one_header_per_column_and_the_cache_last(tmp_path, monkeypatch):
+    from trek_tracker.cli.weights import _size
+
+    home, registry = tmp_path / "home", tmp_path / "registry.toml"
+    monkeypatch.setenv("TREK_TRACK_HOME", str(home))
+    monkeypatch.setenv("TREK_TRACK_REGISTRY", str(registry))
+    write_registry(registry, {
+        "a_rather_long_name": {"variant": "deaotl", "stage": "PRE_YTB_DAV", "size": 2_500_000,
+                               "training_data": "YouTube-VOS + DAVIS", "licence": "BSD-3-Clause (from upstream)",
+                               "file_name": "Long.pth", "urls": ["http://127.0.0.1:9/"]},
+        "s": {"kind": "sam", "variant": "sam_vit_b", "approx_size": 375_000_000, "licence": "Apache-2.0",
+              "file_name": "S.pth", "urls": ["http://127.0.0.1:9/"]},
+    })
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / "S.pth").write_bytes(b"x")
+    listed = run("list")
+    assert listed.exit_code == 0, listed.output
+    header, *rows, cache = listed.stdout.splitlines()
+    names = ["NAME", "VARIANT", "STAGE", "SIZE", "TRAINED ON", "LICENCE", "STATUS", "FILE"]
+    starts = [header.index(name) for name in names]
+    assert starts == sorted(starts) and header.rstrip() == header
+    assert [header[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)] == names
+
+    def cells(row):  # each value sits under its header, two spaces after the widest cell of the column before
+        return [row[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+
+    assert [cells(row) for row in rows] == [
+        ["a_rather_long_name", "deaotl", "PRE_YTB_DAV", _size(2_500_000), "YouTube-VOS + DAVIS", "BSD-3-Clause",
+         "missing", "Long.pth"],
+        ["s", "sam_vit_b", "-", _size(375_000_000, approx=True), "?", "Apache-2.0", "present", "S.pth"],
+    ]
+    assert starts[1] == len("a_rather_long_name") + 2 and all(row[starts[i] - 2:starts[i]] == "  " for row in rows
+                                                               for i in range(1, len(starts)))
+    assert cache == f"cache: {home / 'weights'}"
+    none = run("list", "--kind", "hqsam")  # no entry of that kind: the headers alone, each as wide as its name
+    assert none.exit_code == 0 and none.stdout.splitlines() == ["  ".join(names), cache], none.output

@@ -59,6 +59,7 @@ def test_a_run_that_fills_the_disk_names_the_file(cli, shared, tmp_path, monkeyp
     line = _one_line(r, f"cannot write {out / 'masks'}{os.sep}", ".png: no space left on the device; free some "
                      "space, or choose another --out folder")
     assert ".tmp" not in line and " it:" not in line
+    assert "--resume" not in line  # it saved no state (--save-state-every 0): it cannot be resumed
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "failed" and str(out / "masks") in record["error"]
 
@@ -140,3 +141,36 @@ def test_a_killed_run_is_replaced_whole_by_overwrite(cli, shared, tmp_path):
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in out.iterdir()) == ["boxes.txt", "run.json", "times.txt"]
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_run_whose_files_cannot_be_opened_names_the_file_and_says_to_choose_another_out(cli, shared, tmp_path,
+                                                                                          monkeypatch):
+    import builtins
+
+    out, real_open = tmp_path / "run", builtins.open
+
+    def full(file, *args, **kw):  # a disk that fills as the run opens its first output file (after run.json)
+        if str(file) == str(out / "boxes.txt.part"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, *args, **kw)
+
+    monkeypatch.setattr(builtins, "open", full)
+    r = cli("run", "--video", shared / "data/videos/blackswan.mp4", *BEDROOM, *RUN, "--out", out, "--last-frame", "1")
+    _one_line(r, f"cannot write {out / 'boxes.txt.part'}: no space left on the device; free some space, or choose "
+              "another --out folder")
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_only_a_failure_on_a_file_of_the_run_itself_is_said_as_a_write(tmp_path):
+    from trek_tracker.cli.run import _writing
+    from trek_tracker.errors import UserError
+
+    out = tmp_path / "run"
+    for elsewhere in (tmp_path / "frames" / "00001.jpg", tmp_path / "run-old" / "boxes.txt", None):
+        err = OSError(errno.EIO, os.strerror(errno.EIO), *([] if elsewhere is None else [str(elsewhere)]))
+        with pytest.raises(OSError) as raised, _writing(out, new=True):
+            raise err
+        assert raised.value is err  # reading the video, say: not this run's write, let through as it is
+    with pytest.raises(UserError, match=f"^cannot write {out / 'boxes.txt.part'}: .*choose another --out folder$"), \
+            _writing(out, new=True):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "boxes.txt.part"))
