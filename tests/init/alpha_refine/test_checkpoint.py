@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from trek_tracker.errors import CheckpointError
-from trek_tracker.init.alpha_refine.checkpoint import load_alpha_refine, read_checkpoint
+from trek_tracker.init.alpha_refine.checkpoint import (
+    KeyMap,
+    build_model,
+    load_alpha_refine,
+    map_state_dict,
+    pool_size_of,
+    read_checkpoint,
+)
 from trek_tracker.init.alpha_refine.secm import SEcm
 
 
@@ -70,6 +77,9 @@ def test_official_layout_loads_without_ltr(official_layout_checkpoint) -> None:
     assert type(ckpt["constructor"]).__module__ == "ltr.admin.model_constructor"
     assert type(ckpt["settings"].objective).__name__ == "BCELoss"
     assert not isinstance(ckpt["settings"].objective, torch.nn.Module)  # a record, not the real class
+    loss = ckpt["stats"]["train"]["Loss/total"]  # numpy's reconstructor, called with the scalar's raw bytes
+    assert type(loss).__module__.startswith("numpy") and np.float64(0.25).tobytes() in loss.args
+    assert not hasattr(loss, "dtype")  # a record without pickled state has no attributes at all
     net = load_alpha_refine(path)
     assert isinstance(net, SEcm)
     for key, value in model.state_dict().items():
@@ -111,6 +121,11 @@ def test_a_sam_file_or_a_damaged_file_says_what_to_give(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"sam_vit_b_01ec64.pth is a SAM checkpoint, not Alpha-Refine: give it "
                                               r"as --sam-checkpoint.*SEcmnet_ep0040-c.pth.tar as --ar-checkpoint"):
         load_alpha_refine(tmp_path / "sam_vit_b_01ec64.pth")
+    torch.save({"image_encoder.pos_embed": torch.zeros(1), "mask_decoder.hf_token.weight": torch.zeros(1)},
+               tmp_path / "sam_hq_vit_b.pth")
+    with pytest.raises(CheckpointError, match=r"sam_hq_vit_b.pth is a SAM checkpoint, not Alpha-Refine: give it "
+                                              r"as --hqsam-checkpoint, and give the official ARnet"):
+        load_alpha_refine(tmp_path / "sam_hq_vit_b.pth")
     torch.save({"w": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"other.pth: state dict is neither .*as --ar-checkpoint"):
         load_alpha_refine(tmp_path / "other.pth")
@@ -121,3 +136,130 @@ def test_a_sam_file_or_a_damaged_file_says_what_to_give(tmp_path: Path) -> None:
                        ) as err:
         load_alpha_refine(tmp_path / "partial.pth.tar")
     assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+
+def _save_with_foreign_object(path: Path, module: str, name: str, base: type = object, content=(), **state) -> None:
+    """torch.save a checkpoint holding an instance of ``module.name`` (a class defined only while saving)."""
+    before = set(sys.modules)
+    try:
+        _fake_ltr_class(module, name)
+        cls = type(name, (base,), {"__module__": module, "__qualname__": name})
+        setattr(sys.modules[module], name, cls)
+        obj = cls(content) if base is not object else cls()
+        obj.__dict__.update(state)
+        torch.save({"net": {"w": torch.ones(2)}, "settings": obj}, path)
+    finally:
+        parts = module.split(".")
+        for key in {".".join(parts[:i]) for i in range(1, len(parts) + 1)} - before:
+            sys.modules.pop(key)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("ltr.admin.loading", "Record"),
+        ("pytracking.evaluation.environment", "EnvSettings"),
+        ("dlframework.common.utils", "Settings"),
+        ("easydict", "EasyDict"),
+    ],
+)
+def test_objects_of_the_training_packages_load_as_inert_records(tmp_path: Path, module: str, name: str) -> None:
+    _save_with_foreign_object(tmp_path / "ckpt.pth.tar", module, name, lr=0.5)
+    record = read_checkpoint(tmp_path / "ckpt.pth.tar")["settings"]
+    assert (type(record).__module__, type(record).__name__, type(record).__qualname__) == (module, name, name)
+    assert record.lr == 0.5 and module.split(".")[0] not in sys.modules  # state kept as data; nothing imported
+    assert not hasattr(record, "momentum")  # what the pickle did not hold is missing, not None
+    assert torch.equal(read_checkpoint(str(tmp_path / "ckpt.pth.tar"))["net"]["w"], torch.ones(2))  # path as text
+
+
+@pytest.mark.parametrize("protocol", [2, 3])  # 2 (torch.save's default) names builtins __builtin__
+def test_an_optimiser_object_is_recorded_not_constructed(tmp_path: Path, protocol: int) -> None:
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.25)
+    torch.save({"net": {"w": torch.ones(2)}, "optimizer": optimiser}, tmp_path / "ckpt.pth.tar",
+               pickle_protocol=protocol)
+    record = read_checkpoint(tmp_path / "ckpt.pth.tar")["optimizer"]
+    assert not isinstance(record, torch.optim.Optimizer) and type(record).__name__ == "SGD"
+    assert record.defaults["lr"] == 0.25
+
+
+@pytest.mark.parametrize("module", ["ltr_tools.admin", "pytrackingx"])
+def test_a_package_merely_named_like_a_training_package_is_refused(tmp_path: Path, module: str) -> None:
+    _save_with_foreign_object(tmp_path / "c.pth", module, "Thing")
+    with pytest.raises(CheckpointError, match=f"refusing to load global {module}.Thing"):
+        read_checkpoint(tmp_path / "c.pth")
+
+
+def test_a_file_without_a_net_state_dict_is_refused(tmp_path: Path) -> None:
+    odd = [[torch.zeros(2)], {"epoch": 3, "model": {"w": torch.zeros(2)}, "step": torch.tensor(3)},
+           {"net": [torch.zeros(2)]}]
+    for i, obj in enumerate(odd):
+        torch.save(obj, tmp_path / f"odd{i}.pth")
+        with pytest.raises(CheckpointError, match=f"odd{i}.pth has no 'net' state dict: not an Alpha-Refine"):
+            load_alpha_refine(str(tmp_path / f"odd{i}.pth"))
+
+
+def test_dict_and_list_subclasses_keep_their_contents(tmp_path: Path) -> None:
+    _save_with_foreign_object(tmp_path / "d.pth", "easydict", "EasyDict", dict, {"batch": 8, "lr": 0.5}, lr=0.5)
+    record = read_checkpoint(tmp_path / "d.pth")["settings"]
+    assert (record["batch"], record["lr"], record.lr) == (8, 0.5, 0.5)
+    _save_with_foreign_object(tmp_path / "l.pth", "ltr.admin.stats", "History", list, [0.25, 0.5])
+    assert read_checkpoint(tmp_path / "l.pth")["settings"].elements == [0.25, 0.5]
+
+
+def test_pool_size_is_the_square_root_of_the_attention_inputs() -> None:
+    for pool in (4, 8, 12):
+        fc1 = torch.zeros(pool * pool // 4, pool * pool, 1, 1)
+        assert pool_size_of({"neck.channel_attention.fc1.weight": fc1}) == pool
+    with pytest.raises(CheckpointError, match="has 50 inputs, not a square pool size"):
+        pool_size_of({"neck.channel_attention.fc1.weight": torch.zeros(12, 50, 1, 1)})
+    with pytest.raises(CheckpointError, match="lacks neck.channel_attention.fc1.weight"):
+        pool_size_of({"neck.post_corr.0.weight": torch.zeros(128, 64, 1, 1)})
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_sets_bytes_and_sizes_in_the_training_records_load(tmp_path: Path, protocol: int) -> None:
+    records = {"layers": {"layer2", "layer3"}, "frozen": frozenset({"conv1"}), "tag": b"\x00\xff",
+               "shape": torch.Size([1, 3, 256, 256])}
+    torch.save({"net": {"w": torch.ones(2)}, "settings": records}, tmp_path / "c.pth", pickle_protocol=protocol)
+    settings = read_checkpoint(tmp_path / "c.pth")["settings"]
+    assert settings == records and type(settings["shape"]) is torch.Size
+    assert type(settings["layers"]) is set and type(settings["frozen"]) is frozenset
+
+
+def test_batch_norm_counters_are_optional_both_ways() -> None:
+    torch.manual_seed(0)
+    model = SEcm(pool_size=4).eval()  # not the default 8: the network is built with the checkpoint's pool size
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}  # pre-0.4.1 torch
+    state["neck.extra_bn.num_batches_tracked"] = torch.tensor(7)  # a counter of a BN we do not have
+    net = build_model(state, "secm")
+    loaded = net.state_dict()
+    assert net.pool_size == 4 and all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded)
+    assert "neck.extra_bn.num_batches_tracked" not in loaded
+
+
+def test_the_network_is_built_with_the_checkpoints_pool_size() -> None:
+    from trek_tracker.init.alpha_refine.seg384 import ARSegMask
+
+    torch.manual_seed(0)
+    small = ARSegMask(pool_size=4).eval()  # not the default 12 (SEcm's non-default pool: the test above)
+    net = build_model(small.state_dict())
+    assert type(net) is ARSegMask and net.pool_size == 4
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in small.state_dict().items())
+
+
+def test_key_map_renames_by_prefix() -> None:
+    model = SEcm()
+    state = {k.replace("feature_extractor.", "backbone.", 1): v for k, v in model.state_dict().items()}
+    key_map = KeyMap(renames=(("backbone.", "feature_extractor."), ("backbone.layer1.", "never.")))  # first wins
+    mapped = map_state_dict(state, key_map, model)
+    assert set(mapped) == set(model.state_dict())
+    assert mapped["feature_extractor.layer1.0.conv1.weight"] is state["backbone.layer1.0.conv1.weight"]
+
+
+def test_tensors_saved_on_a_gpu_load_on_the_cpu(tmp_path: Path, monkeypatch) -> None:
+    with monkeypatch.context() as patch:  # the published files were saved from CUDA tensors
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save({"net": {"w": torch.ones(2)}}, tmp_path / "gpu.pth.tar", _use_new_zipfile_serialization=False)
+    weight = read_checkpoint(tmp_path / "gpu.pth.tar")["net"]["w"]
+    assert weight.device.type == "cpu" and torch.equal(weight, torch.ones(2))

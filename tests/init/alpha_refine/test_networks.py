@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from trek_tracker.device import set_fast_kernels
 from trek_tracker.errors import CheckpointError, InputError
 from trek_tracker.init.alpha_refine.checkpoint import KEY_MAPS, build_model, map_state_dict, pool_size_of
+from trek_tracker.init.alpha_refine.prroi_pool import prroi_pool2d
 from trek_tracker.init.alpha_refine.refiner import AlphaRefine
 from trek_tracker.init.alpha_refine.secm import SEcm
-from trek_tracker.init.alpha_refine.seg384 import ARSegMask, BicubicUp2x
+from trek_tracker.init.alpha_refine.seg384 import ARSegMask, BicubicUp2x, CorrNLNeck
 
 
 def _official_like_state(model: torch.nn.Module, unused: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -42,7 +43,7 @@ def test_secm_shapes_and_key_map() -> None:
     crop = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         kernel = model.reference_kernel(crop)
-        out = model(crop, kernel, branches=("corner", "mask"))
+        out = model(crop, kernel)  # both branches by default
     assert kernel.shape == (1, 256, 8, 8)
     assert (
         out["corner"].shape == (1, 4) and out["mask"].shape == (1, 1, 256, 256) and out["feat"].shape == (1, 64, 16, 16)
@@ -61,6 +62,36 @@ def test_seg_mask_shapes_follow_the_pool_size() -> None:
     assert kernel.shape == (1, 1024, 4, 4)
     assert out["mask"].shape == (1, 1, 128, 128) and out["feat"].shape == (1, 16, 8, 8)
     assert float(out["mask"].min()) >= 0 and float(out["mask"].max()) <= 1
+
+
+def test_the_default_seg_network_is_the_384_checkpoints() -> None:
+    model = ARSegMask()
+    assert model.pool_size == 12 and model.output_size == model.input_size == 384  # 2 * 16 * P: the crop size
+    assert model.neck.channel_attention.fc1.weight.shape == (36, 144, 1, 1)  # what pool_size_of reads back
+
+
+def test_seg_kernel_pools_the_template_box_in_feature_pixels() -> None:
+    feat = torch.randn(1, 3, 12, 12)
+    box = torch.tensor([40.5, 61.0, 90.0, 52.25])  # x, y, w, h in crop pixels; not square, x != y
+    kernel = CorrNLNeck(pool_size=3).reference_kernel(feat, box)
+    rois = torch.tensor([[0.0, 40.5, 61.0, 130.5, 113.25]])  # [batch, x1, y1, x2, y2], stride 16
+    torch.testing.assert_close(kernel, prroi_pool2d(feat, rois, 3, 3, 1 / 16))
+
+
+def test_backbones_stop_at_the_deepest_requested_layer() -> None:
+    seg = ARSegMask(pool_size=4).eval()
+    secm = SEcm().eval()
+    ran: list[str] = []
+    for net in (seg, secm):
+        for name, module in net.feature_extractor.named_children():
+            module.register_forward_hook(lambda *_, name=name, net=net: ran.append(f"{type(net).__name__}.{name}"))
+    with torch.no_grad():
+        feats = seg.feature_extractor(torch.zeros(1, 3, 64, 64), iter(["layer2", "layer1"]))  # any iterable
+        assert list(feats) == ["layer2", "layer1"]  # ours: layer1 = after max-pool, layer2 = torchvision layer1
+        assert feats["layer1"].shape == (1, 64, 16, 16) and feats["layer2"].shape == (1, 256, 16, 16)
+        assert list(secm.feature_extractor(torch.zeros(1, 3, 64, 64), iter(["conv1"]))) == ["conv1"]
+    assert "ARSegMask.layer1" in ran and "ARSegMask.layer2" not in ran  # no deeper stage was computed
+    assert "SEcm.bn1" in ran and "SEcm.maxpool" not in ran and "SEcm.layer1" not in ran
 
 
 def test_key_map_is_strict() -> None:

@@ -67,9 +67,10 @@ def test_matches_brute_force_integration(roi: list[float]) -> None:
 
 def test_empty_roi_gives_zero_and_batch_index_is_used() -> None:
     feat = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    rois = torch.tensor([[0, 10.0, 10.0, 10.0, 60.0], [1, 8.0, 8.0, 100.0, 100.0], [0, 8.0, 8.0, 100.0, 100.0]])
+    rois = torch.tensor([[0, 10.0, 10.0, 10.0, 60.0], [1, 8.0, 8.0, 100.0, 100.0], [0, 8.0, 8.0, 100.0, 100.0],
+                         [0, 90.0, 80.0, 20.0, 10.0]])  # the last one inverted on both axes: empty, not negative
     out = prroi_pool2d(feat, rois.double(), 2, 2, 1 / 16)
-    assert torch.count_nonzero(out[0]) == 0
+    assert torch.count_nonzero(out[0]) == 0 and torch.count_nonzero(out[3]) == 0
     assert not torch.allclose(out[1], out[2])  # different images of the batch
 
 
@@ -77,3 +78,20 @@ def test_constant_map_pools_to_the_constant_inside() -> None:
     feat = torch.full((1, 1, 10, 10), 2.5, dtype=torch.float64)
     out = prroi_pool2d(feat, torch.tensor([[0, 16.0, 16.0, 112.0, 128.0]], dtype=torch.float64), 3, 3, 1 / 16)
     np.testing.assert_allclose(out.numpy(), 2.5, atol=1e-12)
+
+
+def test_float32_rois_pool_float64_features_like_float64_rois() -> None:
+    feat = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    roi = [[0, 8.25, 4.5, 70.0, 50.75]]
+    out32 = prroi_pool2d(feat, torch.tensor(roi, dtype=torch.float32), 2, 2, 1 / 16)
+    assert out32.dtype == torch.float64
+    torch.testing.assert_close(out32, prroi_pool2d(feat, torch.tensor(roi, dtype=torch.float64), 2, 2, 1 / 16))
+
+
+@pytest.mark.parametrize(
+    ("features", "rois"),
+    [((2, 8, 8), (1, 5)), ((1, 2, 8, 8), (5,)), ((1, 2, 8, 8), (1, 4)), ((1, 1, 2, 8, 8), (1, 5))],
+)
+def test_wrong_shapes_are_refused(features: tuple[int, ...], rois: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"features must be \(N, C, H, W\) and rois \(K, 5\)"):
+        prroi_pool2d(torch.zeros(features), torch.zeros(rois), 2, 2, 1.0)

@@ -35,6 +35,7 @@ class ResNet34Taps(nn.Module):
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
 
     def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        layers = list(layers)  # read twice: an iterator would be used up by the first read
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
         x = self.relu(self.bn1(self.conv1(x)))

@@ -50,7 +50,12 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "device"): torch.device,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,
+    ("__builtin__", "set"): set,  # torch.save's default protocol 2 writes Python 2 names
+    ("__builtin__", "frozenset"): frozenset,
+    # A pickled optimiser keeps its per-parameter state in a defaultdict(dict): a container too.
+    ("collections", "defaultdict"): __import__("collections").defaultdict,
+    ("builtins", "dict"): dict,
+    ("__builtin__", "dict"): dict,
     ("_codecs", "encode"): __import__("codecs").encode,  # bytes in protocol-2 pickles (pure data)
 }
 # Modules whose objects are kept as inert records (training bookkeeping; never needed to run the net).
@@ -67,6 +72,16 @@ class Placeholder:
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
+
+    # A pickled dict or list subclass (``easydict.EasyDict``, a config list) sends its contents item by item.
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("entries", {})[key] = value
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.__dict__.get("entries", {})[key]
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("elements", []).append(value)
 
     def __getattr__(self, name: str) -> Any:
         state = self.__dict__.get("state")
