@@ -337,7 +337,7 @@ def test_a_file_saved_on_a_gpu_loads_to_the_cpu(tmp_path, monkeypatch):
     assert torch.equal(model.state_dict()["id_bank.weight"], state["patch_wise_id_bank.weight"])
 
 
-def test_a_parent_file_may_omit_the_derived_index_buffer():
+def test_a_parent_file_may_omit_the_derived_index_buffer_but_not_hold_another():
     state = {DeAOT.official_key(k): v for k, v in build_model(TINY).state_dict().items()}
     model = build_model("test_msdeaot_tiny")
     model.encoder.register_buffer("relative_position_index", torch.arange(6).view(2, 3))
@@ -345,6 +345,11 @@ def test_a_parent_file_may_omit_the_derived_index_buffer():
     assert torch.equal(model.encoder.relative_position_index, torch.arange(6).view(2, 3))
     assert "encoder.relative_position_index" not in init.loaded + init.new
     assert torch.equal(model.state_dict()["encoder_projector.weight"], state["encoder_projector.weight"])
+    scrambled = {**state, "encoder.relative_position_index": torch.arange(6).flip(0).view(2, 3)}
+    with pytest.raises(CheckpointError, match=r"^f\.pth: buffer encoder\.relative_position_index differs from its "
+                                              "definition$"):  # one line, not the loader's RuntimeError
+        init_from_parent(model, scrambled, source="f.pth")
+    assert torch.equal(model.encoder.relative_position_index, torch.arange(6).view(2, 3))
 
 
 def test_our_file_whose_weights_do_not_fit_its_config_says_so(tmp_path):

@@ -83,12 +83,19 @@ def load_official_state_dict(model: VOSModel, state: Mapping[str, torch.Tensor],
                         [f"{model.official_key(k)} is {tuple(ours[k].shape)} in the file, "
                          f"{tuple(target[k].shape)} in the model" for k in shapes])
             + " (is it a checkpoint of another variant? check --model)")
-    for k, v in ours.items():
-        if k.endswith(_DERIVED_BUFFER_SUFFIXES) and not torch.equal(v.to(target[k].dtype), target[k]):
-            raise CheckpointError(f"{source}: buffer {model.official_key(k)} differs from its definition")
+    _check_derived_buffers(model, ours, target, source)
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in ours.items()})
     model.load_state_dict(full, strict=True)
+
+
+def _check_derived_buffers(model: VOSModel, ours: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                           source: str) -> None:
+    """A buffer the model derives from its architecture (Swin's position index) may be left out of a file,
+    but one the file holds must be the model's: another would scramble what it indexes."""
+    for k, v in ours.items():
+        if k.endswith(_DERIVED_BUFFER_SUFFIXES) and not torch.equal(v.to(target[k].dtype), target[k]):
+            raise CheckpointError(f"{source}: buffer {model.official_key(k)} differs from its definition")
 
 
 def _mismatch(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
@@ -198,6 +205,7 @@ def init_from_parent(model: VOSModel, state: Mapping[str, torch.Tensor], *,
                               + _mismatch(missing, unexpected, shapes)
                               + f" (use a {model.parent_family} checkpoint with the same encoder, e.g. R50_DeAOTL "
                               "for r50_msdeaot)")
+    _check_derived_buffers(model, take, target, source)
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in take.items()})
     model.load_state_dict(full, strict=True)
