@@ -165,3 +165,23 @@ def test_lists_are_accepted_like_arrays() -> None:
     assert M.absent_mask(gt).tolist() == [False, False, True, False, False, False]
     assert M.score_run(pred, gt).success_score == pytest.approx(59 / 105, abs=1e-12)
     assert M.robustness_curve([1.0, 0.25]).tolist() == np.where(M.THR_GSR < 0.25, 1.0, 0.5).tolist()
+
+
+def test_a_run_without_frames_is_an_error() -> None:
+    with pytest.raises(ValueError, match="a run has no frames"):
+        M.score_run(np.zeros((0, 4)), np.zeros((0, 4)))
+
+
+def test_the_first_frame_is_forced_to_fractional_ground_truth_when_predictions_are_integers() -> None:
+    gt = np.array([[10.5, 10.5, 20.25, 20.25]] * 2)
+    ious, nces = M.frame_metrics(np.array([[0, 0, 1, 1], [10, 10, 20, 20]]), gt)
+    assert ious[0] == 1.0 and nces[0] == 0.0
+
+
+def test_iou_and_nce_of_float32_boxes_are_computed_in_float64() -> None:
+    rng = np.random.default_rng(3)
+    pred, gt = (np.concatenate([rng.uniform(0, 100, (200, 2)), rng.uniform(1, 60, (200, 2))], axis=1)
+                .astype(np.float32) for _ in range(2))
+    wide = pred.astype(np.float64), gt.astype(np.float64)
+    assert np.array_equal(M.iou(pred, gt), M.iou(*wide))
+    assert np.array_equal(M.normalized_center_error(pred, gt), M.normalized_center_error(*wide))

@@ -136,3 +136,48 @@ def test_one_shard_is_the_whole_plan(ds: Trek150) -> None:
     for index, count in ((0, 0), (-1, 2), (2, 2)):
         with pytest.raises(InputError, match=f"bad shard {index}/{count}"):
             balanced_shard(runs, index, count)
+
+
+def test_a_run_that_records_times_is_answered_by_a_longer_one_that_records_them_too() -> None:
+    long, short = (Run("ope", "s", "", range(n), f"ope/s{n}.txt") for n in (10, 4))
+    assert [(g.carrier, g.runs) for g in group_runs([short, long])] == [(long, (long, short))]
+
+
+def test_the_default_cost_is_that_of_the_default_pipelines_memory_schedule() -> None:
+    from trek_tracker.inference.memory import MemoryConfig
+    from trek_tracker.modeling.registry import model_config
+    from trek_tracker.pipeline import DEFAULT_MODEL
+
+    schedule = MemoryConfig().resolve(model_config(DEFAULT_MODEL))
+    run = Run("ope", "s", "", range(200), "ope/s.txt")  # long enough to fill the memory
+    assert expected_cost(run) == expected_cost(run, gap=schedule.gap, cap=schedule.cap)
+    assert expected_cost(run) not in (expected_cost(run, schedule.gap + 1, schedule.cap),
+                                      expected_cost(run, schedule.gap, schedule.cap + 1))
+
+
+def test_runs_of_equal_cost_are_dealt_in_plan_order_from_the_first_shard() -> None:
+    runs = [Run("ope", f"s{i}", "", range(50), f"ope/s{i}.txt") for i in range(4)]
+    assert [balanced_shard(runs, i, 2) for i in range(2)] == [runs[0::2], runs[1::2]]
+
+
+def test_of_runs_with_the_same_frames_the_first_in_the_plan_carries_the_group() -> None:
+    a, b = (Run("hoi", "s", f"hoi-3-5-{t}", range(3, 6), f"hoi/s-hoi-3-5-{t}.txt") for t in (1, 2))
+    assert [(g.carrier, g.runs) for g in group_runs([a, b])] == [(a, (a, b))]
+    assert [(g.carrier, g.runs) for g in group_runs([b, a])] == [(b, (b, a))]
+
+
+def test_the_costliest_runs_are_placed_first() -> None:
+    # in plan order, 100 and 101 would take a shard each and 200 would join the first: 300 against 101
+    a, b, c = (Run("ope", f"s{n}", "", range(n), f"ope/s{n}.txt") for n in (100, 101, 200))
+    parts = [balanced_shard([a, b, c], i, 2, cost=lambda r: float(r.length)) for i in range(2)]
+    assert parts == [[c], [a, b]]
+
+
+def test_an_unknown_protocol_is_named_not_dropped() -> None:
+    with pytest.raises(InputError, match="unknown protocol sot; choose from ope, mse, hoi or all"):
+        expand_protocols(["ope", "sot"])
+
+
+def test_a_run_that_records_times_is_never_answered_by_one_that_does_not() -> None:
+    ope, mse = Run("ope", "s", "", range(4), "ope/s.txt"), Run("mse", "s", "anchor-0", range(10), "mse/s-anchor-0.txt")
+    assert [(g.carrier, g.runs) for g in group_runs([ope, mse])] == [(ope, (ope,)), (mse, (mse,))]
