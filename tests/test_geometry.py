@@ -54,6 +54,29 @@ def test_iou_vectorised_matches_scalar() -> None:
     assert np.all((vec >= 0) & (vec <= 1))
 
 
+def test_iou_of_two_boxes_is_a_python_float() -> None:
+    value = iou([0, 0, 10, 10], [5, 0, 10, 10])
+    assert type(value) is float and value == pytest.approx(50 / 150)
+
+
+def test_iou_rejects_boxes_that_are_not_four_numbers() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        iou([0, 0, 10], [0, 0, 10, 10])
+    with pytest.raises(ValueError, match="shape"):
+        iou([[0, 0, 10, 10]], [[0, 0, 10, 10, 1]])
+
+
+def test_iou_of_a_box_with_itself_is_one_even_when_its_far_edge_rounds_up() -> None:
+    """(x + w) - x is not always w in floating point: here the overlap comes out a hair larger than the box's
+    own area, so the raw ratio is above 1, and IoU is clipped to 1."""
+    box = [318.5, 134.9, 13.3, 5.9]
+    overlap = ((318.5 + 13.3) - 318.5) * ((134.9 + 5.9) - 134.9)
+    assert overlap > 13.3 * 5.9
+    assert overlap / (2 * 13.3 * 5.9 - overlap + np.finfo(float).eps) > 1
+    assert iou(box, box) == 1.0
+    assert iou(np.array([box, box]), box).tolist() == [1.0, 1.0]
+
+
 # ----------------------------------------------------------------------------------- parsing, checking
 
 
@@ -75,6 +98,8 @@ def test_parse_box_accepts(text: str) -> None:
         ("1,2,inf,4", "NaN or infinite"),
         ("1,2,0,4", "zero or negative"),
         ("1,2,3,-4", "zero or negative"),
+        ("1,2,3,0", "zero or negative"),
+        ("1,2,3,-0.5", "zero or negative"),
     ],
 )
 def test_parse_box_rejects_with_one_line(text: str, reason: str) -> None:
@@ -105,6 +130,27 @@ def test_box_in_frame() -> None:
     # past the right or bottom edge: clipped there
     assert list(Box.of([840, 10, 30, 5]).in_frame((480, 854))) == [840, 10, 14, 5]
     assert list(Box.of([10, 470, 5, 30]).in_frame((480, 854))) == [10, 470, 5, 10]
+
+
+def test_a_box_is_taken_as_it_is_with_the_frame_it_was_checked_against() -> None:
+    checked = Box(-5, 10, 20, 20).in_frame((100, 200))
+    assert Box.of(checked) is checked and Box.of(checked).frame == (100, 200)
+    assert Box.of(np.array([1, 2, 3, 4])) == Box(1.0, 2.0, 3.0, 4.0)
+    for wrong in ([1, 2, 3], [1, 2, 3, 4, 5], np.arange(8).reshape(2, 4)):
+        with pytest.raises(InputError, match="four numbers"):
+            Box.of(wrong)
+    array = np.asarray(Box(1, 2, 3, 4))
+    assert array.dtype == np.float64 and array.tolist() == [1, 2, 3, 4]
+    assert np.asarray(Box(1, 2, 3, 4), dtype=np.float32).dtype == np.float32
+
+
+def test_a_frame_size_given_as_any_pair_of_integers_is_the_same_frame() -> None:
+    given = Box(-5, 10, 20, 20)
+    checked = given.in_frame((100, 200))
+    for size in ([100, 200], np.array([100, 200]), (np.int64(100), np.int64(200)), (100.0, 200.0)):
+        box = given.in_frame(size)
+        assert box == checked and box.frame == (100, 200) and type(box.frame[0]) is int
+        assert box.in_frame(size) is box
 
 
 # ----------------------------------------------------------------------------------------- mask → box
@@ -222,6 +268,27 @@ def test_kept_components_box_is_the_box_of_the_kept_mask(min_px: int, keep: str)
             np.testing.assert_array_equal(got, expected)
 
 
+def test_a_mask_box_is_float64_for_any_mask_dtype() -> None:
+    for dtype in (bool, np.uint8, np.int64):
+        mask = np.zeros((10, 12), dtype)
+        mask[2:5, 3:9] = 1
+        for box in (mask_to_box(mask), kept_components_box(mask, 5), kept_components_box(mask, 0, "largest")):
+            assert box.dtype == np.float64
+            np.testing.assert_array_equal(box, [3, 2, 6, 3])
+
+
+@pytest.mark.parametrize("keep", ["all", "largest"])
+@pytest.mark.parametrize("min_px", [0, 1, 2, 100])
+def test_an_empty_mask_has_no_components_and_no_box_in_every_setting(min_px: int, keep: str) -> None:
+    empty = np.zeros((12, 15), np.uint8)
+    kept = remove_small_components(empty, min_px, keep)
+    assert kept.dtype == bool and kept.shape == empty.shape and not kept.any()
+    assert kept_components_box(empty, min_px, keep) is None
+    box, lost = BoxFromMask([1, 2, 3, 4], BoxConfig(min_component_px=min_px, components=keep)).update(empty)
+    assert lost
+    np.testing.assert_array_equal(box, [1, 2, 3, 4])
+
+
 # ---------------------------------------------------------------------------------- lost-target policy
 
 
@@ -292,3 +359,54 @@ def test_a_box_of_text_is_parsed_and_anything_but_four_numbers_is_an_input_error
                            ({"x": 1}, "four numbers")):
         with pytest.raises(InputError, match=message):
             Box.of(value)
+
+
+def test_no_mask_is_an_empty_one_and_holds_the_last_box_as_float64() -> None:
+    policy = BoxFromMask([4, 5, 6, 7])
+    box, lost = policy.update(None)
+    assert lost
+    np.testing.assert_array_equal(box, [4, 5, 6, 7])
+    box, lost = policy.take(np.array([1, 2, 3, 4]))  # an integer box is reported, and held, as float64
+    assert not lost and box.dtype == np.float64 and policy.last_box.dtype == np.float64
+    np.testing.assert_array_equal(policy.update(None)[0], [1, 2, 3, 4])
+
+
+def test_a_box_from_a_crop_at_its_origin_is_the_box_on_the_whole_frame() -> None:
+    """The pipeline hands the policy the crop of the frame's mask that holds the object (its tight box) and
+    that crop's top-left corner; the box (speck removal included) is the one of the whole frame."""
+    frame = np.zeros((60, 80), bool)
+    frame[20:35, 30:50] = True  # 300 px
+    frame[40:43, 55:58] = True  # 9 px: a speck at the default threshold
+    frame[12:22, 60:72] = True  # 120 px
+    for config in (BoxConfig(), BoxConfig(min_component_px=0), BoxConfig(components="largest"),
+                   BoxConfig(min_component_px=5)):
+        whole = BoxFromMask([0, 0, 1, 1], config).update(frame)
+        x0, y0, w, h = mask_to_box(frame).astype(int)
+        crop = frame[y0:y0 + h, x0:x0 + w]
+        cropped = BoxFromMask([0, 0, 1, 1], config).update(crop, origin=(x0, y0))
+        assert not whole[1] and not cropped[1]
+        np.testing.assert_array_equal(cropped[0], whole[0])
+        expected = mask_to_box(remove_small_components(frame, config.min_component_px, config.components))
+        np.testing.assert_array_equal(whole[0], expected)
+
+
+@pytest.mark.parametrize(("min_px", "keep", "needs"), [
+    (0, "all", False), (1, "all", False), (2, "all", True), (100, "all", True),
+    (0, "largest", True), (1, "largest", True), (100, "largest", True),
+])
+def test_a_policy_needs_the_pixels_exactly_when_speck_removal_can_change_the_box(min_px, keep, needs) -> None:
+    """When it does not need them, the pipeline takes the mask's extent as the box: that must be the box
+    the policy would give from the pixels, on every mask."""
+    policy = BoxFromMask([0, 0, 1, 1], BoxConfig(min_component_px=min_px, components=keep))
+    assert policy.needs_pixels is needs
+    mask = np.zeros((20, 20), bool)
+    mask[2:12, 2:12] = True
+    mask[17, 17] = True  # a one-pixel component: removed by any threshold above 1 and by "largest"
+    changes = not np.array_equal(policy.update(mask)[0], mask_to_box(mask))
+    assert changes is needs
+
+
+def test_a_negative_speck_threshold_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="min_component_px"):
+        BoxConfig(min_component_px=-1)
+    assert BoxConfig(min_component_px=0).min_component_px == 0
