@@ -404,3 +404,52 @@ def test_memories_loaded_from_one_state_are_independent():
     for loaded, expected in zip(second.attend(), memory.attend(), strict=True):
         assert torch.equal(loaded.long_key, expected.long_key) and torch.equal(loaded.short_key, expected.short_key)
         assert torch.equal(loaded.long_value, expected.long_value)
+
+
+def test_a_memory_loaded_mid_schedule_goes_on_as_the_saved_one():
+    """``state``/``load_state`` carry the schedule as well as the buffers: with a gap, a skip and a cap, a memory
+    loaded between two due frames keeps the same frames, attends to the same short-term frame and the same tokens
+    as the memory it was saved from, frame after frame."""
+    layout = [LayerLayout((2, 3)), LayerLayout((4, 6), long_term_dilation=2)]
+    schedule = MemorySchedule(gap=3, skip=2, cap=3)
+    memory = Memory(layout, schedule)
+    for t in range(5):  # frames 0 and 3 in the long-term memory; frame 4 is not due until 6
+        memory.remember(t, *_entries(layout, seed=t), reference=t == 0)
+    loaded = Memory(layout, schedule)
+    loaded.load_state(memory.state(), torch.device("cpu"))
+    for t in range(5, 14):
+        assert loaded.frames == memory.frames and loaded.short_term_frame == memory.short_term_frame, f"frame {t}"
+        for a, b in zip(loaded.attend(), memory.attend(), strict=True):
+            assert torch.equal(a.long_key, b.long_key) and torch.equal(a.short_value, b.short_value), f"frame {t}"
+        entered = memory.remember(t, *_entries(layout, seed=t))
+        assert loaded.remember(t, *_entries(layout, seed=t)) == entered, f"frame {t}"
+    assert memory.frames == [12, 9, 0]  # the cap and the gap were both at work
+
+
+def test_a_saved_state_does_not_change_as_the_memory_goes_on():
+    """``state`` returns copies: a state saved for ``--resume`` and written out later still holds the frames of
+    the moment it was taken, although the memory writes its buffers in place."""
+    layout = [LayerLayout((2, 3))]
+    memory = Memory(layout, MemorySchedule(gap=1, cap=2))
+    for t in range(2):
+        memory.remember(t, *_entries(layout, seed=t), reference=t == 0)
+    state = memory.state()
+    saved = {k: [v.clone() for v in state[k]] for k in ("long_keys", "long_values", "short_keys", "short_values")}
+    memory.remember(2, *_entries(layout, seed=2))  # evicts frame 1: its slot now holds frame 2
+    for key, tensors in saved.items():
+        assert all(torch.equal(a, b) for a, b in zip(state[key], tensors, strict=True)), key
+    assert state["slots"] == [(0, True), (1, False)] and state["last_long_term"] == 1
+
+
+def test_the_smallest_settings_are_valid_and_unbounded_is_spelled_in_any_case():
+    deaot = model_config("r50_deaotl")
+    assert MemoryConfig(gap=1, skip=1, cap=1).resolve(deaot) == MemorySchedule(gap=1, skip=1, cap=1,
+                                                                               eviction=deaot.eviction)
+    for spelling in ("None", "NONE", "none"):
+        assert MemoryConfig(cap=spelling).resolve(deaot).cap is None
+
+
+def test_an_empty_memory_cannot_be_attended_to():
+    memory = Memory([LayerLayout((2, 3))], MemorySchedule(gap=1))
+    with pytest.raises(RuntimeError, match="remember a reference frame first"):
+        memory.attend()
