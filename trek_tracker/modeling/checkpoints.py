@@ -245,17 +245,16 @@ def load_model(path: str | Path, model_name: str | None = None, *,
     )
 
     state, config = _read(path)
-    if config is not None:
-        if model_name is not None and config.get("name") != canonical_name(model_name):
-            parent = family_of(model_config(model_name)).parent_family
-            if parent is None or parent != stored_family(config):
-                raise CheckpointError(f"{path} holds model {config.get('name')!r}, not {model_name!r} "
-                                      "(omit --model to use the checkpoint's own)")
-            model = build_model(model_name)  # e.g. an MSDeAOT started from a DeAOT we trained
-            return model, init_from_parent(model, state, source=str(path))
+    if config is not None and (model_name is None or config.get("name") == canonical_name(model_name)):
         model = build_model_from_config(config)
         load_official_state_dict(model, state, source=str(path), model_name=config.get("name"))
         return model, None
+    if config is not None:
+        parent = family_of(model_config(model_name)).parent_family
+        if parent is None or parent != stored_family(config):
+            raise CheckpointError(f"{path} holds model {config.get('name')!r}, not {model_name!r} "
+                                  "(omit --model to use the checkpoint's own)")
+    # an official file, or ours of the named model's parent family (an MSDeAOT started from a DeAOT we trained)
     model_name = model_name or default_model
     if model_name is None:
         raise CheckpointError(f"{path} is an official checkpoint without a stored config: name its model "
